@@ -1,0 +1,41 @@
+"""fastcnn: a convolutional-neural-network engine written from scratch.
+
+One readable NumPy reference implementation of every operation (the oracle), fast
+implementations of the same kernel contract behind a registry, and a Keras-shaped API::
+
+    import fastcnn
+    from fastcnn.layers import Conv2D, MaxPooling2D, Flatten, Dense
+    model = fastcnn.Sequential([
+        Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)), MaxPooling2D(2),
+        Flatten(), Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+"""
+__version__ = "0.1.0"
+
+from . import backends, config, shapes
+from .backends import available, get_backend, set_backend, use_backend
+from .config import floatx, set_floatx
+from . import initializers, layers, losses, metrics, optimizers, callbacks, utils
+from . import datasets, gradcheck
+from .model import Sequential, load_model
+
+__all__ = [
+    "Sequential",
+    "load_model",
+    "available",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "floatx",
+    "set_floatx",
+    "backends",
+    "layers",
+    "optimizers",
+    "losses",
+    "metrics",
+    "initializers",
+    "callbacks",
+    "utils",
+    "datasets",
+    "gradcheck",
+]

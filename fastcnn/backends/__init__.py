@@ -1,0 +1,213 @@
+"""The backend registry: one kernel contract, several implementations.
+
+A *backend* is a module that implements (some of) the operations listed in :data:`OPS`.
+Layers never import a backend directly: they ask :func:`current` at call time, so one
+model runs on any backend, and ``with fastcnn.use_backend("reference"): ...`` switches
+every layer at once.
+
+The kernel contract
+-------------------
+Layout is NHWC for activations, HWIO ``(kh, kw, C_in, C_out)`` for conv kernels and
+``(in, out)`` for dense kernels. Arrays handed to a kernel are C-contiguous and share one
+float dtype (float32 or float64); kernels return arrays of that dtype. ``stride`` and
+``pool`` are ``(rows, cols)`` int pairs; ``pad`` is ``((top, bottom), (left, right))`` as
+computed by :mod:`fastcnn.shapes` (kernels never see the word 'same'). ``ctx`` is whatever
+a backend keeps between a forward and its backward; it is opaque to callers and is only
+ever handed back to the SAME backend's matching backward. A kernel never modifies its
+inputs (``dy`` included) and never returns an array that aliases one of them.
+
+=============================================  ====================================
+``conv2d_forward(x, w, b, stride, pad)``        ``-> (y, ctx)``; ``b`` may be None
+``conv2d_backward(dy, ctx)``                    ``-> (dx, dw, db)``; db None if b was
+``maxpool2d_forward(x, pool, stride, pad)``     ``-> (y, ctx)``; pads with -inf; the
+                                                FIRST max in row-major window order
+                                                takes the gradient
+``maxpool2d_backward(dy, ctx)``                 ``-> dx``
+``avgpool2d_forward(x, pool, stride, pad)``     ``-> (y, ctx)``; divides by the number
+                                                of real (unpadded) elements
+``avgpool2d_backward(dy, ctx)``                 ``-> dx``
+``dense_forward(x, w, b)``                      ``-> (y, ctx)``; x (N, D), w (D, U)
+``dense_backward(dy, ctx)``                     ``-> (dx, dw, db)``
+``relu_forward(x)`` / ``relu_backward(dy, ctx)``     derivative 0 at x == 0
+``sigmoid_forward`` / ``sigmoid_backward``
+``tanh_forward`` / ``tanh_backward``
+``softmax_forward(x)`` / ``softmax_backward``   softmax over the last axis
+``softmax_cross_entropy(logits, targets)``      ``-> (loss, dlogits)``; targets (N, K)
+                                                rows of probabilities; loss is the
+                                                batch mean; dlogits = (softmax*sum(t)
+                                                - t) / N
+``sparse_softmax_cross_entropy(logits, labels)`` same with int labels (N,)
+``sigmoid_cross_entropy(logits, targets)``      ``-> (loss, dlogits)``; mean over all
+                                                elements, stable for any logit
+=============================================  ====================================
+
+Losses return ``loss`` as a 0-d array (or Python float) of the input dtype.
+
+A backend that lacks an op raises :class:`NotImplementedError` naming the op and the
+backend when the op is called: nothing ever falls back silently to another backend.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+
+OPS = (
+    "conv2d_forward",
+    "conv2d_backward",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "dense_forward",
+    "dense_backward",
+    "relu_forward",
+    "relu_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "softmax_forward",
+    "softmax_backward",
+    "softmax_cross_entropy",
+    "sparse_softmax_cross_entropy",
+    "sigmoid_cross_entropy",
+)
+
+
+def _missing(backend_name: str, op: str):
+    def missing(*args, **kwargs):
+        raise NotImplementedError(
+            f"backend {backend_name!r} does not implement {op!r}; "
+            f"choose another backend with fastcnn.set_backend(...) "
+            f"(backends implementing it: {[n for n in available() if get(n).implements(op)]})"
+        )
+
+    missing.__name__ = op
+    return missing
+
+
+class Backend:
+    """One loaded backend: its ops are plain attributes (no per-call dispatch cost)."""
+
+    def __init__(self, name: str, module, description: str = ""):
+        self.name = name
+        self.module = module
+        self.description = description or (module.__doc__ or "").strip().splitlines()[0]
+        self._implemented = frozenset(op for op in OPS if callable(getattr(module, op, None)))
+        for op in OPS:
+            setattr(self, op, getattr(module, op) if op in self._implemented else _missing(name, op))
+
+    def implements(self, op: str) -> bool:
+        return op in self._implemented
+
+    def capabilities(self) -> dict:
+        return {op: op in self._implemented for op in OPS}
+
+    def __repr__(self):
+        return f"<fastcnn backend {self.name!r}>"
+
+
+# name -> (module path, description); loaded lazily so that optional backends
+# (numba, cython, cuda) cost nothing until asked for and may be absent.
+_REGISTRY: dict[str, tuple[str, str]] = {}
+_LOADED: dict[str, Backend] = {}
+_FAILED: dict[str, str] = {}
+_LOCK = threading.Lock()
+_DEFAULT = "im2col"
+_active = _DEFAULT
+
+
+def register(name: str, module_path: str, description: str = "") -> None:
+    """Registers a backend module (imported on first use). Tests pick it up automatically."""
+    _REGISTRY[name] = (module_path, description)
+    _LOADED.pop(name, None)
+    _FAILED.pop(name, None)
+
+
+def _load(name: str) -> Backend | None:
+    with _LOCK:
+        if name in _LOADED:
+            return _LOADED[name]
+        if name in _FAILED:
+            return None
+        module_path, description = _REGISTRY[name]
+        try:
+            module = importlib.import_module(module_path)
+            check = getattr(module, "is_available", None)
+            if check is not None:
+                ok, why = check()
+                if not ok:
+                    raise ImportError(why)
+        except ImportError as exc:
+            _FAILED[name] = str(exc) or type(exc).__name__
+            return None
+        backend = Backend(name, module, description)
+        _LOADED[name] = backend
+        return backend
+
+
+def available() -> list[str]:
+    """Names of the backends that load on this machine, in registration order."""
+    return [name for name in _REGISTRY if _load(name) is not None]
+
+
+def unavailable() -> dict[str, str]:
+    """``{name: reason}`` for registered backends that cannot load here."""
+    available()
+    return {name: _FAILED[name] for name in _REGISTRY if name in _FAILED}
+
+
+def get(name: str | None = None) -> Backend:
+    """The backend called ``name`` (the active one when None)."""
+    if name is None:
+        name = _active
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"unknown backend {name!r}; available backends: {available()}"
+        )
+    backend = _load(name)
+    if backend is None:
+        raise ValueError(
+            f"backend {name!r} is not available on this machine: {_FAILED[name]}; "
+            f"available backends: {available()}"
+        )
+    return backend
+
+
+def current() -> Backend:
+    """The active backend (what layers call)."""
+    return get(_active)
+
+
+def set_backend(name: str) -> None:
+    """Makes ``name`` the active backend for every layer of every model."""
+    global _active
+    get(name)  # validates, loads, raises a clear ValueError
+    _active = name
+
+
+def get_backend() -> str:
+    """The name of the active backend."""
+    return _active
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with use_backend("reference"): ...`` runs the block on that backend."""
+    global _active
+    previous = _active
+    set_backend(name)
+    try:
+        yield get(name)
+    finally:
+        _active = previous
+
+
+def capability_table() -> dict[str, dict[str, bool]]:
+    """``{backend: {op: implemented}}`` for every available backend (``fastcnn info``)."""
+    return {name: get(name).capabilities() for name in available()}
+
+
+register("reference", "fastcnn.backends.reference", "readable NumPy loops: the oracle")
+register("im2col", "fastcnn.backends.im2col", "vectorised NumPy: strided views + one GEMM per op")
