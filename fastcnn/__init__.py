@@ -15,20 +15,24 @@ __version__ = "0.1.0"
 from . import backends, config, shapes
 from .backends import available, get_backend, set_backend, use_backend
 from .config import floatx, set_floatx
-from . import initializers, layers, losses, metrics, optimizers, callbacks, utils
+from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, utils
 from . import datasets, gradcheck
-from .model import Sequential, load_model
+from .model import Sequential
+from .utils import set_random_seed
 
 __all__ = [
     "Sequential",
-    "load_model",
     "available",
     "get_backend",
     "set_backend",
     "use_backend",
     "floatx",
     "set_floatx",
+    "set_random_seed",
     "backends",
+    "config",
+    "shapes",
+    "activations",
     "layers",
     "optimizers",
     "losses",

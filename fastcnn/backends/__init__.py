@@ -211,3 +211,5 @@ def capability_table() -> dict[str, dict[str, bool]]:
 
 register("reference", "fastcnn.backends.reference", "readable NumPy loops: the oracle")
 register("im2col", "fastcnn.backends.im2col", "vectorised NumPy: strided views + one GEMM per op")
+register("numba", "fastcnn.backends.numba_cpu", "Numba @njit kernels (parallel, cached)")
+register("cython", "fastcnn.backends.cython_cpu", "Cython kernels compiled from csrc/ (OpenMP)")

@@ -1,0 +1,369 @@
+"""Element- and row-wise kernels: bias (+ activation), bias gradient, activations, softmax,
+the three cross-entropies, and the OpenMP status of the build.
+
+Determinism: no kernel here reduces across threads. Element-wise kernels are trivially
+independent; row kernels give each row to one thread; the two reductions over a whole array
+(``bias_grad`` and ``sigmoid_cross_entropy``) cut the array into FIXED blocks, reduce each
+block in parallel, then add the block partials in block order on one thread. So a result
+is bitwise the same with 1 or 2 (or 16) threads.
+
+Sums are accumulated in double precision in registers (also for float32 data): this costs
+nothing in a memory-bound loop and keeps float32 reductions close to NumPy's pairwise sums.
+No float32 array is ever upcast.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, expf, log, logf, log1p, log1pf, tanh, tanhf, fabs, fabsf
+from libc.stdlib cimport malloc, free
+
+from omp_guard cimport FASTCNN_OMP, fastcnn_max_threads, fastcnn_set_num_threads, threads_for
+
+ABI_VERSION = 1
+
+# Activation codes of bias_act (the fused epilogue of conv / dense GEMMs).
+ACT_NONE = 0
+ACT_RELU = 1
+ACT_SIGMOID = 2
+ACT_TANH = 3
+
+cdef enum:
+    _ACT_NONE = 0
+    _ACT_RELU = 1
+    _ACT_SIGMOID = 2
+    _ACT_TANH = 3
+    BLOCK_ROWS = 256       # rows per partial sum in bias_grad
+    BLOCK_ELEMS = 8192     # elements per partial sum in sigmoid_cross_entropy
+
+
+def openmp_info():
+    """``(built_with_openmp, max_threads)``: max_threads is what a parallel kernel may use."""
+    return bool(FASTCNN_OMP), fastcnn_max_threads()
+
+
+def set_num_threads(int n):
+    """Sets the OpenMP thread count of the calling thread (no effect without OpenMP)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    fastcnn_set_num_threads(n)
+
+
+# --- scalar helpers: float32 data use the float libm functions (no double round trip) -----
+
+cdef inline floating _exp(floating v) noexcept nogil:
+    if floating is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+
+cdef inline floating _tanh(floating v) noexcept nogil:
+    if floating is float:
+        return tanhf(v)
+    else:
+        return tanh(v)
+
+
+cdef inline floating _log1p(floating v) noexcept nogil:
+    if floating is float:
+        return log1pf(v)
+    else:
+        return log1p(v)
+
+
+cdef inline floating _fabs(floating v) noexcept nogil:
+    if floating is float:
+        return fabsf(v)
+    else:
+        return fabs(v)
+
+
+cdef inline floating _sigmoid(floating v) noexcept nogil:
+    # Never exponentiates a positive number, so no overflow for any v.
+    cdef floating e
+    if v >= 0:
+        e = _exp(-v)
+        return 1 / (1 + e)
+    e = _exp(v)
+    return e / (1 + e)
+
+
+cdef inline floating _relu(floating v) noexcept nogil:
+    # `v <= 0` (not `v > 0`) so that a NaN propagates instead of being hidden as 0.
+    return 0 if v <= 0 else v
+
+
+cdef inline floating _activate(floating v, int act) noexcept nogil:
+    if act == _ACT_RELU:
+        return _relu(v)
+    if act == _ACT_SIGMOID:
+        return _sigmoid(v)
+    if act == _ACT_TANH:
+        return _tanh(v)
+    return v
+
+
+cdef _check_same(Py_ssize_t a, Py_ssize_t b, str what):
+    if a != b:
+        raise ValueError(f"{what}: sizes differ ({a} vs {b})")
+
+
+# --- bias epilogue and its gradient --------------------------------------------------------
+
+def bias_act(floating[:, ::1] y not None, const floating[::1] b not None, int act):
+    """In place: ``y[r, f] = act(y[r, f] + b[f])`` (act: one of the ACT_* codes)."""
+    cdef Py_ssize_t M = y.shape[0], F = y.shape[1], r, f
+    _check_same(b.shape[0], F, "bias_act: b vs the last axis of y")
+    if act < _ACT_NONE or act > _ACT_TANH:
+        raise ValueError(f"bias_act: unknown activation code {act}")
+    if M * F == 0:
+        return
+    cdef int nt = threads_for(M * F)
+    for r in prange(M, nogil=True, schedule="static", num_threads=nt):
+        if act == _ACT_NONE:
+            for f in range(F):
+                y[r, f] = y[r, f] + b[f]
+        elif act == _ACT_RELU:
+            for f in range(F):
+                y[r, f] = _relu(y[r, f] + b[f])
+        else:
+            for f in range(F):
+                y[r, f] = _activate(y[r, f] + b[f], act)
+
+
+def bias_grad(const floating[:, ::1] dy not None, floating[::1] db not None):
+    """``db[f] = sum_r dy[r, f]``, deterministic for any thread count (fixed blocks)."""
+    cdef Py_ssize_t M = dy.shape[0], F = dy.shape[1], nb, blk, r, f, r0, r1
+    _check_same(db.shape[0], F, "bias_grad: db vs the last axis of dy")
+    if F == 0:
+        return
+    nb = (M + BLOCK_ROWS - 1) // BLOCK_ROWS
+    cdef double* part = <double*> malloc(max(nb, 1) * F * sizeof(double))
+    cdef double acc
+    cdef double* p
+    if part == NULL:
+        raise MemoryError()
+    cdef int nt = threads_for(M * F)
+    try:
+        for blk in prange(nb, nogil=True, schedule="static", num_threads=nt):
+            p = part + blk * F
+            for f in range(F):
+                p[f] = 0
+            r0 = blk * BLOCK_ROWS
+            r1 = min(r0 + BLOCK_ROWS, M)
+            for r in range(r0, r1):
+                for f in range(F):
+                    p[f] = p[f] + dy[r, f]
+        for f in range(F):
+            acc = 0
+            for blk in range(nb):
+                acc = acc + part[blk * F + f]
+            db[f] = <floating> acc
+    finally:
+        free(part)
+
+
+# --- activations (flat views of C-contiguous arrays) ---------------------------------------
+
+def relu_forward(const floating[::1] x not None, floating[::1] y not None):
+    cdef Py_ssize_t n = x.shape[0], i
+    _check_same(y.shape[0], n, "relu_forward: y vs x")
+    cdef int nt = threads_for(n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        y[i] = _relu(x[i])
+
+
+def relu_backward(const floating[::1] dy not None, const floating[::1] y not None, floating[::1] dx not None):
+    """``dx = dy * (y > 0)``: y is the forward output, so the derivative at x == 0 is 0."""
+    cdef Py_ssize_t n = dy.shape[0], i
+    _check_same(y.shape[0], n, "relu_backward: y vs dy")
+    _check_same(dx.shape[0], n, "relu_backward: dx vs dy")
+    cdef int nt = threads_for(n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        dx[i] = dy[i] if y[i] > 0 else 0
+
+
+def sigmoid_forward(const floating[::1] x not None, floating[::1] y not None):
+    cdef Py_ssize_t n = x.shape[0], i
+    _check_same(y.shape[0], n, "sigmoid_forward: y vs x")
+    cdef int nt = threads_for(n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        y[i] = _sigmoid(x[i])
+
+
+def sigmoid_backward(const floating[::1] dy not None, const floating[::1] y not None, floating[::1] dx not None):
+    cdef Py_ssize_t n = dy.shape[0], i
+    _check_same(y.shape[0], n, "sigmoid_backward: y vs dy")
+    _check_same(dx.shape[0], n, "sigmoid_backward: dx vs dy")
+    cdef int nt = threads_for(n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        dx[i] = dy[i] * y[i] * (1 - y[i])
+
+
+def tanh_forward(const floating[::1] x not None, floating[::1] y not None):
+    cdef Py_ssize_t n = x.shape[0], i
+    _check_same(y.shape[0], n, "tanh_forward: y vs x")
+    cdef int nt = threads_for(n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        y[i] = _tanh(x[i])
+
+
+def tanh_backward(const floating[::1] dy not None, const floating[::1] y not None, floating[::1] dx not None):
+    cdef Py_ssize_t n = dy.shape[0], i
+    _check_same(y.shape[0], n, "tanh_backward: y vs dy")
+    _check_same(dx.shape[0], n, "tanh_backward: dx vs dy")
+    cdef int nt = threads_for(n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        dx[i] = dy[i] * (1 - y[i] * y[i])
+
+
+# --- softmax over the last axis (rows of a 2-D view) ---------------------------------------
+
+cdef inline double _softmax_row(const floating* x, floating* y, Py_ssize_t K) noexcept nogil:
+    # y = exp(x - max) / sum; returns log(sum(exp(x))) (the row's logsumexp).
+    cdef Py_ssize_t k
+    cdef floating m = x[0]
+    cdef double s = 0
+    cdef floating inv
+    for k in range(1, K):
+        if x[k] > m:
+            m = x[k]
+    for k in range(K):
+        y[k] = _exp(x[k] - m)
+        s = s + y[k]
+    inv = <floating> (1.0 / s)
+    for k in range(K):
+        y[k] = y[k] * inv
+    return m + log(s)
+
+
+def softmax_forward(const floating[:, ::1] x not None, floating[:, ::1] y not None):
+    cdef Py_ssize_t R = x.shape[0], K = x.shape[1], r
+    _check_same(y.shape[0] * y.shape[1], R * K, "softmax_forward: y vs x")
+    if R * K == 0:
+        return
+    cdef int nt = threads_for(R * K)
+    for r in prange(R, nogil=True, schedule="static", num_threads=nt):
+        _softmax_row(&x[r, 0], &y[r, 0], K)
+
+
+def softmax_backward(const floating[:, ::1] dy not None, const floating[:, ::1] y not None,
+                     floating[:, ::1] dx not None):
+    """``dx = y * (dy - sum(dy * y))`` per row (y is the forward output)."""
+    cdef Py_ssize_t R = dy.shape[0], K = dy.shape[1], r, k
+    cdef double d
+    _check_same(y.shape[0] * y.shape[1], R * K, "softmax_backward: y vs dy")
+    _check_same(dx.shape[0] * dx.shape[1], R * K, "softmax_backward: dx vs dy")
+    if R * K == 0:
+        return
+    cdef int nt = threads_for(R * K)
+    for r in prange(R, nogil=True, schedule="static", num_threads=nt):
+        d = 0
+        for k in range(K):
+            d = d + dy[r, k] * y[r, k]
+        for k in range(K):
+            dx[r, k] = y[r, k] * (dy[r, k] - <floating> d)
+
+
+# --- fused losses: one pass gives the mean loss and d(loss)/d(logits) ----------------------
+
+def softmax_cross_entropy(const floating[:, ::1] logits not None, const floating[:, ::1] targets not None,
+                          floating[:, ::1] dlogits not None):
+    """Returns the batch-mean loss; fills ``dlogits = (softmax * sum(t) - t) / N``."""
+    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], r, k
+    cdef double lse, tsum, row, total = 0
+    cdef floating invn, tf
+    _check_same(targets.shape[0] * targets.shape[1], N * K, "softmax_cross_entropy: targets vs logits")
+    _check_same(dlogits.shape[0] * dlogits.shape[1], N * K, "softmax_cross_entropy: dlogits vs logits")
+    if N == 0 or K == 0:
+        raise ValueError(f"softmax_cross_entropy: logits must be non-empty, got shape {(N, K)}")
+    invn = <floating> (1.0 / N)
+    cdef double* rowloss = <double*> malloc(N * sizeof(double))
+    if rowloss == NULL:
+        raise MemoryError()
+    cdef int nt = threads_for(N * K)
+    try:
+        for r in prange(N, nogil=True, schedule="static", num_threads=nt):
+            lse = _softmax_row(&logits[r, 0], &dlogits[r, 0], K)
+            tsum = 0
+            row = 0
+            for k in range(K):
+                tsum = tsum + targets[r, k]
+                row = row + targets[r, k] * (lse - logits[r, k])
+            rowloss[r] = row
+            tf = <floating> tsum
+            for k in range(K):
+                dlogits[r, k] = (dlogits[r, k] * tf - targets[r, k]) * invn
+        for r in range(N):
+            total = total + rowloss[r]
+    finally:
+        free(rowloss)
+    return total / N
+
+
+def sparse_softmax_cross_entropy(const floating[:, ::1] logits not None, const Py_ssize_t[::1] labels not None,
+                                 floating[:, ::1] dlogits not None):
+    """Same as softmax_cross_entropy with one-hot targets given as class indices."""
+    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], r, k, lab
+    cdef double lse, total = 0
+    cdef floating invn
+    _check_same(labels.shape[0], N, "sparse_softmax_cross_entropy: labels vs rows of logits")
+    _check_same(dlogits.shape[0] * dlogits.shape[1], N * K, "sparse_softmax_cross_entropy: dlogits vs logits")
+    if N == 0 or K == 0:
+        raise ValueError(f"sparse_softmax_cross_entropy: logits must be non-empty, got shape {(N, K)}")
+    for r in range(N):  # an out-of-range label would read outside the row
+        if labels[r] < 0 or labels[r] >= K:
+            raise ValueError(f"labels must be class indices in [0, {K}), "
+                             f"got {labels[r]} at position {r}")
+    invn = <floating> (1.0 / N)
+    cdef double* rowloss = <double*> malloc(N * sizeof(double))
+    if rowloss == NULL:
+        raise MemoryError()
+    cdef int nt = threads_for(N * K)
+    try:
+        for r in prange(N, nogil=True, schedule="static", num_threads=nt):
+            lse = _softmax_row(&logits[r, 0], &dlogits[r, 0], K)
+            lab = labels[r]
+            rowloss[r] = lse - logits[r, lab]
+            dlogits[r, lab] = dlogits[r, lab] - 1
+            for k in range(K):
+                dlogits[r, k] = dlogits[r, k] * invn
+        for r in range(N):
+            total = total + rowloss[r]
+    finally:
+        free(rowloss)
+    return total / N
+
+
+def sigmoid_cross_entropy(const floating[::1] logits not None, const floating[::1] targets not None,
+                          floating[::1] dlogits not None):
+    """Mean over all elements of ``max(x, 0) - x*t + log1p(exp(-|x|))`` (stable for any x);
+    fills ``dlogits = (sigmoid(x) - t) / size``."""
+    cdef Py_ssize_t n = logits.shape[0], nb, blk, i, i0, i1
+    cdef double acc, total = 0
+    cdef floating x, t, inv
+    _check_same(targets.shape[0], n, "sigmoid_cross_entropy: targets vs logits")
+    _check_same(dlogits.shape[0], n, "sigmoid_cross_entropy: dlogits vs logits")
+    if n == 0:
+        raise ValueError("sigmoid_cross_entropy: logits must be non-empty")
+    inv = <floating> (1.0 / n)
+    nb = (n + BLOCK_ELEMS - 1) // BLOCK_ELEMS
+    cdef double* part = <double*> malloc(nb * sizeof(double))
+    if part == NULL:
+        raise MemoryError()
+    cdef int nt = threads_for(n)
+    try:
+        for blk in prange(nb, nogil=True, schedule="static", num_threads=nt):
+            acc = 0
+            i0 = blk * BLOCK_ELEMS
+            i1 = min(i0 + BLOCK_ELEMS, n)
+            for i in range(i0, i1):
+                x = logits[i]
+                t = targets[i]
+                acc = acc + ((x if x > 0 else 0) - x * t + _log1p(_exp(-_fabs(x))))
+                dlogits[i] = (_sigmoid(x) - t) * inv
+            part[blk] = acc
+        for blk in range(nb):
+            total = total + part[blk]
+    finally:
+        free(part)
+    return total / n

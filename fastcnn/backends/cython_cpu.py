@@ -1,0 +1,353 @@
+"""Cython kernels compiled from csrc/ (OpenMP), with NumPy's BLAS for the GEMMs.
+
+A convolution is im2col -> GEMM -> bias, and its backward GEMM -> col2im. The GEMMs hold
+nearly all the FLOPs, and an optimised BLAS beats any hand loop at them, so they are NumPy
+``matmul`` calls made here, *between* the compiled passes and never inside a parallel
+region (BLAS threads nested in OpenMP threads oversubscribe the cores). The compiled passes
+(csrc/*.pyx) do the memory-bound rest in parallel: patch packing straight from the unpadded
+input, the col2im gather, bias (+ activation) epilogues, pooling, activations and the fused
+losses. Every kernel runs float32 and float64 natively (fused types, no upcast), never writes
+to its inputs, and gives bitwise-identical results for any OpenMP thread count.
+
+Two shortcuts skip im2col because the input already IS the patch matrix (a reshape, no
+copy): 1x1 kernels with stride 1 and no padding, and kernels that cover the whole unpadded
+input.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastcnn import _extensions
+from fastcnn.shapes import padded_output_shape
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_available():
+    """``(True, "")`` when the compiled extensions loaded, else ``(False, reason)``."""
+    if _extensions.HAVE_CYTHON:
+        return True, ""
+    return False, f"{_extensions.IMPORT_ERROR}; {_extensions.FIX_HINT}"
+
+
+class _Unavailable:
+    """Stands in for a missing extension module: any use raises require_cython()'s error."""
+
+    def __getattr__(self, name):
+        _extensions.require_cython()
+
+
+_conv = _extensions.modules.get("conv", _Unavailable())
+_pool = _extensions.modules.get("pool", _Unavailable())
+_elt = _extensions.modules.get("elementwise", _Unavailable())
+_ACT_NONE = 0
+
+
+# --- argument checks (cheap; the compiled code trusts what passes them) -------------------
+
+
+def _float_array(a, name, dtype=None, ndim=None):
+    """``a`` as a C-contiguous float array (no copy when it already is one)."""
+    a = np.asarray(a)
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {a.dtype} but the op runs in {dtype}: "
+            f"all arrays of one op must share one float dtype"
+        )
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _check_shape(a, expected, name):
+    if a.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {a.shape}")
+
+
+def _pair(value, name, minimum):
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of ints, got {value!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return a, b
+
+
+def _geometry(x_shape, window, stride, pad, what):
+    """Checks a window op's arguments; returns ``(kh, kw, sh, sw, pt, pl, Ho, Wo)``."""
+    kh, kw = _pair(window, what, 1)
+    sh, sw = _pair(stride, "stride", 1)
+    try:
+        (pt, pb), (pl, pr) = ((int(p), int(q)) for p, q in pad)
+    except (TypeError, ValueError):
+        raise ValueError(f"pad must be ((top, bottom), (left, right)), got {pad!r}") from None
+    if min(pt, pb, pl, pr) < 0:
+        raise ValueError(f"pad must be >= 0, got {pad!r}")
+    ho, wo = padded_output_shape(x_shape[1:3], (kh, kw), (sh, sw), ((pt, pb), (pl, pr)))
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"{what} {(kh, kw)} with pad {pad!r} does not fit the input's spatial size "
+            f"{tuple(x_shape[1:3])}"
+        )
+    return kh, kw, sh, sw, pt, pl, ho, wo
+
+
+def _pool_geometry(x_shape, pool, stride, pad):
+    """As :func:`_geometry`, and refuses windows that lie wholly in the padding: such a
+    window has no maximum and no mean (shapes.py never makes one)."""
+    geometry = _geometry(x_shape, pool, stride, pad, "pool size")
+    ph, pw, sh, sw, pt, pl, ho, wo = geometry
+    for length, k, s, before, out, axis in (
+        (x_shape[1], ph, sh, pt, ho, "H"), (x_shape[2], pw, sw, pl, wo, "W")
+    ):
+        if before >= k or (out - 1) * s >= before + length:
+            raise ValueError(
+                f"pad {pad!r} makes a pooling window of size {(ph, pw)} lie entirely in the "
+                f"padding along {axis} (input {tuple(x_shape[1:3])}, stride {(sh, sw)})"
+            )
+    return geometry
+
+
+def _bias(b, n_out, dtype):
+    if b is None:
+        return None
+    b = _float_array(b, "b", dtype, ndim=1)
+    _check_shape(b, (n_out,), "b")
+    return b
+
+
+def _bias_grad(dy2d):
+    db = np.empty(dy2d.shape[1], dtype=dy2d.dtype)
+    _elt.bias_grad(dy2d, db)
+    return db
+
+
+# --- convolution ----------------------------------------------------------------------------
+
+
+def conv2d_forward(x, w, b, stride, pad):
+    x = _float_array(x, "x", ndim=4)
+    w = _float_array(w, "w", x.dtype, ndim=4)
+    n, h, wd, c = x.shape
+    kh, kw, c_in, f = w.shape
+    if c_in != c:
+        raise ValueError(
+            f"w has {c_in} input channels (shape {w.shape}) but x has {c} (shape {x.shape})"
+        )
+    b = _bias(b, f, x.dtype)
+    kh, kw, sh, sw, pt, pl, ho, wo = _geometry(x.shape, (kh, kw), stride, pad, "kernel size")
+    unpadded = pt == 0 and pl == 0 and ho == (h - kh) // sh + 1 and wo == (wd - kw) // sw + 1
+    k = kh * kw * c
+    if unpadded and kh == 1 and kw == 1 and sh == 1 and sw == 1:
+        cols, packed = x.reshape(n * ho * wo, k), False
+    elif unpadded and (kh, kw) == (h, wd):
+        cols, packed = x.reshape(n, k), False
+    else:
+        cols, packed = np.empty((n * ho * wo, k), dtype=x.dtype), True
+        _conv.im2col(x, cols, kh, kw, sh, sw, pt, pl, ho, wo)
+    w2d = w.reshape(k, f)
+    y2d = np.matmul(cols, w2d)
+    if b is not None:
+        _elt.bias_act(y2d, b, _ACT_NONE)
+    ctx = (cols, packed, w2d, x.shape, w.shape, b is not None, (kh, kw, sh, sw, pt, pl, ho, wo))
+    return y2d.reshape(n, ho, wo, f), ctx
+
+
+def conv2d_backward(dy, ctx):
+    cols, packed, w2d, x_shape, w_shape, has_bias, geometry = ctx
+    kh, kw, sh, sw, pt, pl, ho, wo = geometry
+    dy = _float_array(dy, "dy", w2d.dtype)
+    _check_shape(dy, (x_shape[0], ho, wo, w_shape[3]), "dy")
+    dy2d = dy.reshape(-1, w_shape[3])
+    dw = np.matmul(cols.T, dy2d).reshape(w_shape)
+    db = _bias_grad(dy2d) if has_bias else None
+    dcols = np.matmul(dy2d, w2d.T)
+    if packed:
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        _conv.col2im(dcols, dx, kh, kw, sh, sw, pt, pl, ho, wo)
+    else:
+        dx = dcols.reshape(x_shape)
+    return dx, dw, db
+
+
+# --- pooling --------------------------------------------------------------------------------
+
+
+def maxpool2d_forward(x, pool, stride, pad):
+    x = _float_array(x, "x", ndim=4)
+    ph, pw, sh, sw, pt, pl, ho, wo = _pool_geometry(x.shape, pool, stride, pad)
+    n, c = x.shape[0], x.shape[3]
+    y = np.empty((n, ho, wo, c), dtype=x.dtype)
+    argmax = np.empty((n, ho, wo, c), dtype=np.int32)
+    _pool.maxpool_forward(x, y, argmax, ph, pw, sh, sw, pt, pl)
+    return y, (argmax, x.shape, ph, sh)
+
+
+def maxpool2d_backward(dy, ctx):
+    argmax, x_shape, ph, sh = ctx
+    dy = _float_array(dy, "dy", ndim=4)
+    _check_shape(dy, argmax.shape, "dy")
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    _pool.maxpool_backward(dy, argmax, dx, ph, sh)
+    return dx
+
+
+def avgpool2d_forward(x, pool, stride, pad):
+    x = _float_array(x, "x", ndim=4)
+    geometry = _pool_geometry(x.shape, pool, stride, pad)
+    ph, pw, sh, sw, pt, pl, ho, wo = geometry
+    y = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
+    _pool.avgpool_forward(x, y, ph, pw, sh, sw, pt, pl)
+    return y, (x.shape, x.dtype, geometry)
+
+
+def avgpool2d_backward(dy, ctx):
+    x_shape, dtype, (ph, pw, sh, sw, pt, pl, ho, wo) = ctx
+    dy = _float_array(dy, "dy", dtype)
+    _check_shape(dy, (x_shape[0], ho, wo, x_shape[3]), "dy")
+    dx = np.zeros(x_shape, dtype=dtype)
+    _pool.avgpool_backward(dy, dx, ph, pw, sh, sw, pt, pl)
+    return dx
+
+
+# --- dense ----------------------------------------------------------------------------------
+
+
+def dense_forward(x, w, b):
+    x = _float_array(x, "x", ndim=2)
+    w = _float_array(w, "w", x.dtype, ndim=2)
+    if w.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"w has {w.shape[0]} input features (shape {w.shape}) but x has {x.shape[1]} "
+            f"(shape {x.shape})"
+        )
+    b = _bias(b, w.shape[1], x.dtype)
+    y = np.matmul(x, w)
+    if b is not None:
+        _elt.bias_act(y, b, _ACT_NONE)
+    return y, (x, w, b is not None)
+
+
+def dense_backward(dy, ctx):
+    x, w, has_bias = ctx
+    dy = _float_array(dy, "dy", x.dtype)
+    _check_shape(dy, (x.shape[0], w.shape[1]), "dy")
+    dx = np.matmul(dy, w.T)
+    dw = np.matmul(x.T, dy)
+    db = _bias_grad(dy) if has_bias else None
+    return dx, dw, db
+
+
+# --- activations (ctx = the forward output, which is all their backward needs) --------------
+
+
+def _unary_forward(kernel, x):
+    x = _float_array(x, "x")
+    y = np.empty_like(x)
+    kernel(x.reshape(-1), y.reshape(-1))
+    return y, y
+
+
+def _unary_backward(kernel, dy, y):
+    dy = _float_array(dy, "dy", y.dtype)
+    _check_shape(dy, y.shape, "dy")
+    dx = np.empty_like(y)
+    kernel(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+def relu_forward(x):
+    return _unary_forward(_elt.relu_forward, x)
+
+
+def relu_backward(dy, ctx):
+    return _unary_backward(_elt.relu_backward, dy, ctx)
+
+
+def sigmoid_forward(x):
+    return _unary_forward(_elt.sigmoid_forward, x)
+
+
+def sigmoid_backward(dy, ctx):
+    return _unary_backward(_elt.sigmoid_backward, dy, ctx)
+
+
+def tanh_forward(x):
+    return _unary_forward(_elt.tanh_forward, x)
+
+
+def tanh_backward(dy, ctx):
+    return _unary_backward(_elt.tanh_backward, dy, ctx)
+
+
+def _rows(a):
+    """A C-contiguous array as (rows, last axis): a view."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+
+
+def softmax_forward(x):
+    x = _float_array(x, "x")
+    if x.ndim < 1:
+        raise ValueError(f"x must have at least 1 axis for a softmax, got shape {x.shape}")
+    y = np.empty_like(x)
+    if x.size:
+        _elt.softmax_forward(_rows(x), _rows(y))
+    return y, y
+
+
+def softmax_backward(dy, ctx):
+    y = ctx
+    dy = _float_array(dy, "dy", y.dtype)
+    _check_shape(dy, y.shape, "dy")
+    dx = np.empty_like(y)
+    if y.size:
+        _elt.softmax_backward(_rows(dy), _rows(y), _rows(dx))
+    return dx
+
+
+# --- fused losses ---------------------------------------------------------------------------
+
+
+def _targets_like(targets, logits):
+    targets = _float_array(targets, "targets", logits.dtype)
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"targets must have the shape of logits {logits.shape}, got {targets.shape}"
+        )
+    return targets
+
+
+def softmax_cross_entropy(logits, targets):
+    logits = _float_array(logits, "logits", ndim=2)
+    targets = _targets_like(targets, logits)
+    dlogits = np.empty_like(logits)
+    loss = _elt.softmax_cross_entropy(logits, targets, dlogits)
+    return np.asarray(loss, dtype=logits.dtype), dlogits
+
+
+def sparse_softmax_cross_entropy(logits, labels):
+    logits = _float_array(logits, "logits", ndim=2)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(
+            f"labels must be an integer array of shape ({logits.shape[0]},), "
+            f"got dtype {labels.dtype}"
+        )
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {labels.shape}")
+    # Range checked in the kernel (it must never read outside a row).
+    labels = np.ascontiguousarray(labels, dtype=np.intp)
+    dlogits = np.empty_like(logits)
+    loss = _elt.sparse_softmax_cross_entropy(logits, labels, dlogits)
+    return np.asarray(loss, dtype=logits.dtype), dlogits
+
+
+def sigmoid_cross_entropy(logits, targets):
+    logits = _float_array(logits, "logits")
+    targets = _targets_like(targets, logits)
+    dlogits = np.empty_like(logits)
+    loss = _elt.sigmoid_cross_entropy(logits.reshape(-1), targets.reshape(-1), dlogits.reshape(-1))
+    return np.asarray(loss, dtype=logits.dtype), dlogits

@@ -1,0 +1,427 @@
+"""Vectorised NumPy: strided views + one GEMM per op (the default backend).
+
+No Python loop here runs over pixels or images; the only loops run over the ``kh*kw``
+taps of a window (9 for a 3x3 kernel), each iteration being one whole-array NumPy
+operation. What makes it fast, pass by pass over memory (``X`` = input size, ``Y`` =
+output size, ``K = kh*kw``):
+
+* **conv forward**: one padding copy (only when there is padding), one copy that turns the
+  strided window view into the column matrix (``K*X/(sh*sw)`` elements written), then ONE
+  GEMM ``cols (N*Ho*Wo, kh*kw*C) @ w (kh*kw*C, F)`` and the bias added in place on its
+  output. The NHWC layout makes each window ``(kh, kw, C)`` a row of the column matrix in
+  exactly the order of the HWIO kernel's rows, so ``w.reshape(kh*kw*C, F)`` is a free view:
+  no transpose anywhere. BLAS does >95% of the arithmetic at near-peak speed.
+* **conv backward**: ``dW = cols.T @ dy2d`` (one GEMM, reusing the forward's column
+  matrix kept in ``ctx``), ``dcols = dy2d @ w2d.T`` (one GEMM), then col2im: K strided
+  ``+=`` passes of size ``Y*C`` into the padded dx buffer. A strided slice ``+=`` is exact
+  when windows overlap, which a fancy-index ``+=`` is not (it drops repeated indices).
+* **max pool**: one window copy (``K*Y``), one argmax pass and one gather; backward K
+  passes, each selecting ``dy`` where the stored argmax equals the tap and adding it into
+  that tap's strided slice. Argmax indices are stored in the smallest integer type
+  (uint8 for windows up to 16x16), so each backward pass reads 1 byte per output element.
+  Non-overlapping windows without padding (stride == pool, the usual ``MaxPooling2D(2)``)
+  take a fast path: each input pixel belongs to exactly one tap's slice, so the backward
+  ASSIGNS instead of zero-filling and accumulating.
+* **avg pool**: a sum over the strided window view (no copy) and one division by the count
+  of real elements per window (computed from the padding with 1-D arithmetic, no padded
+  ones-array); backward one division then K strided ``+=`` passes (assignments on the
+  non-overlapping fast path).
+* **dense**: GEMMs. **Activations and losses**: a few element-wise passes, numerically
+  stable, never editing an input.
+
+float32 stays float32 throughout: constants are created in the input's dtype and NumPy 2
+(NEP 50) keeps Python scalars from promoting arrays.
+
+``ctx`` is a tuple private to this module. It may hold references to the forward's inputs
+(dense keeps ``x``; a 1x1 stride-1 unpadded conv's column matrix is a view of ``x``), so
+callers must not change those in place before the matching backward.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..shapes import padded_output_shape
+
+# ----------------------------------------------------------------------------------------
+# Convolution
+# ----------------------------------------------------------------------------------------
+
+
+def conv2d_forward(x, w, b, stride, pad):
+    _check_float("x", x)
+    _check_same_dtype("w", w, x)
+    _check_rank("x", x, 4, "(N, H, W, C)")
+    _check_rank("w", w, 4, "(kh, kw, C_in, C_out)")
+    n, h, wd, c = x.shape
+    kh, kw, w_c, f = w.shape
+    if w_c != c:
+        raise ValueError(
+            f"w has {w_c} input channels (shape {w.shape}) but x has {c} "
+            f"(shape {x.shape}); expected w of shape (kh, kw, {c}, C_out)"
+        )
+    if b is not None:
+        _check_same_dtype("b", b, x)
+        if b.shape != (f,):
+            raise ValueError(f"b must have shape ({f},), got {b.shape}")
+    ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
+
+    xp = _pad(x, pad, 0)
+    # (N, Ho, Wo, kh, kw, C) in this order: reshaping to 2-D puts tap (a, b, ch) at column
+    # (a*kw + b)*C + ch, the same row index the HWIO kernel has after its reshape.
+    cols = _windows(xp, (kh, kw), stride, (ho, wo)).reshape(n * ho * wo, kh * kw * c)
+    w2d = w.reshape(kh * kw * c, f)
+    y2d = cols @ w2d
+    if b is not None:
+        y2d += b
+    return y2d.reshape(n, ho, wo, f), (cols, w, b is not None, x.shape, stride, pad)
+
+
+def conv2d_backward(dy, ctx):
+    cols, w, has_bias, x_shape, stride, pad = ctx
+    kh, kw, c, f = w.shape
+    n, ho, wo, _ = dy.shape
+    dy2d = dy.reshape(n * ho * wo, f)  # a view; never written to
+
+    dw = (cols.T @ dy2d).reshape(w.shape)
+    db = dy2d.sum(axis=0) if has_bias else None
+    dcols = (dy2d @ w.reshape(kh * kw * c, f).T).reshape(n, ho, wo, kh, kw, c)
+    dx = _scatter_taps(
+        lambda a, b: dcols[:, :, :, a, b, :], x_shape, (kh, kw), stride, pad, (ho, wo), dy.dtype
+    )
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# Pooling
+# ----------------------------------------------------------------------------------------
+
+
+def maxpool2d_forward(x, pool, stride, pad):
+    _check_float("x", x)
+    _check_rank("x", x, 4, "(N, H, W, C)")
+    n, h, wd, c = x.shape
+    ph, pw = pool
+    ho, wo = _output_shape((h, wd), pool, stride, pad, "pool")
+    _check_pool_windows_touch_input((h, wd), pool, stride, pad, (ho, wo))
+
+    xp = _pad(x, pad, -np.inf)  # -inf never wins a max; a 0 would beat negative inputs
+    windows = _windows(xp, pool, stride, (ho, wo)).reshape(n, ho, wo, ph * pw, c)
+    # np.argmax returns the FIRST maximum in the row-major (a*pw + b) tap order: the
+    # contract's tie rule. It also returns the first NaN, so NaNs propagate to y.
+    arg = windows.argmax(axis=3)
+    y = np.take_along_axis(windows, arg[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    arg = arg.astype(np.min_scalar_type(ph * pw - 1))
+    return y, (arg, x.shape, pool, stride, pad)
+
+
+def maxpool2d_backward(dy, ctx):
+    arg, x_shape, (ph, pw), stride, pad = ctx
+    n, ho, wo, _ = dy.shape
+    zero = dy.dtype.type(0)
+    # Tap (a, b) receives dy exactly where it was its window's (first) maximum.
+    return _scatter_taps(
+        lambda a, b: np.where(arg == a * pw + b, dy, zero),
+        x_shape, (ph, pw), stride, pad, (ho, wo), dy.dtype,
+    )
+
+
+def avgpool2d_forward(x, pool, stride, pad):
+    _check_float("x", x)
+    _check_rank("x", x, 4, "(N, H, W, C)")
+    n, h, wd, c = x.shape
+    ho, wo = _output_shape((h, wd), pool, stride, pad, "pool")
+    _check_pool_windows_touch_input((h, wd), pool, stride, pad, (ho, wo))
+
+    xp = _pad(x, pad, 0)
+    count = _real_counts((h, wd), pool, stride, pad, (ho, wo), x.dtype)
+    y = _windows(xp, pool, stride, (ho, wo)).sum(axis=(3, 4))
+    y /= count
+    return y, (count, x.shape, pool, stride, pad)
+
+
+def avgpool2d_backward(dy, ctx):
+    count, x_shape, pool, stride, pad = ctx
+    n, ho, wo, _ = dy.shape
+    g = dy / count  # every element of a window receives dy / (real elements in it)
+    return _scatter_taps(lambda a, b: g, x_shape, pool, stride, pad, (ho, wo), dy.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Dense
+# ----------------------------------------------------------------------------------------
+
+
+def dense_forward(x, w, b):
+    _check_float("x", x)
+    _check_same_dtype("w", w, x)
+    _check_rank("x", x, 2, "(N, D)")
+    _check_rank("w", w, 2, "(D, U)")
+    if w.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"w has shape {w.shape} but x has {x.shape[1]} features (shape {x.shape}); "
+            f"expected w of shape ({x.shape[1]}, U)"
+        )
+    if b is not None:
+        _check_same_dtype("b", b, x)
+        if b.shape != (w.shape[1],):
+            raise ValueError(f"b must have shape ({w.shape[1]},), got {b.shape}")
+    y = x @ w
+    if b is not None:
+        y += b
+    return y, (x, w, b is not None)
+
+
+def dense_backward(dy, ctx):
+    x, w, has_bias = ctx
+    return dy @ w.T, x.T @ dy, (dy.sum(axis=0) if has_bias else None)
+
+
+# ----------------------------------------------------------------------------------------
+# Activations
+# ----------------------------------------------------------------------------------------
+
+
+def relu_forward(x):
+    _check_float("x", x)
+    y = np.maximum(x, x.dtype.type(0))  # propagates NaN
+    return y, y
+
+
+def relu_backward(dy, ctx):
+    # y > 0 exactly where x > 0: the derivative at 0 (and at NaN) is 0.
+    return np.where(ctx > 0, dy, dy.dtype.type(0))
+
+
+def sigmoid_forward(x):
+    _check_float("x", x)
+    y = _sigmoid(x)
+    return y, y
+
+
+def sigmoid_backward(dy, ctx):
+    y = ctx
+    return dy * (y * (1 - y))
+
+
+def tanh_forward(x):
+    _check_float("x", x)
+    y = np.tanh(x)
+    return y, y
+
+
+def tanh_backward(dy, ctx):
+    y = ctx
+    return dy * (1 - y * y)
+
+
+def softmax_forward(x):
+    _check_float("x", x)
+    e = x - x.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)  # e is our own temporary
+    e /= e.sum(axis=-1, keepdims=True)
+    return e, e
+
+
+def softmax_backward(dy, ctx):
+    y = ctx
+    return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------------------
+# Fused losses
+# ----------------------------------------------------------------------------------------
+
+
+def softmax_cross_entropy(logits, targets):
+    _check_float("logits", logits)
+    _check_rank("logits", logits, 2, "(N, K)")
+    _check_same_dtype("targets", targets, logits)
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"targets must have the shape of logits {logits.shape}, got {targets.shape}"
+        )
+    n = logits.shape[0]
+    log_s, s = _log_softmax_and_softmax(logits)
+    loss = -np.vdot(targets, log_s) / n
+    dlogits = s
+    dlogits *= targets.sum(axis=1, keepdims=True)
+    dlogits -= targets
+    dlogits /= n
+    return np.asarray(loss, dtype=logits.dtype), dlogits
+
+
+def sparse_softmax_cross_entropy(logits, labels):
+    _check_float("logits", logits)
+    _check_rank("logits", logits, 2, "(N, K)")
+    _check_labels(labels, logits.shape)
+    n = logits.shape[0]
+    rows = np.arange(n)
+    log_s, s = _log_softmax_and_softmax(logits)
+    loss = -log_s[rows, labels].sum() / n
+    dlogits = s
+    dlogits[rows, labels] -= 1  # exactly one (row, label) pair per row: no repeats
+    dlogits /= n
+    return np.asarray(loss, dtype=logits.dtype), dlogits
+
+
+def sigmoid_cross_entropy(logits, targets):
+    _check_float("logits", logits)
+    _check_same_dtype("targets", targets, logits)
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"targets must have the shape of logits {logits.shape}, got {targets.shape}"
+        )
+    x, t = logits, targets
+    e = np.exp(-np.abs(x))  # <= 1: shared by the loss and the sigmoid, never overflows
+    # log(1 + exp(x)) - x*t, written as max(x, 0) + log1p(exp(-|x|)) - x*t
+    elementwise = np.maximum(x, 0) - x * t + np.log1p(e)
+    loss = elementwise.sum() / x.size
+    s = np.where(x >= 0, 1, e) / (1 + e)
+    s -= t
+    s /= x.size
+    return np.asarray(loss, dtype=x.dtype), s
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _sigmoid(x):
+    e = np.exp(-np.abs(x))  # <= 1: no overflow for any x
+    return np.where(x >= 0, 1, e) / (1 + e)
+
+
+def _log_softmax_and_softmax(z):
+    shifted = z - z.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    sums = e.sum(axis=1, keepdims=True)
+    shifted -= np.log(sums)  # now log_softmax
+    e /= sums  # now softmax
+    return shifted, e
+
+
+def _pad(x, pad, value):
+    """x itself when there is no padding (read-only use), else a new padded array."""
+    (top, bottom), (left, right) = pad
+    if not (top or bottom or left or right):
+        return x
+    n, h, w, c = x.shape
+    # np.full with dtype=x.dtype: the -inf fill is created in float32 for float32 input.
+    xp = np.full((n, h + top + bottom, w + left + right, c), value, dtype=x.dtype)
+    xp[:, top : top + h, left : left + w, :] = x
+    return xp
+
+
+def _windows(xp, window, stride, out):
+    """Read-only strided view ``(N, Ho, Wo, kh, kw, C)`` of every window of ``xp``.
+
+    ``view[n, i, j, a, b, ch] = xp[n, i*sh + a, j*sw + b, ch]``: no data is copied.
+    ``out`` comes from padded_output_shape, so the last window ends inside ``xp``.
+    """
+    (kh, kw), (sh, sw), (ho, wo) = window, stride, out
+    n, _, _, c = xp.shape
+    s_n, s_h, s_w, s_c = xp.strides
+    return as_strided(
+        xp,
+        shape=(n, ho, wo, kh, kw, c),
+        strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_c),
+        writeable=False,
+    )
+
+
+def _scatter_taps(tap_values, x_shape, window, stride, pad, out, dtype):
+    """col2im: ``dx`` with ``tap_values(a, b)`` (N, Ho, Wo, C) added at every window's tap.
+
+    Tap ``(a, b)`` of window ``(i, j)`` sits at padded position ``(i*sh + a, j*sw + b)``,
+    so all windows' tap (a, b) form ONE strided slice of the padded buffer, and within a
+    slice no position repeats: ``+=`` on it is exact. Overlaps between windows happen only
+    ACROSS taps, which the loop accumulates one after the other.
+    """
+    n, h, wd, c = x_shape
+    (kh, kw), (sh, sw), ((top, bottom), (left, right)), (ho, wo) = window, stride, pad, out
+    padded = top or bottom or left or right
+    if (sh, sw) == (kh, kw) and not padded:
+        # Non-overlapping windows tiling the top-left (Ho*kh, Wo*kw) block: each pixel of
+        # that block is in exactly one tap's slice, so assign (no zero fill, no read-back)
+        # and zero only the rows/columns no window reached.
+        dx = np.empty(x_shape, dtype=dtype)
+        dx[:, ho * kh :, :, :] = 0
+        dx[:, : ho * kh, wo * kw :, :] = 0
+        for a in range(kh):
+            for b in range(kw):
+                dx[:, a : ho * kh : kh, b : wo * kw : kw, :] = tap_values(a, b)
+        return dx
+    dxp = np.zeros((n, h + top + bottom, wd + left + right, c), dtype=dtype)
+    for a in range(kh):
+        for b in range(kw):
+            dxp[:, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw, :] += (
+                tap_values(a, b)
+            )
+    if not padded:
+        return dxp
+    # Crop with the same offsets the forward padded with.
+    return dxp[:, top : top + h, left : left + wd, :].copy()
+
+
+def _real_counts(spatial, window, stride, pad, out, dtype):
+    """``(Ho, Wo, 1)``: the number of real (unpadded) elements in each window."""
+    (h, wd), (kh, kw), (sh, sw), ((top, _), (left, _)), (ho, wo) = (
+        spatial, window, stride, pad, out,
+    )
+    # Window i covers padded rows [i*sh, i*sh + kh); real rows are [top, top + h).
+    starts = np.arange(ho) * sh
+    rows = np.minimum(starts + kh, top + h) - np.maximum(starts, top)
+    starts = np.arange(wo) * sw
+    cols = np.minimum(starts + kw, left + wd) - np.maximum(starts, left)
+    return np.multiply.outer(rows, cols).astype(dtype)[:, :, None]
+
+
+def _output_shape(spatial, window, stride, pad, what):
+    ho, wo = padded_output_shape(spatial, window, stride, pad)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"{what} {tuple(window)} does not fit the padded input: input {tuple(spatial)}, "
+            f"pad {pad}, stride {tuple(stride)} give an output of {(ho, wo)}"
+        )
+    return ho, wo
+
+
+def _check_pool_windows_touch_input(spatial, window, stride, pad, out):
+    # A window made only of padding has no maximum and no mean (0/0).
+    for length, k, s, (before, _), o, axis in zip(spatial, window, stride, pad, out, "HW"):
+        if before >= k or (o - 1) * s >= before + length:
+            raise ValueError(
+                f"pad {pad} makes a pooling window of size {tuple(window)} lie entirely in "
+                f"the padding along {axis} (input {tuple(spatial)}, stride {tuple(stride)})"
+            )
+
+
+def _check_float(name, a):
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a float32 or float64 numpy array, got {got}")
+
+
+def _check_same_dtype(name, a, like):
+    if not isinstance(a, np.ndarray) or a.dtype != like.dtype:
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a numpy array of dtype {like.dtype}, got {got}")
+
+
+def _check_rank(name, a, ndim, layout):
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have rank {ndim} {layout}, got shape {a.shape}")
+
+
+def _check_labels(labels, logits_shape):
+    n, k = logits_shape
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
+        got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
+        raise TypeError(f"labels must be an integer numpy array of shape ({n},), got {got}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= k):
+        bad = labels[(labels < 0) | (labels >= k)][0]
+        raise ValueError(f"labels must lie in [0, {k}) for {k} classes, got label {bad}")

@@ -1,0 +1,490 @@
+"""Numba @njit kernels (parallel, cached): the ``numba`` backend.
+
+This module is the thin Python side: it checks arguments, allocates outputs, picks a
+kernel variant and its blocking for the shape, and calls the compiled kernels of
+:mod:`fastcnn.backends._numba.kernels` (where the performance design is described).
+
+Threads: every parallel kernel runs on numba's thread pool (``NUMBA_NUM_THREADS``,
+:func:`threads`, ``numba.set_num_threads``). Dense layers call NumPy's ``@`` (BLAS) from
+Python, never from inside a parallel region, so the two pools never nest. Results do not
+depend on the thread count: no reduction is ever split across threads (each output value
+is computed by one thread in a fixed order), so 1 and 2 threads agree bitwise.
+
+Memory: arrays returned to the caller (outputs, gradients) are always fresh. Internal
+scratch that does not outlive a call (the transposed ``dy`` of the conv backward) comes
+from a small per-thread, per-shape cache and is reused across calls.
+
+Compilation: kernels compile lazily, per dtype, on first use, and are cached on disk
+(``cache=True``): the first process pays the JIT time, later ones load machine code.
+Without numba this module still imports; :func:`is_available` then says why the backend
+is missing.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from ..shapes import padded_output_shape
+
+try:
+    import numba
+except ImportError as exc:  # numba is an optional extra
+    numba = None
+    _UNAVAILABLE = (
+        f"numba is not installed or failed to import ({exc}); "
+        "install it with: pip install 'fastcnn[numba]'"
+    )
+else:
+    _UNAVAILABLE = None
+    from ._numba import kernels as _k
+
+    #: The fastmath flags of every kernel (no nnan/ninf: NaN and -inf keep their meaning).
+    FASTMATH = _k.FASTMATH
+
+
+def is_available():
+    """``(True, "")`` when numba imports, else ``(False, reason with the install hint)``."""
+    if _UNAVAILABLE is not None:
+        return False, _UNAVAILABLE
+    return True, ""
+
+
+def threads() -> int:
+    """Threads the parallel kernels use now (``numba.get_num_threads()``)."""
+    return numba.get_num_threads()
+
+
+# Below this reduction length a dot product cannot fill a vector register: the conv
+# kernels switch to the channels-innermost (axpy) variant.
+_DOT_MIN_K = 32
+# Bytes of one thread's packed conv tile: small enough to stay in L1/L2 with the
+# weights of the 4 output channels in flight.
+_TILE_BYTES = 32 * 1024
+_TILE_MAX = 64
+# conv dW: pixels per packed tile (the length of each micro-kernel dot product; a
+# multiple of 16).
+_DW_PIXEL_TILE = 512
+# Element-wise ops on fewer elements than this run serially: a parallel launch costs
+# a few microseconds, more than it saves on a small array.
+_PARALLEL_MIN_SIZE = 1 << 16
+
+_RELU, _SIGMOID, _TANH = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------------------
+# Convolution
+# ----------------------------------------------------------------------------------------
+
+
+def conv2d_forward(x, w, b, stride, pad):
+    _check_float("x", x)
+    _check_same_dtype("w", w, x)
+    _check_rank("x", x, 4, "(N, H, W, C)")
+    _check_rank("w", w, 4, "(kh, kw, C_in, C_out)")
+    n, h, wd, c = x.shape
+    kh, kw, w_c, f = w.shape
+    if w_c != c:
+        raise ValueError(
+            f"w has {w_c} input channels (shape {w.shape}) but x has {c} "
+            f"(shape {x.shape}); expected w of shape (kh, kw, {c}, C_out)"
+        )
+    if b is not None:
+        _check_same_dtype("b", b, x)
+        if b.shape != (f,):
+            raise ValueError(f"b must have shape ({f},), got {b.shape}")
+    (sh, sw), ((pt, _), (pl, _)) = stride, pad
+    ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
+    x, w = _contiguous(x), _contiguous(w)
+    bias = _contiguous(b) if b is not None else np.zeros(f, dtype=x.dtype)
+    y = np.empty((n, ho, wo, f), dtype=x.dtype)
+    # Output pixel (i, j) reads taps x[n, i*sh - top + a, j*sw - left + b, :].
+    _gather(x, w.reshape(kh * kw * c, f), bias, y, (kh, kw), (1, 1), (ho, wo),
+            (-pt, sh, -pl, sw), (0, 1, 0, 1))
+    return y, (x, w, b is not None, stride, pad)
+
+
+def conv2d_backward(dy, ctx):
+    x, w, has_bias, stride, pad = ctx
+    (sh, sw), ((pt, _), (pl, _)) = stride, pad
+    n, h, wd, c = x.shape
+    kh, kw, _, f = w.shape
+    ho, wo = padded_output_shape((h, wd), (kh, kw), stride, pad)
+    _check_same_dtype("dy", dy, x)
+    if dy.shape != (n, ho, wo, f):
+        raise ValueError(f"dy must have the forward output's shape {(n, ho, wo, f)}, "
+                         f"got {dy.shape}")
+    dy = _contiguous(dy)
+    p = n * ho * wo
+    t = threads()
+
+    # dW reduces over pixels, so both operands go channel-major (pixel axis contiguous):
+    # dy to (F, P), whose column sums are db, and x to (C, N, H, W). Both transposes are
+    # scratch that never leaves this call.
+    dyt = _scratch("conv_dyt", (f, _round_up(p, 16)), dy.dtype)
+    db = np.empty(f, dtype=dy.dtype)
+    _k.transpose_colsum(dy.reshape(p, f), dyt, db)
+    xt = _scratch("conv_xt", (c, n, h, wd), x.dtype)
+    _k.transpose_colsum(x.reshape(n * h * wd, c), xt.reshape(c, n * h * wd),
+                        _scratch("conv_xsum", (c,), x.dtype))
+
+    k = kh * kw * c
+    dw = np.empty_like(w)
+    # Blocks of dW rows are the unit of parallel work: about 4 per thread, 4..32 rows.
+    kblock = min(32, max(4, _round_up(-(-k // (4 * t)), 4)))
+    _k.conv_dw(xt, dyt, dw.reshape(k, f), kh, kw, sh, sw, pt, pl, ho, wo,
+               kblock, _DW_PIXEL_TILE, t)
+
+    # dx, one stride phase at a time: dx rows ih with (ih + top) % sh == rh get gradient
+    # only from kernel rows a = rh, rh + sh, ... through dy rows (ih + top - a) / sh,
+    # i.e. a stride-1 correlation of dy with the sub-kernel w[rh::sh, rw::sw].
+    phases_complete = kh >= sh and kw >= sw
+    dx = np.empty(x.shape, dtype=x.dtype) if phases_complete else np.zeros(x.shape, x.dtype)
+    zeros_c = np.zeros(c, dtype=x.dtype)
+    for rh in range(sh):
+        n_a = len(range(rh, kh, sh))
+        first_h = (rh - pt) % sh  # first dx row of this phase
+        grid_u = len(range(first_h, h, sh))
+        for rw in range(sw):
+            n_b = len(range(rw, kw, sw))
+            first_w = (rw - pl) % sw
+            grid_v = len(range(first_w, wd, sw))
+            if n_a == 0 or n_b == 0 or grid_u == 0 or grid_v == 0:
+                continue  # no kernel tap reaches these dx pixels: they stay 0
+            # (n_a, n_b, C, F) -> rows (a', b', f) x columns c, the packed-tap order.
+            w_sub = w[rh::sh, rw::sw].transpose(0, 1, 3, 2).reshape(n_a * n_b * f, c)
+            # dx pixel first_h + sh*u reads dy rows (first_h + top - rh)/sh + u - a'.
+            _gather(dy, w_sub, zeros_c, dx, (n_a, n_b), (-1, -1), (grid_u, grid_v),
+                    ((first_h + pt - rh) // sh, 1, (first_w + pl - rw) // sw, 1),
+                    (first_h, sh, first_w, sw))
+    return dx, dw, (db if has_bias else None)
+
+
+def _gather(src, wk, bias, out, taps, tap_step, grid, base, dest):
+    """Runs the conv gather kernel; ``wk`` is ``(K, C_out)`` in packed-tap order."""
+    (nth, ntw), (dty, dtx), (grid_u, grid_v) = taps, tap_step, grid
+    k, c_out = wk.shape
+    if k >= _DOT_MIN_K:
+        # (C_out, K16): each output channel's taps contiguous, zero-padded to a multiple
+        # of 16 so that the micro-kernel's dot products have no scalar remainder.
+        k16 = _round_up(k, 16)
+        wm = np.zeros((c_out, k16), dtype=wk.dtype)
+        wm[:, :k] = wk.T
+        tile = min(_TILE_MAX, max(4, (_TILE_BYTES // (k16 * src.itemsize)) // 4 * 4))
+        _k.conv_gather_dot(src, wm, bias, out, nth, ntw, dty, dtx, grid_u, grid_v,
+                           *base, *dest, tile, threads())
+    else:
+        _k.conv_gather_axpy(src, np.ascontiguousarray(wk), bias, out, nth, ntw, dty, dtx,
+                            grid_u, grid_v, *base, *dest)
+
+
+# ----------------------------------------------------------------------------------------
+# Pooling
+# ----------------------------------------------------------------------------------------
+
+
+def maxpool2d_forward(x, pool, stride, pad):
+    ho, wo = _pool_geometry(x, pool, stride, pad)
+    x = _contiguous(x)
+    y = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
+    arg = np.empty(y.shape, dtype=np.int32)  # window-relative tap a*pw + b of the winner
+    (ph, pw), (sh, sw), ((pt, _), (pl, _)) = pool, stride, pad
+    _k.maxpool_forward(x, y, arg, ph, pw, sh, sw, pt, pl)
+    return y, (arg, x.shape, pool, stride, pad)
+
+
+def maxpool2d_backward(dy, ctx):
+    arg, x_shape, (_, pw), (sh, sw), ((pt, _), (pl, _)) = ctx
+    dy = _check_pool_dy(dy, arg.shape)
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    _k.maxpool_backward(dy, arg, dx, pw, sh, sw, pt, pl)
+    return dx
+
+
+def avgpool2d_forward(x, pool, stride, pad):
+    ho, wo = _pool_geometry(x, pool, stride, pad)
+    x = _contiguous(x)
+    y = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
+    (ph, pw), (sh, sw), ((pt, _), (pl, _)) = pool, stride, pad
+    _k.avgpool_forward(x, y, ph, pw, sh, sw, pt, pl)
+    return y, (x.shape, y.shape, pool, stride, pad)
+
+
+def avgpool2d_backward(dy, ctx):
+    x_shape, y_shape, (ph, pw), (sh, sw), ((pt, _), (pl, _)) = ctx
+    dy = _check_pool_dy(dy, y_shape)
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    _k.avgpool_backward(dy, dx, ph, pw, sh, sw, pt, pl)
+    return dx
+
+
+def _pool_geometry(x, pool, stride, pad):
+    _check_float("x", x)
+    _check_rank("x", x, 4, "(N, H, W, C)")
+    spatial = x.shape[1:3]
+    ho, wo = _output_shape(spatial, pool, stride, pad, "pool")
+    # A window made only of padding has no maximum and no mean (0/0).
+    for length, k, s, (before, _), o, axis in zip(spatial, pool, stride, pad, (ho, wo), "HW"):
+        if before >= k or (o - 1) * s >= before + length:
+            raise ValueError(
+                f"pad {pad} makes a pooling window of size {tuple(pool)} lie entirely in "
+                f"the padding along {axis} (input {tuple(spatial)}, stride {tuple(stride)})"
+            )
+    return ho, wo
+
+
+def _check_pool_dy(dy, y_shape):
+    _check_float("dy", dy)
+    if dy.shape != tuple(y_shape):
+        raise ValueError(f"dy must have the forward output's shape {tuple(y_shape)}, "
+                         f"got {dy.shape}")
+    return _contiguous(dy)
+
+
+# ----------------------------------------------------------------------------------------
+# Dense
+# ----------------------------------------------------------------------------------------
+# The GEMMs are NumPy's ``@`` (BLAS), called here, outside any parallel region. Measured
+# (see the issue note) against np.dot inside @njit (SciPy's BLAS, same speed plus the
+# dispatch cost) and against this backend's own micro-kernel (fast for the forward, but
+# dense backward products reduce over the short batch or unit axes, where BLAS's packed
+# kernels win): BLAS is as fast or faster on every standard dense shape.
+
+
+def dense_forward(x, w, b):
+    _check_float("x", x)
+    _check_same_dtype("w", w, x)
+    _check_rank("x", x, 2, "(N, D)")
+    _check_rank("w", w, 2, "(D, U)")
+    if w.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"w has shape {w.shape} but x has {x.shape[1]} features (shape {x.shape}); "
+            f"expected w of shape ({x.shape[1]}, U)"
+        )
+    if b is not None:
+        _check_same_dtype("b", b, x)
+        if b.shape != (w.shape[1],):
+            raise ValueError(f"b must have shape ({w.shape[1]},), got {b.shape}")
+    y = x @ w
+    if b is not None:
+        y += b
+    return y, (x, w, b is not None)
+
+
+def dense_backward(dy, ctx):
+    x, w, has_bias = ctx
+    _check_same_dtype("dy", dy, x)
+    if dy.shape != (x.shape[0], w.shape[1]):
+        raise ValueError(f"dy must have the forward output's shape "
+                         f"{(x.shape[0], w.shape[1])}, got {dy.shape}")
+    return dy @ w.T, x.T @ dy, (dy.sum(axis=0) if has_bias else None)
+
+
+# ----------------------------------------------------------------------------------------
+# Activations
+# ----------------------------------------------------------------------------------------
+
+
+def _unary_forward(x, op):
+    _check_float("x", x)
+    x = _contiguous(x)
+    y = np.empty_like(x)
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    if x.size < _PARALLEL_MIN_SIZE:
+        _k.unary_forward_range(xf, yf, op, 0, x.size)
+    else:
+        _k.unary_forward_parallel(xf, yf, op, -(-x.size // threads()))
+    return y, y
+
+
+def _unary_backward(dy, y, op):
+    _check_same_dtype("dy", dy, y)
+    if dy.shape != y.shape:
+        raise ValueError(f"dy must have the forward output's shape {y.shape}, got {dy.shape}")
+    dy = _contiguous(dy)
+    dx = np.empty_like(dy)
+    args = (dy.reshape(-1), y.reshape(-1), dx.reshape(-1), op)
+    if dy.size < _PARALLEL_MIN_SIZE:
+        _k.unary_backward_range(*args, 0, dy.size)
+    else:
+        _k.unary_backward_parallel(*args, -(-dy.size // threads()))
+    return dx
+
+
+def relu_forward(x):
+    return _unary_forward(x, _RELU)
+
+
+def relu_backward(dy, ctx):
+    return _unary_backward(dy, ctx, _RELU)
+
+
+def sigmoid_forward(x):
+    return _unary_forward(x, _SIGMOID)
+
+
+def sigmoid_backward(dy, ctx):
+    return _unary_backward(dy, ctx, _SIGMOID)
+
+
+def tanh_forward(x):
+    return _unary_forward(x, _TANH)
+
+
+def tanh_backward(dy, ctx):
+    return _unary_backward(dy, ctx, _TANH)
+
+
+def softmax_forward(x):
+    """Softmax over the last axis (any rank)."""
+    _check_float("x", x)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one axis for softmax, got a 0-d array")
+    x = _contiguous(x)
+    y = np.empty_like(x)
+    if x.size:
+        _k.softmax_rows(x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1]))
+    return y, y
+
+
+def softmax_backward(dy, ctx):
+    y = ctx
+    _check_same_dtype("dy", dy, y)
+    if dy.shape != y.shape:
+        raise ValueError(f"dy must have the forward output's shape {y.shape}, got {dy.shape}")
+    dy = _contiguous(dy)
+    dx = np.empty_like(dy)
+    if dy.size:
+        k = y.shape[-1]
+        _k.softmax_backward_rows(dy.reshape(-1, k), y.reshape(-1, k), dx.reshape(-1, k))
+    return dx
+
+
+# ----------------------------------------------------------------------------------------
+# Fused losses
+# ----------------------------------------------------------------------------------------
+
+
+def softmax_cross_entropy(logits, targets):
+    _check_float("logits", logits)
+    _check_rank("logits", logits, 2, "(N, K)")
+    _check_same_dtype("targets", targets, logits)
+    _check_targets_shape(targets, logits)
+    _check_nonempty(logits)
+    logits, targets = _contiguous(logits), _contiguous(targets)
+    dlogits = np.empty_like(logits)
+    loss = _k.softmax_cross_entropy(logits, targets, dlogits)
+    return np.asarray(loss, dtype=logits.dtype), dlogits
+
+
+def sparse_softmax_cross_entropy(logits, labels):
+    _check_float("logits", logits)
+    _check_rank("logits", logits, 2, "(N, K)")
+    _check_nonempty(logits)
+    n, k = logits.shape
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
+        got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
+        raise TypeError(f"labels must be an integer numpy array of shape ({n},), got {got}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if labels.min() < 0 or labels.max() >= k:
+        bad = labels[(labels < 0) | (labels >= k)][0]
+        raise ValueError(f"labels must lie in [0, {k}) for {k} classes, got label {bad}")
+    logits = _contiguous(logits)
+    # One integer type for the kernel: int8/int32/uint... would each compile anew.
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    dlogits = np.empty_like(logits)
+    loss = _k.sparse_softmax_cross_entropy(logits, labels, dlogits)
+    return np.asarray(loss, dtype=logits.dtype), dlogits
+
+
+def sigmoid_cross_entropy(logits, targets):
+    _check_float("logits", logits)
+    _check_same_dtype("targets", targets, logits)
+    _check_targets_shape(targets, logits)
+    _check_nonempty(logits)
+    logits, targets = _contiguous(logits), _contiguous(targets)
+    dlogits = np.empty_like(logits)
+    loss = _k.sigmoid_cross_entropy(logits.reshape(-1), targets.reshape(-1),
+                                    dlogits.reshape(-1))
+    return np.asarray(loss, dtype=logits.dtype), dlogits
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------
+
+_scratch_local = threading.local()
+_SCRATCH_ENTRIES = 8
+
+
+def _scratch(tag, shape, dtype):
+    """A reusable INTERNAL buffer (never returned to a caller), one set per Python thread.
+
+    Reuse spares the page faults of a fresh multi-megabyte allocation on every call; the
+    per-thread dict keeps two threads running the backend from sharing a buffer. A few
+    recent shapes are kept (a model has a handful of conv shapes).
+    """
+    cache = getattr(_scratch_local, "cache", None)
+    if cache is None:
+        cache = _scratch_local.cache = OrderedDict()
+    key = (tag, tuple(shape), np.dtype(dtype).str)
+    buf = cache.get(key)
+    if buf is None:
+        buf = cache[key] = np.empty(shape, dtype=dtype)
+        if len(cache) > _SCRATCH_ENTRIES:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return buf
+
+
+def _contiguous(a):
+    # The kernels are compiled for C-contiguous arrays; anything else is copied once
+    # here (a no-op for the contiguous arrays the contract promises).
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _round_up(v, m):
+    return -(-v // m) * m
+
+
+def _output_shape(spatial, window, stride, pad, what):
+    ho, wo = padded_output_shape(spatial, window, stride, pad)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"{what} {tuple(window)} does not fit the padded input: input {tuple(spatial)}, "
+            f"pad {pad}, stride {tuple(stride)} give an output of {(ho, wo)}"
+        )
+    return ho, wo
+
+
+def _check_float(name, a):
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a float32 or float64 numpy array, got {got}")
+
+
+def _check_same_dtype(name, a, like):
+    if not isinstance(a, np.ndarray) or a.dtype != like.dtype:
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a numpy array of dtype {like.dtype}, got {got}")
+
+
+def _check_rank(name, a, ndim, layout):
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have rank {ndim} {layout}, got shape {a.shape}")
+
+
+def _check_targets_shape(targets, logits):
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"targets must have the shape of logits {logits.shape}, got {targets.shape}"
+        )
+
+
+def _check_nonempty(logits):
+    if logits.size == 0:
+        raise ValueError(f"logits must not be empty (a mean over no element), got shape "
+                         f"{logits.shape}")

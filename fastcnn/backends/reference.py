@@ -1,0 +1,489 @@
+"""Readable NumPy loops: the oracle, and a walk through CNN backpropagation.
+
+Every other backend is tested against this module, so it is written to be *read*: each
+kernel is a loop over output positions whose body is the formula from the maths, and each
+backward says why its gradient has the form it has. Speed is not a goal (only the channel
+axis is vectorised inside a loop body), but every kernel runs in float32 and float64 and
+returns the dtype it was given.
+
+Layout
+------
+Activations are NHWC: ``x[n, r, c, ch]`` is channel ``ch`` of the pixel at row ``r``,
+column ``c`` of image ``n``. Conv kernels are HWIO: ``w[a, b, ch, f]`` is the weight that
+connects channel ``ch`` of the pixel at offset ``(a, b)`` inside a window to output
+channel (filter) ``f``. ``stride = (sh, sw)`` and ``pad = ((top, bottom), (left, right))``
+come precomputed from :mod:`fastcnn.shapes`.
+
+Forward of a window op
+----------------------
+Pad the input (zeros for conv and average pooling, -inf for max pooling) to ``xp``. The
+window of output position ``(i, j)`` is then the block ``xp[n, i*sh : i*sh+kh,
+j*sw : j*sw+kw, :]`` and, for a conv::
+
+    y[n, i, j, f] = b[f] + sum_{a, b, ch} xp[n, i*sh + a, j*sw + b, ch] * w[a, b, ch, f]
+
+Backward: the chain rule, one tap at a time
+-------------------------------------------
+A backward receives ``dy = dL/dy`` (same shape as ``y``) and returns ``dL/d(input)`` for
+each input. Each output ``y[n, i, j, f]`` is a sum of products; the chain rule says that an
+input's gradient is the sum, over every output it touched, of ``dy`` at that output times
+the local derivative of that output with respect to the input. So a backward loops over
+the SAME output positions as the forward and, for each, *scatters* ``dy`` back to every
+input that fed the position, weighted by the local derivative:
+
+* ``d y[n,i,j,f] / d xp[n, i*sh+a, j*sw+b, ch] = w[a, b, ch, f]``
+  so ``dxp[window] += w @ dy[n, i, j]``  (sum over f).
+* ``d y[n,i,j,f] / d w[a, b, ch, f] = xp[n, i*sh+a, j*sw+b, ch]``
+  so ``dw += window outer dy[n, i, j]``  (summed over every n, i, j: the same weight is
+  used at every position, so all positions contribute to its gradient).
+* ``d y[n,i,j,f] / d b[f] = 1``  so ``db = dy.sum over (n, i, j)``.
+
+An input pixel belongs to several overlapping windows when the stride is smaller than
+the kernel, which is why the scatter ACCUMULATES (``+=``). Gradients that land on padding
+are simply discarded: padding is a constant, not an input, so ``dx`` is ``dxp`` with the
+padding cropped off.
+
+``ctx`` is a plain tuple holding what a backward needs (the padded input, indices, ...).
+It is only meaningful to this module's own backward. It may hold references to the
+forward's inputs, which callers must therefore not change in place between a forward and
+its backward (no kernel ever changes its inputs).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..shapes import padded_output_shape
+
+# ----------------------------------------------------------------------------------------
+# Convolution
+# ----------------------------------------------------------------------------------------
+
+
+def conv2d_forward(x, w, b, stride, pad):
+    """2-D cross-correlation (what deep learning calls convolution), NHWC x HWIO."""
+    _check_float("x", x)
+    _check_same_dtype("w", w, x)
+    _check_rank("x", x, 4, "(N, H, W, C)")
+    _check_rank("w", w, 4, "(kh, kw, C_in, C_out)")
+    n_batch, h, wd, c_in = x.shape
+    kh, kw, w_c_in, c_out = w.shape
+    if w_c_in != c_in:
+        raise ValueError(
+            f"w has {w_c_in} input channels (shape {w.shape}) but x has {c_in} "
+            f"(shape {x.shape}); expected w of shape (kh, kw, {c_in}, C_out)"
+        )
+    if b is not None:
+        _check_same_dtype("b", b, x)
+        if b.shape != (c_out,):
+            raise ValueError(f"b must have shape ({c_out},), got {b.shape}")
+    sh, sw = stride
+    ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
+
+    xp = _pad(x, pad, 0)
+    y = np.empty((n_batch, ho, wo, c_out), dtype=x.dtype)
+    for n in range(n_batch):
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp[n, i * sh : i * sh + kh, j * sw : j * sw + kw, :]  # (kh, kw, C)
+                # patch[..., None] * w multiplies every tap (a, b, ch) with the weights of
+                # all filters at once; summing over the taps leaves one value per filter.
+                y[n, i, j, :] = np.sum(patch[..., None] * w, axis=(0, 1, 2))
+    if b is not None:
+        y += b
+    return y, (xp, w, b is not None, x.shape, stride, pad)
+
+
+def conv2d_backward(dy, ctx):
+    """``(dx, dw, db)`` of :func:`conv2d_forward` (``db`` is None when there was no bias)."""
+    xp, w, has_bias, x_shape, (sh, sw), ((top, _), (left, _)) = ctx
+    kh, kw = w.shape[:2]
+    n_batch, ho, wo, _ = dy.shape
+    _, h, wd, _ = x_shape
+
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for n in range(n_batch):
+        for i in range(ho):
+            for j in range(wo):
+                rows = slice(i * sh, i * sh + kh)
+                cols = slice(j * sw, j * sw + kw)
+                g = dy[n, i, j, :]  # (C_out,): dL/dy at this position, one value per filter
+                # Each tap xp[n, r, c, ch] of this window reached output f through weight
+                # w[a, b, ch, f]; the chain rule sums over the filters it fed:
+                # (kh, kw, C_in, C_out) @ (C_out,) -> (kh, kw, C_in). '+=' because
+                # overlapping windows send gradient to the same input pixel.
+                dxp[n, rows, cols, :] += w @ g
+                # Weight w[a, b, ch, f] multiplied the tap xp[n, r, c, ch] into output f,
+                # so its gradient from this position is tap * g[f]: an outer product.
+                dw += xp[n, rows, cols, :][..., None] * g
+    # The bias is added once to every output position of its filter.
+    db = dy.sum(axis=(0, 1, 2)) if has_bias else None
+    # Gradient that landed on padding belongs to no input: crop it away.
+    dx = dxp[:, top : top + h, left : left + wd, :].copy()
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# Pooling
+# ----------------------------------------------------------------------------------------
+
+
+def maxpool2d_forward(x, pool, stride, pad):
+    """Max over each window; padding is -inf so it can never be the maximum."""
+    _check_float("x", x)
+    _check_rank("x", x, 4, "(N, H, W, C)")
+    n_batch, h, wd, c = x.shape
+    ph, pw = pool
+    sh, sw = stride
+    ho, wo = _output_shape((h, wd), pool, stride, pad, "pool")
+    _check_pool_windows_touch_input((h, wd), pool, stride, pad, (ho, wo))
+
+    # Zero padding would be wrong: in a window of negative numbers, a padded 0 would win.
+    xp = _pad(x, pad, -np.inf)
+    y = np.empty((n_batch, ho, wo, c), dtype=x.dtype)
+    # argmax[n, i, j, ch] = position k of the winner inside its window, k = a*pw + b
+    # (row-major: a is the row offset, b the column offset; note pw, not ph).
+    argmax = np.empty((n_batch, ho, wo, c), dtype=np.intp)
+    for n in range(n_batch):
+        for i in range(ho):
+            for j in range(wo):
+                window = xp[n, i * sh : i * sh + ph, j * sw : j * sw + pw, :]
+                flat = window.reshape(ph * pw, c)  # row-major order of the taps
+                # np.argmax returns the FIRST maximum: the tie rule of the contract.
+                k = np.argmax(flat, axis=0)
+                argmax[n, i, j, :] = k
+                y[n, i, j, :] = flat[k, np.arange(c)]
+    return y, (argmax, xp.shape, x.shape, pool, stride, pad)
+
+
+def maxpool2d_backward(dy, ctx):
+    """Routes each ``dy`` to the (first) maximum of its window; other inputs get 0."""
+    argmax, xp_shape, x_shape, (ph, pw), (sh, sw), ((top, _), (left, _)) = ctx
+    n_batch, ho, wo, c = dy.shape
+    _, h, wd, _ = x_shape
+    channels = np.arange(c)
+
+    # y = max(window) is locally y = window[k*], so dy/dwindow is 1 at the winner k* and
+    # 0 elsewhere: the whole gradient goes to one input (the first max on ties).
+    dxp = np.zeros(xp_shape, dtype=dy.dtype)
+    for n in range(n_batch):
+        for i in range(ho):
+            for j in range(wo):
+                k = argmax[n, i, j, :]
+                rows = i * sh + k // pw  # window-relative k -> padded coordinates
+                cols = j * sw + k % pw
+                # One winner per channel, so (rows, cols, channels) never repeats inside
+                # this statement and the fancy-index '+=' is exact; overlapping windows
+                # are accumulated across iterations of the loop.
+                dxp[n, rows, cols, channels] += dy[n, i, j, :]
+    # Crop with the SAME offsets the forward padded with.
+    return dxp[:, top : top + h, left : left + wd, :].copy()
+
+
+def avgpool2d_forward(x, pool, stride, pad):
+    """Mean over each window's REAL (unpadded) elements, as Keras does for 'same'."""
+    _check_float("x", x)
+    _check_rank("x", x, 4, "(N, H, W, C)")
+    n_batch, h, wd, c = x.shape
+    ph, pw = pool
+    sh, sw = stride
+    ho, wo = _output_shape((h, wd), pool, stride, pad, "pool")
+    _check_pool_windows_touch_input((h, wd), pool, stride, pad, (ho, wo))
+
+    xp = _pad(x, pad, 0)  # zeros add nothing to a sum; the divisor ignores them
+    count = _real_counts((h, wd), pool, stride, pad, (ho, wo), x.dtype)
+    y = np.empty((n_batch, ho, wo, c), dtype=x.dtype)
+    for n in range(n_batch):
+        for i in range(ho):
+            for j in range(wo):
+                window = xp[n, i * sh : i * sh + ph, j * sw : j * sw + pw, :]
+                y[n, i, j, :] = window.sum(axis=(0, 1)) / count[i, j]
+    return y, (count, xp.shape, x.shape, pool, stride, pad)
+
+
+def avgpool2d_backward(dy, ctx):
+    """Spreads each ``dy`` evenly over the real elements of its window."""
+    count, xp_shape, x_shape, (ph, pw), (sh, sw), ((top, _), (left, _)) = ctx
+    n_batch, ho, wo, _ = dy.shape
+    _, h, wd, _ = x_shape
+
+    # y = (sum of the window) / count, so dy/d(each element) = 1 / count. Padded
+    # elements also receive 1/count here, but they are cropped away below, and count
+    # only counted real elements, so the real ones get exactly what they contributed.
+    dxp = np.zeros(xp_shape, dtype=dy.dtype)
+    for n in range(n_batch):
+        for i in range(ho):
+            for j in range(wo):
+                dxp[n, i * sh : i * sh + ph, j * sw : j * sw + pw, :] += (
+                    dy[n, i, j, :] / count[i, j]
+                )
+    return dxp[:, top : top + h, left : left + wd, :].copy()
+
+
+# ----------------------------------------------------------------------------------------
+# Dense
+# ----------------------------------------------------------------------------------------
+
+
+def dense_forward(x, w, b):
+    """``y[n, u] = sum_d x[n, d] * w[d, u] + b[u]``."""
+    _check_float("x", x)
+    _check_same_dtype("w", w, x)
+    _check_rank("x", x, 2, "(N, D)")
+    _check_rank("w", w, 2, "(D, U)")
+    if w.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"w has shape {w.shape} but x has {x.shape[1]} features (shape {x.shape}); "
+            f"expected w of shape ({x.shape[1]}, U)"
+        )
+    if b is not None:
+        _check_same_dtype("b", b, x)
+        if b.shape != (w.shape[1],):
+            raise ValueError(f"b must have shape ({w.shape[1]},), got {b.shape}")
+    y = x @ w
+    if b is not None:
+        y += b
+    return y, (x, w, b is not None)
+
+
+def dense_backward(dy, ctx):
+    """``(dx, dw, db)`` of :func:`dense_forward`."""
+    x, w, has_bias = ctx
+    # dy[n, u]/dx[n, d] = w[d, u]  ->  dx[n, d] = sum_u dy[n, u] * w[d, u]  = dy @ w.T
+    dx = dy @ w.T
+    # dy[n, u]/dw[d, u] = x[n, d], summed over the batch  ->  dw = x.T @ dy
+    dw = x.T @ dy
+    # dy[n, u]/db[u] = 1, summed over the batch
+    db = dy.sum(axis=0) if has_bias else None
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# Activations (element-wise, except softmax which works along the last axis)
+# ----------------------------------------------------------------------------------------
+
+
+def relu_forward(x):
+    """``max(x, 0)``; NaN stays NaN so that a diverging model is noticed."""
+    _check_float("x", x)
+    y = np.maximum(x, x.dtype.type(0))
+    return y, y
+
+
+def relu_backward(dy, ctx):
+    """``dy`` where the input was > 0, else 0 (the derivative at exactly 0 is taken as 0)."""
+    y = ctx
+    # y > 0 exactly where x > 0. np.where builds a new array: dy is never edited.
+    return np.where(y > 0, dy, dy.dtype.type(0))
+
+
+def sigmoid_forward(x):
+    """``1 / (1 + exp(-x))``, computed without overflow for any x."""
+    _check_float("x", x)
+    y = _sigmoid(x)
+    return y, y
+
+
+def sigmoid_backward(dy, ctx):
+    """``dy * y * (1 - y)``: the sigmoid's derivative written in terms of its output."""
+    y = ctx
+    return dy * y * (1 - y)
+
+
+def tanh_forward(x):
+    _check_float("x", x)
+    y = np.tanh(x)
+    return y, y
+
+
+def tanh_backward(dy, ctx):
+    """``dy * (1 - y**2)``: the derivative of tanh written in terms of its output."""
+    y = ctx
+    return dy * (1 - y * y)
+
+
+def softmax_forward(x):
+    """``exp(x) / sum(exp(x))`` along the last axis.
+
+    Softmax does not change when a constant is subtracted from a row, so subtracting the
+    row's maximum first makes every exponent <= 0: no overflow, and at least one term of
+    the denominator is exactly 1, so no division by 0 either.
+    """
+    _check_float("x", x)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    y = e / e.sum(axis=-1, keepdims=True)
+    return y, y
+
+
+def softmax_backward(dy, ctx):
+    """``y * (dy - sum(dy * y))`` along the last axis.
+
+    The Jacobian is ``dy_i/dx_j = y_i * (delta_ij - y_j)``, so
+    ``dx_j = sum_i dy_i * y_i * (delta_ij - y_j) = y_j * dy_j - y_j * sum_i dy_i * y_i``.
+    """
+    y = ctx
+    return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------------------
+# Fused losses: the forward and the gradient with respect to the logits in one call,
+# because the fused gradient is simpler and far more accurate than chaining the
+# backward of softmax (or sigmoid) with the backward of a log.
+# ----------------------------------------------------------------------------------------
+
+
+def softmax_cross_entropy(logits, targets):
+    """Mean over rows of ``-sum_k t[n, k] * log_softmax(logits)[n, k]`` and its gradient.
+
+    With ``s = softmax(z)`` and ``log s_k = z_k - logsumexp(z)``::
+
+        d(-sum_k t_k log s_k)/dz_j = -t_j + (sum_k t_k) * s_j
+
+    which is ``s - t`` for a one-hot (or any normalised) row; dividing by N makes it the
+    gradient of the batch MEAN.
+    """
+    _check_float("logits", logits)
+    _check_rank("logits", logits, 2, "(N, K)")
+    _check_same_dtype("targets", targets, logits)
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"targets must have the shape of logits {logits.shape}, got {targets.shape}"
+        )
+    n = logits.shape[0]
+    log_s = _log_softmax(logits)
+    loss = -np.sum(targets * log_s) / n
+    dlogits = (np.exp(log_s) * targets.sum(axis=1, keepdims=True) - targets) / n
+    return np.asarray(loss, dtype=logits.dtype), dlogits
+
+
+def sparse_softmax_cross_entropy(logits, labels):
+    """:func:`softmax_cross_entropy` with integer class labels ``(N,)`` in ``[0, K)``.
+
+    A label ``k`` is the one-hot row ``e_k``, so the loss is ``-log_softmax[n, k]`` and the
+    gradient is ``(softmax - e_k) / N``.
+    """
+    _check_float("logits", logits)
+    _check_rank("logits", logits, 2, "(N, K)")
+    _check_labels(labels, logits.shape)
+    n = logits.shape[0]
+    rows = np.arange(n)
+    log_s = _log_softmax(logits)
+    loss = -np.sum(log_s[rows, labels]) / n
+    dlogits = np.exp(log_s)
+    dlogits[rows, labels] -= 1  # one label per row: each (row, label) pair is unique
+    dlogits /= n
+    return np.asarray(loss, dtype=logits.dtype), dlogits
+
+
+def sigmoid_cross_entropy(logits, targets):
+    """Mean over ALL elements of ``-t log s(x) - (1 - t) log(1 - s(x))`` and its gradient.
+
+    Written in the logits, the loss is ``log(1 + exp(x)) - x*t``; with
+    ``log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))`` no exponent is ever positive, so it
+    is finite for any x. Its derivative is ``s(x) - t``, divided by the element count for
+    the mean.
+    """
+    _check_float("logits", logits)
+    _check_same_dtype("targets", targets, logits)
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"targets must have the shape of logits {logits.shape}, got {targets.shape}"
+        )
+    x, t = logits, targets
+    elementwise = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+    loss = elementwise.sum() / x.size
+    dlogits = (_sigmoid(x) - t) / x.size
+    return np.asarray(loss, dtype=x.dtype), dlogits
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _sigmoid(x):
+    # For x >= 0, 1 / (1 + exp(-x)); for x < 0 the algebraically equal exp(x) / (1 + exp(x)).
+    # Both use e = exp(-|x|) <= 1, which never overflows (it may underflow to 0: harmless).
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1, e) / (1 + e)
+
+
+def _log_softmax(z):
+    # log softmax(z) = z - logsumexp(z); shifting by the row max keeps exp() <= 1.
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _pad(x, pad, value):
+    """A new (N, H + top + bottom, W + left + right, C) array with x in the middle."""
+    (top, bottom), (left, right) = pad
+    n, h, w, c = x.shape
+    xp = np.full((n, h + top + bottom, w + left + right, c), value, dtype=x.dtype)
+    xp[:, top : top + h, left : left + w, :] = x
+    return xp
+
+
+def _real_counts(spatial, window, stride, pad, out, dtype):
+    """``count[i, j]`` = how many real (unpadded) input elements window (i, j) covers."""
+    (h, wd), (ph, pw), (sh, sw), ((top, _), (left, _)), (ho, wo) = (
+        spatial, window, stride, pad, out,
+    )
+    count = np.empty((ho, wo), dtype=dtype)
+    for i in range(ho):
+        # Window rows in padded coordinates are [i*sh, i*sh + ph); the real rows are
+        # [top, top + h). The count is the length of the overlap (same for columns).
+        rows = min(i * sh + ph, top + h) - max(i * sh, top)
+        for j in range(wo):
+            cols = min(j * sw + pw, left + wd) - max(j * sw, left)
+            count[i, j] = rows * cols
+    return count
+
+
+def _output_shape(spatial, window, stride, pad, what):
+    ho, wo = padded_output_shape(spatial, window, stride, pad)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"{what} {tuple(window)} does not fit the padded input: input {tuple(spatial)}, "
+            f"pad {pad}, stride {tuple(stride)} give an output of {(ho, wo)}"
+        )
+    return ho, wo
+
+
+def _check_pool_windows_touch_input(spatial, window, stride, pad, out):
+    # A window made only of padding has no maximum (it would be -inf) and no mean (0/0).
+    # shapes.py never produces such padding; explicit padding from elsewhere might.
+    for length, k, s, (before, _), o, axis in zip(spatial, window, stride, pad, out, "HW"):
+        if before >= k or (o - 1) * s >= before + length:
+            raise ValueError(
+                f"pad {pad} makes a pooling window of size {tuple(window)} lie entirely in "
+                f"the padding along {axis} (input {tuple(spatial)}, stride {tuple(stride)})"
+            )
+
+
+def _check_float(name, a):
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a float32 or float64 numpy array, got {got}")
+
+
+def _check_same_dtype(name, a, like):
+    if not isinstance(a, np.ndarray) or a.dtype != like.dtype:
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a numpy array of dtype {like.dtype}, got {got}")
+
+
+def _check_rank(name, a, ndim, layout):
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have rank {ndim} {layout}, got shape {a.shape}")
+
+
+def _check_labels(labels, logits_shape):
+    n, k = logits_shape
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
+        got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
+        raise TypeError(f"labels must be an integer numpy array of shape ({n},), got {got}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= k):
+        bad = labels[(labels < 0) | (labels >= k)][0]
+        raise ValueError(f"labels must lie in [0, {k}) for {k} classes, got label {bad}")

@@ -1,0 +1,15 @@
+"""Keras-shaped layers (channels-last NHWC activations, HWIO conv kernels)."""
+from .base import Layer
+from .conv import Conv2D
+from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer
+from .pooling import AveragePooling2D, MaxPooling2D
+
+# Keras's short aliases.
+MaxPool2D = MaxPooling2D
+AvgPool2D = AveragePooling2D
+Convolution2D = Conv2D
+
+__all__ = [
+    "Layer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Dense", "Flatten", "Dropout",
+    "Activation", "Input", "InputLayer", "MaxPool2D", "AvgPool2D", "Convolution2D",
+]

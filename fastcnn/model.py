@@ -1,0 +1,576 @@
+"""Sequential: Keras's model API over fastcnn layers.
+
+The training step is a plain loop: each layer's ``forward``, the loss (fused with the last
+softmax/sigmoid when Keras would fuse it), each layer's ``backward`` in reverse, one
+optimizer update in place. Everything that can be checked is checked once per call of
+``fit``/``evaluate``/``predict`` on the whole arrays, before any work, so the per-batch path
+does no validation and no conversion.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import time
+
+import numpy as np
+
+from . import backends, callbacks as callbacks_module, config, losses, metrics as metrics_module
+from . import optimizers, utils
+from .layers.base import Layer, format_shape, normalize_shape
+from .layers.core import Input
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The loss became NaN or inf during training (catchable as either base class)."""
+
+
+def _check_batch_size(batch_size):
+    if batch_size is None:
+        return 32
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _check_verbose(verbose):
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+    return int(verbose)
+
+
+def _check_count(value, name):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+class Sequential:
+    """A linear stack of layers (Keras's ``keras.Sequential``).
+
+    ``Sequential(layers=None, name=None)``; the input shape comes from ``input_shape=`` on
+    the first layer, a leading ``Input(shape)``, ``build(input_shape)``, or the first data
+    the model sees.
+    """
+
+    def __init__(self, layers=None, name=None):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        self.name = name or utils.unique_name("sequential")
+        self._layers: list[Layer] = []
+        self._input_spec = None       # (None, ...) once known
+        self._input_dtype = None
+        self.built = False
+        self._dtype = None
+        self.optimizer = None
+        self.loss = None
+        self._metric_specs: list = []
+        self.compiled = False
+        self.stop_training = False
+        self.history = None
+        self._prepared = None
+        if layers is not None:
+            if isinstance(layers, (Layer, Input)) or not isinstance(layers, (list, tuple)):
+                raise ValueError(
+                    f"layers must be a list of layers, got {type(layers).__name__}")
+            for layer in layers:
+                self.add(layer)
+
+    # ------------------------------------------------------------- structure
+    def add(self, layer) -> None:
+        """Appends a layer (built at once when the input shape is known)."""
+        if isinstance(layer, Input):
+            if self._layers or self._input_spec is not None:
+                raise ValueError(
+                    "an Input may only be the first entry of a Sequential model")
+            self._input_spec = (None,) + layer.shape
+            self._input_dtype = layer.dtype
+            return
+        if not isinstance(layer, Layer):
+            raise ValueError(
+                f"Sequential.add expects a fastcnn.layers.Layer, got {type(layer).__name__}")
+        if any(layer is other for other in self._layers):
+            raise ValueError(f"layer {layer.name!r} is already in model {self.name!r}")
+        if not self._layers and self._input_spec is None and layer._batch_input_shape:
+            self._input_spec = layer._batch_input_shape
+        self._layers.append(layer)
+        self._prepared = None
+        if self._input_spec is not None:
+            try:
+                self._build_from(len(self._layers) - 1)
+            except Exception:
+                self._layers.pop()
+                raise
+
+    def _build_from(self, start: int) -> None:
+        if start == 0:
+            shape = self._input_spec
+            self._dtype = self._resolve_dtype()
+        else:
+            shape = self._layers[start - 1].output_shape
+        for layer in self._layers[start:]:
+            if layer._dtype_arg is not None and layer._dtype_arg != self._dtype:
+                raise ValueError(
+                    f"layer {layer.name!r} has dtype {layer._dtype_arg.name} but model "
+                    f"{self.name!r} computes in {self._dtype.name}; fastcnn models use one "
+                    f"dtype (leave dtype=None or set the same dtype everywhere)"
+                )
+            layer.build(shape, self._dtype)
+            shape = layer.output_shape
+        self.built = bool(self._layers)
+
+    def _resolve_dtype(self):
+        first = self._layers[0]._dtype_arg if self._layers else None
+        return first or self._input_dtype or np.dtype(config.floatx())
+
+    def build(self, input_shape=None) -> None:
+        """Builds every layer for ``input_shape`` (batch dimension first; may be None)."""
+        if input_shape is None:
+            if self._input_spec is None:
+                raise ValueError(
+                    "build() needs input_shape (batch first, e.g. (None, 28, 28, 1)) for a "
+                    "model whose first layer has no input_shape")
+        else:
+            try:
+                dims = tuple(input_shape)
+            except TypeError:
+                raise ValueError(
+                    f"input_shape must be a tuple like (None, 28, 28, 1), got {input_shape!r}"
+                ) from None
+            if len(dims) < 2:
+                raise ValueError(
+                    f"input_shape must include the batch dimension, e.g. (None, 28, 28, 1); "
+                    f"got {input_shape!r}")
+            spec = (None,) + normalize_shape(dims[1:], "input_shape")
+            if self._input_spec is not None and self.built and spec != self._input_spec:
+                raise ValueError(
+                    f"model {self.name!r} is built for input shape "
+                    f"{format_shape(self._input_spec)}, got input_shape {input_shape!r}")
+            self._input_spec = spec
+        if not self._layers:
+            raise ValueError(f"model {self.name!r} has no layers to build")
+        self._build_from(0)
+        self._prepared = None
+
+    @property
+    def layers(self) -> list:
+        return list(self._layers)
+
+    @property
+    def input_shape(self):
+        self._require_built("input_shape")
+        return self._input_spec
+
+    @property
+    def output_shape(self):
+        self._require_built("output_shape")
+        return self._layers[-1].output_shape
+
+    @property
+    def dtype(self):
+        return None if self._dtype is None else self._dtype.name
+
+    @property
+    def weights(self) -> list:
+        return [w for layer in self._layers for w in layer.weights]
+
+    @property
+    def trainable_weights(self) -> list:
+        return [w for layer in self._layers for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self) -> list:
+        return [w for layer in self._layers for w in layer.non_trainable_weights]
+
+    def _require_built(self, what):
+        if not self.built:
+            raise ValueError(
+                f"model {self.name!r} has not been built yet, so {what} is unknown: give "
+                f"the first layer input_shape=..., start with fastcnn.layers.Input(shape), "
+                f"call build((None, ...)) or call the model on data")
+
+    # --------------------------------------------------------------- weights
+    def count_params(self) -> int:
+        self._require_built("its number of parameters")
+        return sum(layer.count_params() for layer in self._layers)
+
+    def get_weights(self) -> list:
+        """Copies of all weights, per layer kernel then bias (Keras's order)."""
+        return [w for layer in self._layers for w in layer.get_weights()]
+
+    def set_weights(self, weights) -> None:
+        """Sets all weights (the order of :meth:`get_weights`); checks everything first."""
+        self._require_built("the weights' shapes")
+        weights = list(weights)
+        expected = sum(len(layer.weights) for layer in self._layers)
+        if len(weights) != expected:
+            per_layer = ", ".join(f"{l.name}: {[w.shape for w in l.weights]}"
+                                  for l in self._layers if l.weights)
+            raise ValueError(
+                f"model {self.name!r} expects {expected} weight arrays ({per_layer}), "
+                f"got {len(weights)}")
+        checked, i = [], 0
+        for layer in self._layers:
+            n = len(layer.weights)
+            checked.append(layer._checked_weights(weights[i:i + n]))
+            i += n
+        for layer, values in zip(self._layers, checked):  # nothing assigned before here
+            for old, new in zip(layer._weights, values):
+                old[...] = new
+
+    # --------------------------------------------------------------- compile
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
+        """Sets the optimizer, the loss and the metrics (Keras's names or objects)."""
+        optimizer = optimizers.get(optimizer)
+        if loss is None:
+            raise ValueError(f"loss is required: one of {list(losses.KNOWN)} or a Loss")
+        loss = losses.get(loss)
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, (str, metrics_module.Metric)):
+            metrics = [metrics]
+        elif not isinstance(metrics, (list, tuple)):
+            raise ValueError(f"metrics must be a list of metric names, got {metrics!r}")
+        for m in metrics:
+            metrics_module.get(m, loss)  # unknown names fail here, at compile time
+        names = [m.name if isinstance(m, metrics_module.Metric) else m for m in metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metrics must have distinct names, got {names}")
+        self.optimizer = optimizer
+        self.loss = loss
+        self._metric_specs = list(metrics)
+        self.compiled = True
+        self._prepared = None
+
+    @property
+    def metrics_names(self) -> list:
+        return ["loss"] + [m.name if isinstance(m, metrics_module.Metric) else m
+                           for m in self._metric_specs]
+
+    def _require_compiled(self, what):
+        if not self.compiled:
+            raise RuntimeError(
+                f"model {self.name!r} must be compiled before {what}(): call "
+                f"model.compile(optimizer=..., loss=..., metrics=...) first")
+
+    def _prepare(self):
+        """Per-(compile, build, trainable flags) plan of the training step."""
+        flags = tuple(layer.trainable for layer in self._layers)
+        plan = self._prepared
+        if plan is not None and plan["flags"] == flags:
+            return plan
+        head = self._layers[-1]
+        # Keras's fusion: a softmax/sigmoid head feeding the matching cross-entropy is
+        # replaced by the backend's fused op on the logits (exact, stable gradient).
+        fused = (not self.loss.from_logits and self.loss.fused_activation is not None
+                 and getattr(head, "activation", None) == self.loss.fused_activation)
+        train_layers = [layer for layer in self._layers if layer.trainable and layer.weights]
+        train_vars = [w for layer in train_layers for w in layer.weights]
+        if self.optimizer._variables is not None:
+            # An optimizer keeps per-weight state: it may only go on with the same arrays.
+            try:
+                self.optimizer.build(train_vars)
+            except ValueError:
+                raise ValueError(
+                    f"the optimizer holds state for other weights (the trainable flags of "
+                    f"model {self.name!r} changed, or the optimizer belongs to another "
+                    f"model); call model.compile(...) again with a new optimizer") from None
+        plan = {
+            "flags": flags,
+            "fused": fused,
+            "logits": fused or self.loss.from_logits,
+            "body": self._layers[:-1],
+            "head": head,
+            "reversed": self._layers[::-1],
+            "train_layers": train_layers,
+            "train_vars": train_vars,
+            "metrics": [metrics_module.get(m, self.loss, head.output_shape)
+                        for m in self._metric_specs],
+        }
+        self._prepared = plan
+        return plan
+
+    # ---------------------------------------------------------- input checks
+    def _check_x(self, x, argument="x"):
+        if x is None:
+            raise ValueError(f"{argument} is required (an array of inputs), got None")
+        x = np.asarray(x)
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise ValueError(f"{argument} must be a numeric array, got dtype {x.dtype}")
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError(f"{argument} must hold at least one sample, got shape {x.shape}")
+        if not self.built:
+            if not self._layers:
+                raise ValueError(f"model {self.name!r} has no layers")
+            self.build((None,) + x.shape[1:])
+        expected = self._input_spec
+        if x.ndim != len(expected):
+            hint = ""
+            if x.ndim == len(expected) - 1 and len(expected) == 4:
+                hint = "; for single-channel images add a channel axis: x[..., None]"
+            raise ValueError(
+                f"{argument} has shape {x.shape} ({x.ndim}-D), but model {self.name!r} "
+                f"expects {len(expected)}-D input of shape {format_shape(expected)}{hint}")
+        if x.shape[1:] != expected[1:]:
+            if len(expected) == 4 and x.shape[1:3] == expected[1:3]:
+                detail = (f"{argument} has {x.shape[-1]} channels, the model expects "
+                          f"{expected[-1]}")
+            else:
+                detail = f"{argument} has shape {x.shape}"
+            raise ValueError(
+                f"{detail}; model {self.name!r} expects input of shape "
+                f"{format_shape(expected)} (batch first, channels last)")
+        # uint8 images and other numbers become the model dtype here, once, not per batch
+        return np.ascontiguousarray(x, dtype=self._dtype)
+
+    def _check_xy(self, x, y, x_name="x", y_name="y"):
+        if y is None:
+            raise ValueError(f"{y_name} is required (targets for the loss), got None")
+        y_arr = np.asarray(y)
+        x_len = len(x) if hasattr(x, "__len__") else None
+        if y_arr.ndim == 0:
+            raise ValueError(f"{y_name} must be an array of targets, got a scalar")
+        if x_len is not None and x_len != len(y_arr):
+            raise ValueError(
+                f"{x_name} and {y_name} must have the same number of samples: "
+                f"{x_name} has {x_len}, {y_name} has {len(y_arr)}")
+        x = self._check_x(x, x_name)
+        y_arr = self.loss.prepare_targets(y_arr, self.output_shape, self._dtype, y_name)
+        return x, y_arr
+
+    # -------------------------------------------------------------- the step
+    def _forward(self, plan, x, training, logits_head):
+        for layer in plan["body"]:
+            x = layer.forward(x, training)
+        if logits_head:
+            return plan["head"].forward(x, training, activate=False)
+        return plan["head"].forward(x, training)
+
+    def _train_step(self, plan, x, y, epoch=None, batch=None):
+        out = self._forward(plan, x, True, plan["fused"])
+        loss, dy = self.loss.compute(backends.current(), out, y, plan["logits"])
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss} "
+                + ("in train_on_batch" if epoch is None
+                   else f"at epoch {epoch + 1}, batch {batch + 1}")
+                + "; training stopped before this batch's update "
+                f"(try a lower learning rate, or check x and y for NaN/inf)")
+        for m in plan["metrics"]:
+            m.update_state(y, out, plan["logits"])
+        for layer in plan["reversed"]:
+            dy = layer.backward(dy)
+        grads = [g for layer in plan["train_layers"] for g in layer.grads]
+        self.optimizer.apply(grads, plan["train_vars"])
+        return loss
+
+    def _test_step(self, plan, x, y):
+        out = self._forward(plan, x, False, plan["fused"])
+        loss, _ = self.loss.compute(backends.current(), out, y, plan["logits"])
+        for m in plan["metrics"]:
+            m.update_state(y, out, plan["logits"])
+        return float(loss)
+
+    def _evaluate_arrays(self, plan, x, y, batch_size):
+        for m in plan["metrics"]:
+            m.reset_state()
+        n, total = len(x), 0.0
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            total += self._test_step(plan, x[start:stop], y[start:stop]) * (stop - start)
+        return {"loss": total / n, **{m.name: m.result() for m in plan["metrics"]}}
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+        """Trains for ``epochs`` epochs; returns a History (``history.history['loss']``...)."""
+        self._require_compiled("fit")
+        batch_size = _check_batch_size(batch_size)
+        epochs = _check_count(epochs, "epochs")
+        initial_epoch = _check_count(initial_epoch, "initial_epoch")
+        verbose = _check_verbose(verbose)
+        if (not isinstance(validation_split, numbers.Real) or isinstance(validation_split, bool)
+                or not 0.0 <= validation_split < 1.0):
+            raise ValueError(f"validation_split must be a float in [0, 1), got {validation_split!r}")
+        x, y = self._check_xy(x, y)
+        x_val = y_val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError(
+                    "validation_data must be a tuple (x_val, y_val), got "
+                    f"{type(validation_data).__name__}"
+                    + (f" of length {len(validation_data)}"
+                       if isinstance(validation_data, (tuple, list)) else ""))
+            x_val, y_val = self._check_xy(validation_data[0], validation_data[1],
+                                          "validation_data[0]", "validation_data[1]")
+        elif validation_split > 0:
+            # Keras: the LAST fraction of the data, taken before any shuffling.
+            split_at = int(math.floor(len(x) * (1.0 - validation_split)))
+            if split_at == 0 or split_at == len(x):
+                raise ValueError(
+                    f"validation_split={validation_split} leaves "
+                    f"{'no training' if split_at == 0 else 'no validation'} samples out of "
+                    f"{len(x)}; use a fraction that leaves samples on both sides")
+            x, x_val, y, y_val = x[:split_at], x[split_at:], y[:split_at], y[split_at:]
+        plan = self._prepare()
+
+        n = len(x)
+        steps = -(-n // batch_size)
+        cbs = callbacks_module.CallbackList(
+            callbacks, model=self, add_history=True, add_progbar=True, verbose=verbose,
+            params={"epochs": epochs, "steps": steps, "verbose": verbose,
+                    "batch_size": batch_size, "samples": n})
+        batch_hooks = cbs.needs_batch_hooks("train")
+        self.stop_training = False
+        cbs.on_train_begin()
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch)
+            for m in plan["metrics"]:
+                m.reset_state()
+            order = utils.get_rng().permutation(n) if shuffle else None
+            loss_sum, seen = 0.0, 0
+            for batch in range(steps):
+                start, stop = batch * batch_size, min((batch + 1) * batch_size, n)
+                if order is None:
+                    xb, yb = x[start:stop], y[start:stop]
+                else:
+                    idx = order[start:stop]
+                    xb, yb = x[idx], y[idx]
+                if batch_hooks:
+                    cbs.on_train_batch_begin(batch)
+                loss = self._train_step(plan, xb, yb, epoch, batch)
+                loss_sum += loss * (stop - start)
+                seen += stop - start
+                if batch_hooks:
+                    cbs.on_train_batch_end(batch, {
+                        "loss": loss_sum / seen,
+                        **{m.name: m.result() for m in plan["metrics"]}})
+            logs = {"loss": loss_sum / n, **{m.name: m.result() for m in plan["metrics"]}}
+            if x_val is not None:
+                val = self._evaluate_arrays(plan, x_val, y_val, batch_size)
+                logs.update({"val_" + k: v for k, v in val.items()})
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(logs)
+        self.history = cbs.history
+        return cbs.history
+
+    # -------------------------------------------------------------- evaluate
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1):
+        """Loss, or ``[loss, metric...]`` when metrics were compiled (Keras)."""
+        self._require_compiled("evaluate")
+        batch_size = _check_batch_size(batch_size)
+        verbose = _check_verbose(verbose)
+        x, y = self._check_xy(x, y)
+        plan = self._prepare()
+        start = time.perf_counter()
+        logs = self._evaluate_arrays(plan, x, y, batch_size)
+        if verbose:
+            steps = -(-len(x) // batch_size)
+            print(callbacks_module.final_line(steps, time.perf_counter() - start, logs, verbose))
+        return self._result(logs)
+
+    def _result(self, logs):
+        if len(logs) == 1:
+            return logs["loss"]
+        return list(logs.values())
+
+    def predict(self, x, batch_size=32, verbose=0):
+        """Model outputs as a NumPy array (probabilities for a softmax model)."""
+        batch_size = _check_batch_size(batch_size)
+        verbose = _check_verbose(verbose)
+        x = self._check_x(x)
+        start_time = time.perf_counter()
+        n = len(x)
+        out = None
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            yb = self._infer(x[start:stop])
+            if out is None:
+                out = np.empty((n,) + yb.shape[1:], dtype=yb.dtype)
+            out[start:stop] = yb
+        if verbose:
+            steps = -(-n // batch_size)
+            print(callbacks_module.final_line(steps, time.perf_counter() - start_time, {},
+                                              verbose))
+        return out
+
+    def _infer(self, x):
+        for layer in self._layers:
+            x = layer.forward(x, False)
+        return x
+
+    def __call__(self, x, training=False):
+        """Eager forward pass on an array (Keras's ``model(x)``)."""
+        x = self._check_x(x)
+        for layer in self._layers:
+            x = layer.forward(x, bool(training))
+        return x
+
+    # ------------------------------------------------------------ on a batch
+    def train_on_batch(self, x, y):
+        """One optimizer step on this batch; the loss (or [loss, metrics...]) before it."""
+        self._require_compiled("train_on_batch")
+        x, y = self._check_xy(x, y)
+        plan = self._prepare()
+        for m in plan["metrics"]:
+            m.reset_state()
+        loss = self._train_step(plan, x, y)
+        return self._result({"loss": loss, **{m.name: m.result() for m in plan["metrics"]}})
+
+    def test_on_batch(self, x, y):
+        """Loss (or [loss, metrics...]) on this batch, in inference mode."""
+        self._require_compiled("test_on_batch")
+        x, y = self._check_xy(x, y)
+        plan = self._prepare()
+        for m in plan["metrics"]:
+            m.reset_state()
+        loss = self._test_step(plan, x, y)
+        return self._result({"loss": loss, **{m.name: m.result() for m in plan["metrics"]}})
+
+    def predict_on_batch(self, x):
+        return self._infer(self._check_x(x))
+
+    # --------------------------------------------------------------- summary
+    def summary(self, line_length=None, positions=None, print_fn=None):
+        """Prints Keras's table: Layer (type) | Output Shape | Param #, then the totals."""
+        self._require_built("its summary")
+        line_length = line_length or 65
+        positions = positions or [0.45, 0.85, 1.0]
+        if positions[-1] <= 1:
+            positions = [int(line_length * p) for p in positions]
+        print_fn = print_fn or print
+
+        def row(fields):
+            line = ""
+            for i, field in enumerate(fields):
+                if i > 0:
+                    line = line[:-1] + " "
+                line += str(field)
+                line = line[:positions[i]]
+                line += " " * (positions[i] - len(line))
+            print_fn(line)
+
+        print_fn(f'Model: "{self.name}"')
+        print_fn("_" * line_length)
+        row(["Layer (type)", "Output Shape", "Param #"])
+        print_fn("=" * line_length)
+        for i, layer in enumerate(self._layers):
+            row([f"{layer.name} ({type(layer).__name__})", format_shape(layer.output_shape),
+                 layer.count_params()])
+            print_fn(("=" if i == len(self._layers) - 1 else "_") * line_length)
+        trainable = sum(w.size for w in self.trainable_weights)
+        non_trainable = sum(w.size for w in self.non_trainable_weights)
+        print_fn(f"Total params: {trainable + non_trainable:,}")
+        print_fn(f"Trainable params: {trainable:,}")
+        print_fn(f"Non-trainable params: {non_trainable:,}")
+        print_fn("_" * line_length)
+
+    def __repr__(self):
+        return f"<Sequential name={self.name!r}, {len(self._layers)} layers>"
+
