@@ -9,7 +9,6 @@ extra) and every torch helper imports it lazily.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,14 +23,9 @@ TORCH_VERSION = "2.13.0"
 TORCH_MISSING = (f"PyTorch peer skipped: torch is not installed "
                  f"(pip install torch=={TORCH_VERSION}, the 'bench' extra)")
 REFERENCE_TOO_SLOW = (
-    "the 'reference' backend is the readable oracle (Python loops over output pixels), "
-    "far too slow to time here; it is timed only on shape A2 (shape A at batch 2) "
-    "and on the from-scratch CNN at batch 1")
-
-
-def bench_threads() -> int:
-    """The pinned thread count (benchmarks/conftest.py sets it before NumPy loads)."""
-    return int(os.environ.get("FASTCNN_BENCH_THREADS", "1"))
+    "the 'reference' backend is the readable oracle (Python loops), far too slow to time "
+    "on this case; it is timed only on the small cases: conv shape A2 (shape A at batch "
+    "2), the 'fashion' pool and dense shapes and the from-scratch CNN at batch 1")
 
 
 # --------------------------------------------------------------------------- shapes
@@ -112,12 +106,6 @@ class PoolShape:
         return (f"{self.id}: x {self.n}x{self.h}x{self.w}x{self.c} pool {self.pool} "
                 f"-> {self.n}x{ho}x{wo}x{self.c}")
 
-    @property
-    def bytes_moved(self) -> int:
-        """Input read + output written once (forward); a pool is bound by memory traffic."""
-        (ho, wo), _ = self.geometry
-        return 4 * self.n * self.c * (self.h * self.w + ho * wo)
-
     def arrays(self, rng):
         (ho, wo), _ = self.geometry
         x = rng.standard_normal((self.n, self.h, self.w, self.c), dtype=DTYPE)
@@ -127,7 +115,7 @@ class PoolShape:
 
 POOL_SHAPES = [
     # after the first conv of the Fashion-MNIST CNN, and of the cats-vs-dogs CNN
-    PoolShape("fashion1", 64, 26, 26, 64),
+    PoolShape("fashion1", 64, 26, 26, 64, reference_ok=True),
     PoolShape("catsdogs1", 32, 148, 148, 32),
 ]
 
@@ -138,6 +126,7 @@ class DenseShape:
     n: int
     d_in: int
     units: int
+    reference_ok: bool = False
 
     @property
     def flops_forward(self) -> int:
@@ -157,7 +146,7 @@ class DenseShape:
 
 DENSE_SHAPES = [
     # the first Dense of the Fashion-MNIST CNN (batch 128) and of the cats-vs-dogs CNN
-    DenseShape("fashion", 128, 5 * 5 * 64, 128),
+    DenseShape("fashion", 128, 5 * 5 * 64, 128, reference_ok=True),
     DenseShape("catsdogs", 32, 17 * 17 * 128, 128),
 ]
 
@@ -298,7 +287,11 @@ def model_backends() -> list:
 
 # --------------------------------------------------------------------------- torch
 def torch_or_none():
-    """The torch module, or None when the optional peer is not installed."""
+    """The torch module, or None when the optional peer is not installed.
+
+    Import it only after benchmarks/conftest.py pinned the thread variables (the test
+    modules and memory.py do), so its OpenMP/MKL pools start with the pinned count.
+    """
     try:
         import torch
     except ImportError:

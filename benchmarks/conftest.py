@@ -19,6 +19,7 @@ if _ENV is not None and _ARGV is not None and _threads.parse_threads(_ENV, _thre
 THREADS = _ARGV if _ARGV is not None else _threads.parse_threads(_ENV or "1", _threads.ENV_VAR)
 _LOADED_TOO_EARLY = _threads.pin_environment(THREADS)
 
+import datetime  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -29,8 +30,15 @@ import fastcnn  # noqa: E402
 from fastcnn import backends  # noqa: E402
 
 import _cases  # noqa: E402
+import summarize  # noqa: E402
+
+# The optional peer is imported here, after the pinning, so that its OpenMP/MKL pools
+# start with the pinned count (None when torch is absent: its benchmarks skip).
+TORCH = _cases.torch_or_none()
 
 SGEMM_N_DEFAULT = 2048
+_SGEMM_KEY = pytest.StashKey[dict]()
+_LOAD_START = None  # 1-minute load average when the session starts
 
 
 def pytest_addoption(parser):
@@ -51,18 +59,13 @@ def pytest_configure(config):
         raise pytest.UsageError(
             f"--threads {given} reached pytest after the thread count was pinned to "
             f"{THREADS}; set {_threads.ENV_VAR}={given} in the environment instead")
-    if "torch" not in sys.modules and _cases.torch_or_none() is not None:
-        pass  # imported now, after the environment was pinned
     _threads.pin_runtime(THREADS)
-    config.stash[_SGEMM_KEY] = None
-
-
-_SGEMM_KEY = pytest.StashKey[dict]()
+    global _LOAD_START
+    _LOAD_START = _loadavg()
 
 
 def _torch_version():
-    torch = sys.modules.get("torch")
-    return torch.__version__ if torch is not None else None
+    return TORCH.__version__ if TORCH is not None else None
 
 
 def pytest_report_header(config):
@@ -74,31 +77,41 @@ def pytest_report_header(config):
         f"unavailable={backends.unavailable()}; model backends={_cases.model_backends()}",
         f"PyTorch peer: {_torch_version() or 'absent (' + _cases.TORCH_MISSING + ')'}",
     ]
+    if _LOAD_START is not None:
+        busy = _LOAD_START + THREADS > (os.cpu_count() or 1) + 0.5
+        lines.append(f"load average (1 min) at start: {_LOAD_START:.2f} on {os.cpu_count()} "
+                     f"CPUs" + ("; WARNING: other processes are using the cores, timings "
+                                "(multi-threaded ones most) will be noisy" if busy else ""))
     if _LOADED_TOO_EARLY:
         lines.append(f"WARNING: {_LOADED_TOO_EARLY} were imported before benchmarks/conftest.py "
                      f"pinned the thread variables; runtime pinning was applied instead "
                      f"(check the *_runtime values above)")
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.__version__.split("+")[0] != _cases.TORCH_VERSION:
-        lines.append(f"WARNING: torch {torch.__version__} is not the pinned peer "
+    if TORCH is not None and TORCH.__version__.split("+")[0] != _cases.TORCH_VERSION:
+        lines.append(f"WARNING: torch {TORCH.__version__} is not the pinned peer "
                      f"torch=={_cases.TORCH_VERSION}")
     return lines
 
 
-def _measure_sgemm(n: int) -> dict:
+def _measure_sgemm(n: int, rounds: int = 7) -> dict:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     out = np.empty((n, n), dtype=np.float32)
     np.dot(a, b, out=out)  # warm: thread pool start, page faults of `out`
     times = []
-    for _ in range(5):
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(rounds):
         t0 = time.perf_counter()
         np.dot(a, b, out=out)
         times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return {"n": n, "median_s": median, "gflops": 2.0 * n ** 3 / median / 1e9,
-            "threads": THREADS}
+    cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    flops = 2.0 * n ** 3
+    # A ceiling is what the machine CAN do: the fastest round. On a shared machine the
+    # others are slowed by neighbours (cpu_per_wall below the thread count shows it).
+    return {"n": n, "best_s": min(times), "median_s": statistics.median(times),
+            "gflops": flops / min(times) / 1e9,
+            "median_gflops": flops / statistics.median(times) / 1e9,
+            "cpu_per_wall": cpu_per_wall, "threads": THREADS}
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +136,8 @@ def timed(benchmark, sgemm):
     from a backend that lacks the op becomes a skip carrying the backend's message (the
     case is never timed on another backend). Then pytest-benchmark times ``fn`` under the
     command line's rounds/max-time, and extra_info gets the thread count, the SGEMM
-    ceiling, and from the median: ms, GFLOP/s, fraction of SGEMM, samples/s.
+    ceiling, CPU/wall and load while timed, and from the median: ms, GFLOP/s, fraction of
+    SGEMM, samples/s.
     """
     def run(fn, *, group, flops=None, samples=None, **info):
         benchmark.group = group
@@ -136,7 +150,13 @@ def timed(benchmark, sgemm):
             fn()
         except NotImplementedError as exc:
             pytest.skip(f"not implemented: {exc}")
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         result = benchmark(fn)
+        # CPU seconds per wall second of this process while it was timed: below 1 on one
+        # thread means neighbours took the core (the machine is shared), a hint to distrust
+        # the row; above 1 means several threads really worked.
+        extra["cpu_per_wall"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+        extra["loadavg_1m"] = _loadavg()
         stats = getattr(benchmark, "stats", None)
         if stats is not None and stats.stats.rounds:
             median = stats.stats.median
@@ -152,11 +172,25 @@ def timed(benchmark, sgemm):
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json["fastcnn"] = {
+    output_json["fastcnn"] = _run_info(config)
+
+
+def _loadavg():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _run_info(config) -> dict:
+    return {
+        "loadavg_1m_start": _LOAD_START,
+        "loadavg_1m_end": _loadavg(),
         "threads": THREADS,
         "thread_info": _threads.describe(),
         "sgemm": config.stash.get(_SGEMM_KEY, None),
         "backends": backends.available(),
+        "default_backend": backends.get_backend(),
         "fastcnn_version": fastcnn.__version__,
         "numpy_version": np.__version__,
         "torch_version": _torch_version(),
@@ -176,9 +210,24 @@ def _cpu_model():
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables
 def pytest_terminal_summary(terminalreporter, config):
     result = config.stash.get(_SGEMM_KEY, None)
-    if result:
-        terminalreporter.write_line(
-            f"SGEMM ceiling: {result['n']}^3 float32 np.dot, median {result['median_s'] * 1e3:.1f} ms "
-            f"= {result['gflops']:.1f} GFLOP/s at {THREADS} thread(s)")
+    if not result:
+        return
+    terminalreporter.write_line(
+        f"SGEMM ceiling: {result['n']}^3 float32 np.dot at {THREADS} thread(s): best "
+        f"{result['best_s'] * 1e3:.1f} ms = {result['gflops']:.1f} GFLOP/s (median "
+        f"{result['median_gflops']:.1f} GFLOP/s, CPU/wall {result['cpu_per_wall']:.2f})")
+    # The same tables summarize.py makes from --benchmark-json, with the ratios to
+    # PyTorch. pytest-benchmark keeps this run's results on its (private) session object;
+    # if a future version moves them, only this convenience print is lost.
+    session = getattr(config, "_benchmarksession", None)
+    benches = getattr(session, "benchmarks", None)
+    if not benches:
+        return
+    doc = {"benchmarks": [b.as_dict(include_data=False) for b in benches if b],
+           "fastcnn": _run_info(config),
+           "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    terminalreporter.write_sep("-", "fastcnn summary (ratio = PyTorch median / fastcnn median)")
+    terminalreporter.write(summarize.render([doc], ["this run"]))

@@ -268,15 +268,6 @@ class Sequential:
                  and getattr(head, "activation", None) == self.loss.fused_activation)
         train_layers = [layer for layer in self._layers if layer.trainable and layer.weights]
         train_vars = [w for layer in train_layers for w in layer.weights]
-        if self.optimizer._variables is not None:
-            # An optimizer keeps per-weight state: it may only go on with the same arrays.
-            try:
-                self.optimizer.build(train_vars)
-            except ValueError:
-                raise ValueError(
-                    f"the optimizer holds state for other weights (the trainable flags of "
-                    f"model {self.name!r} changed, or the optimizer belongs to another "
-                    f"model); call model.compile(...) again with a new optimizer") from None
         plan = {
             "flags": flags,
             "fused": fused,
@@ -288,8 +279,26 @@ class Sequential:
             "train_vars": train_vars,
             "metrics": [metrics_module.get(m, self.loss, head.output_shape)
                         for m in self._metric_specs],
+            "optimizer_bound": False,
         }
         self._prepared = plan
+        return plan
+
+    def _prepare_training(self):
+        """The plan, with the optimizer checked against the weights it will update."""
+        plan = self._prepare()
+        if not plan["optimizer_bound"]:
+            if self.optimizer._variables is not None:
+                # An optimizer keeps per-weight state: it may only go on with the same arrays.
+                try:
+                    self.optimizer.build(plan["train_vars"])
+                except ValueError:
+                    raise ValueError(
+                        f"the optimizer holds state for other weights (the trainable flags "
+                        f"of model {self.name!r} changed, or the optimizer belongs to another "
+                        f"model); call model.compile(...) again with a new optimizer"
+                    ) from None
+            plan["optimizer_bound"] = True
         return plan
 
     # ---------------------------------------------------------- input checks
@@ -415,7 +424,7 @@ class Sequential:
                     f"{'no training' if split_at == 0 else 'no validation'} samples out of "
                     f"{len(x)}; use a fraction that leaves samples on both sides")
             x, x_val, y, y_val = x[:split_at], x[split_at:], y[:split_at], y[split_at:]
-        plan = self._prepare()
+        plan = self._prepare_training()
 
         n = len(x)
         steps = -(-n // batch_size)
@@ -517,7 +526,7 @@ class Sequential:
         """One optimizer step on this batch; the loss (or [loss, metrics...]) before it."""
         self._require_compiled("train_on_batch")
         x, y = self._check_xy(x, y)
-        plan = self._prepare()
+        plan = self._prepare_training()
         for m in plan["metrics"]:
             m.reset_state()
         loss = self._train_step(plan, x, y)

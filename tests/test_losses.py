@@ -165,6 +165,16 @@ def test_softmax_head_with_crossentropy_is_fused_like_keras():
     np.testing.assert_allclose(fused.predict(x).sum(), 1.0, rtol=1e-6)
 
 
+def test_an_activation_layer_head_is_fused_too():
+    model = fastcnn.Sequential([Dense(3, input_shape=(2,)), fastcnn.layers.Activation("softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.set_weights([np.array([[40.0, -40.0, 0.0], [0.0, 0.0, 0.0]]), np.zeros(3)])
+    assert model._prepare()["fused"]
+    assert model.evaluate(np.array([[1.0, 0.0]]), np.array([1]), verbose=0) == pytest.approx(
+        80.0, rel=1e-5)
+    assert np.isfinite(model.train_on_batch(np.array([[1.0, 0.0]]), np.array([1])))
+
+
 def test_sigmoid_head_with_binary_crossentropy_is_fused():
     fastcnn.utils.set_random_seed(0)
     model = fastcnn.Sequential([Dense(1, activation="sigmoid", input_shape=(1,))])

@@ -244,6 +244,7 @@ def test_changing_trainable_after_compile_is_refused_until_recompile():
     model.compile("adam", "sparse_categorical_crossentropy")
     model.train_on_batch(x, y)
     model.layers[0].trainable = False
+    model.evaluate(x, y, verbose=0)  # evaluating needs no optimizer: still fine
     with pytest.raises(ValueError, match="compile"):
         model.train_on_batch(x, y)
     model.compile("adam", "sparse_categorical_crossentropy")
@@ -312,6 +313,19 @@ def test_progress_bar_updates_in_place_and_is_rate_limited():
     assert re.match(r"^1000/1000 \[={30}\] - \d+s \d+[mu]?s/step - loss: 0\.5000 - "
                     r"val_loss: 0\.2500\s*\n$", final), final
     assert re.search(r"\r   1/1000 \[\.{30}\] - ETA: \d+s - loss: 0\.5000", out)
+
+
+def test_fit_verbose_1_on_a_terminal_draws_the_bar_in_place(monkeypatch):
+    x, y = blobs(20)
+    model = issue_model(input_shape=(8, 8, 1), classes=4, filters=2)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    model.fit(x, y, epochs=2, batch_size=5, verbose=1)
+    out = terminal.getvalue()
+    assert out.count("Epoch ") == 2 and out.count("\n") == 4
+    assert re.search(r"\r1/4 \[={6}>\.{23}\] - ETA: \d+s - loss: \S+ - accuracy: \S+", out)
+    assert re.search(r"\r4/4 \[={30}\] - \d+s \d+[mu]?s/step - loss: \S+ - accuracy: \S+\s*\n", out)
 
 
 # ------------------------------------------------------------------------ callbacks

@@ -56,16 +56,17 @@ def threads() -> int:
     return numba.get_num_threads()
 
 
-# Below this reduction length a dot product cannot fill a vector register: the conv
-# kernels switch to the channels-innermost (axpy) variant.
-_DOT_MIN_K = 32
 # Bytes of one thread's packed conv tile: small enough to stay in L1/L2 with the
 # weights of the 4 output channels in flight.
 _TILE_BYTES = 32 * 1024
 _TILE_MAX = 64
+# conv dW with short patches (K <= _DW_SMALL_MAX_K): a fixed number of pixel chunks
+# with a partial dW each, fixed so that the result does not depend on the thread count.
+_DW_SMALL_MAX_K = 16
+_DW_SMALL_CHUNKS = 16
 # conv dW: pixels per packed tile (the length of each micro-kernel dot product; a
 # multiple of 16).
-_DW_PIXEL_TILE = 512
+_DW_PIXEL_TILE = 1024
 # Element-wise ops on fewer elements than this run serially: a parallel launch costs
 # a few microseconds, more than it saves on a small array.
 _PARALLEL_MIN_SIZE = 1 << 16
@@ -100,7 +101,7 @@ def conv2d_forward(x, w, b, stride, pad):
     bias = _contiguous(b) if b is not None else np.zeros(f, dtype=x.dtype)
     y = np.empty((n, ho, wo, f), dtype=x.dtype)
     # Output pixel (i, j) reads taps x[n, i*sh - top + a, j*sw - left + b, :].
-    _gather(x, w.reshape(kh * kw * c, f), bias, y, (kh, kw), (1, 1), (ho, wo),
+    _gather(x, w.reshape(kh * kw * c, f), bias, y, (kh, kw), (ho, wo),
             (-pt, sh, -pl, sw), (0, 1, 0, 1))
     return y, (x, w, b is not None, stride, pad)
 
@@ -116,25 +117,21 @@ def conv2d_backward(dy, ctx):
         raise ValueError(f"dy must have the forward output's shape {(n, ho, wo, f)}, "
                          f"got {dy.shape}")
     dy = _contiguous(dy)
-    p = n * ho * wo
     t = threads()
 
-    # dW reduces over pixels, so both operands go channel-major (pixel axis contiguous):
-    # dy to (F, P), whose column sums are db, and x to (C, N, H, W). Both transposes are
-    # scratch that never leaves this call.
-    dyt = _scratch("conv_dyt", (f, _round_up(p, 16)), dy.dtype)
-    db = np.empty(f, dtype=dy.dtype)
-    _k.transpose_colsum(dy.reshape(p, f), dyt, db)
-    xt = _scratch("conv_xt", (c, n, h, wd), x.dtype)
-    _k.transpose_colsum(x.reshape(n * h * wd, c), xt.reshape(c, n * h * wd),
-                        _scratch("conv_xsum", (c,), x.dtype))
-
     k = kh * kw * c
-    dw = np.empty_like(w)
-    # Blocks of dW rows are the unit of parallel work: about 4 per thread, 4..32 rows.
-    kblock = min(32, max(4, _round_up(-(-k // (4 * t)), 4)))
-    _k.conv_dw(xt, dyt, dw.reshape(k, f), kh, kw, sh, sw, pt, pl, ho, wo,
-               kblock, _DW_PIXEL_TILE, t)
+    if k <= _DW_SMALL_MAX_K and f >= 16:
+        # Short patches (a first layer on 1 channel): outer products into per-chunk
+        # partials. For so little arithmetic, the transposes of the general path would
+        # cost more than the dW products themselves (measured 2.4x on 3x3x1 -> 64).
+        k4 = _round_up(k, 4)
+        partial = _scratch("conv_dw_partial", (_DW_SMALL_CHUNKS, k4 + 1, f), x.dtype)
+        _k.conv_dw_small(x, dy, partial, kh, kw, sh, sw, pt, pl)
+        # Fresh copies: the partials are scratch that the next call overwrites.
+        dw = partial[0, :k].reshape(w.shape).copy()
+        db = partial[0, k4].copy()
+    else:
+        dw, db = _conv_dw(x, dy, w.shape, stride, pad, (ho, wo), t)
 
     # dx, one stride phase at a time: dx rows ih with (ih + top) % sh == rh get gradient
     # only from kernel rows a = rh, rh + sh, ... through dy rows (ih + top - a) / sh,
@@ -152,31 +149,68 @@ def conv2d_backward(dy, ctx):
             grid_v = len(range(first_w, wd, sw))
             if n_a == 0 or n_b == 0 or grid_u == 0 or grid_v == 0:
                 continue  # no kernel tap reaches these dx pixels: they stay 0
-            # (n_a, n_b, C, F) -> rows (a', b', f) x columns c, the packed-tap order.
-            w_sub = w[rh::sh, rw::sw].transpose(0, 1, 3, 2).reshape(n_a * n_b * f, c)
-            # dx pixel first_h + sh*u reads dy rows (first_h + top - rh)/sh + u - a'.
-            _gather(dy, w_sub, zeros_c, dx, (n_a, n_b), (-1, -1), (grid_u, grid_v),
-                    ((first_h + pt - rh) // sh, 1, (first_w + pl - rw) // sw, 1),
+            # dx pixel first_h + sh*u gets gradient from kernel rows rh + sh*a' through dy
+            # rows (first_h + top - rh)/sh + u - a', a' < n_a: a window of n_a dy rows
+            # that starts n_a - 1 rows above. Flipping the sub-kernel makes its taps run
+            # forward through that window, as the gather kernel expects. Rows of the
+            # weight matrix are (a', b', f) in packed-tap order, columns c.
+            w_sub = w[rh::sh, rw::sw][::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, c)
+            _gather(dy, w_sub, zeros_c, dx, (n_a, n_b), (grid_u, grid_v),
+                    ((first_h + pt - rh) // sh - (n_a - 1), 1,
+                     (first_w + pl - rw) // sw - (n_b - 1), 1),
                     (first_h, sh, first_w, sw))
     return dx, dw, (db if has_bias else None)
 
 
-def _gather(src, wk, bias, out, taps, tap_step, grid, base, dest):
+def _conv_dw(x, dy, w_shape, stride, pad, out_hw, t):
+    """dW (and db) of a conv with long patches: see kernels.conv_dw."""
+    n, h, wd, c = x.shape
+    kh, kw, _, f = w_shape
+    (sh, sw), ((pt, _), (pl, _)), (ho, wo) = stride, pad, out_hw
+    # dW reduces over pixels. dy and the stride phases of the zero-padded x go
+    # channel-major onto one (N, grid_h, grid_w) pixel grid, on which every tap (a, b)
+    # is a constant shift (see kernels.conv_dw); the same pass over dy sums db. The grid
+    # is (Ho, Wo) plus the taps' reach, so a real output's taps never wrap a row.
+    grid_h = ho + (kh - 1) // sh
+    grid_w = wo + (kw - 1) // sw
+    qlen = _round_up(n * grid_h * grid_w, 16)
+    reach = ((kh - 1) // sh) * grid_w + (kw - 1) // sw
+    dyw = _scratch("conv_dyw", (f, qlen), dy.dtype)
+    db = np.empty(f, dtype=dy.dtype)
+    _k.to_channel_major(dy, dyw, grid_h, grid_w, 1, 0, 1, 0, db)
+    phases_h, phases_w = min(sh, kh), min(sw, kw)
+    xph = _scratch("conv_xph", (phases_h * phases_w, c, qlen + _round_up(reach, 16)),
+                   x.dtype)
+    xsum = _scratch("conv_xsum", (c,), x.dtype)  # unused
+    for rh in range(phases_h):
+        for rw in range(phases_w):
+            _k.to_channel_major(x, xph[rh * phases_w + rw], grid_h, grid_w,
+                                sh, rh - pt, sw, rw - pl, xsum)
+
+    k = kh * kw * c
+    dw = np.empty(w_shape, dtype=x.dtype)
+    # Blocks of dW rows are the unit of parallel work: about 4 per thread, 4..32 rows.
+    kblock = min(32, max(4, _round_up(-(-k // (4 * t)), 4)))
+    _k.conv_dw(xph, dyw, dw.reshape(k, f), kh, kw, sh, sw, grid_w, qlen, kblock,
+               _DW_PIXEL_TILE, t)
+
+    return dw, db
+
+
+def _gather(src, wk, bias, out, taps, grid, base, dest):
     """Runs the conv gather kernel; ``wk`` is ``(K, C_out)`` in packed-tap order."""
-    (nth, ntw), (dty, dtx), (grid_u, grid_v) = taps, tap_step, grid
+    (nth, ntw), (grid_u, grid_v) = taps, grid
     k, c_out = wk.shape
-    if k >= _DOT_MIN_K:
-        # (C_out, K16): each output channel's taps contiguous, zero-padded to a multiple
-        # of 16 so that the micro-kernel's dot products have no scalar remainder.
-        k16 = _round_up(k, 16)
-        wm = np.zeros((c_out, k16), dtype=wk.dtype)
-        wm[:, :k] = wk.T
-        tile = min(_TILE_MAX, max(4, (_TILE_BYTES // (k16 * src.itemsize)) // 4 * 4))
-        _k.conv_gather_dot(src, wm, bias, out, nth, ntw, dty, dtx, grid_u, grid_v,
-                           *base, *dest, tile, threads())
-    else:
-        _k.conv_gather_axpy(src, np.ascontiguousarray(wk), bias, out, nth, ntw, dty, dtx,
-                            grid_u, grid_v, *base, *dest)
+    # (C_out, K16): each output channel's taps contiguous, zero-padded to a multiple of
+    # 16 so that the micro-kernel's dot products have no scalar remainder. Measured: this
+    # also beats a channels-innermost (axpy) kernel for short patches (K = 9..27, first
+    # layers), whose many short loops cost more than the padded lanes.
+    k16 = _round_up(k, 16)
+    wm = np.zeros((c_out, k16), dtype=wk.dtype)
+    wm[:, :k] = wk.T
+    tile = min(_TILE_MAX, max(4, (_TILE_BYTES // (k16 * src.itemsize)) // 4 * 4))
+    _k.conv_gather_dot(src, wm, bias, out, nth, ntw, grid_u, grid_v, *base, *dest, tile,
+                       threads())
 
 
 # ----------------------------------------------------------------------------------------
@@ -393,7 +427,7 @@ def sparse_softmax_cross_entropy(logits, labels):
         raise ValueError(f"labels must lie in [0, {k}) for {k} classes, got label {bad}")
     logits = _contiguous(logits)
     # One integer type for the kernel: int8/int32/uint... would each compile anew.
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    labels = np.array(labels, dtype=np.int64)  # a fresh, writeable, contiguous copy
     dlogits = np.empty_like(logits)
     loss = _k.sparse_softmax_cross_entropy(logits, labels, dlogits)
     return np.asarray(loss, dtype=logits.dtype), dlogits
@@ -441,9 +475,13 @@ def _scratch(tag, shape, dtype):
 
 
 def _contiguous(a):
-    # The kernels are compiled for C-contiguous arrays; anything else is copied once
-    # here (a no-op for the contiguous arrays the contract promises).
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    # The kernels are compiled for C-contiguous, writeable arrays; anything else is
+    # copied once here (a no-op for the arrays the contract promises). A read-only array
+    # is a distinct type to numba: passing it through would JIT-compile (and cache) a
+    # second copy of every kernel, for a case that one copy handles.
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C")
 
 
 def _round_up(v, m):

@@ -9,7 +9,11 @@ its weights. Training then calls ``forward(x, training)`` and ``backward(dy)``:
 * ``backward`` returns the gradient with respect to the layer's input and leaves the
   gradients of ``weights`` (same order) in ``self.grads``.
 
-These two methods do no validation: the model checks its input once, before any work.
+A layer with an ``activation`` attribute (Conv2D, Dense, Activation) also takes
+``forward(x, training, activate=False)``, which skips the activation: the model uses it to
+hand the loss the logits of a softmax/sigmoid head (Keras's fused cross-entropy).
+
+These methods do no validation: the model checks its input once, before any work.
 The public ``layer(x)`` call validates and builds on first use, like Keras.
 """
 from __future__ import annotations

@@ -273,43 +273,108 @@ def test_losses_match_reference(backend, n, k, scale, target_kind, dtype, seed):
     run_loss(backend, "sigmoid_cross_entropy", logits, sigmoid_targets, dtype, case)
 
 
-# ------------------------------------------------------------ fixed: max-pool tie rule
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_losses_stable_for_extreme_logits(backend, dtype):
+    # "Stable for any logit": exp(1000) overflows in both dtypes, so a formulation that
+    # ever exponentiates a positive number warns (raised here) or returns inf/NaN.
+    logits = np.array([[1000.0, -1000.0, 0.0], [-800.0, -790.0, 900.0]], dtype)
+    targets = np.array([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]], dtype)
+    labels = np.array([1, 2])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        for name, t in [("softmax_cross_entropy", targets),
+                        ("sparse_softmax_cross_entropy", labels),
+                        ("sigmoid_cross_entropy", targets)]:
+            loss, dlogits = op(backend, name)(logits, t)
+            assert np.isfinite(loss) and np.isfinite(dlogits).all(), name
+            run_loss(backend, name, logits, t, dtype, dict(extreme=True))
+
+
+# ------------------------------------------------- independent oracles (for fixed cases)
+
+
+def window_taps(x, window, stride, pad, fill):
+    """Yields ``(k, view)`` per window tap in row-major order, ``k = a*kw + b``.
+
+    ``view[n, i, j, ch] = x_padded[n, i*sh + a, j*sw + b, ch]``: the tap-(a, b) element of
+    every window at once (independent of every backend's own indexing).
+    """
+    (kh, kw), (sh, sw) = window, stride
+    xp = np.pad(x, ((0, 0), *pad, (0, 0)), constant_values=fill)
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    for a in range(kh):
+        for b in range(kw):
+            yield a * kw + b, xp[:, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw]
+
+
+def naive_conv(x, w, b, stride, pad):
+    """Independent conv oracle in float64: one matrix product per kernel tap."""
+    kh, kw = w.shape[:2]
+    y = sum(view @ w[k // kw, k % kw].astype(np.float64)
+            for k, view in window_taps(x.astype(np.float64), (kh, kw), stride, pad, 0.0))
+    return y if b is None else y + b
+
+
+def naive_avgpool(x, pool, stride, pad):
+    """Mean over the real elements: padded zeros add nothing, a padded mask counts them."""
+    total = sum(view for _, view in window_taps(x.astype(np.float64), pool, stride, pad, 0.0))
+    real = sum(view for _, view in window_taps(np.ones_like(x, np.float64), pool, stride, pad, 0.0))
+    return total / real
 
 
 def first_max_pool(x, pool, stride, pad):
-    """Independent oracle: max pooling where the FIRST max (row-major) wins; skips padding.
+    """Max pooling where the FIRST max in row-major tap order wins; padding never wins.
 
-    Returns (y, winners) with winners[n, i, j, ch] = (row, col) of the winner in x.
+    Returns ``(y, winner)``, ``winner[n, i, j, ch]`` = the winning tap ``k = a*pw + b``.
     """
+    y, winner = None, None
+    for k, view in window_taps(x, pool, stride, pad, -np.inf):
+        if y is None:
+            y, winner = view.copy(), np.zeros(view.shape, int)
+        else:
+            better = view > y  # strictly greater: a tie keeps the earlier tap
+            y[better], winner[better] = view[better], k
+    return y, winner
+
+
+def first_max_pool_grad(x_shape, winner, dy, pool, stride, pad):
+    """Each dy goes to its window's winning tap; overlapping windows accumulate."""
     (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool, stride, pad
-    n_b, h, w, c = x.shape
-    ho = (h + top + bottom - ph) // sh + 1
-    wo = (w + left + right - pw) // sw + 1
-    y = np.empty((n_b, ho, wo, c), x.dtype)
-    winners = np.empty((n_b, ho, wo, c, 2), int)
-    for n in range(n_b):
-        for i in range(ho):
-            for j in range(wo):
-                for ch in range(c):
-                    best = None
-                    for a in range(ph):  # row-major: rows outer, columns inner
-                        for b in range(pw):
-                            r, col = i * sh + a - top, j * sw + b - left
-                            if 0 <= r < h and 0 <= col < w:
-                                if best is None or x[n, r, col, ch] > x[n, best[0], best[1], ch]:
-                                    best = (r, col)  # strictly greater: ties keep the first
-                    y[n, i, j, ch] = x[n, best[0], best[1], ch]
-                    winners[n, i, j, ch] = best
-    return y, winners
+    n, h, w, c = x_shape
+    dxp = np.zeros((n, h + top + bottom, w + left + right, c), dy.dtype)
+    for idx in np.ndindex(*dy.shape):
+        _, i, j, _ = idx
+        k = winner[idx]
+        dxp[idx[0], i * sh + k // pw, j * sw + k % pw, idx[3]] += dy[idx]
+    return dxp[:, top : top + h, left : left + w]
 
 
-def first_max_pool_grad(x_shape, winners, dy):
-    dx = np.zeros(x_shape, dy.dtype)
-    for n, i, j, ch in np.ndindex(*dy.shape):
-        r, col = winners[n, i, j, ch]
-        dx[n, r, col, ch] += dy[n, i, j, ch]
-    return dx
+@settings(max_examples=100, deadline=None)
+@given(
+    geometry=window_cases(max_window=5),
+    n=st.integers(1, 3),
+    c_in=st.integers(1, 4),
+    c_out=st.integers(1, 4),
+    seed=SEEDS,
+)
+def test_reference_forward_matches_independent_oracles(geometry, n, c_in, c_out, seed):
+    """The oracle itself, checked once (not per backend): its forwards against the
+    formulas above; its backwards are checked against these forwards by test_gradients."""
+    g = geometry
+    args = (g["stride"], g["pad"])
+    inputs = arrays_for(seed, np.float64, x=(n, *g["spatial"], c_in),
+                        w=(*g["window"], c_in, c_out), b=(c_out,))
+    y, _ = REFERENCE.conv2d_forward(*inputs.values(), *args)
+    np.testing.assert_allclose(y, naive_conv(*inputs.values(), *args), rtol=1e-10, atol=1e-12)
+    x = inputs["x"]
+    if max(g["window"]) <= 4:
+        args = (g["window"], *args)
+        y, _ = REFERENCE.avgpool2d_forward(x, *args)
+        np.testing.assert_allclose(y, naive_avgpool(x, *args), rtol=1e-10, atol=1e-12)
+        y, _ = REFERENCE.maxpool2d_forward(x, *args)
+        np.testing.assert_array_equal(y, first_max_pool(x, *args)[0])
 
+
+# ------------------------------------------------------------ fixed: max-pool tie rule
 
 TIE_CASES = [
     # (spatial, pool, stride, padding)
@@ -337,29 +402,17 @@ def test_maxpool_ties_first_max_takes_gradient(backend, spatial, pool, stride, p
         "all_negative": rng.integers(-3, 0, shape).astype(float),  # -inf padding matters
     }[values].astype(dtype)
     _, pad = window_output_shape(spatial, pool, stride, padding)
-    y_expected, winners = first_max_pool(x, pool, stride, pad)
+    y_expected, winner = first_max_pool(x, pool, stride, pad)
     y, ctx = forward(x, pool, stride, pad)
     np.testing.assert_array_equal(y, y_expected)
     # Small integer dy: every accumulation is exact in float32 too, so dx must be EXACT.
     dy = rng.integers(1, 10, y.shape).astype(dtype)
     dx = backward(dy, ctx)
     assert dx.dtype == dtype
-    np.testing.assert_array_equal(dx, first_max_pool_grad(x.shape, winners, dy))
+    np.testing.assert_array_equal(dx, first_max_pool_grad(x.shape, winner, dy, pool, stride, pad))
 
 
 # --------------------------------------------------------------- fixed: conv corners
-
-
-def naive_conv(x, w, b, stride, pad):
-    """Independent oracle (float64): one strided slice per kernel tap."""
-    (kh, kw, _, f), (sh, sw) = w.shape, stride
-    xp = np.pad(x.astype(np.float64), ((0, 0), *pad, (0, 0)))
-    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-    y = np.zeros((x.shape[0], ho, wo, f))
-    for a in range(kh):
-        for c in range(kw):
-            y += xp[:, a : a + sh * (ho - 1) + 1 : sh, c : c + sw * (wo - 1) + 1 : sw, :] @ w[a, c]
-    return y if b is None else y + b
 
 
 CONV_CORNERS = {
@@ -412,6 +465,12 @@ def test_pool_corner_cases(backend, name, kind, dtype):
     y, _ = run_pair(backend, f"{kind}_forward", f"{kind}_backward", inputs,
                     (pool, stride, pad), dtype, 5, dict(name=name, kind=kind))
     assert y.shape == (2, ho, wo, 3)
+    x = inputs["x"]
+    if kind == "maxpool2d":
+        np.testing.assert_array_equal(y, first_max_pool(x, pool, stride, pad)[0])
+    else:
+        np.testing.assert_allclose(y, naive_avgpool(x, pool, stride, pad),
+                                   **TOLERANCE[np.dtype(dtype)])
 
 
 # ----------------------------------------------------------- fixed: read-only inputs
