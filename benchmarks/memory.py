@@ -41,6 +41,9 @@ if importlib.util.find_spec("fastcnn") is None:  # a source checkout, not pip-in
 import _threads  # noqa: E402  (no numpy import: threads are pinned before it loads)
 
 
+SKIP_EXIT = 3  # a child that cannot run its case (torch absent) exits with this
+
+
 def _status_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
@@ -74,7 +77,8 @@ def _child(case_id: str, backend: str, threads: int, steps: int) -> dict:
     if backend == "torch":
         torch = _cases.torch_or_none()
         if torch is None:
-            raise SystemExit(_cases.TORCH_MISSING)
+            print(_cases.TORCH_MISSING, file=sys.stderr)
+            raise SystemExit(SKIP_EXIT)
         _threads.pin_runtime(threads)
 
         def make(n):
@@ -124,7 +128,9 @@ def _run_case(case_id, backend, threads, steps) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"case": case_id, "backend": backend, "threads": threads, "error": why}
+        word = "skipped" if proc.returncode == SKIP_EXIT else "failed"
+        return {"case": case_id, "backend": backend, "threads": threads,
+                "error": f"{word}: {why}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -138,8 +144,8 @@ def _markdown(results) -> str:
             for r in results if r["backend"] == "torch" and "error" not in r}
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['case']} | {r['threads']} | {r['backend']} | failed: "
-                         f"{r['error']} | | | | | |")
+            lines.append(f"| {r['case']} | {r['threads']} | {r['backend']} | {r['error']} "
+                         f"| | | | | |")
             continue
         p = peer.get((r["case"], r["threads"]))
         ratio = (f"{r['step_peak_mib'] / p:.2f}x" if p and r["backend"] != "torch" else "-")

@@ -18,9 +18,13 @@ import numpy as np
 import fastcnn
 from fastcnn import backends
 
-# Defaults of `fastcnn train`, chosen by measurement (see the README): the smallest setting
-# that reached >= 0.97 test accuracy for every seed tried.
-DEFAULT_EPOCHS = 10
+# Defaults of `fastcnn train`, chosen by measurement on the im2col backend (seeds 0..39):
+# with these settings build_digits_model() never fell below 0.9775 test accuracy (median
+# 0.9859). Smaller choices left too thin a margin over the promised 0.97: the same model
+# for 15 epochs (lowest 0.9718), one conv layer of 16 or 32 filters for 20 epochs (lowest
+# 0.9718 and 0.9690). A larger model (Conv 32, pool, Conv 64, Dense 64) was no more
+# reliable (lowest 0.9803 over 20 seeds) at 14x the parameters.
+DEFAULT_EPOCHS = 20
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LEARNING_RATE = 0.003
 DEFAULT_SEED = 0
@@ -129,7 +133,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def run_train(args) -> int:
     from fastcnn.optimizers import Adam
-    from fastcnn.utils import set_random_seed
+    from fastcnn.utils import clear_session, set_random_seed
 
     backend = args.backend or backends.get_backend()
     (x_train, y_train), (x_test, y_test) = load_digits_for_training()
@@ -142,6 +146,7 @@ def run_train(args) -> int:
         f"learning rate: {args.learning_rate:g} | seed: {args.seed}"
     )
     with fastcnn.use_backend(backend):
+        clear_session()  # layer names start at 'conv2d' again for every run in one process
         set_random_seed(args.seed)
         model = build_digits_model()
         model.compile(

@@ -87,6 +87,16 @@ def test_train_one_epoch_in_process(capsys):
     assert 0.0 <= _test_accuracy(out) <= 1.0
 
 
+@pytest.mark.parametrize("name", backends.available())
+def test_train_runs_on_every_backend(name, capsys):
+    before = backends.get_backend()
+    assert main(["train", "--epochs", "1", "--backend", name]) == 0
+    out = capsys.readouterr().out
+    assert f"backend: {name} |" in out
+    assert 0.0 <= _test_accuracy(out) <= 1.0
+    assert backends.get_backend() == before  # --backend does not leak out of the run
+
+
 def test_same_seed_gives_the_same_run(capsys):
     results = []
     for _ in range(2):

@@ -6,13 +6,14 @@ kernel variant and its blocking for the shape, and calls the compiled kernels of
 
 Threads: every parallel kernel runs on numba's thread pool (``NUMBA_NUM_THREADS``,
 :func:`threads`, ``numba.set_num_threads``). Dense layers call NumPy's ``@`` (BLAS) from
-Python, never from inside a parallel region, so the two pools never nest. Results do not
-depend on the thread count: no reduction is ever split across threads (each output value
-is computed by one thread in a fixed order), so 1 and 2 threads agree bitwise.
+Python, never from inside a parallel region, so the two pools never nest. The numba
+kernels' results do not depend on the thread count: every value is computed by one
+thread, and every sum runs in an order fixed by the shapes (never split per thread), so
+1 and 2 threads agree bitwise (the dense GEMMs are BLAS's business).
 
 Memory: arrays returned to the caller (outputs, gradients) are always fresh. Internal
-scratch that does not outlive a call (the transposed ``dy`` of the conv backward) comes
-from a small per-thread, per-shape cache and is reused across calls.
+scratch that does not outlive a call (the channel-major copies of x and dy in the conv
+backward) comes from a small per-thread, per-shape cache and is reused across calls.
 
 Compilation: kernels compile lazily, per dtype, on first use, and are cached on disk
 (``cache=True``): the first process pays the JIT time, later ones load machine code.
@@ -64,8 +65,8 @@ _TILE_MAX = 64
 # with a partial dW each, fixed so that the result does not depend on the thread count.
 _DW_SMALL_MAX_K = 16
 _DW_SMALL_CHUNKS = 16
-# conv dW: pixels per packed tile (the length of each micro-kernel dot product; a
-# multiple of 16).
+# conv dW: pixels per micro-kernel dot product (a multiple of 16): long enough to
+# amortise the 16 horizontal sums, short enough for the operands to stay in L2.
 _DW_PIXEL_TILE = 1024
 # Element-wise ops on fewer elements than this run serially: a parallel launch costs
 # a few microseconds, more than it saves on a small array.
@@ -229,10 +230,10 @@ def maxpool2d_forward(x, pool, stride, pad):
 
 
 def maxpool2d_backward(dy, ctx):
-    arg, x_shape, (_, pw), (sh, sw), ((pt, _), (pl, _)) = ctx
+    arg, x_shape, (ph, pw), (sh, sw), ((pt, _), (pl, _)) = ctx
     dy = _check_pool_dy(dy, arg.shape)
     dx = np.zeros(x_shape, dtype=dy.dtype)
-    _k.maxpool_backward(dy, arg, dx, pw, sh, sw, pt, pl)
+    _k.maxpool_backward(dy, arg, dx, ph, pw, sh, sw, pt, pl)
     return dx
 
 
@@ -450,27 +451,31 @@ def sigmoid_cross_entropy(logits, targets):
 # ----------------------------------------------------------------------------------------
 
 _scratch_local = threading.local()
-_SCRATCH_ENTRIES = 8
+# Scratch kept per Python thread: the most recently used buffers up to this many bytes
+# (a model's few conv shapes fit; a huge one-off shape does not pin memory forever).
+_SCRATCH_BYTES = 128 << 20
 
 
 def _scratch(tag, shape, dtype):
     """A reusable INTERNAL buffer (never returned to a caller), one set per Python thread.
 
-    Reuse spares the page faults of a fresh multi-megabyte allocation on every call; the
-    per-thread dict keeps two threads running the backend from sharing a buffer. A few
-    recent shapes are kept (a model has a handful of conv shapes).
+    Reuse spares the page faults of a fresh multi-megabyte allocation on every call;
+    the per-thread cache keeps two threads running the backend from sharing a buffer. Contents are
+    undefined: every kernel that uses one writes all of it first.
     """
     cache = getattr(_scratch_local, "cache", None)
     if cache is None:
         cache = _scratch_local.cache = OrderedDict()
     key = (tag, tuple(shape), np.dtype(dtype).str)
     buf = cache.get(key)
-    if buf is None:
-        buf = cache[key] = np.empty(shape, dtype=dtype)
-        if len(cache) > _SCRATCH_ENTRIES:
-            cache.popitem(last=False)
-    else:
+    if buf is not None:
         cache.move_to_end(key)
+        return buf
+    buf = cache[key] = np.empty(shape, dtype=dtype)
+    total = sum(b.nbytes for b in cache.values())
+    while total > _SCRATCH_BYTES and len(cache) > 1:
+        _, old = cache.popitem(last=False)
+        total -= old.nbytes
     return buf
 
 

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The errors every fastcnn dataset raises (all are DatasetError, an OSError).
+from ._files import ChecksumError, DatasetError, DatasetNotFoundError
+
 #: The bundled file; ``load_data`` reads this module attribute at call time.
 DATA_FILE = Path(__file__).resolve().parent / "data" / "digits.csv.gz"
 #: sha256 of :data:`DATA_FILE` (the byte-identical copy shipped in scikit-learn 1.9.1).
@@ -39,21 +42,17 @@ MAX_PIXEL = 16
 TEST_EVERY = 5
 
 
-class DataFileError(OSError):
-    """The bundled data file is missing, corrupted or not in the expected format."""
-
-
 def _read_verified(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise DataFileError(
+        raise DatasetNotFoundError(
             f"bundled digits file not found at {str(path)!r}; the fastcnn installation is "
             f"incomplete (package data missing): reinstall fastcnn"
         ) from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != SHA256:
-        raise DataFileError(
+        raise ChecksumError(
             f"bundled digits file {str(path)!r} is corrupted: sha256 {digest}, expected "
             f"{SHA256} ({len(raw)} bytes read); reinstall fastcnn to restore it"
         )
@@ -66,15 +65,15 @@ def _parse(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.int64, ndmin=2)
     n_pixels = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
     if table.shape != (NUM_IMAGES, n_pixels + 1):
-        raise DataFileError(
+        raise DatasetError(
             f"{str(path)!r}: expected a table of shape {(NUM_IMAGES, n_pixels + 1)}, "
             f"got {table.shape}"
         )
     pixels, labels = table[:, :n_pixels], table[:, n_pixels]
     if pixels.min() < 0 or pixels.max() > MAX_PIXEL:
-        raise DataFileError(f"{str(path)!r}: pixel values outside 0..{MAX_PIXEL}")
+        raise DatasetError(f"{str(path)!r}: pixel values outside 0..{MAX_PIXEL}")
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise DataFileError(f"{str(path)!r}: labels outside 0..{NUM_CLASSES - 1}")
+        raise DatasetError(f"{str(path)!r}: labels outside 0..{NUM_CLASSES - 1}")
     x = pixels.astype(np.uint8).reshape((NUM_IMAGES,) + IMAGE_SHAPE)
     y = labels.astype(np.uint8)
     return x, y
@@ -104,7 +103,8 @@ def load_data():
         module docstring). Fresh arrays on every call: callers may modify them.
 
     Raises:
-        DataFileError: the bundled file is missing or fails its sha256 check.
+        DatasetNotFoundError: the bundled file is missing (a broken installation).
+        ChecksumError: the bundled file fails its sha256 check.
     """
     path = Path(DATA_FILE)
     x, y = _parse(_read_verified(path), path)

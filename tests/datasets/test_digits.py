@@ -83,20 +83,20 @@ def test_corrupted_file_raises_a_clear_error(tmp_path, monkeypatch):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01  # one flipped bit
     path.write_bytes(bytes(raw))
-    with pytest.raises(digits.DataFileError, match="corrupted.*sha256.*reinstall"):
+    with pytest.raises(digits.ChecksumError, match="corrupted.*sha256.*reinstall"):
         digits.load_data()
 
 
 def test_truncated_file_raises_a_clear_error(tmp_path, monkeypatch):
     path = _copy_data_file(tmp_path, monkeypatch)
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(digits.DataFileError, match="corrupted"):
+    with pytest.raises(digits.ChecksumError, match="corrupted"):
         digits.load_data()
 
 
 def test_missing_file_raises_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(digits, "DATA_FILE", tmp_path / "nowhere.csv.gz")
-    with pytest.raises(digits.DataFileError, match="not found.*reinstall"):
+    with pytest.raises(digits.DatasetNotFoundError, match="not found.*reinstall"):
         digits.load_data()
 
 

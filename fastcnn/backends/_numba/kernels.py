@@ -27,14 +27,24 @@ Performance design (NHWC activations, HWIO kernels, C-contiguous arrays):
   micro-kernel runs on the arrays in place, with no im2col copy. Parallel over blocks of
   dW rows ``(kh, kw, C_in)``: every thread reduces ITS rows over ALL pixels in a fixed
   order, so there is no shared ``+=`` and the result is bitwise the same for any thread
-  count.
+  count. Tiny patches (a 3x3 conv on 1 channel) use :func:`conv_dw_small` instead:
+  outer products into partial dWs of FIXED pixel chunks, summed in chunk order.
 * Pools are parallel over output rows (forward) and over images (backward scatter: each
   thread owns its dx[n]). Element-wise ops have a serial kernel on a range and a parallel
   driver that splits the array into chunks; the Python side picks by size, because a
   parallel launch costs microseconds that a small array does not repay.
 
-float32 stays float32: every constant is made with ``dtype.type(...)`` (a bare ``0.5`` or
-``1`` times a float32 would be float64 inside numba, silently doubling the cost).
+Two rules every loop here follows, each worth up to 10x:
+
+* float32 stays float32: every constant is made with ``dtype.type(...)`` (a bare ``0.5``
+  or ``1`` times a float32 is float64 inside numba, silently halving the vector width).
+* Inner loops index from 0 with the loop variable of a ``range`` (offsets go into a
+  slice taken before the loop). An index like ``base + i`` makes numba emit a
+  negative-index wraparound check per element, which keeps LLVM from vectorising.
+
+Known limit: numba's pip builds have no vector math library (llvmlite lacks SVML), so
+``exp`` / ``tanh`` are scalar libm calls: sigmoid and tanh on large arrays run far below
+NumPy's SIMD versions. The standard models apply them to tiny arrays only.
 """
 from __future__ import annotations
 
@@ -208,9 +218,6 @@ def conv_gather_dot(src, wm, bias, out, nth, ntw, grid_u, grid_v,
             # 4 pixels x 4 channels per micro-kernel call. A ragged edge repeats the last
             # valid row/column: it recomputes and rewrites the same value, which is
             # cheaper than a separate remainder kernel and never reads unpacked rows.
-            # 4 pixels x 4 channels per micro-kernel call. A ragged edge repeats the last
-            # valid row/column: it recomputes and rewrites the same value, which is
-            # cheaper than a separate remainder kernel and never reads unpacked rows.
             if co < 4:  # e.g. dx of a first layer on 1 or 3 channels: no clamped waste
                 for f in range(co):
                     b = bias[f]
@@ -328,7 +335,7 @@ def conv_dw(xph, dyw, dw2, kh, kw, sh, sw, grid_w, qlen, kblock, qtile, nthreads
     A non-finite input value read by a wrapped tap meets a 0 and gives NaN (0 * inf);
     finite inputs are exact.
     """
-    n_phase, c_in, _ = xph.shape
+    c_in = xph.shape[1]
     k_total, f_total = dw2.shape
     pw_count = min(sw, kw)
     nkb = (k_total + kblock - 1) // kblock
@@ -381,16 +388,15 @@ def conv_dw(xph, dyw, dw2, kh, kw, sh, sw, grid_w, qlen, kblock, qtile, nthreads
 
 @njit(**_PARALLEL)
 def conv_dw_small(x, dy, partial, kh, kw, sh, sw, pt, pl):
-    """conv dW for SHORT patches (K = kh*kw*C below a few dozen, e.g. a first layer).
+    """conv dW for TINY patches (K = kh*kw*C up to ~16, e.g. a 3x3 first layer on 1 channel).
 
     ``partial`` is ``(n_chunks, K4 + 1, F)``, K4 = K rounded up to 4. Pixels are split
     into ``n_chunks`` FIXED contiguous chunks (not one per thread, so the result does not
     depend on the thread count); each chunk accumulates ``patch(p) outer dy(p)`` into
     its own partial dW (rows < K4) and ``dy(p)`` into its partial db (row K4), four
     pixels per pass over the (L1-resident) partial rows, and the partials are summed in
-    chunk order into ``partial[0]``. No transposed copy of dy
-    is needed, which is what the long-patch kernel (:func:`conv_dw`) would have to pay
-    for a tiny amount of arithmetic here.
+    chunk order into ``partial[0]``. Unlike :func:`conv_dw`, no channel-major copy of dy
+    is needed: for so little arithmetic that copy would cost more than the products.
     """
     n_img, h, w, c_in = x.shape
     _, ho, wo, f_total = dy.shape
@@ -503,22 +509,34 @@ def maxpool_forward(x, y, arg, ph, pw, sh, sw, pt, pl):
 
 
 @njit(**_PARALLEL)
-def maxpool_backward(dy, arg, dx, pw, sh, sw, pt, pl):
+def maxpool_backward(dy, arg, dx, ph, pw, sh, sw, pt, pl):
     """Scatters ``dy`` to each window's winner; ``dx`` must arrive zero-filled.
 
+    Per window, one pass per REAL tap over the contiguous channels adds ``dy`` where
+    that tap won (a masked, vectorisable add; no per-element index arithmetic).
     Parallel over images: windows overlap when stride < pool, and the thread that owns
     image n is the only writer of dx[n], so the ``+=`` never races.
     """
     n_img, ho, wo, c_total = dy.shape
+    _, h, w, _ = dx.shape
+    zero = dy.dtype.type(0)
     for n in prange(n_img):
         for i in range(ho):
+            h0 = i * sh - pt
+            a0 = max(0, -h0)
+            a1 = min(ph, h - h0)
             for j in range(wo):
+                w0 = j * sw - pl
+                b0 = max(0, -w0)
+                b1 = min(pw, w - w0)
                 dyr = dy[n, i, j]
                 ar = arg[n, i, j]
-                for c in range(c_total):
-                    tap = ar[c]
-                    a = tap // pw
-                    dx[n, i * sh - pt + a, j * sw - pl + tap - a * pw, c] += dyr[c]
+                for a in range(a0, a1):
+                    for b in range(b0, b1):
+                        tap = a * pw + b
+                        dxr = dx[n, h0 + a, w0 + b]
+                        for c in range(c_total):
+                            dxr[c] += dyr[c] if ar[c] == tap else zero
 
 
 @njit(**_PARALLEL)
@@ -587,20 +605,22 @@ def unary_forward_range(x, y, op, lo, hi):
     """``y[lo:hi] = f(x[lo:hi])``; NaN in gives NaN out for every op."""
     zero = x.dtype.type(0)
     one = x.dtype.type(1)
+    xs = x[lo:hi]
+    ys = y[lo:hi]
     if op == 0:
-        for i in range(lo, hi):
-            v = x[i]
+        for i in range(xs.size):
+            v = xs[i]
             # 'v <= 0' is False for NaN, so NaN passes through (np.maximum does the same).
-            y[i] = zero if v <= zero else v
+            ys[i] = zero if v <= zero else v
     elif op == 1:
-        for i in range(lo, hi):
-            v = x[i]
+        for i in range(xs.size):
+            v = xs[i]
             # e = exp(-|v|) <= 1 never overflows; both branches are the same function.
             e = np.exp(-np.abs(v))
-            y[i] = (one if v >= zero else e) / (one + e)
+            ys[i] = (one if v >= zero else e) / (one + e)
     else:
-        for i in range(lo, hi):
-            y[i] = np.tanh(x[i])
+        for i in range(xs.size):
+            ys[i] = np.tanh(xs[i])
 
 
 @njit(**_PARALLEL)
@@ -615,18 +635,21 @@ def unary_backward_range(dy, y, dx, op, lo, hi):
     """``dx = dy * f'(x)`` written in terms of the forward OUTPUT ``y``."""
     zero = y.dtype.type(0)
     one = y.dtype.type(1)
+    dys = dy[lo:hi]
+    ys = y[lo:hi]
+    dxs = dx[lo:hi]
     if op == 0:
-        for i in range(lo, hi):
+        for i in range(dys.size):
             # y > 0 exactly where x > 0: the derivative at 0 (and at NaN) is 0.
-            dx[i] = dy[i] if y[i] > zero else zero
+            dxs[i] = dys[i] if ys[i] > zero else zero
     elif op == 1:
-        for i in range(lo, hi):
-            v = y[i]
-            dx[i] = dy[i] * (v * (one - v))
+        for i in range(dys.size):
+            v = ys[i]
+            dxs[i] = dys[i] * (v * (one - v))
     else:
-        for i in range(lo, hi):
-            v = y[i]
-            dx[i] = dy[i] * (one - v * v)
+        for i in range(dys.size):
+            v = ys[i]
+            dxs[i] = dys[i] * (one - v * v)
 
 
 @njit(**_PARALLEL)

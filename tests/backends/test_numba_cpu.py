@@ -1,0 +1,303 @@
+"""numba-specific checks of the ``numba`` backend.
+
+The generic suites (test_equivalence.py, test_gradients.py, test_kernels_smoke.py) already
+run this backend against the reference. This file checks what only a Numba backend can get
+wrong: fastmath flags that would break NaN / -inf, races between threads, results that
+depend on the thread count, float64 arithmetic sneaking into the float32 machine code,
+the on-disk cache, and the optional-dependency behaviour.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip(
+    "numba", reason="numba is not installed (pip install 'fastcnn[numba]')"
+)
+
+from fastcnn import backends  # noqa: E402
+from fastcnn.backends import numba_cpu  # noqa: E402
+from fastcnn.backends._numba import kernels  # noqa: E402
+from fastcnn.shapes import window_output_shape  # noqa: E402
+
+REF = backends.get("reference")
+NB = backends.get("numba")
+TWO_THREADS = numba.config.NUMBA_NUM_THREADS >= 2
+needs_two_threads = pytest.mark.skipif(
+    not TWO_THREADS, reason="needs NUMBA_NUM_THREADS >= 2 to run kernels on 2 threads"
+)
+
+
+def dispatchers():
+    """Every compiled kernel of the backend (module-level numba dispatchers)."""
+    return {
+        name: obj
+        for name, obj in vars(kernels).items()
+        if isinstance(obj, numba.core.registry.CPUDispatcher)
+    }
+
+
+def conv_case(rng, dtype, n=4, hw=(9, 8), c=5, f=6, k=(3, 2), s=(1, 1), padding="same"):
+    (ho, wo), pad = window_output_shape(hw, k, s, padding)
+    x = rng.standard_normal((n, *hw, c)).astype(dtype)
+    w = rng.standard_normal((*k, c, f)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    dy = rng.standard_normal((n, ho, wo, f)).astype(dtype)
+    return x, w, b, dy, s, pad
+
+
+@pytest.fixture
+def restore_threads():
+    before = numba.get_num_threads()
+    yield
+    numba.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------- flags, cache
+
+
+def test_fastmath_flags_exclude_nnan_and_ninf():
+    assert not {"nnan", "ninf", "fast"} & set(numba_cpu.FASTMATH)
+    assert numba_cpu.FASTMATH is kernels.FASTMATH
+
+
+def test_every_kernel_uses_the_central_flags_and_the_disk_cache():
+    found = dispatchers()
+    assert {"conv_gather_dot", "conv_dw", "maxpool_forward", "softmax_cross_entropy"} <= set(found)
+    for name, disp in found.items():
+        assert disp.targetoptions["fastmath"] == set(numba_cpu.FASTMATH), name
+        if disp.targetoptions.get("inline") == "always":
+            continue  # helpers are inlined into (and cached with) the kernels
+        assert type(disp._cache).__name__ == "FunctionCache", f"{name} is not cache=True"
+
+
+def test_cache_index_is_written_for_a_used_kernel():
+    NB.relu_forward(np.ones((2, 3), np.float32))
+    cache = kernels.unary_forward_range._cache
+    index = cache._cache_file._index_path
+    assert os.path.exists(index), f"no numba cache index at {index}"
+
+
+def test_threads_helper_reports_numba_threads():
+    assert numba_cpu.threads() == numba.get_num_threads()
+
+
+def test_is_available():
+    assert numba_cpu.is_available() == (True, "")
+    assert "numba" in backends.available()
+
+
+def test_module_imports_and_explains_itself_without_numba():
+    """The registry imports the module and then asks is_available(): both must work."""
+    code = (
+        "import sys; sys.modules['numba'] = None\n"  # makes 'import numba' raise ImportError
+        "from fastcnn.backends import numba_cpu\n"
+        "ok, why = numba_cpu.is_available()\n"
+        "assert not ok and \"pip install 'fastcnn[numba]'\" in why, why\n"
+        "from fastcnn import backends\n"
+        "assert 'numba' not in backends.available()\n"
+        "assert 'pip install' in backends.unavailable()['numba']\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------- NaN and -inf semantics
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_propagates_through_conv_and_max_pool(dtype):
+    rng = np.random.default_rng(0)
+    x, w, b, dy, s, pad = conv_case(rng, dtype, n=2, c=16, f=8)
+    x[1, 4, 3, 7] = np.nan
+    y, _ = NB.conv2d_forward(x, w, b, s, pad)
+    y_ref, _ = REF.conv2d_forward(x, w, b, s, pad)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    assert np.isnan(y).any() and not np.isnan(y[0]).any()
+
+    (ho, wo), ppad = window_output_shape(x.shape[1:3], (3, 3), (2, 2), "same")
+    m, ctx = NB.maxpool2d_forward(x, (3, 3), (2, 2), ppad)
+    m_ref, _ = REF.maxpool2d_forward(x, (3, 3), (2, 2), ppad)
+    np.testing.assert_array_equal(np.isnan(m), np.isnan(m_ref))
+    assert np.isnan(m[1, :, :, 7]).any()
+    # The NaN's window routes its gradient to the NaN, as np.argmax (the reference) does.
+    g = rng.standard_normal(m.shape).astype(dtype)
+    np.testing.assert_allclose(NB.maxpool2d_backward(g, ctx),
+                               REF.maxpool2d_backward(g, _), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_of_all_minus_inf_and_nan_activations(dtype):
+    x = np.full((1, 4, 4, 2), -np.inf, dtype=dtype)
+    x[0, 3, 3, 1] = 5
+    (ho, wo), pad = window_output_shape((4, 4), (3, 3), (2, 2), "same")
+    y, ctx = NB.maxpool2d_forward(x, (3, 3), (2, 2), pad)
+    assert y[0, 0, 0, 0] == -np.inf and not np.isnan(y).any()  # -inf is not NaN
+    assert y[0, 1, 1, 1] == 5
+    dx = NB.maxpool2d_backward(np.ones_like(y), ctx)
+    assert dx.sum() == y.size  # every window routed its gradient somewhere real
+    r, _ = NB.relu_forward(np.array([np.nan, -1, 2], dtype=dtype))
+    assert np.isnan(r[0]) and r[1] == 0 and r[2] == 2
+
+
+# ------------------------------------------------------------- threads: races, determinism
+
+
+def conv_and_pool_results(x, w, b, dy, s, pad):
+    y, ctx = NB.conv2d_forward(x, w, b, s, pad)
+    dx, dw, db = NB.conv2d_backward(dy, ctx)
+    m, mctx = NB.maxpool2d_forward(x, (2, 2), (1, 1), ((0, 1), (0, 1)))
+    dm = NB.maxpool2d_backward(np.ones_like(m), mctx)
+    a, actx = NB.avgpool2d_forward(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    da = NB.avgpool2d_backward(np.ones_like(a), actx)
+    return dict(y=y, dx=dx, dw=dw, db=db, m=m, dm=dm, a=a, da=da)
+
+
+# Geometries: long patches (the general dW path, strided phases for dx) and a 1-channel
+# first layer (the short-patch dW path with per-chunk partials).
+THREAD_CASES = [
+    dict(n=16, hw=(12, 11), c=20, f=12, k=(3, 3), s=(1, 1), padding="valid"),
+    dict(n=16, hw=(12, 11), c=20, f=12, k=(5, 4), s=(2, 3), padding="same"),
+    dict(n=16, hw=(12, 11), c=1, f=16, k=(3, 3), s=(1, 1), padding="same"),
+]
+
+
+@needs_two_threads
+@pytest.mark.parametrize("case", THREAD_CASES, ids=["long", "strided", "one-channel"])
+def test_two_threads_match_the_reference_repeatedly(case, restore_threads):
+    """A race (a shared '+=' in a prange) shows up as a wrong or varying result."""
+    rng = np.random.default_rng(1)
+    x, w, b, dy, s, pad = conv_case(rng, np.float64, **case)
+    _, ctx = REF.conv2d_forward(x, w, b, s, pad)
+    dx_ref, dw_ref, db_ref = REF.conv2d_backward(dy, ctx)
+    numba.set_num_threads(2)
+    for _ in range(3):
+        y, nctx = NB.conv2d_forward(x, w, b, s, pad)
+        dx, dw, db = NB.conv2d_backward(dy, nctx)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-12)
+
+
+@needs_two_threads
+@pytest.mark.parametrize("case", THREAD_CASES, ids=["long", "strided", "one-channel"])
+def test_one_and_two_threads_agree_bitwise(case, restore_threads):
+    """Bitwise, not just close: no reduction is split across threads (dW rows belong to
+    one thread, short-patch partials are per FIXED chunk, pools scatter per image), so
+    the floating-point summation order does not depend on the thread count."""
+    rng = np.random.default_rng(2)
+    args = conv_case(rng, np.float32, **case)
+    numba.set_num_threads(1)
+    one = conv_and_pool_results(*args)
+    numba.set_num_threads(2)
+    for _ in range(2):
+        two = conv_and_pool_results(*args)
+        for name in one:
+            np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+
+
+@needs_two_threads
+def test_parallel_elementwise_path_matches_serial(restore_threads):
+    x = np.random.default_rng(3).standard_normal(numba_cpu._PARALLEL_MIN_SIZE + 1000)
+    x = x.astype(np.float32)
+    numba.set_num_threads(1)
+    serial = [NB.sigmoid_forward(x)[0], NB.relu_backward(x, NB.relu_forward(x)[1])]
+    numba.set_num_threads(2)
+    parallel = [NB.sigmoid_forward(x)[0], NB.relu_backward(x, NB.relu_forward(x)[1])]
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ ownership of memory
+
+
+def test_inputs_unchanged_and_outputs_not_reused_between_calls():
+    """Scratch buffers are reused across calls: what a caller gets must never be one."""
+    rng = np.random.default_rng(4)
+    for case in THREAD_CASES:
+        x, w, b, dy, s, pad = conv_case(rng, np.float32, **case)
+        pristine = [a.copy() for a in (x, w, b, dy)]
+        y1, ctx1 = NB.conv2d_forward(x, w, b, s, pad)
+        grads1 = NB.conv2d_backward(dy, ctx1)
+        kept = [a.copy() for a in (y1, *grads1)]
+        # Same shapes again with other values: reuses every scratch buffer.
+        y2, ctx2 = NB.conv2d_forward(x * 2, w, b, s, pad)
+        NB.conv2d_backward(dy * 3, ctx2)
+        for a, before in zip((y1, *grads1), kept):
+            np.testing.assert_array_equal(a, before)
+        for a, before in zip((x, w, b, dy), pristine):
+            np.testing.assert_array_equal(a, before)
+
+
+# ---------------------------------------------------- no float64 in the float32 machine code
+
+# Kernels whose bodies hold floating constants or math calls, i.e. where a Python float
+# literal or an int-times-float32 would silently promote to float64.
+F32 = np.float32
+UPCAST_CASES = {
+    "unary_forward_range": (np.zeros(8, F32), np.zeros(8, F32), 1, 0, 8),
+    "unary_backward_range": (np.zeros(8, F32), np.zeros(8, F32), np.zeros(8, F32), 1, 0, 8),
+    "sigmoid_cross_entropy": (np.zeros(8, F32), np.zeros(8, F32), np.zeros(8, F32)),
+    "softmax_cross_entropy": (np.zeros((2, 3), F32), np.zeros((2, 3), F32),
+                              np.zeros((2, 3), F32)),
+    "avgpool_forward": (np.zeros((1, 4, 4, 2), F32), np.zeros((1, 2, 2, 2), F32),
+                        2, 2, 2, 2, 0, 0),
+    "conv_gather_dot": (np.zeros((1, 4, 4, 2), F32), np.zeros((2, 32), F32),
+                        np.zeros(2, F32), np.zeros((1, 2, 2, 2), F32),
+                        3, 3, 2, 2, 0, 1, 0, 1, 0, 1, 0, 1, 4, 1),
+}
+
+
+def kernel_ir_functions(ir):
+    """The LLVM IR of the kernel itself, without numba's CPython boxing wrappers."""
+    bodies, keep = [], False
+    for line in ir.splitlines():
+        if line.startswith("define "):
+            keep = not re.search(r"@(_ZN7cpython|cfunc\.)", line)
+        if keep:
+            bodies.append(line)
+        if line.startswith("}"):
+            keep = False
+    return "\n".join(bodies)
+
+
+@pytest.mark.parametrize("name", sorted(UPCAST_CASES))
+def test_float32_kernels_do_no_float64_arithmetic(name):
+    disp = getattr(kernels, name)
+    # Cached machine code cannot be inspected: compile a private, uncached, serial copy
+    # of the same Python source with the same flags.
+    options = {k: v for k, v in disp.targetoptions.items() if k not in ("parallel", "nopython")}
+    fresh = numba.njit(cache=False, **options)(disp.py_func)
+    fresh(*UPCAST_CASES[name])
+    ir = kernel_ir_functions(next(iter(fresh.inspect_llvm().values())))
+    upcasts = [line.strip() for line in ir.splitlines()
+               if re.search(r"\bfpext\b|\b(fadd|fsub|fmul|fdiv|call)\b.*\bdouble\b", line)]
+    assert not upcasts, f"{name} computes in float64 on float32 data: {upcasts[:3]}"
+
+
+def test_upcast_check_catches_a_float64_literal():
+    """The check above must be able to fail: a Python float literal does promote."""
+
+    def scale(x, y):
+        for i in range(x.size):
+            y[i] = np.exp(x[i] * 0.1)
+
+    fresh = numba.njit(cache=False, fastmath=set(numba_cpu.FASTMATH))(scale)
+    fresh(np.zeros(4, F32), np.zeros(4, F32))
+    ir = kernel_ir_functions(next(iter(fresh.inspect_llvm().values())))
+    assert re.search(r"\bfpext\b", ir)
+
+
+def test_losses_return_input_dtype_scalars():
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((4, 3)).astype(np.float32)
+    t = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    for loss, _ in (NB.softmax_cross_entropy(z, t), NB.sigmoid_cross_entropy(z, t),
+                    NB.sparse_softmax_cross_entropy(z, np.array([0, 1, 2, 0]))):
+        assert loss.shape == () and loss.dtype == np.float32
