@@ -192,6 +192,21 @@ def run_info(args) -> int:
     rows = [(op, *("x" if table[name][op] else "-" for name in names)) for op in backends.OPS]
     lines += ["  " + line for line in _table(rows, ("op", *names))]
 
+    if "auto" in names:
+        from .backends import auto
+
+        lines += ["", "'auto' runs each kind of op on (fastest available, from benchmarks/):"]
+        lines += ["  " + line for line in _table(sorted(auto.choices().items()), ("op/shape", "backend"))]
+
+    from . import _extensions
+
+    lines += ["", "compiled extensions (cython):"]
+    if _extensions.HAVE_CYTHON:
+        openmp, max_threads = _extensions.openmp_info()
+        lines += [f"  loaded; OpenMP {'on' if openmp else 'off'}, max threads {max_threads}"]
+    else:
+        lines += [f"  missing: {_extensions.IMPORT_ERROR}"]
+
     lines += ["", "threads:"]
     rows = [("os.cpu_count()", os.cpu_count())]
     rows += [(var, os.environ.get(var, "(unset)")) for var in THREAD_VARIABLES]

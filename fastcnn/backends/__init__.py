@@ -114,7 +114,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {}
 _LOADED: dict[str, Backend] = {}
 _FAILED: dict[str, str] = {}
 _LOCK = threading.Lock()
-_DEFAULT = "im2col"
+_DEFAULT = "auto"  # per op, the fastest available backend (backends/auto.py)
 _active = _DEFAULT
 
 
@@ -213,3 +213,4 @@ register("reference", "fastcnn.backends.reference", "readable NumPy loops: the o
 register("im2col", "fastcnn.backends.im2col", "vectorised NumPy: strided views + one GEMM per op")
 register("numba", "fastcnn.backends.numba_cpu", "Numba @njit kernels (parallel, cached)")
 register("cython", "fastcnn.backends.cython_cpu", "Cython kernels compiled from csrc/ (OpenMP)")
+register("auto", "fastcnn.backends.auto", "per op, the fastest available backend for that kind of shape")

@@ -338,13 +338,12 @@ def first_max_pool(x, pool, stride, pad):
 
 def first_max_pool_grad(x_shape, winner, dy, pool, stride, pad):
     """Each dy goes to its window's winning tap; overlapping windows accumulate."""
-    (ph, pw), (sh, sw), ((top, bottom), (left, right)) = pool, stride, pad
-    n, h, w, c = x_shape
-    dxp = np.zeros((n, h + top + bottom, w + left + right, c), dy.dtype)
-    for idx in np.ndindex(*dy.shape):
-        _, i, j, _ = idx
-        k = winner[idx]
-        dxp[idx[0], i * sh + k // pw, j * sw + k % pw, idx[3]] += dy[idx]
+    (_, pw), (sh, sw), ((top, bottom), (left, right)) = pool, stride, pad
+    n_b, h, w, c = x_shape
+    dxp = np.zeros((n_b, h + top + bottom, w + left + right, c), dy.dtype)
+    for n, i, j, ch in np.ndindex(*dy.shape):
+        k = winner[n, i, j, ch]  # tap k = a*pw + b sits at padded (i*sh + a, j*sw + b)
+        dxp[n, i * sh + k // pw, j * sw + k % pw, ch] += dy[n, i, j, ch]
     return dxp[:, top : top + h, left : left + w]
 
 

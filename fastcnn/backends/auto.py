@@ -1,0 +1,116 @@
+"""'auto': per op, the backend the benchmark suite measured fastest for that kind of shape.
+
+This is the default backend. It owns no kernels: each op is routed to one of the other
+backends by the small table :data:`PREFERENCES` below, which is refreshed by hand from
+``benchmarks/`` runs (see benchmarks/README.md for the figures behind it). Each entry lists
+backends fastest first; the first one that is available on this machine is used, so a
+machine without a C compiler or without Numba still gets the best of what it has.
+``fastcnn info`` prints the resolved choice.
+
+A forward returns ``(y, (backend, ctx))`` so that its backward always goes to the backend
+that made ``ctx``, whatever the table says for the backward's shape.
+"""
+from __future__ import annotations
+
+from . import get, available
+
+# Kinds of shape that rank backends differently (from the benchmark suite, 1 and 2 threads):
+# - conv "few_channels": a first layer on 1-4 input channels. A window holds only
+#   kh*kw*C values, too few to fill the SIMD dot products of Numba's direct conv, while
+#   im2col + one BLAS GEMM (Cython packs the columns in parallel) does not care.
+# - conv "deep": everything else; Numba's register-blocked direct conv beats im2col+GEMM
+#   (no column matrix to write and read back: 3-9x less memory traffic).
+# - pools, activations and losses are memory-bound: the compiled single-pass kernels win;
+#   NumPy's vectorised exp/tanh beat Numba's scalar libm calls for sigmoid/tanh.
+PREFERENCES = {
+    ("conv2d", "few_channels"): ("cython", "im2col"),
+    ("conv2d", "deep"): ("numba", "cython", "im2col"),
+    ("maxpool2d", "any"): ("numba", "cython", "im2col"),
+    ("avgpool2d", "any"): ("numba", "cython", "im2col"),
+    ("dense", "any"): ("cython", "im2col"),
+    ("relu", "any"): ("numba", "cython", "im2col"),
+    ("sigmoid", "any"): ("im2col",),
+    ("tanh", "any"): ("im2col",),
+    ("softmax", "any"): ("cython", "im2col"),
+    ("softmax_cross_entropy", "any"): ("cython", "im2col"),
+    ("sparse_softmax_cross_entropy", "any"): ("cython", "im2col"),
+    ("sigmoid_cross_entropy", "any"): ("cython", "im2col"),
+}
+
+FEW_CHANNELS = 4
+
+_resolved: dict = {}
+
+
+def _pick(family: str, kind: str = "any"):
+    """The first available backend of the table's entry (resolved once per process)."""
+    key = (family, kind)
+    backend = _resolved.get(key)
+    if backend is None:
+        names = available()
+        for name in PREFERENCES[key]:
+            if name in names:
+                backend = get(name)
+                break
+        else:  # im2col is pure NumPy and always loads; reaching here is a table bug
+            raise RuntimeError(f"auto backend: none of {PREFERENCES[key]} is available for {key}")
+        _resolved[key] = backend
+    return backend
+
+
+def choices() -> dict:
+    """``{"conv2d/deep": "numba", ...}``: what 'auto' runs on this machine."""
+    return {f"{family}/{kind}": _pick(family, kind).name for family, kind in PREFERENCES}
+
+
+# -- conv ----------------------------------------------------------------------------------
+
+def conv2d_forward(x, w, b, stride, pad):
+    kind = "few_channels" if w.shape[2] <= FEW_CHANNELS else "deep"
+    backend = _pick("conv2d", kind)
+    y, ctx = backend.conv2d_forward(x, w, b, stride, pad)
+    return y, (backend, ctx)
+
+
+def conv2d_backward(dy, ctx):
+    backend, inner = ctx
+    return backend.conv2d_backward(dy, inner)
+
+
+# -- everything routed by op family alone ------------------------------------------------------
+
+def _routed(family: str, forward_op: str, backward_op: str):
+    def forward(*args):
+        backend = _pick(family)
+        y, ctx = getattr(backend, forward_op)(*args)
+        return y, (backend, ctx)
+
+    def backward(dy, ctx):
+        backend, inner = ctx
+        return getattr(backend, backward_op)(dy, inner)
+
+    forward.__name__, backward.__name__ = forward_op, backward_op
+    forward.__doc__ = f"``{forward_op}`` on the backend the table picks for {family}."
+    backward.__doc__ = f"``{backward_op}`` on the backend that ran the forward."
+    return forward, backward
+
+
+maxpool2d_forward, maxpool2d_backward = _routed("maxpool2d", "maxpool2d_forward", "maxpool2d_backward")
+avgpool2d_forward, avgpool2d_backward = _routed("avgpool2d", "avgpool2d_forward", "avgpool2d_backward")
+dense_forward, dense_backward = _routed("dense", "dense_forward", "dense_backward")
+relu_forward, relu_backward = _routed("relu", "relu_forward", "relu_backward")
+sigmoid_forward, sigmoid_backward = _routed("sigmoid", "sigmoid_forward", "sigmoid_backward")
+tanh_forward, tanh_backward = _routed("tanh", "tanh_forward", "tanh_backward")
+softmax_forward, softmax_backward = _routed("softmax", "softmax_forward", "softmax_backward")
+
+
+def softmax_cross_entropy(logits, targets):
+    return _pick("softmax_cross_entropy").softmax_cross_entropy(logits, targets)
+
+
+def sparse_softmax_cross_entropy(logits, labels):
+    return _pick("sparse_softmax_cross_entropy").sparse_softmax_cross_entropy(logits, labels)
+
+
+def sigmoid_cross_entropy(logits, targets):
+    return _pick("sigmoid_cross_entropy").sigmoid_cross_entropy(logits, targets)
