@@ -53,6 +53,9 @@ def pin_environment(threads: int) -> list:
     os.environ[ENV_VAR] = str(threads)
     for var in THREAD_VARS:
         os.environ[var] = str(threads)
+    # fastcnn's thread-runtime defaults (idle OpenMP/OpenBLAS threads sleep) must also be in
+    # place before NumPy loads; importing the package applies them first thing.
+    import fastcnn  # noqa: F401
     return late
 
 

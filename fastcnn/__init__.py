@@ -12,16 +12,8 @@ implementations of the same kernel contract behind a registry, and a Keras-shape
 """
 __version__ = "0.1.0"
 
-import os as _os
-
-# Must run before any OpenMP runtime loads (the Cython extensions, Numba's omp layer).
-# By default idle OpenMP threads spin for a while after every parallel region; NumPy's
-# OpenBLAS has its own thread pool, so between a compiled kernel and the GEMM that follows
-# it the two pools fight for the same cores. Measured on 2 cores: a small conv layer went
-# from 0.06 ms to 4 ms per call, and `fastcnn train` on cython from 0.6 s to 120 s.
-# Sleeping idle threads cost a few microseconds per region instead. A user's own setting wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# First, before anything loads NumPy or an OpenMP runtime: the thread-runtime defaults.
+from . import _runtime
 from . import _extensions
 from ._extensions import HAVE_CYTHON, ExtensionWarning
 from . import backends, config, shapes

@@ -211,6 +211,9 @@ def run_info(args) -> int:
     rows = [("os.cpu_count()", os.cpu_count())]
     rows += [(var, os.environ.get(var, "(unset)")) for var in THREAD_VARIABLES]
     lines += ["  " + line for line in _table(rows, ("setting", "value"))]
+    from . import _runtime
+
+    lines += ["  idle threads sleep (fastcnn/_runtime.py): " + "; ".join(_runtime.describe())]
     print("\n".join(lines))
     return 0
 
