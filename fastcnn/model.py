@@ -274,7 +274,7 @@ class Sequential:
             "logits": fused or self.loss.from_logits,
             "body": self._layers[:-1],
             "head": head,
-            "reversed": self._layers[::-1],
+            "reversed_but_first": self._layers[:0:-1],
             "train_layers": train_layers,
             "train_vars": train_vars,
             "metrics": [metrics_module.get(m, self.loss, head.output_shape)
@@ -370,8 +370,11 @@ class Sequential:
                 f"(try a lower learning rate, or check x and y for NaN/inf)")
         for m in plan["metrics"]:
             m.update_state(y, out, plan["logits"])
-        for layer in plan["reversed"]:
+        for layer in plan["reversed_but_first"]:
             dy = layer.backward(dy)
+        # Nothing consumes the first layer's input gradient (for a first conv on 1-3
+        # channels that is about half of its backward).
+        self._layers[0].backward(dy, need_dx=False)
         grads = [g for layer in plan["train_layers"] for g in layer.grads]
         self.optimizer.apply(grads, plan["train_vars"])
         return loss

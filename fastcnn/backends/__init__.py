@@ -18,7 +18,9 @@ inputs (``dy`` included) and never returns an array that aliases one of them.
 
 =============================================  ====================================
 ``conv2d_forward(x, w, b, stride, pad)``        ``-> (y, ctx)``; ``b`` may be None
-``conv2d_backward(dy, ctx)``                    ``-> (dx, dw, db)``; db None if b was
+``conv2d_backward(dy, ctx, need_dx=True)``      ``-> (dx, dw, db)``; db None if b was;
+                                                dx None when need_dx is False (a
+                                                first layer: skip that work)
 ``maxpool2d_forward(x, pool, stride, pad)``     ``-> (y, ctx)``; pads with -inf; the
                                                 FIRST max in row-major window order
                                                 takes the gradient

@@ -72,9 +72,9 @@ def conv2d_forward(x, w, b, stride, pad):
     return y, (backend, ctx)
 
 
-def conv2d_backward(dy, ctx):
+def conv2d_backward(dy, ctx, need_dx=True):
     backend, inner = ctx
-    return backend.conv2d_backward(dy, inner)
+    return backend.conv2d_backward(dy, inner, need_dx)
 
 
 # -- everything routed by op family alone ------------------------------------------------------

@@ -156,7 +156,7 @@ def conv2d_forward(x, w, b, stride, pad):
     return y2d.reshape(n, ho, wo, f), ctx
 
 
-def conv2d_backward(dy, ctx):
+def conv2d_backward(dy, ctx, need_dx=True):
     cols, packed, w2d, x_shape, w_shape, has_bias, geometry = ctx
     kh, kw, sh, sw, pt, pl, ho, wo = geometry
     dy = _float_array(dy, "dy", w2d.dtype)
@@ -164,6 +164,8 @@ def conv2d_backward(dy, ctx):
     dy2d = dy.reshape(-1, w_shape[3])
     dw = np.matmul(cols.T, dy2d).reshape(w_shape)
     db = _bias_grad(dy2d) if has_bias else None
+    if not need_dx:  # a first layer: skip the second GEMM and col2im
+        return None, dw, db
     dcols = np.matmul(dy2d, w2d.T)
     if packed:
         dx = np.empty(x_shape, dtype=dy.dtype)

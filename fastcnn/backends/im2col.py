@@ -77,7 +77,7 @@ def conv2d_forward(x, w, b, stride, pad):
     return y2d.reshape(n, ho, wo, f), (cols, w, b is not None, x.shape, stride, pad)
 
 
-def conv2d_backward(dy, ctx):
+def conv2d_backward(dy, ctx, need_dx=True):
     cols, w, has_bias, x_shape, stride, pad = ctx
     kh, kw, c, f = w.shape
     n, ho, wo, _ = dy.shape
@@ -85,6 +85,8 @@ def conv2d_backward(dy, ctx):
 
     dw = (cols.T @ dy2d).reshape(w.shape)
     db = dy2d.sum(axis=0) if has_bias else None
+    if not need_dx:  # a first layer: skip the second GEMM and col2im
+        return None, dw, db
     dcols = (dy2d @ w.reshape(kh * kw * c, f).T).reshape(n, ho, wo, kh, kw, c)
     dx = _scatter_taps(
         lambda a, b: dcols[:, :, :, a, b, :], x_shape, (kh, kw), stride, pad, (ho, wo), dy.dtype

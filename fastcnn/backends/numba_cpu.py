@@ -107,7 +107,7 @@ def conv2d_forward(x, w, b, stride, pad):
     return y, (x, w, b is not None, stride, pad)
 
 
-def conv2d_backward(dy, ctx):
+def conv2d_backward(dy, ctx, need_dx=True):
     x, w, has_bias, stride, pad = ctx
     (sh, sw), ((pt, _), (pl, _)) = stride, pad
     n, h, wd, c = x.shape
@@ -133,6 +133,8 @@ def conv2d_backward(dy, ctx):
         db = partial[0, k4].copy()
     else:
         dw, db = _conv_dw(x, dy, w.shape, stride, pad, (ho, wo), t)
+    if not need_dx:  # a first layer: nothing consumes dx
+        return None, dw, (db if has_bias else None)
 
     # dx, one stride phase at a time: dx rows ih with (ih + top) % sh == rh get gradient
     # only from kernel rows a = rh, rh + sh, ... through dy rows (ih + top - a) / sh,

@@ -93,8 +93,12 @@ def conv2d_forward(x, w, b, stride, pad):
     return y, (xp, w, b is not None, x.shape, stride, pad)
 
 
-def conv2d_backward(dy, ctx):
-    """``(dx, dw, db)`` of :func:`conv2d_forward` (``db`` is None when there was no bias)."""
+def conv2d_backward(dy, ctx, need_dx=True):
+    """``(dx, dw, db)`` of :func:`conv2d_forward` (``db`` is None when there was no bias).
+
+    ``need_dx=False`` (a model's first layer: nothing consumes its input gradient) returns
+    ``dx=None``; the fast backends then skip that work, here it is simply dropped.
+    """
     xp, w, has_bias, x_shape, (sh, sw), ((top, _), (left, _)) = ctx
     kh, kw = w.shape[:2]
     n_batch, ho, wo, _ = dy.shape
@@ -120,7 +124,7 @@ def conv2d_backward(dy, ctx):
     db = dy.sum(axis=(0, 1, 2)) if has_bias else None
     # Gradient that landed on padding belongs to no input: crop it away.
     dx = dxp[:, top : top + h, left : left + wd, :].copy()
-    return dx, dw, db
+    return (dx if need_dx else None), dw, db
 
 
 # ----------------------------------------------------------------------------------------

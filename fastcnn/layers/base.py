@@ -229,7 +229,12 @@ class Layer:
     def forward(self, x, training=False):
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """Gradient with respect to the input; stores the weights' gradients in ``grads``.
+
+        ``need_dx=False`` tells the model's first layer that nothing consumes its input
+        gradient: a layer may then skip computing it and return None.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not define backward")
 
     def __call__(self, x, training=False):

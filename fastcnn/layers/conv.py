@@ -67,14 +67,14 @@ class Conv2D(Layer):
             self._cache = (backend, ctx, act, act_ctx)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         if self._cache is None:
             raise self._no_cache()
         backend, ctx, act, act_ctx = self._cache
         self._cache = None  # frees the kernel's buffers before the next step allocates
         if act is not None:
             dy = activations.backward(backend, act, dy, act_ctx)
-        dx, dw, db = backend.conv2d_backward(dy, ctx)
+        dx, dw, db = backend.conv2d_backward(dy, ctx, need_dx)
         self.grads = (dw, db) if self.use_bias else (dw,)
         return dx
 

@@ -48,7 +48,7 @@ class Dense(Layer):
             self._cache = (backend, ctx, act, act_ctx)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         if self._cache is None:
             raise self._no_cache()
         backend, ctx, act, act_ctx = self._cache
@@ -88,7 +88,7 @@ class Flatten(Layer):
             self._cache = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         if self._cache is None:
             raise self._no_cache()
         shape, self._cache = self._cache, None
@@ -140,7 +140,7 @@ class Dropout(Layer):
         self._cache = mask
         return x * mask
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         if self._cache is None:
             raise self._no_cache()
         mask, self._cache = self._cache, None
@@ -173,7 +173,7 @@ class Activation(Layer):
             self._cache = (backend, act, ctx)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         if self._cache is None:
             raise self._no_cache()
         (backend, act, ctx), self._cache = self._cache, None

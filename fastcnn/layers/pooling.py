@@ -38,7 +38,7 @@ class _Pooling2D(Layer):
             self._cache = (backend, ctx)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         if self._cache is None:
             raise self._no_cache()
         backend, ctx = self._cache
