@@ -14,14 +14,22 @@ from __future__ import annotations
 
 from . import get, available
 
-# Kinds of shape that rank backends differently (from the benchmark suite, 1 and 2 threads):
+# Kinds of shape that rank backends differently. Figures: benchmarks/README.md (2026-11-25,
+# 2-core AMD EPYC, 1 and 2 threads); ms are forward / backward at 1 thread.
 # - conv "few_channels": a first layer on 1-4 input channels. A window holds only
 #   kh*kw*C values, too few to fill the SIMD dot products of Numba's direct conv, while
-#   im2col + one BLAS GEMM (Cython packs the columns in parallel) does not care.
-# - conv "deep": everything else; Numba's register-blocked direct conv beats im2col+GEMM
-#   (no column matrix to write and read back: 3-9x less memory traffic).
-# - pools, activations and losses are memory-bound: the compiled single-pass kernels win;
-#   NumPy's vectorised exp/tanh beat Numba's scalar libm calls for sigmoid/tanh.
+#   im2col + one BLAS GEMM does not care (shape A fwd: cython 1.08, im2col 1.33, numba 3.61).
+# - conv "deep": everything else. Numba's register-blocked direct conv beats im2col+GEMM: no
+#   column matrix to write and read back (shape B fwd+bwd: numba 12.3, cython 18.1, im2col
+#   20.2; shape D: 165 / 304 / 336).
+# - pools are memory-bound single passes: the compiled kernels win (Fashion-MNIST maxpool
+#   fwd+bwd: numba 1.95, cython 9.52, im2col 23.0).
+# - activations on a 64x26x26x64 tensor: relu numba 0.22/0.56 (cython 0.26/11.3, NumPy
+#   0.79/10.1); sigmoid numba 6.5/0.6 (NumPy 12.8/0.8); tanh NumPy 0.44/3.3 against numba's
+#   scalar libm tanh 37/0.5: a forward and its backward must run on one backend, so the sum
+#   decides.
+# - dense is one BLAS GEMM everywhere (equal within noise); softmax and the fused losses
+#   on (128, 10) logits take 5-20 us, the compiled ones slightly less except sigmoid CE.
 PREFERENCES = {
     ("conv2d", "few_channels"): ("cython", "im2col"),
     ("conv2d", "deep"): ("numba", "cython", "im2col"),
@@ -29,12 +37,12 @@ PREFERENCES = {
     ("avgpool2d", "any"): ("numba", "cython", "im2col"),
     ("dense", "any"): ("cython", "im2col"),
     ("relu", "any"): ("numba", "cython", "im2col"),
-    ("sigmoid", "any"): ("im2col",),
+    ("sigmoid", "any"): ("numba", "im2col"),
     ("tanh", "any"): ("im2col",),
     ("softmax", "any"): ("cython", "im2col"),
     ("softmax_cross_entropy", "any"): ("cython", "im2col"),
     ("sparse_softmax_cross_entropy", "any"): ("cython", "im2col"),
-    ("sigmoid_cross_entropy", "any"): ("cython", "im2col"),
+    ("sigmoid_cross_entropy", "any"): ("im2col",),
 }
 
 FEW_CHANNELS = 4
