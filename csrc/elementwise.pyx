@@ -78,18 +78,31 @@ cdef inline floating _fabs(floating v) noexcept nogil:
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
-    # Never exponentiates a positive number, so no overflow for any v.
-    cdef floating e
-    if v >= 0:
-        e = _exp(-v)
-        return 1 / (1 + e)
-    e = _exp(v)
-    return e / (1 + e)
+    # The reference's formula (1 if v >= 0 else e) / (1 + e) with e = exp(-|v|) <= 1:
+    # never exponentiates a positive number, so no overflow for any v; ONE exp per element.
+    # Speed traps avoided (they made this 4x slower than the exp itself):
+    # * no branch on the sign: with random signs it is mispredicted half the time. The
+    #   select is arithmetic instead: (v >= 0) + (v < 0) * e is exactly 1 or e, and NaN
+    #   for a NaN v (both tests false, 0 * NaN = NaN) as in the reference;
+    # * `<floating> 1`: a bare 1 makes Cython write the C literal 1.0, so a float32
+    #   division would run as a (much slower) double division.
+    cdef floating one = 1
+    cdef floating e = _exp(-_fabs(v))
+    cdef floating num = <floating> (v >= 0) + <floating> (v < 0) * e
+    return num / (one + e)
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
     # `v <= 0` (not `v > 0`) so that a NaN propagates instead of being hidden as 0.
     return 0 if v <= 0 else v
+
+
+cdef inline floating _relu_grad(floating d, floating v) noexcept nogil:
+    # d is an argument, so it is loaded whatever v is: the select then compiles to a
+    # vectorised compare-and-mask. Written as `dy[i] if y[i] > 0 else 0` inline, the load
+    # of dy[i] sat inside the branch and the loop became a mispredicted jump per element
+    # (20x slower on random signs). `v > 0` is False for NaN: the gradient there is 0.
+    return d if v > 0 else 0
 
 
 cdef inline floating _activate(floating v, int act) noexcept nogil:
@@ -179,7 +192,7 @@ def relu_backward(const floating[::1] dy not None, const floating[::1] y not Non
     _check_same(dx.shape[0], n, "relu_backward: dx vs dy")
     cdef int nt = threads_for(n)
     for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-        dx[i] = dy[i] if y[i] > 0 else 0
+        dx[i] = _relu_grad(dy[i], y[i])
 
 
 def sigmoid_forward(const floating[::1] x not None, floating[::1] y not None):

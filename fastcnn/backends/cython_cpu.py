@@ -270,7 +270,18 @@ def relu_backward(dy, ctx):
 
 
 def sigmoid_forward(x):
-    return _unary_forward(_elt.sigmoid_forward, x)
+    # NumPy's SIMD exp (about 10x faster than the compiled kernel's scalar libm expf call),
+    # then the reference's formula (1 if x >= 0 else e) / (1 + e) with e = exp(-|x|) <= 1
+    # (no overflow for any x). The select is np.maximum(e, x >= 0): 1 where x >= 0 (e <= 1),
+    # e where x < 0 (e >= 0), NaN for a NaN x; np.where would branch per element (3x slower).
+    x = _float_array(x, "x")
+    e = np.abs(x)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    y = np.maximum(e, x >= 0, dtype=x.dtype)
+    e += 1
+    y /= e
+    return y, y
 
 
 def sigmoid_backward(dy, ctx):
@@ -278,7 +289,11 @@ def sigmoid_backward(dy, ctx):
 
 
 def tanh_forward(x):
-    return _unary_forward(_elt.tanh_forward, x)
+    # NumPy's np.tanh is SIMD and ~80x faster than the scalar glibc tanhf the compiled
+    # kernel calls; same contract (a fresh array of x's dtype), results as the reference.
+    x = _float_array(x, "x")
+    y = np.tanh(x)
+    return y, y
 
 
 def tanh_backward(dy, ctx):

@@ -192,7 +192,14 @@ def relu_forward(x):
 
 def relu_backward(dy, ctx):
     # y > 0 exactly where x > 0: the derivative at 0 (and at NaN) is 0.
-    return np.where(ctx > 0, dy, dy.dtype.type(0))
+    # np.where(y > 0, dy, 0) is right but branches per element (10 ms on 2.8M random
+    # signs); dy * (y > 0) is fast but turns an inf or NaN dy into NaN where it must give 0.
+    # So: AND dy's bits with an all-ones / all-zeros mask: exactly dy or +0, any dy.
+    bits = np.dtype(f"u{dy.dtype.itemsize}")
+    mask = (ctx > 0).astype(bits)
+    np.negative(mask, out=mask)  # 1 -> all ones (unsigned wrap-around), 0 -> 0
+    np.bitwise_and(mask, dy.view(bits), out=mask)
+    return mask.view(dy.dtype)
 
 
 def sigmoid_forward(x):
@@ -214,7 +221,11 @@ def tanh_forward(x):
 
 def tanh_backward(dy, ctx):
     y = ctx
-    return dy * (1 - y * y)
+    # dy * (1 - y*y) in ONE fresh buffer (no temporaries): same operations, same rounding.
+    dx = np.multiply(y, y)
+    np.subtract(dx.dtype.type(1), dx, out=dx)
+    np.multiply(dy, dx, out=dx)
+    return dx
 
 
 def softmax_forward(x):
@@ -291,8 +302,16 @@ def sigmoid_cross_entropy(logits, targets):
 
 
 def _sigmoid(x):
-    e = np.exp(-np.abs(x))  # <= 1: no overflow for any x
-    return np.where(x >= 0, 1, e) / (1 + e)
+    # (1 if x >= 0 else e) / (1 + e) with e = exp(-|x|) <= 1: no overflow for any x.
+    # The select is np.maximum(e, x >= 0): 1 where x >= 0 (e <= 1), e where x < 0 (e >= 0),
+    # NaN for a NaN x. np.where would branch per element (3x slower on random signs).
+    e = np.abs(x)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    y = np.maximum(e, x >= 0, dtype=x.dtype)
+    e += 1
+    y /= e
+    return y
 
 
 def _log_softmax_and_softmax(z):
