@@ -28,6 +28,12 @@ from collections import OrderedDict
 import numpy as np
 
 from ..shapes import padded_output_shape
+from ._checks import (
+    output_shape as _output_shape,
+    check_float as _check_float,
+    check_same_dtype as _check_same_dtype,
+    check_rank as _check_rank,
+)
 
 try:
     import numba
@@ -493,33 +499,6 @@ def _contiguous(a):
 
 def _round_up(v, m):
     return -(-v // m) * m
-
-
-def _output_shape(spatial, window, stride, pad, what):
-    ho, wo = padded_output_shape(spatial, window, stride, pad)
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"{what} {tuple(window)} does not fit the padded input: input {tuple(spatial)}, "
-            f"pad {pad}, stride {tuple(stride)} give an output of {(ho, wo)}"
-        )
-    return ho, wo
-
-
-def _check_float(name, a):
-    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        raise TypeError(f"{name} must be a float32 or float64 numpy array, got {got}")
-
-
-def _check_same_dtype(name, a, like):
-    if not isinstance(a, np.ndarray) or a.dtype != like.dtype:
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        raise TypeError(f"{name} must be a numpy array of dtype {like.dtype}, got {got}")
-
-
-def _check_rank(name, a, ndim, layout):
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have rank {ndim} {layout}, got shape {a.shape}")
 
 
 def _check_targets_shape(targets, logits):

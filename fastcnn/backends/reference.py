@@ -52,7 +52,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..shapes import padded_output_shape
+from ._checks import (
+    output_shape as _output_shape,
+    check_pool_windows_touch_input as _check_pool_windows_touch_input,
+    check_float as _check_float,
+    check_same_dtype as _check_same_dtype,
+    check_rank as _check_rank,
+    check_labels as _check_labels,
+)
 
 # ----------------------------------------------------------------------------------------
 # Convolution
@@ -443,51 +450,3 @@ def _real_counts(spatial, window, stride, pad, out, dtype):
     return count
 
 
-def _output_shape(spatial, window, stride, pad, what):
-    ho, wo = padded_output_shape(spatial, window, stride, pad)
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"{what} {tuple(window)} does not fit the padded input: input {tuple(spatial)}, "
-            f"pad {pad}, stride {tuple(stride)} give an output of {(ho, wo)}"
-        )
-    return ho, wo
-
-
-def _check_pool_windows_touch_input(spatial, window, stride, pad, out):
-    # A window made only of padding has no maximum (it would be -inf) and no mean (0/0).
-    # shapes.py never produces such padding; explicit padding from elsewhere might.
-    for length, k, s, (before, _), o, axis in zip(spatial, window, stride, pad, out, "HW"):
-        if before >= k or (o - 1) * s >= before + length:
-            raise ValueError(
-                f"pad {pad} makes a pooling window of size {tuple(window)} lie entirely in "
-                f"the padding along {axis} (input {tuple(spatial)}, stride {tuple(stride)})"
-            )
-
-
-def _check_float(name, a):
-    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        raise TypeError(f"{name} must be a float32 or float64 numpy array, got {got}")
-
-
-def _check_same_dtype(name, a, like):
-    if not isinstance(a, np.ndarray) or a.dtype != like.dtype:
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        raise TypeError(f"{name} must be a numpy array of dtype {like.dtype}, got {got}")
-
-
-def _check_rank(name, a, ndim, layout):
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have rank {ndim} {layout}, got shape {a.shape}")
-
-
-def _check_labels(labels, logits_shape):
-    n, k = logits_shape
-    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
-        got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
-        raise TypeError(f"labels must be an integer numpy array of shape ({n},), got {got}")
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
-    if n and (labels.min() < 0 or labels.max() >= k):
-        bad = labels[(labels < 0) | (labels >= k)][0]
-        raise ValueError(f"labels must lie in [0, {k}) for {k} classes, got label {bad}")

@@ -1,0 +1,61 @@
+"""Argument checks shared by the NumPy-level backends: the ONE place their messages live.
+
+Backends validate what reaches them (a kernel called directly, as the tests and a user's own
+layer do, gets a clear error instead of a wrong answer); layers validate user input earlier
+with user-facing argument names.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..shapes import padded_output_shape
+
+
+def output_shape(spatial, window, stride, pad, what):
+    ho, wo = padded_output_shape(spatial, window, stride, pad)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"{what} {tuple(window)} does not fit the padded input: input {tuple(spatial)}, "
+            f"pad {pad}, stride {tuple(stride)} give an output of {(ho, wo)}"
+        )
+    return ho, wo
+
+
+def check_pool_windows_touch_input(spatial, window, stride, pad, out):
+    # A window made only of padding has no maximum (it would be -inf) and no mean (0/0).
+    # shapes.py never produces such padding; explicit padding from elsewhere might.
+    for length, k, s, (before, _), o, axis in zip(spatial, window, stride, pad, out, "HW"):
+        if before >= k or (o - 1) * s >= before + length:
+            raise ValueError(
+                f"pad {pad} makes a pooling window of size {tuple(window)} lie entirely in "
+                f"the padding along {axis} (input {tuple(spatial)}, stride {tuple(stride)})"
+            )
+
+
+def check_float(name, a):
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a float32 or float64 numpy array, got {got}")
+
+
+def check_same_dtype(name, a, like):
+    if not isinstance(a, np.ndarray) or a.dtype != like.dtype:
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a numpy array of dtype {like.dtype}, got {got}")
+
+
+def check_rank(name, a, ndim, layout):
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have rank {ndim} {layout}, got shape {a.shape}")
+
+
+def check_labels(labels, logits_shape):
+    n, k = logits_shape
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
+        got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
+        raise TypeError(f"labels must be an integer numpy array of shape ({n},), got {got}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= k):
+        bad = labels[(labels < 0) | (labels >= k)][0]
+        raise ValueError(f"labels must lie in [0, {k}) for {k} classes, got label {bad}")
