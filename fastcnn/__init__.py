@@ -20,8 +20,10 @@ from . import backends, config, shapes
 from .backends import available, get_backend, set_backend, use_backend
 from .config import floatx, set_floatx
 from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, utils
-from . import datasets, gradcheck
+from . import datasets, gradcheck, regularizers
+from . import preprocessing
 from .model import Sequential
+from .saving import load_model
 from .utils import set_random_seed
 
 # pip hides build warnings, so a missing compiled backend explains itself here (once).
@@ -29,6 +31,7 @@ _extensions.warn_if_missing()
 
 __all__ = [
     "Sequential",
+    "load_model",
     "HAVE_CYTHON",
     "ExtensionWarning",
     "available",
@@ -51,4 +54,6 @@ __all__ = [
     "utils",
     "datasets",
     "gradcheck",
+    "regularizers",
+    "preprocessing",
 ]

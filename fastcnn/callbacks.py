@@ -5,15 +5,25 @@ batch ``on_train_batch_begin(batch)`` / ``on_train_batch_end(batch, logs)`` (log
 running means of the epoch so far), ``on_epoch_end(epoch, logs)`` (the epoch's loss and
 metrics, with ``val_`` entries when validating), and ``on_train_end``. A callback may set
 ``self.model.stop_training = True``; fit stops after the current epoch.
-``evaluate`` calls the ``on_test_*`` hooks and ``predict`` the ``on_predict_*`` hooks.
+The ``on_test_*`` and ``on_predict_*`` hooks are Keras's hooks for ``evaluate`` and
+``predict``; :class:`ProgbarLogger` draws their bar and ignores them inside ``fit``.
 
 Batch hooks cost a Python call per batch, so :class:`CallbackList` calls them only when
-some callback overrides them.
+some callback overrides them (or says it wants them: ``wants_batch_hooks(mode)``).
+
+The training callbacks users reach for (Keras's names, arguments and defaults):
+:class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`ReduceLROnPlateau`,
+:class:`CSVLogger`, :class:`LambdaCallback`.
 """
 from __future__ import annotations
 
+import csv
+import math
+import numbers
+import os
 import sys
 import time
+import warnings
 
 
 class Callback:
@@ -68,11 +78,14 @@ class CallbackList(Callback):
                 raise ValueError(
                     f"callbacks must be fastcnn.callbacks.Callback instances, got {cb!r}")
         self.history = None
-        if add_progbar and verbose:
+        # Keras: a History or ProgbarLogger the user passed is used, not doubled.
+        if add_progbar and verbose and not any(isinstance(cb, ProgbarLogger) for cb in callbacks):
             callbacks.insert(0, ProgbarLogger(verbose=verbose))
         if add_history:
-            self.history = History()
-            callbacks.append(self.history)
+            self.history = next((cb for cb in callbacks if isinstance(cb, History)), None)
+            if self.history is None:
+                self.history = History()
+                callbacks.append(self.history)
         self.callbacks = callbacks
         if model is not None:
             self.set_model(model)
@@ -149,7 +162,10 @@ def format_logs(logs) -> str:
     """`` - loss: 0.2345 - accuracy: 0.9312`` (Keras's number format)."""
     parts = []
     for key, value in logs.items():
-        value = float(value)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue  # a list or text a user callback put in the logs: not a number to show
         parts.append(f" - {key}: {value:.4f}" if abs(value) > 1e-3 else f" - {key}: {value:.4e}")
     return "".join(parts)
 
@@ -191,22 +207,32 @@ def final_line(steps, elapsed, logs, verbose) -> str:
 
 
 class ProgbarLogger(Callback):
-    """Keras-style epoch output (added by ``fit`` when ``verbose`` is 1 or 2).
+    """Keras-style progress output (added by ``fit`` when ``verbose`` is 1 or 2).
 
     verbose=2: ``Epoch 1/3`` then ``1688/1688 - 3s - loss: ... - val_accuracy: ...``.
-    verbose=1: an in-place bar (``\\r`` updates, at most every 0.1 s) ending in the same
-    fields; without a terminal only the final line of each epoch is written.
+    verbose=1: an in-place bar (``\\r`` updates, at most every 0.1 s, always the final one)
+    ``  12/844 [>.....] - ETA: 41s - loss: 0.2345`` ending in
+    ``844/844 [=====] - 9s 11ms/step - loss: ...``; without a terminal (CI logs) only the
+    final line of each epoch is written, as Keras does.
+    ``evaluate`` and ``predict`` get the same bar through the ``on_test_*`` /
+    ``on_predict_*`` hooks (no ``Epoch`` header); inside ``fit`` those hooks are ignored so
+    that validation draws nothing of its own.
     """
 
     INTERVAL = 0.1  # seconds between bar refreshes
 
     def __init__(self, verbose=1, stream=None):
         super().__init__()
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+            raise ValueError(f"ProgbarLogger verbose must be 0, 1 or 2, got {verbose!r}")
         self.verbose = verbose
         self._stream = stream
+        self._in_fit = False
+        self._is_dynamic = False
 
     @property
     def stream(self):
+        # sys.stdout looked up at each write: pytest's capsys and redirections swap it
         return self._stream if self._stream is not None else sys.stdout
 
     def _dynamic(self):
@@ -215,21 +241,18 @@ class ProgbarLogger(Callback):
 
     def wants_batch_hooks(self, mode) -> bool:
         # Only the live bar needs per-batch calls; verbose=2 and logs to files do not.
-        return mode == "train" and self.verbose == 1 and self._dynamic()
+        return mode in _BATCH_HOOKS and self.verbose == 1 and self._dynamic()
 
-    def on_train_begin(self, logs=None):
-        self._is_dynamic = self.wants_batch_hooks("train")
-
-    def on_epoch_begin(self, epoch, logs=None):
+    # ------------------------------------------------------------ the bar
+    def _start_bar(self):
+        self._is_dynamic = self.verbose == 1 and self._dynamic()
         self._steps = self.params.get("steps")
         self._start = time.perf_counter()
         self._last_draw = 0.0
         self._last_len = 0
         self._seen = 0
-        self.stream.write(f"Epoch {epoch + 1}/{self.params.get('epochs')}\n")
-        self.stream.flush()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def _update(self, batch, logs):
         self._seen = batch + 1
         if not self._is_dynamic:
             return
@@ -238,10 +261,14 @@ class ProgbarLogger(Callback):
             return
         self._last_draw = now
         elapsed = now - self._start
-        remaining = max((self._steps or self._seen) - self._seen, 0)
-        line = (progress_bar(self._seen, self._steps) + " - ETA: "
-                + _format_duration(elapsed / self._seen * remaining) + format_logs(logs or {}))
-        self._write_over(line)
+        if self._steps:
+            remaining = max(self._steps - self._seen, 0)
+            line = (progress_bar(self._seen, self._steps) + " - ETA: "
+                    + _format_duration(elapsed / self._seen * remaining))
+        else:  # an iterator of unknown length: no bar, no ETA (Keras's "Unknown")
+            line = (f"{self._seen}/Unknown - {_format_duration(elapsed)} "
+                    f"{_format_per_step(elapsed / self._seen)}")
+        self._write_over(line + format_logs(logs or {}))
 
     def _write_over(self, line):
         # pad with blanks so that a shorter line fully covers the previous one
@@ -249,7 +276,7 @@ class ProgbarLogger(Callback):
         self._last_len = len(line)
         self.stream.flush()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _finish(self, logs):
         elapsed = time.perf_counter() - self._start
         line = final_line(self._steps or self._seen, elapsed, logs, self.verbose)
         if self._is_dynamic:
@@ -258,3 +285,478 @@ class ProgbarLogger(Callback):
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    # -------------------------------------------------------------- fit
+    def on_train_begin(self, logs=None):
+        self._in_fit = True
+        self._is_dynamic = self.verbose == 1 and self._dynamic()
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start_bar()
+        if self.verbose:
+            self.stream.write(f"Epoch {epoch + 1}/{self.params.get('epochs')}\n")
+            self.stream.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._update(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.verbose:
+            self._finish(logs)
+
+    # ---------------------------------------------------- evaluate / predict
+    def on_test_begin(self, logs=None):
+        if not self._in_fit:
+            self._start_bar()
+
+    def on_test_batch_end(self, batch, logs=None):
+        if not self._in_fit:
+            self._update(batch, logs)
+
+    def on_test_end(self, logs=None):
+        if not self._in_fit and self.verbose:
+            self._finish(logs)
+
+    def on_predict_begin(self, logs=None):
+        self._start_bar()
+
+    def on_predict_batch_end(self, batch, logs=None):
+        # predict's batch logs hold the outputs, not numbers to show
+        self._update(batch, None)
+
+    def on_predict_end(self, logs=None):
+        if self.verbose:
+            self._finish(None)
+
+
+# ------------------------------------------------------------------ argument checks
+def _check_int(value, name, who, low=0):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{who}: {name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_real(value, name, who, allow_none=False, low=-math.inf):
+    if value is None and allow_none:
+        return None
+    if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+            or not math.isfinite(value) or value < low):
+        bound = "" if low == -math.inf else f" >= {low}"
+        raise ValueError(
+            f"{who}: {name} must be a finite number{bound}"
+            f"{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def _check_verbose(value, who):
+    if value not in (0, 1, 2) or isinstance(value, bool):
+        raise ValueError(f"{who}: verbose must be 0, 1 or 2, got {value!r}")
+    return int(value)
+
+
+def _check_monitor(monitor, who):
+    if not isinstance(monitor, str) or not monitor:
+        raise ValueError(f"{who}: monitor must be a metric name like 'val_loss', got {monitor!r}")
+    return monitor
+
+
+def _resolve_mode(mode, monitor, who):
+    """'min' or 'max'. 'auto' is Keras's rule: accuracies go up, everything else down."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    return mode
+
+
+def _monitor_value(logs, monitor, who):
+    """The monitored number, or None with Keras's warning when the logs lack it."""
+    logs = logs or {}
+    value = logs.get(monitor)
+    if value is None:
+        warnings.warn(
+            f"{who} is conditioned on metric '{monitor}' which is not available. "
+            f"Available metrics are: {', '.join(logs) or '(none)'}", stacklevel=3)
+        return None
+    return float(value)
+
+
+def _print_msg(message):
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+# -------------------------------------------------------------------- EarlyStopping
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` has stopped improving (Keras's EarlyStopping).
+
+    An epoch improves when it beats the best so far by more than ``min_delta``; after
+    ``patience`` epochs without improvement training stops (never after the first epoch).
+    Epochs before ``start_from_epoch`` are not considered. With a ``baseline``, the
+    patience counter restarts only on epochs that also beat the baseline, so training
+    stops when the baseline is not beaten within ``patience`` epochs.
+    ``restore_best_weights=True`` puts back the weights of the best epoch when training
+    ends (Keras 3 behaviour: also when it ran all its epochs). ``stopped_epoch`` and
+    ``best_epoch`` are 0-based, as in Keras.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
+        super().__init__()
+        who = "EarlyStopping"
+        self.monitor = _check_monitor(monitor, who)
+        self.min_delta = abs(_check_real(min_delta, "min_delta", who))
+        self.patience = _check_int(patience, "patience", who)
+        self.verbose = _check_verbose(verbose, who)
+        self.mode = _resolve_mode(mode, self.monitor, who)
+        self.baseline = _check_real(baseline, "baseline", who, allow_none=True)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.start_from_epoch = _check_int(start_from_epoch, "start_from_epoch", who)
+        self._reset()
+
+    def _reset(self):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def _is_improvement(self, value, reference):
+        if reference is None:
+            return True
+        # Keras: the value must beat the reference by more than min_delta
+        if self.mode == "min":
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
+
+    def on_train_begin(self, logs=None):
+        self._reset()  # an instance may be reused for several fits
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = _monitor_value(logs, self.monitor, "Early stopping")
+        if value is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
+        self.wait += 1
+        if self._is_improvement(value, self.best):
+            self.best = value
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._is_improvement(value, self.baseline):
+                self.wait = 0
+                return
+            # Better than before but still short of the baseline: the patience keeps
+            # running (Keras's documented rule: stop when the baseline is not beaten).
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose:
+            _print_msg(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                _print_msg("Restoring model weights from the end of the best epoch: "
+                           f"{self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
+
+
+# ------------------------------------------------------------------ ModelCheckpoint
+class ModelCheckpoint(Callback):
+    """Saves the model (``model.save``) or its weights (``model.save_weights``) during training.
+
+    ``filepath`` may hold ``str.format`` fields filled from ``epoch`` (1-based, as Keras),
+    ``batch`` (1-based, with an int ``save_freq``) and the logs, e.g.
+    ``'ckpt-{epoch:02d}-{val_loss:.2f}.fcnn'``; a missing folder is created (Keras does).
+    ``save_freq='epoch'`` saves at each epoch end, an int every that many batches.
+    ``save_best_only`` saves only when ``monitor`` beats the best so far (starting from
+    ``initial_value_threshold`` when given).
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
+                 save_weights_only=False, mode="auto", save_freq="epoch",
+                 initial_value_threshold=None):
+        super().__init__()
+        who = "ModelCheckpoint"
+        if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
+            raise ValueError(f"{who}: filepath must be a non-empty path, got {filepath!r}")
+        self.filepath = os.fspath(filepath)
+        self.monitor = _check_monitor(monitor, who)
+        self.verbose = _check_verbose(verbose, who)
+        self.save_best_only = bool(save_best_only)
+        self.save_weights_only = bool(save_weights_only)
+        self.mode = _resolve_mode(mode, self.monitor, who)
+        if save_freq != "epoch" and (not isinstance(save_freq, numbers.Integral)
+                                     or isinstance(save_freq, bool) or save_freq < 1):
+            raise ValueError(
+                f"{who}: save_freq must be 'epoch' or a positive int (batches), got {save_freq!r}")
+        self.save_freq = save_freq
+        self.initial_value_threshold = _check_real(
+            initial_value_threshold, "initial_value_threshold", who, allow_none=True)
+        self._reset()
+
+    def _reset(self):
+        if self.initial_value_threshold is not None:
+            self.best = self.initial_value_threshold
+        else:
+            self.best = math.inf if self.mode == "min" else -math.inf
+        self._current_epoch = 0
+        self._batches_since_save = 0
+
+    def wants_batch_hooks(self, mode) -> bool:
+        # per-epoch saving needs no per-batch Python call
+        return mode == "train" and self.save_freq != "epoch"
+
+    def on_train_begin(self, logs=None):
+        method = "save_weights" if self.save_weights_only else "save"
+        if not callable(getattr(self.model, method, None)):
+            raise NotImplementedError(
+                f"ModelCheckpoint(save_weights_only={self.save_weights_only}) needs "
+                f"model.{method}(path), which {type(self.model).__name__} does not have")
+        self._current_epoch = 0
+        self._batches_since_save = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches_since_save += 1
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self._save(self._current_epoch, batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs)
+
+    def _file_path(self, epoch, batch, logs):
+        fields = dict(logs)
+        fields["epoch"] = epoch + 1
+        if batch is not None:
+            fields["batch"] = batch + 1
+        try:
+            return self.filepath.format(**fields)
+        except KeyError as e:
+            raise KeyError(
+                f"ModelCheckpoint cannot format filepath {self.filepath!r}: no value for "
+                f"{e.args[0]!r}; available: {', '.join(fields)}") from None
+        except (ValueError, IndexError) as e:
+            raise ValueError(
+                f"ModelCheckpoint cannot format filepath {self.filepath!r}: {e}") from None
+
+    def _save(self, epoch, batch, logs):
+        logs = logs or {}
+        # mid-epoch (int save_freq) a live progress bar holds the line: start a new one
+        lead = "\n" if batch is not None else ""
+        if self.save_best_only:
+            value = _monitor_value(logs, self.monitor, "ModelCheckpoint (save_best_only)")
+            if value is None:
+                return
+            improved = value < self.best if self.mode == "min" else value > self.best
+            if not improved:
+                if self.verbose:
+                    _print_msg(f"{lead}Epoch {epoch + 1}: {self.monitor} did not improve "
+                               f"from {self.best:.5f}")
+                return
+            path = self._file_path(epoch, batch, logs)
+            if self.verbose:
+                _print_msg(f"{lead}Epoch {epoch + 1}: {self.monitor} improved from "
+                           f"{self.best:.5f} to {value:.5f}, saving model to {path}")
+            self.best = value
+        else:
+            path = self._file_path(epoch, batch, logs)
+            if self.verbose:
+                _print_msg(f"{lead}Epoch {epoch + 1}: saving model to {path}")
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+
+
+# ---------------------------------------------------------------- ReduceLROnPlateau
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` has stopped improving.
+
+    After ``patience`` epochs without an improvement larger than ``min_delta`` the rate
+    becomes ``max(lr * factor, min_lr)``; then ``cooldown`` epochs pass before the
+    patience counter runs again (the best value is still tracked during them). Each epoch's logs get a ``learning_rate`` entry (Keras 3),
+    so History and CSVLogger placed after this callback record it.
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        super().__init__()
+        who = "ReduceLROnPlateau"
+        self.monitor = _check_monitor(monitor, who)
+        factor = _check_real(factor, "factor", who, low=0.0)
+        if factor >= 1.0:
+            raise ValueError(f"{who}: factor must be < 1.0 (it multiplies the learning "
+                             f"rate to reduce it), got {factor!r}")
+        self.factor = factor
+        self.patience = _check_int(patience, "patience", who)
+        self.verbose = _check_verbose(verbose, who)
+        self.mode = _resolve_mode(mode, self.monitor, who)
+        self.min_delta = abs(_check_real(min_delta, "min_delta", who))
+        self.cooldown = _check_int(cooldown, "cooldown", who)
+        self.min_lr = _check_real(min_lr, "min_lr", who, low=0.0)
+        self._reset()
+
+    def _reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def _improved(self, value):
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs=None):
+        if getattr(getattr(self.model, "optimizer", None), "learning_rate", None) is None:
+            raise ValueError("ReduceLROnPlateau needs a compiled model whose optimizer has a "
+                             "learning_rate; call model.compile(optimizer=...) first")
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        if logs is not None:
+            logs["learning_rate"] = float(optimizer.learning_rate)
+        value = _monitor_value(logs, self.monitor, "Learning rate reduction")
+        if value is None:
+            return
+        improved = self._improved(value)
+        if improved:
+            self.best = value
+            self.wait = 0
+        if self.in_cooldown():
+            # The documented meaning: ``cooldown`` whole epochs are not counted. (Keras's
+            # code counts the last cooldown epoch towards patience, so there cooldown=1
+            # changes nothing.)
+            self.cooldown_counter -= 1
+            self.wait = 0
+            return
+        if not improved:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old_lr = float(optimizer.learning_rate)
+                if old_lr > self.min_lr:
+                    new_lr = max(old_lr * self.factor, self.min_lr)
+                    optimizer.learning_rate = new_lr
+                    if self.verbose:
+                        _print_msg(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning "
+                                   f"rate to {new_lr}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+# ------------------------------------------------------------------------ CSVLogger
+class CSVLogger(Callback):
+    """Writes one CSV row per epoch: ``epoch`` (0-based, as Keras) then the logs' keys, sorted.
+
+    The columns come from the first epoch's logs; a later epoch lacking one writes ``NA``.
+    The file is flushed after every row and closed when training ends. ``append=True``
+    adds to an existing file, without a second header when it already has one.
+    """
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
+            raise ValueError(f"CSVLogger: filename must be a non-empty path, got {filename!r}")
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(
+                f"CSVLogger: separator must be a single character, got {separator!r}")
+        self.filename = os.fspath(filename)
+        self.sep = separator
+        self.append = bool(append)
+        self.keys = None
+        self.writer = None
+        self.csv_file = None
+        self.append_header = True
+
+    def on_train_begin(self, logs=None):
+        self.keys = None
+        self.writer = None
+        self.append_header = True
+        if self.append and os.path.exists(self.filename):
+            with open(self.filename, newline="") as f:
+                self.append_header = not f.readline()
+        self.csv_file = open(self.filename, "a" if self.append else "w", newline="")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if self.writer is None:
+            self.writer = csv.writer(self.csv_file, delimiter=self.sep, lineterminator="\n")
+            if self.append_header:
+                self.writer.writerow(["epoch"] + self.keys)
+        self.writer.writerow([epoch] + [_csv_value(logs.get(k, "NA")) for k in self.keys])
+        self.csv_file.flush()
+
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+        self.csv_file = None
+        self.writer = None
+
+
+def _csv_value(value):
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "__iter__") and getattr(value, "ndim", 1) != 0:
+        return f"[{', '.join(map(str, value))}]"
+    return value  # csv writes str(value): the shortest repr that reads back exactly
+
+
+# -------------------------------------------------------------------- LambdaCallback
+_LAMBDA_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_begin", "on_train_end",
+                 "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
+                 "on_test_batch_begin", "on_test_batch_end", "on_predict_begin",
+                 "on_predict_end", "on_predict_batch_begin", "on_predict_batch_end")
+
+
+class LambdaCallback(Callback):
+    """A callback made of plain functions, called with the hook's arguments:
+    ``on_epoch_begin/on_epoch_end(epoch, logs)``, ``on_train_begin/on_train_end(logs)``,
+    ``on_train_batch_begin/on_train_batch_end(batch, logs)``; the other hooks
+    (``on_test_batch_end=...`` etc.) may be given by keyword too.
+    """
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None,
+                 on_train_end=None, on_train_batch_begin=None, on_train_batch_end=None,
+                 **kwargs):
+        super().__init__()
+        unknown = sorted(set(kwargs) - set(_LAMBDA_HOOKS))
+        if unknown:
+            raise ValueError(f"LambdaCallback: unknown hook(s) {unknown}; known: "
+                             f"{list(_LAMBDA_HOOKS)}")
+        given = dict(kwargs, on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
+                     on_train_begin=on_train_begin, on_train_end=on_train_end,
+                     on_train_batch_begin=on_train_batch_begin,
+                     on_train_batch_end=on_train_batch_end)
+        self._given = set()
+        for hook, function in given.items():
+            if function is None:
+                continue
+            if not callable(function):
+                raise ValueError(f"LambdaCallback: {hook} must be callable, got {function!r}")
+            setattr(self, hook, function)  # instance attribute shadows the no-op method
+            self._given.add(hook)
+
+    def wants_batch_hooks(self, mode) -> bool:
+        # the functions live on the instance, so CallbackList cannot see them on the class
+        return any(hook in self._given for hook in _BATCH_HOOKS[mode])

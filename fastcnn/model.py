@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 
 import numpy as np
 
@@ -39,6 +40,27 @@ def _check_verbose(verbose):
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
     return int(verbose)
+
+
+def _is_batch_source(data):
+    """True for an iterator of batches (an ImageDataGenerator iterator, a Python generator),
+    as Keras's fit accepts; arrays and lists are array-likes, never iterated."""
+    return (data is not None and hasattr(data, "__next__")
+            and not isinstance(data, (np.ndarray, list, tuple, str, bytes)))
+
+
+def _source_steps(source, steps, name):
+    """Batches to draw from ``source``: ``steps``, else ``len(source)`` when it has one."""
+    if steps is None:
+        try:
+            steps = len(source)
+        except TypeError:
+            raise ValueError(
+                f"{name} is required when the data is an iterator without len() (a Python "
+                f"generator, say): pass {name}=the number of batches to draw") from None
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"{name} must be a positive int, got {steps!r}")
+    return int(steps)
 
 
 def _check_count(value, name):
@@ -266,8 +288,10 @@ class Sequential:
         # replaced by the backend's fused op on the logits (exact, stable gradient).
         fused = (not self.loss.from_logits and self.loss.fused_activation is not None
                  and getattr(head, "activation", None) == self.loss.fused_activation)
-        train_layers = [layer for layer in self._layers if layer.trainable and layer.weights]
-        train_vars = [w for layer in train_layers for w in layer.weights]
+        # trainable_weights, not weights: the order of layer.grads, without state arrays
+        # such as BatchNormalization's moving statistics (updated in forward, never trained).
+        train_layers = [layer for layer in self._layers if layer.trainable_weights]
+        train_vars = [w for layer in train_layers for w in layer.trainable_weights]
         plan = {
             "flags": flags,
             "fused": fused,
@@ -360,7 +384,9 @@ class Sequential:
     def _train_step(self, plan, x, y, epoch=None, batch=None):
         out = self._forward(plan, x, True, plan["fused"])
         loss, dy = self.loss.compute(backends.current(), out, y, plan["logits"])
-        loss = float(loss)
+        # Regularizers' penalties (Keras reports them in the loss); their gradients are
+        # added by each layer's backward.
+        loss = float(loss) + sum(layer.regularization_loss() for layer in self._layers)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss} "
@@ -384,7 +410,7 @@ class Sequential:
         loss, _ = self.loss.compute(backends.current(), out, y, plan["logits"])
         for m in plan["metrics"]:
             m.update_state(y, out, plan["logits"])
-        return float(loss)
+        return float(loss) + sum(layer.regularization_loss() for layer in self._layers)
 
     def _evaluate_arrays(self, plan, x, y, batch_size):
         for m in plan["metrics"]:
@@ -397,8 +423,14 @@ class Sequential:
 
     # ------------------------------------------------------------------- fit
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
-        """Trains for ``epochs`` epochs; returns a History (``history.history['loss']``...)."""
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None):
+        """Trains for ``epochs`` epochs; returns a History (``history.history['loss']``...).
+
+        ``x`` may be an iterator of ``(x, y)`` batches (``ImageDataGenerator.flow...``, a
+        Python generator) with ``y=None``: ``steps_per_epoch`` batches per epoch (default
+        ``len(x)``); ``validation_data`` may be such an iterator too (``validation_steps``).
+        """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size)
         epochs = _check_count(epochs, "epochs")
@@ -407,9 +439,21 @@ class Sequential:
         if (not isinstance(validation_split, numbers.Real) or isinstance(validation_split, bool)
                 or not 0.0 <= validation_split < 1.0):
             raise ValueError(f"validation_split must be a float in [0, 1), got {validation_split!r}")
+        if _is_batch_source(x):
+            return self._fit_batches(x, y, epochs, verbose, callbacks, validation_split,
+                                     validation_data, initial_epoch, steps_per_epoch,
+                                     validation_steps)
+        if steps_per_epoch is not None:
+            raise ValueError(
+                f"steps_per_epoch applies when x is an iterator of batches; with arrays use "
+                f"batch_size (got steps_per_epoch={steps_per_epoch!r})")
         x, y = self._check_xy(x, y)
-        x_val = y_val = None
-        if validation_data is not None:
+        x_val = y_val = val_source = None
+        if _is_batch_source(validation_data):
+            val_source = validation_data
+            validation_steps = _source_steps(validation_data, validation_steps,
+                                             "validation_steps")
+        elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError(
                     "validation_data must be a tuple (x_val, y_val), got "
@@ -465,6 +509,134 @@ class Sequential:
             if x_val is not None:
                 val = self._evaluate_arrays(plan, x_val, y_val, batch_size)
                 logs.update({"val_" + k: v for k, v in val.items()})
+            elif val_source is not None:
+                val = self._evaluate_batches(val_source, validation_steps, "validation_data",
+                                             plan)
+                logs.update({"val_" + k: v for k, v in val.items()})
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(logs)
+        self.history = cbs.history
+        return cbs.history
+
+    # ------------------------------------------------- iterators of batches
+    def _next_xy(self, source, name, need_y=True):
+        """The next batch of ``source``, checked like arrays; None once it is exhausted."""
+        try:
+            batch = next(source)
+        except StopIteration:
+            return None
+        if isinstance(batch, (tuple, list)):
+            if len(batch) != 2:
+                raise ValueError(
+                    f"{name} must yield x or (x, y) batches, got a {type(batch).__name__} of "
+                    f"length {len(batch)}" + (" (sample weights are not supported)"
+                                              if len(batch) == 3 else ""))
+            xb, yb = batch
+        elif need_y:
+            raise ValueError(
+                f"{name} yields inputs only, but targets are needed: yield (x, y) batches "
+                f"(flow_from_directory: a class_mode other than None)")
+        else:
+            xb, yb = batch, None
+        if not need_y:
+            return self._check_x(xb, f"{name} batch x"), None
+        return self._check_xy(xb, yb, f"{name} batch x", f"{name} batch y")
+
+    def _ran_out(self, name, done, steps):
+        warnings.warn(
+            f"{name} ran out of batches after {done} of {steps} steps; pass a smaller "
+            f"steps value or an iterator that repeats (ImageDataGenerator's do)",
+            RuntimeWarning, stacklevel=3)
+
+    def _evaluate_batches(self, source, steps, name, plan=None):
+        total, seen = 0.0, 0
+        for step in range(steps):
+            got = self._next_xy(source, name)
+            if got is None:
+                self._ran_out(name, step, steps)
+                break
+            if step == 0:
+                plan = plan or self._prepare()   # the first batch may have built the model
+                for m in plan["metrics"]:
+                    m.reset_state()
+            xb, yb = got
+            total += self._test_step(plan, xb, yb) * len(xb)
+            seen += len(xb)
+        if seen == 0:
+            raise ValueError(f"{name} yielded no batches")
+        return {"loss": total / seen, **{m.name: m.result() for m in plan["metrics"]}}
+
+    def _fit_batches(self, source, y, epochs, verbose, callbacks, validation_split,
+                     validation_data, initial_epoch, steps_per_epoch, validation_steps):
+        """fit() on an iterator of (x, y) batches; each batch is checked as it arrives."""
+        if y is not None:
+            raise ValueError(
+                f"y must be None when x is an iterator of (x, y) batches (the targets come "
+                f"from it), got {type(y).__name__}")
+        if validation_split:
+            raise ValueError(
+                f"validation_split={validation_split} needs arrays; with an iterator pass "
+                f"validation_data=(x_val, y_val) or a validation iterator")
+        steps = _source_steps(source, steps_per_epoch, "steps_per_epoch")
+        val_source = x_val = y_val = None
+        if _is_batch_source(validation_data):
+            val_source = validation_data
+            validation_steps = _source_steps(validation_data, validation_steps,
+                                             "validation_steps")
+        elif validation_data is not None and (
+                not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+            raise ValueError(
+                "validation_data must be a tuple (x_val, y_val) or an iterator of batches, "
+                f"got {type(validation_data).__name__}")
+        pending = self._next_xy(source, "x") if epochs > initial_epoch else None
+        if pending is None and epochs > initial_epoch:
+            raise ValueError("x yielded no batches")
+        if validation_data is not None and val_source is None:
+            x_val, y_val = self._check_xy(validation_data[0], validation_data[1],
+                                          "validation_data[0]", "validation_data[1]")
+        plan = self._prepare_training() if self.built else None
+        cbs = callbacks_module.CallbackList(
+            callbacks, model=self, add_history=True, add_progbar=True, verbose=verbose,
+            params={"epochs": epochs, "steps": steps, "verbose": verbose,
+                    "batch_size": None, "samples": None})
+        batch_hooks = cbs.needs_batch_hooks("train")
+        self.stop_training = False
+        cbs.on_train_begin()
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch)
+            for m in plan["metrics"]:
+                m.reset_state()
+            loss_sum, seen = 0.0, 0
+            for batch in range(steps):
+                got, pending = (pending, None) if pending is not None \
+                    else (self._next_xy(source, "x"), None)
+                if got is None:
+                    self._ran_out("x", epoch * steps + batch, epochs * steps)
+                    self.stop_training = True
+                    break
+                xb, yb = got
+                if batch_hooks:
+                    cbs.on_train_batch_begin(batch)
+                loss = self._train_step(plan, xb, yb, epoch, batch)
+                loss_sum += loss * len(xb)
+                seen += len(xb)
+                if batch_hooks:
+                    cbs.on_train_batch_end(batch, {
+                        "loss": loss_sum / seen,
+                        **{m.name: m.result() for m in plan["metrics"]}})
+            if seen == 0:
+                break
+            logs = {"loss": loss_sum / seen, **{m.name: m.result() for m in plan["metrics"]}}
+            if x_val is not None:
+                val = self._evaluate_arrays(plan, x_val, y_val, 32)
+                logs.update({"val_" + k: v for k, v in val.items()})
+            elif val_source is not None:
+                val = self._evaluate_batches(val_source, validation_steps, "validation_data",
+                                             plan)
+                logs.update({"val_" + k: v for k, v in val.items()})
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
@@ -473,11 +645,30 @@ class Sequential:
         return cbs.history
 
     # -------------------------------------------------------------- evaluate
-    def evaluate(self, x=None, y=None, batch_size=32, verbose=1):
-        """Loss, or ``[loss, metric...]`` when metrics were compiled (Keras)."""
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, steps=None):
+        """Loss, or ``[loss, metric...]`` when metrics were compiled (Keras).
+
+        ``x`` may be an iterator of ``(x, y)`` batches (``y=None``): ``steps`` batches,
+        default ``len(x)``.
+        """
         self._require_compiled("evaluate")
         batch_size = _check_batch_size(batch_size)
         verbose = _check_verbose(verbose)
+        if _is_batch_source(x):
+            if y is not None:
+                raise ValueError(
+                    f"y must be None when x is an iterator of (x, y) batches (the targets "
+                    f"come from it), got {type(y).__name__}")
+            steps = _source_steps(x, steps, "steps")
+            start = time.perf_counter()
+            logs = self._evaluate_batches(x, steps, "x")
+            if verbose:
+                print(callbacks_module.final_line(steps, time.perf_counter() - start, logs,
+                                                  verbose))
+            return self._result(logs)
+        if steps is not None:
+            raise ValueError(f"steps applies when x is an iterator of batches; with arrays "
+                             f"use batch_size (got steps={steps!r})")
         x, y = self._check_xy(x, y)
         plan = self._prepare()
         start = time.perf_counter()
@@ -492,10 +683,19 @@ class Sequential:
             return logs["loss"]
         return list(logs.values())
 
-    def predict(self, x, batch_size=32, verbose=0):
-        """Model outputs as a NumPy array (probabilities for a softmax model)."""
+    def predict(self, x, batch_size=32, verbose=0, steps=None):
+        """Model outputs as a NumPy array (probabilities for a softmax model).
+
+        ``x`` may be an iterator yielding x or (x, y) batches: ``steps`` batches, default
+        ``len(x)`` (use ``shuffle=False`` to keep the outputs in file order).
+        """
         batch_size = _check_batch_size(batch_size)
         verbose = _check_verbose(verbose)
+        if _is_batch_source(x):
+            return self._predict_batches(x, _source_steps(x, steps, "steps"), verbose)
+        if steps is not None:
+            raise ValueError(f"steps applies when x is an iterator of batches; with arrays "
+                             f"use batch_size (got steps={steps!r})")
         x = self._check_x(x)
         start_time = time.perf_counter()
         n = len(x)
@@ -511,6 +711,22 @@ class Sequential:
             print(callbacks_module.final_line(steps, time.perf_counter() - start_time, {},
                                               verbose))
         return out
+
+    def _predict_batches(self, source, steps, verbose):
+        start_time = time.perf_counter()
+        outs = []
+        for step in range(steps):
+            got = self._next_xy(source, "x", need_y=False)
+            if got is None:
+                self._ran_out("x", step, steps)
+                break
+            outs.append(self._infer(got[0]))
+        if not outs:
+            raise ValueError("x yielded no batches")
+        if verbose:
+            print(callbacks_module.final_line(len(outs), time.perf_counter() - start_time, {},
+                                              verbose))
+        return np.concatenate(outs)
 
     def _infer(self, x):
         for layer in self._layers:
@@ -585,4 +801,35 @@ class Sequential:
 
     def __repr__(self):
         return f"<Sequential name={self.name!r}, {len(self._layers)} layers>"
+
+    # ------------------------------------------------------------ save / load
+    # Thin delegations: the file format and every check live in fastcnn.saving.
+    def save(self, filepath, overwrite=True):
+        """Writes architecture, weights, compile config and optimizer state to ONE file at
+        ``filepath`` (atomically); ``fastcnn.load_model(filepath)`` rebuilds the model."""
+        from . import saving
+        saving.save_model(self, filepath, overwrite=overwrite)
+
+    def save_weights(self, filepath, overwrite=True):
+        """Writes only the weights (atomically); read them back with :meth:`load_weights`."""
+        from . import saving
+        saving.save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath):
+        """Sets the weights from a file of :meth:`save_weights` or :meth:`save`; the
+        architecture must match (ValueError naming the first layer that differs)."""
+        from . import saving
+        saving.load_weights(self, filepath)
+
+    def get_config(self) -> dict:
+        """The architecture as a JSON-able dict (name, input shape, dtype, layer configs)."""
+        from . import saving
+        return saving.model_to_config(self)["config"]
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """A new model from :meth:`get_config`'s output (weights freshly initialised)."""
+        from . import saving
+        return saving.model_from_config({"class_name": cls.__name__, "config": config},
+                                        custom_objects)
 

@@ -3,6 +3,10 @@ from .base import Layer
 from .conv import Conv2D
 from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer
 from .pooling import AveragePooling2D, MaxPooling2D
+from .global_pooling import GlobalAveragePooling2D, GlobalMaxPooling2D
+from .normalization import BatchNormalization
+from .preprocessing import Rescaling
+from .reshaping import Reshape, ZeroPadding2D
 
 # Keras's short aliases.
 MaxPool2D = MaxPooling2D
@@ -12,4 +16,6 @@ Convolution2D = Conv2D
 __all__ = [
     "Layer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Dense", "Flatten", "Dropout",
     "Activation", "Input", "InputLayer", "MaxPool2D", "AvgPool2D", "Convolution2D",
+    "BatchNormalization", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D",
+    "Reshape", "Rescaling",
 ]

@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from .. import config, utils
+from .. import config, initializers, utils
 
 _COMMON_KWARGS = ("input_shape", "name", "dtype", "trainable")
 
@@ -75,6 +75,46 @@ def format_shape(shape) -> str:
         ("," if len(shape) == 1 else "") + ")"
 
 
+def serialize_initializer(init):
+    """A JSON-able description of an initializer that :func:`deserialize_initializer` rebuilds.
+
+    Keras's short name ('glorot_uniform') when ``init`` is a named initializer with its
+    default settings, else ``{"class_name": ..., "config": {...}}`` (a seeded one, say).
+    """
+    init = initializers.get(init)
+    for name in initializers.KNOWN:
+        default = initializers.get(name)
+        if type(default) is type(init) and default.get_config() == init.get_config():
+            return name
+    return {"class_name": type(init).__name__, "config": init.get_config()}
+
+
+def _initializer_classes() -> dict:
+    # An allow-list: only fastcnn's own initializer classes can come out of a config.
+    classes = {type(initializers.get(name)) for name in initializers.KNOWN}
+    classes.add(initializers.VarianceScaling)
+    return {cls.__name__: cls for cls in classes}
+
+
+def deserialize_initializer(value, argument="initializer"):
+    """The inverse of :func:`serialize_initializer` (a name or an Initializer passes through)."""
+    if isinstance(value, dict):
+        if set(value) != {"class_name", "config"} or not isinstance(value["config"], dict):
+            raise ValueError(
+                f"{argument} must be a name or a dict with keys 'class_name' and 'config', "
+                f"got {value!r}")
+        cls = _initializer_classes().get(value["class_name"])
+        if cls is None:
+            raise ValueError(
+                f"{argument}: unknown initializer class {value['class_name']!r}; known: "
+                f"{sorted(_initializer_classes())}")
+        try:
+            return cls(**value["config"])
+        except TypeError as exc:
+            raise ValueError(f"{argument}: bad config for {value['class_name']}: {exc}") from None
+    return initializers.get(value, argument=argument)
+
+
 class Layer:
     """Base class of every fastcnn layer (Keras's ``keras.layers.Layer``)."""
 
@@ -100,6 +140,9 @@ class Layer:
         self.built = False
         self.dtype = None if self._dtype_arg is None else self._dtype_arg.name
         self._weights: list[np.ndarray] = []
+        # Per weight: does the optimizer update it? (BatchNormalization's moving statistics
+        # are weights that are saved and counted, but never trained.)
+        self._weight_trainable: list[bool] = []
         self.grads: tuple = ()
         self._input_shape = None
         self._output_shape = None
@@ -162,11 +205,13 @@ class Layer:
             )
 
     # ---------------------------------------------------------------- weights
-    def add_weight(self, shape, initializer, dtype) -> np.ndarray:
+    def add_weight(self, shape, initializer, dtype, trainable=True) -> np.ndarray:
+        """``trainable=False``: a state array (moving statistics) that ``grads`` never covers."""
         value = initializer(tuple(shape), dtype)
         # Kernels want C-contiguous arrays of exactly this dtype; updates happen in place.
         value = np.ascontiguousarray(value, dtype=dtype)
         self._weights.append(value)
+        self._weight_trainable.append(bool(trainable))
         return value
 
     @property
@@ -176,11 +221,20 @@ class Layer:
 
     @property
     def trainable_weights(self) -> list:
-        return list(self._weights) if self.trainable else []
+        """The weights ``grads`` covers, in the same order (empty when frozen)."""
+        if not self.trainable:
+            return []
+        return [w for w, t in zip(self._weights, self._weight_trainable) if t]
 
     @property
     def non_trainable_weights(self) -> list:
-        return [] if self.trainable else list(self._weights)
+        if not self.trainable:
+            return list(self._weights)
+        return [w for w, t in zip(self._weights, self._weight_trainable) if not t]
+
+    def regularization_loss(self) -> float:
+        """The penalty this layer's regularizers add to the loss (0.0 without any)."""
+        return 0.0
 
     def count_params(self) -> int:
         if not self.built:
@@ -251,6 +305,20 @@ class Layer:
         if self._batch_input_shape is not None:
             config_["input_shape"] = self._batch_input_shape[1:]
         return config_
+
+    @classmethod
+    def from_config(cls, config_: dict):
+        """A new, unbuilt layer from :meth:`get_config`'s output (JSON round trip included).
+
+        Keys ending in ``_initializer`` may hold :func:`serialize_initializer`'s dicts.
+        Subclasses whose ``__init__`` does not take their config as keyword arguments
+        override this.
+        """
+        kwargs = dict(config_)
+        for key, value in kwargs.items():
+            if key.endswith("_initializer"):
+                kwargs[key] = deserialize_initializer(value, argument=key)
+        return cls(**kwargs)
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"

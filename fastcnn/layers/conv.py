@@ -1,8 +1,8 @@
 """Conv2D: NHWC input, HWIO kernel ``(kh, kw, C_in, filters)``, optional fused activation."""
 from __future__ import annotations
 
-from .. import activations, backends, initializers, shapes
-from .base import Layer, positive_int
+from .. import activations, backends, initializers, regularizers, shapes
+from .base import Layer, positive_int, serialize_initializer
 
 
 def check_data_format(data_format):
@@ -26,7 +26,7 @@ class Conv2D(Layer):
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 *, data_format=None, **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, *, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.filters = positive_int(filters, "filters")
         self.kernel_size = shapes.normalize_tuple(kernel_size, 2, "kernel_size")
@@ -37,6 +37,9 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, argument="kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, argument="bias_initializer")
+        self.kernel_regularizer = regularizers.get(kernel_regularizer,
+                                                   argument="kernel_regularizer")
+        self.bias_regularizer = regularizers.get(bias_regularizer, argument="bias_regularizer")
         self.kernel = None
         self.bias = None
         self._cache = None
@@ -75,12 +78,23 @@ class Conv2D(Layer):
         if act is not None:
             dy = activations.backward(backend, act, dy, act_ctx)
         dx, dw, db = backend.conv2d_backward(dy, ctx, need_dx)
+        # The penalties' gradients join the weights' own (the optimizer sees the sum).
+        dw = regularizers.add_gradient(self.kernel_regularizer, dw, self.kernel)
+        if self.use_bias:
+            db = regularizers.add_gradient(self.bias_regularizer, db, self.bias)
         self.grads = (dw, db) if self.use_bias else (dw,)
         return dx
+
+    def regularization_loss(self):
+        return regularizers.penalty(((self.kernel_regularizer, self.kernel),
+                                     (self.bias_regularizer, self.bias)))
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
                 "kernel_size": self.kernel_size, "strides": self.strides,
                 "padding": self.padding, "activation": self.activation,
-                "use_bias": self.use_bias, "kernel_initializer": repr(self.kernel_initializer),
-                "bias_initializer": repr(self.bias_initializer)}
+                "use_bias": self.use_bias,
+                "kernel_initializer": serialize_initializer(self.kernel_initializer),
+                "bias_initializer": serialize_initializer(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}

@@ -6,21 +6,26 @@ import numbers
 
 import numpy as np
 
-from .. import activations, backends, initializers, utils
-from .base import Layer, format_shape, normalize_dtype, normalize_shape, positive_int
+from .. import activations, backends, initializers, regularizers, utils
+from .base import (Layer, format_shape, normalize_dtype, normalize_shape, positive_int,
+                   serialize_initializer)
 
 
 class Dense(Layer):
     """``y = activation(x @ kernel + bias)`` with kernel ``(in, units)``; x is 2-D."""
 
     def __init__(self, units, activation=None, use_bias=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.units = positive_int(units, "units")
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, argument="kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, argument="bias_initializer")
+        self.kernel_regularizer = regularizers.get(kernel_regularizer,
+                                                   argument="kernel_regularizer")
+        self.bias_regularizer = regularizers.get(bias_regularizer, argument="bias_regularizer")
         self.kernel = None
         self.bias = None
         self._cache = None
@@ -56,14 +61,24 @@ class Dense(Layer):
         if act is not None:
             dy = activations.backward(backend, act, dy, act_ctx)
         dx, dw, db = backend.dense_backward(dy, ctx)
+        # The penalties' gradients join the weights' own (the optimizer sees the sum).
+        dw = regularizers.add_gradient(self.kernel_regularizer, dw, self.kernel)
+        if self.use_bias:
+            db = regularizers.add_gradient(self.bias_regularizer, db, self.bias)
         self.grads = (dw, db) if self.use_bias else (dw,)
         return dx
+
+    def regularization_loss(self):
+        return regularizers.penalty(((self.kernel_regularizer, self.kernel),
+                                     (self.bias_regularizer, self.bias)))
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation,
                 "use_bias": self.use_bias,
-                "kernel_initializer": repr(self.kernel_initializer),
-                "bias_initializer": repr(self.bias_initializer)}
+                "kernel_initializer": serialize_initializer(self.kernel_initializer),
+                "bias_initializer": serialize_initializer(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
 
 
 class Flatten(Layer):

@@ -1,0 +1,75 @@
+"""GlobalAveragePooling2D and GlobalMaxPooling2D: (N, H, W, C) -> (N, C).
+
+Written in NumPy at the layer level: one reduction over H*W per channel, bound by memory
+traffic, so the layers run unchanged (and identically) on every backend.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer
+from .conv import check_data_format, check_rank4
+
+
+class _GlobalPooling2D(Layer):
+    def __init__(self, *, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        check_data_format(data_format)
+        self.keepdims = bool(keepdims)
+        self._cache = None
+
+    def _build(self, input_shape, dtype):
+        check_rank4(input_shape, type(self).__name__)
+        n, h, w, c = input_shape
+        if h is None or w is None:
+            raise ValueError(
+                f"{type(self).__name__} needs known height and width, got {input_shape}")
+        return (n, 1, 1, c) if self.keepdims else (n, c)
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims}
+
+
+class GlobalAveragePooling2D(_GlobalPooling2D):
+    """The mean of each feature map."""
+
+    def forward(self, x, training=False):
+        if training:
+            self._cache = x.shape
+        return x.mean(axis=(1, 2), keepdims=self.keepdims)
+
+    def backward(self, dy, need_dx=True):
+        if self._cache is None:
+            raise self._no_cache()
+        shape, self._cache = self._cache, None
+        if not need_dx:
+            return None  # a first layer: nothing consumes its dx
+        n, h, w, c = shape
+        # Every position of a map gets an equal share of its output's gradient.
+        share = dy.reshape(n, 1, 1, c) * (1.0 / (h * w))
+        return np.ascontiguousarray(np.broadcast_to(share, shape))
+
+
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    """The max of each feature map; the FIRST maximum (row-major) takes the gradient."""
+
+    def forward(self, x, training=False):
+        n, h, w, c = x.shape
+        flat = x.reshape(n, h * w, c)
+        # argmax returns the first maximum: the contract's tie rule.
+        idx = flat.argmax(axis=1)                                   # (n, c)
+        y = np.take_along_axis(flat, idx[:, None, :], axis=1)[:, 0, :]
+        if training:
+            self._cache = (idx, x.shape)
+        return y.reshape(n, 1, 1, c) if self.keepdims else y
+
+    def backward(self, dy, need_dx=True):
+        if self._cache is None:
+            raise self._no_cache()
+        (idx, shape), self._cache = self._cache, None
+        if not need_dx:
+            return None  # a first layer: nothing consumes its dx
+        n, h, w, c = shape
+        dx = np.zeros((n, h * w, c), dtype=dy.dtype)
+        np.put_along_axis(dx, idx[:, None, :], dy.reshape(n, 1, c), axis=1)
+        return dx.reshape(shape)

@@ -1,0 +1,733 @@
+"""Saving and loading Sequential models: ``model.save(path)`` and ``fastcnn.load_model(path)``.
+
+One file, at exactly the path the user names (no extension added or required): a zip
+archive (the layout of ``np.savez``, written with :mod:`zipfile`) holding
+
+* ``fastcnn.json``: the format name and version, the fastcnn version, the architecture (each
+  layer's class name and ``get_config()``), the compile config (loss, metrics), the
+  optimizer's config and ``iterations``, and an index of the arrays below;
+* ``weights/<layer>/<k>.npy``: every weight of every layer (``layer.weights`` order);
+* ``optimizer/<slot>/<k>.npy``: the optimizer's slot arrays (momentum, Adam's m and v...),
+  one per variable it updates.
+
+Weights are plain NumPy arrays, so a file written under one backend loads under any other,
+and a float64 model comes back as float64.
+
+Why it is safe to load a file from elsewhere:
+
+* nothing in the file is executed: arrays are read with ``allow_pickle=False`` (an object
+  array is refused before any unpickling), layers, losses, metrics, optimizers and
+  initializers are looked up by class name in allow-lists of fastcnn's own classes (plus
+  the layers a user registers with :func:`register_layer` or passes as ``custom_objects``);
+* everything is checked (format and version, JSON structure, array shapes and dtypes
+  against the rebuilt architecture, declared sizes before reading) before the model is
+  returned: a truncated, corrupted or foreign file raises :class:`ModelFileError` naming the
+  file and the problem, never a half-built model.
+
+Why a crash mid-save cannot destroy the previous file: the archive is written to a
+temporary file in the target's folder, flushed and fsync'ed, then renamed over the target
+with :func:`os.replace` (atomic on POSIX and Windows); any error removes the temporary file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import stat
+import tempfile
+import threading
+import zipfile
+import zlib
+
+import numpy as np
+
+from . import __version__, losses, metrics as metrics_module, optimizers
+from .layers.base import Layer
+from .layers.core import Input
+from .model import Sequential
+
+FORMAT_NAME = "fastcnn"
+FORMAT_VERSION = 1
+META_NAME = "fastcnn.json"
+
+# A foreign file could declare a gigantic JSON or array; nothing is read beyond these.
+_MAX_META_BYTES = 64 * 2**20
+_MAX_NPY_HEADER = 65536
+
+__all__ = [
+    "ModelFileError", "save_model", "load_model", "save_weights", "load_weights",
+    "register_layer", "layer_registry", "model_to_config", "model_from_config",
+]
+
+
+class ModelFileError(ValueError):
+    """A file that is not a (readable, consistent) fastcnn model or weights file."""
+
+
+# What a constructor may raise for a config value of the wrong kind or range (a JSON list
+# where a number belongs, say): all mean "this config does not describe a valid object".
+_CONFIG_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError,
+                  OverflowError)
+
+
+# ---------------------------------------------------------------- registries
+_CUSTOM_LAYERS: dict[str, type] = {}
+
+
+def register_layer(cls):
+    """Allows ``load_model`` to rebuild layers of class ``cls`` (usable as a decorator).
+
+    fastcnn's own layers (every public Layer subclass defined in ``fastcnn.layers``) are
+    known without this; a layer class of your own must be registered (or passed to
+    ``load_model(..., custom_objects={...})``). Its ``get_config()`` must return JSON-able
+    values that ``cls.from_config`` (default: ``cls(**config)``) accepts.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise ValueError(f"register_layer expects a fastcnn.layers.Layer subclass, got {cls!r}")
+    known = layer_registry().get(cls.__name__)
+    if known is not None and known is not cls:
+        raise ValueError(
+            f"a different layer class is already registered as {cls.__name__!r} "
+            f"({known.__module__}.{known.__qualname__}); class names must be unique")
+    _CUSTOM_LAYERS[cls.__name__] = cls
+    return cls
+
+
+def _builtin_layers() -> dict:
+    # Discovered rather than listed, so that a new layer module in fastcnn.layers needs no
+    # edit here; only classes defined inside fastcnn.layers qualify (the allow-list).
+    found, stack = {}, list(Layer.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        in_package = cls.__module__ == "fastcnn.layers" or \
+            cls.__module__.startswith("fastcnn.layers.")
+        if in_package and not cls.__name__.startswith("_"):
+            other = found.setdefault(cls.__name__, cls)
+            if other is not cls and other.__qualname__ != cls.__qualname__:
+                raise RuntimeError(
+                    f"two fastcnn layer classes share the name {cls.__name__!r}: "
+                    f"{other.__module__} and {cls.__module__}")
+    return found
+
+
+def layer_registry(custom_objects=None) -> dict:
+    """Class name -> layer class, for every class ``load_model`` may instantiate."""
+    registry = {**_builtin_layers(), **_CUSTOM_LAYERS}
+    for name, cls in (custom_objects or {}).items():
+        if not (isinstance(cls, type) and issubclass(cls, Layer)):
+            raise ValueError(
+                f"custom_objects[{name!r}] must be a fastcnn.layers.Layer subclass, got {cls!r}")
+        registry[name] = cls
+    return registry
+
+
+def _classes_of(module) -> dict:
+    # The classes a module's names resolve to (its public KNOWN list): an allow-list
+    # that follows the module, with no private table duplicated here.
+    out = {}
+    for name in module.KNOWN:
+        try:
+            obj = module.get(name)
+        except ValueError:  # e.g. a metric alias that needs a loss to resolve
+            continue
+        out[type(obj).__name__] = type(obj)
+    return out
+
+
+def _metric_classes() -> dict:
+    out = _classes_of(metrics_module)
+    for loss_name in losses.KNOWN:  # 'accuracy' resolves to a different class per loss
+        cls = type(metrics_module.get("accuracy", losses.get(loss_name)))
+        out[cls.__name__] = cls
+    return out
+
+
+# --------------------------------------------------------------------- config
+def _jsonable(value, what):
+    def default(obj):
+        if isinstance(obj, (np.integer, np.bool_)):
+            return obj.item()
+        if isinstance(obj, np.floating):
+            return float(obj)
+        if isinstance(obj, np.dtype):
+            return obj.name
+        raise TypeError(f"{type(obj).__name__} {obj!r}")
+
+    try:
+        return json.loads(json.dumps(value, default=default, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} cannot be saved: it holds a value JSON cannot store ({exc})") \
+            from None
+
+
+def _serialize_object(obj, allowed, what):
+    name = type(obj).__name__
+    if allowed.get(name) is not type(obj):
+        raise ValueError(
+            f"{what} {obj!r} cannot be saved: only fastcnn's own classes ({sorted(allowed)}) "
+            f"can be rebuilt by load_model; use save_weights instead")
+    return {"class_name": name, "config": _jsonable(obj.get_config(), f"{what} {name}")}
+
+
+def model_to_config(model) -> dict:
+    """``{"class_name": "Sequential", "config": {...}}``: the architecture, JSON-able."""
+    if not isinstance(model, Sequential):
+        raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
+    registry = layer_registry()
+    layers = []
+    for i, layer in enumerate(model.layers):
+        cls = type(layer)
+        if registry.get(cls.__name__) is not cls:
+            raise ValueError(
+                f"layer {i} {layer.name!r} of class {cls.__module__}.{cls.__qualname__} is not "
+                f"a registered layer class, so load_model could not rebuild it; register it "
+                f"with fastcnn.saving.register_layer({cls.__name__})")
+        config = _jsonable(layer.get_config(), f"layer {layer.name!r} ({cls.__name__}) config")
+        # Fail now, not when the file is loaded: the config must rebuild the layer (an
+        # unbuilt layer costs no weights; its name is given, so no automatic name is used).
+        try:
+            cls.from_config(_jsonable(config, "config"))
+        except _CONFIG_ERRORS as exc:
+            raise ValueError(
+                f"layer {i} {layer.name!r} ({cls.__name__}) cannot be saved: its get_config() "
+                f"does not rebuild it through from_config ({type(exc).__name__}: {exc})") from None
+        layers.append({"class_name": cls.__name__, "config": config})
+    spec = model._input_spec
+    return {"class_name": "Sequential",
+            "config": {"name": model.name,
+                       "input_shape": None if spec is None else list(spec),
+                       "dtype": model.dtype,
+                       "layers": layers}}
+
+
+def model_from_config(config, custom_objects=None) -> Sequential:
+    """A new Sequential (built when the config knows its input shape); ValueError if bad."""
+    config = _require_dict(config, "model config")
+    if config.get("class_name") != "Sequential":
+        raise ValueError(f"model class_name must be 'Sequential', got {config.get('class_name')!r}")
+    body = _require_dict(config.get("config"), "model config['config']")
+    layer_entries = body.get("layers")
+    if not isinstance(layer_entries, list):
+        raise ValueError(f"model config has no list of layers (got {layer_entries!r})")
+    input_shape = body.get("input_shape")
+    name = body.get("name")
+    registry = layer_registry(custom_objects)
+    model = Sequential(name=name)
+    if input_shape is not None:
+        if not isinstance(input_shape, list) or len(input_shape) < 2 or input_shape[0] is not None:
+            raise ValueError(f"input_shape must be [null, d1, ...], got {input_shape!r}")
+        model.add(Input(shape=tuple(input_shape[1:]), dtype=body.get("dtype")))
+    for i, entry in enumerate(layer_entries):
+        entry = _require_dict(entry, f"layer {i}")
+        class_name = entry.get("class_name")
+        cls = registry.get(class_name) if isinstance(class_name, str) else None
+        if cls is None:
+            raise ValueError(
+                f"layer {i}: class {class_name!r} is not a known layer class (known: "
+                f"{sorted(registry)}); a custom layer needs register_layer or custom_objects")
+        layer_config = _require_dict(entry.get("config"), f"layer {i} ({class_name}) config")
+        try:
+            layer = cls.from_config(layer_config)
+            model.add(layer)
+        except _CONFIG_ERRORS as exc:
+            raise ValueError(f"layer {i} ({class_name}) cannot be rebuilt from its config: "
+                             f"{exc}") from None
+    return model
+
+
+def _require_dict(value, what):
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _compile_config(model):
+    if not model.compiled:
+        return None
+    metric_specs = []
+    for spec in model._metric_specs:
+        metric_specs.append(spec if isinstance(spec, str)
+                            else _serialize_object(spec, _metric_classes(), "metric"))
+    return {"loss": _serialize_object(model.loss, _classes_of(losses), "loss"),
+            "metrics": metric_specs}
+
+
+def _optimizer_entries(model, include_state):
+    """(JSON entry, [(archive name, array)]) for the model's optimizer."""
+    opt = model.optimizer
+    entry = _serialize_object(opt, _classes_of(optimizers), "optimizer")
+    entry["state"] = None
+    arrays = []
+    if include_state and opt._variables is not None:
+        # The optimizer's state belongs to the exact list of arrays it updates; they are
+        # recorded as indices into model.weights (frozen layers and non-trainable weights
+        # are simply not in the list).
+        index = {id(w): k for k, w in enumerate(model.weights)}
+        try:
+            variables = [index[id(v)] for v in opt._variables]
+        except KeyError:
+            raise ValueError(
+                f"the optimizer of model {model.name!r} holds state for weights that are not "
+                f"this model's; compile the model with its own optimizer before saving, or "
+                f"save with include_optimizer=False") from None
+        state = opt.get_state()
+        slots = {}
+        for slot, slot_arrays in state["slots"].items():
+            names = []
+            for k, arr in enumerate(slot_arrays):
+                names.append(f"optimizer/{slot}/{k}.npy")
+                arrays.append((names[-1], arr))
+            slots[slot] = names
+        entry["state"] = {"iterations": int(state["iterations"]), "variables": variables,
+                          "slots": slots}
+    return entry, arrays
+
+
+def _weight_entries(model):
+    index, arrays = [], []
+    for i, layer in enumerate(model.layers):
+        names = []
+        for k, w in enumerate(layer.weights):
+            names.append(f"weights/{i}/{k}.npy")
+            arrays.append((names[-1], w))
+        index.append({"name": layer.name, "class_name": type(layer).__name__,
+                      "arrays": names})
+    return index, arrays
+
+
+# ---------------------------------------------------------------------- write
+def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
+    """Writes ``model`` (architecture, weights, compile config, optimizer state) to one file."""
+    _check_overwrite_arg(overwrite)
+    path = _check_save_path(filepath)
+    if not isinstance(model, Sequential):
+        raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
+    weights_index, arrays = _weight_entries(model)
+    meta = _meta("model")
+    meta["model"] = model_to_config(model)
+    meta["weights"] = weights_index
+    meta["compile"] = _compile_config(model)
+    meta["optimizer"] = None
+    if model.compiled:
+        meta["optimizer"], opt_arrays = _optimizer_entries(model, bool(include_optimizer))
+        arrays += opt_arrays
+    _atomic_write(path, meta, arrays, overwrite)
+
+
+def save_weights(model, filepath, overwrite=True) -> None:
+    """Writes only the weights (with each layer's name and class, for readable errors).
+
+    No architecture is stored, so a model with unregistered custom layers can save its
+    weights too.
+    """
+    _check_overwrite_arg(overwrite)
+    path = _check_save_path(filepath)
+    if not isinstance(model, Sequential):
+        raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
+    if not model.built:
+        raise ValueError(f"model {model.name!r} is not built, so it has no weights to save")
+    weights_index, arrays = _weight_entries(model)
+    meta = _meta("weights")
+    meta["weights"] = weights_index
+    _atomic_write(path, meta, arrays, overwrite)
+
+
+def _meta(kind):
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "fastcnn_version": __version__, "kind": kind}
+
+
+def _check_overwrite_arg(overwrite):
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise ValueError(f"overwrite must be True or False, got {overwrite!r}")
+
+
+def _fspath(filepath, argument="filepath"):
+    try:
+        path = os.fspath(filepath)
+    except TypeError:
+        raise ValueError(f"{argument} must be a str or os.PathLike, got {filepath!r}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise ValueError(f"{argument} must not be empty")
+    return path
+
+
+def _check_save_path(filepath):
+    path = _fspath(filepath)
+    if os.path.islink(path):
+        # Save through the link (what open(path, 'w') would do): the rename must replace
+        # the file the link points to, not the link itself.
+        path = os.path.realpath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save to {path!r}: it is a folder; name a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"cannot save to {path!r}: the folder {folder!r} does not exist (create it first)")
+    return path
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _new_file_mode(path):
+    # mkstemp creates 0600; the final file gets the mode an ordinary open() would give it
+    # (or keeps the mode of the file it replaces).
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_array(zf, name, array) -> None:
+    """One ``.npy`` member (a module-level function so tests can make it fail half-way)."""
+    array = np.asarray(array)
+    # ZIP64 must be requested up front for members over 2 GiB (the size is not known yet).
+    with zf.open(name, "w", force_zip64=array.nbytes > 2**31 - 2**20) as f:
+        np.lib.format.write_array(f, array, allow_pickle=False)
+
+
+def _atomic_write(path, meta, arrays, overwrite):
+    meta_bytes = json.dumps(meta, indent=1, allow_nan=False).encode("utf-8")
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(f"{path!r} exists and overwrite=False; not overwritten")
+    folder = os.path.dirname(os.path.abspath(path))
+    mode = _new_file_mode(path)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+                zf.writestr(META_NAME, meta_bytes)
+                for name, array in arrays:
+                    _write_array(zf, name, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        if not overwrite and os.path.lexists(path):  # created while we were writing
+            raise FileExistsError(f"{path!r} exists and overwrite=False; not overwritten")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder):
+    # Makes the rename itself durable (POSIX); Windows cannot open a folder this way.
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------- read
+# What reading untrusted bytes with zipfile / json / np.lib.format can raise.
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
+                ValueError, OverflowError, NotImplementedError, RuntimeError, KeyError,
+                TypeError, IndexError)
+
+
+class _Archive:
+    """A model file opened for reading; every failure becomes a ModelFileError naming it."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self.zf = zipfile.ZipFile(path, "r")
+        except (FileNotFoundError, PermissionError):
+            raise
+        except _READ_ERRORS as exc:
+            raise self.error(f"not a fastcnn model file (not a readable zip archive: {exc})") \
+                from None
+
+    def error(self, message):
+        return ModelFileError(f"{self.path!r}: {message}")
+
+    def close(self):
+        self.zf.close()
+
+    def read_meta(self):
+        try:
+            info = self.zf.getinfo(META_NAME)
+        except KeyError:
+            raise self.error(f"not a fastcnn model file (the archive has no {META_NAME})") \
+                from None
+        if info.file_size > _MAX_META_BYTES:
+            raise self.error(f"{META_NAME} declares {info.file_size} bytes, too large")
+        try:
+            meta = json.loads(self.zf.read(info).decode("utf-8"))
+        except _READ_ERRORS as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise self.error(f"{META_NAME} cannot be read or parsed: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            raise self.error(f"not a fastcnn model file ({META_NAME} does not name the "
+                             f"format {FORMAT_NAME!r})")
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise self.error(
+                f"format version {version!r} is not supported: this fastcnn ({__version__}) "
+                f"reads version {FORMAT_VERSION} (the file was written by fastcnn "
+                f"{meta.get('fastcnn_version')!r})")
+        if meta.get("kind") not in ("model", "weights"):
+            raise self.error(f"unknown file kind {meta.get('kind')!r} (expected 'model' or "
+                             f"'weights')")
+        return meta
+
+    def read_array(self, name, shape, dtype, what, cast_ok=False):
+        """The array ``name``, checked to have ``shape`` and ``dtype`` (or, with
+        ``cast_ok``, any float dtype) before and after reading."""
+        if not isinstance(name, str):
+            raise self.error(f"{what}: bad array name {name!r} in {META_NAME}")
+        try:
+            info = self.zf.getinfo(name)
+        except KeyError:
+            raise self.error(f"{what}: array {name!r} is missing from the archive") from None
+        expected_bytes = math.prod(shape) * 8  # the widest float: checked exactly below
+        if info.file_size > expected_bytes + _MAX_NPY_HEADER:
+            raise self.error(f"{what}: array {name!r} declares {info.file_size} bytes, but "
+                             f"shape {tuple(shape)} needs at most {expected_bytes}")
+        try:
+            with self.zf.open(info) as f:
+                array = np.lib.format.read_array(f, allow_pickle=False)
+        except _READ_ERRORS as exc:
+            raise self.error(f"{what}: array {name!r} cannot be read ({exc})") from None
+        if array.shape != tuple(shape):
+            raise self.error(f"{what}: array {name!r} has shape {array.shape}, expected "
+                             f"{tuple(shape)}")
+        ok = (array.dtype.kind == "f" and array.dtype.itemsize in (4, 8)) if cast_ok \
+            else array.dtype == dtype
+        if not ok:
+            raise self.error(f"{what}: array {name!r} has dtype {array.dtype}, expected "
+                             f"{np.dtype(dtype).name}")
+        return array
+
+
+@contextlib.contextmanager
+def _open(filepath):
+    path = _fspath(filepath)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a folder, not a fastcnn model file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    archive = _Archive(path)
+    try:
+        yield archive
+    finally:
+        archive.close()
+
+
+def _weights_index(archive, meta):
+    index = meta.get("weights")
+    if not isinstance(index, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("arrays"), list) for e in index):
+        raise archive.error(f"{META_NAME} has no valid 'weights' index")
+    return index
+
+
+def load_model(filepath, compile=True, custom_objects=None) -> Sequential:
+    """The model saved by ``model.save(filepath)``: same architecture, weights, compile
+    config and optimizer state (training resumes where it stopped).
+
+    ``compile=False`` skips the loss/metrics/optimizer. ``custom_objects``: ``{class name:
+    Layer subclass}`` for layer classes of your own (see :func:`register_layer`).
+    Raises :class:`ModelFileError` for a file that is not a valid fastcnn model.
+    """
+    layer_registry(custom_objects)  # a bad custom_objects is the caller's error, not the file's
+    with _open(filepath) as archive:
+        meta = archive.read_meta()
+        if meta["kind"] != "model":
+            raise archive.error("holds weights only (written by save_weights); build the "
+                                "model and call model.load_weights on it instead")
+        try:
+            model = model_from_config(meta.get("model"), custom_objects)
+        except ValueError as exc:
+            raise archive.error(f"the architecture cannot be rebuilt: {exc}") from None
+        _load_weights_into(archive, meta, model, strict=True)
+        if compile and meta.get("compile") is not None:
+            _compile_from(archive, meta, model)
+    return model
+
+
+def load_weights(model, filepath) -> None:
+    """Sets ``model``'s weights from a file of :func:`save_weights` or :func:`save_model`.
+
+    The model must be built with the same architecture: the layers that hold weights must
+    match in number, class and weight shapes (names may differ); a mismatch raises
+    ValueError naming the first layer that differs, and nothing is assigned. Float weights
+    are cast to the model's dtype.
+    """
+    if not isinstance(model, Sequential):
+        raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
+    if not model.built:
+        raise ValueError(
+            f"model {model.name!r} is not built yet; build it (input_shape=..., Input(...) or "
+            f"model.build((None, ...))) before load_weights")
+    with _open(filepath) as archive:
+        meta = archive.read_meta()
+        _load_weights_into(archive, meta, model, strict=False)
+
+
+def _load_weights_into(archive, meta, model, strict):
+    """Reads and checks every array, then assigns them all (nothing assigned on error).
+
+    ``strict`` (load_model): the model was rebuilt from this very file, so every layer
+    must match one to one, dtypes included. Otherwise (load_weights): the layers holding
+    weights are matched in order, as Keras does, and floats are cast.
+    """
+    index = _weights_index(archive, meta)
+    if strict:
+        pairs = list(zip(index, model.layers))
+        if len(index) != len(model.layers):
+            raise archive.error(f"the weights index lists {len(index)} layers, the "
+                                f"architecture has {len(model.layers)}")
+    else:
+        file_layers = [e for e in index if e["arrays"]]
+        model_layers = [layer for layer in model.layers if layer.weights]
+        for i, (entry, layer) in enumerate(zip(file_layers, model_layers)):
+            shapes = [tuple(w.shape) for w in layer.weights]
+            if entry.get("class_name") != type(layer).__name__ or \
+                    len(entry["arrays"]) != len(shapes):
+                raise ValueError(
+                    f"cannot load weights from {archive.path!r} into model {model.name!r}: "
+                    f"layer with weights #{i} is {layer.name!r} ({type(layer).__name__}, "
+                    f"{len(shapes)} arrays) in the model but {entry.get('name')!r} "
+                    f"({entry.get('class_name')}, {len(entry['arrays'])} arrays) in the file")
+            for k, (name, w) in enumerate(zip(entry["arrays"], layer.weights)):
+                _check_shape_for_load_weights(archive, entry, name, w, k, layer, model)
+        if len(file_layers) != len(model_layers):
+            n = min(len(file_layers), len(model_layers))
+            if len(model_layers) > n:
+                extra = (f"model layer {model_layers[n].name!r} "
+                         f"({type(model_layers[n]).__name__}) has no counterpart in the file")
+            else:
+                extra = (f"file layer {file_layers[n].get('name')!r} "
+                         f"({file_layers[n].get('class_name')}) has no counterpart in the model")
+            raise ValueError(
+                f"cannot load weights from {archive.path!r} into model {model.name!r}: the "
+                f"file has {len(file_layers)} layers with weights, the model "
+                f"{len(model_layers)}; the first difference: {extra}")
+        pairs = list(zip(file_layers, model_layers))
+    values = []
+    for entry, layer in pairs:
+        if strict and entry.get("class_name") != type(layer).__name__:
+            raise archive.error(f"weights index entry for layer {layer.name!r} names class "
+                                f"{entry.get('class_name')!r}, expected {type(layer).__name__}")
+        if len(entry["arrays"]) != len(layer.weights):
+            raise archive.error(f"layer {layer.name!r} ({type(layer).__name__}) has "
+                                f"{len(layer.weights)} weights, the file lists "
+                                f"{len(entry['arrays'])}")
+        layer_values = []
+        for k, (name, w) in enumerate(zip(entry["arrays"], layer.weights)):
+            what = f"layer {layer.name!r} ({type(layer).__name__}) weight {k}"
+            layer_values.append(archive.read_array(name, w.shape, w.dtype, what,
+                                                   cast_ok=not strict))
+        values.append(layer_values)
+    for (_, layer), layer_values in zip(pairs, values):  # everything checked: assign
+        for w, v in zip(layer.weights, layer_values):
+            w[...] = v
+
+
+def _check_shape_for_load_weights(archive, entry, name, w, k, layer, model):
+    # A weight of another shape is an architecture mismatch (a user error, plain
+    # ValueError), not a broken file: say so before reading it.
+    try:
+        info = archive.zf.getinfo(name) if isinstance(name, str) else None
+        if info is None:
+            return
+        with archive.zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)(f)
+    except _READ_ERRORS:
+        return  # read_array reports the broken array
+    if tuple(header[0]) != tuple(w.shape):
+        raise ValueError(
+            f"cannot load weights from {archive.path!r} into model {model.name!r}: weight {k} "
+            f"of layer {layer.name!r} ({type(layer).__name__}) has shape {tuple(w.shape)} in "
+            f"the model but {tuple(header[0])} in the file (layer {entry.get('name')!r} there)")
+
+
+def _compile_from(archive, meta, model):
+    compile_config = _require_meta_dict(archive, meta.get("compile"), "compile")
+    opt_entry = _require_meta_dict(archive, meta.get("optimizer"), "optimizer")
+    try:
+        loss = _deserialize_object(compile_config.get("loss"), _classes_of(losses), "loss")
+        metric_specs = compile_config.get("metrics")
+        if not isinstance(metric_specs, list):
+            raise ValueError(f"metrics must be a list, got {metric_specs!r}")
+        metric_objs = [m if isinstance(m, str)
+                       else _deserialize_object(m, _metric_classes(), "metric")
+                       for m in metric_specs]
+        optimizer = _deserialize_object(opt_entry, _classes_of(optimizers), "optimizer")
+        model.compile(optimizer=optimizer, loss=loss, metrics=metric_objs)
+    except ValueError as exc:
+        raise archive.error(f"the compile config cannot be restored: {exc}") from None
+    state = opt_entry.get("state")
+    if state is None:
+        return
+    state = _require_meta_dict(archive, state, "optimizer state")
+    iterations, var_index, slot_names = (state.get("iterations"), state.get("variables"),
+                                         state.get("slots"))
+    weights = model.weights
+    if not (isinstance(iterations, int) and not isinstance(iterations, bool) and iterations >= 0):
+        raise archive.error(f"optimizer iterations must be a non-negative int, got {iterations!r}")
+    if not (isinstance(var_index, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(weights)
+            for i in var_index) and len(set(var_index)) == len(var_index)):
+        raise archive.error(f"optimizer variables must be distinct indices into the model's "
+                            f"{len(weights)} weights, got {var_index!r}")
+    variables = [weights[i] for i in var_index]
+    optimizer.build(variables)
+    expected_slots = optimizer.get_state()["slots"]
+    if not isinstance(slot_names, dict) or set(slot_names) != set(expected_slots):
+        raise archive.error(
+            f"optimizer {type(optimizer).__name__} with this config keeps slots "
+            f"{sorted(expected_slots)}, the file has "
+            f"{sorted(slot_names) if isinstance(slot_names, dict) else slot_names!r}")
+    slots = {}
+    for slot, names in slot_names.items():
+        if not isinstance(names, list) or len(names) != len(variables):
+            raise archive.error(f"optimizer slot {slot!r} must list {len(variables)} arrays")
+        slots[slot] = [archive.read_array(name, v.shape, v.dtype,
+                                          f"optimizer slot {slot!r} array {k}")
+                       for k, (name, v) in enumerate(zip(names, variables))]
+    optimizer.set_state({"iterations": iterations, "slots": slots})
+
+
+def _require_meta_dict(archive, value, what):
+    if not isinstance(value, dict):
+        raise archive.error(f"{META_NAME}: {what} must be a JSON object, got {value!r}")
+    return value
+
+
+def _deserialize_object(entry, allowed, what):
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+        raise ValueError(f"{what} must be {{'class_name': ..., 'config': {{...}}}}, got {entry!r}")
+    cls = allowed.get(entry.get("class_name"))
+    if cls is None:
+        raise ValueError(f"unknown {what} class {entry.get('class_name')!r} (known: "
+                         f"{sorted(allowed)})")
+    config = dict(entry["config"])
+    try:
+        if hasattr(cls, "from_config"):
+            return cls.from_config(config)
+        return cls(**config)
+    except _CONFIG_ERRORS as exc:
+        raise ValueError(f"{what} {entry['class_name']}: bad config {config!r}: {exc}") from None

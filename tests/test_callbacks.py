@@ -1,0 +1,578 @@
+"""Training callbacks (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, CSVLogger,
+LambdaCallback, History) and the Keras-style progress bar.
+
+Two kinds of model drive them: a tiny real ``fastcnn.Sequential`` on random data (the
+callbacks see real logs and real weights), and ``ScriptedModel``, whose epoch logs are
+written out in the test, for the counting rules (patience, cooldown, best-only) where an
+exact script is clearer than a loss curve.
+"""
+import csv
+import io
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import callbacks, optimizers
+from fastcnn.callbacks import (CSVLogger, EarlyStopping, LambdaCallback, ModelCheckpoint,
+                               ProgbarLogger, ReduceLROnPlateau)
+from fastcnn.layers import Dense, Flatten
+
+
+@pytest.fixture(autouse=True)
+def fresh_session():
+    fastcnn.utils.clear_session()
+    fastcnn.utils.set_random_seed(0)
+
+
+def tiny_data(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 4, 4, 1)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def tiny_model(lr=0.1):
+    model = fastcnn.Sequential([Flatten(input_shape=(4, 4, 1)), Dense(3, activation="softmax")])
+    model.compile(optimizers.SGD(lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+class ScriptedModel:
+    """Just what callbacks touch: weights (the number of the last epoch run), an optimizer
+    with a learning_rate, stop_training, and save/save_weights that record their paths."""
+
+    def __init__(self, lr=1.0):
+        self.stop_training = False
+        self.optimizer = optimizers.SGD(lr)
+        self._weights = [np.full(2, -1.0)]
+        self.saved = []
+
+    def get_weights(self):
+        return [w.copy() for w in self._weights]
+
+    def set_weights(self, weights):
+        self._weights = [np.array(w) for w in weights]
+
+    def save(self, path):
+        self.saved.append(("save", path))
+
+    def save_weights(self, path):
+        self.saved.append(("save_weights", path))
+
+
+def run_script(callback, values, key="val_loss", model=None):
+    """Drives ``callback`` as fit would over one epoch per value of ``values``.
+    Returns the model, the epochs run and the learning rate in force at each epoch."""
+    model = model or ScriptedModel()
+    cbs = callbacks.CallbackList([callback], model=model, add_history=True,
+                                 params={"epochs": len(values), "steps": 1, "verbose": 0})
+    model.stop_training = False
+    cbs.on_train_begin()
+    ran, rates, logs = [], [], {}
+    for epoch, value in enumerate(values):
+        cbs.on_epoch_begin(epoch)
+        rates.append(model.optimizer.learning_rate)
+        model._weights = [np.full(2, float(epoch))]  # "training" changes the weights
+        logs = {"loss": 1.0, key: value}
+        cbs.on_epoch_end(epoch, logs)
+        ran.append(epoch)
+        if model.stop_training:
+            break
+    cbs.on_train_end(logs)
+    return model, ran, rates
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+# ------------------------------------------------------------------------ History
+def test_history_records_every_epoch_and_a_passed_history_is_reused():
+    x, y = tiny_data()
+    model = tiny_model()
+    mine = callbacks.History()
+    h = model.fit(x, y, epochs=3, batch_size=8, validation_split=0.25, verbose=0,
+                  callbacks=[mine])
+    assert h is mine and model.history is mine  # Keras: no second History
+    assert h.epoch == [0, 1, 2]
+    assert set(h.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in h.history.values())
+
+
+# ------------------------------------------------------------------------ EarlyStopping
+def test_early_stopping_stops_after_patience_epochs_without_improvement():
+    #                         best  +1    +2 -> stop at epoch 3 (0-based)
+    stopper = EarlyStopping(patience=2)
+    _, ran, _ = run_script(stopper, [1.0, 0.8, 0.9, 0.85, 0.1, 0.05])
+    assert ran == [0, 1, 2, 3]
+    assert stopper.stopped_epoch == 3 and stopper.best == 0.8 and stopper.best_epoch == 1
+
+
+def test_early_stopping_min_delta_mode_max_and_auto():
+    # improvements smaller than min_delta do not count
+    _, ran, _ = run_script(EarlyStopping(patience=1, min_delta=0.1), [1.0, 0.95, 0.92, 0.5])
+    assert ran == [0, 1]
+    # 'auto' on an accuracy maximises: rising values never stop it
+    _, ran, _ = run_script(EarlyStopping(monitor="val_accuracy"), [0.1, 0.2, 0.3, 0.4],
+                           key="val_accuracy")
+    assert ran == [0, 1, 2, 3]
+    _, ran, _ = run_script(EarlyStopping(monitor="val_accuracy"), [0.5, 0.4, 0.9],
+                           key="val_accuracy")
+    assert ran == [0, 1]
+    # explicit mode='max' on a loss-like name
+    _, ran, _ = run_script(EarlyStopping(monitor="val_loss", mode="max"), [0.5, 0.4, 0.9])
+    assert ran == [0, 1]
+
+
+def test_early_stopping_baseline_and_start_from_epoch():
+    # never beats the baseline 0.5: the patience counter keeps running
+    _, ran, _ = run_script(EarlyStopping(patience=2, baseline=0.5), [0.9, 0.8, 0.7, 0.6, 0.4])
+    assert ran == [0, 1]
+    # epochs before start_from_epoch are ignored, however bad
+    _, ran, _ = run_script(EarlyStopping(patience=0, start_from_epoch=3),
+                           [1.0, 2.0, 3.0, 1.0, 0.9, 1.5, 0.1])
+    assert ran == [0, 1, 2, 3, 4, 5]
+
+
+def test_early_stopping_restores_the_best_weights_of_a_real_model(capsys):
+    x, y = tiny_data()
+    model = tiny_model()
+    after_epoch = []
+    record = LambdaCallback(on_epoch_end=lambda epoch, logs: after_epoch.append(
+        model.get_weights()))
+    # Keras's own example: a scripted "loss" through a callback placed before the stopper
+    scripted = iter([0.5, 0.3, 0.4, 0.45, 0.2])
+    inject = LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(
+        val_score=next(scripted)))
+    stopper = EarlyStopping(monitor="val_score", patience=2, restore_best_weights=True,
+                            verbose=1)
+    h = model.fit(x, y, epochs=5, batch_size=8, verbose=0, callbacks=[record, inject, stopper])
+    assert h.epoch == [0, 1, 2, 3] and stopper.stopped_epoch == 3 and stopper.best_epoch == 1
+    assert h.history["val_score"] == [0.5, 0.3, 0.4, 0.45]
+    assert not np.array_equal(after_epoch[3][0], after_epoch[1][0])  # training moved on
+    for restored, best in zip(model.get_weights(), after_epoch[1]):
+        np.testing.assert_array_equal(restored, best)
+    out = capsys.readouterr().out
+    assert "Epoch 4: early stopping" in out
+    assert "Restoring model weights from the end of the best epoch: 2." in out
+
+
+def test_early_stopping_without_restore_keeps_the_last_weights():
+    model, ran, _ = run_script(EarlyStopping(patience=1), [0.5, 0.6, 0.7])
+    assert ran == [0, 1] and model.get_weights()[0][0] == 1.0
+    model, ran, _ = run_script(EarlyStopping(patience=1, restore_best_weights=True),
+                               [0.5, 0.6, 0.7])
+    assert ran == [0, 1] and model.get_weights()[0][0] == 0.0
+
+
+def test_early_stopping_is_reusable_across_fits():
+    stopper = EarlyStopping(patience=1)
+    run_script(stopper, [0.1, 0.2, 0.3])
+    _, ran, _ = run_script(stopper, [5.0, 4.0, 3.0])  # the old best 0.1 is forgotten
+    assert ran == [0, 1, 2] and stopper.stopped_epoch == 0
+
+
+def test_missing_monitor_warns_with_the_available_keys_and_does_not_stop():
+    for cb in (EarlyStopping(monitor="val_acc"), ReduceLROnPlateau(monitor="val_acc",
+                                                                   patience=0),
+               ModelCheckpoint("m.fcnn", monitor="val_acc", save_best_only=True)):
+        with pytest.warns(UserWarning, match=r"'val_acc'.*Available metrics are: loss, "
+                                             r"val_loss"):
+            model, ran, rates = run_script(cb, [1.0, 2.0, 3.0])
+        assert ran == [0, 1, 2] and rates == [1.0, 1.0, 1.0] and model.saved == []
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: EarlyStopping(patience=-1), r"patience must be an int >= 0, got -1"),
+    (lambda: EarlyStopping(mode="maximum"), r"mode must be 'auto', 'min' or 'max', got 'maximum'"),
+    (lambda: EarlyStopping(start_from_epoch=1.5), r"start_from_epoch"),
+    (lambda: EarlyStopping(monitor=""), r"monitor"),
+    (lambda: EarlyStopping(baseline="low"), r"baseline"),
+    (lambda: EarlyStopping(verbose=3), r"verbose must be 0, 1 or 2"),
+    (lambda: ReduceLROnPlateau(factor=1.0), r"factor must be < 1.0.*got 1.0"),
+    (lambda: ReduceLROnPlateau(factor=-0.5), r"factor must be a finite number >= 0.0"),
+    (lambda: ReduceLROnPlateau(patience=-2), r"patience must be an int >= 0, got -2"),
+    (lambda: ReduceLROnPlateau(cooldown=-1), r"cooldown"),
+    (lambda: ReduceLROnPlateau(min_lr=-1e-3), r"min_lr"),
+    (lambda: ReduceLROnPlateau(mode="up"), r"mode must be .* got 'up'"),
+    (lambda: ModelCheckpoint("x", mode="best"), r"mode must be .* got 'best'"),
+    (lambda: ModelCheckpoint("x", save_freq="batch"), r"save_freq must be 'epoch' or a "
+                                                      r"positive int.*'batch'"),
+    (lambda: ModelCheckpoint("x", save_freq=0), r"save_freq"),
+    (lambda: ModelCheckpoint(None), r"filepath"),
+    (lambda: CSVLogger("log.csv", separator=";;"), r"separator must be a single character"),
+    (lambda: CSVLogger(""), r"filename"),
+    (lambda: LambdaCallback(on_epoch_end=3), r"on_epoch_end must be callable"),
+    (lambda: LambdaCallback(on_epoch_ending=print), r"unknown hook.*on_epoch_ending"),
+])
+def test_bad_arguments_raise_value_errors_naming_them(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
+
+
+# ------------------------------------------------------------------------ ModelCheckpoint
+def test_checkpoint_saves_every_epoch_with_the_formatted_name(tmp_path):
+    x, y = tiny_data()
+    model = tiny_model()
+    saved = []
+    model.save = saved.append  # records the calls whether or not Sequential.save exists
+    pattern = str(tmp_path / "ckpt-{epoch:02d}-{val_loss:.2f}.fcnn")
+    h = model.fit(x, y, epochs=3, batch_size=8, validation_split=0.25, verbose=0,
+                  callbacks=[ModelCheckpoint(pattern)])
+    expected = [str(tmp_path / f"ckpt-{e + 1:02d}-{v:.2f}.fcnn")
+                for e, v in enumerate(h.history["val_loss"])]
+    assert saved == expected
+
+
+def test_checkpoint_save_best_only_saves_on_improvement(capsys):
+    cb = ModelCheckpoint("best-{epoch}.fcnn", save_best_only=True, verbose=1)
+    model, _, _ = run_script(cb, [0.9, 0.7, 0.8, 0.6, 0.6])
+    assert model.saved == [("save", "best-1.fcnn"), ("save", "best-2.fcnn"),
+                           ("save", "best-4.fcnn")]
+    out = capsys.readouterr().out
+    assert "Epoch 2: val_loss improved from 0.90000 to 0.70000, saving model to best-2.fcnn" \
+        in out
+    assert "Epoch 3: val_loss did not improve from 0.70000" in out
+    # accuracies are maximised; initial_value_threshold sets the bar to beat
+    cb = ModelCheckpoint("w.fcnn", monitor="val_accuracy", save_best_only=True,
+                         save_weights_only=True, initial_value_threshold=0.5)
+    model, _, _ = run_script(cb, [0.4, 0.6, 0.55, 0.7], key="val_accuracy")
+    assert model.saved == [("save_weights", "w.fcnn")] * 2
+
+
+def test_checkpoint_int_save_freq_saves_every_n_batches_with_the_batch_field(tmp_path):
+    x, y = tiny_data(n=24)
+    model = tiny_model()
+    saved = []
+    model.save_weights = saved.append
+    cb = ModelCheckpoint(str(tmp_path / "sub" / "e{epoch}-b{batch}.w"), save_freq=2,
+                         save_weights_only=True)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])  # 3 batches/epoch
+    assert [p.rsplit("/", 1)[1] for p in saved] == ["e1-b2.w", "e2-b1.w", "e2-b3.w"]
+    assert (tmp_path / "sub").is_dir()  # Keras creates the folder
+
+
+def test_checkpoint_filepath_field_missing_from_logs_is_a_clear_error():
+    with pytest.raises(KeyError, match=r"no value for 'val_accuracy'; available: loss, "
+                                       r"val_loss, epoch"):
+        run_script(ModelCheckpoint("m-{val_accuracy:.2f}.fcnn"), [1.0])
+
+
+def test_checkpoint_needs_the_save_method_it_will_call():
+    class NoSave:
+        stop_training = False
+
+    cbs = callbacks.CallbackList([ModelCheckpoint("m.fcnn", save_weights_only=True)],
+                                 model=NoSave(), params={})
+    with pytest.raises(NotImplementedError, match=r"model.save_weights\(path\)"):
+        cbs.on_train_begin()
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_checkpoint_with_the_real_save_methods(tmp_path, weights_only):
+    method = "save_weights" if weights_only else "save"
+    if not hasattr(fastcnn.Sequential, method):
+        pytest.skip(f"fastcnn.Sequential.{method} is not implemented yet")
+    x, y = tiny_data()
+    model = tiny_model()
+    cb = ModelCheckpoint(str(tmp_path / "ck-{epoch}-{loss:.3f}.fcnn"),
+                         save_weights_only=weights_only)
+    h = model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+    names = [f"ck-{e + 1}-{loss:.3f}.fcnn" for e, loss in enumerate(h.history["loss"])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    last = str(tmp_path / names[-1])
+    if weights_only:
+        if not hasattr(fastcnn.Sequential, "load_weights"):
+            pytest.skip("fastcnn.Sequential.load_weights is not implemented yet")
+        fastcnn.utils.set_random_seed(1)
+        other = tiny_model()
+        other.load_weights(last)
+        restored = other
+    else:
+        if not hasattr(fastcnn, "load_model"):
+            pytest.skip("fastcnn.load_model is not implemented yet")
+        restored = fastcnn.load_model(last)
+    for a, b in zip(restored.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the file holds the weights after epoch 2
+
+
+# ------------------------------------------------------------------------ ReduceLROnPlateau
+def test_reduce_lr_after_patience_with_cooldown_and_min_lr(capsys):
+    cb = ReduceLROnPlateau(factor=0.5, patience=2, cooldown=1, min_lr=0.3, verbose=1)
+    # epoch:       0    1    2    3    4    5    6    7    8    9
+    values = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    _, _, rates = run_script(cb, values)
+    # reduced at the end of epoch 2 (2 epochs without improvement), cooldown epoch 3,
+    # then 2 more: epochs 4, 5 -> reduced again (clipped to min_lr), then never below it
+    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3]
+    out = capsys.readouterr().out
+    assert "Epoch 3: ReduceLROnPlateau reducing learning rate to 0.5." in out
+    assert out.count("reducing") == 2
+    # without cooldown the second reduction comes one epoch earlier
+    _, _, rates = run_script(ReduceLROnPlateau(factor=0.5, patience=2, min_lr=0.3), values)
+    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3]
+    # an improvement during cooldown still becomes the best value
+    cb = ReduceLROnPlateau(factor=0.5, patience=1, cooldown=2)
+    _, _, rates = run_script(cb, [1.0, 1.0, 0.5, 0.9, 0.9, 0.9])
+    assert rates == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+
+
+def test_reduce_lr_improvement_resets_patience_and_min_delta_counts():
+    cb = ReduceLROnPlateau(factor=0.1, patience=2, min_delta=0.01)
+    # 0.995 is not an improvement over 1.0 by more than 0.01; 0.5 is
+    _, _, rates = run_script(cb, [1.0, 0.995, 0.5, 0.6, 0.6, 0.6])
+    assert rates == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.0, 0.1])
+    cb = ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=1)  # auto: max
+    _, _, rates = run_script(cb, [0.1, 0.2, 0.3, 0.3], key="val_accuracy")
+    assert rates == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_reduce_lr_changes_a_real_optimizer_and_logs_the_rate():
+    x, y = tiny_data()
+    model = tiny_model(lr=0.2)
+    # nothing improves by 100: after the first epoch the rate halves at every epoch end
+    cb = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=100.0)
+    h = model.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[cb])
+    # the logged rate is the one the epoch trained with
+    assert h.history["learning_rate"] == pytest.approx([0.2, 0.2, 0.1, 0.05])
+    assert model.optimizer.learning_rate == pytest.approx(0.025)
+
+
+# ------------------------------------------------------------------------ CSVLogger
+def read_rows(path, sep=","):
+    with open(path, newline="") as f:
+        return list(csv.reader(f, delimiter=sep))
+
+
+def test_csv_logger_writes_a_header_and_one_row_per_epoch_flushed_each_epoch(tmp_path):
+    x, y = tiny_data()
+    model = tiny_model()
+    path = tmp_path / "log.csv"
+    seen_on_disk = []
+    logger = CSVLogger(path)
+    peek = LambdaCallback(on_epoch_end=lambda epoch, logs: seen_on_disk.append(
+        len(read_rows(path))))
+    h = model.fit(x, y, epochs=3, batch_size=8, validation_split=0.25, verbose=0,
+                  callbacks=[logger, peek])
+    rows = read_rows(path)
+    assert rows[0] == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert [r[0] for r in rows[1:]] == ["0", "1", "2"]
+    for epoch, row in enumerate(rows[1:]):
+        for key, text in zip(rows[0][1:], row[1:]):
+            assert float(text) == h.history[key][epoch]  # written exactly
+    assert seen_on_disk == [2, 3, 4]  # each row is on disk when its epoch ends
+    assert logger.csv_file is None  # closed at train end
+
+
+def test_csv_logger_append_adds_rows_without_a_second_header(tmp_path):
+    path = tmp_path / "log.tsv"
+    run_script(CSVLogger(path, separator="\t"), [0.5, 0.25])
+    run_script(CSVLogger(path, separator="\t", append=True), [0.125])
+    assert read_rows(path, "\t") == [["epoch", "loss", "val_loss"], ["0", "1.0", "0.5"],
+                                     ["1", "1.0", "0.25"], ["0", "1.0", "0.125"]]
+    # appending to a missing (or empty) file writes the header
+    fresh = tmp_path / "fresh.csv"
+    run_script(CSVLogger(fresh, append=True), [2.0])
+    assert read_rows(fresh) == [["epoch", "loss", "val_loss"], ["0", "1.0", "2.0"]]
+    # append=False overwrites
+    run_script(CSVLogger(fresh), [3.0])
+    assert read_rows(fresh) == [["epoch", "loss", "val_loss"], ["0", "1.0", "3.0"]]
+
+
+def test_csv_logger_writes_na_for_a_key_missing_later(tmp_path):
+    path = tmp_path / "log.csv"
+    logger = CSVLogger(path)
+    cbs = callbacks.CallbackList([logger], model=ScriptedModel(), params={})
+    cbs.on_train_begin()
+    cbs.on_epoch_end(0, {"loss": 0.5, "extra": 1.5, "per_class": np.array([1, 2])})
+    cbs.on_epoch_end(1, {"loss": np.float32(0.25), "per_class": [3, 4]})
+    cbs.on_train_end()
+    assert read_rows(path) == [["epoch", "extra", "loss", "per_class"],
+                               ["0", "1.5", "0.5", "[1, 2]"], ["1", "NA", "0.25", "[3, 4]"]]
+
+
+# ------------------------------------------------------------------------ LambdaCallback
+def test_lambda_callback_calls_its_functions_with_the_hook_arguments():
+    x, y = tiny_data(n=16)
+    model = tiny_model()
+    calls = []
+    cb = LambdaCallback(
+        on_train_begin=lambda logs: calls.append(("train_begin",)),
+        on_epoch_begin=lambda epoch, logs: calls.append(("epoch_begin", epoch)),
+        on_train_batch_begin=lambda batch, logs: calls.append(("batch_begin", batch)),
+        on_train_batch_end=lambda batch, logs: calls.append(("batch_end", batch,
+                                                             sorted(logs))),
+        on_epoch_end=lambda epoch, logs: calls.append(("epoch_end", epoch, sorted(logs))),
+        on_train_end=lambda logs: calls.append(("train_end",)))
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+    per_epoch = lambda e: [("epoch_begin", e), ("batch_begin", 0),
+                           ("batch_end", 0, ["accuracy", "loss"]), ("batch_begin", 1),
+                           ("batch_end", 1, ["accuracy", "loss"]),
+                           ("epoch_end", e, ["accuracy", "loss"])]
+    assert calls == [("train_begin",)] + per_epoch(0) + per_epoch(1) + [("train_end",)]
+
+
+def test_lambda_callback_batch_hooks_only_when_given():
+    only_epoch = LambdaCallback(on_epoch_end=lambda epoch, logs: None)
+    assert not callbacks.CallbackList([only_epoch]).needs_batch_hooks("train")
+    batch = LambdaCallback(on_train_batch_end=lambda b, logs: None)
+    assert callbacks.CallbackList([batch]).needs_batch_hooks("train")
+    assert not callbacks.CallbackList([batch]).needs_batch_hooks("test")
+    test_hook = LambdaCallback(on_test_batch_end=lambda b, logs: None)
+    assert callbacks.CallbackList([test_hook]).needs_batch_hooks("test")
+
+
+# ------------------------------------------------------------------------ progress bar
+NUMBER = r"\d+\.\d{4}(e[+-]\d+)?"
+
+
+def drive_bar(bar, mode, steps, logs, epochs=1):
+    """Calls the bar's hooks as fit / evaluate / predict do."""
+    bar.set_params({"epochs": epochs, "steps": steps, "verbose": bar.verbose})
+    if mode == "train":
+        bar.on_train_begin()
+        for epoch in range(epochs):
+            bar.on_epoch_begin(epoch)
+            for b in range(steps):
+                bar.on_train_batch_end(b, logs)
+            bar.on_epoch_end(epoch, logs)
+        bar.on_train_end()
+    else:
+        getattr(bar, f"on_{mode}_begin")()
+        for b in range(steps):
+            getattr(bar, f"on_{mode}_batch_end")(b, logs)
+        getattr(bar, f"on_{mode}_end")(logs)
+
+
+def test_bar_on_a_terminal_shows_eta_and_running_metrics_then_the_final_line():
+    stream = FakeTerminal()
+    bar = ProgbarLogger(verbose=1, stream=stream)
+    bar.INTERVAL = 0.0  # draw every batch
+    drive_bar(bar, "train", 844, {"loss": 0.2345, "accuracy": 0.9312})
+    out = stream.getvalue()
+    assert re.search(r"\r 12/844 \[\.{30}\] - ETA: \d+s - loss: 0\.2345 - accuracy: 0\.9312",
+                     out)
+    assert re.search(r"\r423/844 \[={14}>\.{15}\] - ETA: ", out)
+    assert re.search(r"\r844/844 \[={30}\] - \d+s \d+[mu]?s/step - loss: 0\.2345 - "
+                     r"accuracy: 0\.9312\n$", out)
+    assert out.startswith("Epoch 1/1\n") and out.count("\n") == 2
+
+
+def test_bar_without_a_terminal_writes_only_the_final_line_per_epoch():
+    stream = io.StringIO()
+    bar = ProgbarLogger(verbose=1, stream=stream)
+    assert not bar.wants_batch_hooks("train")  # fit skips the per-batch calls entirely
+    drive_bar(bar, "train", 50, {"loss": 0.5}, epochs=2)
+    out = stream.getvalue()
+    assert "\r" not in out and "ETA" not in out
+    assert re.fullmatch(r"(Epoch [12]/2\n50/50 \[={30}\] - \d+s \d+[mu]?s/step - "
+                        r"loss: 0\.5000\n){2}", out), out
+
+
+def test_bar_verbose_2_and_small_numbers():
+    stream = FakeTerminal()
+    bar = ProgbarLogger(verbose=2, stream=stream)
+    assert not bar.wants_batch_hooks("train")
+    drive_bar(bar, "train", 7, {"loss": 0.00012345, "val_loss": 2.0})
+    assert re.fullmatch(r"Epoch 1/1\n7/7 - \d+s - loss: 1\.2345e-04 - val_loss: 2\.0000\n",
+                        stream.getvalue())
+
+
+def test_bar_for_evaluate_and_predict_hooks():
+    for tty in (True, False):
+        stream = FakeTerminal() if tty else io.StringIO()
+        bar = ProgbarLogger(verbose=1, stream=stream)
+        bar.INTERVAL = 0.0
+        assert bar.wants_batch_hooks("test") == tty and bar.wants_batch_hooks("predict") == tty
+        drive_bar(bar, "test", 3, {"loss": 0.25, "accuracy": 0.5})
+        out = stream.getvalue()
+        assert "Epoch" not in out
+        assert re.search(r"3/3 \[={30}\] - \d+s \d+[mu]?s/step - loss: 0\.2500 - "
+                         r"accuracy: 0\.5000\n$", out)
+        assert ("\r1/3 [=========>...." in out) == tty
+        stream.seek(0)
+        stream.truncate()
+        drive_bar(bar, "predict", 4, {"outputs": np.zeros(2)})  # outputs are not shown
+        out = stream.getvalue()
+        assert re.search(r"4/4 \[={30}\] - \d+s \d+[mu]?s/step\n$", out) and "outputs" not in out
+
+
+def test_bar_ignores_evaluate_hooks_inside_fit():
+    stream = io.StringIO()
+    bar = ProgbarLogger(verbose=1, stream=stream)
+    bar.set_params({"epochs": 1, "steps": 2})
+    bar.on_train_begin()
+    bar.on_epoch_begin(0)
+    bar.on_test_begin()  # validation inside fit
+    bar.on_test_batch_end(0, {"loss": 9.0})
+    bar.on_test_end({"loss": 9.0})
+    bar.on_epoch_end(0, {"loss": 1.0, "val_loss": 9.0})
+    bar.on_train_end()
+    assert re.fullmatch(r"Epoch 1/1\n2/2 \[={30}\] - \d+s \d+[mu]?s/step - loss: 1\.0000 - "
+                        r"val_loss: 9\.0000\n", stream.getvalue())
+
+
+def test_bar_with_an_unknown_number_of_steps():
+    stream = FakeTerminal()
+    bar = ProgbarLogger(verbose=1, stream=stream)
+    bar.INTERVAL = 0.0
+    drive_bar(bar, "train", 0, {})  # sets params; now feed batches with steps unknown
+    stream.seek(0)
+    stream.truncate()
+    bar.set_params({"epochs": 1, "steps": None})
+    bar.on_epoch_begin(0)
+    for b in range(5):
+        bar.on_train_batch_end(b, {"loss": 0.5})
+    bar.on_epoch_end(0, {"loss": 0.5})
+    out = stream.getvalue()
+    assert re.search(r"\r3/Unknown - \d+s \d+[mu]?s/step - loss: 0\.5000", out)
+    assert re.search(r"\r5/5 \[={30}\] - \d+s \d+[mu]?s/step - loss: 0\.5000\s*\n$", out)
+
+
+def test_bar_final_line_covers_a_longer_live_line():
+    stream = FakeTerminal()
+    bar = ProgbarLogger(verbose=1, stream=stream)
+    bar.INTERVAL = 0.0
+    bar.set_params({"epochs": 1, "steps": 2})
+    bar.on_train_begin()
+    bar.on_epoch_begin(0)
+    bar.on_train_batch_end(0, {"loss": 0.5, "a_very_long_metric_name": 0.5})
+    bar.on_epoch_end(0, {"loss": 0.5})
+    live, final = stream.getvalue().split("\r")[1:]
+    assert len(final.rstrip("\n")) >= len(live)  # blanks cover the old text
+
+
+def test_bar_skips_log_entries_that_are_not_numbers():
+    assert callbacks.format_logs({"loss": 0.5, "per_class": [1, 2], "note": "x",
+                                  "lr": np.float32(0.25)}) == " - loss: 0.5000 - lr: 0.2500"
+
+
+def test_duration_formats_like_keras():
+    assert callbacks._format_duration(41.2) == "41s"
+    assert callbacks._format_duration(125) == "2:05"
+    assert callbacks._format_duration(3 * 3600 + 61) == "3:01:01"
+    assert callbacks.progress_bar(12, 844) == " 12/844 [" + "." * 30 + "]"
+    assert callbacks.progress_bar(844, 844) == "844/844 [" + "=" * 30 + "]"
+
+
+def test_fit_with_a_passed_progbar_does_not_print_twice(capsys):
+    x, y = tiny_data(n=16)
+    model = tiny_model()
+    stream = io.StringIO()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=1,
+              callbacks=[ProgbarLogger(verbose=2, stream=stream)])
+    assert capsys.readouterr().out == ""
+    assert re.fullmatch(rf"Epoch 1/1\n2/2 - \d+s - loss: {NUMBER} - accuracy: {NUMBER}\n",
+                        stream.getvalue())
+
+
+def test_callbacks_reach_fastcnn_namespace():
+    # the names tutorials use: fastcnn.callbacks.EarlyStopping(...)
+    for name in ("History", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
+                 "CSVLogger", "LambdaCallback", "ProgbarLogger", "Callback"):
+        assert isinstance(getattr(fastcnn.callbacks, name), type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a key that is present never warns
+        run_script(EarlyStopping(monitor="loss"), [1.0, 2.0])
