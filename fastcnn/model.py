@@ -292,13 +292,19 @@ class Sequential:
         # such as BatchNormalization's moving statistics (updated in forward, never trained).
         train_layers = [layer for layer in self._layers if layer.trainable_weights]
         train_vars = [w for layer in train_layers for w in layer.trainable_weights]
+        # Backprop stops at the first layer that trains: nothing upstream of it has anything
+        # to learn, so no input gradient is needed there (for a first conv on 1-3 channels
+        # that is about half of its backward).
+        first = train_layers[0] if train_layers else None
+        stop = self._layers.index(first) if first is not None else len(self._layers) - 1
         plan = {
             "flags": flags,
             "fused": fused,
             "logits": fused or self.loss.from_logits,
             "body": self._layers[:-1],
             "head": head,
-            "reversed_but_first": self._layers[:0:-1],
+            "backward_layers": self._layers[:stop:-1],
+            "first_trainable": first,
             "train_layers": train_layers,
             "train_vars": train_vars,
             "metrics": [metrics_module.get(m, self.loss, head.output_shape)
@@ -393,14 +399,13 @@ class Sequential:
                 + ("in train_on_batch" if epoch is None
                    else f"at epoch {epoch + 1}, batch {batch + 1}")
                 + "; training stopped before this batch's update "
-                f"(try a lower learning rate, or check x and y for NaN/inf)")
+                "(try a lower learning rate, or check x and y for NaN/inf)")
         for m in plan["metrics"]:
             m.update_state(y, out, plan["logits"])
-        for layer in plan["reversed_but_first"]:
+        for layer in plan["backward_layers"]:
             dy = layer.backward(dy)
-        # Nothing consumes the first layer's input gradient (for a first conv on 1-3
-        # channels that is about half of its backward).
-        self._layers[0].backward(dy, need_dx=False)
+        if plan["first_trainable"] is not None:
+            plan["first_trainable"].backward(dy, need_dx=False)
         grads = [g for layer in plan["train_layers"] for g in layer.grads]
         self.optimizer.apply(grads, plan["train_vars"])
         return loss
