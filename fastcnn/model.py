@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import time
 import warnings
 
 import numpy as np
@@ -417,14 +416,27 @@ class Sequential:
             m.update_state(y, out, plan["logits"])
         return float(loss) + sum(layer.regularization_loss() for layer in self._layers)
 
-    def _evaluate_arrays(self, plan, x, y, batch_size):
+    def _evaluate_arrays(self, plan, x, y, batch_size, cbs=None):
         for m in plan["metrics"]:
             m.reset_state()
+        hooks = cbs is not None and cbs.needs_batch_hooks("test")
         n, total = len(x), 0.0
-        for start in range(0, n, batch_size):
+        for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             total += self._test_step(plan, x[start:stop], y[start:stop]) * (stop - start)
-        return {"loss": total / n, **{m.name: m.result() for m in plan["metrics"]}}
+            if hooks:
+                cbs.on_test_batch_end(batch, self._running_logs(plan, total / stop))
+        return self._running_logs(plan, total / n)
+
+    @staticmethod
+    def _running_logs(plan, loss):
+        return {"loss": loss, **{m.name: m.result() for m in plan["metrics"]}}
+
+    def _progress(self, callbacks, steps, verbose):
+        """Callbacks of evaluate/predict: the user's plus Keras's progress bar."""
+        return callbacks_module.CallbackList(
+            callbacks, model=self, add_progbar=True, verbose=verbose,
+            params={"epochs": 1, "steps": steps, "verbose": verbose})
 
     # ------------------------------------------------------------------- fit
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None,
@@ -555,7 +567,8 @@ class Sequential:
             f"steps value or an iterator that repeats (ImageDataGenerator's do)",
             RuntimeWarning, stacklevel=3)
 
-    def _evaluate_batches(self, source, steps, name, plan=None):
+    def _evaluate_batches(self, source, steps, name, plan=None, cbs=None):
+        hooks = cbs is not None and cbs.needs_batch_hooks("test")
         total, seen = 0.0, 0
         for step in range(steps):
             got = self._next_xy(source, name)
@@ -569,6 +582,8 @@ class Sequential:
             xb, yb = got
             total += self._test_step(plan, xb, yb) * len(xb)
             seen += len(xb)
+            if hooks:
+                cbs.on_test_batch_end(step, self._running_logs(plan, total / seen))
         if seen == 0:
             raise ValueError(f"{name} yielded no batches")
         return {"loss": total / seen, **{m.name: m.result() for m in plan["metrics"]}}
@@ -650,7 +665,7 @@ class Sequential:
         return cbs.history
 
     # -------------------------------------------------------------- evaluate
-    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, steps=None):
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, steps=None, callbacks=None):
         """Loss, or ``[loss, metric...]`` when metrics were compiled (Keras).
 
         ``x`` may be an iterator of ``(x, y)`` batches (``y=None``): ``steps`` batches,
@@ -665,22 +680,20 @@ class Sequential:
                     f"y must be None when x is an iterator of (x, y) batches (the targets "
                     f"come from it), got {type(y).__name__}")
             steps = _source_steps(x, steps, "steps")
-            start = time.perf_counter()
-            logs = self._evaluate_batches(x, steps, "x")
-            if verbose:
-                print(callbacks_module.final_line(steps, time.perf_counter() - start, logs,
-                                                  verbose))
+            cbs = self._progress(callbacks, steps, verbose)
+            cbs.on_test_begin()
+            logs = self._evaluate_batches(x, steps, "x", cbs=cbs)
+            cbs.on_test_end(logs)
             return self._result(logs)
         if steps is not None:
             raise ValueError(f"steps applies when x is an iterator of batches; with arrays "
                              f"use batch_size (got steps={steps!r})")
         x, y = self._check_xy(x, y)
         plan = self._prepare()
-        start = time.perf_counter()
-        logs = self._evaluate_arrays(plan, x, y, batch_size)
-        if verbose:
-            steps = -(-len(x) // batch_size)
-            print(callbacks_module.final_line(steps, time.perf_counter() - start, logs, verbose))
+        cbs = self._progress(callbacks, -(-len(x) // batch_size), verbose)
+        cbs.on_test_begin()
+        logs = self._evaluate_arrays(plan, x, y, batch_size, cbs)
+        cbs.on_test_end(logs)
         return self._result(logs)
 
     def _result(self, logs):
@@ -688,7 +701,7 @@ class Sequential:
             return logs["loss"]
         return list(logs.values())
 
-    def predict(self, x, batch_size=32, verbose=0, steps=None):
+    def predict(self, x, batch_size=32, verbose=0, steps=None, callbacks=None):
         """Model outputs as a NumPy array (probabilities for a softmax model).
 
         ``x`` may be an iterator yielding x or (x, y) batches: ``steps`` batches, default
@@ -697,28 +710,31 @@ class Sequential:
         batch_size = _check_batch_size(batch_size)
         verbose = _check_verbose(verbose)
         if _is_batch_source(x):
-            return self._predict_batches(x, _source_steps(x, steps, "steps"), verbose)
+            steps = _source_steps(x, steps, "steps")
+            return self._predict_batches(x, steps, self._progress(callbacks, steps, verbose))
         if steps is not None:
             raise ValueError(f"steps applies when x is an iterator of batches; with arrays "
                              f"use batch_size (got steps={steps!r})")
         x = self._check_x(x)
-        start_time = time.perf_counter()
         n = len(x)
+        cbs = self._progress(callbacks, -(-n // batch_size), verbose)
+        hooks = cbs.needs_batch_hooks("predict")
+        cbs.on_predict_begin()
         out = None
-        for start in range(0, n, batch_size):
+        for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             yb = self._infer(x[start:stop])
             if out is None:
                 out = np.empty((n,) + yb.shape[1:], dtype=yb.dtype)
             out[start:stop] = yb
-        if verbose:
-            steps = -(-n // batch_size)
-            print(callbacks_module.final_line(steps, time.perf_counter() - start_time, {},
-                                              verbose))
+            if hooks:
+                cbs.on_predict_batch_end(batch, {"outputs": yb})
+        cbs.on_predict_end()
         return out
 
-    def _predict_batches(self, source, steps, verbose):
-        start_time = time.perf_counter()
+    def _predict_batches(self, source, steps, cbs):
+        hooks = cbs.needs_batch_hooks("predict")
+        cbs.on_predict_begin()
         outs = []
         for step in range(steps):
             got = self._next_xy(source, "x", need_y=False)
@@ -726,11 +742,11 @@ class Sequential:
                 self._ran_out("x", step, steps)
                 break
             outs.append(self._infer(got[0]))
+            if hooks:
+                cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
         if not outs:
             raise ValueError("x yielded no batches")
-        if verbose:
-            print(callbacks_module.final_line(len(outs), time.perf_counter() - start_time, {},
-                                              verbose))
+        cbs.on_predict_end()
         return np.concatenate(outs)
 
     def _infer(self, x):
