@@ -1,0 +1,108 @@
+"""Fashion-MNIST with the tutorial CNN: two conv/pool blocks and a dense head.
+
+The TensorFlow "Introduction to convolutions" network: Conv2D 64 3x3 relu,
+MaxPooling 2, Conv2D 64 3x3 relu, MaxPooling 2, Flatten, Dense 128 relu,
+Dense 10 softmax, Adam, sparse categorical cross-entropy.
+
+    FASTCNN_DATA=/path/to/data python examples/fashion_mnist_cnn.py --epochs 12
+
+Data: $FASTCNN_DATA/fashion-mnist/*.gz (the original IDX files).
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import numpy as np  # noqa: E402
+
+import fastcnn  # noqa: E402
+from fastcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D  # noqa: E402
+
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot"]
+
+
+def build_model(input_shape=(28, 28, 1), num_classes=10):
+    model = fastcnn.Sequential([
+        Conv2D(64, (3, 3), activation="relu", input_shape=input_shape),
+        MaxPooling2D(2, 2),
+        Conv2D(64, (3, 3), activation="relu"),
+        MaxPooling2D(2, 2),
+        Flatten(),
+        Dense(128, activation="relu"),
+        Dense(num_classes, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+class TimeLimit(fastcnn.callbacks.Callback):
+    """Stops training after the epoch during which ``minutes`` ran out (None: no limit).
+
+    On a shared machine the wall time of an epoch is not known in advance; this lets a
+    run end on time and still report what it reached.
+    """
+
+    def __init__(self, minutes):
+        super().__init__()
+        self.minutes = minutes
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.minutes is not None and time.perf_counter() - self.start > 60 * self.minutes:
+            print(f"--max-minutes {self.minutes} reached after epoch {epoch + 1}: stopping")
+            self.model.stop_training = True
+
+
+def load(limit=None, test_limit=None):
+    """Fashion-MNIST scaled to [0, 1] with a channel axis (NHWC), optionally cut short."""
+    (x_train, y_train), (x_test, y_test) = fastcnn.datasets.fashion_mnist.load_data()
+    x_train = (x_train[:limit, ..., None] / np.float32(255)).astype(np.float32)
+    x_test = (x_test[:test_limit, ..., None] / np.float32(255)).astype(np.float32)
+    return (x_train, y_train[:limit]), (x_test, y_test[:test_limit])
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None,
+                   help="train on the first N training images (default: all 60,000)")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="evaluate on the first N test images (default: all 10,000)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after the epoch during which this much time has passed")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    fastcnn.set_random_seed(args.seed)
+    fastcnn.set_backend(args.backend)
+    (x_train, y_train), (x_test, y_test) = load(args.limit, args.test_limit)
+    print(f"train {x_train.shape}, test {x_test.shape}, backend={args.backend}")
+
+    model = build_model()
+    model.summary()
+    start = time.perf_counter()
+    history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+                        validation_data=(x_test, y_test), verbose=2,
+                        callbacks=[TimeLimit(args.max_minutes)])
+    train_s = time.perf_counter() - start
+    test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    wall = time.perf_counter() - start
+    print(f"test accuracy: {test_acc:.4f} (loss {test_loss:.4f})")
+    print(f"wall time: {wall:.1f} s (training {train_s:.1f} s)")
+    return {"test_accuracy": test_acc, "test_loss": test_loss,
+            "epochs": len(history.history["loss"]), "wall_s": wall, "history": history.history}
+
+
+if __name__ == "__main__":
+    main()
