@@ -59,3 +59,38 @@ def check_labels(labels, logits_shape):
     if n and (labels.min() < 0 or labels.max() >= k):
         bad = labels[(labels < 0) | (labels >= k)][0]
         raise ValueError(f"labels must lie in [0, {k}) for {k} classes, got label {bad}")
+
+
+def check_conv_args(x, w, b):
+    """x (N, H, W, C) and w (kh, kw, C, F) of one float dtype; b None or (F,)."""
+    check_float("x", x)
+    check_same_dtype("w", w, x)
+    check_rank("x", x, 4, "(N, H, W, C)")
+    check_rank("w", w, 4, "(kh, kw, C_in, C_out)")
+    if w.shape[2] != x.shape[3]:
+        raise ValueError(
+            f"w has {w.shape[2]} input channels (shape {w.shape}) but x has {x.shape[3]} "
+            f"(shape {x.shape}); expected w of shape (kh, kw, {x.shape[3]}, C_out)"
+        )
+    check_bias(b, w.shape[3], x)
+
+
+def check_dense_args(x, w, b):
+    """x (N, D) and w (D, U) of one float dtype; b None or (U,)."""
+    check_float("x", x)
+    check_same_dtype("w", w, x)
+    check_rank("x", x, 2, "(N, D)")
+    check_rank("w", w, 2, "(D, U)")
+    if w.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"w has shape {w.shape} but x has {x.shape[1]} features (shape {x.shape}); "
+            f"expected w of shape ({x.shape[1]}, U)"
+        )
+    check_bias(b, w.shape[1], x)
+
+
+def check_bias(b, n_out, like):
+    if b is not None:
+        check_same_dtype("b", b, like)
+        if b.shape != (n_out,):
+            raise ValueError(f"b must have shape ({n_out},), got {b.shape}")

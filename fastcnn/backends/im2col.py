@@ -42,6 +42,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._checks import (
+    check_dense_args as _check_dense_args,
+    check_conv_args as _check_conv_args,
     output_shape as _output_shape,
     check_pool_windows_touch_input as _check_pool_windows_touch_input,
     check_float as _check_float,
@@ -56,21 +58,9 @@ from ._checks import (
 
 
 def conv2d_forward(x, w, b, stride, pad):
-    _check_float("x", x)
-    _check_same_dtype("w", w, x)
-    _check_rank("x", x, 4, "(N, H, W, C)")
-    _check_rank("w", w, 4, "(kh, kw, C_in, C_out)")
+    _check_conv_args(x, w, b)
     n, h, wd, c = x.shape
-    kh, kw, w_c, f = w.shape
-    if w_c != c:
-        raise ValueError(
-            f"w has {w_c} input channels (shape {w.shape}) but x has {c} "
-            f"(shape {x.shape}); expected w of shape (kh, kw, {c}, C_out)"
-        )
-    if b is not None:
-        _check_same_dtype("b", b, x)
-        if b.shape != (f,):
-            raise ValueError(f"b must have shape ({f},), got {b.shape}")
+    kh, kw, _, f = w.shape
     ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
 
     xp = _pad(x, pad, 0)
@@ -162,19 +152,7 @@ def avgpool2d_backward(dy, ctx):
 
 
 def dense_forward(x, w, b):
-    _check_float("x", x)
-    _check_same_dtype("w", w, x)
-    _check_rank("x", x, 2, "(N, D)")
-    _check_rank("w", w, 2, "(D, U)")
-    if w.shape[0] != x.shape[1]:
-        raise ValueError(
-            f"w has shape {w.shape} but x has {x.shape[1]} features (shape {x.shape}); "
-            f"expected w of shape ({x.shape[1]}, U)"
-        )
-    if b is not None:
-        _check_same_dtype("b", b, x)
-        if b.shape != (w.shape[1],):
-            raise ValueError(f"b must have shape ({w.shape[1]},), got {b.shape}")
+    _check_dense_args(x, w, b)
     y = x @ w
     if b is not None:
         y += b

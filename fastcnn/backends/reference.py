@@ -53,6 +53,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import (
+    check_dense_args as _check_dense_args,
+    check_conv_args as _check_conv_args,
     output_shape as _output_shape,
     check_pool_windows_touch_input as _check_pool_windows_touch_input,
     check_float as _check_float,
@@ -68,21 +70,9 @@ from ._checks import (
 
 def conv2d_forward(x, w, b, stride, pad):
     """2-D cross-correlation (what deep learning calls convolution), NHWC x HWIO."""
-    _check_float("x", x)
-    _check_same_dtype("w", w, x)
-    _check_rank("x", x, 4, "(N, H, W, C)")
-    _check_rank("w", w, 4, "(kh, kw, C_in, C_out)")
+    _check_conv_args(x, w, b)
     n_batch, h, wd, c_in = x.shape
-    kh, kw, w_c_in, c_out = w.shape
-    if w_c_in != c_in:
-        raise ValueError(
-            f"w has {w_c_in} input channels (shape {w.shape}) but x has {c_in} "
-            f"(shape {x.shape}); expected w of shape (kh, kw, {c_in}, C_out)"
-        )
-    if b is not None:
-        _check_same_dtype("b", b, x)
-        if b.shape != (c_out,):
-            raise ValueError(f"b must have shape ({c_out},), got {b.shape}")
+    kh, kw, _, c_out = w.shape
     sh, sw = stride
     ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
 
@@ -238,19 +228,7 @@ def avgpool2d_backward(dy, ctx):
 
 def dense_forward(x, w, b):
     """``y[n, u] = sum_d x[n, d] * w[d, u] + b[u]``."""
-    _check_float("x", x)
-    _check_same_dtype("w", w, x)
-    _check_rank("x", x, 2, "(N, D)")
-    _check_rank("w", w, 2, "(D, U)")
-    if w.shape[0] != x.shape[1]:
-        raise ValueError(
-            f"w has shape {w.shape} but x has {x.shape[1]} features (shape {x.shape}); "
-            f"expected w of shape ({x.shape[1]}, U)"
-        )
-    if b is not None:
-        _check_same_dtype("b", b, x)
-        if b.shape != (w.shape[1],):
-            raise ValueError(f"b must have shape ({w.shape[1]},), got {b.shape}")
+    _check_dense_args(x, w, b)
     y = x @ w
     if b is not None:
         y += b
