@@ -91,7 +91,7 @@ _RELU, _SIGMOID, _TANH = 0, 1, 2
 def conv2d_forward(x, w, b, stride, pad):
     _check_conv_args(x, w, b)
     n, h, wd, c = x.shape
-    kh, kw, w_c, f = w.shape
+    kh, kw, _, f = w.shape
     (sh, sw), ((pt, _), (pl, _)) = stride, pad
     ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
     x, w = _contiguous(x), _contiguous(w)
