@@ -103,7 +103,9 @@ def _builtin_layers() -> dict:
         stack.extend(cls.__subclasses__())
         in_package = cls.__module__ == "fastcnn.layers" or \
             cls.__module__.startswith("fastcnn.layers.")
-        if in_package and not cls.__name__.startswith("_"):
+        # A base class marked _base_class (e.g. KernelLayer) is no layer of its own.
+        if in_package and not cls.__name__.startswith("_") and \
+                not cls.__dict__.get("_base_class", False):
             other = found.setdefault(cls.__name__, cls)
             if other is not cls and other.__qualname__ != cls.__qualname__:
                 raise RuntimeError(

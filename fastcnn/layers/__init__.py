@@ -1,5 +1,6 @@
 """Keras-shaped layers (channels-last NHWC activations, HWIO conv kernels)."""
 from .base import Layer
+from .kernel_layer import KernelLayer
 from .conv import Conv2D
 from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer
 from .pooling import AveragePooling2D, MaxPooling2D
@@ -14,7 +15,7 @@ AvgPool2D = AveragePooling2D
 Convolution2D = Conv2D
 
 __all__ = [
-    "Layer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Dense", "Flatten", "Dropout",
+    "Layer", "KernelLayer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Dense", "Flatten", "Dropout",
     "Activation", "Input", "InputLayer", "MaxPool2D", "AvgPool2D", "Convolution2D",
     "BatchNormalization", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D",
     "Reshape", "Rescaling",

@@ -6,29 +6,20 @@ import numbers
 
 import numpy as np
 
-from .. import activations, backends, initializers, regularizers, utils
-from .base import (Layer, format_shape, normalize_dtype, normalize_shape, positive_int,
-                   serialize_initializer)
+from .. import activations, backends, utils
+from .base import Layer, format_shape, normalize_dtype, normalize_shape, positive_int
+from .kernel_layer import KernelLayer
 
 
-class Dense(Layer):
+class Dense(KernelLayer):
     """``y = activation(x @ kernel + bias)`` with kernel ``(in, units)``; x is 2-D."""
 
     def __init__(self, units, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(activation, use_bias, kernel_initializer, bias_initializer,
+                         kernel_regularizer, bias_regularizer, **kwargs)
         self.units = positive_int(units, "units")
-        self.activation = activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer, argument="kernel_initializer")
-        self.bias_initializer = initializers.get(bias_initializer, argument="bias_initializer")
-        self.kernel_regularizer = regularizers.get(kernel_regularizer,
-                                                   argument="kernel_regularizer")
-        self.bias_regularizer = regularizers.get(bias_regularizer, argument="bias_regularizer")
-        self.kernel = None
-        self.bias = None
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         if len(input_shape) != 2 or input_shape[1] is None:
@@ -41,44 +32,14 @@ class Dense(Layer):
             self.bias = self.add_weight((self.units,), self.bias_initializer, dtype)
         return (input_shape[0], self.units)
 
-    def forward(self, x, training=False, activate=True):
-        """``activate=False`` returns the pre-activation output (see Conv2D.forward)."""
-        backend = backends.current()
-        y, ctx = backend.dense_forward(x, self.kernel, self.bias)
-        act = self.activation if activate and self.activation != "linear" else None
-        act_ctx = None
-        if act is not None:
-            y, act_ctx = activations.forward(backend, act, y)
-        if training:
-            self._cache = (backend, ctx, act, act_ctx)
-        return y
+    def _op_forward(self, backend, x):
+        return backend.dense_forward(x, self.kernel, self.bias)
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        backend, ctx, act, act_ctx = self._cache
-        self._cache = None
-        if act is not None:
-            dy = activations.backward(backend, act, dy, act_ctx)
-        dx, dw, db = backend.dense_backward(dy, ctx)
-        # The penalties' gradients join the weights' own (the optimizer sees the sum).
-        dw = regularizers.add_gradient(self.kernel_regularizer, dw, self.kernel)
-        if self.use_bias:
-            db = regularizers.add_gradient(self.bias_regularizer, db, self.bias)
-        self.grads = (dw, db) if self.use_bias else (dw,)
-        return dx
-
-    def regularization_loss(self):
-        return regularizers.penalty(((self.kernel_regularizer, self.kernel),
-                                     (self.bias_regularizer, self.bias)))
+    def _op_backward(self, backend, dy, ctx, need_dx):
+        return backend.dense_backward(dy, ctx)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": self.activation,
-                "use_bias": self.use_bias,
-                "kernel_initializer": serialize_initializer(self.kernel_initializer),
-                "bias_initializer": serialize_initializer(self.bias_initializer),
-                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+        return {**super().get_config(), "units": self.units}
 
 
 class Flatten(Layer):
