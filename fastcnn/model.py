@@ -492,10 +492,39 @@ class Sequential:
 
         n = len(x)
         steps = -(-n // batch_size)
+
+        def epoch_batches(epoch):
+            order = utils.get_rng().permutation(n) if shuffle else None
+            for start in range(0, n, batch_size):
+                if order is None:
+                    yield x[start:start + batch_size], y[start:start + batch_size]
+                else:
+                    idx = order[start:start + batch_size]
+                    yield x[idx], y[idx]
+
+        return self._train_epochs(
+            plan, callbacks, verbose, epochs, initial_epoch, epoch_batches,
+            self._validation(x_val, y_val, val_source, validation_steps, batch_size),
+            {"epochs": epochs, "steps": steps, "verbose": verbose,
+             "batch_size": batch_size, "samples": n})
+
+    def _validation(self, x_val, y_val, val_source, validation_steps, batch_size):
+        """``validate(plan) -> {name: value}`` for the end of each epoch ({} without data)."""
+        def validate(plan):
+            if x_val is not None:
+                return self._evaluate_arrays(plan, x_val, y_val, batch_size)
+            if val_source is not None:
+                return self._evaluate_batches(val_source, validation_steps,
+                                              "validation_data", plan)
+            return {}
+        return validate
+
+    def _train_epochs(self, plan, callbacks, verbose, epochs, initial_epoch, epoch_batches,
+                      validate, params):
+        """The one training loop of fit(): ``epoch_batches(epoch)`` yields (x, y) batches."""
         cbs = callbacks_module.CallbackList(
             callbacks, model=self, add_history=True, add_progbar=True, verbose=verbose,
-            params={"epochs": epochs, "steps": steps, "verbose": verbose,
-                    "batch_size": batch_size, "samples": n})
+            params=params)
         batch_hooks = cbs.needs_batch_hooks("train")
         self.stop_training = False
         cbs.on_train_begin()
@@ -504,32 +533,19 @@ class Sequential:
             cbs.on_epoch_begin(epoch)
             for m in plan["metrics"]:
                 m.reset_state()
-            order = utils.get_rng().permutation(n) if shuffle else None
             loss_sum, seen = 0.0, 0
-            for batch in range(steps):
-                start, stop = batch * batch_size, min((batch + 1) * batch_size, n)
-                if order is None:
-                    xb, yb = x[start:stop], y[start:stop]
-                else:
-                    idx = order[start:stop]
-                    xb, yb = x[idx], y[idx]
+            for batch, (xb, yb) in enumerate(epoch_batches(epoch)):
                 if batch_hooks:
                     cbs.on_train_batch_begin(batch)
                 loss = self._train_step(plan, xb, yb, epoch, batch)
-                loss_sum += loss * (stop - start)
-                seen += stop - start
+                loss_sum += loss * len(xb)
+                seen += len(xb)
                 if batch_hooks:
-                    cbs.on_train_batch_end(batch, {
-                        "loss": loss_sum / seen,
-                        **{m.name: m.result() for m in plan["metrics"]}})
-            logs = {"loss": loss_sum / n, **{m.name: m.result() for m in plan["metrics"]}}
-            if x_val is not None:
-                val = self._evaluate_arrays(plan, x_val, y_val, batch_size)
-                logs.update({"val_" + k: v for k, v in val.items()})
-            elif val_source is not None:
-                val = self._evaluate_batches(val_source, validation_steps, "validation_data",
-                                             plan)
-                logs.update({"val_" + k: v for k, v in val.items()})
+                    cbs.on_train_batch_end(batch, self._running_logs(plan, loss_sum / seen))
+            if seen == 0:  # an iterator that ran out before this epoch's first batch
+                break
+            logs = self._running_logs(plan, loss_sum / seen)
+            logs.update({"val_" + k: v for k, v in validate(plan).items()})
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
@@ -617,52 +633,23 @@ class Sequential:
             x_val, y_val = self._check_xy(validation_data[0], validation_data[1],
                                           "validation_data[0]", "validation_data[1]")
         plan = self._prepare_training() if self.built else None
-        cbs = callbacks_module.CallbackList(
-            callbacks, model=self, add_history=True, add_progbar=True, verbose=verbose,
-            params={"epochs": epochs, "steps": steps, "verbose": verbose,
-                    "batch_size": None, "samples": None})
-        batch_hooks = cbs.needs_batch_hooks("train")
-        self.stop_training = False
-        cbs.on_train_begin()
-        logs = {}
-        for epoch in range(initial_epoch, epochs):
-            cbs.on_epoch_begin(epoch)
-            for m in plan["metrics"]:
-                m.reset_state()
-            loss_sum, seen = 0.0, 0
+
+        def epoch_batches(epoch):
+            nonlocal pending
             for batch in range(steps):
                 got, pending = (pending, None) if pending is not None \
                     else (self._next_xy(source, "x"), None)
                 if got is None:
                     self._ran_out("x", epoch * steps + batch, epochs * steps)
                     self.stop_training = True
-                    break
-                xb, yb = got
-                if batch_hooks:
-                    cbs.on_train_batch_begin(batch)
-                loss = self._train_step(plan, xb, yb, epoch, batch)
-                loss_sum += loss * len(xb)
-                seen += len(xb)
-                if batch_hooks:
-                    cbs.on_train_batch_end(batch, {
-                        "loss": loss_sum / seen,
-                        **{m.name: m.result() for m in plan["metrics"]}})
-            if seen == 0:
-                break
-            logs = {"loss": loss_sum / seen, **{m.name: m.result() for m in plan["metrics"]}}
-            if x_val is not None:
-                val = self._evaluate_arrays(plan, x_val, y_val, 32)
-                logs.update({"val_" + k: v for k, v in val.items()})
-            elif val_source is not None:
-                val = self._evaluate_batches(val_source, validation_steps, "validation_data",
-                                             plan)
-                logs.update({"val_" + k: v for k, v in val.items()})
-            cbs.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-        cbs.on_train_end(logs)
-        self.history = cbs.history
-        return cbs.history
+                    return
+                yield got
+
+        return self._train_epochs(
+            plan, callbacks, verbose, epochs, initial_epoch, epoch_batches,
+            self._validation(x_val, y_val, val_source, validation_steps, 32),
+            {"epochs": epochs, "steps": steps, "verbose": verbose,
+             "batch_size": None, "samples": None})
 
     # -------------------------------------------------------------- evaluate
     def evaluate(self, x=None, y=None, batch_size=32, verbose=1, steps=None, callbacks=None):
