@@ -50,26 +50,6 @@ def build_model(input_shape=(150, 150, 3)):
     return model
 
 
-class TimeLimit(fastcnn.callbacks.Callback):
-    """Stops training after the epoch during which ``minutes`` ran out (None: no limit).
-
-    On a shared machine the wall time of an epoch is not known in advance; this lets a
-    run end on time and still report what it reached.
-    """
-
-    def __init__(self, minutes):
-        super().__init__()
-        self.minutes = minutes
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.minutes is not None and time.perf_counter() - self.start > 60 * self.minutes:
-            print(f"--max-minutes {self.minutes} reached after epoch {epoch + 1}: stopping")
-            self.model.stop_training = True
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=24)
@@ -115,7 +95,8 @@ def main(argv=None):
     try:
         history = model.fit(train, steps_per_epoch=steps, epochs=args.epochs,
                             validation_data=val, validation_steps=val_steps, verbose=2,
-                            callbacks=[TimeLimit(args.max_minutes)])
+                            callbacks=[fastcnn.callbacks.TimeLimit(
+                            args.max_minutes, label=f"--max-minutes {args.max_minutes}")])
     finally:
         train.close()   # stop the background decoding threads
         val.close()

@@ -39,26 +39,6 @@ def build_model(input_shape=(28, 28, 1), num_classes=10):
     return model
 
 
-class TimeLimit(fastcnn.callbacks.Callback):
-    """Stops training after the epoch during which ``minutes`` ran out (None: no limit).
-
-    On a shared machine the wall time of an epoch is not known in advance; this lets a
-    run end on time and still report what it reached.
-    """
-
-    def __init__(self, minutes):
-        super().__init__()
-        self.minutes = minutes
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.minutes is not None and time.perf_counter() - self.start > 60 * self.minutes:
-            print(f"--max-minutes {self.minutes} reached after epoch {epoch + 1}: stopping")
-            self.model.stop_training = True
-
-
 def load(limit=None, test_limit=None):
     """Fashion-MNIST scaled to [0, 1] with a channel axis (NHWC), optionally cut short."""
     (x_train, y_train), (x_test, y_test) = fastcnn.datasets.fashion_mnist.load_data()
@@ -94,7 +74,8 @@ def main(argv=None):
     start = time.perf_counter()
     history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
                         validation_data=(x_test, y_test), verbose=2,
-                        callbacks=[TimeLimit(args.max_minutes)])
+                        callbacks=[fastcnn.callbacks.TimeLimit(
+                            args.max_minutes, label=f"--max-minutes {args.max_minutes}")])
     train_s = time.perf_counter() - start
     test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     wall = time.perf_counter() - start

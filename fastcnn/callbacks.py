@@ -729,6 +729,31 @@ _LAMBDA_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_begin", "on_train_e
                  "on_predict_end", "on_predict_batch_begin", "on_predict_batch_end")
 
 
+class TimeLimit(Callback):
+    """Stops training after the epoch during which ``minutes`` ran out (None: no limit).
+
+    The wall time of an epoch is not known in advance (a shared machine, a first epoch
+    that compiles kernels); this lets a run end on time and still report what it reached.
+    """
+
+    def __init__(self, minutes, label=None):
+        super().__init__()
+        if minutes is not None and (not isinstance(minutes, numbers.Real)
+                                    or isinstance(minutes, bool) or minutes < 0):
+            raise ValueError(f"TimeLimit: minutes must be a number >= 0 or None, got {minutes!r}")
+        self.minutes = minutes
+        # what the stop message calls the limit (a script names its own option)
+        self.label = label or f"TimeLimit of {minutes} minutes"
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.minutes is not None and time.perf_counter() - self.start > 60 * self.minutes:
+            print(f"{self.label} reached after epoch {epoch + 1}: stopping")
+            self.model.stop_training = True
+
+
 class LambdaCallback(Callback):
     """A callback made of plain functions, called with the hook's arguments:
     ``on_epoch_begin/on_epoch_end(epoch, logs)``, ``on_train_begin/on_train_end(logs)``,

@@ -576,3 +576,22 @@ def test_callbacks_reach_fastcnn_namespace():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a key that is present never warns
         run_script(EarlyStopping(monitor="loss"), [1.0, 2.0])
+
+
+def test_time_limit_stops_after_the_epoch_in_which_time_ran_out(capsys):
+    import numpy as np
+    import fastcnn
+    from fastcnn.callbacks import TimeLimit
+    from fastcnn.layers import Dense
+
+    fastcnn.set_random_seed(0)
+    model = fastcnn.Sequential([Dense(2, activation="softmax", input_shape=(3,))])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.ones((4, 3), "float32"), np.array([0, 1, 0, 1])
+    history = model.fit(x, y, epochs=5, verbose=0, callbacks=[TimeLimit(0)])
+    assert len(history.history["loss"]) == 1
+    assert "TimeLimit of 0 minutes reached after epoch 1: stopping" in capsys.readouterr().out
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[TimeLimit(None)])
+    assert len(history.history["loss"]) == 3
+    with pytest.raises(ValueError, match="minutes"):
+        TimeLimit(-1)
