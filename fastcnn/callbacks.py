@@ -12,12 +12,13 @@ Batch hooks cost a Python call per batch, so :class:`CallbackList` calls them on
 some callback overrides them (or says it wants them: ``wants_batch_hooks(mode)``).
 
 The training callbacks users reach for (Keras's names, arguments and defaults):
-:class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`ReduceLROnPlateau`,
+:class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`ReduceLROnPlateau`, :class:`LearningRateScheduler`,
 :class:`CSVLogger`, :class:`LambdaCallback`.
 """
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import numbers
 import os
@@ -661,6 +662,52 @@ class ReduceLROnPlateau(Callback):
                                    f"rate to {new_lr}.")
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at the start of each epoch: ``schedule(epoch, lr) -> new lr``.
+
+    Keras's callback: ``epoch`` is 0-based, ``lr`` the current rate (a schedule may also
+    take ``epoch`` alone). Each epoch's logs get a ``learning_rate`` entry, as Keras 3 does.
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(f"LearningRateScheduler: schedule must be callable "
+                             f"(epoch, lr) -> lr, got {schedule!r}")
+        self.schedule = schedule
+        try:
+            params = inspect.signature(schedule).parameters.values()
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                           p.POSITIONAL_OR_KEYWORD)]
+            self._two_args = len(positional) >= 2 or any(
+                p.kind == p.VAR_POSITIONAL for p in params)
+        except (TypeError, ValueError):  # builtins without a signature
+            self._two_args = True
+        self.verbose = _check_verbose(verbose, "LearningRateScheduler")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = getattr(self.model, "optimizer", None)
+        if getattr(optimizer, "learning_rate", None) is None:
+            raise ValueError("LearningRateScheduler needs a compiled model whose optimizer "
+                             "has a learning_rate; call model.compile(optimizer=...) first")
+        lr = float(optimizer.learning_rate)
+        # Keras accepts one-argument schedules too; asking the signature (not catching a
+        # TypeError) keeps a TypeError raised inside the schedule visible.
+        new_lr = self.schedule(epoch, lr) if self._two_args else self.schedule(epoch)
+        if (not isinstance(new_lr, numbers.Real) or isinstance(new_lr, bool)
+                or not math.isfinite(new_lr) or new_lr < 0):
+            raise ValueError(f"LearningRateScheduler: schedule({epoch}, {lr}) returned "
+                             f"{new_lr!r}; expected a finite float >= 0")
+        optimizer.learning_rate = float(new_lr)
+        if self.verbose:
+            _print_msg(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to "
+                       f"{float(new_lr)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
 
 
 # ------------------------------------------------------------------------ CSVLogger

@@ -595,3 +595,51 @@ def test_time_limit_stops_after_the_epoch_in_which_time_ran_out(capsys):
     assert len(history.history["loss"]) == 3
     with pytest.raises(ValueError, match="minutes"):
         TimeLimit(-1)
+
+
+# ------------------------------------------------------------- LearningRateScheduler
+def _lr_model():
+    model = fastcnn.Sequential([fastcnn.layers.Dense(2, input_shape=(3,))])
+    model.compile(optimizer=fastcnn.optimizers.SGD(0.1), loss="mse")
+    return model
+
+
+def test_learning_rate_scheduler_sets_rate_each_epoch_and_logs_it():
+    model = _lr_model()
+    seen = []
+    cb = fastcnn.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 * 0.5 ** epoch)
+    spy = fastcnn.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: seen.append(model.optimizer.learning_rate))
+    x = np.zeros((4, 3), np.float32)
+    y = np.zeros((4, 2), np.float32)
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[cb, spy])
+    assert seen == [0.1, 0.05, 0.025]
+    assert history.history["learning_rate"] == [0.1, 0.05, 0.025]
+
+
+def test_learning_rate_scheduler_one_argument_schedule_and_errors_inside_stay_visible():
+    model = _lr_model()
+    x, y = np.zeros((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[
+        fastcnn.callbacks.LearningRateScheduler(lambda epoch: 0.01 * (epoch + 1))])
+    assert model.optimizer.learning_rate == pytest.approx(0.02)
+
+    def broken(epoch, lr):
+        raise TypeError("bug inside the schedule")
+    with pytest.raises(TypeError, match="bug inside the schedule"):
+        model.fit(x, y, epochs=1, verbose=0,
+                  callbacks=[fastcnn.callbacks.LearningRateScheduler(broken)])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, "0.1", None])
+def test_learning_rate_scheduler_rejects_a_bad_rate(bad):
+    model = _lr_model()
+    with pytest.raises(ValueError, match="LearningRateScheduler: schedule"):
+        model.fit(np.zeros((4, 3), np.float32), np.zeros((4, 2), np.float32), epochs=1,
+                  verbose=0, callbacks=[fastcnn.callbacks.LearningRateScheduler(
+                      lambda epoch, lr: bad)])
+
+
+def test_learning_rate_scheduler_rejects_a_non_callable():
+    with pytest.raises(ValueError, match="schedule must be callable"):
+        fastcnn.callbacks.LearningRateScheduler(0.1)
