@@ -5,7 +5,7 @@ blocks (32, 64, 128 filters), Flatten, Dropout(0.5), Dense 512 relu, Dense 1 sig
 RMSprop(1e-3), binary cross-entropy, and an ImageDataGenerator that rotates, shifts,
 shears, zooms and flips the training images so that 2,000 pictures go further.
 
-    FASTCNN_DATA=/path/to/data python examples/cats_vs_dogs.py --epochs 24
+    FASTCNN_DATA=/path/to/data python examples/cats_vs_dogs.py --epochs 28
 
 Data: $FASTCNN_DATA/cats-vs-dogs/{train,validation}/{cats,dogs}/*.jpg (default
 ../shared/data next to the repository).
@@ -50,12 +50,20 @@ def build_model(input_shape=(150, 150, 3)):
     return model
 
 
+def lr_schedule(epoch, lr, base=1e-3, decay_from=20):
+    """RMSprop at 1e-3 while the model still learns fast, then halved each epoch: at a
+    fixed 1e-3 the validation accuracy jumps +-3 points from one epoch to the next."""
+    return base if epoch < decay_from else base * 0.5 ** (epoch - decay_from + 1)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=24)
+    p.add_argument("--epochs", type=int, default=28)
     p.add_argument("--backend", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--decay-from", type=int, default=20,
+                   help="the first epoch (0-based) whose learning rate is halved")
     p.add_argument("--limit", type=int, default=None,
                    help="train on this many batches per epoch and validate on as many "
                         "(a quick check; default: all of them)")
@@ -91,12 +99,15 @@ def main(argv=None):
     model.summary()
     print(f"backend={args.backend} epochs={args.epochs} steps_per_epoch={steps} "
           f"validation_steps={val_steps}")
+    schedule = fastcnn.callbacks.LearningRateScheduler(
+        lambda epoch, lr: lr_schedule(epoch, lr, decay_from=args.decay_from))
+    time_limit = fastcnn.callbacks.TimeLimit(args.max_minutes,
+                                             label=f"--max-minutes {args.max_minutes}")
     start = time.perf_counter()
     try:
         history = model.fit(train, steps_per_epoch=steps, epochs=args.epochs,
                             validation_data=val, validation_steps=val_steps, verbose=2,
-                            callbacks=[fastcnn.callbacks.TimeLimit(
-                            args.max_minutes, label=f"--max-minutes {args.max_minutes}")])
+                            callbacks=[schedule, time_limit])
     finally:
         train.close()   # stop the background decoding threads
         val.close()

@@ -5,7 +5,7 @@ stand in for LeCun's 32x32 padded ones), pooling, Conv2D 16 5x5, pooling, then t
 dense 120 -> 84 -> 10 head. ReLU and max pooling replace the original tanh and
 subsampling layers, as the modern tutorials do; Adam trains it to ~99% in a few epochs.
 
-    FASTCNN_DATA=/path/to/data python examples/mnist_lenet.py --epochs 5
+    FASTCNN_DATA=/path/to/data python examples/mnist_lenet.py --epochs 11
 
 Data: $FASTCNN_DATA/mnist/*.gz (the original IDX files).
 """
@@ -38,6 +38,12 @@ def build_model(input_shape=(28, 28, 1), num_classes=10):
     return model
 
 
+def lr_schedule(epoch, lr, base=1e-3, decay_from=5):
+    """Adam's default rate for the first epochs, then halved each epoch: the test
+    accuracy settles at its peak instead of wandering around it (+-0.2 points)."""
+    return base if epoch < decay_from else base * 0.5 ** (epoch - decay_from + 1)
+
+
 def load(limit=None, test_limit=None):
     """MNIST scaled to [0, 1] with a channel axis (NHWC), optionally cut to the first images."""
     (x_train, y_train), (x_test, y_test) = fastcnn.datasets.mnist.load_data()
@@ -48,10 +54,12 @@ def load(limit=None, test_limit=None):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=11)
     p.add_argument("--backend", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--decay-from", type=int, default=5,
+                   help="the first epoch (0-based) whose learning rate is halved")
     p.add_argument("--limit", type=int, default=None,
                    help="train on the first N training images (default: all 60,000)")
     p.add_argument("--test-limit", type=int, default=None,
@@ -71,10 +79,13 @@ def main(argv=None):
     model = build_model()
     model.summary()
     start = time.perf_counter()
+    schedule = fastcnn.callbacks.LearningRateScheduler(
+        lambda epoch, lr: lr_schedule(epoch, lr, decay_from=args.decay_from))
+    time_limit = fastcnn.callbacks.TimeLimit(args.max_minutes,
+                                             label=f"--max-minutes {args.max_minutes}")
     history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
                         validation_data=(x_test, y_test), verbose=2,
-                        callbacks=[fastcnn.callbacks.TimeLimit(
-                            args.max_minutes, label=f"--max-minutes {args.max_minutes}")])
+                        callbacks=[schedule, time_limit])
     train_s = time.perf_counter() - start
     test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     wall = time.perf_counter() - start
