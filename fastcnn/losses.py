@@ -10,6 +10,9 @@ Keras semantics kept here:
   tf.keras does internally, so the gradient is exactly ``(softmax - onehot) / N``.
 * otherwise the output is taken as probabilities and clipped to ``[1e-7, 1 - 1e-7]``
   (Keras's epsilon) before the log; the clip passes no gradient where it is active.
+  On a device backend these probability-space forms (and mean squared error) run on a
+  host copy of the model output, and the gradient goes back to the device: a few NumPy
+  passes over an (N, K) array.
 
 Targets are validated and converted once per ``fit``/``evaluate`` (:meth:`Loss.prepare_targets`),
 never per batch.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backends
+from . import _device, backends
 
 EPSILON = 1e-7
 
@@ -129,10 +132,12 @@ class CategoricalCrossentropy(Loss):
         return np.ascontiguousarray(y, dtype=dtype)
 
     def compute(self, backend, out, y, logits):
-        k = out.shape[-1]
+        k = out.shape[out.ndim - 1]  # not shape[-1]: a simulated device shape refuses it
         if logits:
             loss, d = backend.softmax_cross_entropy(out.reshape(-1, k), y.reshape(-1, k))
             return loss, d.reshape(out.shape)
+        if _device.is_device_array(out):
+            return _device.on_host(self.compute, backend, out, y, logits)
         # Keras: renormalise rows, clip, then -sum(t log p).
         rows = out.size // k
         s = out.sum(axis=-1, keepdims=True)
@@ -190,10 +195,12 @@ class SparseCategoricalCrossentropy(Loss):
         return np.ascontiguousarray(y, dtype=np.intp)
 
     def compute(self, backend, out, y, logits):
-        k = out.shape[-1]
+        k = out.shape[out.ndim - 1]  # not shape[-1]: a simulated device shape refuses it
         if logits:
             loss, d = backend.sparse_softmax_cross_entropy(out.reshape(-1, k), y.reshape(-1))
             return loss, d.reshape(out.shape)
+        if _device.is_device_array(out):
+            return _device.on_host(self.compute, backend, out, y, logits)
         # Keras 3: clip, take the log as logits of a softmax (i.e. renormalise the clipped
         # probabilities): loss = log(sum c) - log(c_label).
         p = out.reshape(-1, k)
@@ -229,6 +236,8 @@ class BinaryCrossentropy(Loss):
             flat = (out.shape[0], -1)  # the kernels take (N, D); the mean is the same
             loss, d = backend.sigmoid_cross_entropy(out.reshape(flat), y.reshape(flat))
             return loss, d.reshape(out.shape)
+        if _device.is_device_array(out):
+            return _device.on_host(self.compute, backend, out, y, logits)
         c = np.clip(out, EPSILON, 1.0 - EPSILON)
         one_minus = 1.0 - c
         loss = -(y * np.log(c) + (1.0 - y) * np.log(one_minus)).sum() / out.size
@@ -251,6 +260,8 @@ class MeanSquaredError(Loss):
         return y
 
     def compute(self, backend, out, y, logits):
+        if _device.is_device_array(out):
+            return _device.on_host(self.compute, backend, out, y, logits)
         diff = out - y
         loss = np.vdot(diff, diff) / diff.size
         diff *= 2.0 / diff.size

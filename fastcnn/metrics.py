@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import losses
+from . import _device, losses
 
 
 class Metric:
@@ -32,8 +32,12 @@ class Metric:
         raise NotImplementedError(f"{type(self).__name__} does not define _correct")
 
     def update_state(self, y_true, y_pred, logits=False):
-        """Adds a batch; ``y_true`` as prepared by the loss (labels int, targets float)."""
-        correct = self._correct(y_true, y_pred, logits)
+        """Adds a batch; ``y_true`` as prepared by the loss (labels int, targets float).
+
+        ``y_pred`` may be a device array (a model on a device backend): the metric reads a
+        host copy of it, one (N, K) array per batch.
+        """
+        correct = self._correct(y_true, _device.to_host(y_pred), logits)
         self._total += float(np.count_nonzero(correct))
         self._count += correct.size
 

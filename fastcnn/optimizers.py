@@ -8,6 +8,9 @@
   save/load needs.
 * The optimizer is bound to the list of weights it first updates (the model's trainable
   weights, in ``model.trainable_weights`` order); any other list raises ValueError.
+* On a device backend (``fastcnn._device.scope``) weights and slots are device arrays and
+  each step runs the backend's update kernel (``sgd_update``, ``adam_update``,
+  ``rmsprop_update``), which does the same arithmetic in the same order.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import math
 import numbers
 
 import numpy as np
+
+from . import _device
 
 
 def _hyper(value, name, low=0.0, high=math.inf, low_open=False, high_open=False):
@@ -34,6 +39,12 @@ class Optimizer:
     """Base class: binds to a list of weights on the first ``apply`` and keeps their state."""
 
     _SLOTS: tuple = ()  # names of the per-weight state arrays
+
+    @property
+    def supports_device(self) -> bool:
+        """Whether this optimizer defines :meth:`_apply_device` (a model on a device
+        backend refuses, at the start of fit, an optimizer that does not)."""
+        return type(self)._apply_device is not Optimizer._apply_device
 
     def __init__(self, learning_rate, name):
         self.learning_rate = learning_rate
@@ -68,10 +79,14 @@ class Optimizer:
             self._variables = variables
             return
         for v in variables:
-            if not isinstance(v, np.ndarray) or not np.issubdtype(v.dtype, np.floating):
+            if not (isinstance(v, np.ndarray) or _device.is_device_array(v)) \
+                    or not np.issubdtype(v.dtype, np.floating):
                 raise ValueError(f"optimizer variables must be float arrays, got {type(v)}")
-        self._slots = {s: [np.zeros_like(v) for v in variables] for s in self._active_slots()}
-        self._scratch = [np.empty_like(v) for v in variables]
+        _device.check_same_kind(variables, "optimizer variables")
+        # Slots live where the weights live (the device inside a device scope).
+        self._slots = {s: [_device.zeros_like(v) for v in variables]
+                       for s in self._active_slots()}
+        self._scratch = [np.empty(v.shape, v.dtype) for v in variables]
         self._variables = variables
 
     def _active_slots(self):
@@ -85,7 +100,10 @@ class Optimizer:
             raise ValueError(
                 f"got {len(grads)} gradients for {len(variables)} variables")
         self.iterations += 1
-        self._apply(grads, variables)
+        if _device.check_same_kind(variables, "optimizer variables"):
+            self._apply_device(_device.update_kernels(), grads, variables)
+        else:
+            self._apply(grads, variables)
 
     def apply_gradients(self, grads_and_vars) -> None:
         """Keras's spelling: ``apply_gradients(zip(grads, variables))``."""
@@ -95,11 +113,17 @@ class Optimizer:
     def _apply(self, grads, variables) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not define _apply")
 
+    def _apply_device(self, kernels, grads, variables) -> None:
+        """The step on device arrays, through the device backend's update ``kernels``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no device update; train on a host backend")
+
     # ----------------------------------------------------------------- state
     def get_state(self) -> dict:
         """``{'iterations': int, 'slots': {slot: [arrays]}}`` (copies)."""
         return {"iterations": self.iterations,
-                "slots": {k: [a.copy() for a in v] for k, v in self._slots.items()}}
+                "slots": {k: [_device.host_copy(a) for a in v]
+                          for k, v in self._slots.items()}}
 
     def set_state(self, state) -> None:
         """Restores :meth:`get_state`'s output; the optimizer must be built (same shapes)."""
@@ -117,7 +141,7 @@ class Optimizer:
                     f"{[b.shape for b in mine]}")
         for name, arrays in slots.items():
             for dst, src in zip(self._slots[name], arrays):
-                dst[...] = src
+                _device.assign(dst, src)
         self.iterations = int(state["iterations"])
 
     def get_config(self) -> dict:
@@ -164,6 +188,13 @@ class SGD(Optimizer):
                 w += tmp
             else:
                 w += m
+
+    def _apply_device(self, kernels, grads, variables):
+        lr, mu = self.learning_rate, self.momentum
+        slots = self._slots.get("momentum") if mu > 0 else None
+        for i, (w, g) in enumerate(zip(variables, grads)):
+            kernels.sgd_update(w, g, None if slots is None else slots[i], lr,
+                               mu if slots is not None else 0.0, self.nesterov)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -212,6 +243,14 @@ class Adam(Optimizer):
             np.divide(m, tmp, out=tmp)
             tmp *= alpha
             w -= tmp
+
+    def _apply_device(self, kernels, grads, variables):
+        ms, vs = self._slots["m"], self._slots["v"]
+        v_hats = self._slots.get("v_hat")
+        for i, (w, g) in enumerate(zip(variables, grads)):
+            kernels.adam_update(w, g, ms[i], vs[i], self.learning_rate, self.beta_1,
+                                self.beta_2, self.epsilon, self.iterations,
+                                v_hat=None if v_hats is None else v_hats[i])
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -264,6 +303,16 @@ class RMSprop(Optimizer):
                 w -= m
             else:
                 w -= tmp
+
+    def _apply_device(self, kernels, grads, variables):
+        slots = self._slots
+        averages = slots.get("average_gradient") if self.centered else None
+        moms = slots.get("momentum") if self.momentum > 0 else None
+        for i, (w, g) in enumerate(zip(variables, grads)):
+            kernels.rmsprop_update(
+                w, g, slots["velocity"][i], None if averages is None else averages[i],
+                None if moms is None else moms[i], self.learning_rate, self.rho,
+                self.momentum if moms is not None else 0.0, self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,

@@ -15,11 +15,19 @@ import numbers
 
 import numpy as np
 
+from . import _device
+
 __all__ = ["Regularizer", "L2", "l2", "get", "serialize"]
 
 
 class Regularizer:
-    """``penalty(w) -> float`` added to the loss; ``gradient(w)`` its derivative."""
+    """``penalty(w) -> float`` added to the loss; ``gradient(w)`` its derivative.
+
+    ``supports_device``: whether ``__call__`` and :func:`add_gradient` work on device arrays
+    (a model on a device backend refuses, at the start of fit, a regularizer that cannot).
+    """
+
+    supports_device = False
 
     def __call__(self, w) -> float:
         raise NotImplementedError(f"{type(self).__name__} does not define __call__")
@@ -44,6 +52,8 @@ class Regularizer:
 class L2(Regularizer):
     """``l2 * sum(w ** 2)`` (Keras's ``L2``; default factor 0.01, as Keras)."""
 
+    supports_device = True
+
     def __init__(self, l2=0.01):
         if (not isinstance(l2, numbers.Real) or isinstance(l2, bool)
                 or not math.isfinite(float(l2)) or float(l2) < 0):
@@ -51,9 +61,8 @@ class L2(Regularizer):
         self.l2 = float(l2)
 
     def __call__(self, w) -> float:
-        w = np.asarray(w)
         # A float, whatever the weights' dtype: it is added to the reported Python float loss.
-        return self.l2 * float(np.vdot(w, w))
+        return self.l2 * _device.sum_squares(w)
 
     def gradient(self, w) -> np.ndarray:
         # A Python float factor keeps float32 weights float32 (NumPy 2 scalar promotion).
@@ -108,4 +117,7 @@ def add_gradient(regularizer, grad, w):
     """``grad + d penalty / dw`` as a new array (``grad`` may belong to a backend buffer)."""
     if regularizer is None:
         return grad
+    if type(regularizer) is L2:  # a subclass may redefine gradient()
+        # grad + 2*l2*w in one pass, on the host or on the device where the arrays live.
+        return _device.add_scaled(grad, w, 2.0 * regularizer.l2)
     return grad + regularizer.gradient(w)

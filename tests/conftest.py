@@ -11,9 +11,21 @@ import pytest  # noqa: E402
 
 from fastcnn import backends  # noqa: E402
 
+# Under the simulator every CUDA thread is a Python thread (about 0.5 ms each), so the
+# generic suites (hypothesis shapes, whole models trained per backend) would take hours
+# on "cuda". There it is left out of them: tests/backends/test_cuda*.py and
+# tests/test_cuda_*.py cover every op of it, forward and backward, against the reference
+# on tiny shapes instead. On a real GPU (NUMBA_ENABLE_CUDASIM=0) it joins the generic suites.
+CUDA_SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+SIMULATOR_SKIP = ("cuda runs under the CUDA simulator here (too slow for the generic "
+                  "suites): tests/backends/test_cuda*.py and tests/test_cuda_*.py cover it "
+                  "on tiny shapes")
+CUDA_TEST_FILES = ("test_cuda",)
+
 # Every registered backend that loads on this machine: registering a new backend is all
 # it takes for the backend suites to test it.
-BACKENDS = backends.available()
+BACKENDS = [name for name in backends.available()
+            if not (name == "cuda" and CUDA_SIMULATED)]
 
 
 # Session scope: hypothesis rejects function-scoped fixtures in @given tests, and the
@@ -32,3 +44,17 @@ def backend(backend_name):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240601)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Test modules that parametrise over ``backends.available()`` themselves get their
+    "cuda" cases skipped, visibly, under the simulator (see BACKENDS above)."""
+    if not CUDA_SIMULATED:
+        return
+    skip = pytest.mark.skip(reason=SIMULATOR_SKIP)
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or item.path.name.startswith(CUDA_TEST_FILES):
+            continue
+        if any(isinstance(v, str) and v == "cuda" for v in callspec.params.values()):
+            item.add_marker(skip)

@@ -215,4 +215,5 @@ register("reference", "fastcnn.backends.reference", "readable NumPy loops: the o
 register("im2col", "fastcnn.backends.im2col", "vectorised NumPy: strided views + one GEMM per op")
 register("numba", "fastcnn.backends.numba_cpu", "Numba @njit kernels (parallel, cached)")
 register("cython", "fastcnn.backends.cython_cpu", "Cython kernels compiled from csrc/ (OpenMP)")
+register("cuda", "fastcnn.backends.cuda", "numba-cuda kernels on an NVIDIA GPU (or the CUDA simulator)")
 register("auto", "fastcnn.backends.auto", "per op, the fastest available backend for that kind of shape")

@@ -15,6 +15,11 @@ hand the loss the logits of a softmax/sigmoid head (Keras's fused cross-entropy)
 
 These methods do no validation: the model checks its input once, before any work.
 The public ``layer(x)`` call validates and builds on first use, like Keras.
+
+``runs_on_device``: True for layers whose forward/backward only call backend ops (or
+reshape), so that on a device backend their arrays can stay on the device
+(:mod:`fastcnn._device`); a layer computing in NumPy itself leaves it False, and a model
+holding it refuses to train on a device backend instead of silently computing on the host.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import re
 
 import numpy as np
 
-from .. import config, initializers, utils
+from .. import _device, config, initializers, utils
 
 _COMMON_KWARGS = ("input_shape", "name", "dtype", "trainable")
 
@@ -117,6 +122,8 @@ def deserialize_initializer(value, argument="initializer"):
 
 class Layer:
     """Base class of every fastcnn layer (Keras's ``keras.layers.Layer``)."""
+
+    runs_on_device = False  # see the module doc
 
     def __init__(self, **kwargs):
         unknown = sorted(set(kwargs) - set(_COMMON_KWARGS))
@@ -245,8 +252,9 @@ class Layer:
         return int(sum(w.size for w in self._weights))
 
     def get_weights(self) -> list:
-        """Copies of the weights (kernel, then bias)."""
-        return [w.copy() for w in self._weights]
+        """Copies of the weights (kernel, then bias), NumPy arrays even while they live on a
+        device (a model on a device backend, during fit)."""
+        return [_device.host_copy(w) for w in self._weights]
 
     def _checked_weights(self, weights) -> list:
         """``weights`` as arrays of the right dtype, or ValueError; assigns nothing."""
@@ -277,7 +285,7 @@ class Layer:
         if not self.built:
             raise ValueError(f"layer {self.name!r} is not built yet; build it before set_weights")
         for old, new in zip(self._weights, self._checked_weights(weights)):
-            old[...] = new
+            _device.assign(old, new)
 
     # --------------------------------------------------------------- compute
     def forward(self, x, training=False):

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .. import activations, backends, utils
+from .. import _device, activations, backends, utils
 from .base import Layer, format_shape, normalize_dtype, normalize_shape, positive_int
 from .kernel_layer import KernelLayer
 
@@ -45,6 +45,8 @@ class Dense(KernelLayer):
 class Flatten(Layer):
     """(N, H, W, C) -> (N, H*W*C) in C order (NHWC), a free view of contiguous input."""
 
+    runs_on_device = True  # a reshape, which device arrays support
+
     def __init__(self, *, data_format=None, **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
@@ -78,7 +80,11 @@ class Dropout(Layer):
     ``noise_shape`` (Keras): the mask's shape, with None taken from the input, broadcast
     over the input (e.g. ``(None, 1, 1, C)`` drops whole feature maps).
     Unseeded, masks come from the package generator (``fastcnn.utils.set_random_seed``).
+    On a device backend the mask is drawn on the host (the same draws as on any backend)
+    and copied to the device once per step.
     """
+
+    runs_on_device = True
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -113,14 +119,17 @@ class Dropout(Layer):
         keep = rng.random(shape, dtype=x.dtype) >= self.rate
         mask = keep.astype(x.dtype)
         mask *= 1.0 / (1.0 - self.rate)
+        if _device.is_device_array(x):
+            # The device product takes equal shapes: broadcast noise_shape here, once.
+            mask = _device.like(x, np.ascontiguousarray(np.broadcast_to(mask, tuple(x.shape))))
         self._cache = mask
-        return x * mask
+        return _device.multiply(x, mask)
 
     def backward(self, dy, need_dx=True):
         if self._cache is None:
             raise self._no_cache()
         mask, self._cache = self._cache, None
-        return dy if mask is False else dy * mask
+        return dy if mask is False else _device.multiply(dy, mask)
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "noise_shape": self.noise_shape,
@@ -129,6 +138,8 @@ class Dropout(Layer):
 
 class Activation(Layer):
     """Applies an activation by name: 'relu', 'sigmoid', 'tanh', 'softmax', 'linear'."""
+
+    runs_on_device = True  # backend ops only
 
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)

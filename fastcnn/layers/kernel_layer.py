@@ -15,6 +15,7 @@ class KernelLayer(Layer):
     """
 
     _base_class = True  # not a layer of its own: save/load's layer registry skips it
+    runs_on_device = True  # backend ops only
 
     def __init__(self, activation, use_bias, kernel_initializer, bias_initializer,
                  kernel_regularizer, bias_regularizer, **kwargs):

@@ -8,6 +8,7 @@ from .conv import check_data_format, check_rank4
 
 class _Pooling2D(Layer):
     _OP = None  # kernel name prefix: 'maxpool2d' or 'avgpool2d'
+    runs_on_device = True  # backend ops only
 
     def __init__(self, pool_size=2, strides=None, padding="valid", *, data_format=None,
                  **kwargs):

@@ -10,6 +10,7 @@ import numbers
 
 import numpy as np
 
+from .. import _device
 from .base import Layer, format_shape
 from .conv import check_data_format, check_rank4
 
@@ -80,6 +81,8 @@ class ZeroPadding2D(Layer):
 class Reshape(Layer):
     """Reshapes each sample to ``target_shape`` (batch dimension excluded; one -1 allowed)."""
 
+    runs_on_device = True  # a reshape, which device arrays support
+
     def __init__(self, target_shape, **kwargs):
         super().__init__(**kwargs)
         if _is_int(target_shape):
@@ -125,7 +128,9 @@ class Reshape(Layer):
         if self._cache is None:
             raise self._no_cache()
         shape, self._cache = self._cache, None
-        return np.ascontiguousarray(dy).reshape(shape)
+        if not _device.is_device_array(dy):  # device arrays from the kernels are contiguous
+            dy = np.ascontiguousarray(dy)
+        return dy.reshape(shape)
 
     def get_config(self):
         return {**super().get_config(), "target_shape": list(self.target_shape)}
