@@ -43,7 +43,8 @@ def forward(backend, name: str, x):
         return x, None
     if name == "softmax" and x.ndim != 2:
         # The kernels define softmax on (N, K); any rank reduces to that with a free view.
-        y, ctx = getattr(backend, ops[0])(x.reshape(-1, x.shape[-1]))
+        # shape[ndim - 1], not shape[-1]: the CUDA simulator's arrays refuse negative indices
+        y, ctx = getattr(backend, ops[0])(x.reshape(-1, x.shape[x.ndim - 1]))
         return y.reshape(x.shape), (ctx, x.shape)
     return getattr(backend, ops[0])(x)
 
@@ -55,5 +56,6 @@ def backward(backend, name: str, dy, ctx):
         return dy
     if name == "softmax" and dy.ndim != 2:
         inner, shape = ctx
-        return getattr(backend, ops[1])(dy.reshape(-1, shape[-1]), inner).reshape(shape)
+        return getattr(backend, ops[1])(dy.reshape(-1, shape[len(shape) - 1]),
+                                        inner).reshape(shape)
     return getattr(backend, ops[1])(dy, ctx)

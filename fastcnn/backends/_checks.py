@@ -32,16 +32,23 @@ def check_pool_windows_touch_input(spatial, window, stride, pad, out):
             )
 
 
+def _got(a) -> str:
+    if isinstance(a, np.ndarray):
+        return str(a.dtype)
+    if hasattr(a, "copy_to_host"):  # a numba CUDA device array (real or simulated)
+        return (f"a CUDA device array ({type(a).__name__}); the cuda backend's arrays stay "
+                f"on the device: copy it with .copy_to_host(), or run this op on 'cuda'")
+    return type(a).__name__
+
+
 def check_float(name, a):
     if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        raise TypeError(f"{name} must be a float32 or float64 numpy array, got {got}")
+        raise TypeError(f"{name} must be a float32 or float64 numpy array, got {_got(a)}")
 
 
 def check_same_dtype(name, a, like):
     if not isinstance(a, np.ndarray) or a.dtype != like.dtype:
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        raise TypeError(f"{name} must be a numpy array of dtype {like.dtype}, got {got}")
+        raise TypeError(f"{name} must be a numpy array of dtype {like.dtype}, got {_got(a)}")
 
 
 def check_rank(name, a, ndim, layout):

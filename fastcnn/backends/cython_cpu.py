@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastcnn import _extensions
+from fastcnn.backends import _checks
 from fastcnn.shapes import padded_output_shape
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -48,6 +49,8 @@ _ACT_NONE = 0
 
 def _float_array(a, name, dtype=None, ndim=None):
     """``a`` as a C-contiguous float array (no copy when it already is one)."""
+    if hasattr(a, "copy_to_host"):  # a CUDA device array: never an implicit device->host copy
+        raise TypeError(f"{name} must be a float32 or float64 numpy array, got {_checks._got(a)}")
     a = np.asarray(a)
     if a.dtype not in _FLOATS:
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
