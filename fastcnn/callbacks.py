@@ -5,6 +5,12 @@ batch ``on_train_batch_begin(batch)`` / ``on_train_batch_end(batch, logs)`` (log
 running means of the epoch so far), ``on_epoch_end(epoch, logs)`` (the epoch's loss and
 metrics, with ``val_`` entries when validating), and ``on_train_end``. A callback may set
 ``self.model.stop_training = True``; fit stops after the current epoch.
+
+Under :mod:`fastcnn.distributed` (several MPI processes) every callback runs on every
+process and sees the same logs (summed over the processes), so their decisions agree;
+only rank 0 prints (the progress bar and callback messages) and writes files
+(ModelCheckpoint, CSVLogger). A user's own callback that writes files should check
+``fastcnn.distributed.is_primary()``.
 The ``on_test_*`` and ``on_predict_*`` hooks are Keras's hooks for ``evaluate`` and
 ``predict``; :class:`ProgbarLogger` draws their bar and ignores them inside ``fit``.
 
@@ -25,6 +31,8 @@ import os
 import sys
 import time
 import warnings
+
+from . import distributed
 
 
 class Callback:
@@ -63,6 +71,11 @@ _BATCH_HOOKS = {
 }
 
 
+def _primary() -> bool:
+    """False on every MPI process but rank 0 (True without fastcnn.distributed)."""
+    return distributed.current().is_primary
+
+
 def _overrides(callback, hook):
     return getattr(type(callback), hook) is not getattr(Callback, hook)
 
@@ -79,8 +92,10 @@ class CallbackList(Callback):
                 raise ValueError(
                     f"callbacks must be fastcnn.callbacks.Callback instances, got {cb!r}")
         self.history = None
-        # Keras: a History or ProgbarLogger the user passed is used, not doubled.
-        if add_progbar and verbose and not any(isinstance(cb, ProgbarLogger) for cb in callbacks):
+        # Keras: a History or ProgbarLogger the user passed is used, not doubled. Under MPI
+        # only rank 0 draws a bar.
+        if add_progbar and verbose and _primary() and not any(
+                isinstance(cb, ProgbarLogger) for cb in callbacks):
             callbacks.insert(0, ProgbarLogger(verbose=verbose))
         if add_history:
             self.history = next((cb for cb in callbacks if isinstance(cb, History)), None)
@@ -236,17 +251,22 @@ class ProgbarLogger(Callback):
         # sys.stdout looked up at each write: pytest's capsys and redirections swap it
         return self._stream if self._stream is not None else sys.stdout
 
+    @property
+    def _shown(self) -> bool:
+        # Under MPI the bar is rank 0's alone (its logs are already the global ones).
+        return bool(self.verbose) and _primary()
+
     def _dynamic(self):
         isatty = getattr(self.stream, "isatty", None)
         return bool(isatty and isatty())
 
     def wants_batch_hooks(self, mode) -> bool:
         # Only the live bar needs per-batch calls; verbose=2 and logs to files do not.
-        return mode in _BATCH_HOOKS and self.verbose == 1 and self._dynamic()
+        return mode in _BATCH_HOOKS and self.verbose == 1 and _primary() and self._dynamic()
 
     # ------------------------------------------------------------ the bar
     def _start_bar(self):
-        self._is_dynamic = self.verbose == 1 and self._dynamic()
+        self._is_dynamic = self.verbose == 1 and _primary() and self._dynamic()
         self._steps = self.params.get("steps")
         self._start = time.perf_counter()
         self._last_draw = 0.0
@@ -290,14 +310,14 @@ class ProgbarLogger(Callback):
     # -------------------------------------------------------------- fit
     def on_train_begin(self, logs=None):
         self._in_fit = True
-        self._is_dynamic = self.verbose == 1 and self._dynamic()
+        self._is_dynamic = self.verbose == 1 and _primary() and self._dynamic()
 
     def on_train_end(self, logs=None):
         self._in_fit = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start_bar()
-        if self.verbose:
+        if self._shown:
             self.stream.write(f"Epoch {epoch + 1}/{self.params.get('epochs')}\n")
             self.stream.flush()
 
@@ -305,7 +325,7 @@ class ProgbarLogger(Callback):
         self._update(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.verbose:
+        if self._shown:
             self._finish(logs)
 
     # ---------------------------------------------------- evaluate / predict
@@ -318,7 +338,7 @@ class ProgbarLogger(Callback):
             self._update(batch, logs)
 
     def on_test_end(self, logs=None):
-        if not self._in_fit and self.verbose:
+        if not self._in_fit and self._shown:
             self._finish(logs)
 
     def on_predict_begin(self, logs=None):
@@ -329,7 +349,7 @@ class ProgbarLogger(Callback):
         self._update(batch, None)
 
     def on_predict_end(self, logs=None):
-        if self.verbose:
+        if self._shown:
             self._finish(None)
 
 
@@ -386,6 +406,8 @@ def _monitor_value(logs, monitor, who):
 
 
 def _print_msg(message):
+    if not _primary():   # under MPI: said once, by rank 0
+        return
     sys.stdout.write(message + "\n")
     sys.stdout.flush()
 
@@ -576,6 +598,8 @@ class ModelCheckpoint(Callback):
             path = self._file_path(epoch, batch, logs)
             if self.verbose:
                 _print_msg(f"{lead}Epoch {epoch + 1}: saving model to {path}")
+        if not _primary():   # under MPI: one file, written by rank 0
+            return
         folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -738,12 +762,17 @@ class CSVLogger(Callback):
         self.keys = None
         self.writer = None
         self.append_header = True
+        self.csv_file = None
+        if not _primary():   # under MPI: one file, written by rank 0
+            return
         if self.append and os.path.exists(self.filename):
             with open(self.filename, newline="") as f:
                 self.append_header = not f.readline()
         self.csv_file = open(self.filename, "a" if self.append else "w", newline="")
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.csv_file is None:   # not rank 0 under MPI
+            return
         logs = logs or {}
         if self.keys is None:
             self.keys = sorted(logs)
@@ -797,7 +826,8 @@ class TimeLimit(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.minutes is not None and time.perf_counter() - self.start > 60 * self.minutes:
-            print(f"{self.label} reached after epoch {epoch + 1}: stopping")
+            # Under MPI the clocks differ: fit stops every process when any one stops.
+            _print_msg(f"{self.label} reached after epoch {epoch + 1}: stopping")
             self.model.stop_training = True
 
 

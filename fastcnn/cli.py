@@ -14,6 +14,10 @@ A user error (a missing file, a file that is not a fastcnn model, an unknown dat
 without images, a bad option value) prints one line ``fastcnn: error: ...`` on stderr and exits
 with 2 (bad usage: options and arguments) or 1 (an error while running), never a traceback.
 Set ``FASTCNN_TRACEBACK=1`` to get the traceback of a runtime error instead (for bug reports).
+
+Under an MPI launcher (``mpiexec -n 4 fastcnn train ...``) the commands run data-parallel
+(:mod:`fastcnn.distributed`): ``--batch-size`` is the global batch, only rank 0 prints and
+writes files, and an error on any process ends every process with a non-zero status.
 """
 from __future__ import annotations
 
@@ -466,7 +470,10 @@ def _first_test_image(data):
 def _save_plots(viz, directory, model, history, data, batch_size):
     import matplotlib.pyplot as plt
 
+    # predict is collective under MPI: every process takes part, rank 0 draws and writes.
     y_true, y_pred = _predicted_classes(model, data, batch_size)
+    if not fastcnn.distributed.current().is_primary:
+        return []
     figures = {
         "history": lambda: viz.plot_history(history),
         "filters": lambda: viz.plot_filters(model),
@@ -555,7 +562,8 @@ def run_train(args) -> int:
                                            else OTHER_LEARNING_RATE)
     print(data.description)
     print(
-        f"backend: {backend} | epochs: {epochs} | batch size: {args.batch_size} | "
+        f"backend: {backend} | epochs: {epochs} | batch size: {args.batch_size}"
+        f"{_processes_note()} | "
         f"learning rate: {learning_rate:g} | seed: {args.seed}"
     )
     with fastcnn.use_backend(backend):
@@ -584,8 +592,9 @@ def run_train(args) -> int:
     print(f"{data.test_name} loss: {test_loss:.4f}")
     print(f"{data.test_name} accuracy: {test_accuracy:.4f} ({correct}/{n})")
     if args.save:  # before the plots: a plotting failure must not lose the trained model
-        model.save(args.save)
-        sidecar = _write_classes(args.save, data.class_names, dataset)
+        model.save(args.save)   # under MPI: rank 0 writes, the others return at once
+        sidecar = (_write_classes(args.save, data.class_names, dataset)
+                   if fastcnn.distributed.current().is_primary else None)
         print(f"saved the model to {args.save} and its class names to {sidecar}")
     if viz is not None:
         with fastcnn.use_backend(backend):
@@ -787,8 +796,41 @@ def _warning_printer():
     return show
 
 
+def _start_distributed(command):
+    """Under an MPI launcher with several processes: fastcnn.distributed.init(), and
+    only rank 0 keeps its standard output (errors stay visible on every process)."""
+    from fastcnn.distributed._strategy import _launched_processes
+
+    if command == "info" or _launched_processes() <= 1:
+        return
+    fastcnn.distributed.init()
+    if not fastcnn.distributed.is_primary():
+        sys.stdout.flush()
+        sys.stdout = open(os.devnull, "w")
+
+
+def _processes_note() -> str:
+    size = fastcnn.distributed.current().size
+    return "" if size == 1 else f" (global, shared by {size} processes)"
+
+
+def _process_label() -> str:
+    dist = fastcnn.distributed.current()
+    return "" if dist.size == 1 else f" (process {dist.rank} of {dist.size})"
+
+
 def main(argv=None) -> int:
     """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    status = _main(argv)
+    dist = fastcnn.distributed.current()
+    if status and dist.size > 1:
+        # An error on one process alone would leave the others waiting in their next
+        # collective call forever: end them all, with this status.
+        dist.abort(status)
+    return status
+
+
+def _main(argv):
     parser = make_parser()
     try:
         args = parser.parse_args(argv)
@@ -804,12 +846,13 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer()
         try:
+            _start_distributed(args.command)
             return args.handler(args)
         except USER_ERRORS as exc:
             if os.environ.get("FASTCNN_TRACEBACK"):
                 raise
             sys.stdout.flush()
-            print(f"fastcnn: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"fastcnn: error{_process_label()}: {_one_line(exc)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("\nfastcnn: interrupted", file=sys.stderr)

@@ -5,6 +5,11 @@ softmax/sigmoid when Keras would fuse it), each layer's ``backward`` in reverse,
 optimizer update in place. Everything that can be checked is checked once per call of
 ``fit``/``evaluate``/``predict`` on the whole arrays, before any work, so the per-batch path
 does no validation and no conversion.
+
+Data parallelism (:mod:`fastcnn.distributed`, several MPI processes) lives in a strategy
+object, ``distributed.current()``, that this module calls at a few points: which share of a
+global batch this process takes, the sums of the loss, the metrics' counts and the gradients
+over the processes, the start-of-fit broadcast. With one process every call is the identity.
 """
 from __future__ import annotations
 
@@ -14,8 +19,8 @@ import warnings
 
 import numpy as np
 
-from . import backends, callbacks as callbacks_module, config, losses, metrics as metrics_module
-from . import optimizers, utils
+from . import backends, callbacks as callbacks_module, config, distributed, losses
+from . import metrics as metrics_module, optimizers, utils
 from .layers.base import Layer, format_shape, normalize_shape
 from .layers.core import Input
 
@@ -331,13 +336,13 @@ class Sequential:
         return plan
 
     # ---------------------------------------------------------- input checks
-    def _check_x(self, x, argument="x"):
+    def _check_x(self, x, argument="x", allow_empty=False):
         if x is None:
             raise ValueError(f"{argument} is required (an array of inputs), got None")
         x = np.asarray(x)
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
             raise ValueError(f"{argument} must be a numeric array, got dtype {x.dtype}")
-        if x.ndim == 0 or len(x) == 0:
+        if x.ndim == 0 or (len(x) == 0 and not allow_empty):
             raise ValueError(f"{argument} must hold at least one sample, got shape {x.shape}")
         if not self.built:
             if not self._layers:
@@ -387,11 +392,26 @@ class Sequential:
         return plan["head"].forward(x, training)
 
     def _train_step(self, plan, x, y, epoch=None, batch=None):
-        out = self._forward(plan, x, True, plan["fused"])
-        loss, dy = self.loss.compute(backends.current(), out, y, plan["logits"])
-        # Regularizers' penalties (Keras reports them in the loss); their gradients are
-        # added by each layer's backward.
-        loss = float(loss) + sum(layer.regularization_loss() for layer in self._layers)
+        """One optimizer step; ``(mean loss, samples)`` of the batch.
+
+        Under fastcnn.distributed, ``x`` is this process's share of the global batch (empty
+        for some processes in a short last batch) and the strategy sums the loss, the
+        metrics' counts and the gradients over the processes: the returned values are the
+        global batch's, the same on every process.
+        """
+        dist = distributed.current()
+        n = len(x)
+        out = dy = None
+        loss = 0.0
+        if n:
+            out = self._forward(plan, x, True, plan["fused"])
+            loss, dy = self.loss.compute(backends.current(), out, y, plan["logits"])
+            # Regularizers' penalties (Keras reports them in the loss); their gradients are
+            # added by each layer's backward.
+            loss = float(loss) + sum(layer.regularization_loss() for layer in self._layers)
+        # Updates the metrics; under MPI sums over the processes, so that all of them raise
+        # below together (none is left waiting in the gradient Allreduce).
+        loss, total = dist.reduce_batch(plan, loss, n, y, out)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss} "
@@ -399,33 +419,41 @@ class Sequential:
                    else f"at epoch {epoch + 1}, batch {batch + 1}")
                 + "; training stopped before this batch's update "
                 "(try a lower learning rate, or check x and y for NaN/inf)")
-        for m in plan["metrics"]:
-            m.update_state(y, out, plan["logits"])
-        for layer in plan["backward_layers"]:
-            dy = layer.backward(dy)
-        if plan["first_trainable"] is not None:
-            plan["first_trainable"].backward(dy, need_dx=False)
-        grads = [g for layer in plan["train_layers"] for g in layer.grads]
+        grads = None
+        if n:
+            for layer in plan["backward_layers"]:
+                dy = layer.backward(dy)
+            if plan["first_trainable"] is not None:
+                plan["first_trainable"].backward(dy, need_dx=False)
+            grads = [g for layer in plan["train_layers"] for g in layer.grads]
+        grads = dist.average_gradients(plan, grads, n, total)
         self.optimizer.apply(grads, plan["train_vars"])
-        return loss
+        return loss, total
 
     def _test_step(self, plan, x, y):
-        out = self._forward(plan, x, False, plan["fused"])
-        loss, _ = self.loss.compute(backends.current(), out, y, plan["logits"])
-        for m in plan["metrics"]:
-            m.update_state(y, out, plan["logits"])
-        return float(loss) + sum(layer.regularization_loss() for layer in self._layers)
+        """``(mean loss, samples)`` of the batch in inference mode (global under MPI)."""
+        n = len(x)
+        out, loss = None, 0.0
+        if n:
+            out = self._forward(plan, x, False, plan["fused"])
+            loss, _ = self.loss.compute(backends.current(), out, y, plan["logits"])
+            loss = float(loss) + sum(layer.regularization_loss() for layer in self._layers)
+        return distributed.current().reduce_batch(plan, loss, n, y, out)
 
     def _evaluate_arrays(self, plan, x, y, batch_size, cbs=None):
+        dist = distributed.current()
+        dist.agree("evaluate/validation", samples=len(x), batch_size=batch_size, x=x, y=y)
         for m in plan["metrics"]:
             m.reset_state()
         hooks = cbs is not None and cbs.needs_batch_hooks("test")
         n, total = len(x), 0.0
         for batch, start in enumerate(range(0, n, batch_size)):
-            stop = min(start + batch_size, n)
-            total += self._test_step(plan, x[start:stop], y[start:stop]) * (stop - start)
+            lo, hi = dist.shard(start, min(start + batch_size, n))
+            loss, count = self._test_step(plan, x[lo:hi], y[lo:hi])
+            total += loss * count
             if hooks:
-                cbs.on_test_batch_end(batch, self._running_logs(plan, total / stop))
+                cbs.on_test_batch_end(batch, self._running_logs(
+                    plan, total / min(start + batch_size, n)))
         return self._running_logs(plan, total / n)
 
     @staticmethod
@@ -450,6 +478,7 @@ class Sequential:
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size)
+        dist = distributed.current()
         epochs = _check_count(epochs, "epochs")
         initial_epoch = _check_count(initial_epoch, "initial_epoch")
         verbose = _check_verbose(verbose)
@@ -464,10 +493,12 @@ class Sequential:
             raise ValueError(
                 f"steps_per_epoch applies when x is an iterator of batches; with arrays use "
                 f"batch_size (got steps_per_epoch={steps_per_epoch!r})")
+        dist.check_batch_size(batch_size)
         x, y = self._check_xy(x, y)
         x_val = y_val = val_source = None
         if _is_batch_source(validation_data):
             val_source = validation_data
+            dist.prepare_source(val_source, "validation_data")
             validation_steps = _source_steps(validation_data, validation_steps,
                                              "validation_steps")
         elif validation_data is not None:
@@ -492,14 +523,18 @@ class Sequential:
 
         n = len(x)
         steps = -(-n // batch_size)
+        # Under MPI: every process shares out the same data, in rank 0's order or none.
+        dist.agree("fit's data", samples=n, shuffle=bool(shuffle), x=x, y=y)
 
         def epoch_batches(epoch):
-            order = utils.get_rng().permutation(n) if shuffle else None
+            # Under MPI: rank 0's order, and this process's share of each global batch.
+            order = dist.permutation(n) if shuffle else None
             for start in range(0, n, batch_size):
+                lo, hi = dist.shard(start, min(start + batch_size, n))
                 if order is None:
-                    yield x[start:start + batch_size], y[start:start + batch_size]
+                    yield x[lo:hi], y[lo:hi]
                 else:
-                    idx = order[start:start + batch_size]
+                    idx = order[lo:hi]
                     yield x[idx], y[idx]
 
         return self._train_epochs(
@@ -526,6 +561,10 @@ class Sequential:
             callbacks, model=self, add_history=True, add_progbar=True, verbose=verbose,
             params=params)
         batch_hooks = cbs.needs_batch_hooks("train")
+        dist = distributed.current()
+        if plan is not None:   # None: no epoch to run (epochs <= initial_epoch)
+            # Under MPI: same model and data sizes everywhere, then rank 0's weights for all.
+            dist.start_fit(self, plan, dict(params, initial_epoch=initial_epoch))
         self.stop_training = False
         cbs.on_train_begin()
         logs = {}
@@ -537,16 +576,19 @@ class Sequential:
             for batch, (xb, yb) in enumerate(epoch_batches(epoch)):
                 if batch_hooks:
                     cbs.on_train_batch_begin(batch)
-                loss = self._train_step(plan, xb, yb, epoch, batch)
-                loss_sum += loss * len(xb)
-                seen += len(xb)
+                loss, count = self._train_step(plan, xb, yb, epoch, batch)
+                loss_sum += loss * count
+                seen += count
                 if batch_hooks:
                     cbs.on_train_batch_end(batch, self._running_logs(plan, loss_sum / seen))
             if seen == 0:  # an iterator that ran out before this epoch's first batch
                 break
+            dist.end_epoch(self)   # under MPI: one set of BatchNormalization statistics
             logs = self._running_logs(plan, loss_sum / seen)
             logs.update({"val_" + k: v for k, v in validate(plan).items()})
             cbs.on_epoch_end(epoch, logs)
+            # Under MPI all processes stop together (a callback may decide on one alone).
+            self.stop_training = dist.any(self.stop_training)
             if self.stop_training:
                 break
         cbs.on_train_end(logs)
@@ -573,6 +615,9 @@ class Sequential:
                 f"(flow_from_directory: a class_mode other than None)")
         else:
             xb, yb = batch, None
+        if distributed.current().size > 1 and len(xb) == 0:
+            # this process's empty share of a short last batch: nothing to check in y
+            return self._check_x(xb, f"{name} batch x", allow_empty=True), yb
         if not need_y:
             return self._check_x(xb, f"{name} batch x"), None
         return self._check_xy(xb, yb, f"{name} batch x", f"{name} batch y")
@@ -585,10 +630,12 @@ class Sequential:
 
     def _evaluate_batches(self, source, steps, name, plan=None, cbs=None):
         hooks = cbs is not None and cbs.needs_batch_hooks("test")
+        dist = distributed.current()
+        dist.agree(f"the number of batches of {name}", steps=steps)
         total, seen = 0.0, 0
         for step in range(steps):
             got = self._next_xy(source, name)
-            if got is None:
+            if not dist.all(got is not None):   # under MPI: stop together
                 self._ran_out(name, step, steps)
                 break
             if step == 0:
@@ -596,8 +643,9 @@ class Sequential:
                 for m in plan["metrics"]:
                     m.reset_state()
             xb, yb = got
-            total += self._test_step(plan, xb, yb) * len(xb)
-            seen += len(xb)
+            loss, count = self._test_step(plan, xb, yb)
+            total += loss * count
+            seen += count
             if hooks:
                 cbs.on_test_batch_end(step, self._running_logs(plan, total / seen))
         if seen == 0:
@@ -616,9 +664,12 @@ class Sequential:
                 f"validation_split={validation_split} needs arrays; with an iterator pass "
                 f"validation_data=(x_val, y_val) or a validation iterator")
         steps = _source_steps(source, steps_per_epoch, "steps_per_epoch")
+        dist = distributed.current()
+        dist.prepare_source(source, "x")
         val_source = x_val = y_val = None
         if _is_batch_source(validation_data):
             val_source = validation_data
+            dist.prepare_source(val_source, "validation_data")
             validation_steps = _source_steps(validation_data, validation_steps,
                                              "validation_steps")
         elif validation_data is not None and (
@@ -627,8 +678,9 @@ class Sequential:
                 "validation_data must be a tuple (x_val, y_val) or an iterator of batches, "
                 f"got {type(validation_data).__name__}")
         pending = self._next_xy(source, "x") if epochs > initial_epoch else None
-        if pending is None and epochs > initial_epoch:
-            raise ValueError("x yielded no batches")
+        if epochs > initial_epoch and not dist.all(pending is not None):
+            raise ValueError("x yielded no batches"
+                             + (" on at least one process" if dist.size > 1 else ""))
         if validation_data is not None and val_source is None:
             x_val, y_val = self._check_xy(validation_data[0], validation_data[1],
                                           "validation_data[0]", "validation_data[1]")
@@ -639,7 +691,7 @@ class Sequential:
             for batch in range(steps):
                 got, pending = (pending, None) if pending is not None \
                     else (self._next_xy(source, "x"), None)
-                if got is None:
+                if not dist.all(got is not None):   # under MPI: stop together
                     self._ran_out("x", epoch * steps + batch, epochs * steps)
                     self.stop_training = True
                     return
@@ -667,6 +719,7 @@ class Sequential:
                     f"y must be None when x is an iterator of (x, y) batches (the targets "
                     f"come from it), got {type(y).__name__}")
             steps = _source_steps(x, steps, "steps")
+            distributed.current().prepare_source(x, "x")
             cbs = self._progress(callbacks, steps, verbose)
             cbs.on_test_begin()
             logs = self._evaluate_batches(x, steps, "x", cbs=cbs)
@@ -675,6 +728,7 @@ class Sequential:
         if steps is not None:
             raise ValueError(f"steps applies when x is an iterator of batches; with arrays "
                              f"use batch_size (got steps={steps!r})")
+        distributed.current().check_batch_size(batch_size)
         x, y = self._check_xy(x, y)
         plan = self._prepare()
         cbs = self._progress(callbacks, -(-len(x) // batch_size), verbose)
@@ -696,21 +750,27 @@ class Sequential:
         """
         batch_size = _check_batch_size(batch_size)
         verbose = _check_verbose(verbose)
+        dist = distributed.current()
         if _is_batch_source(x):
             steps = _source_steps(x, steps, "steps")
+            dist.prepare_source(x, "x")
             return self._predict_batches(x, steps, self._progress(callbacks, steps, verbose))
         if steps is not None:
             raise ValueError(f"steps applies when x is an iterator of batches; with arrays "
                              f"use batch_size (got steps={steps!r})")
+        dist.check_batch_size(batch_size)
         x = self._check_x(x)
         n = len(x)
+        dist.agree("predict", samples=n, batch_size=batch_size, x=x)
         cbs = self._progress(callbacks, -(-n // batch_size), verbose)
         hooks = cbs.needs_batch_hooks("predict")
         cbs.on_predict_begin()
         out = None
         for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
-            yb = self._infer(x[start:stop])
+            # Under MPI: this process's share, then every share on every process, in order.
+            lo, hi = dist.shard(start, stop)
+            yb = dist.gather(self._infer_part(x[lo:hi]))
             if out is None:
                 out = np.empty((n,) + yb.shape[1:], dtype=yb.dtype)
             out[start:stop] = yb
@@ -721,14 +781,16 @@ class Sequential:
 
     def _predict_batches(self, source, steps, cbs):
         hooks = cbs.needs_batch_hooks("predict")
+        dist = distributed.current()
+        dist.agree("the number of batches of x", steps=steps)
         cbs.on_predict_begin()
         outs = []
         for step in range(steps):
             got = self._next_xy(source, "x", need_y=False)
-            if got is None:
+            if not dist.all(got is not None):   # under MPI: stop together
                 self._ran_out("x", step, steps)
                 break
-            outs.append(self._infer(got[0]))
+            outs.append(dist.gather(self._infer_part(got[0])))
             if hooks:
                 cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
         if not outs:
@@ -740,6 +802,12 @@ class Sequential:
         for layer in self._layers:
             x = layer.forward(x, False)
         return x
+
+    def _infer_part(self, x):
+        """``_infer``, also for a process's empty share of a batch (under MPI)."""
+        if len(x) == 0:
+            return np.empty((0,) + self.output_shape[1:], dtype=self._dtype)
+        return self._infer(x)
 
     def __call__(self, x, training=False):
         """Eager forward pass on an array (Keras's ``model(x)``)."""
@@ -754,9 +822,10 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x, y = self._check_xy(x, y)
         plan = self._prepare_training()
+        distributed.current().start_batch(self, plan)   # under MPI: rank 0's weights, once
         for m in plan["metrics"]:
             m.reset_state()
-        loss = self._train_step(plan, x, y)
+        loss, _ = self._train_step(plan, x, y)
         return self._result({"loss": loss, **{m.name: m.result() for m in plan["metrics"]}})
 
     def test_on_batch(self, x, y):
@@ -766,7 +835,7 @@ class Sequential:
         plan = self._prepare()
         for m in plan["metrics"]:
             m.reset_state()
-        loss = self._test_step(plan, x, y)
+        loss, _ = self._test_step(plan, x, y)
         return self._result({"loss": loss, **{m.name: m.result() for m in plan["metrics"]}})
 
     def predict_on_batch(self, x):

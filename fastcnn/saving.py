@@ -27,6 +27,12 @@ Why it is safe to load a file from elsewhere:
 Why a crash mid-save cannot destroy the previous file: the archive is written to a
 temporary file in the target's folder, flushed and fsync'ed, then renamed over the target
 with :func:`os.replace` (atomic on POSIX and Windows); any error removes the temporary file.
+
+Under :mod:`fastcnn.distributed` (several MPI processes, one model everywhere) only rank 0
+writes: ``save_model``/``save_weights`` return at once on the other processes, without
+touching the file system (it may not even be shared). A process that must read the file
+right after it was saved waits with ``fastcnn.distributed.barrier()`` after the save.
+Loading is the same on every process.
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ import zlib
 
 import numpy as np
 
-from . import __version__, losses, metrics as metrics_module, optimizers
+from . import __version__, distributed, losses, metrics as metrics_module, optimizers
 from .layers.base import Layer
 from .layers.core import Input
 from .model import Sequential
@@ -303,9 +309,11 @@ def _weight_entries(model):
 def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
     """Writes ``model`` (architecture, weights, compile config, optimizer state) to one file."""
     _check_overwrite_arg(overwrite)
-    path = _check_save_path(filepath)
     if not isinstance(model, Sequential):
         raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
+    if not distributed.current().is_primary:   # under MPI: rank 0 writes the one file
+        return
+    path = _check_save_path(filepath)
     weights_index, arrays = _weight_entries(model)
     meta = _meta("model")
     meta["model"] = model_to_config(model)
@@ -325,11 +333,13 @@ def save_weights(model, filepath, overwrite=True) -> None:
     weights too.
     """
     _check_overwrite_arg(overwrite)
-    path = _check_save_path(filepath)
     if not isinstance(model, Sequential):
         raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built, so it has no weights to save")
+    if not distributed.current().is_primary:   # under MPI: rank 0 writes the one file
+        return
+    path = _check_save_path(filepath)
     weights_index, arrays = _weight_entries(model)
     meta = _meta("weights")
     meta["weights"] = weights_index

@@ -16,6 +16,14 @@ reported in one warning and ignored. A listed file that fails to decode is repor
 image of the same batch (so batch shapes stay fixed), and it is left out of later epochs.
 ``filenames``/``classes``/``samples`` keep describing the listing; ``skipped`` names the
 files dropped so far.
+
+Under :mod:`fastcnn.distributed` (several MPI processes) ``batch_size`` is the GLOBAL batch
+and every process receives only its contiguous share of each batch: a folder iterator
+decodes only its own files. The random augmentation of a batch is drawn for the whole
+batch and each process applies its part, so the processes together see exactly the
+batches one process would see. ``fit``/``evaluate``/``predict`` give every process rank 0's
+seed and position first. An undecodable file stays in the order there (each process still
+fills its slot from its own share), so that every process keeps cutting the same batches.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ import weakref
 
 import numpy as np
 
-from .. import config, utils
+from .. import config, distributed, utils
 from ._affine import FILL_MODES, _matrices, affine_matrix, warp_batch
 
 __all__ = ["ImageDataGenerator", "Iterator", "NumpyArrayIterator", "DirectoryIterator",
@@ -137,17 +145,25 @@ class ImageDataGenerator:
             zx, zy = rng.uniform(self.zoom_range[0], self.zoom_range[1], (2, n))
         return _matrices(h, w, theta, tx, ty, shear, zx, zy)
 
-    def _transform_batch(self, x, rng):
+    def _transform_batch(self, x, rng, part=None):
         """Augments then rescales a float (N, H, W, C) batch the caller owns: flips and
-        rescaling write into ``x`` (the iterators pass a fresh copy), the warp makes a new one."""
+        rescaling write into ``x`` (the iterators pass a fresh copy), the warp makes a new one.
+
+        ``part=(lo, hi, total)``: ``x`` holds images lo..hi of a batch of ``total``; the
+        random draws are made for the whole batch and this part's are applied (what makes
+        the augmentation independent of the number of MPI processes).
+        """
         n, h, w = x.shape[:3]
+        lo, hi, total = part if part is not None else (0, n, n)
         if self._has_affine:
-            x = warp_batch(x, self.random_matrices(n, h, w, rng), self.fill_mode, self.cval)
+            matrices = self.random_matrices(total, h, w, rng)[lo:hi]
+            if n:
+                x = warp_batch(x, matrices, self.fill_mode, self.cval)
         if self.horizontal_flip:
-            flip = rng.random(n) < 0.5
+            flip = (rng.random(total) < 0.5)[lo:hi]
             x[flip] = x[flip, :, ::-1]
         if self.vertical_flip:
-            flip = rng.random(n) < 0.5
+            flip = (rng.random(total) < 0.5)[lo:hi]
             x[flip] = x[flip, ::-1]
         if self.rescale is not None:
             x *= x.dtype.type(self.rescale)
@@ -217,7 +233,26 @@ class Iterator:
 
     def _batch_at(self, epoch, i):
         idx = self._order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
-        return self._get_batch(idx, np.random.default_rng([self._base, epoch, 1, i]))
+        rng = np.random.default_rng([self._base, epoch, 1, i])
+        lo, hi = distributed.current().shard(0, len(idx))
+        if (lo, hi) == (0, len(idx)):
+            return self._get_batch(idx, rng)
+        # Under MPI: only this process's share of the global batch is read.
+        return self._get_batch(idx[lo:hi], rng, (lo, hi, len(idx)))
+
+    def _synchronise(self, base, epoch, batch_index):
+        """Takes rank 0's seed and position (fastcnn.distributed, at the start of fit,
+        evaluate and predict), so that every process cuts the same global batches."""
+        if (base, epoch, batch_index) == (self._base, self._epoch, self.batch_index):
+            return
+        self._stop_loading()
+        with self._lock:
+            self._base = int(base)
+            self._orders.clear()
+        self._epoch, self.batch_index = int(epoch), int(batch_index)
+
+    def _stop_loading(self):
+        """Drops batches loaded ahead (none here; folder iterators load in a thread)."""
 
     def __getitem__(self, i):
         if not isinstance(i, numbers.Integral) or isinstance(i, bool):
@@ -249,7 +284,9 @@ class Iterator:
         self._epoch += 1
         self.batch_index = 0
 
-    def _get_batch(self, idx, rng):
+    def _get_batch(self, idx, rng, part=None):
+        """The batch of samples ``idx``; ``part=(lo, hi, total)`` when they are images lo..hi
+        of a global batch of ``total`` (see ``_transform_batch``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement _get_batch")
 
 
@@ -283,8 +320,9 @@ class NumpyArrayIterator(Iterator):
         self.dtype = np.dtype(config.floatx())
         super().__init__(len(x), batch_size, shuffle, seed)
 
-    def _get_batch(self, idx, rng):
-        xb = self.image_data_generator._transform_batch(self.x[idx].astype(self.dtype), rng)
+    def _get_batch(self, idx, rng, part=None):
+        xb = self.image_data_generator._transform_batch(self.x[idx].astype(self.dtype), rng,
+                                                        part)
         return xb if self.y is None else (xb, self.y[idx])
 
 
@@ -371,7 +409,8 @@ class DirectoryIterator(Iterator):
             warnings.warn(f"{len(ignored)} file(s) in {self.directory!r} are not images "
                           f"(extension not in {IMAGE_EXTENSIONS}) and are ignored: {shown}",
                           BadImageWarning, stacklevel=3)
-        print(f"Found {self.samples} images belonging to {self.num_classes} classes.")
+        if distributed.current().is_primary:   # under MPI: said once
+            print(f"Found {self.samples} images belonging to {self.num_classes} classes.")
         if self.samples == 0:
             raise ValueError(f"no images found under {self.directory!r}"
                              + (f" for subset {subset!r}" if subset else "")
@@ -407,14 +446,20 @@ class DirectoryIterator(Iterator):
                 if i not in self._bad:
                     self._bad.add(i)
                     self.skipped.append(self.filenames[i])
-                    self._active = self._active[self._active != i]
+                    # Under MPI the other processes do not know this file is bad: dropping
+                    # it here alone would make them cut different batches.
+                    if distributed.current().size == 1:
+                        self._active = self._active[self._active != i]
+                    later = ("it is left out of later epochs"
+                             if distributed.current().size == 1 else
+                             "its slot is filled from the same batch in every epoch")
                     warnings.warn(f"skipping {path}: it cannot be decoded as an image "
-                                  f"({type(err).__name__}: {err}); it is left out of later "
-                                  f"epochs", BadImageWarning, stacklevel=2)
+                                  f"({type(err).__name__}: {err}); {later}",
+                                  BadImageWarning, stacklevel=2)
             return None
         return arr if arr.ndim == 3 else arr[..., None]
 
-    def _get_batch(self, idx, rng):
+    def _get_batch(self, idx, rng, part=None):
         xb = np.empty((len(idx),) + self.image_shape, dtype=self.dtype)
         labels = self.classes[idx].copy()
         missing = []
@@ -441,7 +486,7 @@ class DirectoryIterator(Iterator):
                                      f"be decoded")
             for j in missing:
                 xb[j], labels[j] = xb[src], labels[src]
-        xb = self.image_data_generator._transform_batch(xb, rng)
+        xb = self.image_data_generator._transform_batch(xb, rng, part)
         if self.class_mode is None:
             return xb
         if self.class_mode == "categorical":
@@ -501,6 +546,9 @@ class DirectoryIterator(Iterator):
     def on_epoch_end(self):
         self.close()
         super().on_epoch_end()
+
+    def _stop_loading(self):
+        self.close()
 
     def __del__(self):
         self.close()

@@ -1,0 +1,42 @@
+"""mpiexec -n 2 python iterators.py OUT FOLDER: ImageDataGenerator iterators under MPI.
+
+Records which files each process decodes while fit runs one epoch on a folder, the
+weights fit ends with, and each process's part of the first batches of an augmented
+flow() over arrays.
+"""
+import sys
+
+import numpy as np
+
+import common
+import fastcnn
+from fastcnn.preprocessing.image import DirectoryIterator, ImageDataGenerator
+
+out, folder = sys.argv[1], sys.argv[2]
+rank = common.start(2)
+
+decoded = []
+real_decode = DirectoryIterator._decode
+
+
+def spy(self, i):
+    decoded.append(int(i))
+    return real_decode(self, i)
+
+
+DirectoryIterator._decode = spy
+# Different seeds: the iterator's own seed differs between the processes until fit hands
+# rank 0's to everyone.
+fastcnn.set_random_seed(600 + rank)
+it = ImageDataGenerator(rescale=1 / 255, horizontal_flip=True).flow_from_directory(
+    folder, target_size=(8, 8), color_mode="grayscale", class_mode="sparse", batch_size=5)
+model = common.small_model(units=2)
+model.fit(it, epochs=1, verbose=0)
+it.close()
+np.savez(common.out_path(out, "folder", rank) + ".npz", decoded=np.array(decoded),
+         weights=common.flat_weights(model))
+
+x, _ = common.data(11)
+flow = ImageDataGenerator(rotation_range=30, width_shift_range=0.2, horizontal_flip=True,
+                          vertical_flip=True).flow(x, batch_size=4, seed=3)
+np.savez(common.out_path(out, "flow", rank) + ".npz", *[next(flow) for _ in range(4)])
