@@ -21,7 +21,7 @@ from .backends import available, get_backend, set_backend, use_backend
 from .config import floatx, set_floatx
 from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, utils
 from . import datasets, gradcheck, regularizers
-from . import preprocessing
+from . import distributed, preprocessing
 from .model import Sequential
 from .saving import load_model
 from .utils import set_random_seed
@@ -56,4 +56,5 @@ __all__ = [
     "gradcheck",
     "regularizers",
     "preprocessing",
+    "distributed",
 ]

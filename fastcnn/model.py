@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from . import backends, callbacks as callbacks_module, config, distributed, losses
+from . import _device, backends, callbacks as callbacks_module, config, distributed, losses
 from . import metrics as metrics_module, optimizers, utils
 from .layers.base import Layer, format_shape, normalize_shape
 from .layers.core import Input
@@ -244,7 +244,7 @@ class Sequential:
             i += n
         for layer, values in zip(self._layers, checked):  # nothing assigned before here
             for old, new in zip(layer._weights, values):
-                old[...] = new
+                _device.assign(old, new)   # also a device array (fit on 'cuda')
 
     # --------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
@@ -385,6 +385,7 @@ class Sequential:
 
     # -------------------------------------------------------------- the step
     def _forward(self, plan, x, training, logits_head):
+        x = _device.put(self, x)   # on a device backend: the batch, copied once
         for layer in plan["body"]:
             x = layer.forward(x, training)
         if logits_head:
@@ -537,11 +538,12 @@ class Sequential:
                     idx = order[lo:hi]
                     yield x[idx], y[idx]
 
-        return self._train_epochs(
-            plan, callbacks, verbose, epochs, initial_epoch, epoch_batches,
-            self._validation(x_val, y_val, val_source, validation_steps, batch_size),
-            {"epochs": epochs, "steps": steps, "verbose": verbose,
-             "batch_size": batch_size, "samples": n})
+        with _device.scope(self):   # on 'cuda': weights, optimizer state stay on the device
+            return self._train_epochs(
+                plan, callbacks, verbose, epochs, initial_epoch, epoch_batches,
+                self._validation(x_val, y_val, val_source, validation_steps, batch_size),
+                {"epochs": epochs, "steps": steps, "verbose": verbose,
+                 "batch_size": batch_size, "samples": n})
 
     def _validation(self, x_val, y_val, val_source, validation_steps, batch_size):
         """``validate(plan) -> {name: value}`` for the end of each epoch ({} without data)."""
@@ -697,11 +699,12 @@ class Sequential:
                     return
                 yield got
 
-        return self._train_epochs(
-            plan, callbacks, verbose, epochs, initial_epoch, epoch_batches,
-            self._validation(x_val, y_val, val_source, validation_steps, 32),
-            {"epochs": epochs, "steps": steps, "verbose": verbose,
-             "batch_size": None, "samples": None})
+        with _device.scope(self):   # on 'cuda': weights, optimizer state stay on the device
+            return self._train_epochs(
+                plan, callbacks, verbose, epochs, initial_epoch, epoch_batches,
+                self._validation(x_val, y_val, val_source, validation_steps, 32),
+                {"epochs": epochs, "steps": steps, "verbose": verbose,
+                 "batch_size": None, "samples": None})
 
     # -------------------------------------------------------------- evaluate
     def evaluate(self, x=None, y=None, batch_size=32, verbose=1, steps=None, callbacks=None):
@@ -722,7 +725,8 @@ class Sequential:
             distributed.current().prepare_source(x, "x")
             cbs = self._progress(callbacks, steps, verbose)
             cbs.on_test_begin()
-            logs = self._evaluate_batches(x, steps, "x", cbs=cbs)
+            with _device.scope(self):
+                logs = self._evaluate_batches(x, steps, "x", cbs=cbs)
             cbs.on_test_end(logs)
             return self._result(logs)
         if steps is not None:
@@ -733,7 +737,8 @@ class Sequential:
         plan = self._prepare()
         cbs = self._progress(callbacks, -(-len(x) // batch_size), verbose)
         cbs.on_test_begin()
-        logs = self._evaluate_arrays(plan, x, y, batch_size, cbs)
+        with _device.scope(self):
+            logs = self._evaluate_arrays(plan, x, y, batch_size, cbs)
         cbs.on_test_end(logs)
         return self._result(logs)
 
@@ -754,7 +759,9 @@ class Sequential:
         if _is_batch_source(x):
             steps = _source_steps(x, steps, "steps")
             dist.prepare_source(x, "x")
-            return self._predict_batches(x, steps, self._progress(callbacks, steps, verbose))
+            with _device.scope(self):
+                return self._predict_batches(x, steps,
+                                             self._progress(callbacks, steps, verbose))
         if steps is not None:
             raise ValueError(f"steps applies when x is an iterator of batches; with arrays "
                              f"use batch_size (got steps={steps!r})")
@@ -766,16 +773,17 @@ class Sequential:
         hooks = cbs.needs_batch_hooks("predict")
         cbs.on_predict_begin()
         out = None
-        for batch, start in enumerate(range(0, n, batch_size)):
-            stop = min(start + batch_size, n)
-            # Under MPI: this process's share, then every share on every process, in order.
-            lo, hi = dist.shard(start, stop)
-            yb = dist.gather(self._infer_part(x[lo:hi]))
-            if out is None:
-                out = np.empty((n,) + yb.shape[1:], dtype=yb.dtype)
-            out[start:stop] = yb
-            if hooks:
-                cbs.on_predict_batch_end(batch, {"outputs": yb})
+        with _device.scope(self):
+            for batch, start in enumerate(range(0, n, batch_size)):
+                stop = min(start + batch_size, n)
+                # Under MPI: this process's share, then every share on every process.
+                lo, hi = dist.shard(start, stop)
+                yb = dist.gather(self._infer_part(x[lo:hi]))
+                if out is None:
+                    out = np.empty((n,) + yb.shape[1:], dtype=yb.dtype)
+                out[start:stop] = yb
+                if hooks:
+                    cbs.on_predict_batch_end(batch, {"outputs": yb})
         cbs.on_predict_end()
         return out
 
@@ -799,9 +807,10 @@ class Sequential:
         return np.concatenate(outs)
 
     def _infer(self, x):
+        x = _device.put(self, x)
         for layer in self._layers:
             x = layer.forward(x, False)
-        return x
+        return _device.to_host(x)   # outputs are NumPy arrays on every backend
 
     def _infer_part(self, x):
         """``_infer``, also for a process's empty share of a batch (under MPI)."""
@@ -825,7 +834,8 @@ class Sequential:
         distributed.current().start_batch(self, plan)   # under MPI: rank 0's weights, once
         for m in plan["metrics"]:
             m.reset_state()
-        loss, _ = self._train_step(plan, x, y)
+        with _device.scope(self):
+            loss, _ = self._train_step(plan, x, y)
         return self._result({"loss": loss, **{m.name: m.result() for m in plan["metrics"]}})
 
     def test_on_batch(self, x, y):
@@ -835,11 +845,14 @@ class Sequential:
         plan = self._prepare()
         for m in plan["metrics"]:
             m.reset_state()
-        loss, _ = self._test_step(plan, x, y)
+        with _device.scope(self):
+            loss, _ = self._test_step(plan, x, y)
         return self._result({"loss": loss, **{m.name: m.result() for m in plan["metrics"]}})
 
     def predict_on_batch(self, x):
-        return self._infer(self._check_x(x))
+        x = self._check_x(x)
+        with _device.scope(self):
+            return self._infer(x)
 
     # --------------------------------------------------------------- summary
     def summary(self, line_length=None, positions=None, print_fn=None):

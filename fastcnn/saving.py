@@ -48,7 +48,7 @@ import zlib
 
 import numpy as np
 
-from . import __version__, distributed, losses, metrics as metrics_module, optimizers
+from . import __version__, _device, distributed, losses, metrics as metrics_module, optimizers
 from .layers.base import Layer
 from .layers.core import Input
 from .model import Sequential
@@ -299,7 +299,7 @@ def _weight_entries(model):
         names = []
         for k, w in enumerate(layer.weights):
             names.append(f"weights/{i}/{k}.npy")
-            arrays.append((names[-1], w))
+            arrays.append((names[-1], _device.to_host(w)))  # a device weight: a copy
         index.append({"name": layer.name, "class_name": type(layer).__name__,
                       "arrays": names})
     return index, arrays
@@ -653,7 +653,7 @@ def _load_weights_into(archive, meta, model, strict):
         values.append(layer_values)
     for (_, layer), layer_values in zip(pairs, values):  # everything checked: assign
         for w, v in zip(layer.weights, layer_values):
-            w[...] = v
+            _device.assign(w, v)   # also a device weight (inside fit on 'cuda')
 
 
 def _check_shape_for_load_weights(archive, entry, name, w, k, layer, model):

@@ -111,10 +111,9 @@ def run_fit(model, initial, backend, optimizer, callbacks=()):
     model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     fastcnn.utils.set_random_seed(11)   # the same shuffles and dropout masks
     x, y = blobs()
-    with fastcnn.use_backend(backend):
-        with _device.scope(model):   # a no-op on the reference; nested in fit once hooked
-            history = model.fit(x, y, batch_size=4, epochs=1, verbose=0,
-                                callbacks=list(callbacks))
+    with fastcnn.use_backend(backend):   # fit itself opens the device scope on 'cuda'
+        history = model.fit(x, y, batch_size=4, epochs=1, verbose=0,
+                            callbacks=list(callbacks))
     return model.get_weights(), history.history
 
 
@@ -188,7 +187,7 @@ def test_dense_models_with_l2_match_the_reference(strict, optimizer, loss, head)
     for backend in ("reference", "cuda"):
         model.set_weights(initial)
         model.compile(optimizer(), loss)
-        with fastcnn.use_backend(backend), _device.scope(model):
+        with fastcnn.use_backend(backend):   # each call opens the device scope on 'cuda'
             losses = [model.train_on_batch(x, y) for _ in range(2)]
             losses.append(model.evaluate(x, y, verbose=0))
         results[backend] = (model.get_weights(), losses, model.optimizer.get_state())
@@ -210,17 +209,16 @@ def test_predict_and_evaluate_return_host_values(strict):
     model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
     x, y = blobs(5)
     expected = (model.predict(x, batch_size=3), model.evaluate(x, y, verbose=0))
-    with fastcnn.use_backend("cuda"), _device.scope(model):
-        assert _device.is_device_array(model.layers[-1].kernel)
+    with fastcnn.use_backend("cuda"):   # predict and evaluate open the device scope
         p = model.predict(x, batch_size=3)
         result = model.evaluate(x, y, verbose=0)
+    with fastcnn.use_backend("cuda"), _device.scope(model):   # and inside an open one
+        assert _device.is_device_array(model.layers[-1].kernel)
+        np.testing.assert_array_equal(model.predict(x, batch_size=3), p)
     assert isinstance(p, np.ndarray) and p.dtype == np.float32
     np.testing.assert_allclose(p, expected[0], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(result, expected[1], rtol=1e-5)
-    if hasattr(fastcnn.model, "_device"):
-        # With model.py's hooks predict copies its outputs explicitly (_device.to_host);
-        # before them, NumPy's implicit DeviceNDArray.__array__ copy does the same job.
-        assert strict == [], f"implicit host copies: {strict}"
+    assert strict == [], f"implicit host copies: {strict}"
 
 
 def test_save_during_training_writes_the_current_weights(strict, tmp_path):
@@ -254,10 +252,6 @@ def test_set_weights_inside_the_scope_reaches_the_device(strict):
         np.testing.assert_array_equal(b, c)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "model.py's Sequential.set_weights assigns old[...] = new, which a real device array "
-    "refuses (EarlyStopping(restore_best_weights=True) calls it inside fit); it needs "
-    "_device.assign(old, new): remove this mark when model.py has it"))
 def test_model_set_weights_inside_the_scope_reaches_the_device(strict):
     fastcnn.utils.set_random_seed(5)
     model = conv_model()
