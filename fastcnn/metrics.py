@@ -44,6 +44,15 @@ class Metric:
     def result(self) -> float:
         return self._total / self._count if self._count else 0.0
 
+    def counts(self) -> tuple:
+        """``(total, count)``: the sufficient statistics of :meth:`result` (what
+        fastcnn.distributed sums over the processes)."""
+        return self._total, self._count
+
+    def set_counts(self, total, count) -> None:
+        """Replaces the running state by ``(total, count)`` (e.g. sums over processes)."""
+        self._total, self._count = float(total), int(count)
+
     def __call__(self, y_true, y_pred):
         """Keras-style one-shot value on probabilities."""
         correct = self._correct(np.asarray(y_true), np.asarray(y_pred), False)

@@ -336,11 +336,12 @@ class MPIStrategy:
                     + ", ".join(f"{k}={ref_params.get(k)!r}" for k in keys)
                     + "; every process must pass the same data sizes and arguments")
         for m in plan["metrics"]:
-            if not (hasattr(m, "_total") and hasattr(m, "_count")):
+            if not (callable(getattr(m, "counts", None))
+                    and callable(getattr(m, "set_counts", None))):
                 raise NotImplementedError(
-                    f"metric {m.name!r} ({type(m).__name__}) keeps no _total/_count counts, "
-                    f"which fastcnn.distributed sums over the processes; derive it from "
-                    f"fastcnn.metrics.Metric and keep its state in those two attributes")
+                    f"metric {m.name!r} ({type(m).__name__}) has no counts() / set_counts(), "
+                    f"which fastcnn.distributed uses to sum it over the processes; derive it "
+                    f"from fastcnn.metrics.Metric")
         self.select_device()
         self._broadcast_model(model, plan)
         plan["distributed_started"] = True
@@ -405,16 +406,16 @@ class MPIStrategy:
         stats[1] = loss * n if n else 0.0
         before = []
         for i, m in enumerate(metrics):
-            total, count = m._total, m._count
+            total, count = m.counts()
             if n:
                 m.update_state(y, out, plan["logits"])
-            stats[2 + 2 * i] = m._total - total
-            stats[3 + 2 * i] = m._count - count
+            new_total, new_count = m.counts()
+            stats[2 + 2 * i] = new_total - total
+            stats[3 + 2 * i] = new_count - count
             before.append((total, count))
         self._sum_in_place(stats)
         for i, (m, (total, count)) in enumerate(zip(metrics, before)):
-            m._total = total + float(stats[2 + 2 * i])
-            m._count = count + int(round(stats[3 + 2 * i]))
+            m.set_counts(total + float(stats[2 + 2 * i]), count + int(round(stats[3 + 2 * i])))
         samples = int(round(stats[0]))
         return float(stats[1]) / samples, samples
 
