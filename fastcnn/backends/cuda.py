@@ -40,7 +40,6 @@ import numpy as np
 
 from ..shapes import padded_output_shape
 from ._checks import (
-    check_bias as _check_bias,
     check_conv_args as _check_conv_args,
     check_dense_args as _check_dense_args,
     check_float as _check_float,
@@ -357,23 +356,25 @@ def dense_backward(dy, ctx):
 # ----------------------------------------------------------------------------------------
 
 
-def _pool_setup(x, pool, stride, pad):
+def _pool_setup(x, pool, stride, pad, what):
+    """Checks a pooling input. Returns it on the device, the output allocated (``what``
+    names it in a MemoryError), the kernels' geometry arguments, and whether x was
+    already on the device."""
     _check_float("x", _meta(x))
     _check_rank("x", _meta(x), 4, "(N, H, W, C)")
     n, h, wd, c = x.shape
     ho, wo = _output_shape((h, wd), pool, stride, pad, "pool")
     _check_pool_windows_touch_input((h, wd), pool, stride, pad, (ho, wo))
     (ph, pw), (sh, sw), ((pt, _), (pl, _)) = pool, stride, pad
-    return (n, ho, wo, c), (ph, pw, sh, sw, pt, pl)
+    on_device = _any_device(x)
+    xd = to_device(x, "x", batch=n)
+    y = _empty((n, ho, wo, c), x.dtype, what, n)
+    return xd, y, (ph, pw, sh, sw, pt, pl), on_device
 
 
 def maxpool2d_forward(x, pool, stride, pad):
-    out_shape, geometry = _pool_setup(x, pool, stride, pad)
-    on_device = _any_device(x)
-    n = x.shape[0]
-    xd = to_device(x, "x", batch=n)
-    y = _empty(out_shape, x.dtype, "a max-pool output", n)
-    argmax = _empty(out_shape, np.int32, "the max-pool winners", n)
+    xd, y, geometry, on_device = _pool_setup(x, pool, stride, pad, "a max-pool output")
+    argmax = _empty(y.shape, np.int32, "the max-pool winners", x.shape[0])
     _launch_1d(_kpool.maxpool_forward, x.dtype, y.size, xd, y, argmax, *geometry)
     return _deliver(y, on_device), (argmax, tuple(x.shape), x.dtype, geometry)
 
@@ -389,13 +390,9 @@ def maxpool2d_backward(dy, ctx):
 
 
 def avgpool2d_forward(x, pool, stride, pad):
-    out_shape, geometry = _pool_setup(x, pool, stride, pad)
-    on_device = _any_device(x)
-    n = x.shape[0]
-    xd = to_device(x, "x", batch=n)
-    y = _empty(out_shape, x.dtype, "an average-pool output", n)
+    xd, y, geometry, on_device = _pool_setup(x, pool, stride, pad, "an average-pool output")
     _launch_1d(_kpool.avgpool_forward, x.dtype, y.size, xd, y, *geometry)
-    return _deliver(y, on_device), (out_shape, tuple(x.shape), x.dtype, geometry)
+    return _deliver(y, on_device), (tuple(y.shape), tuple(x.shape), x.dtype, geometry)
 
 
 def avgpool2d_backward(dy, ctx):

@@ -1,7 +1,8 @@
 """The one place where the backend's CUDA kernels are made.
 
 Every kernel of :mod:`fastcnn.backends._cuda` is created by the :func:`kernel` decorator,
-which records it in :data:`KERNELS` with its signature. The PTX check
+which records it in :data:`KERNELS` with its signature; every device function (a helper
+that kernels call) by :func:`device_function`. The PTX check
 (``python -m fastcnn.backends._cuda.ptx_check``) compiles every entry of that table for
 both dtypes, so a new kernel cannot escape it; a test also checks that no module of the
 package calls ``cuda.jit`` anywhere but here.
@@ -51,11 +52,36 @@ def kernel(signature: str):
         name = factory.__name__
         if name in KERNELS:
             raise RuntimeError(f"two CUDA kernels are named {name!r}")
-        variants = {dt: cuda.jit(factory(nbt)) for dt, nbt in FLOAT_TYPES.items()}
+        variants = {dt: cuda.jit(_named(factory(nbt), name))
+                    for dt, nbt in FLOAT_TYPES.items()}
         KERNELS[name] = (signature, variants)
         return variants
 
     return register
+
+
+def _named(function, name):
+    # A body shared by several kernels (e.g. elementwise's one-thread-per-element map)
+    # still shows its kernel's name in PTX and in profiles. Factories return a fresh
+    # closure per call, so renaming it touches nothing else.
+    function.__name__ = function.__qualname__ = name
+    return function
+
+
+def device_function(function):
+    """Makes ``function`` a CUDA device function: callable from kernels only.
+
+    It is inlined into each caller in numba's IR (``inline="always"``), so it is typed
+    with the caller's argument types, compiled with every dtype variant of every kernel
+    that calls it, and checked by the PTX check through them. Inlining is also what lets
+    it compile without a GPU: numba-cuda asks the driver for the compute capability when
+    it compiles a separate device function, but not when it inlines one.
+
+    A device function that needs float constants takes the kernel's float type as its
+    first argument, ``T``, and spells them ``T(0)``, as kernels do (a bare literal would
+    promote float32 arithmetic to float64).
+    """
+    return cuda.jit(device=True, inline="always")(function)
 
 
 def signature_for(name: str, dtype) -> str:

@@ -21,7 +21,47 @@ from __future__ import annotations
 
 from numba import cuda
 
-from ._jit import TILE, TILE_PAD, kernel
+from ._jit import TILE, TILE_PAD, device_function, kernel
+
+# ------------------------------------------- NHWC geometry, shared with the pooling kernels
+
+
+@device_function
+def unravel3(idx, d1, d2):
+    """``(i0, i1, i2)`` of the flat row-major index ``idx`` of a (d0, d1, d2) array."""
+    i0 = idx // (d1 * d2)
+    rem = idx - i0 * (d1 * d2)
+    i1 = rem // d2
+    return i0, i1, rem - i1 * d2
+
+
+@device_function
+def nhwc_index(idx, shape):
+    """``(n, r, q, ch)`` of the flat index ``idx`` of a C-contiguous NHWC array."""
+    _, h, wd, c = shape
+    pixel = idx // c
+    n, r, q = unravel3(pixel, h, wd)
+    return n, r, q, idx - pixel * c
+
+
+@device_function
+def read_padded(x, n, r, q, ch, pad):
+    """``x[n, r, q, ch]``, or ``pad`` where (r, q) lies in the padding around the image."""
+    _, h, wd, _ = x.shape
+    if r >= 0 and r < h and q >= 0 and q < wd:
+        return x[n, r, q, ch]
+    return pad
+
+
+@device_function
+def windows_over(p, size, stride, count):
+    """``(first, last)``: the windows ``o`` of ``range(count)``, each covering padded
+    positions ``[o * stride, o * stride + size)``, that cover padded position ``p``
+    (none when first > last). Floor division rounds toward -inf, as this needs."""
+    return max(0, (p - size) // stride + 1), min(count - 1, p // stride)
+
+
+# ------------------------------------------------------------------------------ kernels
 
 
 @kernel("void({t}[:, :, :, ::1], {t}[:, ::1], {t}[::1], {t}[:, ::1], boolean, "
@@ -33,29 +73,20 @@ def conv_forward(T):
         b_tile = cuda.shared.array((TILE, TILE), T)   # W[k block, col block]
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        _, h, wd, c = x.shape
+        c = x.shape[3]
         m_total, f_total = y.shape
         k_total = w.shape[0]
         row = cuda.blockIdx.x * TILE + ty   # output pixel (large: grid x has no 65535 cap)
         col = cuda.blockIdx.y * TILE + tx   # filter
         # The output pixel this thread stages patch values for (row of X).
-        n = row // (ho * wo)
-        rem = row - n * (ho * wo)
-        i = rem // wo
-        j = rem - i * wo
+        n, i, j = unravel3(row, ho, wo)
         acc = T(0)
         for k0 in range(0, k_total, TILE):
             k = k0 + tx
             v = T(0)
             if row < m_total and k < k_total:
-                a = k // (kw * c)
-                r2 = k - a * (kw * c)
-                bb = r2 // c
-                ch = r2 - bb * c
-                r = i * sh - pt + a
-                q = j * sw - pl + bb
-                if r >= 0 and r < h and q >= 0 and q < wd:
-                    v = x[n, r, q, ch]
+                a, bb, ch = unravel3(k, kw, c)   # the tap (column of X)
+                v = read_padded(x, n, i * sh - pt + a, j * sw - pl + bb, ch, T(0))
             a_tile[ty, tx] = v
             kb = k0 + ty
             b_tile[ty, tx] = w[kb, col] if (kb < k_total and col < f_total) else T(0)
@@ -77,7 +108,7 @@ def conv_dw(T):
         dy_tile = cuda.shared.array((TILE, TILE), T)   # dy[m block, f block]
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        _, h, wd, c = x.shape
+        c = x.shape[3]
         m_total, f_total = dy.shape
         k_total = kh * kw * c
         k_base = cuda.blockIdx.y * TILE
@@ -87,10 +118,7 @@ def conv_dw(T):
         # Staging: this thread loads tap k = k_base + tx of pixel m0 + ty, and dy of
         # filter f_base + tx at pixel m0 + ty.
         k = k_base + tx
-        a = k // (kw * c)
-        r2 = k - a * (kw * c)
-        bb = r2 // c
-        ch = r2 - bb * c
+        a, bb, ch = unravel3(k, kw, c)
         acc = T(0)
         for m0 in range(m_begin, m_end, TILE):
             m = m0 + ty
@@ -98,14 +126,8 @@ def conv_dw(T):
             g = T(0)
             if m < m_end:
                 if k < k_total:
-                    n = m // (ho * wo)
-                    rem = m - n * (ho * wo)
-                    i = rem // wo
-                    j = rem - i * wo
-                    r = i * sh - pt + a
-                    q = j * sw - pl + bb
-                    if r >= 0 and r < h and q >= 0 and q < wd:
-                        v = x[n, r, q, ch]
+                    n, i, j = unravel3(m, ho, wo)
+                    v = read_padded(x, n, i * sh - pt + a, j * sw - pl + bb, ch, T(0))
                 elif k == k_total:
                     v = T(1)   # the ones column: its row of the product is db
                 if f_base + tx < f_total:
@@ -147,32 +169,23 @@ def reduce_splits(T):
 def conv_dx(T):
     def conv_dx(dy, w, dx, sh, sw, pt, pl):
         idx = cuda.grid(1)
-        n_total, h, wd, c = dx.shape
-        if idx >= n_total * h * wd * c:
+        if idx >= dx.size:
             return
-        ch = idx % c
-        q = (idx // c) % wd
-        r = (idx // (c * wd)) % h
-        n = idx // (c * wd * h)
+        n, r, q, ch = nhwc_index(idx, dx.shape)
         kh, kw, _, f_total = w.shape
         _, ho, wo, _ = dy.shape
+        pr = r + pt   # padded coordinates
+        pq = q + pl
+        # The output pixels whose window holds (pr, pq), each through tap
+        # (pr - i * sh, pq - j * sw); walked with i and j descending so that the taps
+        # ascend (row-major over the kernel).
+        i_first, i_last = windows_over(pr, kh, sh, ho)
+        j_first, j_last = windows_over(pq, kw, sw, wo)
         acc = T(0)
-        # Input row r sits at padded row r + pt; kernel row a reaches it from output row
-        # i = (r + pt - a) / sh when that is a whole number in [0, ho).
-        for a in range(kh):
-            ti = r + pt - a
-            if ti < 0:
-                break
-            if ti % sh != 0 or ti // sh >= ho:
-                continue
-            i = ti // sh
-            for bb in range(kw):
-                tj = q + pl - bb
-                if tj < 0:
-                    break
-                if tj % sw != 0 or tj // sw >= wo:
-                    continue
-                j = tj // sw
+        for i in range(i_last, i_first - 1, -1):
+            a = pr - i * sh
+            for j in range(j_last, j_first - 1, -1):
+                bb = pq - j * sw
                 for f in range(f_total):
                     acc += dy[n, i, j, f] * w[a, bb, ch, f]
         dx[n, r, q, ch] = acc

@@ -12,6 +12,7 @@ import math
 from numba import cuda
 
 from ._jit import kernel
+from .elementwise import log_softmax_shift, sigmoid
 
 
 @kernel("void({t}[:, ::1], {t}[:, ::1], {t}[::1], {t}[:, ::1])")
@@ -21,14 +22,7 @@ def softmax_cross_entropy(T):
         rows, k = z.shape
         if n >= rows:
             return
-        m = z[n, 0]
-        for j in range(1, k):
-            if z[n, j] > m:
-                m = z[n, j]
-        total = T(0)
-        for j in range(k):
-            total += math.exp(z[n, j] - m)
-        log_total = math.log(total)
+        m, log_total = log_softmax_shift(T, z, n)
         loss = T(0)
         t_sum = T(0)
         for j in range(k):
@@ -54,14 +48,7 @@ def sparse_softmax_cross_entropy(T):
             # Every writer stores the same 1: the flag is deterministic without atomics.
             bad[0] = 1
             label = 0   # keeps the reads in bounds; the caller raises on the flag
-        m = z[n, 0]
-        for j in range(1, k):
-            if z[n, j] > m:
-                m = z[n, j]
-        total = T(0)
-        for j in range(k):
-            total += math.exp(z[n, j] - m)
-        log_total = math.log(total)
+        m, log_total = log_softmax_shift(T, z, n)
         row_loss[n] = -(z[n, label] - m - log_total)
         for j in range(k):
             s = math.exp(z[n, j] - m - log_total)
@@ -80,6 +67,5 @@ def sigmoid_cross_entropy(T):
         v = x[i]
         e = math.exp(-abs(v))   # <= 1: no overflow for any logit
         elem_loss[i] = max(v, T(0)) - v * t[i] + math.log1p(e)
-        s = (T(1) if v >= T(0) else e) / (T(1) + e)
-        dx[i] = (s - t[i]) / T(x.size)
+        dx[i] = (sigmoid(T, v) - t[i]) / T(x.size)
     return sigmoid_cross_entropy

@@ -12,7 +12,17 @@ import math
 
 from numba import cuda
 
-from ._jit import kernel
+from ._jit import device_function, kernel
+from .conv import nhwc_index, read_padded, windows_over
+
+
+@device_function
+def window_overlap(o, size, stride, pad_before, extent):
+    """``[first, end)``: the real (unpadded) positions under window ``o`` along one axis.
+    Average pooling sums over them only and divides by their count: padding adds nothing
+    and is not counted."""
+    start = o * stride - pad_before
+    return max(start, 0), min(start + size, extent)
 
 
 @kernel("void({t}[:, :, :, ::1], {t}[:, :, :, ::1], int32[:, :, :, ::1], "
@@ -20,24 +30,15 @@ from ._jit import kernel
 def maxpool_forward(T):
     def maxpool_forward(x, y, argmax, ph, pw, sh, sw, pt, pl):
         idx = cuda.grid(1)
-        n_total, ho, wo, c = y.shape
-        if idx >= n_total * ho * wo * c:
+        if idx >= y.size:
             return
-        ch = idx % c
-        j = (idx // c) % wo
-        i = (idx // (c * wo)) % ho
-        n = idx // (c * wo * ho)
-        _, h, wd, _ = x.shape
+        n, i, j, ch = nhwc_index(idx, y.shape)
         best = T(-math.inf)
         best_k = 0
         first = True
         for a in range(ph):
-            r = i * sh - pt + a
             for bb in range(pw):
-                q = j * sw - pl + bb
-                v = T(-math.inf)   # the padding
-                if r >= 0 and r < h and q >= 0 and q < wd:
-                    v = x[n, r, q, ch]
+                v = read_padded(x, n, i * sh - pt + a, j * sw - pl + bb, ch, T(-math.inf))
                 k = a * pw + bb
                 if first:
                     best = v
@@ -57,21 +58,15 @@ def maxpool_forward(T):
 def maxpool_backward(T):
     def maxpool_backward(dy, argmax, dx, ph, pw, sh, sw, pt, pl):
         idx = cuda.grid(1)
-        n_total, h, wd, c = dx.shape
-        if idx >= n_total * h * wd * c:
+        if idx >= dx.size:
             return
-        ch = idx % c
-        q = (idx // c) % wd
-        r = (idx // (c * wd)) % h
-        n = idx // (c * wd * h)
+        n, r, q, ch = nhwc_index(idx, dx.shape)
         _, ho, wo, _ = dy.shape
         pr = r + pt   # padded coordinates
         pq = q + pl
-        # Windows i with i*sh <= pr < i*sh + ph, in row-major order (the reference's).
-        i_lo = max(0, (pr - ph) // sh + 1)
-        i_hi = min(ho - 1, pr // sh)
-        j_lo = max(0, (pq - pw) // sw + 1)
-        j_hi = min(wo - 1, pq // sw)
+        # The windows that hold (pr, pq), in row-major order (the reference's).
+        i_lo, i_hi = windows_over(pr, ph, sh, ho)
+        j_lo, j_hi = windows_over(pq, pw, sw, wo)
         acc = T(0)
         for i in range(i_lo, i_hi + 1):
             for j in range(j_lo, j_hi + 1):
@@ -86,20 +81,12 @@ def maxpool_backward(T):
 def avgpool_forward(T):
     def avgpool_forward(x, y, ph, pw, sh, sw, pt, pl):
         idx = cuda.grid(1)
-        n_total, ho, wo, c = y.shape
-        if idx >= n_total * ho * wo * c:
+        if idx >= y.size:
             return
-        ch = idx % c
-        j = (idx // c) % wo
-        i = (idx // (c * wo)) % ho
-        n = idx // (c * wo * ho)
+        n, i, j, ch = nhwc_index(idx, y.shape)
         _, h, wd, _ = x.shape
-        # The window's overlap with the real (unpadded) input: padding adds nothing to the
-        # sum and is not counted in the divisor.
-        r0 = max(i * sh - pt, 0)
-        r1 = min(i * sh - pt + ph, h)
-        q0 = max(j * sw - pl, 0)
-        q1 = min(j * sw - pl + pw, wd)
+        r0, r1 = window_overlap(i, ph, sh, pt, h)
+        q0, q1 = window_overlap(j, pw, sw, pl, wd)
         s = T(0)
         for r in range(r0, r1):
             for q in range(q0, q1):
@@ -113,25 +100,20 @@ def avgpool_forward(T):
 def avgpool_backward(T):
     def avgpool_backward(dy, dx, ph, pw, sh, sw, pt, pl):
         idx = cuda.grid(1)
-        n_total, h, wd, c = dx.shape
-        if idx >= n_total * h * wd * c:
+        if idx >= dx.size:
             return
-        ch = idx % c
-        q = (idx // c) % wd
-        r = (idx // (c * wd)) % h
-        n = idx // (c * wd * h)
+        n, r, q, ch = nhwc_index(idx, dx.shape)
+        _, h, wd, _ = dx.shape
         _, ho, wo, _ = dy.shape
         pr = r + pt
         pq = q + pl
-        i_lo = max(0, (pr - ph) // sh + 1)
-        i_hi = min(ho - 1, pr // sh)
-        j_lo = max(0, (pq - pw) // sw + 1)
-        j_hi = min(wo - 1, pq // sw)
+        i_lo, i_hi = windows_over(pr, ph, sh, ho)
+        j_lo, j_hi = windows_over(pq, pw, sw, wo)
         acc = T(0)
         for i in range(i_lo, i_hi + 1):
-            rows = min(i * sh - pt + ph, h) - max(i * sh - pt, 0)
+            r0, r1 = window_overlap(i, ph, sh, pt, h)
             for j in range(j_lo, j_hi + 1):
-                cols = min(j * sw - pl + pw, wd) - max(j * sw - pl, 0)
-                acc += dy[n, i, j, ch] / T(rows * cols)
+                q0, q1 = window_overlap(j, pw, sw, pl, wd)
+                acc += dy[n, i, j, ch] / T((r1 - r0) * (q1 - q0))
         dx[n, r, q, ch] = acc
     return avgpool_backward
