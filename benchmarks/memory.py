@@ -8,10 +8,18 @@ What it measures, per (model, batch, framework) in its own new Python process, s
 case's allocator state, caches and imports never leak into another's:
 
 1. pin the threads, import only what this framework needs (no torch in a fastcnn process);
-2. warm up on a throw-away copy of the model at batch 1 (two train steps): JIT compile or
-   cache load, lazy imports, first-call set-up, none of which is a step's memory;
-3. build the measured model and its batch, read the resident set size (``VmRSS``) as the
-   baseline and reset the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``);
+2. warm up on throw-away copies of the model, two train steps at batch 1 and one at the
+   measured batch (a backend may run other kernels at that size: numba runs small convs
+   serially, so batch 1 alone would leave the parallel kernels' machine code, about 4 MiB,
+   to load inside the measured steps): JIT compile or cache load, lazy imports,
+   first-call set-up, none of which is a step's memory;
+3. free what the warm-up left behind that a step needs again: the backends' reusable
+   per-shape workspaces (``release_scratch()`` where a backend module has one, so that
+   the measured steps allocate and count them like any other workspace) and the heap's
+   free pages (glibc ``malloc_trim(0)``, so that the measured steps cannot reuse the
+   warm-up's pages without them showing up); build the measured model and its batch, read
+   the resident set size (``VmRSS``) as the baseline and reset the kernel's peak-RSS mark
+   (``echo 5 > /proc/self/clear_refs``);
 4. run ``--steps`` train steps from scratch and read the peak RSS (``VmHWM``).
 
 ``step peak`` = peak - baseline: everything training needs beyond the weights and the
@@ -19,10 +27,11 @@ data: activations kept for backward, gradients, workspaces (im2col buffers), and
 optimizer state, which both frameworks create lazily in their first step.
 
 Limits, said plainly: RSS counts pages touched, not bytes requested; allocators keep freed
-pages (so memory freed and reused inside a step is counted once, and the batch-1 warm-up's
-freed pages may be reused without showing up); where clear_refs cannot be written the
-peak falls back to ``ru_maxrss`` over the whole process, which also counts imports and the
-warm-up (the table says which method each row used).
+pages (so memory freed and reused inside a step is counted once; without glibc, where
+``malloc_trim`` does not exist, the warm-up's freed pages may be reused without showing
+up); where clear_refs cannot be written the peak falls back to ``ru_maxrss`` over the
+whole process, which also counts imports and the warm-up (the table says which method
+each row used).
 """
 from __future__ import annotations
 
@@ -64,6 +73,25 @@ def _reset_peak() -> bool:
         return False
 
 
+def _release_scratch(backends) -> None:
+    """Drops the reusable workspaces of every available fastcnn backend that keeps some."""
+    for name in backends.available():
+        release = getattr(backends.get(name).module, "release_scratch", None)
+        if release is not None:
+            release()
+
+
+def _release_free_heap() -> None:
+    """glibc's ``malloc_trim(0)``: returns the heap's free pages to the system (no-op
+    elsewhere), so that pages freed by the warm-up cannot hide a step's allocations."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(case_id: str, backend: str, threads: int, steps: int) -> dict:
     _threads.pin_environment(threads)
     import gc
@@ -100,7 +128,13 @@ def _child(case_id: str, backend: str, threads: int, steps: int) -> dict:
     warm()
     warm()
     del warm
+    warm, _ = make(batch)
+    warm()
+    del warm
+    if backend != "torch":
+        _release_scratch(backends)
     gc.collect()
+    _release_free_heap()
 
     step, params = make(batch)
     gc.collect()

@@ -16,9 +16,13 @@ from . import get, available
 
 # Kinds of shape that rank backends differently. Figures: benchmarks/README.md (2026-11-25,
 # 2-core AMD EPYC, 1 and 2 threads); ms are forward / backward at 1 thread.
-# - conv "few_channels": a first layer on 1-4 input channels. A window holds only
-#   kh*kw*C values, too few to fill the SIMD dot products of Numba's direct conv, while
-#   im2col + one BLAS GEMM does not care (shape A fwd: cython 1.08, im2col 1.33, numba 3.61).
+# - conv "few_channels": a first layer on 1-4 input channels. Numba's few-channel kernels
+#   (vectorised over pixels, no column matrix: nothing but x is kept for the backward)
+#   against cython's im2col + GEMM, forward / dW-only ms at 1 thread (2026-11-26, CPU
+#   time, min of 40): LeNet-5 conv1 at batch 64 0.28 / 0.23 vs 1.25 / 0.61; cats-vs-dogs
+#   conv1 at batch 32 18 / 16 vs 33 / 26; shape A 1.16 / 1.20 vs 1.07 / 1.30 (even).
+#   Their dx (only needed when such a conv is not a model's first layer) is the gather
+#   kernel's, slower than cython's GEMM + col2im (shape A 2.5 vs 1.3 ms).
 # - conv "deep": everything else. Numba's register-blocked direct conv beats im2col+GEMM: no
 #   column matrix to write and read back (shape B fwd+bwd: numba 12.3, cython 18.1, im2col
 #   20.2; shape D: 165 / 304 / 336).
@@ -31,7 +35,7 @@ from . import get, available
 # - dense is one BLAS GEMM everywhere (equal within noise); softmax and the fused losses
 #   on (128, 10) logits take 5-20 us, the compiled ones slightly less except sigmoid CE.
 PREFERENCES = {
-    ("conv2d", "few_channels"): ("cython", "im2col"),
+    ("conv2d", "few_channels"): ("numba", "cython", "im2col"),
     ("conv2d", "deep"): ("numba", "cython", "im2col"),
     ("maxpool2d", "any"): ("numba", "cython", "im2col"),
     ("avgpool2d", "any"): ("numba", "cython", "im2col"),

@@ -76,6 +76,20 @@ _DW_SMALL_CHUNKS = 16
 # conv dW: pixels per micro-kernel dot product (a multiple of 16): long enough to
 # amortise the 16 horizontal sums, short enough for the operands to stay in L2.
 _DW_PIXEL_TILE = 1024
+# Convs on at most this many input channels (a first layer) run the few-channel
+# kernels (conv_few_forward / conv_few_dw; design in kernels.py, figures in auto.py).
+# Measured on 5-8 channels they win on wide images (32x32x5 -> 16, 3x3 'same': forward
+# 0.57 vs 1.59 ms) and lose on small ones (LeNet's 14x14x6 -> 16, 5x5: 0.77 vs 0.50, the
+# grid's extra columns are 40% there), so the boundary stays at the first-layer case.
+_FEW_CHANNELS = 4
+# Few-channel kernels: grid pixels per work unit (whole grid rows). The forward's 4
+# accumulator rows (16 KB in float32) stay in L1, dW's dy tile (F x 1024) in L2; longer
+# rows amortise each pass's setup. Measured flat within noise from 512 to 2048.
+_FEW_TILE = 1024
+# Few-channel convs with fewer multiply-adds than this run serially: waking numba's
+# second thread costs 20-45 us here (measured at batch 1: forward 29 us on 2 threads
+# against 8 us on 1), about what one thread needs for this much work.
+_FEW_PARALLEL_MIN_MACS = 1 << 19
 # Element-wise ops on fewer elements than this run serially: a parallel launch costs
 # a few microseconds, more than it saves on a small array.
 _PARALLEL_MIN_SIZE = 1 << 16
@@ -97,9 +111,13 @@ def conv2d_forward(x, w, b, stride, pad):
     x, w = _contiguous(x), _contiguous(w)
     bias = _contiguous(b) if b is not None else np.zeros(f, dtype=x.dtype)
     y = np.empty((n, ho, wo, f), dtype=x.dtype)
-    # Output pixel (i, j) reads taps x[n, i*sh - top + a, j*sw - left + b, :].
-    _gather(x, w.reshape(kh * kw * c, f), bias, y, (kh, kw), (ho, wo),
-            (-pt, sh, -pl, sw), (0, 1, 0, 1))
+    if c <= _FEW_CHANNELS:
+        _few_forward(x, w, bias, y, stride, pad)
+    else:
+        # Output pixel (i, j) reads taps x[n, i*sh - top + a, j*sw - left + b, :].
+        _gather(x, w.reshape(kh * kw * c, f), bias, y, (kh, kw), (ho, wo),
+                (-pt, sh, -pl, sw), (0, 1, 0, 1))
+    # Only x (the caller's array, no copy) and w are kept: never a column matrix.
     return y, (x, w, b is not None, stride, pad)
 
 
@@ -117,10 +135,13 @@ def conv2d_backward(dy, ctx, need_dx=True):
     t = threads()
 
     k = kh * kw * c
-    if k <= _DW_SMALL_MAX_K and f >= 16:
-        # Short patches (a first layer on 1 channel): outer products into per-chunk
-        # partials. For so little arithmetic, the transposes of the general path would
-        # cost more than the dW products themselves (measured 2.4x on 3x3x1 -> 64).
+    if c <= _FEW_CHANNELS:
+        dw, db = _few_dw(x, dy, w.shape, stride, pad)
+    elif k <= _DW_SMALL_MAX_K and f >= 16:
+        # Short patches on more channels (a 1x1 conv on 5-16 channels): outer products
+        # into per-chunk partials. For so little arithmetic, the transposes of the
+        # general path would cost more than the dW products themselves (measured 2.4x
+        # on 3x3x1 -> 64, before that shape moved to the few-channel kernels).
         k4 = _round_up(k, 4)
         partial = _scratch("conv_dw_partial", (_DW_SMALL_CHUNKS, k4 + 1, f), x.dtype)
         _k.conv_dw_small(x, dy, partial, kh, kw, sh, sw, pt, pl)
@@ -194,6 +215,43 @@ def _conv_dw(x, dy, w_shape, stride, pad, out_hw, t):
                _DW_PIXEL_TILE, t)
 
     return dw, db
+
+
+def _few_forward(x, w, bias, y, stride, pad):
+    """Conv forward on few input channels into ``y``: see kernels.conv_few_forward."""
+    kh, kw, c, f = w.shape
+    (sh, sw), ((pt, _), (pl, _)) = stride, pad
+    k = kh * kw * c
+    w4 = np.zeros((_round_up(k, 4), f), dtype=w.dtype)  # zero taps up to a multiple of 4
+    w4[:k] = w.reshape(k, f)
+    grid_w = y.shape[2] + (kw - 1) // sw
+    tile_rows = min(y.shape[1], max(1, _FEW_TILE // grid_w))
+    args = (x, w4, bias, y, k, kw, sh, sw, pt, pl, min(sh, kh), min(sw, kw), tile_rows)
+    if y.size * k < _FEW_PARALLEL_MIN_MACS:
+        _k.conv_few_forward_part(*args, 0, 1)
+    else:
+        _k.conv_few_forward(*args, threads())
+
+
+def _few_dw(x, dy, w_shape, stride, pad):
+    """dW and db of a conv on few input channels: see kernels.conv_few_dw."""
+    kh, kw, c, f = w_shape
+    (sh, sw), ((pt, _), (pl, _)) = stride, pad
+    k = kh * kw * c
+    k4, f4 = _round_up(k, 4), _round_up(f, 4)
+    partial = _scratch("conv_few_dw", (x.shape[0], k4, f4), x.dtype)
+    db_partial = _scratch("conv_few_db", (x.shape[0], f4), x.dtype)
+    grid_w = dy.shape[2] + (kw - 1) // sw
+    tile_rows = min(dy.shape[1], max(1, _FEW_TILE // grid_w))
+    args = (x, dy, partial, db_partial, k, kw, sh, sw, pt, pl, min(sh, kh), min(sw, kw),
+            tile_rows)
+    if dy.size * k < _FEW_PARALLEL_MIN_MACS:
+        _k.conv_few_dw_part(*args, 0, 1)
+    else:
+        _k.conv_few_dw(*args, threads())
+    _k.sum_image_partials(partial, db_partial)
+    # Fresh copies: the partials are scratch that the next call overwrites.
+    return partial[0, :k, :f].copy().reshape(w_shape), db_partial[0, :f].copy()
 
 
 def _gather(src, wk, bias, out, taps, grid, base, dest):
@@ -437,9 +495,14 @@ def sigmoid_cross_entropy(logits, targets):
 # ----------------------------------------------------------------------------------------
 
 _scratch_local = threading.local()
-# Scratch kept per Python thread: the most recently used buffers up to this many bytes
-# (a model's few conv shapes fit; a huge one-off shape does not pin memory forever).
-_SCRATCH_BYTES = 128 << 20
+# Scratch kept per Python thread: the most recently used buffers up to this many bytes.
+# Kept buffers coexist with a train step's activations, so they count in its peak memory:
+# at 128 MiB the cats-vs-dogs CNN (batch 32) kept its deep convs' channel-major copies of
+# dy and x (about 95 MiB) for good, and its step peaked at 554 MiB against PyTorch's 420-445;
+# at 16 MiB it peaks at 434 MiB. Buffers past the cap are allocated anew per call, which
+# measured no slower (shape D backward 141-143 ms either way, B 10.5, E 12.2-13.1; the
+# Fashion-MNIST CNN's 15 MiB at batch 128 still fits).
+_SCRATCH_BYTES = 16 << 20
 
 
 def _scratch(tag, shape, dtype):
@@ -463,6 +526,17 @@ def _scratch(tag, shape, dtype):
         _, old = cache.popitem(last=False)
         total -= old.nbytes
     return buf
+
+
+def release_scratch() -> None:
+    """Frees the calling thread's reusable internal buffers (the next call re-makes them).
+
+    They persist between calls on purpose (see :func:`_scratch`); this hands their memory
+    back, e.g. after training, or so that a measurement counts their first allocation.
+    """
+    cache = getattr(_scratch_local, "cache", None)
+    if cache is not None:
+        cache.clear()
 
 
 def _contiguous(a):

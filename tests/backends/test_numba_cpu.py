@@ -159,17 +159,24 @@ def conv_and_pool_results(x, w, b, dy, s, pad):
     return dict(y=y, dx=dx, dw=dw, db=db, m=m, dm=dm, a=a, da=da)
 
 
-# Geometries: long patches (the general dW path, strided phases for dx) and a 1-channel
-# first layer (the short-patch dW path with per-chunk partials).
+# Geometries: long patches (the general dW path, strided phases for dx), a 1x1 conv on
+# 6 channels (the short-patch dW path with per-chunk partials), and first layers on 1-4
+# channels (the few-channel kernels: per-image dW partials; F and K not multiples of 4,
+# so the leftover channels and the zero taps run too; strided, with stride phases).
 THREAD_CASES = [
     dict(n=16, hw=(12, 11), c=20, f=12, k=(3, 3), s=(1, 1), padding="valid"),
     dict(n=16, hw=(12, 11), c=20, f=12, k=(5, 4), s=(2, 3), padding="same"),
+    dict(n=16, hw=(12, 11), c=6, f=16, k=(1, 1), s=(1, 1), padding="valid"),
     dict(n=16, hw=(12, 11), c=1, f=16, k=(3, 3), s=(1, 1), padding="same"),
+    dict(n=16, hw=(12, 11), c=3, f=6, k=(5, 5), s=(1, 1), padding="same"),
+    dict(n=9, hw=(13, 12), c=2, f=9, k=(3, 2), s=(2, 3), padding="same"),
 ]
+THREAD_IDS = ["long", "strided", "short-patch", "one-channel", "few-channel",
+              "few-strided"]
 
 
 @needs_two_threads
-@pytest.mark.parametrize("case", THREAD_CASES, ids=["long", "strided", "one-channel"])
+@pytest.mark.parametrize("case", THREAD_CASES, ids=THREAD_IDS)
 def test_two_threads_match_the_reference_repeatedly(case, restore_threads):
     """A race (a shared '+=' in a prange) shows up as a wrong or varying result."""
     rng = np.random.default_rng(1)
@@ -186,7 +193,7 @@ def test_two_threads_match_the_reference_repeatedly(case, restore_threads):
 
 
 @needs_two_threads
-@pytest.mark.parametrize("case", THREAD_CASES, ids=["long", "strided", "one-channel"])
+@pytest.mark.parametrize("case", THREAD_CASES, ids=THREAD_IDS)
 def test_one_and_two_threads_agree_bitwise(case, restore_threads):
     """Bitwise, not just close: no reduction is split across threads (dW rows belong to
     one thread, short-patch partials are per FIXED chunk, pools scatter per image), so
@@ -235,6 +242,84 @@ def test_inputs_unchanged_and_outputs_not_reused_between_calls():
             np.testing.assert_array_equal(a, before)
 
 
+# --------------------------------------------------------- few input channels (a first layer)
+
+
+def test_few_channel_conv_keeps_only_x_and_w_for_the_backward():
+    """No column matrix and no copy of x outlives the forward: ctx holds the caller's x
+    itself and the kernel, and nothing else of any size."""
+    rng = np.random.default_rng(6)
+    x, w, b, dy, s, pad = conv_case(rng, np.float32, n=4, hw=(28, 28), c=1, f=6, k=(5, 5))
+    _, ctx = NB.conv2d_forward(x, w, b, s, pad)
+    arrays = [a for a in ctx if isinstance(a, np.ndarray)]
+    assert any(a is x for a in arrays)
+    assert sum(a.nbytes for a in arrays) <= x.nbytes + w.nbytes
+
+
+def test_two_few_channel_layers_of_one_shape_do_not_share_their_inputs():
+    """The backward rebuilds its channel-major tiles from the x in ctx: a second layer's
+    forward of the same shape in between must not leak into the first's dW."""
+    rng = np.random.default_rng(7)
+    x1, w, b, dy, s, pad = conv_case(rng, np.float64, n=3, hw=(9, 8), c=3, f=5, k=(3, 3))
+    x2 = rng.standard_normal(x1.shape)
+    _, ctx1 = NB.conv2d_forward(x1, w, b, s, pad)
+    NB.conv2d_forward(x2, w, b, s, pad)
+    _, dw, db = NB.conv2d_backward(dy, ctx1, need_dx=False)
+    _, rctx = REF.conv2d_forward(x1, w, b, s, pad)
+    _, dw_ref, db_ref = REF.conv2d_backward(dy, rctx)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_few_channel_serial_and_parallel_paths_agree_bitwise(dtype, monkeypatch):
+    """Small few-channel convs skip the parallel launch; both paths run the same per-unit
+    code in the same order, so they must agree bit for bit (and with the reference)."""
+    rng = np.random.default_rng(9)
+    x, w, b, dy, s, pad = conv_case(rng, dtype, n=5, hw=(11, 10), c=3, f=7, k=(5, 3),
+                                    s=(2, 1))
+    results = []
+    for threshold in (0, 1 << 60):  # always parallel, always serial
+        monkeypatch.setattr(numba_cpu, "_FEW_PARALLEL_MIN_MACS", threshold)
+        y, ctx = NB.conv2d_forward(x, w, b, s, pad)
+        results.append((y, *NB.conv2d_backward(dy, ctx, need_dx=False)[1:]))
+    for a, c in zip(*results):
+        np.testing.assert_array_equal(a, c)
+    y_ref, rctx = REF.conv2d_forward(x, w, b, s, pad)
+    _, dw_ref, db_ref = REF.conv2d_backward(dy, rctx)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+    for a, r in zip(results[0], (y_ref, dw_ref, db_ref)):
+        np.testing.assert_allclose(a, r, **tol)
+
+
+@pytest.mark.parametrize("c", [1, 4, 5], ids=["1ch", "4ch", "5ch"])
+def test_few_channel_path_is_chosen_by_input_channels(c, monkeypatch):
+    """Up to _FEW_CHANNELS input channels the few-channel kernels run, above it the
+    gather kernel (both must give the reference's result; this checks the routing)."""
+    calls = []
+    for name in ("conv_few_forward", "conv_few_forward_part", "conv_gather_dot"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(numba_cpu._k, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    rng = np.random.default_rng(8)
+    x, w, b, dy, s, pad = conv_case(rng, np.float32, n=2, c=c, f=4)
+    NB.conv2d_forward(x, w, b, s, pad)
+    few = c <= numba_cpu._FEW_CHANNELS
+    assert len(calls) == 1 and calls[0].startswith("conv_few_forward") == few, calls
+
+
+def test_release_scratch_frees_the_workspaces_and_they_come_back():
+    rng = np.random.default_rng(10)
+    x, w, b, dy, s, pad = conv_case(rng, np.float32, **THREAD_CASES[0])
+    _, ctx = NB.conv2d_forward(x, w, b, s, pad)
+    first = NB.conv2d_backward(dy, ctx)
+    assert numba_cpu._scratch_local.cache  # the deep dW path keeps its copies of x and dy
+    numba_cpu.release_scratch()
+    assert not numba_cpu._scratch_local.cache
+    for a, again in zip(first, NB.conv2d_backward(dy, ctx)):
+        np.testing.assert_array_equal(a, again)
+
+
 # ---------------------------------------------------- no float64 in the float32 machine code
 
 # Kernels whose bodies hold floating constants or math calls, i.e. where a Python float
@@ -251,6 +336,13 @@ UPCAST_CASES = {
     "conv_gather_dot": (np.zeros((1, 4, 4, 2), F32), np.zeros((2, 32), F32),
                         np.zeros(2, F32), np.zeros((1, 2, 2, 2), F32),
                         3, 3, 2, 2, 0, 1, 0, 1, 0, 1, 0, 1, 4, 1),
+    # A 3x3 conv on 1 channel, 6 filters (K = 9 taps padded to 12), 4x4 'valid' input.
+    "conv_few_forward_part": (np.zeros((1, 4, 4, 1), F32), np.zeros((12, 6), F32),
+                              np.zeros(6, F32), np.zeros((1, 2, 2, 6), F32),
+                              9, 3, 1, 1, 0, 0, 1, 1, 2, 0, 1),
+    "conv_few_dw_part": (np.zeros((1, 4, 4, 1), F32), np.zeros((1, 2, 2, 6), F32),
+                         np.zeros((1, 12, 8), F32), np.zeros((1, 8), F32),
+                         9, 3, 1, 1, 0, 0, 1, 1, 2, 0, 1),
 }
 
 

@@ -27,8 +27,17 @@ Performance design (NHWC activations, HWIO kernels, C-contiguous arrays):
   micro-kernel runs on the arrays in place, with no im2col copy. Parallel over blocks of
   dW rows ``(kh, kw, C_in)``: every thread reduces ITS rows over ALL pixels in a fixed
   order, so there is no shared ``+=`` and the result is bitwise the same for any thread
-  count. Tiny patches (a 3x3 conv on 1 channel) use :func:`conv_dw_small` instead:
-  outer products into partial dWs of FIXED pixel chunks, summed in chunk order.
+  count. Tiny patches on more channels (a 1x1 conv on 5-16 channels) use
+  :func:`conv_dw_small` instead: outer products into partial dWs of FIXED pixel chunks,
+  summed in chunk order.
+* **Few input channels** (a first layer on 1-4 channels: patches of only 9-27 values,
+  too short for the gather's dot products) use their own direct kernels,
+  :func:`conv_few_forward` and :func:`conv_few_dw`: x goes channel-major onto the
+  conv_dw pixel grid, the forward vectorises over PIXELS (4 taps x 4 output channels
+  per pass over L1-resident accumulator rows), and dW runs the 4 x 4 dot micro-kernel
+  over tiles of pixels against a per-tile channel-major copy of dy, with per-image
+  partials summed in image order. Neither keeps anything but x for the backward, and
+  neither ever builds a column matrix.
 * Pools are parallel over output rows (forward) and over images (backward scatter: each
   thread owns its dx[n]). Element-wise ops have a serial kernel on a range and a parallel
   driver that splits the array into chunks; the Python side picks by size, because a
@@ -459,6 +468,349 @@ def conv_dw_small(x, dy, partial, kh, kw, sh, sw, pt, pl):
             src = partial[ch, k]
             for f in range(f_total):
                 dst[f] += src[f]
+
+
+# ----------------------------------------------------------------------------------------
+# Convolution on few input channels (a first layer): direct, on a flat pixel grid
+# ----------------------------------------------------------------------------------------
+# A first layer has 1-4 input channels, so a patch holds only K = kh*kw*C values (9..27
+# for 3x3/5x5 kernels on 1 or 3 channels). The gather kernel above vectorises its dot
+# products over K: too short to fill a vector, and each 4x4 block ends in 16 horizontal
+# sums. im2col + GEMM writes and re-reads a column matrix of K floats per output pixel
+# and keeps it alive until the backward. Here the vector axis is the PIXEL axis instead.
+# A tile of output rows is laid out channel-major on the conv_dw grid: one row of a small
+# per-thread buffer per (stride phase, channel), each holding the tile's grid rows
+# (``x[n, u*sh + rh - pt, v*sw + rw - pl, c]`` at ``(u - u0)*grid_w + v``, 0 outside x),
+# so that every tap (a, b, c) is a constant shift along one contiguous axis and
+#     y[q, f] = bias[f] + sum_k w[k, f] * buffer(k)[q + shift(k)]
+# is a sum of long, unit-stride axpy streams. The grid is wider than the output by the
+# taps' reach (kw - 1)//sw, so a real output never wraps into the next row; the extra
+# grid columns are computed and dropped (1.4% of the work on 150 -> 148 'valid', 14% on
+# LeNet's 28x28 'same'). Nothing but the caller's x is needed again by the backward:
+# each kernel builds its tiles from x itself (a tile's reach rows are built twice, a
+# copy of C values per pixel against K*F multiply-adds).
+
+
+@njit(**_INLINE)
+def _odd_lines(n):
+    """A row length >= n that is an ODD multiple of 16 elements (64 B in float32).
+
+    For per-thread tiles whose rows are used at once (a transposing store writes one
+    element into each of F rows; a pass reads 4 rows): with a row stride that is a
+    multiple of 4 KiB, they all land in the same L1 sets and evict each other (measured:
+    10x slower dW on shape A when the tile row happened to be 1024 floats long).
+    """
+    return (n + 31) // 32 * 32 + 16
+
+
+@njit(**_INLINE)
+def _grid_tile(x, n, u0, n_rows, buf, phases_w, sh, sw, pt, pl, grid_w):
+    """Grid rows ``u0 .. u0 + n_rows - 1`` of image n into ``buf`` (phases*C, length).
+
+    Row ``(rh*phases_w + rw)*C + c`` of buf gets ``x[n, u*sh + rh - pt, v*sw + rw - pl,
+    c]`` at column ``(u - u0)*grid_w + v`` (0 outside x) and zeros after the last grid
+    row. Per grid row, the in-range columns are one run: a contiguous copy for C == 1
+    at stride 1, two short zero fills for the 'same' padding.
+    """
+    _, h, w, c_in = x.shape
+    zero = x.dtype.type(0)
+    for p in range(buf.shape[0]):
+        ph = p // c_in
+        c = p - ph * c_in
+        rh = ph // phases_w
+        rw = ph - rh * phases_w
+        # Grid columns v whose input column v*sw + rw - pl lies inside x: [v_lo, v_hi).
+        v_lo = min(grid_w, max(0, (pl - rw + sw - 1) // sw))
+        v_hi = max(v_lo, min(grid_w, (w - 1 + pl - rw) // sw + 1))
+        ix_lo = v_lo * sw + rw - pl
+        plane = buf[p]
+        for r in range(n_rows):
+            dst = plane[r * grid_w:(r + 1) * grid_w]
+            iy = (u0 + r) * sh + rh - pt
+            if iy < 0 or iy >= h:
+                _fill(dst, zero)
+                continue
+            _fill(dst[:v_lo], zero)
+            _fill(dst[v_hi:], zero)
+            src = x[n, iy, ix_lo:, c]
+            mid = dst[v_lo:v_hi]
+            for v in range(v_hi - v_lo):
+                mid[v] = src[v * sw]
+        _fill(plane[n_rows * grid_w:], zero)
+
+
+@njit(**_INLINE)
+def _tap_table(k_total, c_in, kw, sh, sw, phases_w, grid_w, plane_of, shift_of):
+    """Buffer row and grid shift of each tap k = (a*kw + b)*C + c (see conv_dw)."""
+    for k in range(k_total):
+        tap = k // c_in
+        c = k - tap * c_in
+        ta = tap // kw
+        tb = tap - ta * kw
+        plane_of[k] = ((ta % sh) * phases_w + tb % sw) * c_in + c
+        shift_of[k] = (ta // sh) * grid_w + tb // sw
+
+
+@njit(**_INLINE)
+def _taps4_out4(a0, a1, a2, a3, x0, x1, x2, x3, w, first, b):
+    """``acc_f (=|+=) sum_t x_t * w[t, f]`` for 4 taps t and 4 channels f, over pixels.
+
+    Per vector of pixels: 4 loads of x, 4 of acc, 4 stores and 16 FMAs, against 1 store
+    per FMA for one tap at a time (the acc streams stay in L1; the stores bound it).
+    ``first`` starts the sums at the bias instead of reading acc: no separate fill pass.
+    """
+    w00 = w[0, 0]; w01 = w[0, 1]; w02 = w[0, 2]; w03 = w[0, 3]  # noqa: E702
+    w10 = w[1, 0]; w11 = w[1, 1]; w12 = w[1, 2]; w13 = w[1, 3]  # noqa: E702
+    w20 = w[2, 0]; w21 = w[2, 1]; w22 = w[2, 2]; w23 = w[2, 3]  # noqa: E702
+    w30 = w[3, 0]; w31 = w[3, 1]; w32 = w[3, 2]; w33 = w[3, 3]  # noqa: E702
+    if first:
+        b0 = b[0]
+        b1 = b[1]
+        b2 = b[2]
+        b3 = b[3]
+        for j in range(a0.size):
+            v0 = x0[j]
+            v1 = x1[j]
+            v2 = x2[j]
+            v3 = x3[j]
+            a0[j] = b0 + (v0 * w00 + v1 * w10 + v2 * w20 + v3 * w30)
+            a1[j] = b1 + (v0 * w01 + v1 * w11 + v2 * w21 + v3 * w31)
+            a2[j] = b2 + (v0 * w02 + v1 * w12 + v2 * w22 + v3 * w32)
+            a3[j] = b3 + (v0 * w03 + v1 * w13 + v2 * w23 + v3 * w33)
+    else:
+        for j in range(a0.size):
+            v0 = x0[j]
+            v1 = x1[j]
+            v2 = x2[j]
+            v3 = x3[j]
+            a0[j] += v0 * w00 + v1 * w10 + v2 * w20 + v3 * w30
+            a1[j] += v0 * w01 + v1 * w11 + v2 * w21 + v3 * w31
+            a2[j] += v0 * w02 + v1 * w12 + v2 * w22 + v3 * w32
+            a3[j] += v0 * w03 + v1 * w13 + v2 * w23 + v3 * w33
+
+
+@njit(**_INLINE)
+def _taps4_out1(a0, x0, x1, x2, x3, w, first, b0):
+    """:func:`_taps4_out4` for one channel (the F % 4 channels left over)."""
+    w0 = w[0]
+    w1 = w[1]
+    w2 = w[2]
+    w3 = w[3]
+    if first:
+        for j in range(a0.size):
+            a0[j] = b0 + (x0[j] * w0 + x1[j] * w1 + x2[j] * w2 + x3[j] * w3)
+    else:
+        for j in range(a0.size):
+            a0[j] += x0[j] * w0 + x1[j] * w1 + x2[j] * w2 + x3[j] * w3
+
+
+@njit(**_SERIAL)
+def conv_few_forward_part(x, w4, bias, y, k_total, kw, sh, sw, pt, pl, phases_h, phases_w,
+                          tile_rows, first, step):
+    """``y = conv(x, w) + bias`` for few input channels, work units first, first+step, ...
+
+    ``w4`` is ``(4*G, F)``: the HWIO kernel as (K, F) rows plus zero rows up to a
+    multiple of 4 taps; a padded tap reads a zero row, so it adds exactly 0 (never
+    0 * inf). Work unit: ``tile_rows`` output rows of one image. Its grid tile goes
+    into this call's buffer; per 4 output channels, the taps run 4 at a time over the
+    tile's accumulator rows (L1-resident), which are then written to y's real pixels.
+    Every output value is computed by one unit, in an order fixed by the shapes:
+    :func:`conv_few_forward` (one call per thread) and one serial call (first=0,
+    step=1) give bitwise the same y.
+    """
+    c_in = x.shape[3]
+    k4, f_total = w4.shape
+    n_img, ho, wo, _ = y.shape
+    kh = k_total // (kw * c_in)
+    reach_rows = (kh - 1) // sh
+    grid_w = wo + (kw - 1) // sw
+    n_tiles = (ho + tile_rows - 1) // tile_rows
+    qtile = tile_rows * grid_w
+    buf_len = (tile_rows + reach_rows) * grid_w + (kw - 1) // sw
+    buf = np.empty((phases_h * phases_w * c_in, _odd_lines(buf_len)), dtype=x.dtype)
+    acc = np.empty((4, _odd_lines(qtile)), dtype=y.dtype)
+    zrow = np.zeros(qtile, dtype=y.dtype)
+    plane_of = np.zeros(k4, dtype=np.int64)
+    shift_of = np.zeros(k4, dtype=np.int64)
+    _tap_table(k_total, c_in, kw, sh, sw, phases_w, grid_w, plane_of, shift_of)
+    for job in range(first, n_img * n_tiles, step):
+        n = job // n_tiles
+        i0 = (job - n * n_tiles) * tile_rows
+        rows = min(tile_rows, ho - i0)
+        qn = rows * grid_w
+        _grid_tile(x, n, i0, rows + reach_rows, buf, phases_w, sh, sw, pt, pl, grid_w)
+        for f0 in range(0, f_total, 4):
+            nf = min(4, f_total - f0)
+            for k0 in range(0, k4, 4):
+                o0 = shift_of[k0]
+                o1 = shift_of[k0 + 1]
+                o2 = shift_of[k0 + 2]
+                o3 = shift_of[k0 + 3]
+                x0 = buf[plane_of[k0], o0:o0 + qn]
+                x1 = buf[plane_of[k0 + 1], o1:o1 + qn] if k0 + 1 < k_total else zrow[:qn]
+                x2 = buf[plane_of[k0 + 2], o2:o2 + qn] if k0 + 2 < k_total else zrow[:qn]
+                x3 = buf[plane_of[k0 + 3], o3:o3 + qn] if k0 + 3 < k_total else zrow[:qn]
+                if nf == 4:
+                    _taps4_out4(acc[0, :qn], acc[1, :qn], acc[2, :qn], acc[3, :qn],
+                                x0, x1, x2, x3, w4[k0:k0 + 4, f0:f0 + 4], k0 == 0,
+                                bias[f0:f0 + 4])
+                else:
+                    for ff in range(nf):
+                        _taps4_out1(acc[ff, :qn], x0, x1, x2, x3, w4[k0:k0 + 4, f0 + ff],
+                                    k0 == 0, bias[f0 + ff])
+            # The tile's real pixels (the first wo of each grid row) into NHWC y. This
+            # transposing store costs about as much as the arithmetic when F is large
+            # (measured 46% of shape A's forward, 42% of cats-vs-dogs' first conv).
+            for r in range(rows):
+                yr = y[n, i0 + r]
+                if nf == 4:
+                    s0 = acc[0, r * grid_w:r * grid_w + wo]
+                    s1 = acc[1, r * grid_w:r * grid_w + wo]
+                    s2 = acc[2, r * grid_w:r * grid_w + wo]
+                    s3 = acc[3, r * grid_w:r * grid_w + wo]
+                    for j in range(wo):
+                        d = yr[j, f0:f0 + 4]
+                        d[0] = s0[j]
+                        d[1] = s1[j]
+                        d[2] = s2[j]
+                        d[3] = s3[j]
+                else:
+                    for ff in range(nf):
+                        s0 = acc[ff, r * grid_w:r * grid_w + wo]
+                        for j in range(wo):
+                            yr[j, f0 + ff] = s0[j]
+
+
+@njit(**_PARALLEL)
+def conv_few_forward(x, w4, bias, y, k_total, kw, sh, sw, pt, pl, phases_h, phases_w,
+                     tile_rows, nthreads):
+    """:func:`conv_few_forward_part` on ``nthreads`` threads, units round-robin."""
+    for t in prange(nthreads):
+        conv_few_forward_part(x, w4, bias, y, k_total, kw, sh, sw, pt, pl, phases_h,
+                              phases_w, tile_rows, t, nthreads)
+
+
+@njit(**_SERIAL)
+def conv_few_dw_part(x, dy, partial, db_partial, k_total, kw, sh, sw, pt, pl, phases_h,
+                     phases_w, tile_rows, first, step):
+    """Per-image dW and db of a few-channel conv, for images first, first+step, ...
+
+    ``partial[n]`` is image n's ``(K4, F4)`` dW and ``db_partial[n]`` its ``(F4,)`` db
+    (K and F rounded up to 4; :func:`sum_image_partials` then sums them). Tile by tile:
+    the grid tile of x goes into this call's buffer as in the forward, dy's tile goes
+    channel-major onto the same grid (zeros in the columns past Wo and past the tile;
+    rows past F stay zero), its rows are summed into db, and
+    ``dW[k, f] += sum_q buffer(k)[q + shift(k)] * dy_tile[f, q]`` runs as 4 x 4 blocks
+    of dot products over the tile's pixels (the conv_dw micro-kernel). The dy tile is
+    the only copy of dy ever made, and it stays in L1/L2. Each image is reduced by one
+    call in a fixed order: any split of the images over threads gives the same bits.
+    A wrapped tap (a grid column past Wo) reads a real x value against dy == 0: finite
+    inputs are exact, an inf there gives NaN (as conv_dw).
+    """
+    c_in = x.shape[3]
+    n_img, ho, wo, f_total = dy.shape
+    _, k4, f4 = partial.shape
+    kh = k_total // (kw * c_in)
+    reach_rows = (kh - 1) // sh
+    grid_w = wo + (kw - 1) // sw
+    n_tiles = (ho + tile_rows - 1) // tile_rows
+    qtile = (tile_rows * grid_w + 15) // 16 * 16
+    # Dot products run over a multiple of 16 pixels, up to 15 past the tile's grid rows.
+    buf_len = (tile_rows + reach_rows) * grid_w + (kw - 1) // sw + 16
+    zero = dy.dtype.type(0)
+    buf = np.empty((phases_h * phases_w * c_in, _odd_lines(buf_len)), dtype=x.dtype)
+    dyt = np.zeros((f4, _odd_lines(qtile)), dtype=dy.dtype)
+    zrow = np.zeros(qtile, dtype=dy.dtype)
+    plane_of = np.zeros(k4, dtype=np.int64)
+    shift_of = np.zeros(k4, dtype=np.int64)
+    _tap_table(k_total, c_in, kw, sh, sw, phases_w, grid_w, plane_of, shift_of)
+    for n in range(first, n_img, step):
+        part = partial[n]
+        for k in range(k4):
+            _fill(part[k], zero)
+        dbn = db_partial[n]
+        _fill(dbn, zero)
+        for tile in range(n_tiles):
+            i0 = tile * tile_rows
+            rows = min(tile_rows, ho - i0)
+            qn = (rows * grid_w + 15) // 16 * 16
+            _grid_tile(x, n, i0, rows + reach_rows, buf, phases_w, sh, sw, pt, pl, grid_w)
+            # dy's tile channel-major: per dy row (in L1), one contiguous destination run
+            # per channel (measured 1.4x faster than a pixel-by-pixel scatter).
+            for r in range(rows):
+                dyr = dy[n, i0 + r]
+                for f in range(f_total):
+                    dst = dyt[f, r * grid_w:(r + 1) * grid_w]
+                    src = dyr[:, f]
+                    for j in range(wo):
+                        dst[j] = src[j]
+                    _fill(dst[wo:], zero)
+            for f in range(f_total):
+                row = dyt[f, :qn]
+                _fill(row[rows * grid_w:], zero)
+                s = zero
+                for q in range(qn):
+                    s += row[q]
+                dbn[f] += s
+            for k0 in range(0, k4, 4):
+                o0 = shift_of[k0]
+                o1 = shift_of[k0 + 1]
+                o2 = shift_of[k0 + 2]
+                o3 = shift_of[k0 + 3]
+                x0 = buf[plane_of[k0], o0:o0 + qn]
+                x1 = buf[plane_of[k0 + 1], o1:o1 + qn] if k0 + 1 < k_total else zrow[:qn]
+                x2 = buf[plane_of[k0 + 2], o2:o2 + qn] if k0 + 2 < k_total else zrow[:qn]
+                x3 = buf[plane_of[k0 + 3], o3:o3 + qn] if k0 + 3 < k_total else zrow[:qn]
+                for f0 in range(0, f4, 4):
+                    s = _dot4x4(x0, x1, x2, x3, dyt[f0, :qn], dyt[f0 + 1, :qn],
+                                dyt[f0 + 2, :qn], dyt[f0 + 3, :qn], qn)
+                    p0 = part[k0, f0:f0 + 4]
+                    p1 = part[k0 + 1, f0:f0 + 4]
+                    p2 = part[k0 + 2, f0:f0 + 4]
+                    p3 = part[k0 + 3, f0:f0 + 4]
+                    p0[0] += s[0]
+                    p0[1] += s[1]
+                    p0[2] += s[2]
+                    p0[3] += s[3]
+                    p1[0] += s[4]
+                    p1[1] += s[5]
+                    p1[2] += s[6]
+                    p1[3] += s[7]
+                    p2[0] += s[8]
+                    p2[1] += s[9]
+                    p2[2] += s[10]
+                    p2[3] += s[11]
+                    p3[0] += s[12]
+                    p3[1] += s[13]
+                    p3[2] += s[14]
+                    p3[3] += s[15]
+
+
+@njit(**_PARALLEL)
+def conv_few_dw(x, dy, partial, db_partial, k_total, kw, sh, sw, pt, pl, phases_h,
+                phases_w, tile_rows, nthreads):
+    """:func:`conv_few_dw_part` on ``nthreads`` threads, images round-robin."""
+    for t in prange(nthreads):
+        conv_few_dw_part(x, dy, partial, db_partial, k_total, kw, sh, sw, pt, pl, phases_h,
+                         phases_w, tile_rows, t, nthreads)
+
+
+@njit(**_SERIAL)
+def sum_image_partials(partial, db_partial):
+    """``partial[0] = sum_n partial[n]`` (and db), added in image order: the result does
+    not depend on how the images were split over threads."""
+    n_img, k4, f4 = partial.shape
+    total = partial[0]
+    db_total = db_partial[0]
+    for n in range(1, n_img):
+        for k in range(k4):
+            dst = total[k]
+            src = partial[n, k]
+            for f in range(f4):
+                dst[f] += src[f]
+        src = db_partial[n]
+        for f in range(f4):
+            db_total[f] += src[f]
 
 
 # ----------------------------------------------------------------------------------------
