@@ -16,8 +16,21 @@ variables once, when they load, so this module runs first in ``fastcnn/__init__.
 the program imported NumPy before fastcnn the OpenBLAS setting comes too late, which
 :data:`APPLIED_BEFORE_NUMPY` records and ``fastcnn info`` reports. A user's own setting of
 either variable always wins.
+
+The heap (glibc's malloc): a train step allocates and frees the same few-MiB activation
+and gradient arrays every step. With glibc's defaults the arrays above its dynamic mmap
+threshold are mmapped and unmapped, and the top of the heap is trimmed back to the OS,
+so every step faults its pages in again: about 930 minor page faults per LeNet-5 step at
+batch 64 in a fresh process, 5.97 ms per step against 4.8 ms without them (measured on
+2026-11-25, 1 thread). :func:`tune_malloc` raises the mmap threshold to 32 MiB and the trim
+threshold to 256 MiB (``mallopt``), so freed blocks are reused: 2 faults per step. The
+cost: up to 256 MiB of freed memory may stay with the process between steps. Skipped
+outside glibc, when the user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
+themselves, or with ``FASTCNN_MALLOC_TUNING=0``.
 """
+import ctypes
 import os
+import platform
 import sys
 
 DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
@@ -27,6 +40,32 @@ for _name, _value in DEFAULTS.items():
 
 APPLIED_BEFORE_NUMPY = "numpy" not in sys.modules
 
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
+MALLOC_SETTINGS = {"MMAP_THRESHOLD": 32 << 20, "TRIM_THRESHOLD": 256 << 20}
+
+
+def tune_malloc() -> str:
+    """Applies :data:`MALLOC_SETTINGS` through glibc's ``mallopt``; says what happened."""
+    if os.environ.get("FASTCNN_MALLOC_TUNING", "1") == "0":
+        return "off (FASTCNN_MALLOC_TUNING=0)"
+    if platform.libc_ver()[0] != "glibc":
+        return "not glibc: left as is"
+    if any(f"MALLOC_{name}_" in os.environ for name in MALLOC_SETTINGS):
+        return "the user's MALLOC_*_ settings kept"
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return "mallopt not found: left as is"
+    ok = (mallopt(_M_MMAP_THRESHOLD, MALLOC_SETTINGS["MMAP_THRESHOLD"]) == 1
+          and mallopt(_M_TRIM_THRESHOLD, MALLOC_SETTINGS["TRIM_THRESHOLD"]) == 1)
+    if not ok:
+        return "mallopt refused the settings: left as is"
+    return "mmap threshold 32 MiB, trim threshold 256 MiB (FASTCNN_MALLOC_TUNING=0 turns it off)"
+
+
+MALLOC_TUNING = tune_malloc()
+
 
 def describe() -> list[str]:
     """Lines for ``fastcnn info``."""
@@ -35,4 +74,5 @@ def describe() -> list[str]:
         lines.append(
             "numpy was imported before fastcnn, so OpenBLAS may ignore "
             "OPENBLAS_THREAD_TIMEOUT: export it (e.g. 4) or import fastcnn first")
+    lines.append(f"malloc: {MALLOC_TUNING}")
     return lines

@@ -763,7 +763,7 @@ def run_info(args) -> int:
     lines += ["  " + line for line in _table(rows, ("setting", "value"))]
     from . import _runtime
 
-    lines += ["  idle threads sleep (fastcnn/_runtime.py): " + "; ".join(_runtime.describe())]
+    lines += ["  runtime defaults (fastcnn/_runtime.py): " + "; ".join(_runtime.describe())]
     print("\n".join(lines))
     return 0
 
