@@ -12,6 +12,7 @@ that made ``ctx``, whatever the table says for the backward's shape.
 """
 from __future__ import annotations
 
+from .. import shapes
 from . import get, available
 
 # Kinds of shape that rank backends differently. Figures: benchmarks/README.md (2026-11-25,
@@ -37,6 +38,15 @@ from . import get, available
 PREFERENCES = {
     ("conv2d", "few_channels"): ("numba", "cython", "im2col"),
     ("conv2d", "deep"): ("numba", "cython", "im2col"),
+    # - conv "small": more than 4 input channels but little work per image (below
+    #   SMALL_CONV_MACS multiply-adds: LeNet-5's second conv 14x14x6 -> 16 5x5 has 240k, the
+    #   digits model's 4x4x16 -> 32 3x3 74k). Numba's 4x4 register blocks are mostly edge
+    #   there (6 dx channels, 100 pixels), BLAS's small-GEMM kernels are not. fwd+bwd at 1
+    #   thread, b64 / b128: LeNet conv2 cython 1.39 / 2.90 ms, numba 1.93 / 3.75; digits conv2
+    #   0.30 / 0.58 against 0.35 / 1.08. Above it numba wins: 13x13x32 -> 32 3x3 (1.1M MACs)
+    #   numba 3.83 / 8.41, cython 5.81 / 13.6; 28x28x8 -> 8 3x3 (451k) 4.72 / 9.75 against
+    #   5.83 / 12.6 (2026-11-25, idle machine).
+    ("conv2d", "small"): ("cython", "numba", "im2col"),
     ("maxpool2d", "any"): ("numba", "cython", "im2col"),
     ("avgpool2d", "any"): ("numba", "cython", "im2col"),
     ("dense", "any"): ("cython", "im2col"),
@@ -50,6 +60,7 @@ PREFERENCES = {
 }
 
 FEW_CHANNELS = 4
+SMALL_CONV_MACS = 300_000  # per image, forward
 
 _resolved: dict = {}
 
@@ -77,8 +88,17 @@ def choices() -> dict:
 
 # -- conv ----------------------------------------------------------------------------------
 
+def conv_kind(x_shape, w_shape, stride, pad) -> str:
+    """Which PREFERENCES row a conv belongs to: 'few_channels', 'small' or 'deep'."""
+    kh, kw, c_in, c_out = w_shape
+    if c_in <= FEW_CHANNELS:
+        return "few_channels"
+    ho, wo = shapes.padded_output_shape(x_shape[1:3], (kh, kw), stride, pad)
+    return "small" if ho * wo * kh * kw * c_in * c_out < SMALL_CONV_MACS else "deep"
+
+
 def conv2d_forward(x, w, b, stride, pad):
-    kind = "few_channels" if w.shape[2] <= FEW_CHANNELS else "deep"
+    kind = conv_kind(x.shape, w.shape, stride, pad)
     backend = _pick("conv2d", kind)
     y, ctx = backend.conv2d_forward(x, w, b, stride, pad)
     return y, (backend, ctx)
