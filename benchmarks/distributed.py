@@ -46,9 +46,9 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
 # ------------------------------------------------------------------- worker
 def worker(args):
     """Runs in each launched process (threads already pinned by the environment)."""
+    import fastcnn  # first: it sets OpenBLAS's idle-thread timeout before NumPy loads
     import numpy as np
 
-    import fastcnn
     from fastcnn import distributed, models
 
     procs = args.procs

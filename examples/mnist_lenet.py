@@ -16,9 +16,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
+# fastcnn before NumPy: it sets OpenBLAS's idle-thread timeout, which OpenBLAS reads when
+# NumPy loads (imported the other way round, 2 threads ran a train step no faster than 1)
+import fastcnn  # noqa: E402, I001
 import numpy as np  # noqa: E402
 
-import fastcnn  # noqa: E402
 from fastcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D  # noqa: E402
 
 

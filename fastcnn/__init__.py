@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 # First, before anything loads NumPy or an OpenMP runtime: the thread-runtime defaults.
 from . import _runtime
+from ._runtime import ThreadSettingWarning
 from . import _extensions
 from ._extensions import HAVE_CYTHON, ExtensionWarning
 from . import backends, config, shapes
@@ -34,6 +35,7 @@ __all__ = [
     "load_model",
     "HAVE_CYTHON",
     "ExtensionWarning",
+    "ThreadSettingWarning",
     "available",
     "get_backend",
     "set_backend",

@@ -6,10 +6,10 @@ import os
 # backend registry) imports numba. setdefault: a CI job on a real GPU can export 0.
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+# fastcnn before NumPy: it sets OpenBLAS's idle-thread timeout, read when NumPy loads.
+from fastcnn import backends  # noqa: E402, I001
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-from fastcnn import backends  # noqa: E402
 
 # Under the simulator every CUDA thread is a Python thread (about 0.5 ms each), so the
 # generic suites (hypothesis shapes, whole models trained per backend) would take hours

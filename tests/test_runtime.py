@@ -95,3 +95,27 @@ def test_freed_step_arrays_are_reused_instead_of_faulting_in_again():
                                              timeout=120).stdout)
     # 20 steps x 20 MiB = 102,400 pages faulted in again without the tuning (measured)
     assert faults["1"] < 1000 < 50000 < faults["0"], faults
+
+
+def _import_warnings(code, extra_env=None):
+    env = {k: v for k, v in os.environ.items() if k not in _runtime.DEFAULTS}
+    env.update(extra_env or {})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True, timeout=120).stderr
+
+
+def test_numpy_imported_first_warns_that_threads_will_not_help():
+    if (os.cpu_count() or 1) < 2:
+        import pytest
+        pytest.skip("one core: extra threads cannot help anyway, so fastcnn does not warn")
+    err = _import_warnings("import numpy\nimport fastcnn\n")
+    assert "ThreadSettingWarning: numpy was imported before fastcnn" in err
+    assert "<string>:2" in err  # points at the user's import line
+    assert "OPENBLAS_THREAD_TIMEOUT=4" in err
+
+
+def test_no_warning_in_the_right_order_or_with_the_variable_exported():
+    assert "ThreadSettingWarning" not in _import_warnings("import fastcnn\nimport numpy\n")
+    assert "ThreadSettingWarning" not in _import_warnings(
+        "import numpy\nimport fastcnn\n", {"OPENBLAS_THREAD_TIMEOUT": "4"})
