@@ -604,6 +604,21 @@ def _taps4_out1(a0, x0, x1, x2, x3, w, first, b0):
             a0[j] += x0[j] * w0 + x1[j] * w1 + x2[j] * w2 + x3[j] * w3
 
 
+@njit(**_INLINE)
+def _four_tap_rows(buf, plane_of, shift_of, k0, k_total, qn, zrow):
+    """The rows of taps ``k0 .. k0+3`` over ``qn`` grid pixels: each tap is a constant shift
+    along its plane of the channel-major tile; taps past ``k_total`` read zeros."""
+    o0 = shift_of[k0]
+    o1 = shift_of[k0 + 1]
+    o2 = shift_of[k0 + 2]
+    o3 = shift_of[k0 + 3]
+    x0 = buf[plane_of[k0], o0:o0 + qn]
+    x1 = buf[plane_of[k0 + 1], o1:o1 + qn] if k0 + 1 < k_total else zrow[:qn]
+    x2 = buf[plane_of[k0 + 2], o2:o2 + qn] if k0 + 2 < k_total else zrow[:qn]
+    x3 = buf[plane_of[k0 + 3], o3:o3 + qn] if k0 + 3 < k_total else zrow[:qn]
+    return x0, x1, x2, x3
+
+
 @njit(**_SERIAL)
 def conv_few_forward_part(x, w4, bias, y, k_total, kw, sh, sw, pt, pl, phases_h, phases_w,
                           tile_rows, first, step):
@@ -642,14 +657,7 @@ def conv_few_forward_part(x, w4, bias, y, k_total, kw, sh, sw, pt, pl, phases_h,
         for f0 in range(0, f_total, 4):
             nf = min(4, f_total - f0)
             for k0 in range(0, k4, 4):
-                o0 = shift_of[k0]
-                o1 = shift_of[k0 + 1]
-                o2 = shift_of[k0 + 2]
-                o3 = shift_of[k0 + 3]
-                x0 = buf[plane_of[k0], o0:o0 + qn]
-                x1 = buf[plane_of[k0 + 1], o1:o1 + qn] if k0 + 1 < k_total else zrow[:qn]
-                x2 = buf[plane_of[k0 + 2], o2:o2 + qn] if k0 + 2 < k_total else zrow[:qn]
-                x3 = buf[plane_of[k0 + 3], o3:o3 + qn] if k0 + 3 < k_total else zrow[:qn]
+                x0, x1, x2, x3 = _four_tap_rows(buf, plane_of, shift_of, k0, k_total, qn, zrow)
                 if nf == 4:
                     _taps4_out4(acc[0, :qn], acc[1, :qn], acc[2, :qn], acc[3, :qn],
                                 x0, x1, x2, x3, w4[k0:k0 + 4, f0:f0 + 4], k0 == 0,
@@ -753,14 +761,7 @@ def conv_few_dw_part(x, dy, partial, db_partial, k_total, kw, sh, sw, pt, pl, ph
                     s += row[q]
                 dbn[f] += s
             for k0 in range(0, k4, 4):
-                o0 = shift_of[k0]
-                o1 = shift_of[k0 + 1]
-                o2 = shift_of[k0 + 2]
-                o3 = shift_of[k0 + 3]
-                x0 = buf[plane_of[k0], o0:o0 + qn]
-                x1 = buf[plane_of[k0 + 1], o1:o1 + qn] if k0 + 1 < k_total else zrow[:qn]
-                x2 = buf[plane_of[k0 + 2], o2:o2 + qn] if k0 + 2 < k_total else zrow[:qn]
-                x3 = buf[plane_of[k0 + 3], o3:o3 + qn] if k0 + 3 < k_total else zrow[:qn]
+                x0, x1, x2, x3 = _four_tap_rows(buf, plane_of, shift_of, k0, k_total, qn, zrow)
                 for f0 in range(0, f4, 4):
                     s = _dot4x4(x0, x1, x2, x3, dyt[f0, :qn], dyt[f0 + 1, :qn],
                                 dyt[f0 + 2, :qn], dyt[f0 + 3, :qn], qn)
