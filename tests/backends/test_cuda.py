@@ -77,6 +77,22 @@ CONV_CASES = [
 ]
 
 
+def matches_reference(cu, op, args, dy, dtype, bias):
+    """``op``'s forward and backward on cuda equal the reference's: y, dx, dw and db (None
+    without a bias)."""
+    y, ctx = call(getattr(cu, op + "_forward"), *args)
+    y_ref, ctx_ref = getattr(REF, op + "_forward")(*args)
+    same(y, y_ref, dtype, "y")
+    dx, dw, db = call(getattr(cu, op + "_backward"), dy, ctx)
+    dx_ref, dw_ref, db_ref = getattr(REF, op + "_backward")(dy, ctx_ref)
+    same(dx, dx_ref, dtype, "dx")
+    same(dw, dw_ref, dtype, "dw")
+    if bias:
+        same(db, db_ref, dtype, "db")
+    else:
+        assert db is None
+
+
 @pytest.mark.parametrize("shape, k, s, padding, bias, dtype", CONV_CASES)
 def test_conv_forward_and_backward_match_the_reference(cu, rng, shape, k, s, padding, bias,
                                                        dtype):
@@ -86,17 +102,7 @@ def test_conv_forward_and_backward_match_the_reference(cu, rng, shape, k, s, pad
     x, wt = data(rng, shape, dtype), data(rng, (*k, c, f), dtype)
     b = data(rng, f, dtype) if bias else None
     dy = data(rng, (n, ho, wo, f), dtype)
-    y, ctx = call(cu.conv2d_forward, x, wt, b, s, pad)
-    y_ref, ctx_ref = REF.conv2d_forward(x, wt, b, s, pad)
-    same(y, y_ref, dtype, "y")
-    dx, dw, db = call(cu.conv2d_backward, dy, ctx)
-    dx_ref, dw_ref, db_ref = REF.conv2d_backward(dy, ctx_ref)
-    same(dx, dx_ref, dtype, "dx")
-    same(dw, dw_ref, dtype, "dw")
-    if bias:
-        same(db, db_ref, dtype, "db")
-    else:
-        assert db is None
+    matches_reference(cu, "conv2d", (x, wt, b, s, pad), dy, dtype, bias)
 
 
 def test_conv_need_dx_false_skips_dx_and_keeps_the_weight_gradients(cu, rng):
@@ -205,18 +211,8 @@ def test_dense_forward_and_backward_match_the_reference(cu, rng, dtype, bias):
     # 19 features and 17 units: ragged against the 16-wide tiles on every axis.
     x, w = data(rng, (3, 19), dtype), data(rng, (19, 17), dtype)
     b = data(rng, 17, dtype) if bias else None
-    y, ctx = call(cu.dense_forward, x, w, b)
-    y_ref, ctx_ref = REF.dense_forward(x, w, b)
-    same(y, y_ref, dtype, "y")
-    dy = data(rng, y.shape, dtype)
-    dx, dw, db = call(cu.dense_backward, dy, ctx)
-    dx_ref, dw_ref, db_ref = REF.dense_backward(dy, ctx_ref)
-    same(dx, dx_ref, dtype, "dx")
-    same(dw, dw_ref, dtype, "dw")
-    if bias:
-        same(db, db_ref, dtype, "db")
-    else:
-        assert db is None
+    dy = data(rng, (3, 17), dtype)
+    matches_reference(cu, "dense", (x, w, b), dy, dtype, bias)
 
 
 # ------------------------------------------------------------------------------ activations
