@@ -32,13 +32,16 @@ def extensions():
         print(f"warning: fastcnn: not building the Cython extensions ({exc})", file=sys.stderr)
         return []
     omp = ["-fopenmp"] if USE_OPENMP else []
+    # Headers and .pxd files every module may include: an edit rebuilds them all.
+    shared = sorted(glob.glob(os.path.join("csrc", "*.h")) + glob.glob(os.path.join("csrc", "*.pxd")))
     exts = [
         Extension(
             "fastcnn._ext_" + os.path.splitext(os.path.basename(src))[0],
             [src],
-            include_dirs=[np.get_include()],
+            depends=shared,
+            include_dirs=["csrc", np.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-            extra_compile_args=["-O3"] + omp,
+            extra_compile_args=["-O3", "-Werror=implicit-function-declaration"] + omp,
             extra_link_args=omp,
         )
         for src in sources

@@ -28,6 +28,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..shapes import padded_output_shape
+from . import _conv_phases
 from ._checks import (
     check_dense_args as _check_dense_args,
     check_conv_args as _check_conv_args,
@@ -153,32 +154,12 @@ def conv2d_backward(dy, ctx, need_dx=True):
     if not need_dx:  # a first layer: nothing consumes dx
         return None, dw, (db if has_bias else None)
 
-    # dx, one stride phase at a time: dx rows ih with (ih + top) % sh == rh get gradient
-    # only from kernel rows a = rh, rh + sh, ... through dy rows (ih + top - a) / sh,
-    # i.e. a stride-1 correlation of dy with the sub-kernel w[rh::sh, rw::sw].
-    phases_complete = kh >= sh and kw >= sw
-    dx = np.empty(x.shape, dtype=x.dtype) if phases_complete else np.zeros(x.shape, x.dtype)
+    # dx, one stride phase at a time, each a stride-1 gather over dy (_conv_phases).
+    covered = _conv_phases.dx_is_covered(w.shape, stride)
+    dx = np.empty(x.shape, dtype=x.dtype) if covered else np.zeros(x.shape, x.dtype)
     zeros_c = np.zeros(c, dtype=x.dtype)
-    for rh in range(sh):
-        n_a = len(range(rh, kh, sh))
-        first_h = (rh - pt) % sh  # first dx row of this phase
-        grid_u = len(range(first_h, h, sh))
-        for rw in range(sw):
-            n_b = len(range(rw, kw, sw))
-            first_w = (rw - pl) % sw
-            grid_v = len(range(first_w, wd, sw))
-            if n_a == 0 or n_b == 0 or grid_u == 0 or grid_v == 0:
-                continue  # no kernel tap reaches these dx pixels: they stay 0
-            # dx pixel first_h + sh*u gets gradient from kernel rows rh + sh*a' through dy
-            # rows (first_h + top - rh)/sh + u - a', a' < n_a: a window of n_a dy rows
-            # that starts n_a - 1 rows above. Flipping the sub-kernel makes its taps run
-            # forward through that window, as the gather kernel expects. Rows of the
-            # weight matrix are (a', b', f) in packed-tap order, columns c.
-            w_sub = w[rh::sh, rw::sw][::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, c)
-            _gather(dy, w_sub, zeros_c, dx, (n_a, n_b), (grid_u, grid_v),
-                    ((first_h + pt - rh) // sh - (n_a - 1), 1,
-                     (first_w + pl - rw) // sw - (n_b - 1), 1),
-                    (first_h, sh, first_w, sw))
+    for phase in _conv_phases.dx_phases(x.shape, w, stride, pad):
+        _gather(dy, phase.w_sub, zeros_c, dx, phase.taps, phase.grid, phase.base, phase.dest)
     return dx, dw, (db if has_bias else None)
 
 

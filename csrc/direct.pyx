@@ -1,0 +1,220 @@
+"""Direct convolution in float32: register-blocked C micro-kernels (direct_conv.h).
+
+``gather`` computes a conv forward, or one stride phase of a conv's dx, straight from the
+NHWC source: no column matrix is written, and nothing but the input is kept for the
+backward. ``dw`` computes the weight gradient from x and dy in place. The kernels, their
+blocking and the run-time choice of instruction set are described in direct_conv.h; this
+module checks arguments, splits the work into ranges and runs the ranges on OpenMP threads.
+
+Results do not depend on the thread count: every output element is computed by one call
+of a range, in an order fixed by the shapes.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport calloc, malloc, free
+
+from omp_guard cimport fastcnn_max_threads
+
+# Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
+ABI_VERSION = 1
+
+cdef extern from "direct_conv.h" nogil:
+    ctypedef struct fc_gather:
+        const float *src
+        Py_ssize_t n_img, hs, ws, cs
+        const float *w
+        const float *bias
+        const float *zeros
+        Py_ssize_t nth, ntw, co, co_pad
+        float *out
+        Py_ssize_t ho, wo
+        Py_ssize_t grid_u, grid_v
+        Py_ssize_t by0, bsy, bx0, bsx
+        Py_ssize_t oy0, osy, ox0, osx
+        int relu
+
+    ctypedef struct fc_dw:
+        const float *x
+        Py_ssize_t n_img, h, w, c
+        const float *dy
+        Py_ssize_t ho, wo, f, f_pad
+        Py_ssize_t kh, kw, sh, sw, pt, pl
+        float *dw
+        Py_ssize_t block_rows
+        Py_ssize_t tile_rows
+
+    int FC_DW_TILE_PIXELS
+    int fc_isa_supported(int isa)
+    void fc_set_isa(int isa)
+    int fc_get_isa()
+    Py_ssize_t fc_dw_block_rows(Py_ssize_t f)
+    Py_ssize_t fc_dw_scratch_floats(const fc_dw *g)
+    void fc_gather_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi)
+    void fc_dw_range(const fc_dw *g, Py_ssize_t unit_lo, Py_ssize_t unit_hi, float *scratch)
+
+#: The instruction sets the kernels are compiled for, in FC_ISA_* order.
+ISAS = ("generic", "avx2", "avx512")
+
+cdef enum:
+    # Fewer multiply-adds than this run on one thread: waking the OpenMP team costs tens
+    # of microseconds on a shared machine, about what one core needs for this much work.
+    PARALLEL_MIN_MACS = 1 << 20
+    # Grid points per parallel range: a multiple of every block height (3, 6, 8, 12).
+    RANGE_QUANTUM = 24
+
+
+def supported_isas():
+    """The instruction sets this CPU runs, best last (``generic`` always)."""
+    return tuple(name for i, name in enumerate(ISAS) if fc_isa_supported(i))
+
+
+def isa():
+    """The instruction set the kernels run now (the best supported, unless set)."""
+    return ISAS[fc_get_isa()]
+
+
+def set_isa(name):
+    """Runs the kernels on ``name`` (one of :func:`supported_isas`): for tests and benchmarks.
+
+    Not for use while another thread runs a kernel.
+    """
+    if name not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, got {name!r}")
+    if not fc_isa_supported(ISAS.index(name)):
+        raise ValueError(f"isa {name!r} is not supported by this CPU "
+                         f"(supported: {supported_isas()})")
+    fc_set_isa(ISAS.index(name))
+
+
+def block_rows(Py_ssize_t f):
+    """Input channels per dW block for ``f`` output channels (the unit of parallel work)."""
+    return fc_dw_block_rows(f)
+
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # Not -(-a // b): with cdivision, // truncates towards zero.
+    return (a + b - 1) // b
+
+
+cdef int _threads(Py_ssize_t macs, Py_ssize_t units) noexcept nogil:
+    cdef int nt = fastcnn_max_threads()
+    if macs < PARALLEL_MIN_MACS or nt < 1:
+        return 1
+    return <int>min(<Py_ssize_t>nt, max(units, 1))
+
+
+def gather(const float[:, :, :, ::1] src not None, const float[:, ::1] w not None,
+           bias, float[:, :, :, ::1] out not None,
+           Py_ssize_t nth, Py_ssize_t ntw, Py_ssize_t grid_u, Py_ssize_t grid_v,
+           Py_ssize_t by0, Py_ssize_t bsy, Py_ssize_t bx0, Py_ssize_t bsx,
+           Py_ssize_t oy0, Py_ssize_t osy, Py_ssize_t ox0, Py_ssize_t osx, bint relu=False):
+    """``out[n, oy0 + u*osy, ox0 + v*osx, f] = act(bias[f] + sum_k tap_k * w[k, f])``.
+
+    Tap ``k = (ti*ntw + tj)*C + c`` of grid point ``(n, u, v)`` is
+    ``src[n, by0 + u*bsy + ti, bx0 + v*bsx + tj, c]``, zero outside src. ``w`` is
+    ``(nth*ntw*C, co_pad)`` with co_pad a multiple of 16 and at least ``out``'s channel
+    count (columns past it are ignored); ``bias`` is None or co_pad float32 values.
+    Output pixels off the grid are not written.
+    """
+    cdef Py_ssize_t n = src.shape[0], cs = src.shape[3], co = out.shape[3]
+    cdef Py_ssize_t co_pad = w.shape[1]
+    if out.shape[0] != n:
+        raise ValueError(f"gather: out has {out.shape[0]} images, src {n}")
+    if nth < 1 or ntw < 1 or w.shape[0] != nth * ntw * cs:
+        raise ValueError(f"gather: w has {w.shape[0]} rows, expected {nth}*{ntw}*{cs}")
+    if co_pad % 16 != 0 or co_pad < co:
+        raise ValueError(f"gather: w has {co_pad} columns: not a multiple of 16 >= {co}")
+    if grid_u < 0 or grid_v < 0 or (grid_u and grid_v and (
+            min(oy0, oy0 + (grid_u - 1) * osy) < 0
+            or max(oy0, oy0 + (grid_u - 1) * osy) >= out.shape[1]
+            or min(ox0, ox0 + (grid_v - 1) * osx) < 0
+            or max(ox0, ox0 + (grid_v - 1) * osx) >= out.shape[2])):
+        raise ValueError("gather: the grid writes outside out")
+    cdef const float[::1] b
+    cdef fc_gather g
+    g.bias = NULL
+    if bias is not None:
+        b = bias
+        if b.shape[0] != co_pad:
+            raise ValueError(f"gather: bias has {b.shape[0]} values, expected {co_pad}")
+        g.bias = &b[0]
+    cdef Py_ssize_t total = n * grid_u * grid_v
+    if total == 0 or co == 0:
+        return
+    g.src = &src[0, 0, 0, 0]
+    g.n_img, g.hs, g.ws, g.cs = n, src.shape[1], src.shape[2], cs
+    g.w = &w[0, 0]
+    g.nth, g.ntw, g.co, g.co_pad = nth, ntw, co, co_pad
+    g.out = &out[0, 0, 0, 0]
+    g.ho, g.wo = out.shape[1], out.shape[2]
+    g.grid_u, g.grid_v = grid_u, grid_v
+    g.by0, g.bsy, g.bx0, g.bsx = by0, bsy, bx0, bsx
+    g.oy0, g.osy, g.ox0, g.osx = oy0, osy, ox0, osx
+    g.relu = relu
+    cdef float *zeros = <float *>calloc(max(cs, 1), sizeof(float))
+    if zeros == NULL:
+        raise MemoryError()
+    g.zeros = zeros
+    # About 4 ranges per thread, each a whole number of blocks.
+    cdef int nt = _threads(total * nth * ntw * cs * co, total // RANGE_QUANTUM)
+    cdef Py_ssize_t step = _ceil_div(_ceil_div(total, 4 * nt), RANGE_QUANTUM) * RANGE_QUANTUM
+    cdef Py_ssize_t nranges = _ceil_div(total, step), r
+    try:
+        with nogil:
+            if nt == 1:
+                fc_gather_range(&g, 0, total)
+            else:
+                for r in prange(nranges, schedule="dynamic", num_threads=nt):
+                    fc_gather_range(&g, r * step, min(total, (r + 1) * step))
+    finally:
+        free(zeros)
+
+
+def dw(const float[:, :, :, ::1] x not None, const float[:, :, :, ::1] dy not None,
+       float[:, ::1] dw not None, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+       Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl):
+    """``dw[(a*kw + b)*C + c, f] = sum_(n,i,j) x[n, i*sh - pt + a, j*sw - pl + b, c]
+    * dy[n, i, j, f]`` (taps outside x count as zero)."""
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[3], f = dy.shape[3]
+    cdef Py_ssize_t ho = dy.shape[1], wo = dy.shape[2]
+    if dy.shape[0] != n:
+        raise ValueError(f"dw: dy has {dy.shape[0]} images, x {n}")
+    if dw.shape[0] != kh * kw * c or dw.shape[1] != f:
+        raise ValueError(f"dw: dw has shape {(dw.shape[0], dw.shape[1])}, "
+                         f"expected {(kh * kw * c, f)}")
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or pt < 0 or pl < 0:
+        raise ValueError("dw: kernel and stride must be >= 1, pads >= 0")
+    cdef fc_dw g
+    cdef Py_ssize_t k, j
+    if n * ho * wo == 0 or c == 0 or f == 0:
+        for k in range(dw.shape[0]):
+            for j in range(f):
+                dw[k, j] = 0
+        return
+    g.x = &x[0, 0, 0, 0]
+    g.n_img, g.h, g.w, g.c = n, x.shape[1], x.shape[2], c
+    g.dy = &dy[0, 0, 0, 0]
+    g.ho, g.wo, g.f, g.f_pad = ho, wo, f, _ceil_div(f, 16) * 16
+    g.kh, g.kw, g.sh, g.sw, g.pt, g.pl = kh, kw, sh, sw, pt, pl
+    g.dw = &dw[0, 0]
+    g.block_rows = fc_dw_block_rows(f)
+    g.tile_rows = max(1, FC_DW_TILE_PIXELS // wo)
+    cdef Py_ssize_t units = kh * kw * _ceil_div(c, g.block_rows)
+    cdef int nt = _threads(n * ho * wo * kh * kw * c * f, units)
+    cdef Py_ssize_t per_thread = fc_dw_scratch_floats(&g)
+    cdef float *scratch = NULL
+    cdef int t
+    if per_thread:
+        scratch = <float *>malloc(nt * per_thread * sizeof(float))
+        if scratch == NULL:
+            raise MemoryError()
+    try:
+        with nogil:
+            if nt == 1:
+                fc_dw_range(&g, 0, units, scratch)
+            else:
+                # Contiguous ranges of blocks: each thread owns its rows of dw.
+                for t in prange(nt, schedule="static", num_threads=nt):
+                    fc_dw_range(&g, units * t // nt, units * (t + 1) // nt,
+                                scratch + t * per_thread)
+    finally:
+        free(scratch)

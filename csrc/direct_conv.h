@@ -1,0 +1,259 @@
+/* Direct convolution (float32, NHWC activations, HWIO weights): the register-blocked
+ * micro-kernels behind fastcnn._ext_direct (csrc/direct.pyx).
+ *
+ * Why C and not Cython or Numba: the micro-kernel keeps a block of MR pixels x NV vectors
+ * of output channels in registers (6 x 4 of the 32 zmm registers on AVX-512: 6 pixels x 64
+ * channels) for the whole reduction over kh*kw*C taps, and adds to it with outer products:
+ * per tap channel c, NV vector loads of the weight row w[tap, c, f0:...] and MR broadcasts of
+ * x[pixel, tap, c] feed MR*NV fused multiply-adds. No horizontal sums, no packed copy of
+ * the input, no im2col matrix: the NHWC input rows ARE the operand. Neither Numba nor
+ * Cython can pin such a block in registers (a local array lives in memory), GNU C vector
+ * extensions can, and they compile the same source for any vector width.
+ *
+ * Two kernels, each split in ranges that a caller runs on its threads:
+ *
+ * - fc_gather_range: out[pixel, f] = act(bias[f] + sum_k tap_k(pixel) * w[k, f]) over a
+ *   GRID of output pixels. The forward conv is one grid; the input gradient dx is the
+ *   same kernel run on dy with the flipped, transposed kernel, once per stride phase
+ *   (fastcnn/backends/_conv_phases.py has the geometry).
+ * - fc_dw_range: dw[(a, b, c), f] = sum over output pixels of x[tap (a, b) of the pixel, c]
+ *   * dy[pixel, f]. The block is MR input channels of one tap x NV vectors of output channels;
+ *   its accumulators live in registers across a tile of pixels, whose dy rows stay in L1/L2
+ *   while every block of the range passes over them.
+ *
+ * Determinism: every output element is computed by one call, in an order fixed by the
+ * shapes (taps, then channels; pixel tiles in order), never split between threads. The
+ * result is bitwise the same for any thread count. It differs in the last bits between
+ * instruction sets (FMA contracts a multiply-add into one rounding, SSE2 does not).
+ *
+ * Instruction sets: the kernels in direct_conv_kernels.h are compiled three times, for
+ * AVX-512 (x86-64-v4 class), AVX2 + FMA and the compiler's baseline (SSE2 on x86-64,
+ * NEON on arm64), and fc_select_isa() picks the best one the CPU supports at run time, so
+ * the extension is built once (no -march=native) and runs on any machine.
+ */
+#ifndef FASTCNN_DIRECT_CONV_H
+#define FASTCNN_DIRECT_CONV_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if !defined(__GNUC__)
+#error "fastcnn's direct convolution needs GCC or Clang (GNU C vector extensions)"
+#endif
+
+/* One gather job: grid point (n, u, v) writes output pixel
+ * out[n, oy0 + u*osy, ox0 + v*osx, :] from the taps src[n, by0 + u*bsy + ti,
+ * bx0 + v*bsx + tj, :] (ti < nth, tj < ntw; zero outside src). w is (nth*ntw*cs, co_pad)
+ * with co_pad a multiple of 16 (zero columns past co); bias has co_pad entries or is NULL;
+ * zeros holds cs zeros (the row that out-of-image taps read). */
+typedef struct {
+    const float *src;
+    ptrdiff_t n_img, hs, ws, cs;
+    const float *w;
+    const float *bias;
+    const float *zeros;
+    ptrdiff_t nth, ntw, co, co_pad;
+    float *out;
+    ptrdiff_t ho, wo;
+    ptrdiff_t grid_u, grid_v;
+    ptrdiff_t by0, bsy, bx0, bsx;
+    ptrdiff_t oy0, osy, ox0, osx;
+    int relu;
+} fc_gather;
+
+/* One weight-gradient job: x (n_img, h, w, c), dy (n_img, ho, wo, f), dw (kh*kw*c, f).
+ * When f is not a multiple of 16, each tile of dy is copied with its rows padded to
+ * f_pad into the caller's scratch (fc_dw_scratch_floats() floats per thread). */
+typedef struct {
+    const float *x;
+    ptrdiff_t n_img, h, w, c;
+    const float *dy;
+    ptrdiff_t ho, wo, f, f_pad;
+    ptrdiff_t kh, kw, sh, sw, pt, pl;
+    float *dw;
+    ptrdiff_t block_rows;   /* MR: input channels per block (fc_dw_block_rows) */
+    ptrdiff_t tile_rows;    /* output rows (n, i) per pixel tile */
+} fc_dw;
+
+enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
+
+/* Pixels per dW tile: its dy rows (tile x f floats, 64 KiB at f = 64) stay in L2 while
+ * every block of a thread's range passes over them. */
+#define FC_DW_TILE_PIXELS 256
+
+#define FC_INLINE static inline __attribute__((always_inline))
+
+/* The kernels pass and return vectors only between always-inline functions, so GCC's
+ * note that a wide vector's calling convention differs between targets is moot. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+/* --- the three compilations of the kernels ------------------------------------------- */
+
+/* Baseline: SSE2 (or NEON) registers of 4 floats; 3 pixels x 4 vectors keep 12 of the 16
+ * registers as accumulators. Padded channel counts are multiples of 16, so every chunk is
+ * 4 vectors wide. */
+#define FC_ISA generic
+#define FC_VLEN 4
+#define FC_MR_FOR(nv_max) 3
+#define FC_NV_MAX 4
+#define FC_BLOCKS_OF_ISA(X) X(3, 4)
+#include "direct_conv_kernels.h"
+#undef FC_ISA
+#undef FC_VLEN
+#undef FC_MR_FOR
+#undef FC_NV_MAX
+#undef FC_BLOCKS_OF_ISA
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FC_HAVE_X86 1
+
+/* AVX2 + FMA: ymm registers of 8 floats; 6 pixels x 2 vectors use 12 of the 16. */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define FC_ISA avx2
+#define FC_VLEN 8
+#define FC_MR_FOR(nv_max) 6
+#define FC_NV_MAX 2
+#define FC_BLOCKS_OF_ISA(X) X(6, 2)
+#include "direct_conv_kernels.h"
+#undef FC_ISA
+#undef FC_VLEN
+#undef FC_MR_FOR
+#undef FC_NV_MAX
+#undef FC_BLOCKS_OF_ISA
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+/* AVX-512: 32 zmm registers, 24 accumulators: 6 pixels x 64 channels, 8 x 48, 12 x 32 or
+ * 12 x 16 (12 x 16 would be load-bound on a core with two 512-bit FMA units, but it is
+ * only used when there are only 16 channels). */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
+#endif
+#define FC_ISA avx512
+#define FC_VLEN 16
+#define FC_MR_FOR(nv_max) 6
+#define FC_NV_MAX 4
+/* 64+ channels: 6 x 4, then the tail of the channels (6 x 1..3); 48: 8 x 3; 32, 16: 12 x NV */
+#define FC_BLOCKS_OF_ISA(X) X(6, 4) X(6, 3) X(6, 2) X(6, 1)
+#include "direct_conv_kernels.h"
+#undef FC_ISA
+#undef FC_VLEN
+#undef FC_MR_FOR
+#undef FC_NV_MAX
+#undef FC_BLOCKS_OF_ISA
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else
+#define FC_HAVE_X86 0
+#endif
+
+/* --- run-time dispatch ----------------------------------------------------------------- */
+
+static int fc_isa = -1;
+
+static int fc_isa_supported(int isa)
+{
+    if (isa == FC_ISA_GENERIC)
+        return 1;
+#if FC_HAVE_X86
+    __builtin_cpu_init();
+    if (isa == FC_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == FC_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
+            && fc_isa_supported(FC_ISA_AVX2);
+#endif
+    return 0;
+}
+
+static int fc_best_isa(void)
+{
+    if (fc_isa_supported(FC_ISA_AVX512))
+        return FC_ISA_AVX512;
+    if (fc_isa_supported(FC_ISA_AVX2))
+        return FC_ISA_AVX2;
+    return FC_ISA_GENERIC;
+}
+
+/* Selects the instruction set (one the CPU supports; the caller checks). Not thread-safe:
+ * called from Python with the GIL held, never while a kernel runs. */
+static void fc_set_isa(int isa) { fc_isa = isa; }
+
+static int fc_get_isa(void)
+{
+    if (fc_isa < 0)
+        fc_isa = fc_best_isa();
+    return fc_isa;
+}
+
+/* Input channels per dW block for f output channels. */
+static ptrdiff_t fc_dw_block_rows(ptrdiff_t f)
+{
+    ptrdiff_t f_pad = (f + 15) / 16 * 16;
+    switch (fc_get_isa()) {
+#if FC_HAVE_X86
+    case FC_ISA_AVX512:
+        return fc_dw_block_rows_avx512(f_pad);
+    case FC_ISA_AVX2:
+        return fc_dw_block_rows_avx2(f_pad);
+#endif
+    default:
+        return fc_dw_block_rows_generic(f_pad);
+    }
+}
+
+static void fc_gather_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
+{
+    switch (fc_get_isa()) {
+#if FC_HAVE_X86
+    case FC_ISA_AVX512:
+        fc_gather_range_avx512(g, q_lo, q_hi);
+        return;
+    case FC_ISA_AVX2:
+        fc_gather_range_avx2(g, q_lo, q_hi);
+        return;
+#endif
+    default:
+        fc_gather_range_generic(g, q_lo, q_hi);
+    }
+}
+
+static void fc_dw_range(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi, float *scratch)
+{
+    switch (fc_get_isa()) {
+#if FC_HAVE_X86
+    case FC_ISA_AVX512:
+        fc_dw_range_avx512(g, unit_lo, unit_hi, scratch);
+        return;
+    case FC_ISA_AVX2:
+        fc_dw_range_avx2(g, unit_lo, unit_hi, scratch);
+        return;
+#endif
+    default:
+        fc_dw_range_generic(g, unit_lo, unit_hi, scratch);
+    }
+}
+
+/* Scratch floats one thread of fc_dw_range needs (0 when f is a multiple of 16). */
+static ptrdiff_t fc_dw_scratch_floats(const fc_dw *g)
+{
+    return g->f % 16 == 0 ? 0 : g->tile_rows * g->wo * g->f_pad;
+}
+
+#endif /* FASTCNN_DIRECT_CONV_H */

@@ -1,0 +1,287 @@
+/* The direct-convolution kernels, written once and compiled once per instruction set:
+ * direct_conv.h includes this file three times, each time with
+ *
+ *   FC_ISA            the suffix of every function name (generic, avx2, avx512),
+ *   FC_VLEN           floats per vector register (4, 8 or 16),
+ *   FC_NV_MAX         the widest block in vectors,
+ *   FC_MR_FOR(nv)     the pixels (gather) or input channels (dW) of a block when the
+ *                     widest block is nv vectors,
+ *   FC_BLOCKS_OF_ISA  X(MR, NV) for every block shape those two can ask for,
+ *
+ * and under a target pragma that makes the compiler emit that instruction set. No include
+ * guard, on purpose. The design is described in direct_conv.h.
+ */
+
+#define FC_CAT_(a, b) a##_##b
+#define FC_CAT(a, b) FC_CAT_(a, b)
+#define FC_FN(name) FC_CAT(fc_##name, FC_ISA)
+
+/* --- vectors of FC_VLEN floats: exactly one register ------------------------------------
+ * (A wider GNU vector than the target's registers is legal C, but GCC then keeps it in
+ * memory between operations: measured 10x slower.) memcpy is how GNU C spells an
+ * unaligned vector load or store; it compiles to one instruction (vmovups). */
+
+typedef float FC_FN(vec) __attribute__((vector_size(4 * FC_VLEN)));
+typedef int FC_FN(ivec) __attribute__((vector_size(4 * FC_VLEN)));
+#define FC_VEC FC_FN(vec)
+#define FC_IVEC FC_FN(ivec)
+
+FC_INLINE FC_VEC FC_FN(load)(const float *p)
+{
+    FC_VEC v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+FC_INLINE void FC_FN(store)(float *p, FC_VEC v) { memcpy(p, &v, sizeof v); }
+
+/* The first k < FC_VLEN lanes, the others zero: the ragged end of a row of channels. */
+FC_INLINE FC_VEC FC_FN(load_part)(const float *p, ptrdiff_t k)
+{
+    FC_VEC v = {0};
+    memcpy(&v, p, (size_t)k * sizeof(float));
+    return v;
+}
+
+FC_INLINE void FC_FN(store_part)(float *p, FC_VEC v, ptrdiff_t k)
+{
+    memcpy(p, &v, (size_t)k * sizeof(float));
+}
+
+/* max(v, 0) as the other backends define it: 0 where v <= 0, v elsewhere (NaN passes). */
+FC_INLINE FC_VEC FC_FN(relu)(FC_VEC v)
+{
+    FC_IVEC keep = ~(v <= (FC_VEC){0});
+    return (FC_VEC)((FC_IVEC)v & keep);
+}
+
+/* --- gather: forward conv, and dx per stride phase --------------------------------------
+ * One block: MR consecutive grid points from q0 (a block past q_end repeats its last
+ * point, computed again but not stored) x NV vectors of output channels from f0. */
+
+FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q_end,
+                                   ptrdiff_t f0, const int MR, const int NV)
+{
+    FC_VEC acc[12][4];
+    const float *p[12];
+    ptrdiff_t img[12], ty[12], tx[12], dst[12];
+    const ptrdiff_t per_img = g->grid_u * g->grid_v, cs = g->cs, co_pad = g->co_pad;
+    const ptrdiff_t nvalid = q_end - q0 < MR ? q_end - q0 : MR;
+
+    for (int i = 0; i < MR; i++) {
+        ptrdiff_t q = q0 + (i < nvalid ? i : nvalid - 1);
+        ptrdiff_t n = q / per_img, r = q - n * per_img;
+        ptrdiff_t u = r / g->grid_v, v = r - u * g->grid_v;
+        img[i] = n;
+        ty[i] = g->by0 + u * g->bsy;
+        tx[i] = g->bx0 + v * g->bsx;
+        dst[i] = ((n * g->ho + g->oy0 + u * g->osy) * g->wo + g->ox0 + v * g->osx) * g->co;
+        for (int j = 0; j < NV; j++)
+            acc[i][j] = (FC_VEC){0};
+    }
+    for (ptrdiff_t ti = 0; ti < g->nth; ti++) {
+        for (ptrdiff_t tj = 0; tj < g->ntw; tj++) {
+            /* A tap outside the image reads the zero row; a tap outside for every pixel
+             * of the block (a padded border row) is skipped. */
+            int live = 0;
+            for (int i = 0; i < MR; i++) {
+                ptrdiff_t y = ty[i] + ti, x = tx[i] + tj;
+                if (y >= 0 && y < g->hs && x >= 0 && x < g->ws) {
+                    p[i] = g->src + ((img[i] * g->hs + y) * g->ws + x) * cs;
+                    live = 1;
+                } else {
+                    p[i] = g->zeros;
+                }
+            }
+            if (!live)
+                continue;
+            const float *wt = g->w + (ti * g->ntw + tj) * cs * co_pad + f0;
+            for (ptrdiff_t c = 0; c < cs; c++) {
+                FC_VEC wv[4];
+                for (int j = 0; j < NV; j++)
+                    wv[j] = FC_FN(load)(wt + FC_VLEN * j);
+                for (int i = 0; i < MR; i++) {
+                    const float s = p[i][c];
+                    for (int j = 0; j < NV; j++)
+                        acc[i][j] += s * wv[j];
+                }
+                wt += co_pad;
+            }
+        }
+    }
+    /* The epilogue: bias and ReLU on the registers, then the only write of y. */
+    for (int j = 0; j < NV; j++) {
+        const ptrdiff_t f = f0 + FC_VLEN * j, lanes = g->co - f < FC_VLEN ? g->co - f : FC_VLEN;
+        const FC_VEC b = g->bias ? FC_FN(load)(g->bias + f) : (FC_VEC){0};
+        for (int i = 0; i < nvalid; i++) {
+            FC_VEC v = acc[i][j] + b;
+            if (g->relu)
+                v = FC_FN(relu)(v);
+            if (lanes == FC_VLEN)
+                FC_FN(store)(g->out + dst[i] + f, v);
+            else if (lanes > 0)
+                FC_FN(store_part)(g->out + dst[i] + f, v, lanes);
+        }
+    }
+}
+
+/* --- dW -----------------------------------------------------------------------------------
+ * One block: input channels c0 .. c0+MR-1 of tap (a, b) x NV vectors of output channels,
+ * over the pixels of output rows [r0, r1) (rows of the flattened (n, i) axis). dyt is that
+ * tile of dy, rows dys floats apart. FULL says c0 + MR <= c: the channel offsets are then
+ * constants; a ragged last block repeats its last channel and stores only its own rows. */
+
+FC_INLINE void FC_FN(dw_block)(const fc_dw *g, ptrdiff_t r0, ptrdiff_t r1, const float *dyt,
+                               ptrdiff_t dys, ptrdiff_t tap, ptrdiff_t c0, ptrdiff_t f0,
+                               int first, const int MR, const int NV, const int FULL)
+{
+    FC_VEC acc[12][4];
+    ptrdiff_t off[12];
+    const ptrdiff_t c = g->c, f = g->f;
+    const ptrdiff_t a = tap / g->kw, b = tap - a * g->kw;
+    const ptrdiff_t nrows = c - c0 < MR ? c - c0 : MR;
+    float *dw = g->dw + (tap * c + c0) * f + f0;
+
+    for (int i = 0; i < MR; i++)
+        off[i] = FULL ? i : (i < nrows ? i : nrows - 1);
+    for (int j = 0; j < NV; j++) {
+        const ptrdiff_t fj = f0 + FC_VLEN * j, lanes = f - fj < FC_VLEN ? f - fj : FC_VLEN;
+        for (int i = 0; i < MR; i++) {
+            if (first || i >= nrows || lanes <= 0)
+                acc[i][j] = (FC_VEC){0};
+            else if (lanes == FC_VLEN)
+                acc[i][j] = FC_FN(load)(dw + i * f + FC_VLEN * j);
+            else
+                acc[i][j] = FC_FN(load_part)(dw + i * f + FC_VLEN * j, lanes);
+        }
+    }
+    /* Output pixel j of a row reads input column j*sw - pl + b: the columns inside the
+     * image are one contiguous range [jlo, jhi), so the inner loop has no branch. */
+    const ptrdiff_t shift = g->pl - b;
+    const ptrdiff_t jlo = shift > 0 ? (shift + g->sw - 1) / g->sw : 0;
+    ptrdiff_t jhi = g->w - 1 + shift >= 0 ? (g->w - 1 + shift) / g->sw + 1 : 0;
+    if (jhi > g->wo)
+        jhi = g->wo;
+    const ptrdiff_t xstep = g->sw * c;
+    for (ptrdiff_t r = r0; r < r1 && jlo < jhi; r++) {
+        const ptrdiff_t n = r / g->ho, i = r - n * g->ho;
+        const ptrdiff_t iy = i * g->sh - g->pt + a;
+        if (iy < 0 || iy >= g->h)
+            continue;
+        const float *xp = g->x + ((n * g->h + iy) * g->w + jlo * g->sw - shift) * c + c0;
+        const float *dp = dyt + ((r - r0) * g->wo + jlo) * dys + f0;
+        for (ptrdiff_t jj = jlo; jj < jhi; jj++) {
+            FC_VEC d[4];
+            for (int j = 0; j < NV; j++)
+                d[j] = FC_FN(load)(dp + FC_VLEN * j);
+            for (int i = 0; i < MR; i++) {
+                const float s = xp[off[i]];
+                for (int j = 0; j < NV; j++)
+                    acc[i][j] += s * d[j];
+            }
+            xp += xstep;
+            dp += dys;
+        }
+    }
+    for (int j = 0; j < NV; j++) {
+        const ptrdiff_t fj = f0 + FC_VLEN * j, lanes = f - fj < FC_VLEN ? f - fj : FC_VLEN;
+        for (int i = 0; i < nrows; i++) {
+            if (lanes == FC_VLEN)
+                FC_FN(store)(dw + i * f + FC_VLEN * j, acc[i][j]);
+            else if (lanes > 0)
+                FC_FN(store_part)(dw + i * f + FC_VLEN * j, acc[i][j], lanes);
+        }
+    }
+}
+
+/* --- one function per block shape, then the ranges that pick them -------------------- */
+
+#define FC_DEFINE_BLOCKS(MR_, NV_)                                                          \
+    static void FC_FN(gather_chunk_##MR_##x##NV_)(const fc_gather *g, ptrdiff_t q_lo,       \
+                                                  ptrdiff_t q_hi, ptrdiff_t f0)             \
+    {                                                                                       \
+        for (ptrdiff_t q = q_lo; q < q_hi; q += MR_)                                        \
+            FC_FN(gather_block)(g, q, q_hi, f0, MR_, NV_);                                  \
+    }                                                                                       \
+    static void FC_FN(dw_chunk_##MR_##x##NV_)(const fc_dw *g, ptrdiff_t r0, ptrdiff_t r1,   \
+                                              const float *dyt, ptrdiff_t dys,              \
+                                              ptrdiff_t tap, ptrdiff_t c0, ptrdiff_t f0,    \
+                                              int first)                                    \
+    {                                                                                       \
+        if (c0 + MR_ <= g->c)                                                               \
+            FC_FN(dw_block)(g, r0, r1, dyt, dys, tap, c0, f0, first, MR_, NV_, 1);          \
+        else                                                                                \
+            FC_FN(dw_block)(g, r0, r1, dyt, dys, tap, c0, f0, first, MR_, NV_, 0);          \
+    }
+
+#define FC_GATHER_CASE(MR_, NV_)                                                            \
+    if (mr == MR_ && nv == NV_) {                                                           \
+        FC_FN(gather_chunk_##MR_##x##NV_)(g, q_lo, q_hi, f0);                               \
+        continue;                                                                           \
+    }
+
+#define FC_DW_CASE(MR_, NV_)                                                                \
+    if (mr == MR_ && nv == NV_) {                                                           \
+        FC_FN(dw_chunk_##MR_##x##NV_)(g, r0, r1, dyt, dys, tap, c0, f0, r0 == 0);           \
+        continue;                                                                           \
+    }
+
+FC_INLINE int FC_FN(nv_max)(ptrdiff_t nv)
+{
+    return nv < FC_NV_MAX ? (int)nv : FC_NV_MAX;
+}
+
+/* f_pad (a multiple of 16) output channels: input channels per dW block. */
+static ptrdiff_t FC_FN(dw_block_rows)(ptrdiff_t f_pad)
+{
+    return FC_MR_FOR(FC_FN(nv_max)(f_pad / FC_VLEN));
+}
+
+FC_BLOCKS_OF_ISA(FC_DEFINE_BLOCKS)
+
+static void FC_FN(gather_range)(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
+{
+    const int mr = FC_MR_FOR(FC_FN(nv_max)(g->co_pad / FC_VLEN));
+    for (ptrdiff_t f0 = 0, nv; f0 < g->co_pad; f0 += FC_VLEN * nv) {
+        nv = FC_FN(nv_max)((g->co_pad - f0) / FC_VLEN);
+        FC_BLOCKS_OF_ISA(FC_GATHER_CASE)
+    }
+}
+
+static void FC_FN(dw_range)(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi,
+                            float *scratch)
+{
+    const ptrdiff_t rows = g->n_img * g->ho, mr = g->block_rows;
+    const ptrdiff_t cblocks = (g->c + mr - 1) / mr;
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += g->tile_rows) {
+        const ptrdiff_t r1 = r0 + g->tile_rows < rows ? r0 + g->tile_rows : rows;
+        const float *dyt = g->dy + r0 * g->wo * g->f;
+        ptrdiff_t dys = g->f;
+        if (g->f % 16 != 0) {
+            /* Rows padded to f_pad so that every block reads whole vectors. */
+            for (ptrdiff_t p = 0; p < (r1 - r0) * g->wo; p++) {
+                memcpy(scratch + p * g->f_pad, dyt + p * g->f, (size_t)g->f * sizeof(float));
+                memset(scratch + p * g->f_pad + g->f, 0,
+                       (size_t)(g->f_pad - g->f) * sizeof(float));
+            }
+            dyt = scratch;
+            dys = g->f_pad;
+        }
+        for (ptrdiff_t unit = unit_lo; unit < unit_hi; unit++) {
+            const ptrdiff_t tap = unit / cblocks, c0 = (unit - tap * cblocks) * mr;
+            for (ptrdiff_t f0 = 0, nv; f0 < g->f_pad; f0 += FC_VLEN * nv) {
+                nv = FC_FN(nv_max)((g->f_pad - f0) / FC_VLEN);
+                FC_BLOCKS_OF_ISA(FC_DW_CASE)
+            }
+        }
+    }
+}
+
+#undef FC_VEC
+#undef FC_IVEC
+#undef FC_DEFINE_BLOCKS
+#undef FC_GATHER_CASE
+#undef FC_DW_CASE
+#undef FC_CAT_
+#undef FC_CAT
+#undef FC_FN

@@ -1,0 +1,157 @@
+"""The cython backend's direct convolution (csrc/direct.pyx, csrc/direct_conv.h).
+
+The generic suites (test_equivalence.py, test_gradients.py) run the cython backend on
+random shapes, but mostly on 1-5 channels and float64, where the im2col path runs. Here:
+the direct kernels on the shapes that exercise their blocking (channel counts around the
+16-float quantum and the 6-pixel blocks, strides, 'same' borders), on EVERY instruction set
+this CPU supports (the dispatcher otherwise runs only the best one), against the oracle.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastcnn import _extensions, backends
+from fastcnn.shapes import window_output_shape
+
+pytestmark = pytest.mark.skipif(
+    not _extensions.HAVE_CYTHON,
+    reason=f"the Cython extension is unavailable: {_extensions.IMPORT_ERROR}",
+)
+
+direct = _extensions.modules.get("direct")
+ISAS = direct.supported_isas() if direct is not None else ()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs a test once per instruction set, restoring the default afterwards."""
+    before = direct.isa()
+    direct.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        direct.set_isa(before)
+
+
+# (n, h, w, c, f, (kh, kw), (sh, sw), padding): channel counts below, at and above the
+# 16-float quantum and the 64-channel block, odd sizes, non-square kernels and strides.
+CASES = [
+    (2, 7, 9, 5, 3, (3, 3), (1, 1), "valid"),
+    (2, 8, 7, 6, 16, (3, 2), (1, 1), "same"),
+    (1, 9, 9, 17, 17, (3, 3), (2, 2), "same"),
+    (2, 6, 11, 8, 40, (1, 3), (1, 2), "valid"),
+    (1, 10, 8, 33, 64, (3, 3), (1, 1), "same"),
+    (1, 7, 7, 16, 80, (2, 2), (3, 1), "same"),
+    (1, 6, 6, 64, 130, (3, 3), (1, 1), "valid"),
+    (3, 5, 5, 7, 48, (5, 5), (1, 1), "same"),
+    (1, 12, 10, 9, 24, (4, 3), (2, 3), "same"),
+]
+
+
+def _run(case, seed=0):
+    n, h, w, c, f, k, s, padding = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wk = rng.standard_normal((*k, c, f)).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    _, pad = window_output_shape((h, w), k, s, padding)
+    out = {}
+    for name in ("cython", "reference"):
+        B = backends.get(name)
+        dtype = np.float32 if name == "cython" else np.float64
+        y, ctx = B.conv2d_forward(x.astype(dtype), wk.astype(dtype), b.astype(dtype), s, pad)
+        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(dtype)
+        out[name] = (y, *B.conv2d_backward(dy, ctx))
+        if name == "cython":
+            assert type(ctx).__name__ == "_DirectCtx", "the direct path must run on this case"
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-{c[7]}")
+def test_direct_conv_matches_reference(isa, case):
+    out = _run(case)
+    for name, got, want in zip(("y", "dx", "dw", "db"), out["cython"], out["reference"]):
+        assert got.dtype == np.float32 and got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4, err_msg=f"{isa}: {name}")
+
+
+def test_float64_and_few_channels_take_the_im2col_path():
+    B = backends.get("cython")
+    for dtype, c in ((np.float64, 8), (np.float32, 3)):
+        x, w = np.ones((1, 5, 5, c), dtype), np.ones((3, 3, c, 4), dtype)
+        _, ctx = B.conv2d_forward(x, w, None, (1, 1), ((0, 0), (0, 0)))
+        assert type(ctx).__name__ != "_DirectCtx"
+
+
+def test_identical_results_with_1_and_2_threads():
+    """Above the parallel threshold (1M multiply-adds): ranges of pixels (forward, dx) and
+    of dW blocks run on different threads; every value is still computed by one thread in
+    a fixed order."""
+    _, max_threads = _extensions.openmp_info()
+    case = (8, 14, 13, 20, 40, (3, 3), (1, 1), "same")  # 8*14*13*9*20*40 = 10.5M MACs
+    try:
+        _extensions.set_num_threads(1)
+        one = _run(case)["cython"]
+        _extensions.set_num_threads(2)
+        two = _run(case)["cython"]
+    finally:
+        _extensions.set_num_threads(max_threads)
+    for name, a, b in zip(("y", "dx", "dw", "db"), one, two):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_relu_epilogue_and_nan():
+    """gather's fused ReLU: 0 where the pre-activation is <= 0, NaN passes (as np.maximum)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 5, 6)).astype(np.float32)
+    x[0, 2, 2, 0] = np.nan
+    w = rng.standard_normal((3, 3, 6, 16)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    for relu in (False, True):
+        y = np.empty((2, 3, 3, 16), np.float32)
+        direct.gather(x, w.reshape(-1, 16), b, y, 3, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1, relu)
+        want, _ = backends.get("reference").conv2d_forward(
+            x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), (1, 1),
+            ((0, 0), (0, 0)))
+        if relu:
+            want = np.maximum(want, 0)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        assert np.isnan(y[0]).all() and not np.isnan(y[1]).any()
+
+
+def test_isa_selection():
+    assert "generic" in ISAS
+    assert direct.isa() == ISAS[-1], "the best supported instruction set is the default"
+    with pytest.raises(ValueError, match="isa must be one of"):
+        direct.set_isa("sse9")
+    unsupported = [name for name in direct.ISAS if name not in ISAS]
+    for name in unsupported:
+        with pytest.raises(ValueError, match="not supported by this CPU"):
+            direct.set_isa(name)
+
+
+def test_kernel_arguments_are_checked():
+    x = np.zeros((1, 5, 5, 6), np.float32)
+    y = np.zeros((1, 3, 3, 16), np.float32)
+    w = np.zeros((54, 16), np.float32)
+    with pytest.raises(ValueError, match="w has 54 rows, expected 2\\*3\\*6"):
+        direct.gather(x, w, None, y, 2, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        direct.gather(x, np.zeros((54, 8), np.float32), None, np.zeros((1, 3, 3, 8), np.float32),
+                      3, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
+    with pytest.raises(ValueError, match="the grid writes outside out"):
+        direct.gather(x, w, None, y, 3, 3, 4, 3, 0, 1, 0, 1, 0, 1, 0, 1)
+    with pytest.raises(ValueError, match="bias has 3 values, expected 16"):
+        direct.gather(x, w, np.zeros(3, np.float32), y, 3, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
+    with pytest.raises(ValueError, match=r"dw has shape \(54, 8\), expected \(54, 16\)"):
+        direct.dw(x, y, np.zeros((54, 8), np.float32), 3, 3, 1, 1, 0, 0)
+
+
+def test_empty_batch_gives_zero_gradients():
+    B = backends.get("cython")
+    x, w = np.zeros((0, 6, 6, 8), np.float32), np.ones((3, 3, 8, 16), np.float32)
+    y, ctx = B.conv2d_forward(x, w, np.ones(16, np.float32), (1, 1), ((1, 1), (1, 1)))
+    assert y.shape == (0, 6, 6, 16)
+    dx, dw, db = B.conv2d_backward(y, ctx)
+    assert dx.shape == x.shape and not dw.any() and not db.any()
