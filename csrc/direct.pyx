@@ -24,6 +24,7 @@ cdef extern from "direct_conv.h" nogil:
         const float *w
         const float *bias
         const float *zeros
+        Py_ssize_t run
         Py_ssize_t nth, ntw, co, co_pad
         float *out
         Py_ssize_t ho, wo
@@ -39,6 +40,7 @@ cdef extern from "direct_conv.h" nogil:
         Py_ssize_t ho, wo, f, f_pad
         Py_ssize_t kh, kw, sh, sw, pt, pl
         float *dw
+        Py_ssize_t run
         Py_ssize_t block_rows
         Py_ssize_t tile_rows
 
@@ -150,7 +152,11 @@ def gather(const float[:, :, :, ::1] src not None, const float[:, ::1] w not Non
     g.by0, g.bsy, g.bx0, g.bsx = by0, bsy, bx0, bsx
     g.oy0, g.osy, g.ox0, g.osx = oy0, osy, ox0, osx
     g.relu = relu
-    cdef float *zeros = <float *>calloc(max(cs, 1), sizeof(float))
+    # A kernel row is one run of consecutive floats when no window crosses src's sides.
+    g.run = cs
+    if bx0 >= 0 and bx0 + (grid_v - 1) * bsx + ntw <= src.shape[2]:
+        g.run = ntw * cs
+    cdef float *zeros = <float *>calloc(max(g.run, 1), sizeof(float))
     if zeros == NULL:
         raise MemoryError()
     g.zeros = zeros
@@ -196,9 +202,13 @@ def dw(const float[:, :, :, ::1] x not None, const float[:, :, :, ::1] dy not No
     g.ho, g.wo, g.f, g.f_pad = ho, wo, f, _ceil_div(f, 16) * 16
     g.kh, g.kw, g.sh, g.sw, g.pt, g.pl = kh, kw, sh, sw, pt, pl
     g.dw = &dw[0, 0]
+    # A whole kernel row is one group of dw rows when no window crosses the image's left or
+    # right side: fewer ragged blocks, and full blocks for few channels (c < block_rows).
+    cdef bint rows_whole = pl == 0 and (wo - 1) * sw + kw <= x.shape[2]
+    g.run = kw * c if rows_whole else c
     g.block_rows = fc_dw_block_rows(f)
     g.tile_rows = max(1, FC_DW_TILE_PIXELS // wo)
-    cdef Py_ssize_t units = kh * kw * _ceil_div(c, g.block_rows)
+    cdef Py_ssize_t units = (kh if rows_whole else kh * kw) * _ceil_div(g.run, g.block_rows)
     cdef int nt = _threads(n * ho * wo * kh * kw * c * f, units)
     cdef Py_ssize_t per_thread = fc_dw_scratch_floats(&g)
     cdef float *scratch = NULL

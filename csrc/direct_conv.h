@@ -17,7 +17,8 @@
  *   same kernel run on dy with the flipped, transposed kernel, once per stride phase
  *   (fastcnn/backends/_conv_phases.py has the geometry).
  * - fc_dw_range: dw[(a, b, c), f] = sum over output pixels of x[tap (a, b) of the pixel, c]
- *   * dy[pixel, f]. The block is MR input channels of one tap x NV vectors of output channels;
+ *   * dy[pixel, f]. The block is MR rows of dw (consecutive channels of one tap, or of one
+ *   kernel row where no window crosses the image's side) x NV vectors of output channels;
  *   its accumulators live in registers across a tile of pixels, whose dy rows stay in L1/L2
  *   while every block of the range passes over them.
  *
@@ -44,14 +45,17 @@
 /* One gather job: grid point (n, u, v) writes output pixel
  * out[n, oy0 + u*osy, ox0 + v*osx, :] from the taps src[n, by0 + u*bsy + ti,
  * bx0 + v*bsx + tj, :] (ti < nth, tj < ntw; zero outside src). w is (nth*ntw*cs, co_pad)
- * with co_pad a multiple of 16 (zero columns past co); bias has co_pad entries or is NULL;
- * zeros holds cs zeros (the row that out-of-image taps read). */
+ * with co_pad a multiple of 16 (zero columns past co); bias has co_pad entries or is NULL.
+ * run is cs, or ntw*cs when every window of the grid lies inside src horizontally (a
+ * kernel row is then one run of consecutive floats); zeros holds run zeros (what taps
+ * outside src read). */
 typedef struct {
     const float *src;
     ptrdiff_t n_img, hs, ws, cs;
     const float *w;
     const float *bias;
     const float *zeros;
+    ptrdiff_t run;
     ptrdiff_t nth, ntw, co, co_pad;
     float *out;
     ptrdiff_t ho, wo;
@@ -71,7 +75,8 @@ typedef struct {
     ptrdiff_t ho, wo, f, f_pad;
     ptrdiff_t kh, kw, sh, sw, pt, pl;
     float *dw;
-    ptrdiff_t block_rows;   /* MR: input channels per block (fc_dw_block_rows) */
+    ptrdiff_t run;          /* rows of dw per group: c (one tap) or kw*c (a kernel row) */
+    ptrdiff_t block_rows;   /* MR: rows of dw per block (fc_dw_block_rows) */
     ptrdiff_t tile_rows;    /* output rows (n, i) per pixel tile */
 } fc_dw;
 

@@ -79,8 +79,12 @@ FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q
         for (int j = 0; j < NV; j++)
             acc[i][j] = (FC_VEC){0};
     }
+    /* Taps come in groups of g->run floats that are consecutive in src: one tap's cs
+     * channels, or a whole kernel row of ntw taps when no window of the grid crosses the
+     * side of the image (fewer, longer reductions for few channels). */
+    const ptrdiff_t run = g->run, groups_w = run == cs ? g->ntw : 1;
     for (ptrdiff_t ti = 0; ti < g->nth; ti++) {
-        for (ptrdiff_t tj = 0; tj < g->ntw; tj++) {
+        for (ptrdiff_t tj = 0; tj < groups_w; tj++) {
             /* A tap outside the image reads the zero row; a tap outside for every pixel
              * of the block (a padded border row) is skipped. */
             int live = 0;
@@ -96,7 +100,7 @@ FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q
             if (!live)
                 continue;
             const float *wt = g->w + (ti * g->ntw + tj) * cs * co_pad + f0;
-            for (ptrdiff_t c = 0; c < cs; c++) {
+            for (ptrdiff_t c = 0; c < run; c++) {
                 FC_VEC wv[4];
                 for (int j = 0; j < NV; j++)
                     wv[j] = FC_FN(load)(wt + FC_VLEN * j);
@@ -126,21 +130,26 @@ FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q
 }
 
 /* --- dW -----------------------------------------------------------------------------------
- * One block: input channels c0 .. c0+MR-1 of tap (a, b) x NV vectors of output channels,
- * over the pixels of output rows [r0, r1) (rows of the flattened (n, i) axis). dyt is that
- * tile of dy, rows dys floats apart. FULL says c0 + MR <= c: the channel offsets are then
- * constants; a ragged last block repeats its last channel and stores only its own rows. */
+ * dW's rows are (a, b, c) in HWIO order. They come in GROUPS of g->run consecutive rows
+ * whose x values are consecutive floats of one input row: a tap (a, b) with its c channels
+ * (run = c), or, when no output pixel's window crosses the left or right edge of the
+ * image, a whole kernel row a (run = kw*c: taps b and b + 1 are neighbouring pixels of x).
+ * One block: rows c0 .. c0+MR-1 of group `group` x NV vectors of output channels, over
+ * the pixels of output rows [r0, r1) (rows of the flattened (n, i) axis). dyt is that tile
+ * of dy, rows dys floats apart. FULL says c0 + MR <= run: the row offsets are then
+ * constants; a ragged last block repeats its last row and stores only its own rows. */
 
 FC_INLINE void FC_FN(dw_block)(const fc_dw *g, ptrdiff_t r0, ptrdiff_t r1, const float *dyt,
-                               ptrdiff_t dys, ptrdiff_t tap, ptrdiff_t c0, ptrdiff_t f0,
+                               ptrdiff_t dys, ptrdiff_t group, ptrdiff_t c0, ptrdiff_t f0,
                                int first, const int MR, const int NV, const int FULL)
 {
     FC_VEC acc[12][4];
     ptrdiff_t off[12];
-    const ptrdiff_t c = g->c, f = g->f;
-    const ptrdiff_t a = tap / g->kw, b = tap - a * g->kw;
-    const ptrdiff_t nrows = c - c0 < MR ? c - c0 : MR;
-    float *dw = g->dw + (tap * c + c0) * f + f0;
+    const ptrdiff_t c = g->c, f = g->f, run = g->run;
+    const ptrdiff_t a = run == c ? group / g->kw : group;
+    const ptrdiff_t b = run == c ? group - a * g->kw : 0;
+    const ptrdiff_t nrows = run - c0 < MR ? run - c0 : MR;
+    float *dw = g->dw + (group * run + c0) * f + f0;
 
     for (int i = 0; i < MR; i++)
         off[i] = FULL ? i : (i < nrows ? i : nrows - 1);
@@ -205,13 +214,13 @@ FC_INLINE void FC_FN(dw_block)(const fc_dw *g, ptrdiff_t r0, ptrdiff_t r1, const
     }                                                                                       \
     static void FC_FN(dw_chunk_##MR_##x##NV_)(const fc_dw *g, ptrdiff_t r0, ptrdiff_t r1,   \
                                               const float *dyt, ptrdiff_t dys,              \
-                                              ptrdiff_t tap, ptrdiff_t c0, ptrdiff_t f0,    \
+                                              ptrdiff_t group, ptrdiff_t c0, ptrdiff_t f0,  \
                                               int first)                                    \
     {                                                                                       \
-        if (c0 + MR_ <= g->c)                                                               \
-            FC_FN(dw_block)(g, r0, r1, dyt, dys, tap, c0, f0, first, MR_, NV_, 1);          \
+        if (c0 + MR_ <= g->run)                                                             \
+            FC_FN(dw_block)(g, r0, r1, dyt, dys, group, c0, f0, first, MR_, NV_, 1);        \
         else                                                                                \
-            FC_FN(dw_block)(g, r0, r1, dyt, dys, tap, c0, f0, first, MR_, NV_, 0);          \
+            FC_FN(dw_block)(g, r0, r1, dyt, dys, group, c0, f0, first, MR_, NV_, 0);        \
     }
 
 #define FC_GATHER_CASE(MR_, NV_)                                                            \
@@ -222,7 +231,7 @@ FC_INLINE void FC_FN(dw_block)(const fc_dw *g, ptrdiff_t r0, ptrdiff_t r1, const
 
 #define FC_DW_CASE(MR_, NV_)                                                                \
     if (mr == MR_ && nv == NV_) {                                                           \
-        FC_FN(dw_chunk_##MR_##x##NV_)(g, r0, r1, dyt, dys, tap, c0, f0, r0 == 0);           \
+        FC_FN(dw_chunk_##MR_##x##NV_)(g, r0, r1, dyt, dys, group, c0, f0, r0 == 0);         \
         continue;                                                                           \
     }
 
@@ -252,7 +261,7 @@ static void FC_FN(dw_range)(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi
                             float *scratch)
 {
     const ptrdiff_t rows = g->n_img * g->ho, mr = g->block_rows;
-    const ptrdiff_t cblocks = (g->c + mr - 1) / mr;
+    const ptrdiff_t cblocks = (g->run + mr - 1) / mr;
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += g->tile_rows) {
         const ptrdiff_t r1 = r0 + g->tile_rows < rows ? r0 + g->tile_rows : rows;
         const float *dyt = g->dy + r0 * g->wo * g->f;
@@ -268,7 +277,7 @@ static void FC_FN(dw_range)(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi
             dys = g->f_pad;
         }
         for (ptrdiff_t unit = unit_lo; unit < unit_hi; unit++) {
-            const ptrdiff_t tap = unit / cblocks, c0 = (unit - tap * cblocks) * mr;
+            const ptrdiff_t group = unit / cblocks, c0 = (unit - group * cblocks) * mr;
             for (ptrdiff_t f0 = 0, nv; f0 < g->f_pad; f0 += FC_VLEN * nv) {
                 nv = FC_FN(nv_max)((g->f_pad - f0) / FC_VLEN);
                 FC_BLOCKS_OF_ISA(FC_DW_CASE)

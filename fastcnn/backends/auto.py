@@ -15,37 +15,36 @@ from __future__ import annotations
 from .. import shapes
 from . import get, available
 
-# Kinds of shape that rank backends differently. Figures: benchmarks/README.md (2026-11-25,
-# 2-core AMD EPYC, 1 and 2 threads); ms are forward / backward at 1 thread.
-# - conv "few_channels": a first layer on 1-4 input channels. Numba's few-channel kernels
-#   (vectorised over pixels, no column matrix: nothing but x is kept for the backward)
-#   against cython's im2col + GEMM, forward / dW-only ms at 1 thread (2026-11-26, CPU
-#   time, min of 40): LeNet-5 conv1 at batch 64 0.28 / 0.23 vs 1.25 / 0.61; cats-vs-dogs
-#   conv1 at batch 32 18 / 16 vs 33 / 26; shape A 1.16 / 1.20 vs 1.07 / 1.30 (even).
-#   Their dx (only needed when such a conv is not a model's first layer) is the gather
-#   kernel's, slower than cython's GEMM + col2im (shape A 2.5 vs 1.3 ms).
-# - conv "deep": everything else. Numba's register-blocked direct conv beats im2col+GEMM: no
-#   column matrix to write and read back (shape B fwd+bwd: numba 12.3, cython 18.1, im2col
-#   20.2; shape D: 165 / 304 / 336).
+# Kinds of shape that rank backends differently. Figures: benchmarks/README.md; ms at 1
+# thread on the 2-core AMD EPYC (Zen 4) of 2026-12-04 unless dated otherwise.
+# - conv "deep" and "small": everything but "few_channels". Cython's direct convolution
+#   (C micro-kernels, csrc/direct_conv.h: 6 pixels x 64 filters of outer products in
+#   AVX-512 registers, no column matrix) runs at 90-110% of the SGEMM rate; numba's
+#   gather (4x4 dot products, horizontal sums) at 55-90%, im2col + GEMM at 50-75%.
+#   fwd / dW / dx: shape B cython 5.2 / 5.6 / 6.6, numba 6.7 / 9.9 / 9.6; shape D 68 / 71 /
+#   67 against 82 / 136 / 81; LeNet-5's conv2 (14x14x6 -> 16, 5x5) 0.39 / 0.31 / 1.19
+#   against 0.82 / 0.79 / 1.49.
+# - conv "few_channels": a first layer on 1-4 input channels with fewer than 16 filters
+#   (LeNet-5's 1 -> 6, the from-scratch CNN's 1 -> 8). Numba's few-channel kernels
+#   vectorise over pixels and keep nothing but x for the backward: LeNet-5 conv1 at batch
+#   64 fwd / dW 0.41 / 0.43 against the direct kernel's 2.2 / 2.3 (16-filter blocks 6/16
+#   full) and cython's im2col 1.3 / 0.6 (2026-11-26). With 16 or more filters the direct
+#   kernel wins (shape A 1.0 / 0.9 against numba's 2.2 / 2.8; cats-vs-dogs conv1 19 / 18
+#   against 34 / 29), so such convs are "small" or "deep".
 # - pools are memory-bound single passes: the compiled kernels win (Fashion-MNIST maxpool
-#   fwd+bwd: numba 1.95, cython 9.52, im2col 23.0).
+#   fwd+bwd: numba 1.95, cython 9.52, im2col 23.0; 2026-11-25).
 # - activations on a 64x26x26x64 tensor: relu numba 0.22/0.56 (cython 0.26/11.3, NumPy
 #   0.79/10.1); sigmoid numba 6.5/0.6 (NumPy 12.8/0.8); tanh NumPy 0.44/3.3 against numba's
 #   scalar libm tanh 37/0.5: a forward and its backward must run on one backend, so the sum
-#   decides.
+#   decides (2026-11-25).
 # - dense is one BLAS GEMM everywhere (equal within noise); softmax and the fused losses
 #   on (128, 10) logits take 5-20 us, the compiled ones slightly less except sigmoid CE.
 PREFERENCES = {
     ("conv2d", "few_channels"): ("numba", "cython", "im2col"),
-    ("conv2d", "deep"): ("numba", "cython", "im2col"),
-    # - conv "small": more than 4 input channels but little work per image (below
-    #   SMALL_CONV_MACS multiply-adds: LeNet-5's second conv 14x14x6 -> 16 5x5 has 240k, the
-    #   digits model's 4x4x16 -> 32 3x3 74k). Numba's 4x4 register blocks are mostly edge
-    #   there (6 dx channels, 100 pixels), BLAS's small-GEMM kernels are not. fwd+bwd at 1
-    #   thread, b64 / b128: LeNet conv2 cython 1.39 / 2.90 ms, numba 1.93 / 3.75; digits conv2
-    #   0.30 / 0.58 against 0.35 / 1.08. Above it numba wins: 13x13x32 -> 32 3x3 (1.1M MACs)
-    #   numba 3.83 / 8.41, cython 5.81 / 13.6; 28x28x8 -> 8 3x3 (451k) 4.72 / 9.75 against
-    #   5.83 / 12.6 (2026-11-25, idle machine).
+    ("conv2d", "deep"): ("cython", "numba", "im2col"),
+    # "small": under SMALL_CONV_MACS multiply-adds per image (LeNet-5's second conv has
+    # 240k, the digits model's 4x4x16 -> 32 3x3 74k), where per-call overheads weigh more;
+    # the direct kernel leads there too (2026-11-25 before it: cython's im2col).
     ("conv2d", "small"): ("cython", "numba", "im2col"),
     ("maxpool2d", "any"): ("numba", "cython", "im2col"),
     ("avgpool2d", "any"): ("numba", "cython", "im2col"),
@@ -60,6 +59,7 @@ PREFERENCES = {
 }
 
 FEW_CHANNELS = 4
+FEW_FILTERS = 16  # "few_channels" means fewer than this many filters too
 SMALL_CONV_MACS = 300_000  # per image, forward
 
 _resolved: dict = {}
@@ -91,7 +91,7 @@ def choices() -> dict:
 def conv_kind(x_shape, w_shape, stride, pad) -> str:
     """Which PREFERENCES row a conv belongs to: 'few_channels', 'small' or 'deep'."""
     kh, kw, c_in, c_out = w_shape
-    if c_in <= FEW_CHANNELS:
+    if c_in <= FEW_CHANNELS and c_out < FEW_FILTERS:
         return "few_channels"
     ho, wo = shapes.padded_output_shape(x_shape[1:3], (kh, kw), stride, pad)
     return "small" if ho * wo * kh * kw * c_in * c_out < SMALL_CONV_MACS else "deep"

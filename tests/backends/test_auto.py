@@ -11,7 +11,9 @@ NO_PAD = ((0, 0), (0, 0))
 
 @pytest.mark.parametrize("x_shape, w_shape, pad, kind", [
     ((64, 28, 28, 1), (5, 5, 1, 6), ((2, 2), (2, 2)), "few_channels"),   # LeNet conv1
-    ((32, 150, 150, 3), (3, 3, 3, 32), NO_PAD, "few_channels"),          # cats-vs-dogs conv1
+    ((1, 28, 28, 1), (3, 3, 1, 8), NO_PAD, "few_channels"),              # from-scratch conv
+    ((32, 150, 150, 3), (3, 3, 3, 32), NO_PAD, "deep"),                  # cats-vs-dogs conv1
+    ((64, 28, 28, 1), (3, 3, 1, 64), NO_PAD, "deep"),                    # shape A: 389k
     ((64, 14, 14, 6), (5, 5, 6, 16), NO_PAD, "small"),                   # LeNet conv2: 240k
     ((1, 4, 4, 16), (3, 3, 16, 32), ((1, 1), (1, 1)), "small"),         # digits conv2: 74k
     ((64, 13, 13, 64), (3, 3, 64, 64), NO_PAD, "deep"),                  # Fashion conv2: 4.4M
