@@ -2,7 +2,9 @@
 
 The training step is a plain loop: each layer's ``forward``, the loss (fused with the last
 softmax/sigmoid when Keras would fuse it), each layer's ``backward`` in reverse, one
-optimizer update in place. Everything that can be checked is checked once per call of
+optimizer update in place. (Where :mod:`fastcnn.layers.fusion` finds a pair of layers that
+runs cheaper together with the same result, such as a ReLU before a max pool, the loop runs
+that pair as one step.) Everything that can be checked is checked once per call of
 ``fit``/``evaluate``/``predict`` on the whole arrays, before any work, so the per-batch path
 does no validation and no conversion.
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from . import _device, backends, callbacks as callbacks_module, config, distributed, losses
 from . import metrics as metrics_module, optimizers, utils
+from .layers import fusion
 from .layers.base import Layer, format_shape, normalize_shape
 from .layers.core import Input
 
@@ -300,15 +303,17 @@ class Sequential:
         # to learn, so no input gradient is needed there (for a first conv on 1-3 channels
         # that is about half of its backward).
         first = train_layers[0] if train_layers else None
-        stop = self._layers.index(first) if first is not None else len(self._layers) - 1
+        steps = fusion.steps(self._layers[:-1]) + [head]
+        stop = (next(i for i, step in enumerate(steps) if first in fusion.layers_of(step))
+                if first is not None else len(steps) - 1)
         plan = {
             "flags": flags,
             "fused": fused,
             "logits": fused or self.loss.from_logits,
-            "body": self._layers[:-1],
+            "body": steps[:-1],
             "head": head,
-            "backward_layers": self._layers[:stop:-1],
-            "first_trainable": first,
+            "backward_layers": steps[:stop:-1],
+            "first_trainable": steps[stop] if first is not None else None,
             "train_layers": train_layers,
             "train_vars": train_vars,
             "metrics": [metrics_module.get(m, self.loss, head.output_shape)
@@ -808,9 +813,16 @@ class Sequential:
 
     def _infer(self, x):
         x = _device.put(self, x)
-        for layer in self._layers:
-            x = layer.forward(x, False)
+        for step in self._inference_steps():
+            x = step.forward(x, False)
         return _device.to_host(x)   # outputs are NumPy arrays on every backend
+
+    def _inference_steps(self):
+        key = tuple(map(id, self._layers))
+        cached = getattr(self, "_steps_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._steps_cache = (key, fusion.steps(self._layers))
+        return cached[1]
 
     def _infer_part(self, x):
         """``_infer``, also for a process's empty share of a batch (under MPI)."""
