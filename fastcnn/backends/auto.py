@@ -18,7 +18,7 @@ from . import get, available
 # Kinds of shape that rank backends differently. Figures: benchmarks/README.md; ms at 1
 # thread on the 2-core AMD EPYC (Zen 4) of 2026-12-04 unless dated otherwise.
 # - conv "deep" and "small": everything but "few_channels". Cython's direct convolution
-#   (C micro-kernels, csrc/direct_conv.h: 6 pixels x 64 filters of outer products in
+#   (C micro-kernels, csrc/conv_kernels.h: 6 pixels x 64 filters of outer products in
 #   AVX-512 registers, no column matrix) runs at 90-110% of the SGEMM rate; numba's
 #   gather (4x4 dot products, horizontal sums) at 55-90%, im2col + GEMM at 50-75%.
 #   fwd / dW / dx: shape B cython 5.2 / 5.6 / 6.6, numba 6.7 / 9.9 / 9.6; shape D 68 / 71 /
@@ -31,8 +31,11 @@ from . import get, available
 #   full) and cython's im2col 1.3 / 0.6 (2026-11-26). With 16 or more filters the direct
 #   kernel wins (shape A 1.0 / 0.9 against numba's 2.2 / 2.8; cats-vs-dogs conv1 19 / 18
 #   against 34 / 29), so such convs are "small" or "deep".
-# - pools are memory-bound single passes: the compiled kernels win (Fashion-MNIST maxpool
-#   fwd+bwd: numba 1.95, cython 9.52, im2col 23.0; 2026-11-25).
+# - pools are memory-bound single passes. Max pooling: cython's float32 SIMD kernels
+#   (AVX-512 over the channels; a non-overlapping backward writes dx once, no zero fill)
+#   against numba's, fwd / bwd at 1 thread: Fashion-MNIST's 64x26x26x64 0.62 / 0.38 vs
+#   0.79 / 0.64, at batch 128 1.78 / 0.87 vs 2.06 / 2.31. Average pooling stays on numba
+#   (fwd+bwd 1.95 against cython's 9.52 on the Fashion-MNIST shape, 2026-11-25).
 # - activations on a 64x26x26x64 tensor: relu numba 0.22/0.56 (cython 0.26/11.3, NumPy
 #   0.79/10.1); sigmoid numba 6.5/0.6 (NumPy 12.8/0.8); tanh NumPy 0.44/3.3 against numba's
 #   scalar libm tanh 37/0.5: a forward and its backward must run on one backend, so the sum
@@ -46,7 +49,7 @@ PREFERENCES = {
     # 240k, the digits model's 4x4x16 -> 32 3x3 74k), where per-call overheads weigh more;
     # the direct kernel leads there too (2026-11-25 before it: cython's im2col).
     ("conv2d", "small"): ("cython", "numba", "im2col"),
-    ("maxpool2d", "any"): ("numba", "cython", "im2col"),
+    ("maxpool2d", "any"): ("cython", "numba", "im2col"),
     ("avgpool2d", "any"): ("numba", "cython", "im2col"),
     ("dense", "any"): ("cython", "im2col"),
     ("relu", "any"): ("numba", "cython", "im2col"),

@@ -1,7 +1,7 @@
 """Cython kernels compiled from csrc/ (OpenMP), with NumPy's BLAS for the GEMMs.
 
 A float32 convolution (but a first layer with few filters) is a *direct* convolution
-(csrc/direct.pyx, micro-kernels in csrc/direct_conv.h): register-blocked outer products
+(csrc/simd.pyx, micro-kernels in csrc/conv_kernels.h): register-blocked outer products
 straight from the NHWC input, bias (and ReLU) applied in registers, dW from x and dy in
 place, dx as the same kernel over dy per stride phase. It never builds a column matrix and
 keeps only x for the backward; it runs at 90-110% of the machine's SGEMM rate on the
@@ -49,7 +49,7 @@ class _Unavailable:
 _conv = _extensions.modules.get("conv", _Unavailable())
 _pool = _extensions.modules.get("pool", _Unavailable())
 _elt = _extensions.modules.get("elementwise", _Unavailable())
-_direct = _extensions.modules.get("direct", _Unavailable())
+_simd = _extensions.modules.get("simd", _Unavailable())
 _ACT_NONE = 0
 # A float32 conv takes the direct path unless it has both few input channels and few
 # filters (a first layer such as LeNet-5's 1 -> 6): the kernel's blocks are 16 filters wide
@@ -223,7 +223,7 @@ def _direct_forward(x, w, b, geometry):
     y = np.empty((n, ho, wo, f), dtype=x.dtype)
     bias = None if b is None else _padded_columns(b.reshape(1, f))[0]
     # Output pixel (i, j) reads the taps x[n, i*sh - top + a, j*sw - left + b, :].
-    _direct.gather(x, _padded_columns(w.reshape(-1, f)), bias, y, kh, kw, ho, wo,
+    _simd.gather(x, _padded_columns(w.reshape(-1, f)), bias, y, kh, kw, ho, wo,
                    -pt, sh, -pl, sw, 0, 1, 0, 1)
     return y, _DirectCtx((x, w, b is not None, geometry))
 
@@ -236,7 +236,7 @@ def _direct_backward(dy, ctx, need_dx):
     dy = _float_array(dy, "dy", x.dtype)
     _check_shape(dy, (n, ho, wo, f), "dy")
     dw = np.empty(w.shape, dtype=x.dtype)
-    _direct.dw(x, dy, dw.reshape(-1, f), kh, kw, sh, sw, pt, pl)
+    _simd.dw(x, dy, dw.reshape(-1, f), kh, kw, sh, sw, pt, pl)
     db = _bias_grad(dy.reshape(-1, f)) if has_bias else None
     if not need_dx:
         return None, dw, db
@@ -245,7 +245,7 @@ def _direct_backward(dy, ctx, need_dx):
     dx = np.empty(x.shape, dtype=x.dtype) if covered else np.zeros(x.shape, dtype=x.dtype)
     for phase in _conv_phases.dx_phases(x.shape, w, stride, pad):
         (n_a, n_b), (grid_u, grid_v) = phase.taps, phase.grid
-        _direct.gather(dy, _padded_columns(phase.w_sub), None, dx, n_a, n_b, grid_u, grid_v,
+        _simd.gather(dy, _padded_columns(phase.w_sub), None, dx, n_a, n_b, grid_u, grid_v,
                        *phase.base, *phase.dest)
     return dx, dw, db
 
@@ -253,20 +253,40 @@ def _direct_backward(dy, ctx, need_dx):
 # --- pooling --------------------------------------------------------------------------------
 
 
+# float32 max pooling runs the SIMD kernels (csrc/pool_kernels.h: AVX-512 compares and
+# blends over the channels, where pool.pyx's loops get SSE2), float64 pool.pyx; both
+# write the same argmax format.
+
+
 def maxpool2d_forward(x, pool, stride, pad):
     x = _float_array(x, "x", ndim=4)
-    ph, pw, sh, sw, pt, pl, ho, wo = _pool_geometry(x.shape, pool, stride, pad)
+    geometry = _pool_geometry(x.shape, pool, stride, pad)
+    ph, pw, sh, sw, pt, pl, ho, wo = geometry
     n, c = x.shape[0], x.shape[3]
     y = np.empty((n, ho, wo, c), dtype=x.dtype)
     argmax = np.empty((n, ho, wo, c), dtype=np.int32)
-    _pool.maxpool_forward(x, y, argmax, ph, pw, sh, sw, pt, pl)
-    return y, (argmax, x.shape, ph, sh)
+    kernels = _simd if x.dtype == np.float32 else _pool
+    kernels.maxpool_forward(x, y, argmax, ph, pw, sh, sw, pt, pl)
+    return y, (argmax, x.shape, geometry)
 
 
 def maxpool2d_backward(dy, ctx):
-    argmax, x_shape, ph, sh = ctx
+    argmax, x_shape, geometry = ctx
+    ph, pw, sh, sw, pt, pl, ho, wo = geometry
     dy = _float_array(dy, "dy", ndim=4)
     _check_shape(dy, argmax.shape, "dy")
+    if dy.dtype == np.float32 and sh >= ph and sw >= pw:
+        # Windows do not overlap: the kernel writes every element of the rows they cover
+        # (no zero fill, no scatter); only rows outside every window are zeroed here.
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        _simd.maxpool_backward(dy, argmax, dx, ph, pw, sh, sw, pt, pl)
+        covered = 0
+        for i in range(ho):
+            top = max(i * sh - pt, 0)
+            dx[:, covered:top] = 0
+            covered = max(covered, min(i * sh - pt + ph, x_shape[1]))
+        dx[:, covered:] = 0
+        return dx
     dx = np.zeros(x_shape, dtype=dy.dtype)
     _pool.maxpool_backward(dy, argmax, dx, ph, sh)
     return dx

@@ -1,13 +1,15 @@
-"""Direct convolution in float32: register-blocked C micro-kernels (direct_conv.h).
+"""SIMD kernels in float32, compiled per instruction set (C: simd.h and its kernel files).
 
-``gather`` computes a conv forward, or one stride phase of a conv's dx, straight from the
-NHWC source: no column matrix is written, and nothing but the input is kept for the
-backward. ``dw`` computes the weight gradient from x and dy in place. The kernels, their
-blocking and the run-time choice of instruction set are described in direct_conv.h; this
-module checks arguments, splits the work into ranges and runs the ranges on OpenMP threads.
+* ``gather``: a conv forward, or one stride phase of a conv's dx, straight from the NHWC
+  source (a direct convolution: no column matrix is written, nothing but the input is
+  kept for the backward); ``dw``: the weight gradient from x and dy in place.
+* ``maxpool_forward`` / ``maxpool_backward``: max pooling with pool.pyx's semantics, the
+  channels as the vector axis.
 
-Results do not depend on the thread count: every output element is computed by one call
-of a range, in an order fixed by the shapes.
+The kernels, their blocking and the run-time choice of instruction set are described in
+simd.h; this module checks arguments, splits the work into ranges and runs the ranges on
+OpenMP threads. Results do not depend on the thread count: every output element is
+computed by one call of a range, in an order fixed by the shapes.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport calloc, malloc, free
@@ -17,7 +19,7 @@ from omp_guard cimport fastcnn_max_threads
 # Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
 ABI_VERSION = 1
 
-cdef extern from "direct_conv.h" nogil:
+cdef extern from "simd.h" nogil:
     ctypedef struct fc_gather:
         const float *src
         Py_ssize_t n_img, hs, ws, cs
@@ -44,6 +46,15 @@ cdef extern from "direct_conv.h" nogil:
         Py_ssize_t block_rows
         Py_ssize_t tile_rows
 
+    ctypedef struct fc_pool:
+        const float *x
+        Py_ssize_t n_img, h, w, c
+        float *y
+        int *arg
+        Py_ssize_t ho, wo, ph, pw, sh, sw, pt, pl
+        const float *dy
+        float *dx
+
     int FC_DW_TILE_PIXELS
     int fc_isa_supported(int isa)
     void fc_set_isa(int isa)
@@ -52,6 +63,8 @@ cdef extern from "direct_conv.h" nogil:
     Py_ssize_t fc_dw_scratch_floats(const fc_dw *g)
     void fc_gather_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi)
     void fc_dw_range(const fc_dw *g, Py_ssize_t unit_lo, Py_ssize_t unit_hi, float *scratch)
+    void fc_maxpool_rows(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi)
+    void fc_maxpool_backward_rows(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi)
 
 #: The instruction sets the kernels are compiled for, in FC_ISA_* order.
 ISAS = ("generic", "avx2", "avx512")
@@ -60,8 +73,10 @@ cdef enum:
     # Fewer multiply-adds than this run on one thread: waking the OpenMP team costs tens
     # of microseconds on a shared machine, about what one core needs for this much work.
     PARALLEL_MIN_MACS = 1 << 20
-    # Grid points per parallel range: a multiple of every block height (3, 6, 8, 12).
+    # Grid points per parallel range: a multiple of every block height (3, 6).
     RANGE_QUANTUM = 24
+    # Fewer values than this (window taps read, or dx values written) pool on one thread.
+    POOL_PARALLEL_MIN = 1 << 17
 
 
 def supported_isas():
@@ -228,3 +243,79 @@ def dw(const float[:, :, :, ::1] x not None, const float[:, :, :, ::1] dy not No
                                 scratch + t * per_thread)
     finally:
         free(scratch)
+
+
+cdef fc_pool _pool_job(const float[:, :, :, ::1] x, Py_ssize_t ho, Py_ssize_t wo,
+                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t pt, Py_ssize_t pl):
+    if ph < 1 or pw < 1 or sh < 1 or sw < 1 or pt < 0 or pl < 0:
+        raise ValueError("pool: window and stride must be >= 1, pads >= 0")
+    cdef fc_pool g
+    g.x = &x[0, 0, 0, 0] if x.shape[0] else NULL
+    g.n_img, g.h, g.w, g.c = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    g.ho, g.wo, g.ph, g.pw, g.sh, g.sw, g.pt, g.pl = ho, wo, ph, pw, sh, sw, pt, pl
+    g.y, g.arg, g.dy, g.dx = NULL, NULL, NULL, NULL
+    return g
+
+
+cdef _check_pooled(Py_ssize_t *shape, Py_ssize_t *arg_shape, Py_ssize_t n, Py_ssize_t c,
+                   str name):
+    if shape[0] != n or shape[3] != c:
+        raise ValueError(f"pool: {name} has shape {[shape[i] for i in range(4)]}, "
+                         f"expected ({n}, Ho, Wo, {c})")
+    if any(arg_shape[i] != shape[i] for i in range(4)):
+        raise ValueError(f"pool: argmax must have {name}'s shape")
+
+
+def maxpool_forward(const float[:, :, :, ::1] x not None, float[:, :, :, ::1] y not None,
+                    int[:, :, :, ::1] argmax not None, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl):
+    """``y`` = window maxima, ``argmax`` = the winners' flat positions ``h*W + w`` in their
+    image (pool.pyx's format: first maximum wins, NaN propagates)."""
+    _check_pooled(y.shape, argmax.shape, x.shape[0], x.shape[3], "y")
+    cdef fc_pool g = _pool_job(x, y.shape[1], y.shape[2], ph, pw, sh, sw, pt, pl)
+    cdef Py_ssize_t rows = y.shape[0] * y.shape[1], r
+    if rows == 0 or y.shape[2] == 0 or y.shape[3] == 0:
+        return
+    g.y = &y[0, 0, 0, 0]
+    g.arg = &argmax[0, 0, 0, 0]
+    cdef int nt = _pool_threads(rows * y.shape[2] * y.shape[3] * ph * pw, rows)
+    with nogil:
+        if nt == 1:
+            fc_maxpool_rows(&g, 0, rows)
+        else:
+            for r in prange(rows, schedule="static", num_threads=nt):
+                fc_maxpool_rows(&g, r, r + 1)
+
+
+def maxpool_backward(const float[:, :, :, ::1] dy not None, const int[:, :, :, ::1] argmax not None,
+                     float[:, :, :, ::1] dx not None, Py_ssize_t ph, Py_ssize_t pw,
+                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl):
+    """dx of max pooling for windows that do not overlap (``sh >= ph``, ``sw >= pw``): every
+    element of the image rows that windows cover is written (dy where it won, else 0);
+    rows outside every window are left as they are (the caller zeroes them)."""
+    _check_pooled(dy.shape, argmax.shape, dx.shape[0], dx.shape[3], "dy")
+    if sh < ph or sw < pw:
+        raise ValueError(f"pool: maxpool_backward needs non-overlapping windows, got pool "
+                         f"{(ph, pw)} with stride {(sh, sw)}")
+    cdef fc_pool g = _pool_job(dx, dy.shape[1], dy.shape[2], ph, pw, sh, sw, pt, pl)
+    cdef Py_ssize_t rows = dy.shape[0] * dy.shape[1], r
+    if rows == 0 or dx.shape[2] == 0 or dx.shape[3] == 0:
+        return
+    g.dy = &dy[0, 0, 0, 0]
+    g.arg = <int *>&argmax[0, 0, 0, 0]
+    g.dx = &dx[0, 0, 0, 0]
+    cdef int nt = _pool_threads(rows * ph * dx.shape[2] * dx.shape[3], rows)
+    with nogil:
+        if nt == 1:
+            fc_maxpool_backward_rows(&g, 0, rows)
+        else:
+            for r in prange(rows, schedule="static", num_threads=nt):
+                fc_maxpool_backward_rows(&g, r, r + 1)
+
+
+cdef int _pool_threads(Py_ssize_t work, Py_ssize_t rows) noexcept nogil:
+    cdef int nt = fastcnn_max_threads()
+    if work < POOL_PARALLEL_MIN or nt < 1:
+        return 1
+    return <int>min(<Py_ssize_t>nt, rows)

@@ -1,10 +1,12 @@
-"""The cython backend's direct convolution (csrc/direct.pyx, csrc/direct_conv.h).
+"""The cython backend's SIMD kernels (csrc/simd.pyx, simd.h): the direct convolution
+(conv_kernels.h) and float32 max pooling (pool_kernels.h).
 
 The generic suites (test_equivalence.py, test_gradients.py) run the cython backend on
 random shapes, but mostly on 1-5 channels and float64, where the im2col path runs. Here:
-the direct kernels on the shapes that exercise their blocking (channel counts around the
-16-float quantum and the 6-pixel blocks, strides, 'same' borders), on EVERY instruction set
-this CPU supports (the dispatcher otherwise runs only the best one), against the oracle.
+the kernels on the shapes that exercise their blocking (channel counts around the 16-float
+quantum and the 6-pixel blocks, strides, 'same' borders, channel tails of the vectors), on
+EVERY instruction set this CPU supports (the dispatcher otherwise runs only the best one),
+against the oracle.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.skipif(
     reason=f"the Cython extension is unavailable: {_extensions.IMPORT_ERROR}",
 )
 
-direct = _extensions.modules.get("direct")
+direct = _extensions.modules.get("simd")
 ISAS = direct.supported_isas() if direct is not None else ()
 
 
@@ -155,3 +157,41 @@ def test_empty_batch_gives_zero_gradients():
     assert y.shape == (0, 6, 6, 16)
     dx, dw, db = B.conv2d_backward(y, ctx)
     assert dx.shape == x.shape and not dw.any() and not db.any()
+
+
+# (n, h, w, c, pool, stride, padding): vector and scalar channel tails, clipped windows,
+# gaps between windows (stride > pool), overlapping windows (the pool.pyx backward).
+POOL_CASES = [
+    (2, 6, 7, 16, (2, 2), (2, 2), "valid"),
+    (1, 7, 5, 21, (2, 2), (2, 2), "same"),
+    (2, 9, 8, 5, (3, 2), (3, 2), "same"),
+    (1, 8, 9, 33, (2, 2), (3, 3), "valid"),
+    (1, 6, 6, 17, (3, 3), (1, 2), "same"),
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-p{c[4]}-s{c[5]}-{c[6]}")
+def test_max_pool_matches_reference(isa, case):
+    n, h, w, c, pool, stride, padding = case
+    rng = np.random.default_rng(5)
+    # Ties (repeated values) and a NaN: the first maximum wins, NaN propagates.
+    x = rng.integers(-3, 4, (n, h, w, c)).astype(np.float32)
+    x[0, 1, 1, 2] = np.nan
+    _, pad = window_output_shape((h, w), pool, stride, padding, what="pool_size")
+    got, want = [], []
+    for name, out in (("cython", got), ("reference", want)):
+        B = backends.get(name)
+        y, ctx = B.maxpool2d_forward(x, pool, stride, pad)
+        dy = np.random.default_rng(6).standard_normal(y.shape).astype(np.float32)
+        out += [y, B.maxpool2d_backward(dy, ctx), ctx, dy]
+    for name, a, b in zip(("y", "dx"), got, want):
+        np.testing.assert_array_equal(a, b, err_msg=f"{isa}: {name}")
+    if stride[0] >= pool[0] and stride[1] >= pool[1]:
+        # The non-overlapping kernel writes EVERY element of the rows its windows cover
+        # (no zero fill first): on a NaN-filled dx only rows outside all windows stay NaN.
+        dx = np.full(x.shape, np.nan, np.float32)
+        direct.maxpool_backward(got[3], got[2][0], dx, *pool, *stride, pad[0][0], pad[1][0])
+        untouched = np.isnan(dx).all(axis=(0, 2, 3))
+        assert (np.isnan(dx).any(axis=(0, 2, 3)) == untouched).all()
+        np.testing.assert_array_equal(dx[:, ~untouched], want[1][:, ~untouched])
+        assert not want[1][:, untouched].any()

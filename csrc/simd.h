@@ -1,16 +1,22 @@
-/* Direct convolution (float32, NHWC activations, HWIO weights): the register-blocked
- * micro-kernels behind fastcnn._ext_direct (csrc/direct.pyx).
+/* The SIMD kernels of fastcnn._ext_simd (csrc/simd.pyx), float32, NHWC activations and
+ * HWIO weights: a direct convolution (conv_kernels.h) and max pooling (pool_kernels.h).
  *
- * Why C and not Cython or Numba: the micro-kernel keeps a block of MR pixels x NV vectors
- * of output channels in registers (6 x 4 of the 32 zmm registers on AVX-512: 6 pixels x 64
- * channels) for the whole reduction over kh*kw*C taps, and adds to it with outer products:
- * per tap channel c, NV vector loads of the weight row w[tap, c, f0:...] and MR broadcasts of
- * x[pixel, tap, c] feed MR*NV fused multiply-adds. No horizontal sums, no packed copy of
- * the input, no im2col matrix: the NHWC input rows ARE the operand. Neither Numba nor
- * Cython can pin such a block in registers (a local array lives in memory), GNU C vector
- * extensions can, and they compile the same source for any vector width.
+ * Instruction sets: every kernel file is compiled three times (simd_isa.h), for AVX-512
+ * (x86-64-v4 class), AVX2 + FMA and the compiler's baseline (SSE2 on x86-64, NEON on
+ * arm64), and fc_get_isa() picks the best one the CPU supports at run time, so the
+ * extension is built once (no -march=native) and runs on any machine. That matters: the
+ * Cython modules are compiled for the baseline only, where gcc's vectorised loops use
+ * 4-float SSE2 registers.
  *
- * Two kernels, each split in ranges that a caller runs on its threads:
+ * The direct convolution. Why C and not Cython or Numba: the micro-kernel keeps a block of
+ * MR pixels x NV vectors of output channels in registers (6 x 4 of the 32 zmm registers on
+ * AVX-512: 6 pixels x 64 channels) for the whole reduction over kh*kw*C taps, and adds to
+ * it with outer products: per tap channel c, NV vector loads of the weight row
+ * w[tap, c, f0:...] and MR broadcasts of x[pixel, tap, c] feed MR*NV fused multiply-adds.
+ * No horizontal sums, no packed copy of the input, no im2col matrix: the NHWC input rows
+ * ARE the operand. Neither Numba nor Cython can pin such a block in registers (a local
+ * array lives in memory); GNU C vector extensions can, for any vector width. Two kernels,
+ * each split in ranges that a caller runs on its threads:
  *
  * - fc_gather_range: out[pixel, f] = act(bias[f] + sum_k tap_k(pixel) * w[k, f]) over a
  *   GRID of output pixels. The forward conv is one grid; the input gradient dx is the
@@ -26,20 +32,15 @@
  * shapes (taps, then channels; pixel tiles in order), never split between threads. The
  * result is bitwise the same for any thread count. It differs in the last bits between
  * instruction sets (FMA contracts a multiply-add into one rounding, SSE2 does not).
- *
- * Instruction sets: the kernels in direct_conv_kernels.h are compiled three times, for
- * AVX-512 (x86-64-v4 class), AVX2 + FMA and the compiler's baseline (SSE2 on x86-64,
- * NEON on arm64), and fc_select_isa() picks the best one the CPU supports at run time, so
- * the extension is built once (no -march=native) and runs on any machine.
  */
-#ifndef FASTCNN_DIRECT_CONV_H
-#define FASTCNN_DIRECT_CONV_H
+#ifndef FASTCNN_SIMD_H
+#define FASTCNN_SIMD_H
 
 #include <stddef.h>
 #include <string.h>
 
 #if !defined(__GNUC__)
-#error "fastcnn's direct convolution needs GCC or Clang (GNU C vector extensions)"
+#error "fastcnn's SIMD kernels need GCC or Clang (GNU C vector extensions)"
 #endif
 
 /* One gather job: grid point (n, u, v) writes output pixel
@@ -80,6 +81,18 @@ typedef struct {
     ptrdiff_t tile_rows;    /* output rows (n, i) per pixel tile */
 } fc_dw;
 
+/* One max-pooling job: x (n_img, h, w, c) -> y, arg (n_img, ho, wo, c); the backward
+ * reads dy and arg and writes dx (x's shape). */
+typedef struct {
+    const float *x;
+    ptrdiff_t n_img, h, w, c;
+    float *y;
+    int *arg;
+    ptrdiff_t ho, wo, ph, pw, sh, sw, pt, pl;
+    const float *dy;
+    float *dx;
+} fc_pool;
+
 enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 
 /* Pixels per dW tile: its dy rows (tile x f floats, 64 KiB at f = 64) stay in L2 while
@@ -102,7 +115,7 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #define FC_MR_FOR(nv_max) 3
 #define FC_NV_MAX 4
 #define FC_BLOCKS_OF_ISA(X) X(3, 4)
-#include "direct_conv_kernels.h"
+#include "simd_isa.h"
 #undef FC_ISA
 #undef FC_VLEN
 #undef FC_MR_FOR
@@ -124,7 +137,7 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #define FC_MR_FOR(nv_max) 6
 #define FC_NV_MAX 2
 #define FC_BLOCKS_OF_ISA(X) X(6, 2)
-#include "direct_conv_kernels.h"
+#include "simd_isa.h"
 #undef FC_ISA
 #undef FC_VLEN
 #undef FC_MR_FOR
@@ -151,7 +164,7 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #define FC_NV_MAX 4
 /* 64+ channels: 6 x 4, then the tail of the channels (6 x 1..3); 48: 8 x 3; 32, 16: 12 x NV */
 #define FC_BLOCKS_OF_ISA(X) X(6, 4) X(6, 3) X(6, 2) X(6, 1)
-#include "direct_conv_kernels.h"
+#include "simd_isa.h"
 #undef FC_ISA
 #undef FC_VLEN
 #undef FC_MR_FOR
@@ -207,52 +220,50 @@ static int fc_get_isa(void)
     return fc_isa;
 }
 
-/* Input channels per dW block for f output channels. */
+/* Calls name_<isa>(...) for the selected instruction set (FC_RETURN_DISPATCH returns its
+ * value). */
+#if FC_HAVE_X86
+#define FC_DISPATCH(name, ...)                                                              \
+    switch (fc_get_isa()) {                                                                 \
+    case FC_ISA_AVX512: name##_avx512(__VA_ARGS__); break;                                  \
+    case FC_ISA_AVX2: name##_avx2(__VA_ARGS__); break;                                      \
+    default: name##_generic(__VA_ARGS__);                                                   \
+    }
+#define FC_RETURN_DISPATCH(name, ...)                                                       \
+    switch (fc_get_isa()) {                                                                 \
+    case FC_ISA_AVX512: return name##_avx512(__VA_ARGS__);                                  \
+    case FC_ISA_AVX2: return name##_avx2(__VA_ARGS__);                                      \
+    default: return name##_generic(__VA_ARGS__);                                            \
+    }
+#else
+#define FC_DISPATCH(name, ...) name##_generic(__VA_ARGS__);
+#define FC_RETURN_DISPATCH(name, ...) return name##_generic(__VA_ARGS__);
+#endif
+
+/* Rows of dw per block (input channels, or taps x channels) for f output channels. */
 static ptrdiff_t fc_dw_block_rows(ptrdiff_t f)
 {
-    ptrdiff_t f_pad = (f + 15) / 16 * 16;
-    switch (fc_get_isa()) {
-#if FC_HAVE_X86
-    case FC_ISA_AVX512:
-        return fc_dw_block_rows_avx512(f_pad);
-    case FC_ISA_AVX2:
-        return fc_dw_block_rows_avx2(f_pad);
-#endif
-    default:
-        return fc_dw_block_rows_generic(f_pad);
-    }
+    FC_RETURN_DISPATCH(fc_dw_block_rows, (f + 15) / 16 * 16)
 }
 
 static void fc_gather_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
 {
-    switch (fc_get_isa()) {
-#if FC_HAVE_X86
-    case FC_ISA_AVX512:
-        fc_gather_range_avx512(g, q_lo, q_hi);
-        return;
-    case FC_ISA_AVX2:
-        fc_gather_range_avx2(g, q_lo, q_hi);
-        return;
-#endif
-    default:
-        fc_gather_range_generic(g, q_lo, q_hi);
-    }
+    FC_DISPATCH(fc_gather_range, g, q_lo, q_hi)
 }
 
 static void fc_dw_range(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi, float *scratch)
 {
-    switch (fc_get_isa()) {
-#if FC_HAVE_X86
-    case FC_ISA_AVX512:
-        fc_dw_range_avx512(g, unit_lo, unit_hi, scratch);
-        return;
-    case FC_ISA_AVX2:
-        fc_dw_range_avx2(g, unit_lo, unit_hi, scratch);
-        return;
-#endif
-    default:
-        fc_dw_range_generic(g, unit_lo, unit_hi, scratch);
-    }
+    FC_DISPATCH(fc_dw_range, g, unit_lo, unit_hi, scratch)
+}
+
+static void fc_maxpool_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
+{
+    FC_DISPATCH(fc_maxpool_rows, g, r_lo, r_hi)
+}
+
+static void fc_maxpool_backward_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
+{
+    FC_DISPATCH(fc_maxpool_backward_rows, g, r_lo, r_hi)
 }
 
 /* Scratch floats one thread of fc_dw_range needs (0 when f is a multiple of 16). */
@@ -261,4 +272,4 @@ static ptrdiff_t fc_dw_scratch_floats(const fc_dw *g)
     return g->f % 16 == 0 ? 0 : g->tile_rows * g->wo * g->f_pad;
 }
 
-#endif /* FASTCNN_DIRECT_CONV_H */
+#endif /* FASTCNN_SIMD_H */

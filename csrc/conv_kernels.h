@@ -1,59 +1,13 @@
-/* The direct-convolution kernels, written once and compiled once per instruction set:
- * direct_conv.h includes this file three times, each time with
+/* The direct-convolution kernels (design: simd.h), compiled once per instruction set
+ * through simd_isa.h, which defines the vector type and helpers and, per instruction set,
  *
- *   FC_ISA            the suffix of every function name (generic, avx2, avx512),
- *   FC_VLEN           floats per vector register (4, 8 or 16),
  *   FC_NV_MAX         the widest block in vectors,
- *   FC_MR_FOR(nv)     the pixels (gather) or input channels (dW) of a block when the
- *                     widest block is nv vectors,
- *   FC_BLOCKS_OF_ISA  X(MR, NV) for every block shape those two can ask for,
+ *   FC_MR_FOR(nv)     the pixels (gather) or dW rows of a block when the widest block is
+ *                     nv vectors,
+ *   FC_BLOCKS_OF_ISA  X(MR, NV) for every block shape those two can ask for.
  *
- * and under a target pragma that makes the compiler emit that instruction set. No include
- * guard, on purpose. The design is described in direct_conv.h.
+ * No include guard, on purpose.
  */
-
-#define FC_CAT_(a, b) a##_##b
-#define FC_CAT(a, b) FC_CAT_(a, b)
-#define FC_FN(name) FC_CAT(fc_##name, FC_ISA)
-
-/* --- vectors of FC_VLEN floats: exactly one register ------------------------------------
- * (A wider GNU vector than the target's registers is legal C, but GCC then keeps it in
- * memory between operations: measured 10x slower.) memcpy is how GNU C spells an
- * unaligned vector load or store; it compiles to one instruction (vmovups). */
-
-typedef float FC_FN(vec) __attribute__((vector_size(4 * FC_VLEN)));
-typedef int FC_FN(ivec) __attribute__((vector_size(4 * FC_VLEN)));
-#define FC_VEC FC_FN(vec)
-#define FC_IVEC FC_FN(ivec)
-
-FC_INLINE FC_VEC FC_FN(load)(const float *p)
-{
-    FC_VEC v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-FC_INLINE void FC_FN(store)(float *p, FC_VEC v) { memcpy(p, &v, sizeof v); }
-
-/* The first k < FC_VLEN lanes, the others zero: the ragged end of a row of channels. */
-FC_INLINE FC_VEC FC_FN(load_part)(const float *p, ptrdiff_t k)
-{
-    FC_VEC v = {0};
-    memcpy(&v, p, (size_t)k * sizeof(float));
-    return v;
-}
-
-FC_INLINE void FC_FN(store_part)(float *p, FC_VEC v, ptrdiff_t k)
-{
-    memcpy(p, &v, (size_t)k * sizeof(float));
-}
-
-/* max(v, 0) as the other backends define it: 0 where v <= 0, v elsewhere (NaN passes). */
-FC_INLINE FC_VEC FC_FN(relu)(FC_VEC v)
-{
-    FC_IVEC keep = ~(v <= (FC_VEC){0});
-    return (FC_VEC)((FC_IVEC)v & keep);
-}
 
 /* --- gather: forward conv, and dx per stride phase --------------------------------------
  * One block: MR consecutive grid points from q0 (a block past q_end repeats its last
@@ -286,11 +240,6 @@ static void FC_FN(dw_range)(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi
     }
 }
 
-#undef FC_VEC
-#undef FC_IVEC
 #undef FC_DEFINE_BLOCKS
 #undef FC_GATHER_CASE
 #undef FC_DW_CASE
-#undef FC_CAT_
-#undef FC_CAT
-#undef FC_FN

@@ -1,0 +1,116 @@
+/* Max pooling over NHWC tensors (float32), compiled once per instruction set through
+ * simd_isa.h. No include guard, on purpose.
+ *
+ * The semantics are pool.pyx's (and the reference's): windows are clipped to the image
+ * (padding acts as -inf), the FIRST maximum in row-major window order wins ties, a NaN
+ * beats any number and the first NaN stays. arg holds the winner's flat position h*W + w
+ * inside its image (-1 for a window wholly in the padding, which fastcnn's shapes never
+ * make). The vector axis is the channel axis: a window tap is one contiguous run of c
+ * floats, so the compares and blends run FC_VLEN channels at a time (the scalar tail
+ * handles c % FC_VLEN).
+ */
+
+/* The step of the scan: v replaces best where it wins (strictly greater, or the first NaN). */
+#define FC_WINS(v, best) (((v) > (best)) | (((v) != (v)) & ((best) == (best))))
+
+/* Output rows [r_lo, r_hi) of the flattened (n, i) axis. */
+static void FC_FN(maxpool_rows)(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
+{
+    const ptrdiff_t c = g->c, cv = c - c % FC_VLEN;
+    for (ptrdiff_t r = r_lo; r < r_hi; r++) {
+        const ptrdiff_t n = r / g->ho, i = r - n * g->ho;
+        const ptrdiff_t h0 = i * g->sh - g->pt > 0 ? i * g->sh - g->pt : 0;
+        const ptrdiff_t h1 = i * g->sh - g->pt + g->ph < g->h ? i * g->sh - g->pt + g->ph : g->h;
+        for (ptrdiff_t j = 0; j < g->wo; j++) {
+            const ptrdiff_t w0 = j * g->sw - g->pl > 0 ? j * g->sw - g->pl : 0;
+            const ptrdiff_t w1 = j * g->sw - g->pl + g->pw < g->w ? j * g->sw - g->pl + g->pw : g->w;
+            float *y = g->y + (r * g->wo + j) * c;
+            int *arg = g->arg + (r * g->wo + j) * c;
+            if (h0 >= h1 || w0 >= w1) {
+                for (ptrdiff_t cc = 0; cc < c; cc++) {
+                    y[cc] = -__builtin_inff();
+                    arg[cc] = -1;
+                }
+                continue;
+            }
+            const float *img = g->x + n * g->h * g->w * c;
+            const int pos0 = (int)(h0 * g->w + w0);
+            /* Seeded with the window's first real tap; every later tap is compared. */
+            for (ptrdiff_t cc = 0; cc < cv; cc += FC_VLEN) {
+                FC_VEC best = FC_FN(load)(img + pos0 * c + cc);
+                FC_IVEC win = (FC_IVEC){0} + pos0;
+                for (ptrdiff_t hi = h0; hi < h1; hi++) {
+                    for (ptrdiff_t wi = (hi == h0 ? w0 + 1 : w0); wi < w1; wi++) {
+                        const int pos = (int)(hi * g->w + wi);
+                        const FC_VEC v = FC_FN(load)(img + pos * c + cc);
+                        const FC_IVEC take = FC_WINS(v, best);
+                        best = FC_FN(select)(take, v, best);
+                        win = (win & ~take) | (((FC_IVEC){0} + pos) & take);
+                    }
+                }
+                FC_FN(store)(y + cc, best);
+                FC_FN(store_int)(arg + cc, win);
+            }
+            for (ptrdiff_t cc = cv; cc < c; cc++) {
+                float best = img[pos0 * c + cc];
+                int win = pos0;
+                for (ptrdiff_t hi = h0; hi < h1; hi++) {
+                    for (ptrdiff_t wi = (hi == h0 ? w0 + 1 : w0); wi < w1; wi++) {
+                        const int pos = (int)(hi * g->w + wi);
+                        const float v = img[pos * c + cc];
+                        if (FC_WINS(v, best)) {
+                            best = v;
+                            win = pos;
+                        }
+                    }
+                }
+                y[cc] = best;
+                arg[cc] = win;
+            }
+        }
+    }
+}
+
+/* The backward of pools whose windows do not overlap (stride >= pool size along both
+ * axes): output row r owns the image rows of its windows, and writes every element of
+ * them once, dy where the element won and 0 elsewhere (columns between or after windows
+ * included), so dx needs no zero fill and no scatter. Image rows outside every window
+ * are the caller's to zero. */
+static void FC_FN(maxpool_backward_rows)(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
+{
+    const ptrdiff_t c = g->c, cv = c - c % FC_VLEN;
+    for (ptrdiff_t r = r_lo; r < r_hi; r++) {
+        const ptrdiff_t n = r / g->ho, i = r - n * g->ho;
+        const ptrdiff_t h0 = i * g->sh - g->pt > 0 ? i * g->sh - g->pt : 0;
+        const ptrdiff_t h1 = i * g->sh - g->pt + g->ph < g->h ? i * g->sh - g->pt + g->ph : g->h;
+        for (ptrdiff_t hi = h0; hi < h1; hi++) {
+            float *dx = g->dx + (n * g->h + hi) * g->w * c;
+            ptrdiff_t done = 0; /* columns of this dx row written so far */
+            for (ptrdiff_t j = 0; j < g->wo; j++) {
+                const ptrdiff_t w0 = j * g->sw - g->pl > 0 ? j * g->sw - g->pl : 0;
+                const ptrdiff_t w1 = j * g->sw - g->pl + g->pw < g->w ? j * g->sw - g->pl + g->pw : g->w;
+                const float *dy = g->dy + (r * g->wo + j) * c;
+                const int *arg = g->arg + (r * g->wo + j) * c;
+                if (w0 > done)
+                    memset(dx + done * c, 0, (size_t)((w0 - done) * c) * sizeof(float));
+                for (ptrdiff_t wi = w0; wi < w1; wi++) {
+                    const int pos = (int)(hi * g->w + wi);
+                    float *d = dx + wi * c;
+                    for (ptrdiff_t cc = 0; cc < cv; cc += FC_VLEN) {
+                        FC_IVEC a;
+                        memcpy(&a, arg + cc, sizeof a);
+                        const FC_IVEC won = a == ((FC_IVEC){0} + pos);
+                        FC_FN(store)(d + cc, (FC_VEC)((FC_IVEC)FC_FN(load)(dy + cc) & won));
+                    }
+                    for (ptrdiff_t cc = cv; cc < c; cc++)
+                        d[cc] = arg[cc] == pos ? dy[cc] : 0.0f;
+                }
+                done = w1 > done ? w1 : done;
+            }
+            if (g->w > done)
+                memset(dx + done * c, 0, (size_t)((g->w - done) * c) * sizeof(float));
+        }
+    }
+}
+
+#undef FC_WINS
