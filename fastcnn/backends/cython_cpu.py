@@ -64,6 +64,11 @@ _DIRECT_MIN_FILTERS = 16
 
 def _float_array(a, name, dtype=None, ndim=None):
     """``a`` as a C-contiguous float array (no copy when it already is one)."""
+    # What a model passes, checked first in a few attribute reads (a batch-1 forward makes
+    # about 15 of these calls: the general path below costs ~1 us each).
+    if (type(a) is np.ndarray and a.flags.c_contiguous and a.dtype in _FLOATS
+            and (dtype is None or a.dtype == dtype) and (ndim is None or a.ndim == ndim)):
+        return a
     if hasattr(a, "copy_to_host"):  # a CUDA device array: never an implicit device->host copy
         raise TypeError(f"{name} must be a float32 or float64 numpy array, got {_checks._got(a)}")
     a = np.asarray(a)
@@ -94,8 +99,30 @@ def _pair(value, name, minimum):
     return a, b
 
 
+_GEOMETRIES: dict = {}
+
+
 def _geometry(x_shape, window, stride, pad, what):
-    """Checks a window op's arguments; returns ``(kh, kw, sh, sw, pt, pl, Ho, Wo)``."""
+    """Checks a window op's arguments; returns ``(kh, kw, sh, sw, pt, pl, Ho, Wo)``.
+
+    Memoised on the arguments (a model asks the same few questions every step; the checks
+    cost ~3 us per call at batch 1). Unhashable arguments (lists) are checked every time.
+    """
+    try:
+        key = (x_shape[1], x_shape[2], window, stride, pad, what)
+        return _GEOMETRIES[key]
+    except (KeyError, TypeError):
+        pass
+    geometry = _check_geometry(x_shape, window, stride, pad, what)
+    try:
+        if len(_GEOMETRIES) < 4096:
+            _GEOMETRIES[key] = geometry
+    except TypeError:
+        pass
+    return geometry
+
+
+def _check_geometry(x_shape, window, stride, pad, what):
     kh, kw = _pair(window, what, 1)
     sh, sw = _pair(stride, "stride", 1)
     try:
