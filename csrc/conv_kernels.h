@@ -4,35 +4,27 @@
  *   FC_NV_MAX         the widest block in vectors,
  *   FC_MR_FOR(nv)     the pixels (gather) or dW rows of a block when the widest block is
  *                     nv vectors,
- *   FC_BLOCKS_OF_ISA  X(MR, NV) for every block shape those two can ask for.
+ *   FC_BLOCKS_OF_ISA  X(MR, NV) for every block shape those two can ask for,
+ *   FC_POOL_NV_MAX    the widest block (in vectors) of the conv fused with a 2x2 max pool,
+ *   FC_POOL_BLOCKS_OF_ISA  X(NV) for each width that can ask for.
  *
  * No include guard, on purpose.
  */
 
 /* --- gather: forward conv, and dx per stride phase --------------------------------------
- * One block: MR consecutive grid points from q0 (a block past q_end repeats its last
- * point, computed again but not stored) x NV vectors of output channels from f0. */
+ * The reduction of one block: MR output pixels, pixel i taking its taps from image img[i]
+ * at rows ty[i] + ti, columns tx[i] + tj, into acc[i][0..NV) (zeroed here), for the NV
+ * vectors of output channels from f0. */
 
-FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q_end,
-                                   ptrdiff_t f0, const int MR, const int NV)
+FC_INLINE void FC_FN(accumulate)(const fc_gather *g, const ptrdiff_t *img, const ptrdiff_t *ty,
+                                 const ptrdiff_t *tx, ptrdiff_t f0, FC_VEC acc[][4],
+                                 const int MR, const int NV)
 {
-    FC_VEC acc[12][4];
     const float *p[12];
-    ptrdiff_t img[12], ty[12], tx[12], dst[12];
-    const ptrdiff_t per_img = g->grid_u * g->grid_v, cs = g->cs, co_pad = g->co_pad;
-    const ptrdiff_t nvalid = q_end - q0 < MR ? q_end - q0 : MR;
-
-    for (int i = 0; i < MR; i++) {
-        ptrdiff_t q = q0 + (i < nvalid ? i : nvalid - 1);
-        ptrdiff_t n = q / per_img, r = q - n * per_img;
-        ptrdiff_t u = r / g->grid_v, v = r - u * g->grid_v;
-        img[i] = n;
-        ty[i] = g->by0 + u * g->bsy;
-        tx[i] = g->bx0 + v * g->bsx;
-        dst[i] = ((n * g->ho + g->oy0 + u * g->osy) * g->wo + g->ox0 + v * g->osx) * g->co;
+    const ptrdiff_t cs = g->cs, co_pad = g->co_pad;
+    for (int i = 0; i < MR; i++)
         for (int j = 0; j < NV; j++)
             acc[i][j] = (FC_VEC){0};
-    }
     /* Taps come in groups of g->run floats that are consecutive in src: one tap's cs
      * channels, or a whole kernel row of ntw taps when no window of the grid crosses the
      * side of the image (fewer, longer reductions for few channels). */
@@ -67,6 +59,28 @@ FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q
             }
         }
     }
+}
+
+/* One block: MR consecutive grid points from q0 (a block past q_end repeats its last
+ * point, computed again but not stored) x NV vectors of output channels from f0. */
+FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q_end,
+                                   ptrdiff_t f0, const int MR, const int NV)
+{
+    FC_VEC acc[12][4];
+    ptrdiff_t img[12], ty[12], tx[12], dst[12];
+    const ptrdiff_t per_img = g->grid_u * g->grid_v;
+    const ptrdiff_t nvalid = q_end - q0 < MR ? q_end - q0 : MR;
+
+    for (int i = 0; i < MR; i++) {
+        ptrdiff_t q = q0 + (i < nvalid ? i : nvalid - 1);
+        ptrdiff_t n = q / per_img, r = q - n * per_img;
+        ptrdiff_t u = r / g->grid_v, v = r - u * g->grid_v;
+        img[i] = n;
+        ty[i] = g->by0 + u * g->bsy;
+        tx[i] = g->bx0 + v * g->bsx;
+        dst[i] = ((n * g->ho + g->oy0 + u * g->osy) * g->wo + g->ox0 + v * g->osx) * g->co;
+    }
+    FC_FN(accumulate)(g, img, ty, tx, f0, acc, MR, NV);
     /* The epilogue: bias and ReLU on the registers, then the only write of y. */
     for (int j = 0; j < NV; j++) {
         const ptrdiff_t f = f0 + FC_VLEN * j, lanes = g->co - f < FC_VLEN ? g->co - f : FC_VLEN;
@@ -79,6 +93,53 @@ FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q
                 FC_FN(store)(g->out + dst[i] + f, v);
             else if (lanes > 0)
                 FC_FN(store_part)(g->out + dst[i] + f, v, lanes);
+        }
+    }
+}
+
+/* --- the forward conv fused with a 2x2, stride-2 max pool -------------------------------
+ * The grid is the POOLED output; a block is the 4 conv pixels of one window, (2u + a,
+ * 2v + b) in row-major order, so the conv output never reaches memory: its values meet the
+ * bias in registers and only each window's maximum (first maximum wins, NaN propagates,
+ * exactly as maxpool_rows on the stored conv output) and the winner's flat position in the
+ * conv output image (pool_kernels.h's argmax format) are written. Conv rows and columns
+ * that no window covers (the 11th of 11 under a 2x2 pool) are not computed at all. */
+
+FC_INLINE void FC_FN(gather_pool_block)(const fc_gather *g, ptrdiff_t q, ptrdiff_t f0,
+                                        const int NV)
+{
+    FC_VEC acc[4][4];
+    ptrdiff_t img[4], ty[4], tx[4];
+    int pos[4];
+    const ptrdiff_t per_img = g->grid_u * g->grid_v;
+    const ptrdiff_t n = q / per_img, r = q - n * per_img;
+    const ptrdiff_t u = r / g->grid_v, v = r - u * g->grid_v;
+    for (int k = 0; k < 4; k++) {
+        const ptrdiff_t cy = 2 * u + (k >> 1), cx = 2 * v + (k & 1);
+        img[k] = n;
+        ty[k] = g->by0 + cy * g->bsy;
+        tx[k] = g->bx0 + cx * g->bsx;
+        pos[k] = (int)(cy * g->conv_wo + cx);
+    }
+    FC_FN(accumulate)(g, img, ty, tx, f0, acc, 4, NV);
+    const ptrdiff_t dst = ((n * g->ho + u) * g->wo + v) * g->co;
+    for (int j = 0; j < NV; j++) {
+        const ptrdiff_t f = f0 + FC_VLEN * j, lanes = g->co - f < FC_VLEN ? g->co - f : FC_VLEN;
+        const FC_VEC b = g->bias ? FC_FN(load)(g->bias + f) : (FC_VEC){0};
+        FC_VEC best = acc[0][j] + b;
+        FC_IVEC win = (FC_IVEC){0} + pos[0];
+        for (int k = 1; k < 4; k++) {
+            const FC_VEC z = acc[k][j] + b;
+            const FC_IVEC take = FC_FN(wins)(z, best);
+            best = FC_FN(select)(take, z, best);
+            win = (win & ~take) | (((FC_IVEC){0} + pos[k]) & take);
+        }
+        if (lanes == FC_VLEN) {
+            FC_FN(store)(g->out + dst + f, best);
+            FC_FN(store_int)(g->arg + dst + f, win);
+        } else if (lanes > 0) {
+            FC_FN(store_part)(g->out + dst + f, best, lanes);
+            memcpy(g->arg + dst + f, &win, (size_t)lanes * sizeof(int));
         }
     }
 }
@@ -202,6 +263,31 @@ static ptrdiff_t FC_FN(dw_block_rows)(ptrdiff_t f_pad)
 
 FC_BLOCKS_OF_ISA(FC_DEFINE_BLOCKS)
 
+#define FC_DEFINE_POOL_BLOCKS(NV_)                                                          \
+    static void FC_FN(gather_pool_chunk_##NV_)(const fc_gather *g, ptrdiff_t q_lo,          \
+                                               ptrdiff_t q_hi, ptrdiff_t f0)                \
+    {                                                                                       \
+        for (ptrdiff_t q = q_lo; q < q_hi; q++)                                             \
+            FC_FN(gather_pool_block)(g, q, f0, NV_);                                        \
+    }
+#define FC_POOL_CASE(NV_)                                                                   \
+    if (nv == NV_) {                                                                        \
+        FC_FN(gather_pool_chunk_##NV_)(g, q_lo, q_hi, f0);                                  \
+        continue;                                                                           \
+    }
+
+FC_POOL_BLOCKS_OF_ISA(FC_DEFINE_POOL_BLOCKS)
+
+/* Pooled grid points [q_lo, q_hi) of a fused conv + 2x2 max pool. */
+static void FC_FN(gather_pool_range)(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
+{
+    for (ptrdiff_t f0 = 0, nv; f0 < g->co_pad; f0 += FC_VLEN * nv) {
+        nv = (g->co_pad - f0) / FC_VLEN < FC_POOL_NV_MAX ? (g->co_pad - f0) / FC_VLEN
+                                                          : FC_POOL_NV_MAX;
+        FC_POOL_BLOCKS_OF_ISA(FC_POOL_CASE)
+    }
+}
+
 static void FC_FN(gather_range)(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
 {
     const int mr = FC_MR_FOR(FC_FN(nv_max)(g->co_pad / FC_VLEN));
@@ -241,5 +327,7 @@ static void FC_FN(dw_range)(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi
 }
 
 #undef FC_DEFINE_BLOCKS
+#undef FC_DEFINE_POOL_BLOCKS
+#undef FC_POOL_CASE
 #undef FC_GATHER_CASE
 #undef FC_DW_CASE

@@ -10,7 +10,7 @@
  * handles c % FC_VLEN).
  */
 
-/* The step of the scan: v replaces best where it wins (strictly greater, or the first NaN). */
+/* The step of the scan for one scalar (FC_FN(wins) is the vector one). */
 #define FC_WINS(v, best) (((v) > (best)) | (((v) != (v)) & ((best) == (best))))
 
 /* Output rows [r_lo, r_hi) of the flattened (n, i) axis. */
@@ -43,7 +43,7 @@ static void FC_FN(maxpool_rows)(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi
                     for (ptrdiff_t wi = (hi == h0 ? w0 + 1 : w0); wi < w1; wi++) {
                         const int pos = (int)(hi * g->w + wi);
                         const FC_VEC v = FC_FN(load)(img + pos * c + cc);
-                        const FC_IVEC take = FC_WINS(v, best);
+                        const FC_IVEC take = FC_FN(wins)(v, best);
                         best = FC_FN(select)(take, v, best);
                         win = (win & ~take) | (((FC_IVEC){0} + pos) & take);
                     }

@@ -64,6 +64,11 @@ typedef struct {
     ptrdiff_t by0, bsy, bx0, bsx;
     ptrdiff_t oy0, osy, ox0, osx;
     int relu;
+    /* Fused 2x2 max pool (fc_gather_pool_range only): the grid is the pooled output
+     * (out and arg of shape (n_img, ho, wo, co)); conv output pixel (cy, cx) reads the
+     * taps from (by0 + cy*bsy, bx0 + cx*bsx); arg gets cy*conv_wo + cx of the winner. */
+    int *arg;
+    ptrdiff_t conv_wo;
 } fc_gather;
 
 /* One weight-gradient job: x (n_img, h, w, c), dy (n_img, ho, wo, f), dw (kh*kw*c, f).
@@ -115,12 +120,16 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #define FC_MR_FOR(nv_max) 3
 #define FC_NV_MAX 4
 #define FC_BLOCKS_OF_ISA(X) X(3, 4)
+#define FC_POOL_NV_MAX 2
+#define FC_POOL_BLOCKS_OF_ISA(X) X(2)
 #include "simd_isa.h"
 #undef FC_ISA
 #undef FC_VLEN
 #undef FC_MR_FOR
 #undef FC_NV_MAX
 #undef FC_BLOCKS_OF_ISA
+#undef FC_POOL_NV_MAX
+#undef FC_POOL_BLOCKS_OF_ISA
 
 #if defined(__x86_64__) || defined(__i386__)
 #define FC_HAVE_X86 1
@@ -137,12 +146,16 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #define FC_MR_FOR(nv_max) 6
 #define FC_NV_MAX 2
 #define FC_BLOCKS_OF_ISA(X) X(6, 2)
+#define FC_POOL_NV_MAX 2
+#define FC_POOL_BLOCKS_OF_ISA(X) X(2)
 #include "simd_isa.h"
 #undef FC_ISA
 #undef FC_VLEN
 #undef FC_MR_FOR
 #undef FC_NV_MAX
 #undef FC_BLOCKS_OF_ISA
+#undef FC_POOL_NV_MAX
+#undef FC_POOL_BLOCKS_OF_ISA
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -164,12 +177,16 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #define FC_NV_MAX 4
 /* 64+ channels: 6 x 4, then the tail of the channels (6 x 1..3); 48: 8 x 3; 32, 16: 12 x NV */
 #define FC_BLOCKS_OF_ISA(X) X(6, 4) X(6, 3) X(6, 2) X(6, 1)
+#define FC_POOL_NV_MAX 4
+#define FC_POOL_BLOCKS_OF_ISA(X) X(4) X(3) X(2) X(1)
 #include "simd_isa.h"
 #undef FC_ISA
 #undef FC_VLEN
 #undef FC_MR_FOR
 #undef FC_NV_MAX
 #undef FC_BLOCKS_OF_ISA
+#undef FC_POOL_NV_MAX
+#undef FC_POOL_BLOCKS_OF_ISA
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -249,6 +266,11 @@ static ptrdiff_t fc_dw_block_rows(ptrdiff_t f)
 static void fc_gather_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
 {
     FC_DISPATCH(fc_gather_range, g, q_lo, q_hi)
+}
+
+static void fc_gather_pool_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
+{
+    FC_DISPATCH(fc_gather_pool_range, g, q_lo, q_hi)
 }
 
 static void fc_dw_range(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi, float *scratch)

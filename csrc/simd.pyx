@@ -34,6 +34,8 @@ cdef extern from "simd.h" nogil:
         Py_ssize_t by0, bsy, bx0, bsx
         Py_ssize_t oy0, osy, ox0, osx
         int relu
+        int *arg
+        Py_ssize_t conv_wo
 
     ctypedef struct fc_dw:
         const float *x
@@ -62,6 +64,7 @@ cdef extern from "simd.h" nogil:
     Py_ssize_t fc_dw_block_rows(Py_ssize_t f)
     Py_ssize_t fc_dw_scratch_floats(const fc_dw *g)
     void fc_gather_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi)
+    void fc_gather_pool_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi)
     void fc_dw_range(const fc_dw *g, Py_ssize_t unit_lo, Py_ssize_t unit_hi, float *scratch)
     void fc_maxpool_rows(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi)
     void fc_maxpool_backward_rows(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi)
@@ -132,6 +135,54 @@ def gather(const float[:, :, :, ::1] src not None, const float[:, ::1] w not Non
     count (columns past it are ignored); ``bias`` is None or co_pad float32 values.
     Output pixels off the grid are not written.
     """
+    if grid_u < 0 or grid_v < 0 or (grid_u and grid_v and (
+            min(oy0, oy0 + (grid_u - 1) * osy) < 0
+            or max(oy0, oy0 + (grid_u - 1) * osy) >= out.shape[1]
+            or min(ox0, ox0 + (grid_v - 1) * osx) < 0
+            or max(ox0, ox0 + (grid_v - 1) * osx) >= out.shape[2])):
+        raise ValueError("gather: the grid writes outside out")
+    cdef fc_gather g
+    g.oy0, g.osy, g.ox0, g.osx = oy0, osy, ox0, osx
+    g.relu = relu
+    g.arg, g.conv_wo = NULL, 0
+    # The rightmost window starts at bx0 + (grid_v - 1)*bsx.
+    _run_gather(src, w, bias, out, nth, ntw, grid_u, grid_v, by0, bsy, bx0, bsx,
+                bx0 + (grid_v - 1) * bsx, &g)
+
+
+def gather_maxpool(const float[:, :, :, ::1] src not None, const float[:, ::1] w not None,
+                   bias, float[:, :, :, ::1] out not None, int[:, :, :, ::1] argmax not None,
+                   Py_ssize_t nth, Py_ssize_t ntw, Py_ssize_t by0, Py_ssize_t bsy,
+                   Py_ssize_t bx0, Py_ssize_t bsx, Py_ssize_t conv_ho, Py_ssize_t conv_wo):
+    """A conv forward (as :func:`gather` with the grid of the conv output, conv pixel
+    ``(cy, cx)`` taking its taps from ``(by0 + cy*bsy, bx0 + cx*bsx)``) followed by a 2x2,
+    stride-2, 'valid' max pool, without the conv output ever being stored: ``out`` gets
+    the pooled maxima, ``argmax`` the winners' flat positions ``cy*conv_wo + cx`` (the
+    format of :func:`maxpool_forward`). out's spatial shape must be the pooled one,
+    ``(conv_ho // 2, conv_wo // 2)``.
+    """
+    if out.shape[1] != conv_ho // 2 or out.shape[2] != conv_wo // 2:
+        raise ValueError(f"gather_maxpool: out is {out.shape[1]}x{out.shape[2]}, the 2x2 pool "
+                         f"of a {conv_ho}x{conv_wo} conv output is "
+                         f"{conv_ho // 2}x{conv_wo // 2}")
+    if any(argmax.shape[i] != out.shape[i] for i in range(4)):
+        raise ValueError("gather_maxpool: argmax must have out's shape")
+    cdef fc_gather g
+    g.oy0, g.osy, g.ox0, g.osx = 0, 1, 0, 1
+    g.relu = False
+    g.arg = &argmax[0, 0, 0, 0] if argmax.size else NULL
+    g.conv_wo = conv_wo
+    # The rightmost window of the conv starts at bx0 + (2*wo - 1)*bsx.
+    _run_gather(src, w, bias, out, nth, ntw, out.shape[1], out.shape[2], by0, bsy, bx0, bsx,
+                bx0 + (2 * out.shape[2] - 1) * bsx, &g)
+
+
+cdef _run_gather(const float[:, :, :, ::1] src, const float[:, ::1] w, bias,
+                 float[:, :, :, ::1] out, Py_ssize_t nth, Py_ssize_t ntw,
+                 Py_ssize_t grid_u, Py_ssize_t grid_v, Py_ssize_t by0, Py_ssize_t bsy,
+                 Py_ssize_t bx0, Py_ssize_t bsx, Py_ssize_t last_x, fc_gather *g):
+    """Checks what gather and gather_maxpool share, fills the rest of ``g`` and runs it
+    (the pooled variant when ``g.arg`` is set), in ranges over OpenMP threads."""
     cdef Py_ssize_t n = src.shape[0], cs = src.shape[3], co = out.shape[3]
     cdef Py_ssize_t co_pad = w.shape[1]
     if out.shape[0] != n:
@@ -140,14 +191,7 @@ def gather(const float[:, :, :, ::1] src not None, const float[:, ::1] w not Non
         raise ValueError(f"gather: w has {w.shape[0]} rows, expected {nth}*{ntw}*{cs}")
     if co_pad % 16 != 0 or co_pad < co:
         raise ValueError(f"gather: w has {co_pad} columns: not a multiple of 16 >= {co}")
-    if grid_u < 0 or grid_v < 0 or (grid_u and grid_v and (
-            min(oy0, oy0 + (grid_u - 1) * osy) < 0
-            or max(oy0, oy0 + (grid_u - 1) * osy) >= out.shape[1]
-            or min(ox0, ox0 + (grid_v - 1) * osx) < 0
-            or max(ox0, ox0 + (grid_v - 1) * osx) >= out.shape[2])):
-        raise ValueError("gather: the grid writes outside out")
     cdef const float[::1] b
-    cdef fc_gather g
     g.bias = NULL
     if bias is not None:
         b = bias
@@ -165,27 +209,33 @@ def gather(const float[:, :, :, ::1] src not None, const float[:, ::1] w not Non
     g.ho, g.wo = out.shape[1], out.shape[2]
     g.grid_u, g.grid_v = grid_u, grid_v
     g.by0, g.bsy, g.bx0, g.bsx = by0, bsy, bx0, bsx
-    g.oy0, g.osy, g.ox0, g.osx = oy0, osy, ox0, osx
-    g.relu = relu
     # A kernel row is one run of consecutive floats when no window crosses src's sides.
     g.run = cs
-    if bx0 >= 0 and bx0 + (grid_v - 1) * bsx + ntw <= src.shape[2]:
+    if bx0 >= 0 and last_x + ntw <= src.shape[2]:
         g.run = ntw * cs
+    cdef bint pooled = g.arg != NULL
+    cdef Py_ssize_t points = total * 4 if pooled else total  # conv pixels computed
     cdef float *zeros = <float *>calloc(max(g.run, 1), sizeof(float))
     if zeros == NULL:
         raise MemoryError()
     g.zeros = zeros
     # About 4 ranges per thread, each a whole number of blocks.
-    cdef int nt = _threads(total * nth * ntw * cs * co, total // RANGE_QUANTUM)
+    cdef int nt = _threads(points * nth * ntw * cs * co, total // RANGE_QUANTUM)
     cdef Py_ssize_t step = _ceil_div(_ceil_div(total, 4 * nt), RANGE_QUANTUM) * RANGE_QUANTUM
     cdef Py_ssize_t nranges = _ceil_div(total, step), r
     try:
         with nogil:
             if nt == 1:
-                fc_gather_range(&g, 0, total)
+                if pooled:
+                    fc_gather_pool_range(g, 0, total)
+                else:
+                    fc_gather_range(g, 0, total)
             else:
                 for r in prange(nranges, schedule="dynamic", num_threads=nt):
-                    fc_gather_range(&g, r * step, min(total, (r + 1) * step))
+                    if pooled:
+                        fc_gather_pool_range(g, r * step, min(total, (r + 1) * step))
+                    else:
+                        fc_gather_range(g, r * step, min(total, (r + 1) * step))
     finally:
         free(zeros)
 

@@ -52,6 +52,13 @@ FC_INLINE FC_VEC FC_FN(select)(FC_IVEC mask, FC_VEC a, FC_VEC b)
     return (FC_VEC)(((FC_IVEC)a & mask) | ((FC_IVEC)b & ~mask));
 }
 
+/* Where v replaces best in a max-pool scan: strictly greater (the FIRST maximum keeps
+ * ties), or the first NaN (NaN propagates, as np.argmax does). */
+FC_INLINE FC_IVEC FC_FN(wins)(FC_VEC v, FC_VEC best)
+{
+    return (v > best) | ((v != v) & (best == best));
+}
+
 /* max(v, 0) as the other backends define it: 0 where v <= 0, v elsewhere (NaN passes). */
 FC_INLINE FC_VEC FC_FN(relu)(FC_VEC v)
 {

@@ -45,6 +45,19 @@ inputs (``dy`` included) and never returns an array that aliases one of them.
 
 Losses return ``loss`` as a 0-d array (or Python float) of the input dtype.
 
+Fused ops (:data:`FUSED_OPS`) are optional: they compute what a sequence of the ops above
+computes, in fewer passes, and return ``None`` for any shape they do not fuse; a caller
+then runs the ops one by one on the same backend (that is the definition, not a fallback
+to another backend). ``backend.implements(op)`` tells whether a backend has one at all.
+
+=============================================  ====================================
+``conv2d_maxpool2d_forward(x, w, b, stride,     ``-> (y, conv_ctx, pool_ctx)`` or None:
+pad, pool, pool_stride, pool_pad)``             ``y`` is maxpool2d_forward's output on
+                                                conv2d_forward's output, bitwise; the
+                                                contexts go to this backend's
+                                                conv2d_backward / maxpool2d_backward
+=============================================  ====================================
+
 A backend that lacks an op raises :class:`NotImplementedError` naming the op and the
 backend when the op is called: nothing ever falls back silently to another backend.
 """
@@ -77,6 +90,16 @@ OPS = (
 )
 
 
+FUSED_OPS = (
+    "conv2d_maxpool2d_forward",
+)
+
+
+def _not_fused(*args, **kwargs):
+    """A fused op this backend does not have: "not fused here", the caller composes."""
+    return None
+
+
 def _missing(backend_name: str, op: str):
     def missing(*args, **kwargs):
         raise NotImplementedError(
@@ -96,9 +119,12 @@ class Backend:
         self.name = name
         self.module = module
         self.description = description or (module.__doc__ or "").strip().splitlines()[0]
-        self._implemented = frozenset(op for op in OPS if callable(getattr(module, op, None)))
+        self._implemented = frozenset(op for op in OPS + FUSED_OPS
+                                      if callable(getattr(module, op, None)))
         for op in OPS:
             setattr(self, op, getattr(module, op) if op in self._implemented else _missing(name, op))
+        for op in FUSED_OPS:
+            setattr(self, op, getattr(module, op) if op in self._implemented else _not_fused)
 
     def implements(self, op: str) -> bool:
         return op in self._implemented

@@ -112,6 +112,17 @@ def conv2d_backward(dy, ctx, need_dx=True):
     return backend.conv2d_backward(dy, inner, need_dx)
 
 
+def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
+    """The conv's backend fuses it with the pool when it can; both contexts then go back
+    to that backend (its conv2d_backward and maxpool2d_backward)."""
+    backend = _pick("conv2d", conv_kind(x.shape, w.shape, stride, pad))
+    out = backend.conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad)
+    if out is None:
+        return None
+    y, conv_ctx, pool_ctx = out
+    return y, (backend, conv_ctx), (backend, pool_ctx)
+
+
 # -- everything routed by op family alone ------------------------------------------------------
 
 def _routed(family: str, forward_op: str, backward_op: str):

@@ -225,6 +225,32 @@ def conv2d_backward(dy, ctx, need_dx=True):
     return dx, dw, db
 
 
+def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
+    """The direct conv fused with a 2x2, stride-2, unpadded max pool (csrc/conv_kernels.h:
+    the conv output never reaches memory, and conv rows/columns no window covers are not
+    computed). None for other pools, float64 and the im2col path's convs."""
+    x = _float_array(x, "x", ndim=4)
+    w = _float_array(w, "w", x.dtype, ndim=4)
+    c, f = x.shape[3], w.shape[3]
+    if (x.dtype != np.float32 or not (c >= _DIRECT_MIN_CHANNELS or f >= _DIRECT_MIN_FILTERS)
+            or tuple(pool) != (2, 2) or tuple(pool_stride) != (2, 2)
+            or tuple(map(tuple, pool_pad)) != ((0, 0), (0, 0)) or w.shape[2] != c):
+        return None
+    b = _bias(b, f, x.dtype)
+    geometry = _geometry(x.shape, w.shape[:2], stride, pad, "kernel size")
+    kh, kw, sh, sw, pt, pl, ho, wo = geometry
+    if ho < 2 or wo < 2:
+        return None
+    n = x.shape[0]
+    y = np.empty((n, ho // 2, wo // 2, f), dtype=x.dtype)
+    argmax = np.empty(y.shape, dtype=np.int32)
+    bias = None if b is None else _padded_columns(b.reshape(1, f))[0]
+    _simd.gather_maxpool(x, _padded_columns(w.reshape(-1, f)), bias, y, argmax, kh, kw,
+                         -pt, sh, -pl, sw, ho, wo)
+    pool_ctx = (argmax, (n, ho, wo, f), (2, 2, 2, 2, 0, 0, ho // 2, wo // 2))
+    return y, _DirectCtx((x, w, b is not None, geometry)), pool_ctx
+
+
 class _DirectCtx(tuple):
     """What the direct convolution keeps for the backward: x and w (the caller's arrays,
     no copy), whether there is a bias, and the geometry."""

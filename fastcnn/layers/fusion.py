@@ -14,10 +14,15 @@ nothing outside the model's step loop can tell the difference.
   positive it is the first maximum of ``relu(z)`` as well, and where it is not, ReLU's
   derivative (0 at and below 0) zeroes the gradient in both orders. Padded windows take
   only real values (-inf padding), so this holds for every pool size, stride and padding.
+  When the producer is a Conv2D and the backend has the fused op
+  ``conv2d_maxpool2d_forward`` (fastcnn.backends), the conv and the pool run as one kernel
+  too: the conv output never reaches memory. The layers still run their own backwards,
+  on the contexts the fused op returns.
 """
 from __future__ import annotations
 
 from .. import activations, backends
+from .conv import Conv2D
 from .core import Activation
 from .kernel_layer import KernelLayer
 from .pooling import MaxPooling2D
@@ -33,9 +38,11 @@ class ReluAfterMaxPool:
         self._cache = None
 
     def forward(self, x, training=False):
-        y = self.producer.forward(x, training, activate=False)
-        y = self.pool.forward(y, training)
         backend = backends.current()
+        y = self._conv_pool(backend, x, training)
+        if y is None:
+            y = self.producer.forward(x, training, activate=False)
+            y = self.pool.forward(y, training)
         y, ctx = activations.forward(backend, "relu", y)
         if training:
             self._cache = (backend, ctx)
@@ -46,6 +53,22 @@ class ReluAfterMaxPool:
         self._cache = None
         dy = activations.backward(backend, "relu", dy, ctx)
         return self.producer.backward(self.pool.backward(dy), need_dx)
+
+    def _conv_pool(self, backend, x, training):
+        """The pooled conv output from the backend's fused kernel, or None."""
+        conv, pool = self.producer, self.pool
+        if not isinstance(conv, Conv2D):
+            return None
+        out = backend.conv2d_maxpool2d_forward(x, conv.kernel, conv.bias, conv.strides,
+                                               conv._pad, pool.pool_size, pool.strides,
+                                               pool._pad)
+        if out is None:
+            return None
+        y, conv_ctx, pool_ctx = out
+        if training:
+            conv.keep_for_backward(backend, conv_ctx)
+            pool.keep_for_backward(backend, pool_ctx)
+        return y
 
     def __repr__(self):
         return f"ReluAfterMaxPool({self.producer.name!r}, {self.pool.name!r})"

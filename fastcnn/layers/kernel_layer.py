@@ -50,6 +50,11 @@ class KernelLayer(Layer):
             self._cache = (backend, ctx, act, act_ctx)
         return y
 
+    def keep_for_backward(self, backend, ctx):
+        """What ``forward(x, training=True, activate=False)`` keeps, when a fused kernel
+        computed this layer's op (fastcnn.layers.fusion): ``backward`` then runs as usual."""
+        self._cache = (backend, ctx, None, None)
+
     def backward(self, dy, need_dx=True):
         if self._cache is None:
             raise self._no_cache()

@@ -39,6 +39,11 @@ class _Pooling2D(Layer):
             self._cache = (backend, ctx)
         return y
 
+    def keep_for_backward(self, backend, ctx):
+        """What ``forward(x, training=True)`` keeps, when a fused kernel computed this
+        pool (fastcnn.layers.fusion): ``backward`` then runs as usual."""
+        self._cache = (backend, ctx)
+
     def backward(self, dy, need_dx=True):
         if self._cache is None:
             raise self._no_cache()

@@ -128,6 +128,18 @@ def test_missing_op_raises_not_implemented_naming_op_and_backend(registry, fake_
         assert "reference" in message  # points the user at a backend that has it
 
 
+def test_a_fused_op_a_backend_lacks_answers_not_fused(registry, fake_module):
+    """Fused ops are optional: without one, the backend says "not fused" (None) and the
+    caller runs the separate ops on the same backend; it is not a missing kernel."""
+    backends.register("fake", FAKE)
+    fake = backends.get("fake")
+    for op in backends.FUSED_OPS:
+        assert not fake.implements(op)
+        assert getattr(fake, op)(None, None, None, (1, 1), ((0, 0), (0, 0)), (2, 2), (2, 2),
+                                 ((0, 0), (0, 0))) is None
+    assert backends.get("auto").implements("conv2d_maxpool2d_forward")
+
+
 def test_capabilities_of_a_partial_backend(registry, fake_module):
     backends.register("fake", FAKE)
     table = backends.capability_table()

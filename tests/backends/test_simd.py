@@ -195,3 +195,56 @@ def test_max_pool_matches_reference(isa, case):
         assert (np.isnan(dx).any(axis=(0, 2, 3)) == untouched).all()
         np.testing.assert_array_equal(dx[:, ~untouched], want[1][:, ~untouched])
         assert not want[1][:, untouched].any()
+
+
+# (n, h, w, c, f, kernel, stride, padding) of the conv before a 2x2 max pool: odd conv
+# outputs (a row and a column no window covers), conv strides and padding, channel tails.
+FUSED_CASES = [
+    (2, 13, 13, 64, 64, (3, 3), (1, 1), "valid"),
+    (1, 9, 12, 6, 17, (3, 2), (1, 1), "same"),
+    (2, 12, 11, 1, 32, (3, 3), (2, 1), "same"),
+    (1, 10, 10, 20, 80, (2, 2), (1, 1), "valid"),
+]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-{c[7]}")
+def test_conv_maxpool_fused_equals_conv_then_pool(isa, case):
+    """Bitwise: the fused kernel adds the bias and compares in the same order as the
+    conv's epilogue and the pool's scan; its contexts drive the same backwards."""
+    n, h, w, c, f, k, s, padding = case
+    rng = np.random.default_rng(8)
+    x = rng.integers(-2, 3, (n, h, w, c)).astype(np.float32)  # many ties in the windows
+    wk = rng.integers(-1, 2, (*k, c, f)).astype(np.float32)
+    b = rng.integers(-1, 2, f).astype(np.float32)
+    _, pad = window_output_shape((h, w), k, s, padding)
+    B = backends.get("cython")
+    no_pad = ((0, 0), (0, 0))
+    y, conv_ctx = B.conv2d_forward(x, wk, b, s, pad)
+    yp, pool_ctx = B.maxpool2d_forward(y, (2, 2), (2, 2), no_pad)
+    yf, conv_ctx_f, pool_ctx_f = B.conv2d_maxpool2d_forward(x, wk, b, s, pad, (2, 2), (2, 2),
+                                                            no_pad)
+    np.testing.assert_array_equal(yf, yp)
+    np.testing.assert_array_equal(pool_ctx_f[0], pool_ctx[0])
+    dy = rng.standard_normal(yp.shape).astype(np.float32)
+    separate = B.conv2d_backward(B.maxpool2d_backward(dy, pool_ctx), conv_ctx)
+    fused = B.conv2d_backward(B.maxpool2d_backward(dy, pool_ctx_f), conv_ctx_f)
+    for name, a, b_ in zip(("dx", "dw", "db"), fused, separate):
+        np.testing.assert_array_equal(a, b_, err_msg=name)
+
+
+def test_conv_maxpool_declines_what_it_does_not_fuse():
+    B = backends.get("cython")
+    x, w = np.ones((1, 8, 8, 8), np.float32), np.ones((3, 3, 8, 16), np.float32)
+    no_pad = ((0, 0), (0, 0))
+    assert B.conv2d_maxpool2d_forward(x, w, None, (1, 1), no_pad, (2, 2), (2, 2),
+                                      no_pad) is not None
+    for args in (((3, 3), (3, 3), no_pad),            # another pool size
+                 ((2, 2), (1, 1), no_pad),            # overlapping windows
+                 ((2, 2), (2, 2), ((0, 1), (0, 1))),  # a padded pool
+                 ):
+        assert B.conv2d_maxpool2d_forward(x, w, None, (1, 1), no_pad, *args) is None
+    assert B.conv2d_maxpool2d_forward(x.astype(np.float64), w.astype(np.float64), None,
+                                      (1, 1), no_pad, (2, 2), (2, 2), no_pad) is None
+    few = np.ones((3, 3, 1, 8), np.float32)  # the im2col path's first layer
+    assert B.conv2d_maxpool2d_forward(np.ones((1, 8, 8, 1), np.float32), few, None, (1, 1),
+                                      no_pad, (2, 2), (2, 2), no_pad) is None

@@ -78,3 +78,50 @@ def test_first_trainable_layer_inside_a_fused_step_skips_its_input_gradient(monk
     monkeypatch.setattr(conv, "backward", spy)
     model.train_on_batch(np.ones((2, 9, 8, 2), "float32"), np.array([0, 1]))
     assert calls == [False]
+
+
+@pytest.mark.parametrize("backend", ["auto", "cython"])
+def test_conv_and_pool_run_as_one_kernel_with_the_same_results(monkeypatch, backend):
+    """Where the backend has conv2d_maxpool2d_forward, the fused step calls it (the conv
+    output is never stored) and the layers' own backwards run on its contexts."""
+    if backend not in fastcnn.backends.available():
+        pytest.skip(f"backend {backend!r} is not available here")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 12, 11, 2)).astype(np.float32)
+    y = np.array([0, 2, 1])
+
+    def build():
+        fastcnn.set_random_seed(4)
+        model = fastcnn.Sequential([
+            Conv2D(16, 3, activation="relu", input_shape=(12, 11, 2)), MaxPooling2D(),
+            Conv2D(32, 3, padding="same", activation="relu"), MaxPooling2D(),
+            Flatten(), Dense(3, activation="softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy")
+        return model
+
+    calls = []
+    B = fastcnn.backends.get(backend)
+    original = B.conv2d_maxpool2d_forward
+
+    def spy(*args):
+        out = original(*args)
+        calls.append(out is not None)
+        return out
+
+    results = []
+    for fuse in (True, False):
+        with fastcnn.use_backend(backend):
+            model = build()
+            if fuse:
+                monkeypatch.setattr(B, "conv2d_maxpool2d_forward", spy)
+            else:
+                monkeypatch.setattr(fusion.ReluAfterMaxPool, "_conv_pool", lambda *a: None)
+            pred = model.predict(x, verbose=0)
+            loss = model.train_on_batch(x, y)
+            results.append((pred, loss, model.get_weights()))
+    assert calls and all(calls), "the fused kernel must run (and accept these shapes)"
+    (p1, l1, w1), (p2, l2, w2) = results
+    np.testing.assert_array_equal(p1, p2)
+    assert l1 == l2
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
