@@ -278,14 +278,32 @@ static void fc_dw_range(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi, fl
     FC_DISPATCH(fc_dw_range, g, unit_lo, unit_hi, scratch)
 }
 
+/* Pools vectorise over the channels: with fewer channels than a zmm register holds (8 in
+ * the from-scratch CNN) the AVX-512 build would leave them all to the scalar tail, so a
+ * narrower build runs them (measured on 64x26x26x8, 2x2: forward 0.39 -> 0.11 ms). */
+#if FC_HAVE_X86
+#define FC_POOL_DISPATCH(name, c, ...)                                                      \
+    {                                                                                       \
+        const int isa = fc_get_isa();                                                       \
+        if (isa == FC_ISA_AVX512 && ((c) % 16 == 0 || (c) >= 48))                           \
+            name##_avx512(__VA_ARGS__);                                                     \
+        else if (isa >= FC_ISA_AVX2 && (c) >= 8)                                            \
+            name##_avx2(__VA_ARGS__);                                                       \
+        else                                                                                \
+            name##_generic(__VA_ARGS__);                                                    \
+    }
+#else
+#define FC_POOL_DISPATCH(name, c, ...) name##_generic(__VA_ARGS__);
+#endif
+
 static void fc_maxpool_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
 {
-    FC_DISPATCH(fc_maxpool_rows, g, r_lo, r_hi)
+    FC_POOL_DISPATCH(fc_maxpool_rows, g->c, g, r_lo, r_hi)
 }
 
 static void fc_maxpool_backward_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
 {
-    FC_DISPATCH(fc_maxpool_backward_rows, g, r_lo, r_hi)
+    FC_POOL_DISPATCH(fc_maxpool_backward_rows, g->c, g, r_lo, r_hi)
 }
 
 /* Scratch floats one thread of fc_dw_range needs (0 when f is a multiple of 16). */
