@@ -81,14 +81,12 @@ FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q
         dst[i] = ((n * g->ho + g->oy0 + u * g->osy) * g->wo + g->ox0 + v * g->osx) * g->co;
     }
     FC_FN(accumulate)(g, img, ty, tx, f0, acc, MR, NV);
-    /* The epilogue: bias and ReLU on the registers, then the only write of y. */
+    /* The epilogue: the bias added in registers, then the only write of y. */
     for (int j = 0; j < NV; j++) {
         const ptrdiff_t f = f0 + FC_VLEN * j, lanes = g->co - f < FC_VLEN ? g->co - f : FC_VLEN;
         const FC_VEC b = g->bias ? FC_FN(load)(g->bias + f) : (FC_VEC){0};
         for (int i = 0; i < nvalid; i++) {
-            FC_VEC v = acc[i][j] + b;
-            if (g->relu)
-                v = FC_FN(relu)(v);
+            const FC_VEC v = acc[i][j] + b;
             if (lanes == FC_VLEN)
                 FC_FN(store)(g->out + dst[i] + f, v);
             else if (lanes > 0)

@@ -18,7 +18,7 @@
  * array lives in memory); GNU C vector extensions can, for any vector width. Two kernels,
  * each split in ranges that a caller runs on its threads:
  *
- * - fc_gather_range: out[pixel, f] = act(bias[f] + sum_k tap_k(pixel) * w[k, f]) over a
+ * - fc_gather_range: out[pixel, f] = bias[f] + sum_k tap_k(pixel) * w[k, f] over a
  *   GRID of output pixels. The forward conv is one grid; the input gradient dx is the
  *   same kernel run on dy with the flipped, transposed kernel, once per stride phase
  *   (fastcnn/backends/_conv_phases.py has the geometry).
@@ -63,7 +63,6 @@ typedef struct {
     ptrdiff_t grid_u, grid_v;
     ptrdiff_t by0, bsy, bx0, bsx;
     ptrdiff_t oy0, osy, ox0, osx;
-    int relu;
     /* Fused 2x2 max pool (fc_gather_pool_range only): the grid is the pooled output
      * (out and arg of shape (n_img, ho, wo, co)); conv output pixel (cy, cx) reads the
      * taps from (by0 + cy*bsy, bx0 + cx*bsx); arg gets cy*conv_wo + cx of the winner. */

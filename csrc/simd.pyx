@@ -33,7 +33,6 @@ cdef extern from "simd.h" nogil:
         Py_ssize_t grid_u, grid_v
         Py_ssize_t by0, bsy, bx0, bsx
         Py_ssize_t oy0, osy, ox0, osx
-        int relu
         int *arg
         Py_ssize_t conv_wo
 
@@ -126,8 +125,8 @@ def gather(const float[:, :, :, ::1] src not None, const float[:, ::1] w not Non
            bias, float[:, :, :, ::1] out not None,
            Py_ssize_t nth, Py_ssize_t ntw, Py_ssize_t grid_u, Py_ssize_t grid_v,
            Py_ssize_t by0, Py_ssize_t bsy, Py_ssize_t bx0, Py_ssize_t bsx,
-           Py_ssize_t oy0, Py_ssize_t osy, Py_ssize_t ox0, Py_ssize_t osx, bint relu=False):
-    """``out[n, oy0 + u*osy, ox0 + v*osx, f] = act(bias[f] + sum_k tap_k * w[k, f])``.
+           Py_ssize_t oy0, Py_ssize_t osy, Py_ssize_t ox0, Py_ssize_t osx):
+    """``out[n, oy0 + u*osy, ox0 + v*osx, f] = bias[f] + sum_k tap_k * w[k, f]``.
 
     Tap ``k = (ti*ntw + tj)*C + c`` of grid point ``(n, u, v)`` is
     ``src[n, by0 + u*bsy + ti, bx0 + v*bsx + tj, c]``, zero outside src. ``w`` is
@@ -143,7 +142,6 @@ def gather(const float[:, :, :, ::1] src not None, const float[:, ::1] w not Non
         raise ValueError("gather: the grid writes outside out")
     cdef fc_gather g
     g.oy0, g.osy, g.ox0, g.osx = oy0, osy, ox0, osx
-    g.relu = relu
     g.arg, g.conv_wo = NULL, 0
     # The rightmost window starts at bx0 + (grid_v - 1)*bsx.
     _run_gather(src, w, bias, out, nth, ntw, grid_u, grid_v, by0, bsy, bx0, bsx,
@@ -169,7 +167,6 @@ def gather_maxpool(const float[:, :, :, ::1] src not None, const float[:, ::1] w
         raise ValueError("gather_maxpool: argmax must have out's shape")
     cdef fc_gather g
     g.oy0, g.osy, g.ox0, g.osx = 0, 1, 0, 1
-    g.relu = False
     g.arg = &argmax[0, 0, 0, 0] if argmax.size else NULL
     g.conv_wo = conv_wo
     # The rightmost window of the conv starts at bx0 + (2*wo - 1)*bsx.

@@ -59,13 +59,6 @@ FC_INLINE FC_IVEC FC_FN(wins)(FC_VEC v, FC_VEC best)
     return (v > best) | ((v != v) & (best == best));
 }
 
-/* max(v, 0) as the other backends define it: 0 where v <= 0, v elsewhere (NaN passes). */
-FC_INLINE FC_VEC FC_FN(relu)(FC_VEC v)
-{
-    FC_IVEC keep = ~(v <= (FC_VEC){0});
-    return (FC_VEC)((FC_IVEC)v & keep);
-}
-
 #include "conv_kernels.h"
 #include "pool_kernels.h"
 

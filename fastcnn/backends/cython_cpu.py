@@ -2,7 +2,7 @@
 
 A float32 convolution (but a first layer with few filters) is a *direct* convolution
 (csrc/simd.pyx, micro-kernels in csrc/conv_kernels.h): register-blocked outer products
-straight from the NHWC input, bias (and ReLU) applied in registers, dW from x and dy in
+straight from the NHWC input, the bias added in registers, dW from x and dy in
 place, dx as the same kernel over dy per stride phase. It never builds a column matrix and
 keeps only x for the backward; it runs at 90-110% of the machine's SGEMM rate on the
 standard deep shapes, where im2col + GEMM spends a third of its time moving columns.
