@@ -9,13 +9,14 @@ standard deep shapes, where im2col + GEMM spends a third of its time moving colu
 
 Every other convolution (float64, and first layers with both few channels and few
 filters, which would leave the direct kernel's blocks mostly empty) is im2col -> GEMM ->
-bias, and its backward GEMM -> col2im. The GEMMs are NumPy ``matmul`` calls made here, *between* the
-compiled passes and never inside a parallel region (BLAS threads nested in OpenMP threads
-oversubscribe the cores). The compiled passes do the memory-bound rest in parallel: patch
-packing straight from the unpadded input, the col2im gather, bias (+ activation)
-epilogues, pooling, activations and the fused losses. Every kernel runs float32 and float64
-natively (fused types, no upcast; the direct convolution is float32 only), never writes to
-its inputs, and gives bitwise-identical results for any OpenMP thread count.
+bias, and its backward GEMM -> col2im. The GEMMs are NumPy ``matmul`` calls made here,
+*between* the compiled passes and never inside a parallel region (BLAS threads nested in
+OpenMP threads oversubscribe the cores). The compiled passes do the memory-bound rest in
+parallel: patch packing straight from the unpadded input, the col2im gather, bias
+(+ activation) epilogues, pooling, activations and the fused losses. Every kernel runs
+float32 and float64 natively (fused types, no upcast; the direct convolution and the SIMD
+max pooling are float32 only), never writes to its inputs, and gives bitwise-identical
+results for any OpenMP thread count.
 
 Two shortcuts skip im2col because the input already IS the patch matrix (a reshape, no
 copy): 1x1 kernels with stride 1 and no padding, and kernels that cover the whole unpadded
@@ -57,6 +58,11 @@ _ACT_NONE = 0
 # on 28x28x1 -> 6, 5x5 'same': direct 2.2 ms forward, im2col + GEMM 1.3).
 _DIRECT_MIN_CHANNELS = 5
 _DIRECT_MIN_FILTERS = 16
+
+
+def _direct(dtype, c, f) -> bool:
+    """Whether a conv on ``c`` channels with ``f`` filters takes the direct path."""
+    return dtype == np.float32 and (c >= _DIRECT_MIN_CHANNELS or f >= _DIRECT_MIN_FILTERS)
 
 
 # --- argument checks (cheap; the compiled code trusts what passes them) -------------------
@@ -184,7 +190,7 @@ def conv2d_forward(x, w, b, stride, pad):
         )
     b = _bias(b, f, x.dtype)
     geometry = _geometry(x.shape, (kh, kw), stride, pad, "kernel size")
-    if x.dtype == np.float32 and (c >= _DIRECT_MIN_CHANNELS or f >= _DIRECT_MIN_FILTERS):
+    if _direct(x.dtype, c, f):
         return _direct_forward(x, w, b, geometry)
     kh, kw, sh, sw, pt, pl, ho, wo = geometry
     unpadded = pt == 0 and pl == 0 and ho == (h - kh) // sh + 1 and wo == (wd - kw) // sw + 1
@@ -232,8 +238,7 @@ def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
     x = _float_array(x, "x", ndim=4)
     w = _float_array(w, "w", x.dtype, ndim=4)
     c, f = x.shape[3], w.shape[3]
-    if (x.dtype != np.float32 or not (c >= _DIRECT_MIN_CHANNELS or f >= _DIRECT_MIN_FILTERS)
-            or tuple(pool) != (2, 2) or tuple(pool_stride) != (2, 2)
+    if (not _direct(x.dtype, c, f) or tuple(pool) != (2, 2) or tuple(pool_stride) != (2, 2)
             or tuple(map(tuple, pool_pad)) != ((0, 0), (0, 0)) or w.shape[2] != c):
         return None
     b = _bias(b, f, x.dtype)
@@ -283,7 +288,7 @@ def _direct_forward(x, w, b, geometry):
     bias = None if b is None else _padded_columns(b.reshape(1, f))[0]
     # Output pixel (i, j) reads the taps x[n, i*sh - top + a, j*sw - left + b, :].
     _simd.gather(x, _padded_columns(w.reshape(-1, f)), bias, y, kh, kw, ho, wo,
-                   -pt, sh, -pl, sw, 0, 1, 0, 1)
+                 -pt, sh, -pl, sw, 0, 1, 0, 1)
     return y, _DirectCtx((x, w, b is not None, geometry))
 
 
@@ -313,7 +318,7 @@ def _direct_backward(dy, ctx, need_dx):
     for phase in _conv_phases.dx_phases(x.shape, w, stride, pad):
         (n_a, n_b), (grid_u, grid_v) = phase.taps, phase.grid
         _simd.gather(dy, _padded_columns(phase.w_sub), None, dx, n_a, n_b, grid_u, grid_v,
-                       *phase.base, *phase.dest)
+                     *phase.base, *phase.dest)
     return dx, dw, db
 
 

@@ -71,7 +71,11 @@ def _run(case, seed=0):
     return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-{c[7]}")
+def _conv_id(c):
+    return "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-{c[7]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_conv_id)
 def test_direct_conv_matches_reference(isa, case):
     out = _run(case)
     for name, got, want in zip(("y", "dx", "dw", "db"), out["cython"], out["reference"]):
@@ -163,7 +167,8 @@ POOL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-p{c[4]}-s{c[5]}-{c[6]}")
+@pytest.mark.parametrize("case", POOL_CASES,
+                         ids=lambda c: "x".join(map(str, c[:4])) + f"-p{c[4]}-s{c[5]}-{c[6]}")
 def test_max_pool_matches_reference(isa, case):
     n, h, w, c, pool, stride, padding = case
     rng = np.random.default_rng(5)
@@ -200,7 +205,7 @@ FUSED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-{c[7]}")
+@pytest.mark.parametrize("case", FUSED_CASES, ids=_conv_id)
 def test_conv_maxpool_fused_equals_conv_then_pool(isa, case):
     """Bitwise: the fused kernel adds the bias and compares in the same order as the
     conv's epilogue and the pool's scan; its contexts drive the same backwards (which skip
