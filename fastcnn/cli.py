@@ -753,7 +753,10 @@ def run_info(args) -> int:
     lines += ["", "compiled extensions (cython):"]
     if _extensions.HAVE_CYTHON:
         openmp, max_threads = _extensions.openmp_info()
-        lines += [f"  loaded; OpenMP {'on' if openmp else 'off'}, max threads {max_threads}"]
+        simd = _extensions.modules["simd"]
+        lines += [f"  loaded; OpenMP {'on' if openmp else 'off'}, max threads {max_threads}",
+                  f"  SIMD kernels (direct conv, max pool): the {simd.isa()} build runs "
+                  f"(this CPU supports: {', '.join(simd.supported_isas())})"]
     else:
         lines += [f"  missing: {_extensions.IMPORT_ERROR}"]
 

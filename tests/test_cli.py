@@ -44,6 +44,10 @@ def test_info_lists_versions_backends_capabilities_and_threads(capsys):
     for setting in ("os.cpu_count()", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                     "OPENBLAS_NUM_THREADS"):
         assert setting in out
+    from fastcnn import _extensions
+    if _extensions.HAVE_CYTHON:  # which build of the SIMD kernels this CPU runs
+        simd = _extensions.modules["simd"]
+        assert f"the {simd.isa()} build runs" in out
 
 
 def test_no_command_prints_the_commands_and_fails(capsys):
