@@ -13,17 +13,25 @@
 /* The step of the scan for one scalar (FC_FN(wins) is the vector one). */
 #define FC_WINS(v, best) (((v) > (best)) | (((v) != (v)) & ((best) == (best))))
 
+/* The window of output index i along an axis, clipped to the image: [*lo, *hi). */
+FC_INLINE void FC_FN(clip)(ptrdiff_t i, ptrdiff_t stride, ptrdiff_t pad, ptrdiff_t size,
+                           ptrdiff_t limit, ptrdiff_t *lo, ptrdiff_t *hi)
+{
+    const ptrdiff_t start = i * stride - pad;
+    *lo = start > 0 ? start : 0;
+    *hi = start + size < limit ? start + size : limit;
+}
+
 /* Output rows [r_lo, r_hi) of the flattened (n, i) axis. */
 static void FC_FN(maxpool_rows)(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
 {
     const ptrdiff_t c = g->c, cv = c - c % FC_VLEN;
     for (ptrdiff_t r = r_lo; r < r_hi; r++) {
         const ptrdiff_t n = r / g->ho, i = r - n * g->ho;
-        const ptrdiff_t h0 = i * g->sh - g->pt > 0 ? i * g->sh - g->pt : 0;
-        const ptrdiff_t h1 = i * g->sh - g->pt + g->ph < g->h ? i * g->sh - g->pt + g->ph : g->h;
+        ptrdiff_t h0, h1, w0, w1;
+        FC_FN(clip)(i, g->sh, g->pt, g->ph, g->h, &h0, &h1);
         for (ptrdiff_t j = 0; j < g->wo; j++) {
-            const ptrdiff_t w0 = j * g->sw - g->pl > 0 ? j * g->sw - g->pl : 0;
-            const ptrdiff_t w1 = j * g->sw - g->pl + g->pw < g->w ? j * g->sw - g->pl + g->pw : g->w;
+            FC_FN(clip)(j, g->sw, g->pl, g->pw, g->w, &w0, &w1);
             float *y = g->y + (r * g->wo + j) * c;
             int *arg = g->arg + (r * g->wo + j) * c;
             if (h0 >= h1 || w0 >= w1) {
@@ -81,14 +89,13 @@ static void FC_FN(maxpool_backward_rows)(const fc_pool *g, ptrdiff_t r_lo, ptrdi
     const ptrdiff_t c = g->c, cv = c - c % FC_VLEN;
     for (ptrdiff_t r = r_lo; r < r_hi; r++) {
         const ptrdiff_t n = r / g->ho, i = r - n * g->ho;
-        const ptrdiff_t h0 = i * g->sh - g->pt > 0 ? i * g->sh - g->pt : 0;
-        const ptrdiff_t h1 = i * g->sh - g->pt + g->ph < g->h ? i * g->sh - g->pt + g->ph : g->h;
+        ptrdiff_t h0, h1, w0, w1;
+        FC_FN(clip)(i, g->sh, g->pt, g->ph, g->h, &h0, &h1);
         for (ptrdiff_t hi = h0; hi < h1; hi++) {
             float *dx = g->dx + (n * g->h + hi) * g->w * c;
             ptrdiff_t done = 0; /* columns of this dx row written so far */
             for (ptrdiff_t j = 0; j < g->wo; j++) {
-                const ptrdiff_t w0 = j * g->sw - g->pl > 0 ? j * g->sw - g->pl : 0;
-                const ptrdiff_t w1 = j * g->sw - g->pl + g->pw < g->w ? j * g->sw - g->pl + g->pw : g->w;
+                FC_FN(clip)(j, g->sw, g->pl, g->pw, g->w, &w0, &w1);
                 const float *dy = g->dy + (r * g->wo + j) * c;
                 const int *arg = g->arg + (r * g->wo + j) * c;
                 if (w0 > done)

@@ -122,13 +122,6 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #define FC_POOL_NV_MAX 2
 #define FC_POOL_BLOCKS_OF_ISA(X) X(2)
 #include "simd_isa.h"
-#undef FC_ISA
-#undef FC_VLEN
-#undef FC_MR_FOR
-#undef FC_NV_MAX
-#undef FC_BLOCKS_OF_ISA
-#undef FC_POOL_NV_MAX
-#undef FC_POOL_BLOCKS_OF_ISA
 
 #if defined(__x86_64__) || defined(__i386__)
 #define FC_HAVE_X86 1
@@ -148,22 +141,16 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #define FC_POOL_NV_MAX 2
 #define FC_POOL_BLOCKS_OF_ISA(X) X(2)
 #include "simd_isa.h"
-#undef FC_ISA
-#undef FC_VLEN
-#undef FC_MR_FOR
-#undef FC_NV_MAX
-#undef FC_BLOCKS_OF_ISA
-#undef FC_POOL_NV_MAX
-#undef FC_POOL_BLOCKS_OF_ISA
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
 #pragma GCC pop_options
 #endif
 
-/* AVX-512: 32 zmm registers, 24 accumulators: 6 pixels x 64 channels, 8 x 48, 12 x 32 or
- * 12 x 16 (12 x 16 would be load-bound on a core with two 512-bit FMA units, but it is
- * only used when there are only 16 channels). */
+/* AVX-512: 32 zmm registers, up to 24 accumulators: 6 pixels x 4 vectors (64 channels),
+ * the tail of the channels 6 x 1..3. Taller blocks for 16-32 channels (12 x 2, 12 x 1)
+ * were measured slower (LeNet-5's 14x14x6 -> 16 conv: 48 against 75 GFLOP/s with 6 x 1):
+ * twice the broadcasts and pointer set-ups per weight load. */
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))), apply_to = function)
 #else
@@ -174,18 +161,10 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #define FC_VLEN 16
 #define FC_MR_FOR(nv_max) 6
 #define FC_NV_MAX 4
-/* 64+ channels: 6 x 4, then the tail of the channels (6 x 1..3); 48: 8 x 3; 32, 16: 12 x NV */
 #define FC_BLOCKS_OF_ISA(X) X(6, 4) X(6, 3) X(6, 2) X(6, 1)
 #define FC_POOL_NV_MAX 4
 #define FC_POOL_BLOCKS_OF_ISA(X) X(4) X(3) X(2) X(1)
 #include "simd_isa.h"
-#undef FC_ISA
-#undef FC_VLEN
-#undef FC_MR_FOR
-#undef FC_NV_MAX
-#undef FC_BLOCKS_OF_ISA
-#undef FC_POOL_NV_MAX
-#undef FC_POOL_BLOCKS_OF_ISA
 #if defined(__clang__)
 #pragma clang attribute pop
 #else

@@ -321,18 +321,12 @@ def maxpool_forward(const float[:, :, :, ::1] x not None, float[:, :, :, ::1] y 
     image (pool.pyx's format: first maximum wins, NaN propagates)."""
     _check_pooled(y.shape, argmax.shape, x.shape[0], x.shape[3], "y")
     cdef fc_pool g = _pool_job(x, y.shape[1], y.shape[2], ph, pw, sh, sw, pt, pl)
-    cdef Py_ssize_t rows = y.shape[0] * y.shape[1], r
+    cdef Py_ssize_t rows = y.shape[0] * y.shape[1]
     if rows == 0 or y.shape[2] == 0 or y.shape[3] == 0:
         return
     g.y = &y[0, 0, 0, 0]
     g.arg = &argmax[0, 0, 0, 0]
-    cdef int nt = _pool_threads(rows * y.shape[2] * y.shape[3] * ph * pw, rows)
-    with nogil:
-        if nt == 1:
-            fc_maxpool_rows(&g, 0, rows)
-        else:
-            for r in prange(rows, schedule="static", num_threads=nt):
-                fc_maxpool_rows(&g, r, r + 1)
+    _run_pool_rows(fc_maxpool_rows, &g, rows, rows * y.shape[2] * y.shape[3] * ph * pw)
 
 
 def maxpool_backward(const float[:, :, :, ::1] dy not None, const int[:, :, :, ::1] argmax not None,
@@ -346,23 +340,26 @@ def maxpool_backward(const float[:, :, :, ::1] dy not None, const int[:, :, :, :
         raise ValueError(f"pool: maxpool_backward needs non-overlapping windows, got pool "
                          f"{(ph, pw)} with stride {(sh, sw)}")
     cdef fc_pool g = _pool_job(dx, dy.shape[1], dy.shape[2], ph, pw, sh, sw, pt, pl)
-    cdef Py_ssize_t rows = dy.shape[0] * dy.shape[1], r
+    cdef Py_ssize_t rows = dy.shape[0] * dy.shape[1]
     if rows == 0 or dx.shape[2] == 0 or dx.shape[3] == 0:
         return
     g.dy = &dy[0, 0, 0, 0]
     g.arg = <int *>&argmax[0, 0, 0, 0]
     g.dx = &dx[0, 0, 0, 0]
-    cdef int nt = _pool_threads(rows * ph * dx.shape[2] * dx.shape[3], rows)
+    _run_pool_rows(fc_maxpool_backward_rows, &g, rows, rows * ph * dx.shape[2] * dx.shape[3])
+
+
+ctypedef void (*pool_rows_fn)(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi) noexcept nogil
+
+
+cdef void _run_pool_rows(pool_rows_fn fn, fc_pool *g, Py_ssize_t rows, Py_ssize_t work):
+    """Runs ``fn`` over the output rows, on OpenMP threads when there is enough work."""
+    cdef int nt = fastcnn_max_threads()
+    cdef Py_ssize_t r
+    nt = 1 if work < POOL_PARALLEL_MIN or nt < 1 else <int>min(<Py_ssize_t>nt, rows)
     with nogil:
         if nt == 1:
-            fc_maxpool_backward_rows(&g, 0, rows)
+            fn(g, 0, rows)
         else:
             for r in prange(rows, schedule="static", num_threads=nt):
-                fc_maxpool_backward_rows(&g, r, r + 1)
-
-
-cdef int _pool_threads(Py_ssize_t work, Py_ssize_t rows) noexcept nogil:
-    cdef int nt = fastcnn_max_threads()
-    if work < POOL_PARALLEL_MIN or nt < 1:
-        return 1
-    return <int>min(<Py_ssize_t>nt, rows)
+                fn(g, r, r + 1)

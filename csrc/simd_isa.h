@@ -5,7 +5,8 @@
  *   FC_VLEN           floats per vector register (4, 8 or 16),
  *
  * and the conv kernels' block shapes (conv_kernels.h). It defines the vector types and
- * their helpers, then includes the kernels. No include guard, on purpose.
+ * their helpers, includes the kernels, then undefines all of these for the next
+ * compilation. No include guard, on purpose.
  */
 
 #define FC_CAT_(a, b) a##_##b
@@ -67,3 +68,11 @@ FC_INLINE FC_IVEC FC_FN(wins)(FC_VEC v, FC_VEC best)
 #undef FC_CAT_
 #undef FC_CAT
 #undef FC_FN
+/* The per-ISA parameters simd.h defined before including this file. */
+#undef FC_ISA
+#undef FC_VLEN
+#undef FC_MR_FOR
+#undef FC_NV_MAX
+#undef FC_BLOCKS_OF_ISA
+#undef FC_POOL_NV_MAX
+#undef FC_POOL_BLOCKS_OF_ISA
