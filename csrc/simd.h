@@ -205,7 +205,8 @@ static int fc_best_isa(void)
 }
 
 /* Selects the instruction set (one the CPU supports; the caller checks). Not thread-safe:
- * called from Python with the GIL held, never while a kernel runs. */
+ * called from Python with the GIL held, never while a kernel runs. simd.pyx calls
+ * fc_get_isa() once at import, so the kernels' own calls never write fc_isa. */
 static void fc_set_isa(int isa) { fc_isa = isa; }
 
 static int fc_get_isa(void)

@@ -71,6 +71,10 @@ cdef extern from "simd.h" nogil:
 #: The instruction sets the kernels are compiled for, in FC_ISA_* order.
 ISAS = ("generic", "avx2", "avx512")
 
+# Choose the build now, once, with the GIL held: kernels running on OpenMP threads then
+# only read the choice (its lazy first use inside a parallel region would be a data race).
+fc_get_isa()
+
 cdef enum:
     # Fewer multiply-adds than this run on one thread: waking the OpenMP team costs tens
     # of microseconds on a shared machine, about what one core needs for this much work.
