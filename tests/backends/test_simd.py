@@ -21,19 +21,19 @@ pytestmark = pytest.mark.skipif(
     reason=f"the Cython extension is unavailable: {_extensions.IMPORT_ERROR}",
 )
 
-direct = _extensions.modules.get("simd")
-ISAS = direct.supported_isas() if direct is not None else ()
+simd = _extensions.modules.get("simd")
+ISAS = simd.supported_isas() if simd is not None else ()
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Runs a test once per instruction set, restoring the default afterwards."""
-    before = direct.isa()
-    direct.set_isa(request.param)
+    before = simd.isa()
+    simd.set_isa(request.param)
     try:
         yield request.param
     finally:
-        direct.set_isa(before)
+        simd.set_isa(before)
 
 
 # (n, h, w, c, f, (kh, kw), (sh, sw), padding): channel counts below, at and above the
@@ -115,19 +115,19 @@ def test_nan_propagates():
     x[0, 2, 2, 0] = np.nan
     w = rng.standard_normal((3, 3, 6, 16)).astype(np.float32)
     y = np.empty((2, 3, 3, 16), np.float32)
-    direct.gather(x, w.reshape(-1, 16), None, y, 3, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
+    simd.gather(x, w.reshape(-1, 16), None, y, 3, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
     assert np.isnan(y[0]).all() and not np.isnan(y[1]).any()
 
 
 def test_isa_selection():
     assert "generic" in ISAS
-    assert direct.isa() == ISAS[-1], "the best supported instruction set is the default"
+    assert simd.isa() == ISAS[-1], "the best supported instruction set is the default"
     with pytest.raises(ValueError, match="isa must be one of"):
-        direct.set_isa("sse9")
-    unsupported = [name for name in direct.ISAS if name not in ISAS]
+        simd.set_isa("sse9")
+    unsupported = [name for name in simd.ISAS if name not in ISAS]
     for name in unsupported:
         with pytest.raises(ValueError, match="not supported by this CPU"):
-            direct.set_isa(name)
+            simd.set_isa(name)
 
 
 def test_kernel_arguments_are_checked():
@@ -135,16 +135,16 @@ def test_kernel_arguments_are_checked():
     y = np.zeros((1, 3, 3, 16), np.float32)
     w = np.zeros((54, 16), np.float32)
     with pytest.raises(ValueError, match="w has 54 rows, expected 2\\*3\\*6"):
-        direct.gather(x, w, None, y, 2, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
+        simd.gather(x, w, None, y, 2, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
     with pytest.raises(ValueError, match="not a multiple of 16"):
-        direct.gather(x, np.zeros((54, 8), np.float32), None, np.zeros((1, 3, 3, 8), np.float32),
+        simd.gather(x, np.zeros((54, 8), np.float32), None, np.zeros((1, 3, 3, 8), np.float32),
                       3, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
     with pytest.raises(ValueError, match="the grid writes outside out"):
-        direct.gather(x, w, None, y, 3, 3, 4, 3, 0, 1, 0, 1, 0, 1, 0, 1)
+        simd.gather(x, w, None, y, 3, 3, 4, 3, 0, 1, 0, 1, 0, 1, 0, 1)
     with pytest.raises(ValueError, match="bias has 3 values, expected 16"):
-        direct.gather(x, w, np.zeros(3, np.float32), y, 3, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
+        simd.gather(x, w, np.zeros(3, np.float32), y, 3, 3, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1)
     with pytest.raises(ValueError, match=r"dw has shape \(54, 8\), expected \(54, 16\)"):
-        direct.dw(x, y, np.zeros((54, 8), np.float32), 3, 3, 1, 1, 0, 0)
+        simd.dw(x, y, np.zeros((54, 8), np.float32), 3, 3, 1, 1, 0, 0)
 
 
 def test_empty_batch_gives_zero_gradients():
@@ -188,7 +188,7 @@ def test_max_pool_matches_reference(isa, case):
         # The non-overlapping kernel writes EVERY element of the rows its windows cover
         # (no zero fill first): on a NaN-filled dx only rows outside all windows stay NaN.
         dx = np.full(x.shape, np.nan, np.float32)
-        direct.maxpool_backward(got[3], got[2][0], dx, *pool, *stride, pad[0][0], pad[1][0])
+        simd.maxpool_backward(got[3], got[2][0], dx, *pool, *stride, pad[0][0], pad[1][0])
         untouched = np.isnan(dx).all(axis=(0, 2, 3))
         assert (np.isnan(dx).any(axis=(0, 2, 3)) == untouched).all()
         np.testing.assert_array_equal(dx[:, ~untouched], want[1][:, ~untouched])
