@@ -2,8 +2,7 @@
  * through simd_isa.h, which defines the vector type and helpers and, per instruction set,
  *
  *   FC_NV_MAX         the widest block in vectors,
- *   FC_MR_FOR(nv)     the pixels (gather) or dW rows of a block when the widest block is
- *                     nv vectors,
+ *   FC_MR             the pixels (gather) or dW rows of a block (at most FC_MR_LIMIT),
  *   FC_BLOCKS_OF_ISA  X(MR, NV) for every block shape those two can ask for,
  *   FC_POOL_NV_MAX    the widest block (in vectors) of the conv fused with a 2x2 max pool,
  *   FC_POOL_BLOCKS_OF_ISA  X(NV) for each width that can ask for.
@@ -20,7 +19,7 @@ FC_INLINE void FC_FN(accumulate)(const fc_gather *g, const ptrdiff_t *img, const
                                  const ptrdiff_t *tx, ptrdiff_t f0, FC_VEC acc[][4],
                                  const int MR, const int NV)
 {
-    const float *p[12];
+    const float *p[FC_MR_LIMIT];
     const ptrdiff_t cs = g->cs, co_pad = g->co_pad;
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NV; j++)
@@ -66,8 +65,8 @@ FC_INLINE void FC_FN(accumulate)(const fc_gather *g, const ptrdiff_t *img, const
 FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q_end,
                                    ptrdiff_t f0, const int MR, const int NV)
 {
-    FC_VEC acc[12][4];
-    ptrdiff_t img[12], ty[12], tx[12], dst[12];
+    FC_VEC acc[FC_MR_LIMIT][4];
+    ptrdiff_t img[FC_MR_LIMIT], ty[FC_MR_LIMIT], tx[FC_MR_LIMIT], dst[FC_MR_LIMIT];
     const ptrdiff_t per_img = g->grid_u * g->grid_v;
     const ptrdiff_t nvalid = q_end - q0 < MR ? q_end - q0 : MR;
 
@@ -156,8 +155,8 @@ FC_INLINE void FC_FN(dw_block)(const fc_dw *g, ptrdiff_t r0, ptrdiff_t r1, const
                                ptrdiff_t dys, ptrdiff_t group, ptrdiff_t c0, ptrdiff_t f0,
                                int first, const int MR, const int NV, const int FULL)
 {
-    FC_VEC acc[12][4];
-    ptrdiff_t off[12];
+    FC_VEC acc[FC_MR_LIMIT][4];
+    ptrdiff_t off[FC_MR_LIMIT];
     const ptrdiff_t c = g->c, f = g->f, run = g->run;
     const ptrdiff_t a = run == c ? group / g->kw : group;
     const ptrdiff_t b = run == c ? group - a * g->kw : 0;
@@ -253,11 +252,8 @@ FC_INLINE int FC_FN(nv_max)(ptrdiff_t nv)
     return nv < FC_NV_MAX ? (int)nv : FC_NV_MAX;
 }
 
-/* f_pad (a multiple of 16) output channels: input channels per dW block. */
-static ptrdiff_t FC_FN(dw_block_rows)(ptrdiff_t f_pad)
-{
-    return FC_MR_FOR(FC_FN(nv_max)(f_pad / FC_VLEN));
-}
+/* Rows of dw per block (the same for every channel count). */
+static ptrdiff_t FC_FN(dw_block_rows)(void) { return FC_MR; }
 
 FC_BLOCKS_OF_ISA(FC_DEFINE_BLOCKS)
 
@@ -288,7 +284,7 @@ static void FC_FN(gather_pool_range)(const fc_gather *g, ptrdiff_t q_lo, ptrdiff
 
 static void FC_FN(gather_range)(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
 {
-    const int mr = FC_MR_FOR(FC_FN(nv_max)(g->co_pad / FC_VLEN));
+    const int mr = FC_MR;
     for (ptrdiff_t f0 = 0, nv; f0 < g->co_pad; f0 += FC_VLEN * nv) {
         nv = FC_FN(nv_max)((g->co_pad - f0) / FC_VLEN);
         FC_BLOCKS_OF_ISA(FC_GATHER_CASE)

@@ -105,6 +105,9 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 
 #define FC_INLINE static inline __attribute__((always_inline))
 
+/* The tallest block of any build (the size of the kernels' per-block arrays). */
+#define FC_MR_LIMIT 6
+
 /* The kernels pass and return vectors only between always-inline functions, so GCC's
  * note that a wide vector's calling convention differs between targets is moot. */
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -116,7 +119,7 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
  * 4 vectors wide. */
 #define FC_ISA generic
 #define FC_VLEN 4
-#define FC_MR_FOR(nv_max) 3
+#define FC_MR 3
 #define FC_NV_MAX 4
 #define FC_BLOCKS_OF_ISA(X) X(3, 4)
 #define FC_POOL_NV_MAX 2
@@ -135,7 +138,7 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #endif
 #define FC_ISA avx2
 #define FC_VLEN 8
-#define FC_MR_FOR(nv_max) 6
+#define FC_MR 6
 #define FC_NV_MAX 2
 #define FC_BLOCKS_OF_ISA(X) X(6, 2)
 #define FC_POOL_NV_MAX 2
@@ -159,7 +162,7 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 #endif
 #define FC_ISA avx512
 #define FC_VLEN 16
-#define FC_MR_FOR(nv_max) 6
+#define FC_MR 6
 #define FC_NV_MAX 4
 #define FC_BLOCKS_OF_ISA(X) X(6, 4) X(6, 3) X(6, 2) X(6, 1)
 #define FC_POOL_NV_MAX 4
@@ -236,10 +239,10 @@ static int fc_get_isa(void)
 #define FC_RETURN_DISPATCH(name, ...) return name##_generic(__VA_ARGS__);
 #endif
 
-/* Rows of dw per block (input channels, or taps x channels) for f output channels. */
-static ptrdiff_t fc_dw_block_rows(ptrdiff_t f)
+/* Rows of dw per block (input channels, or taps x channels): the unit of parallel work. */
+static ptrdiff_t fc_dw_block_rows(void)
 {
-    FC_RETURN_DISPATCH(fc_dw_block_rows, (f + 15) / 16 * 16)
+    FC_RETURN_DISPATCH(fc_dw_block_rows)
 }
 
 static void fc_gather_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)

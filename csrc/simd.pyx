@@ -60,7 +60,7 @@ cdef extern from "simd.h" nogil:
     int fc_isa_supported(int isa)
     void fc_set_isa(int isa)
     int fc_get_isa()
-    Py_ssize_t fc_dw_block_rows(Py_ssize_t f)
+    Py_ssize_t fc_dw_block_rows()
     Py_ssize_t fc_dw_scratch_floats(const fc_dw *g)
     void fc_gather_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi)
     void fc_gather_pool_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi)
@@ -106,11 +106,6 @@ def set_isa(name):
         raise ValueError(f"isa {name!r} is not supported by this CPU "
                          f"(supported: {supported_isas()})")
     fc_set_isa(ISAS.index(name))
-
-
-def block_rows(Py_ssize_t f):
-    """Input channels per dW block for ``f`` output channels (the unit of parallel work)."""
-    return fc_dw_block_rows(f)
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -272,7 +267,7 @@ def dw(const float[:, :, :, ::1] x not None, const float[:, :, :, ::1] dy not No
     # right side: fewer ragged blocks, and full blocks for few channels (c < block_rows).
     cdef bint rows_whole = pl == 0 and (wo - 1) * sw + kw <= x.shape[2]
     g.run = kw * c if rows_whole else c
-    g.block_rows = fc_dw_block_rows(f)
+    g.block_rows = fc_dw_block_rows()
     g.tile_rows = max(1, FC_DW_TILE_PIXELS // wo)
     cdef Py_ssize_t units = (kh if rows_whole else kh * kw) * _ceil_div(g.run, g.block_rows)
     cdef int nt = _threads(n * ho * wo * kh * kw * c * f, units)

@@ -71,7 +71,7 @@ FC_INLINE FC_IVEC FC_FN(wins)(FC_VEC v, FC_VEC best)
 /* The per-ISA parameters simd.h defined before including this file. */
 #undef FC_ISA
 #undef FC_VLEN
-#undef FC_MR_FOR
+#undef FC_MR
 #undef FC_NV_MAX
 #undef FC_BLOCKS_OF_ISA
 #undef FC_POOL_NV_MAX
