@@ -22,6 +22,8 @@ from .backends import available, get_backend, set_backend, use_backend
 from .config import floatx, set_floatx
 from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, utils
 from . import datasets, gradcheck, regularizers
+from . import autodiff, ops
+from .autodiff import GradientTape, Tensor, Variable
 from . import distributed, preprocessing
 from .model import Sequential
 from .saving import load_model
@@ -32,6 +34,11 @@ _extensions.warn_if_missing()
 
 __all__ = [
     "Sequential",
+    "GradientTape",
+    "Tensor",
+    "Variable",
+    "autodiff",
+    "ops",
     "load_model",
     "HAVE_CYTHON",
     "ExtensionWarning",
