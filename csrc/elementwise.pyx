@@ -231,22 +231,29 @@ def tanh_backward(const floating[::1] dy not None, const floating[::1] y not Non
 
 # --- softmax over the last axis (rows of a 2-D view) ---------------------------------------
 
-cdef inline double _softmax_row(const floating* x, floating* y, Py_ssize_t K) noexcept nogil:
-    # y = exp(x - max) / sum; returns log(sum(exp(x))) (the row's logsumexp).
+cdef inline floating _row_max(const floating* x, Py_ssize_t K) noexcept nogil:
     cdef Py_ssize_t k
     cdef floating m = x[0]
-    cdef double s = 0
-    cdef floating inv
     for k in range(1, K):
         if x[k] > m:
             m = x[k]
+    return m
+
+
+cdef inline double _softmax_row(const floating* x, floating* y, Py_ssize_t K, floating m) noexcept nogil:
+    # y = exp(x - m) / sum with m = _row_max(x); returns log(sum) (log_softmax = (x - m) - log(sum)).
+    # m and log(sum) stay apart: m + log(sum) would round log(sum) away at the scale of m
+    # (at |x| = 1e30 the loss became 0).
+    cdef Py_ssize_t k
+    cdef double s = 0
+    cdef floating inv
     for k in range(K):
         y[k] = _exp(x[k] - m)
         s = s + y[k]
     inv = <floating> (1.0 / s)
     for k in range(K):
         y[k] = y[k] * inv
-    return m + log(s)
+    return log(s)
 
 
 def softmax_forward(const floating[:, ::1] x not None, floating[:, ::1] y not None):
@@ -256,7 +263,7 @@ def softmax_forward(const floating[:, ::1] x not None, floating[:, ::1] y not No
         return
     cdef int nt = threads_for(R * K)
     for r in prange(R, nogil=True, schedule="static", num_threads=nt):
-        _softmax_row(&x[r, 0], &y[r, 0], K)
+        _softmax_row(&x[r, 0], &y[r, 0], K, _row_max(&x[r, 0], K))
 
 
 def softmax_backward(const floating[:, ::1] dy not None, const floating[:, ::1] y not None,
@@ -283,8 +290,8 @@ def softmax_cross_entropy(const floating[:, ::1] logits not None, const floating
                           floating[:, ::1] dlogits not None):
     """Returns the batch-mean loss; fills ``dlogits = (softmax * sum(t) - t) / N``."""
     cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], r, k
-    cdef double lse, tsum, row, total = 0
-    cdef floating invn, tf
+    cdef double logsum, tsum, row, total = 0
+    cdef floating invn, tf, m
     _check_same(targets.shape[0] * targets.shape[1], N * K, "softmax_cross_entropy: targets vs logits")
     _check_same(dlogits.shape[0] * dlogits.shape[1], N * K, "softmax_cross_entropy: dlogits vs logits")
     if N == 0 or K == 0:
@@ -296,12 +303,13 @@ def softmax_cross_entropy(const floating[:, ::1] logits not None, const floating
     cdef int nt = threads_for(N * K)
     try:
         for r in prange(N, nogil=True, schedule="static", num_threads=nt):
-            lse = _softmax_row(&logits[r, 0], &dlogits[r, 0], K)
+            m = _row_max(&logits[r, 0], K)
+            logsum = _softmax_row(&logits[r, 0], &dlogits[r, 0], K, m)
             tsum = 0
             row = 0
             for k in range(K):
                 tsum = tsum + targets[r, k]
-                row = row + targets[r, k] * (lse - logits[r, k])
+                row = row + targets[r, k] * (logsum - <double> (logits[r, k] - m))
             rowloss[r] = row
             tf = <floating> tsum
             for k in range(K):
@@ -317,8 +325,8 @@ def sparse_softmax_cross_entropy(const floating[:, ::1] logits not None, const P
                                  floating[:, ::1] dlogits not None):
     """Same as softmax_cross_entropy with one-hot targets given as class indices."""
     cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], r, k, lab
-    cdef double lse, total = 0
-    cdef floating invn
+    cdef double logsum, total = 0
+    cdef floating invn, m
     _check_same(labels.shape[0], N, "sparse_softmax_cross_entropy: labels vs rows of logits")
     _check_same(dlogits.shape[0] * dlogits.shape[1], N * K, "sparse_softmax_cross_entropy: dlogits vs logits")
     if N == 0 or K == 0:
@@ -334,9 +342,10 @@ def sparse_softmax_cross_entropy(const floating[:, ::1] logits not None, const P
     cdef int nt = threads_for(N * K)
     try:
         for r in prange(N, nogil=True, schedule="static", num_threads=nt):
-            lse = _softmax_row(&logits[r, 0], &dlogits[r, 0], K)
+            m = _row_max(&logits[r, 0], K)
+            logsum = _softmax_row(&logits[r, 0], &dlogits[r, 0], K, m)
             lab = labels[r]
-            rowloss[r] = lse - logits[r, lab]
+            rowloss[r] = logsum - <double> (logits[r, lab] - m)
             dlogits[r, lab] = dlogits[r, lab] - 1
             for k in range(K):
                 dlogits[r, k] = dlogits[r, k] * invn

@@ -69,8 +69,14 @@ def test_fastmath_flags_exclude_nnan_and_ninf():
 def test_every_kernel_uses_the_central_flags_and_the_disk_cache():
     found = dispatchers()
     assert {"conv_gather_dot", "conv_dw", "maxpool_forward", "softmax_cross_entropy"} <= set(found)
+    # Softmax rows keep their evaluation order (no reassoc): see kernels.ROW_FASTMATH.
+    rows = {"_row_max_logsum", "softmax_rows", "softmax_cross_entropy",
+            "sparse_softmax_cross_entropy"}
+    assert rows <= set(found)
+    assert kernels.ROW_FASTMATH == numba_cpu.FASTMATH - {"reassoc"}
     for name, disp in found.items():
-        assert disp.targetoptions["fastmath"] == set(numba_cpu.FASTMATH), name
+        flags = kernels.ROW_FASTMATH if name in rows else numba_cpu.FASTMATH
+        assert disp.targetoptions["fastmath"] == set(flags), name
         if disp.targetoptions.get("inline") == "always":
             continue  # helpers are inlined into (and cached with) the kernels
         assert type(disp._cache).__name__ == "FunctionCache", f"{name} is not cache=True"
