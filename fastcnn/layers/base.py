@@ -42,13 +42,7 @@ def normalize_dtype(dtype, argument="dtype"):
     """None, or np.dtype float32/float64; ValueError otherwise."""
     if dtype is None:
         return None
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype("float32"), np.dtype("float64")):
-        raise ValueError(f"{argument} must be None, 'float32' or 'float64', got {dtype!r}")
-    return dt
+    return config.supported_float_dtype(dtype, argument)  # an unknown string is not float64
 
 
 def normalize_shape(shape, argument="input_shape"):
