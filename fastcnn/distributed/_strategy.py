@@ -302,18 +302,19 @@ class MPIStrategy:
                     f"through a generator or train_on_batch)")
 
     def prepare_source(self, source, argument):
-        """fastcnn's image iterators share each global batch out themselves; here they get
-        rank 0's seed and position, so that every process cuts the same batches."""
-        from ..preprocessing.image import Iterator
-
-        if not isinstance(source, Iterator):
+        """A source with fastcnn's state/shard protocol (``state()``, ``set_state()``,
+        ``set_shard()``: ImageDataGenerator's iterators, image_dataset_from_directory's
+        datasets) shares each global batch out itself: every process takes rank 0's state
+        (seed and position), so that all cut the same batches, and its own shard."""
+        if not all(callable(getattr(source, name, None))
+                   for name in ("state", "set_state", "set_shard")):
             return   # any other iterator yields this process's own batches (Horovod's way)
-        self.check_batch_size(source.batch_size, f"{argument}.batch_size")
-        self.agree(f"the iterator {argument}", samples=source.n,
-                   batch_size=source.batch_size, shuffle=source.shuffle)
-        base, epoch, index = self.comm.bcast(
-            (source._base, source._epoch, source.batch_index), root=0)
-        source._synchronise(base, epoch, index)
+        state = source.state()
+        self.check_batch_size(state["batch_size"], f"{argument}.batch_size")
+        self.agree(f"the iterator {argument}", samples=state["samples"],
+                   batch_size=state["batch_size"], shuffle=state["shuffle"])
+        source.set_state(self.comm.bcast(state, root=0))
+        source.set_shard(self.rank, self.size)
 
     # --------------------------------------------------------------- fit
     def start_fit(self, model, plan, params):

@@ -5,8 +5,15 @@ matrix per image maps an OUTPUT pixel's coordinates to the INPUT coordinates it 
 (the inverse map, as ``scipy.ndimage.affine_transform`` takes it), composed as
 ``rotation @ shift @ shear @ zoom`` about the image centre ``((h - 1) / 2, (w - 1) / 2)``.
 Consequences a user can check: a shift ``tx`` moves the content by ``-tx`` rows; a zoom
-``z < 1`` magnifies. Sampling is nearest-neighbour (Keras interpolates bilinearly; nearest
-keeps the warp one gather and exact for flips, shifts and quarter turns).
+``z < 1`` magnifies.
+
+Sampling is bilinear, exactly what Keras's ``apply_affine_transform`` gets from
+``scipy.ndimage.affine_transform(..., order=1, mode=fill_mode, cval=cval)`` (checked against
+it to float rounding in tests/preprocessing/test_affine_keras.py), including scipy's edge
+rules: 'nearest' repeats the edge pixel, 'reflect' mirrors about the pixel edge
+(``d c b a | a b c d | d c b a``), 'constant' gives ``cval`` wherever the sampled point
+lies outside ``[0, size - 1]`` (no blending with ``cval``), and 'wrap' is scipy's 'wrap',
+periodic with period ``size - 1`` (first and last pixel overlap), not 'grid-wrap'.
 """
 from __future__ import annotations
 
@@ -45,19 +52,32 @@ def _matrices(h, w, theta, tx, ty, shear, zx, zy):
 
 
 def _fold(idx, size, fill_mode):
-    """Integer source indices brought into [0, size) by the fill rule (constant: clipped)."""
+    """Integer neighbour indices brought into [0, size) by the fill rule (else clipped)."""
     if fill_mode == "reflect":      # scipy's 'reflect': d c b a | a b c d | d c b a
         idx = np.mod(idx, 2 * size)
         return np.where(idx >= size, 2 * size - 1 - idx, idx)
-    if fill_mode == "wrap":         # a b c d | a b c d | a b c d (scipy's 'grid-wrap')
-        return np.mod(idx, size)
     return np.clip(idx, 0, size - 1)
 
 
-def warp_batch(x, matrices, fill_mode="nearest", cval=0.0):
-    """Applies ``matrices[i]`` to ``x[i]`` for the whole (N, H, W, C) batch in one gather.
+def _wrap_coordinates(s, size):
+    """scipy's 'wrap' for order <= 1: the COORDINATE is brought into [0, size - 1] with
+    period size - 1 (negative ones land in (0, size - 1], ones beyond size - 1 in
+    [0, size - 1)), as ni_interpolation.c's map_coordinate does."""
+    period = size - 1
+    if period <= 0:
+        return np.zeros_like(s)
+    out = s.copy()
+    neg, big = s < 0, s > period
+    out[neg] = s[neg] + period * (np.trunc(-s[neg] / period) + 1)
+    out[big] = s[big] - period * np.trunc(s[big] / period)
+    return out
 
-    Returns a new array of x's dtype; x is not modified.
+
+def warp_batch(x, matrices, fill_mode="nearest", cval=0.0):
+    """Applies ``matrices[i]`` to ``x[i]`` for the whole (N, H, W, C) batch at once, with
+    bilinear sampling (scipy's ``order=1``; see the module docstring for the edges).
+
+    Returns a new array of x's dtype (computed in float64); x is not modified.
     """
     n, h, w = x.shape[:3]
     rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
@@ -67,14 +87,22 @@ def warp_batch(x, matrices, fill_mode="nearest", cval=0.0):
              + matrices[:, 0, 2, None, None])
     src_c = (matrices[:, 1, 0, None, None] * rows + matrices[:, 1, 1, None, None] * cols
              + matrices[:, 1, 2, None, None])
-    # Nearest pixel; the small epsilon keeps exact quarter turns exact despite cos/sin rounding.
-    ri = np.floor(src_r + 0.5 + 1e-9).astype(np.intp)
-    ci = np.floor(src_c + 0.5 + 1e-9).astype(np.intp)
     outside = None
     if fill_mode == "constant":
-        outside = (ri < 0) | (ri >= h) | (ci < 0) | (ci >= w)
-    ri, ci = _fold(ri, h, fill_mode), _fold(ci, w, fill_mode)
-    out = x[np.arange(n)[:, None, None], ri, ci]
+        outside = (src_r < 0) | (src_r > h - 1) | (src_c < 0) | (src_c > w - 1)
+    elif fill_mode == "wrap":
+        src_r, src_c = _wrap_coordinates(src_r, h), _wrap_coordinates(src_c, w)
+    r0, c0 = np.floor(src_r), np.floor(src_c)
+    fr, fc = (src_r - r0)[..., None], (src_c - c0)[..., None]
+    r0, c0 = r0.astype(np.intp), c0.astype(np.intp)
+    r1, c1 = _fold(r0 + 1, h, fill_mode), _fold(c0 + 1, w, fill_mode)
+    r0, c0 = _fold(r0, h, fill_mode), _fold(c0, w, fill_mode)
+    b = np.arange(n)[:, None, None]
+    top = x[b, r0, c0] * (1.0 - fc) + x[b, r0, c1] * fc
+    bottom = x[b, r1, c0] * (1.0 - fc) + x[b, r1, c1] * fc
+    out = top * (1.0 - fr) + bottom * fr
     if outside is not None and outside.any():
         out[outside] = cval
-    return out
+    if np.issubdtype(x.dtype, np.integer):
+        out = np.rint(out)
+    return out.astype(x.dtype, copy=False)

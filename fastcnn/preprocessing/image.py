@@ -17,13 +17,16 @@ image of the same batch (so batch shapes stay fixed), and it is left out of late
 ``filenames``/``classes``/``samples`` keep describing the listing; ``skipped`` names the
 files dropped so far.
 
-Under :mod:`fastcnn.distributed` (several MPI processes) ``batch_size`` is the GLOBAL batch
-and every process receives only its contiguous share of each batch: a folder iterator
-decodes only its own files. The random augmentation of a batch is drawn for the whole
-batch and each process applies its part, so the processes together see exactly the
-batches one process would see. ``fit``/``evaluate``/``predict`` give every process rank 0's
-seed and position first. An undecodable file stays in the order there (each process still
-fills its slot from its own share), so that every process keeps cutting the same batches.
+Sharing batches out (the state/shard protocol of :class:`Iterator`, which
+:mod:`fastcnn.distributed` uses): ``batch_size`` is the GLOBAL batch, and an iterator told its
+shard (``set_shard(rank, size)``) serves only its contiguous part of each batch: a folder
+iterator decodes only its own files. The random augmentation of a batch is drawn for the
+whole batch and each process applies its part, so the processes together see exactly the
+batches one process would see. ``fit``/``evaluate``/``predict`` under MPI give every process
+rank 0's state (``state()``/``set_state()``) and its shard first. With a shard, an
+undecodable file stays in the order (each process still fills its slot from its own share),
+so that every process keeps cutting the same batches. This module does not import
+:mod:`fastcnn.distributed`.
 """
 from __future__ import annotations
 
@@ -37,11 +40,12 @@ import weakref
 
 import numpy as np
 
-from .. import config, distributed, utils
+from .. import config, utils
 from ._affine import FILL_MODES, _matrices, affine_matrix, warp_batch
 
 __all__ = ["ImageDataGenerator", "Iterator", "NumpyArrayIterator", "DirectoryIterator",
-           "BadImageWarning", "affine_matrix", "IMAGE_EXTENSIONS"]
+           "BadImageWarning", "affine_matrix", "IMAGE_EXTENSIONS", "load_img", "img_to_array",
+           "array_to_img", "save_img"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CLASS_MODES = ("categorical", "binary", "sparse", None)
@@ -75,6 +79,65 @@ def _require_pillow():
             "flow_from_directory needs Pillow to decode images; install the extra with "
             "pip install 'fastcnn[image]' (or pip install pillow)") from None
     return Image
+
+
+def shard_bounds(count, rank, size):
+    """``(lo, hi)``: the contiguous part of ``count`` samples that shard ``rank`` of ``size``
+    takes; parts differ by at most one sample, the larger ones first (the same rule as
+    ``fastcnn.distributed``'s arrays), so concatenating them in rank order gives the batch."""
+    base, extra = divmod(int(count), int(size))
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def launcher_rank():
+    """This process's rank as an MPI launcher numbered it (0 without one), from the
+    variables MPICH/Intel MPI (and srun's PMI), Open MPI and MVAPICH set: what decides that
+    only one process of an ``mpiexec`` run prints "Found N images ..."."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        try:
+            return int(os.environ[name])
+        except (KeyError, ValueError):
+            continue
+    return 0
+
+
+# ------------------------------------------------------- Keras 2 spellings
+def _keras2(name):
+    warnings.warn(f"fastcnn.preprocessing.image.{name} is Keras 2's spelling; use "
+                  f"fastcnn.utils.{name} (Keras 3's keras.utils.{name})",
+                  DeprecationWarning, stacklevel=3)
+
+
+def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest",
+             keep_aspect_ratio=False):
+    """Keras 2's ``keras.preprocessing.image.load_img``: :func:`fastcnn.utils.load_img`,
+    with a DeprecationWarning."""
+    _keras2("load_img")
+    return utils.load_img(path, color_mode=color_mode, target_size=target_size,
+                          interpolation=interpolation, keep_aspect_ratio=keep_aspect_ratio)
+
+
+def img_to_array(img, data_format=None, dtype=None):
+    """Keras 2's ``keras.preprocessing.image.img_to_array``: :func:`fastcnn.utils.img_to_array`,
+    with a DeprecationWarning."""
+    _keras2("img_to_array")
+    return utils.img_to_array(img, data_format=data_format, dtype=dtype)
+
+
+def array_to_img(x, data_format=None, scale=True, dtype=None):
+    """Keras 2's ``keras.preprocessing.image.array_to_img``: :func:`fastcnn.utils.array_to_img`,
+    with a DeprecationWarning."""
+    _keras2("array_to_img")
+    return utils.array_to_img(x, data_format=data_format, scale=scale, dtype=dtype)
+
+
+def save_img(path, x, data_format=None, file_format=None, scale=True, **kwargs):
+    """Keras 2's ``keras.preprocessing.image.save_img``: :func:`fastcnn.utils.save_img`,
+    with a DeprecationWarning."""
+    _keras2("save_img")
+    return utils.save_img(path, x, data_format=data_format, file_format=file_format,
+                          scale=scale, **kwargs)
 
 
 class ImageDataGenerator:
@@ -189,9 +252,34 @@ class ImageDataGenerator:
 
 
 class Iterator:
-    """Infinite, indexable batches over ``n`` samples (the part Keras's iterators share)."""
+    """Infinite, indexable batches over ``n`` samples (the part Keras's iterators share).
+
+    ``next(it)`` serves batch ``batch_index`` of epoch ``epoch`` and moves on (an epoch's
+    order is a pure function of the iterator's base seed and the epoch number);
+    ``it[i]`` is batch i of the current epoch; ``len(it)`` batches per epoch. Subclasses
+    with ``prefetch > 0`` compute the next batches in a background thread (``close()``
+    stops it; a later ``next()`` starts a new one where it was).
+
+    State and shard protocol (public; what :mod:`fastcnn.distributed` uses, through these
+    methods only, and what a program may use to save and restore an iterator's position):
+
+    * ``state() -> dict``: ``{"base_seed", "epoch", "batch_index", "samples",
+      "batch_size", "shuffle"}``, plain Python values (picklable, JSON-able);
+    * ``set_state(state)``: goes on from ``state`` (taken from this iterator or from one
+      built alike: the same ``samples`` and ``batch_size``, else ValueError): the same base
+      seed, epoch and position give the same batches. Batches loaded ahead are dropped;
+      setting the state it already has changes nothing;
+    * ``set_shard(rank, size)``: from then on every batch served is only part ``rank`` of
+      ``size`` of the global batch (contiguous, :func:`shard_bounds`: the larger parts
+      first), its random augmentation still drawn for the whole batch;
+      ``set_shard(0, 1)`` (the default) serves whole batches; ``shard`` gives
+      ``(rank, size)``.
+    """
+
+    prefetch = 0   # batches a background thread computes ahead (0: computed in next())
 
     def __init__(self, n, batch_size, shuffle, seed):
+        self._loader = None
         self.batch_size = _positive_int(batch_size, "batch_size")
         if not isinstance(shuffle, bool):
             raise ValueError(f"shuffle must be a bool, got {shuffle!r}")
@@ -199,8 +287,9 @@ class Iterator:
         self.seed = utils.check_seed(seed, allow_none=True)
         self._base = int(utils.make_rng(self.seed).integers(2**62))
         self._active = np.arange(n)       # sample indices still served (folders drop bad files)
-        self._orders = {}                 # epoch -> that epoch's frozen order
+        self._orders = {}                 # epoch -> that epoch's frozen order (a few kept)
         self._lock = threading.Lock()
+        self._shard = (0, 1)
         self._epoch = 0
         self.batch_index = 0
         self.total_batches_seen = 0
@@ -212,6 +301,62 @@ class Iterator:
     def __len__(self):
         return -(-self.n // self.batch_size)
 
+    # ------------------------------------------------ state/shard protocol
+    @property
+    def epoch(self):
+        """The epoch the next batch of ``next()`` belongs to (0 first)."""
+        return self._epoch
+
+    @property
+    def shard(self):
+        """``(rank, size)``: which part of each global batch this iterator serves."""
+        return self._shard
+
+    def state(self):
+        """Where the iterator is: see the class docstring."""
+        return {"base_seed": int(self._base), "epoch": int(self._epoch),
+                "batch_index": int(self.batch_index), "samples": int(self.n),
+                "batch_size": int(self.batch_size), "shuffle": bool(self.shuffle)}
+
+    def set_state(self, state):
+        """Goes on from ``state`` (a dict from :meth:`state`): see the class docstring."""
+        if not isinstance(state, dict):
+            raise TypeError(f"set_state takes the dict state() returns, got "
+                            f"{type(state).__name__}")
+        missing = [k for k in ("base_seed", "epoch", "batch_index") if k not in state]
+        if missing:
+            raise ValueError(f"set_state: the state lacks {missing} (it must come from "
+                             f"state())")
+        for key, mine in (("samples", self.n), ("batch_size", self.batch_size)):
+            if key in state and state[key] != mine:
+                raise ValueError(f"set_state: the state is of an iterator with {key}="
+                                 f"{state[key]!r}, this one has {key}={mine!r}")
+        base, epoch, index = (int(state[k]) for k in ("base_seed", "epoch", "batch_index"))
+        if epoch < 0 or index < 0:
+            raise ValueError(f"set_state: epoch and batch_index must be >= 0, got "
+                             f"epoch={epoch}, batch_index={index}")
+        if (base, epoch, index) == (self._base, self._epoch, self.batch_index):
+            return
+        self.close()
+        with self._lock:
+            if base != self._base:
+                self._base = base
+                self._orders.clear()
+        self._epoch, self.batch_index = epoch, index
+
+    def set_shard(self, rank, size):
+        """Serves part ``rank`` of ``size`` of every batch from now on (class docstring)."""
+        for value, name in ((rank, "rank"), (size, "size")):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ValueError(f"set_shard: {name} must be an int, got {value!r}")
+        if size < 1 or not 0 <= rank < size:
+            raise ValueError(f"set_shard: need size >= 1 and 0 <= rank < size, got "
+                             f"rank={rank!r}, size={size!r}")
+        if (int(rank), int(size)) != self._shard:
+            self.close()
+            self._shard = (int(rank), int(size))
+
+    # ------------------------------------------------------------ batches
     def _order(self, epoch):
         with self._lock:
             order = self._orders.get(epoch)
@@ -220,44 +365,34 @@ class Iterator:
                 if self.shuffle:
                     perm = np.random.default_rng([self._base, epoch, 0]).permutation(len(order))
                     order = order[perm]
-                # Keep only the orders still reachable (the consumer's and one ahead).
-                for old in [e for e in self._orders if e < epoch - 1]:
-                    del self._orders[old]
+                # Keep a few recent orders (the consumer's and the ones loaded ahead).
+                while len(self._orders) >= 4:
+                    del self._orders[next(iter(self._orders))]
                 self._orders[epoch] = order
             return order
 
+    def _batches_in(self, epoch):
+        return -(-len(self._order(epoch)) // self.batch_size)
+
     def _advance(self, epoch, i):
-        if i + 1 >= -(-len(self._order(epoch)) // self.batch_size):
+        if i + 1 >= self._batches_in(epoch):
             return epoch + 1, 0
         return epoch, i + 1
 
     def _batch_at(self, epoch, i):
         idx = self._order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
         rng = np.random.default_rng([self._base, epoch, 1, i])
-        lo, hi = distributed.current().shard(0, len(idx))
-        if (lo, hi) == (0, len(idx)):
+        rank, size = self._shard
+        if size == 1:
             return self._get_batch(idx, rng)
-        # Under MPI: only this process's share of the global batch is read.
+        # A shard: only this part of the global batch is read.
+        lo, hi = shard_bounds(len(idx), rank, size)
         return self._get_batch(idx[lo:hi], rng, (lo, hi, len(idx)))
-
-    def _synchronise(self, base, epoch, batch_index):
-        """Takes rank 0's seed and position (fastcnn.distributed, at the start of fit,
-        evaluate and predict), so that every process cuts the same global batches."""
-        if (base, epoch, batch_index) == (self._base, self._epoch, self.batch_index):
-            return
-        self._stop_loading()
-        with self._lock:
-            self._base = int(base)
-            self._orders.clear()
-        self._epoch, self.batch_index = int(epoch), int(batch_index)
-
-    def _stop_loading(self):
-        """Drops batches loaded ahead (none here; folder iterators load in a thread)."""
 
     def __getitem__(self, i):
         if not isinstance(i, numbers.Integral) or isinstance(i, bool):
             raise TypeError(f"batch index must be an int, got {i!r}")
-        count = -(-len(self._order(self._epoch)) // self.batch_size)
+        count = self._batches_in(self._epoch)
         if not 0 <= i < count:
             raise IndexError(f"batch index {i} out of range: this epoch has {count} batches")
         return self._batch_at(self._epoch, int(i))
@@ -266,8 +401,18 @@ class Iterator:
         return self
 
     def __next__(self):
-        batch = self._batch_at(self._epoch, self.batch_index)
-        self._epoch, self.batch_index = self._advance(self._epoch, self.batch_index)
+        if not self.prefetch:
+            epoch, i = self._epoch, self.batch_index
+            batch = self._batch_at(epoch, i)
+        else:
+            if self._loader is None or not self._loader.alive():
+                self._loader = _Loader(self, self._epoch, self.batch_index, self.prefetch)
+            try:
+                epoch, i, batch = self._loader.get()
+            except BaseException:
+                self.close()
+                raise
+        self._epoch, self.batch_index = self._advance(epoch, i)
         self.total_batches_seen += 1
         return batch
 
@@ -276,13 +421,30 @@ class Iterator:
 
     def reset(self):
         """Starts again from the first batch of the first epoch (same order, same augmentation)."""
+        self.close()
         self._epoch = 0
         self.batch_index = 0
 
     def on_epoch_end(self):
         """Keras's hook: moves on to the next epoch (a fresh order) at its first batch."""
+        self.close()
         self._epoch += 1
         self.batch_index = 0
+
+    def close(self):
+        """Stops the loading thread, if any (a later ``next()`` starts a new one where
+        this one was)."""
+        loader, self._loader = getattr(self, "_loader", None), None
+        if loader is not None:
+            loader.close()
+
+    def __del__(self):
+        self.close()
+
+    @property
+    def _thread(self):
+        loader = self._loader
+        return None if loader is None else loader.thread
 
     def _get_batch(self, idx, rng, part=None):
         """The batch of samples ``idx``; ``part=(lo, hi, total)`` when they are images lo..hi
@@ -372,7 +534,7 @@ class DirectoryIterator(Iterator):
     def __init__(self, directory, image_data_generator, target_size=(256, 256),
                  color_mode="rgb", class_mode="categorical", batch_size=32, shuffle=True,
                  seed=None, subset=None, interpolation="nearest"):
-        self._thread = None
+        self._loader = None
         self._image = _require_pillow()
         try:
             th, tw = target_size
@@ -409,7 +571,7 @@ class DirectoryIterator(Iterator):
             warnings.warn(f"{len(ignored)} file(s) in {self.directory!r} are not images "
                           f"(extension not in {IMAGE_EXTENSIONS}) and are ignored: {shown}",
                           BadImageWarning, stacklevel=3)
-        if distributed.current().is_primary:   # under MPI: said once
+        if launcher_rank() == 0:   # under mpiexec: said once
             print(f"Found {self.samples} images belonging to {self.num_classes} classes.")
         if self.samples == 0:
             raise ValueError(f"no images found under {self.directory!r}"
@@ -446,12 +608,12 @@ class DirectoryIterator(Iterator):
                 if i not in self._bad:
                     self._bad.add(i)
                     self.skipped.append(self.filenames[i])
-                    # Under MPI the other processes do not know this file is bad: dropping
+                    # With a shard, the other shards do not know this file is bad: dropping
                     # it here alone would make them cut different batches.
-                    if distributed.current().size == 1:
+                    alone = self._shard[1] == 1
+                    if alone:
                         self._active = self._active[self._active != i]
-                    later = ("it is left out of later epochs"
-                             if distributed.current().size == 1 else
+                    later = ("it is left out of later epochs" if alone else
                              "its slot is filled from the same batch in every epoch")
                     warnings.warn(f"skipping {path}: it cannot be decoded as an image "
                                   f"({type(err).__name__}: {err}); {later}",
@@ -496,75 +658,73 @@ class DirectoryIterator(Iterator):
             y = labels.astype(self.dtype)
         return xb, y
 
-    # ------------------------------------------------------------ prefetching
-    def __next__(self):
-        if self._thread is None or not self._thread.is_alive():
-            self._start(self._epoch, self.batch_index)
+
+class _Loader:
+    """A background thread computing ``it._batch_at(epoch, i)`` in consumption order, up to
+    ``depth`` batches ahead (decoding and resizing in Pillow and NumPy's loops release the
+    GIL, so this overlaps with training). It holds the iterator only weakly, and stops after
+    epoch ``last_epoch`` when one is given (a finite pass). ``get()`` returns
+    ``(epoch, i, batch)``, re-raises an error of the thread, raises StopIteration at the end
+    of a finite pass."""
+
+    def __init__(self, it, epoch, i, depth, last_epoch=None):
+        self.queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=_produce,
+            args=(weakref.ref(it), self.queue, self.stop, epoch, i, last_epoch),
+            name="fastcnn-image-prefetch", daemon=True)
+        self.thread.start()
+
+    def alive(self):
+        return self.thread.is_alive() or not self.queue.empty()
+
+    def get(self):
         while True:
             try:
-                epoch, i, batch, err = self._queue.get(timeout=0.5)
+                item = self.queue.get(timeout=0.5)
                 break
             except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
+                if not self.thread.is_alive() and self.queue.empty():
                     raise RuntimeError("the image-loading thread stopped unexpectedly") \
                         from None
+        if item is None:
+            raise StopIteration
+        epoch, i, batch, err = item
         if err is not None:
-            self.close()
             raise err
-        self._epoch, self.batch_index = self._advance(epoch, i)
-        self.total_batches_seen += 1
-        return batch
-
-    def _start(self, epoch, i):
-        self._queue = queue.Queue(maxsize=self.prefetch)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=_produce, args=(weakref.ref(self), self._queue, self._stop, epoch, i),
-            name="fastcnn-image-prefetch", daemon=True)
-        self._thread.start()
+        return epoch, i, batch
 
     def close(self):
-        """Stops the loading thread (a later ``next()`` starts a new one where this one was)."""
-        thread = getattr(self, "_thread", None)
-        if thread is None:
-            return
-        self._stop.set()
-        self._thread = None
+        self.stop.set()
+        thread = self.thread
         if thread is threading.current_thread():
             return
         while thread.is_alive():
             try:   # unblock a producer waiting on a full queue
-                self._queue.get_nowait()
+                self.queue.get_nowait()
             except queue.Empty:
                 pass
             thread.join(timeout=0.05)
 
-    def reset(self):
-        self.close()
-        super().reset()
-
-    def on_epoch_end(self):
-        self.close()
-        super().on_epoch_end()
-
-    def _stop_loading(self):
-        self.close()
-
     def __del__(self):
-        self.close()
+        self.stop.set()
 
 
-def _produce(ref, q, stop, epoch, i):
+def _produce(ref, q, stop, epoch, i, last_epoch=None):
     """The loading thread: batches in consumption order; holds the iterator only weakly."""
     while not stop.is_set():
         it = ref()
         if it is None:
             return
-        try:
-            item = (epoch, i, it._batch_at(epoch, i), None)
-            epoch, i = it._advance(epoch, i)
-        except BaseException as err:   # re-raised in the consumer's thread
-            item = (epoch, i, None, err)
+        if last_epoch is not None and epoch > last_epoch:
+            item = None   # the end of a finite pass
+        else:
+            try:
+                item = (epoch, i, it._batch_at(epoch, i), None)
+                epoch, i = it._advance(epoch, i)
+            except BaseException as err:   # re-raised in the consumer's thread
+                item = (epoch, i, None, err)
         del it
         while not stop.is_set():
             try:
@@ -573,5 +733,5 @@ def _produce(ref, q, stop, epoch, i):
             except queue.Full:
                 if ref() is None:
                     return
-        if item[3] is not None:
+        if item is None or item[3] is not None:
             return

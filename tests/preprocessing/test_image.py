@@ -39,7 +39,8 @@ def test_identity_matrix_is_exact():
 def test_quarter_turn_is_rot90_clockwise():
     x = np.random.default_rng(1).random((1, 5, 5, 2))
     out = warp_batch(x, affine_matrix(5, 5, theta=90)[None])
-    np.testing.assert_array_equal(out, np.rot90(x, -1, axes=(1, 2)))
+    # bilinear sampling: cos(90 degrees) is 6e-17, not 0, as in Keras (scipy order=1)
+    np.testing.assert_allclose(out, np.rot90(x, -1, axes=(1, 2)), rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("tx,ty", [(2, 0), (0, -3), (1, 2)])
@@ -57,12 +58,16 @@ def test_shear_and_zoom_matrices():
     # zoom is about the centre: the centre pixel stays put
     np.testing.assert_allclose(m @ [2, 3, 1], [2, 3, 1])
     out = warp_batch(marker(5, 7, 2, 3), m[None], "constant")
-    # rows magnified 2x (the centre marker covers rows 1.5..2.5 -> 2 pixels), columns shrunk
-    np.testing.assert_array_equal(np.argwhere(out[0, ..., 0]), [[1, 3], [2, 3]])
+    # bilinear: output row r samples input row 2 + 0.5 (r - 2), so rows 1 and 3 get half the
+    # marker; output column c samples column 3 + 2 (c - 3): only c = 3 hits it
+    expected = np.zeros((5, 7))
+    expected[1:4, 3] = [0.5, 1.0, 0.5]
+    np.testing.assert_allclose(out[0, ..., 0], expected, atol=1e-12)
 
 
+# scipy's (so Keras's) 'wrap' has period size - 1: -2 and -1 land on 2 and 3, not 3 and 4
 @pytest.mark.parametrize("mode,expected", [("nearest", [0, 0]), ("reflect", [1, 0]),
-                                           ("wrap", [3, 4]), ("constant", [-7, -7])])
+                                           ("wrap", [2, 3]), ("constant", [-7, -7])])
 def test_fill_modes(mode, expected):
     x = np.arange(5, dtype=float).reshape(1, 5, 1, 1)
     out = warp_batch(x, affine_matrix(5, 1, tx=-2)[None], mode, cval=-7)

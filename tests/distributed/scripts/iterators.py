@@ -1,8 +1,8 @@
 """mpiexec -n 2 python iterators.py OUT FOLDER: ImageDataGenerator iterators under MPI.
 
 Records which files each process decodes while fit runs one epoch on a folder, the
-weights fit ends with, and each process's part of the first batches of an augmented
-flow() over arrays.
+weights fit ends with, and each process's part (set_shard) of the first batches of an
+augmented flow() over arrays.
 """
 import sys
 
@@ -39,4 +39,7 @@ np.savez(common.out_path(out, "folder", rank) + ".npz", decoded=np.array(decoded
 x, _ = common.data(11)
 flow = ImageDataGenerator(rotation_range=30, width_shift_range=0.2, horizontal_flip=True,
                           vertical_flip=True).flow(x, batch_size=4, seed=3)
+# Outside fit, an iterator serves whole batches until told its shard (fit, evaluate and
+# predict tell it).
+flow.set_shard(fastcnn.distributed.rank(), fastcnn.distributed.size())
 np.savez(common.out_path(out, "flow", rank) + ".npz", *[next(flow) for _ in range(4)])
