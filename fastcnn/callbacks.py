@@ -28,6 +28,8 @@ import inspect
 import math
 import numbers
 import os
+import re
+import string
 import sys
 import time
 import warnings
@@ -378,6 +380,20 @@ def _check_verbose(value, who):
     return int(value)
 
 
+def _format_fields(template):
+    """The names the ``str.format`` fields of ``template`` look up (``'{val_loss:.2f}'`` ->
+    ``val_loss``; ``'{}'`` -> ``''``), nested format specs included. ValueError on a
+    malformed template."""
+    names = []
+    for _, field, spec, _ in string.Formatter().parse(template):
+        if field is None:
+            continue
+        names.append(re.split(r"[.\[]", field, maxsplit=1)[0])
+        if spec and "{" in spec:
+            names.extend(_format_fields(spec))
+    return names
+
+
 def _check_monitor(monitor, who):
     if not isinstance(monitor, str) or not monitor:
         raise ValueError(f"{who}: monitor must be a metric name like 'val_loss', got {monitor!r}")
@@ -544,6 +560,36 @@ class ModelCheckpoint(Callback):
                 f"model.{method}(path), which {type(self.model).__name__} does not have")
         self._current_epoch = 0
         self._batches_since_save = 0
+        self._check_placeholders()
+
+    def _check_placeholders(self):
+        """Before the first epoch: every ``{name}`` of filepath is a value fit will log.
+
+        Known: ``epoch``, ``batch`` (int save_freq), ``model.metrics_names``, their
+        ``val_`` forms (unless fit said there is no validation data: ``do_validation``
+        False in ``params``) and ``learning_rate`` (logged by ReduceLROnPlateau and
+        LearningRateScheduler). A model without ``metrics_names`` is not checked.
+        """
+        names = getattr(self.model, "metrics_names", None)
+        if names is None:
+            return
+        names = [str(n) for n in names]
+        known = ["epoch"] + (["batch"] if self.save_freq != "epoch" else []) + names
+        if self.params.get("do_validation", True) is not False:
+            known += ["val_" + n for n in names]
+        known.append("learning_rate")
+        try:
+            fields = _format_fields(self.filepath)
+        except ValueError as e:
+            raise ValueError(
+                f"ModelCheckpoint: filepath {self.filepath!r} is not a valid format string: "
+                f"{e}") from None
+        for field in fields:
+            if field not in known:
+                raise ValueError(
+                    f"ModelCheckpoint: filepath {self.filepath!r} has the placeholder "
+                    f"{{{field}}}, which is not a value fit logs; known names: "
+                    f"{', '.join(known)}")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._current_epoch = epoch

@@ -260,6 +260,53 @@ def test_checkpoint_filepath_field_missing_from_logs_is_a_clear_error():
         run_script(ModelCheckpoint("m-{val_accuracy:.2f}.fcnn"), [1.0])
 
 
+class MetricModel(ScriptedModel):
+    metrics_names = ["loss", "accuracy"]
+
+
+@pytest.mark.parametrize("pattern, params, field", [
+    ("ck-{val_acc:.2f}.fcnn", {}, "val_acc"),               # the metric is 'accuracy'
+    ("ck-{epoch}-{val_loss}.fcnn", {"do_validation": False}, "val_loss"),
+    ("ck-{batch}.fcnn", {}, "batch"),                        # save_freq='epoch': no batch
+    ("ck-{}.fcnn", {}, ""),
+    ("ck-{loss:.{digits}f}.fcnn", {}, "digits"),
+])
+def test_checkpoint_placeholders_are_checked_before_the_first_epoch(pattern, params, field):
+    model = MetricModel()
+    cbs = callbacks.CallbackList([ModelCheckpoint(pattern)], model=model,
+                                 params={"epochs": 2, "steps": 1, "verbose": 0, **params})
+    with pytest.raises(ValueError) as info:
+        cbs.on_train_begin()
+    message = str(info.value)
+    assert "{" + field + "}" in message and repr(pattern) in message, message
+    assert "known names: epoch" in message and "loss, accuracy" in message, message
+    assert ("val_accuracy" in message) is (params.get("do_validation") is not False)
+    assert model.saved == []
+
+
+@pytest.mark.parametrize("pattern, freq", [
+    ("ck-{epoch:02d}-{val_accuracy:.2f}-{loss:.3f}-{accuracy}.fcnn", "epoch"),
+    ("ck-{epoch}-{batch}-{val_loss}.fcnn", 2),
+    ("ck-{learning_rate:g}.fcnn", "epoch"),   # ReduceLROnPlateau logs it
+])
+def test_checkpoint_known_placeholders_pass_the_check(pattern, freq):
+    cbs = callbacks.CallbackList([ModelCheckpoint(pattern, save_freq=freq)], model=MetricModel(),
+                                 params={"epochs": 1, "steps": 1, "verbose": 0})
+    cbs.on_train_begin()
+
+
+def test_checkpoint_unknown_placeholder_stops_fit_before_training(tmp_path):
+    x, y = tiny_data()
+    model = tiny_model()
+    epochs = []
+    with pytest.raises(ValueError, match=r"placeholder \{val_acc\}.*known names: epoch, "
+                                         r"loss, accuracy, val_loss, val_accuracy"):
+        model.fit(x, y, epochs=2, batch_size=8, verbose=0, validation_split=0.25,
+                  callbacks=[LambdaCallback(on_epoch_begin=lambda e, logs: epochs.append(e)),
+                             ModelCheckpoint(str(tmp_path / "ck-{val_acc:.2f}.fcnn"))])
+    assert epochs == [] and list(tmp_path.iterdir()) == []
+
+
 def test_checkpoint_needs_the_save_method_it_will_call():
     class NoSave:
         stop_training = False
