@@ -8,6 +8,7 @@ from .global_pooling import GlobalAveragePooling2D, GlobalMaxPooling2D
 from .normalization import BatchNormalization
 from .preprocessing import Rescaling
 from .reshaping import Reshape, ZeroPadding2D
+from .merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average, concatenate, maximum, minimum, multiply, subtract)
 
 # Keras's short aliases.
 MaxPool2D = MaxPooling2D
@@ -19,4 +20,5 @@ __all__ = [
     "Activation", "Input", "InputLayer", "MaxPool2D", "AvgPool2D", "Convolution2D",
     "BatchNormalization", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D",
     "Reshape", "Rescaling",
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate",
 ]
