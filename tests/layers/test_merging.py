@@ -444,9 +444,43 @@ needs_cuda = pytest.mark.skipif(
     reason=f"cuda backend unavailable: {backends.unavailable().get('cuda')}")
 
 
+# What a real numba-cuda DeviceNDArray offers (as tests/test_cuda_device.py's ``strict``).
+REAL_DEVICE_ARRAY_API = frozenset({
+    "T", "as_cuda_arg", "bind", "copy_to_device", "copy_to_host", "device_ctypes_pointer",
+    "flags", "get_ipc_handle", "getitem", "is_c_contiguous", "is_f_contiguous", "nbytes",
+    "ravel", "reshape", "setitem", "split", "squeeze", "transpose", "view",
+    "shape", "strides", "dtype", "size", "ndim", "alloc_size", "gpu_data", "stream",
+})
+
+
+@pytest.fixture
+def strict_device_arrays(monkeypatch):
+    """In the simulator, device arrays refuse what a real one lacks (NumPy attributes,
+    arithmetic operators, implicit host copies), so host-only code cannot pass here."""
+    from fastcnn.backends import cuda as cb
+    if not cb.simulated():
+        return
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    forward = FakeCUDAArray.__getattr__
+
+    def getattr_(self, name):
+        if name not in REAL_DEVICE_ARRAY_API:
+            raise AttributeError(f"a real numba DeviceNDArray has no attribute {name!r}")
+        return forward(self, name)
+
+    def refuse(self, *args):
+        raise TypeError("a real numba DeviceNDArray has no arithmetic operators")
+
+    monkeypatch.setattr(FakeCUDAArray, "__getattr__", getattr_)
+    for name in ("__add__", "__sub__", "__mul__", "__truediv__", "__neg__", "__gt__", "__lt__"):
+        monkeypatch.setattr(FakeCUDAArray, name, refuse, raising=False)
+    monkeypatch.setattr(FakeCUDAArray, "__array__", lambda self, *a, **k: refuse(self),
+                        raising=False)
+
+
 @needs_cuda
 @pytest.mark.parametrize("cls", [Add, Subtract, Multiply, Average])
-def test_device_path_matches_the_host(cls, rng):
+def test_device_path_matches_the_host(cls, rng, strict_device_arrays):
     from fastcnn.backends import cuda as cb
     n = 2 if cls is Subtract else 3
     xs = [rng.standard_normal((2, 5)).astype(np.float32) for _ in range(n)]
@@ -463,5 +497,7 @@ def test_device_path_matches_the_host(cls, rng):
     np.testing.assert_allclose(y_dev.copy_to_host(), y_host, rtol=1e-6, atol=0)
     for d, h in zip(dxs_dev, dxs_host):
         np.testing.assert_allclose(d.copy_to_host(), h, rtol=1e-6, atol=0)
+    partial, _ = layer.backward(cb.to_device(dy), ctx, need_dx=[False] + [True] * (n - 1))
+    assert partial[0] is None and all(_device.is_device_array(d) for d in partial[1:])
     with pytest.raises(TypeError, match="mix device arrays and NumPy arrays"):
         layer.forward([cb.to_device(xs[0])] + xs[1:])
