@@ -21,7 +21,7 @@ from . import backends, config, shapes
 from .backends import available, get_backend, set_backend, use_backend
 from .config import floatx, set_floatx
 from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, utils
-from . import datasets, gradcheck, regularizers
+from . import constraints, datasets, gradcheck, regularizers
 from . import autodiff, ops
 from .autodiff import GradientTape, Tensor, Variable
 from . import distributed, preprocessing
@@ -64,6 +64,7 @@ __all__ = [
     "datasets",
     "gradcheck",
     "regularizers",
+    "constraints",
     "preprocessing",
     "distributed",
 ]
