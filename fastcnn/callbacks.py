@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import csv
 import inspect
+import io
 import math
 import numbers
 import os
 import re
+import shutil
 import string
 import sys
 import time
@@ -204,7 +206,13 @@ def _format_per_step(seconds) -> str:
     return f"{seconds * 1e6:.0f}us/step"
 
 
-def progress_bar(seen, steps, width=30) -> str:
+#: The bar's width in characters (Keras 2's); narrower down to BAR_MIN_WIDTH when the
+#: live line would not fit the terminal.
+BAR_WIDTH = 30
+BAR_MIN_WIDTH = 10
+
+
+def progress_bar(seen, steps, width=BAR_WIDTH) -> str:
     """``  12/100 [==>...........]`` (Keras's bar)."""
     steps = steps or seen
     digits = len(str(steps))
@@ -275,6 +283,34 @@ class ProgbarLogger(Callback):
         self._last_len = 0
         self._seen = 0
 
+    def _columns(self):
+        """The width of the terminal the bar is drawn on, or None when unknown.
+
+        The stream's own terminal when it has one (``os.get_terminal_size``), else
+        ``$COLUMNS`` as ``shutil.get_terminal_size`` reads it; a stream that only says it
+        is a terminal (a notebook, a test double) gets no limit.
+        """
+        try:
+            fd = self.stream.fileno()
+            if os.isatty(fd):
+                return os.get_terminal_size(fd).columns or None
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass
+        columns = shutil.get_terminal_size(fallback=(0, 0)).columns
+        return columns if os.environ.get("COLUMNS") and columns > 0 else None
+
+    def _fit_line(self, bar_at, tail, cut):
+        """``progress_bar(*bar_at)`` + ``tail``, narrowed to the terminal: a line that
+        wraps makes every ``\r`` update start a new row. The bar narrows first (down to
+        BAR_MIN_WIDTH); a live line (``cut``) is then cut at the terminal's last column."""
+        columns = self._columns() if self._is_dynamic else None
+        line = progress_bar(*bar_at) + tail
+        if columns is None or len(line) < columns:
+            return line
+        width = max(BAR_WIDTH - (len(line) - (columns - 1)), BAR_MIN_WIDTH)
+        line = progress_bar(*bar_at, width=width) + tail
+        return line[:columns - 1] if cut else line
+
     def _update(self, batch, logs):
         self._seen = batch + 1
         if not self._is_dynamic:
@@ -286,12 +322,17 @@ class ProgbarLogger(Callback):
         elapsed = now - self._start
         if self._steps:
             remaining = max(self._steps - self._seen, 0)
-            line = (progress_bar(self._seen, self._steps) + " - ETA: "
-                    + _format_duration(elapsed / self._seen * remaining))
+            line = self._fit_line(
+                (self._seen, self._steps), " - ETA: "
+                + _format_duration(elapsed / self._seen * remaining) + format_logs(logs or {}),
+                cut=True)
         else:  # an iterator of unknown length: no bar, no ETA (Keras's "Unknown")
             line = (f"{self._seen}/Unknown - {_format_duration(elapsed)} "
-                    f"{_format_per_step(elapsed / self._seen)}")
-        self._write_over(line + format_logs(logs or {}))
+                    f"{_format_per_step(elapsed / self._seen)}" + format_logs(logs or {}))
+            columns = self._columns()
+            if columns is not None:
+                line = line[:columns - 1]
+        self._write_over(line)
 
     def _write_over(self, line):
         # pad with blanks so that a shorter line fully covers the previous one
@@ -301,7 +342,12 @@ class ProgbarLogger(Callback):
 
     def _finish(self, logs):
         elapsed = time.perf_counter() - self._start
-        line = final_line(self._steps or self._seen, elapsed, logs, self.verbose)
+        steps = self._steps or self._seen
+        line = final_line(steps, elapsed, logs, self.verbose)
+        if self._is_dynamic and self.verbose == 1:
+            # the bar narrowed as the live line did; the logs are all kept (it may wrap)
+            tail = line[len(progress_bar(steps, steps)):]
+            line = self._fit_line((steps, steps), tail, cut=False)
         if self._is_dynamic:
             self._write_over(line)
             self.stream.write("\n")

@@ -528,6 +528,13 @@ def _read_classes(model_path):
     return record
 
 
+def _fit_verbose() -> int:
+    """Keras's live progress bar (verbose=1) on a terminal; one line per epoch (verbose=2)
+    in a log file or a pipe, where ``\r`` updates would only add noise."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    return 1 if isatty is not None and isatty() else 2
+
+
 def run_train(args) -> int:
     from fastcnn.models import BUILDERS
     from fastcnn.utils import clear_session, set_random_seed
@@ -577,13 +584,14 @@ def run_train(args) -> int:
         _compile(model, model_name, learning_rate)
         model.summary()
         start = time.perf_counter()
+        verbose = _fit_verbose()
         if data.is_folder:
             history = model.fit(data.x_train, epochs=epochs, steps_per_epoch=data.train_steps,
                                 validation_data=data.x_test, validation_steps=data.test_steps,
-                                verbose=2)
+                                verbose=verbose)
         else:
             history = model.fit(data.x_train, data.y_train, batch_size=args.batch_size,
-                                epochs=epochs, verbose=2)
+                                epochs=epochs, verbose=verbose)
         seconds = time.perf_counter() - start
         test_loss, test_accuracy = _evaluate(model, data, args.batch_size)
     n = data.test_samples

@@ -8,6 +8,7 @@ exact script is clearer than a loss curve.
 """
 import csv
 import io
+import os
 import re
 import warnings
 
@@ -589,6 +590,62 @@ def test_bar_final_line_covers_a_longer_live_line():
     bar.on_epoch_end(0, {"loss": 0.5})
     live, final = stream.getvalue().split("\r")[1:]
     assert len(final.rstrip("\n")) >= len(live)  # blanks cover the old text
+
+
+LONG_LOGS = {"loss": 0.5, "accuracy": 0.5, "categorical_accuracy": 0.5, "top_k": 0.5}
+
+
+def drive_live_bar(stream, steps=844):
+    bar = ProgbarLogger(verbose=1, stream=stream)
+    bar.INTERVAL = 0.0
+    bar.set_params({"epochs": 1, "steps": steps})
+    bar.on_train_begin()
+    bar.on_epoch_begin(0)
+    for b in (0, steps // 2, steps - 2):
+        bar.on_train_batch_end(b, LONG_LOGS)
+    bar.on_epoch_end(0, dict(LONG_LOGS, val_loss=0.25))
+    return stream
+
+
+@pytest.mark.parametrize("columns", [80, 60, 40])
+def test_live_bar_fits_the_terminal_width(monkeypatch, columns):
+    # An 80-column terminal wrapped every update of the 85-character line onto a new row.
+    monkeypatch.setenv("COLUMNS", str(columns))
+    out = drive_live_bar(FakeTerminal()).getvalue()
+    *live, final = out.split("\r")[1:]
+    assert len(live) == 3
+    for line in live:
+        assert len(line) <= columns - 1, (columns, line)
+    assert re.match(r" *423/844 \[=*>\.*\] - ETA: ", live[1])
+    width = len(re.search(r"\[([=>.]*)\]", live[1]).group(1))
+    assert callbacks.BAR_MIN_WIDTH <= width < callbacks.BAR_WIDTH  # narrower, not gone
+    # The final line keeps every value (it is not overwritten: it may wrap).
+    assert final.endswith(" - val_loss: 0.2500\n") and "top_k: 0.5000" in final
+
+
+def test_live_bar_keeps_its_width_on_a_wide_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    out = drive_live_bar(FakeTerminal()).getvalue()
+    assert re.search(r"\r423/844 \[={14}>\.{15}\] - ETA: \S+ - loss: 0\.5000 - accuracy: "
+                     r"0\.5000 - categorical_accuracy: 0\.5000 - top_k: 0\.5000", out)
+
+
+def test_live_bar_reads_the_width_of_its_own_terminal(monkeypatch):
+    pty = pytest.importorskip("pty", reason="needs a pseudo-terminal (POSIX)")
+    import fcntl
+    import struct
+    import termios
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 50, 0, 0))
+        with open(slave, "w", closefd=False) as tty:
+            bar = ProgbarLogger(verbose=1, stream=tty)
+            assert bar._columns() == 50
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_bar_skips_log_entries_that_are_not_numbers():

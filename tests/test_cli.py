@@ -1,4 +1,5 @@
 """The `fastcnn` command line: info, train, bad options, and the README/CI quick start."""
+import io
 import os
 import re
 import subprocess
@@ -89,6 +90,27 @@ def test_train_one_epoch_in_process(capsys):
     assert "Epoch 1/1" in out
     assert "loss" in out
     assert 0.0 <= _test_accuracy(out) <= 1.0
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False], ids=["terminal", "pipe"])
+def test_train_shows_the_live_bar_on_a_terminal_only(tty, monkeypatch):
+    out = _Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["train", "--epochs", "1"]) == 0
+    text = out.getvalue()
+    assert "Epoch 1/1" in text
+    # verbose=1 on a terminal: \r updates of a bar, then the bar's final line
+    assert ("\r" in text) is tty
+    assert bool(re.search(r"^\s*1/46 \[", text.split("\r")[1] if tty else "")) is tty
+    assert bool(re.search(r"46/46 \[=+\] - \d+s \d+[mu]?s/step - loss: ", text)) is tty
+    assert bool(re.search(r"^46/46 - \d+s - loss: ", text, re.MULTILINE)) is not tty
+    assert all(len(line) < 80 for line in text.split("\r")[1:-1])
 
 
 @pytest.mark.parametrize("name", backends.available())
