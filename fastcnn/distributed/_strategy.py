@@ -102,7 +102,7 @@ class SingleProcess:
 
     def reduce_batch(self, plan, loss, n, y, out):
         for m in plan["metrics"]:
-            m.update_state(y, out, plan["logits"])
+            m.update_model_output(y, out, plan["logits"])
         return loss, n
 
     def average_gradients(self, plan, grads, n, total):
@@ -337,10 +337,11 @@ class MPIStrategy:
                     + ", ".join(f"{k}={ref_params.get(k)!r}" for k in keys)
                     + "; every process must pass the same data sizes and arguments")
         for m in plan["metrics"]:
-            if not (callable(getattr(m, "counts", None))
-                    and callable(getattr(m, "set_counts", None))):
+            if not all(callable(getattr(m, attr, None))
+                       for attr in ("counts", "set_counts", "update_model_output")):
                 raise NotImplementedError(
-                    f"metric {m.name!r} ({type(m).__name__}) has no counts() / set_counts(), "
+                    f"metric {m.name!r} ({type(m).__name__}) has no counts() / set_counts() / "
+                    f"update_model_output(), "
                     f"which fastcnn.distributed uses to sum it over the processes; derive it "
                     f"from fastcnn.metrics.Metric")
         self.select_device()
@@ -400,23 +401,24 @@ class MPIStrategy:
         single-process one exactly, whatever the shares' sizes.
         """
         metrics = plan["metrics"]
+        before = [m.counts() for m in metrics]   # 1-D float64 arrays of additive counts
+        size = 2 + sum(len(c) for c in before)
         stats = plan.get("distributed_stats")
-        if stats is None or len(stats) != 2 + 2 * len(metrics):
-            stats = plan["distributed_stats"] = np.zeros(2 + 2 * len(metrics))
+        if stats is None or len(stats) != size:
+            stats = plan["distributed_stats"] = np.zeros(size)
         stats[0] = n
         stats[1] = loss * n if n else 0.0
-        before = []
-        for i, m in enumerate(metrics):
-            total, count = m.counts()
+        pos = 2
+        for m, old in zip(metrics, before):
             if n:
-                m.update_state(y, out, plan["logits"])
-            new_total, new_count = m.counts()
-            stats[2 + 2 * i] = new_total - total
-            stats[3 + 2 * i] = new_count - count
-            before.append((total, count))
+                m.update_model_output(y, out, plan["logits"])
+            stats[pos:pos + len(old)] = m.counts() - old
+            pos += len(old)
         self._sum_in_place(stats)
-        for i, (m, (total, count)) in enumerate(zip(metrics, before)):
-            m.set_counts(total + float(stats[2 + 2 * i]), count + int(round(stats[3 + 2 * i])))
+        pos = 2
+        for m, old in zip(metrics, before):
+            m.set_counts(old + stats[pos:pos + len(old)])
+            pos += len(old)
         samples = int(round(stats[0]))
         return float(stats[1]) / samples, samples
 
