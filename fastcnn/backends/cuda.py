@@ -25,7 +25,7 @@ Determinism: no kernel uses float atomics; every output is written by one thread
 summation order that depends only on the shapes, so two runs give identical bits.
 
 Beyond the kernel contract (:data:`fastcnn.backends.OPS`) the module offers the optimizer
-updates (:func:`sgd_update`, :func:`adam_update`, :func:`rmsprop_update`, in place) and the
+updates (:func:`sgd_update`, :func:`adam_update`, :func:`rmsprop_update`, ... in place) and the
 few device helpers :mod:`fastcnn._device` needs (:func:`to_device`, :func:`to_host`,
 :func:`add_scaled`, :func:`multiply`, :func:`sum_squares`, :func:`zeros`).
 
@@ -672,6 +672,112 @@ def rmsprop_update(w, g, velocity, average_gradient, momentum_slot, lr, rho, mom
                t(rho), t(1.0 - rho), t(epsilon), t(momentum), centered,
                momentum_slot is not None)
     run.finish()
+
+
+def adagrad_update(w, g, accumulator, lr, epsilon):
+    """Keras's Adagrad step in place (:class:`fastcnn.optimizers.Adagrad`)."""
+    _check_float("w", _meta(w))
+    run = _InPlace(w)
+    wd, gd, ad = run.state("w", w), run.read("g", g), run.state("accumulator", accumulator)
+    t = w.dtype.type
+    _launch_1d(_kopt.adagrad_update, w.dtype, wd.size, wd, gd, ad, t(lr), t(epsilon))
+    run.finish()
+
+
+def adadelta_update(w, g, accumulated_grad, accumulated_delta_var, lr, rho, epsilon):
+    """Keras's Adadelta step in place (:class:`fastcnn.optimizers.Adadelta`)."""
+    _check_float("w", _meta(w))
+    run = _InPlace(w)
+    wd, gd = run.state("w", w), run.read("g", g)
+    egd = run.state("accumulated_grad", accumulated_grad)
+    edd = run.state("accumulated_delta_var", accumulated_delta_var)
+    t = w.dtype.type
+    _launch_1d(_kopt.adadelta_update, w.dtype, wd.size, wd, gd, egd, edd, t(lr), t(rho),
+               t(1.0 - rho), t(epsilon))
+    run.finish()
+
+
+def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, iteration):
+    """Keras's Adamax step in place (:class:`fastcnn.optimizers.Adamax`); ``iteration`` is
+    the 1-based step count."""
+    _check_float("w", _meta(w))
+    if iteration < 1:
+        raise ValueError(f"iteration must be >= 1 (the 1-based step count), got {iteration}")
+    run = _InPlace(w)
+    wd, gd = run.state("w", w), run.read("g", g)
+    md, ud = run.state("m", m), run.state("u", u)
+    t = w.dtype.type
+    _launch_1d(_kopt.adamax_update, w.dtype, wd.size, wd, gd, md, ud, t(lr), t(1.0 - beta_1),
+               t(beta_2), t(epsilon), t(1.0 - beta_1 ** iteration))
+    run.finish()
+
+
+def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, c_m, c_g, bias_2):
+    """Keras's Nadam step in place (:class:`fastcnn.optimizers.Nadam`); ``c_m``, ``c_g``
+    and ``bias_2`` are the step's coefficients of m, g and the velocity's correction."""
+    _check_float("w", _meta(w))
+    run = _InPlace(w)
+    wd, gd = run.state("w", w), run.read("g", g)
+    md, vd = run.state("m", m), run.state("v", v)
+    t = w.dtype.type
+    _launch_1d(_kopt.nadam_update, w.dtype, wd.size, wd, gd, md, vd, t(lr), t(1.0 - beta_1),
+               t(1.0 - beta_2), t(epsilon), t(c_m), t(c_g), t(bias_2))
+    run.finish()
+
+
+def lion_update(w, g, m, lr, beta_1, beta_2):
+    """Keras's Lion step in place (:class:`fastcnn.optimizers.Lion`)."""
+    _check_float("w", _meta(w))
+    run = _InPlace(w)
+    wd, gd, md = run.state("w", w), run.read("g", g), run.state("m", m)
+    t = w.dtype.type
+    _launch_1d(_kopt.lion_update, w.dtype, wd.size, wd, gd, md, t(lr), t(beta_1),
+               t(1.0 - beta_1), t(beta_2), t(1.0 - beta_2))
+    run.finish()
+
+
+def weight_decay_update(w, weight_decay, lr):
+    """``w -= w * weight_decay * lr`` in place (the optimizers' ``weight_decay``)."""
+    _check_float("w", _meta(w))
+    run = _InPlace(w)
+    wd = run.state("w", w)
+    t = w.dtype.type
+    _launch_1d(_kopt.weight_decay_update, w.dtype, wd.size, wd, t(weight_decay), t(lr))
+    run.finish()
+
+
+def ema_update(average, w, momentum, overwrite):
+    """``average = momentum * average + (1 - momentum) * w`` in place (``use_ema``); with
+    ``overwrite`` the weight takes the new average."""
+    _check_float("w", _meta(w))
+    run = _InPlace(w)
+    ad, wd = run.state("average", average), run.state("w", w)
+    t = w.dtype.type
+    _launch_1d(_kopt.ema_update, w.dtype, wd.size, ad, wd, t(momentum),
+               t(1) - t(momentum), bool(overwrite))
+    run.finish()
+
+
+def scale_gradient(g, a, b):
+    """``g * a / b`` as a new array (gradient clipping by norm, loss-scale division)."""
+    _check_float("g", _meta(g))
+    on_device = _any_device(g)
+    gd = to_device(g, "g")
+    out = _empty(g.shape, g.dtype, "a clipped gradient")
+    t = g.dtype.type
+    _launch_1d(_kopt.scale_gradient, g.dtype, out.size, _flat(gd), t(a), t(b), _flat(out))
+    return _deliver(out, on_device)
+
+
+def clip_gradient(g, value):
+    """``clip(g, -value, value)`` as a new array (``clipvalue``)."""
+    _check_float("g", _meta(g))
+    on_device = _any_device(g)
+    gd = to_device(g, "g")
+    out = _empty(g.shape, g.dtype, "a clipped gradient")
+    _launch_1d(_kopt.clip_gradient, g.dtype, out.size, _flat(gd), g.dtype.type(value),
+               _flat(out))
+    return _deliver(out, on_device)
 
 
 def _binary(kernel, a, b, *scalars, what):

@@ -81,3 +81,131 @@ def rmsprop_update(T):
         else:
             w[i] -= step
     return rmsprop_update
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1], {t}, {t})")
+def adagrad_update(T):
+    def adagrad_update(w, g, acc, lr, eps):
+        i = cuda.grid(1)
+        if i >= w.size:
+            return
+        gi = g[i]
+        a = acc[i] + gi * gi
+        acc[i] = a
+        w[i] -= (gi * lr) / math.sqrt(a + eps)
+    return adagrad_update
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1], {t}[::1], {t}, {t}, {t}, {t})")
+def adadelta_update(T):
+    def adadelta_update(w, g, eg, ed, lr, rho, one_minus_rho, eps):
+        i = cuda.grid(1)
+        if i >= w.size:
+            return
+        gi = g[i]
+        egi = eg[i] * rho + (gi * gi) * one_minus_rho
+        eg[i] = egi
+        delta = -((math.sqrt(ed[i] + eps) * gi) / math.sqrt(egi + eps))
+        ed[i] = ed[i] * rho + (delta * delta) * one_minus_rho
+        w[i] += delta * lr
+    return adadelta_update
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1], {t}[::1], {t}, {t}, {t}, {t}, {t})")
+def adamax_update(T):
+    def adamax_update(w, g, m, u, lr, one_minus_b1, b2, eps, bias1):
+        i = cuda.grid(1)
+        if i >= w.size:
+            return
+        gi = g[i]
+        mi = m[i] + (gi - m[i]) * one_minus_b1
+        m[i] = mi
+        ui = u[i] * b2
+        ag = abs(gi)
+        if not (ui >= ag):   # np.maximum: the larger, a NaN wins
+            ui = ag if ui == ui else ui
+        u[i] = ui
+        w[i] -= (mi * lr) / ((ui + eps) * bias1)
+    return adamax_update
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1], {t}[::1], {t}, {t}, {t}, {t}, {t}, {t}, {t})")
+def nadam_update(T):
+    def nadam_update(w, g, m, v, lr, one_minus_b1, one_minus_b2, eps, c_m, c_g, bias2):
+        i = cuda.grid(1)
+        if i >= w.size:
+            return
+        gi = g[i]
+        mi = m[i] + (gi - m[i]) * one_minus_b1
+        m[i] = mi
+        vi = v[i] + (gi * gi - v[i]) * one_minus_b2
+        v[i] = vi
+        m_hat = (mi * c_m + gi * c_g) * lr
+        w[i] -= m_hat / (math.sqrt(vi / bias2) + eps)
+    return nadam_update
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1], {t}, {t}, {t}, {t}, {t})")
+def lion_update(T):
+    def lion_update(w, g, m, lr, b1, one_minus_b1, b2, one_minus_b2):
+        i = cuda.grid(1)
+        if i >= w.size:
+            return
+        gi = g[i]
+        c = m[i] * b1 + gi * one_minus_b1
+        if c > T(0):
+            w[i] -= lr
+        elif c < T(0):
+            w[i] += lr
+        elif c != c:
+            w[i] = c         # NaN, as w - lr * sign(NaN)
+        m[i] = m[i] * b2 + gi * one_minus_b2
+    return lion_update
+
+
+@kernel("void({t}[::1], {t}, {t})")
+def weight_decay_update(T):
+    def weight_decay_update(w, wd, lr):
+        i = cuda.grid(1)
+        if i >= w.size:
+            return
+        w[i] -= (w[i] * wd) * lr
+    return weight_decay_update
+
+
+@kernel("void({t}[::1], {t}[::1], {t}, {t}, boolean)")
+def ema_update(T):
+    def ema_update(avg, w, momentum, one_minus_momentum, overwrite):
+        i = cuda.grid(1)
+        if i >= w.size:
+            return
+        a = avg[i] * momentum + w[i] * one_minus_momentum
+        avg[i] = a
+        if overwrite:
+            w[i] = a
+    return ema_update
+
+
+@kernel("void({t}[::1], {t}, {t}, {t}[::1])")
+def scale_gradient(T):
+    def scale_gradient(g, a, b, out):
+        i = cuda.grid(1)
+        if i >= g.size:
+            return
+        out[i] = (g[i] * a) / b
+    return scale_gradient
+
+
+@kernel("void({t}[::1], {t}, {t}[::1])")
+def clip_gradient(T):
+    def clip_gradient(g, v, out):
+        i = cuda.grid(1)
+        if i >= g.size:
+            return
+        x = g[i]
+        if x > v:
+            x = v
+        elif x < -v:
+            x = -v
+        out[i] = x
+    return clip_gradient
