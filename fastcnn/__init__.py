@@ -22,10 +22,12 @@ from .backends import available, get_backend, set_backend, use_backend
 from .config import floatx, set_floatx
 from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, utils
 from . import constraints, datasets, gradcheck, regularizers
-from . import autodiff, ops
+from . import autodiff, ops, nn
 from .autodiff import GradientTape, Tensor, Variable
 from . import distributed, preprocessing
-from .model import Sequential
+from .model import Model, Sequential
+from .layers import Input
+from . import executor, graph
 from .saving import load_model
 from .utils import set_random_seed
 
@@ -34,11 +36,14 @@ _extensions.warn_if_missing()
 
 __all__ = [
     "Sequential",
+    "Model",
+    "Input",
     "GradientTape",
     "Tensor",
     "Variable",
     "autodiff",
     "ops",
+    "nn",
     "load_model",
     "HAVE_CYTHON",
     "ExtensionWarning",
