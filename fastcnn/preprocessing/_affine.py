@@ -1,11 +1,19 @@
 """Random affine warps for a whole batch at once (the geometry of Keras's ImageDataGenerator).
 
-Conventions follow Keras's ``apply_affine_transform``: coordinates are (row, col); one 3x3
-matrix per image maps an OUTPUT pixel's coordinates to the INPUT coordinates it samples
-(the inverse map, as ``scipy.ndimage.affine_transform`` takes it), composed as
-``rotation @ shift @ shear @ zoom`` about the image centre ``((h - 1) / 2, (w - 1) / 2)``.
-Consequences a user can check: a shift ``tx`` moves the content by ``-tx`` rows; a zoom
-``z < 1`` magnifies.
+The numbers are Keras's: ``apply_affine_transform`` as its ImageDataGenerator calls it. One
+3x3 matrix per image maps an OUTPUT pixel's coordinates to the INPUT coordinates it samples
+(the inverse map, as ``scipy.ndimage.affine_transform`` takes it). Keras composes
+``rotation @ shift @ shear @ zoom`` between the offsets to ``(h / 2 - 0.5, w / 2 - 0.5)`` and
+back, and then, because ImageDataGenerator's row axis comes before its column axis, swaps
+the matrix's two axes before handing it to scipy (keras-preprocessing's PR 318). So in
+(row, col) terms the matrix is the one composed in (col, row) order, and a user sees what
+Keras users see (the known quirk of keras-team/keras#17398 and tf-keras#310):
+
+* ``tx`` (``height_shift_range``, scaled by the HEIGHT) moves the content along columns by
+  ``-tx``, and ``ty`` (``width_shift_range``, scaled by the width) along rows by ``-ty``;
+* a positive ``theta`` turns the image counter-clockwise;
+* on a non-square image the fixed point of rotation, shear and zoom is
+  ``((w - 1) / 2, (h - 1) / 2)`` in (row, col), not the centre.
 
 Sampling is bilinear, exactly what Keras's ``apply_affine_transform`` gets from
 ``scipy.ndimage.affine_transform(..., order=1, mode=fill_mode, cval=cval)`` (checked against
@@ -45,10 +53,12 @@ def _matrices(h, w, theta, tx, ty, shear, zx, zy):
     sh[:, 0, 0], sh[:, 0, 1], sh[:, 1, 1] = 1.0, -np.sin(s), np.cos(s)
     zoom = m.copy()
     zoom[:, 0, 0], zoom[:, 1, 1] = zx, zy
-    cr, cc = (h - 1) / 2.0, (w - 1) / 2.0
+    cr, cc = h / 2.0 - 0.5, w / 2.0 - 0.5   # Keras's transform_matrix_offset_center
     to_centre = np.array([[1.0, 0, cr], [0, 1.0, cc], [0, 0, 1.0]])
     from_centre = np.array([[1.0, 0, -cr], [0, 1.0, -cc], [0, 0, 1.0]])
-    return to_centre @ rot @ shift @ sh @ zoom @ from_centre
+    keras = to_centre @ rot @ shift @ sh @ zoom @ from_centre
+    # Keras's axis swap (row_axis < col_axis): rows and columns 0 and 1 exchanged.
+    return keras[:, [1, 0, 2]][:, :, [1, 0, 2]]
 
 
 def _fold(idx, size, fill_mode):

@@ -257,7 +257,7 @@ class Iterator:
     ``next(it)`` serves batch ``batch_index`` of epoch ``epoch`` and moves on (an epoch's
     order is a pure function of the iterator's base seed and the epoch number);
     ``it[i]`` is batch i of the current epoch; ``len(it)`` batches per epoch. Subclasses
-    with ``prefetch > 0`` compute the next batches in a background thread (``close()``
+    with ``load_ahead > 0`` compute the next batches in a background thread (``close()``
     stops it; a later ``next()`` starts a new one where it was).
 
     State and shard protocol (public; what :mod:`fastcnn.distributed` uses, through these
@@ -276,7 +276,7 @@ class Iterator:
       ``(rank, size)``.
     """
 
-    prefetch = 0   # batches a background thread computes ahead (0: computed in next())
+    load_ahead = 0   # batches a background thread computes ahead (0: computed in next())
 
     def __init__(self, n, batch_size, shuffle, seed):
         self._loader = None
@@ -363,13 +363,18 @@ class Iterator:
             if order is None:
                 order = self._active
                 if self.shuffle:
-                    perm = np.random.default_rng([self._base, epoch, 0]).permutation(len(order))
+                    perm = np.random.default_rng([self._base, *self._epoch_key(epoch), 0]) \
+                        .permutation(len(order))
                     order = order[perm]
                 # Keep a few recent orders (the consumer's and the ones loaded ahead).
                 while len(self._orders) >= 4:
                     del self._orders[next(iter(self._orders))]
                 self._orders[epoch] = order
             return order
+
+    def _epoch_key(self, epoch):
+        """The ints that stand for ``epoch`` in the seeds of its order and augmentation."""
+        return [epoch]
 
     def _batches_in(self, epoch):
         return -(-len(self._order(epoch)) // self.batch_size)
@@ -381,7 +386,7 @@ class Iterator:
 
     def _batch_at(self, epoch, i):
         idx = self._order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
-        rng = np.random.default_rng([self._base, epoch, 1, i])
+        rng = np.random.default_rng([self._base, *self._epoch_key(epoch), 1, i])
         rank, size = self._shard
         if size == 1:
             return self._get_batch(idx, rng)
@@ -401,12 +406,13 @@ class Iterator:
         return self
 
     def __next__(self):
-        if not self.prefetch:
+        if not self.load_ahead:
             epoch, i = self._epoch, self.batch_index
             batch = self._batch_at(epoch, i)
         else:
             if self._loader is None or not self._loader.alive():
-                self._loader = _Loader(self, self._epoch, self.batch_index, self.prefetch)
+                self._loader = _Loader(self, self._epoch, self.batch_index,
+                                       self.load_ahead)
             try:
                 epoch, i, batch = self._loader.get()
             except BaseException:
@@ -529,7 +535,7 @@ class DirectoryIterator(Iterator):
     (decoding and resizing in Pillow release the GIL); ``close()`` stops it.
     """
 
-    prefetch = 2
+    load_ahead = 2
 
     def __init__(self, directory, image_data_generator, target_size=(256, 256),
                  color_mode="rgb", class_mode="categorical", batch_size=32, shuffle=True,
@@ -662,8 +668,8 @@ class DirectoryIterator(Iterator):
 class _Loader:
     """A background thread computing ``it._batch_at(epoch, i)`` in consumption order, up to
     ``depth`` batches ahead (decoding and resizing in Pillow and NumPy's loops release the
-    GIL, so this overlaps with training). It holds the iterator only weakly, and stops after
-    epoch ``last_epoch`` when one is given (a finite pass). ``get()`` returns
+    GIL, so this overlaps with training). It holds the iterator only weakly, and stops at
+    the end of epoch ``last_epoch`` when one is given (a finite pass). ``get()`` returns
     ``(epoch, i, batch)``, re-raises an error of the thread, raises StopIteration at the end
     of a finite pass."""
 
@@ -717,7 +723,7 @@ def _produce(ref, q, stop, epoch, i, last_epoch=None):
         it = ref()
         if it is None:
             return
-        if last_epoch is not None and epoch > last_epoch:
+        if last_epoch is not None and epoch != last_epoch:
             item = None   # the end of a finite pass
         else:
             try:

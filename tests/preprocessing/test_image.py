@@ -36,32 +36,33 @@ def test_identity_matrix_is_exact():
     np.testing.assert_array_equal(out, x)
 
 
-def test_quarter_turn_is_rot90_clockwise():
+def test_quarter_turn_is_rot90_counter_clockwise_as_in_keras():
     x = np.random.default_rng(1).random((1, 5, 5, 2))
     out = warp_batch(x, affine_matrix(5, 5, theta=90)[None])
     # bilinear sampling: cos(90 degrees) is 6e-17, not 0, as in Keras (scipy order=1)
-    np.testing.assert_allclose(out, np.rot90(x, -1, axes=(1, 2)), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(out, np.rot90(x, 1, axes=(1, 2)), rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("tx,ty", [(2, 0), (0, -3), (1, 2)])
-def test_shift_moves_marker_by_minus_shift(tx, ty):
+def test_shift_moves_marker_as_keras_does(tx, ty):
+    # Keras's axis swap: tx (height_shift_range) moves columns, ty rows, each by minus it
     out = warp_batch(marker(9, 9, 4, 4), affine_matrix(9, 9, tx=tx, ty=ty)[None], "constant")
-    assert where(out[0]) == (4 - tx, 4 - ty)
+    assert where(out[0]) == (4 - ty, 4 - tx)
     assert out.sum() == 1.0
 
 
 def test_shear_and_zoom_matrices():
     m = affine_matrix(5, 5, shear=30)
-    np.testing.assert_allclose(m[:2, :2], [[1, -0.5], [0, np.cos(np.pi / 6)]], atol=1e-12)
+    np.testing.assert_allclose(m[:2, :2], [[np.cos(np.pi / 6), 0], [-0.5, 1]], atol=1e-12)
     m = affine_matrix(5, 7, zx=0.5, zy=2.0)
-    np.testing.assert_allclose(m[:2, :2], [[0.5, 0], [0, 2.0]])
-    # zoom is about the centre: the centre pixel stays put
-    np.testing.assert_allclose(m @ [2, 3, 1], [2, 3, 1])
-    out = warp_batch(marker(5, 7, 2, 3), m[None], "constant")
-    # bilinear: output row r samples input row 2 + 0.5 (r - 2), so rows 1 and 3 get half the
-    # marker; output column c samples column 3 + 2 (c - 3): only c = 3 hits it
+    np.testing.assert_allclose(m[:2, :2], [[2.0, 0], [0, 0.5]])
+    # Keras's fixed point on a 5 x 7 image: ((w - 1) / 2, (h - 1) / 2) = row 3, column 2
+    np.testing.assert_allclose(m @ [3, 2, 1], [3, 2, 1])
+    out = warp_batch(marker(5, 7, 3, 2), m[None], "constant")
+    # bilinear: output column c samples input column 2 + 0.5 (c - 2), so columns 1 and 3 get
+    # half the marker; output row r samples row 3 + 2 (r - 3): only r = 3 hits it
     expected = np.zeros((5, 7))
-    expected[1:4, 3] = [0.5, 1.0, 0.5]
+    expected[3, 1:4] = [0.5, 1.0, 0.5]
     np.testing.assert_allclose(out[0, ..., 0], expected, atol=1e-12)
 
 
@@ -70,7 +71,7 @@ def test_shear_and_zoom_matrices():
                                            ("wrap", [2, 3]), ("constant", [-7, -7])])
 def test_fill_modes(mode, expected):
     x = np.arange(5, dtype=float).reshape(1, 5, 1, 1)
-    out = warp_batch(x, affine_matrix(5, 1, tx=-2)[None], mode, cval=-7)
+    out = warp_batch(x, affine_matrix(5, 1, ty=-2)[None], mode, cval=-7)
     np.testing.assert_array_equal(out[0, :, 0, 0], expected + [0, 1, 2])
 
 
@@ -96,11 +97,11 @@ def test_random_ranges_follow_keras_semantics():
     rng = np.random.default_rng(0)
     gen = ImageDataGenerator(width_shift_range=0.25, height_shift_range=3, zoom_range=0.2)
     m = gen.random_matrices(500, 10, 8, rng)
-    # pure shift + zoom: m = C Shift Zoom C^-1, so the zoom is the diagonal
+    # pure shift + zoom: m = swap(C Shift Zoom C^-1), so the zoom is the diagonal
     assert np.all((m[:, 0, 0] >= 0.8) & (m[:, 0, 0] <= 1.2))
     assert np.all((m[:, 1, 1] >= 0.8) & (m[:, 1, 1] <= 1.2))
-    tx = m[:, 0, 2] - 4.5 * (1 - m[:, 0, 0])
-    ty = m[:, 1, 2] - 3.5 * (1 - m[:, 1, 1])
+    tx = m[:, 1, 2] - 4.5 * (1 - m[:, 1, 1])   # Keras's axis swap: tx is the column offset
+    ty = m[:, 0, 2] - 3.5 * (1 - m[:, 0, 0])
     assert np.abs(tx).max() <= 3 and np.abs(tx).max() > 2.5          # pixels
     assert np.abs(ty).max() <= 2 and np.abs(ty).max() > 1.5          # 0.25 * width 8
 
