@@ -205,7 +205,9 @@ class Loss:
             g = np.asarray(w.sum() * scale, dtype=dtype)
         else:
             g = np.ascontiguousarray(np.broadcast_to(w * scale, values.shape), dtype=dtype)
-        return np.asarray(weighted.sum() * scale, dtype=dtype), backward(g)
+        d = backward(g)
+        return np.asarray(weighted.sum() * scale, dtype=dtype), \
+            (d if d.dtype == dtype else d.astype(dtype))
 
     # ------------------------------------------------------------------ Keras's call
     def _inputs(self, y_true, y_pred):
@@ -879,7 +881,7 @@ class CategoricalHinge(Loss):
         def backward(g):
             at_max = (other == neg[..., None])
             # TensorFlow splits the gradient of a max between equal maxima
-            share = at_max / at_max.sum(axis=-1, keepdims=True)
+            share = (at_max / at_max.sum(axis=-1, keepdims=True)).astype(out.dtype)
             d = share * (1.0 - y) - y
             return d * (g * (margin > 0))[..., None]
         return values, backward
