@@ -43,4 +43,4 @@ def test_zeros_ones_and_seeded_initializers():
 
 def test_unknown_initializer_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"kernel_initializer must be one of \['glorot_uniform'"):
-        fastcnn.layers.Conv2D(2, 3, kernel_initializer="orthogonal")
+        fastcnn.layers.Conv2D(2, 3, kernel_initializer="orthogonall")

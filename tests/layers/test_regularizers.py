@@ -38,7 +38,7 @@ def test_get_accepts_none_names_instances_and_serialized_dicts():
     assert regularizers.serialize(None) is None
 
 
-@pytest.mark.parametrize("bad", ["l3", 0.01, {"class_name": "L1"}, {"class_name": "L2",
+@pytest.mark.parametrize("bad", ["l3", 0.01, {"class_name": "L3"}, {"class_name": "L2",
                                                                     "config": {"l1": 1}}])
 def test_get_rejects_unknown_identifiers_naming_the_argument(bad):
     with pytest.raises(ValueError, match="bias_regularizer"):
