@@ -42,7 +42,7 @@ import numpy as np
 
 from . import _device, backends, ops, shapes, utils
 from .autodiff import Tensor, record, value_of
-from .ops import _kernel_array, _kernel_grad, _refuse_device
+from .ops import _kernel_array, _kernel_grad, _match, _refuse_device
 
 __all__ = [
     "conv2d", "bias_add", "relu", "relu6", "elu", "leaky_relu", "silu", "softplus",
@@ -187,7 +187,7 @@ def conv2d(input, filters, strides, padding, data_format="NHWC", dilations=None,
 
     def backward(dys, needs):
         dx, dw, _ = backend.conv2d_backward(_kernel_grad(dys[0], y), ctx, need_dx=needs[0])
-        return dx, (dw if needs[1] else None)
+        return _match(dx, input), (_match(dw, filters) if needs[1] else None)
     return record("conv2d", (input, filters), [y], backward)[0]
 
 
@@ -240,7 +240,8 @@ def _bias_add_kernels(value, bias, x, b):
 
     def backward(dys, needs):
         dx, _, db = backend.dense_backward(_kernel_grad(dys[0], y2).reshape(-1, c), ctx)
-        return (dx.reshape(shape) if needs[0] else None), (db if needs[1] else None)
+        return (_match(dx.reshape(shape), value) if needs[0] else None), \
+            (_match(db, bias) if needs[1] else None)
     return record("bias_add", (value, bias), [y2.reshape(shape)], backward)[0]
 
 

@@ -137,6 +137,18 @@ def _kernel_array(x, op, argument="x"):
     return np.ascontiguousarray(a)
 
 
+def _match(g, value):
+    """A gradient in the kind of array (host or device) its input ``value`` was: a host
+    input mixed with device ones (a host Variable with a device batch) gets a host
+    gradient, so that a source's gradient is always where the source lives."""
+    if g is None:
+        return None
+    v = value_of(value)
+    if _device.is_device_array(g) and not _device.is_device_array(v):
+        return _device.to_host(g)
+    return g
+
+
 def _kernel_grad(g, like):
     """An upstream gradient as a kernel takes it: contiguous, of ``like``'s dtype."""
     if _device.is_device_array(g) or _device.is_device_array(like):
@@ -271,7 +283,7 @@ def _matmul_kernels(x, y):
 
     def backward(g, needs):
         dx, dw, _ = backend.dense_backward(_kernel_grad(g, out), ctx)
-        return dx, dw
+        return _match(dx, x), _match(dw, y)
     return _one("matmul", (x, y), out, backward)
 
 

@@ -299,3 +299,113 @@ def test_seed_style_conv_net_learns(r):
     assert losses[-1] < 0.5 * losses[0], losses
     accuracy = (np.asarray(ops.argmax(model(x, False), axis=1)) == y).mean()
     assert accuracy > 0.9
+
+
+# ------------------------------------------------------------------- device arrays
+
+needs_cuda = pytest.mark.skipif(
+    "cuda" not in backends.available(),
+    reason=f"cuda backend unavailable: {backends.unavailable().get('cuda')}")
+
+
+# What a real numba-cuda DeviceNDArray offers (as in tests/test_cuda_device.py): the
+# simulator's fake arrays forward everything else to NumPy, which a GPU would refuse.
+REAL_DEVICE_ARRAY_API = frozenset({
+    "T", "as_cuda_arg", "bind", "copy_to_device", "copy_to_host", "device_ctypes_pointer",
+    "flags", "get_ipc_handle", "getitem", "is_c_contiguous", "is_f_contiguous", "nbytes",
+    "ravel", "reshape", "setitem", "split", "squeeze", "transpose", "view",
+    "shape", "strides", "dtype", "size", "ndim", "alloc_size", "gpu_data", "stream",
+})
+
+
+@pytest.fixture
+def strict(monkeypatch):
+    """Simulated device arrays limited to a real DeviceNDArray's API (no NumPy attributes,
+    no operators); returns the list of implicit host copies (np.asarray) made."""
+    from fastcnn.backends import cuda as cb
+    if not cb.simulated():
+        return []
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    forward = FakeCUDAArray.__getattr__
+
+    def getattr_(self, name):
+        if name not in REAL_DEVICE_ARRAY_API:
+            raise AttributeError(f"a real numba DeviceNDArray has no attribute {name!r}")
+        return forward(self, name)
+
+    def refuse(self, *args):
+        raise TypeError("a real numba DeviceNDArray has no arithmetic operators")
+
+    monkeypatch.setattr(FakeCUDAArray, "__getattr__", getattr_)
+    for name in ("__add__", "__sub__", "__mul__", "__truediv__", "__pow__", "__lt__",
+                 "__le__", "__gt__", "__ge__"):
+        monkeypatch.setattr(FakeCUDAArray, name, refuse)
+    implicit = []
+
+    def array(self, dtype=None, copy=None):
+        implicit.append(tuple(self._ary.shape))
+        return self._ary.copy() if dtype is None else self._ary.astype(dtype)
+
+    monkeypatch.setattr(FakeCUDAArray, "__array__", array, raising=False)
+    return implicit
+
+
+@needs_cuda
+def test_device_arrays_stay_on_the_device(r, strict):
+    """On 'cuda' with device arrays (as inside a device scope) the nn ops and the
+    kernel activations run the backend's kernels, gradients come back as device arrays
+    for device sources (host ones for host sources), and equal the reference's."""
+    from fastcnn.backends import cuda as cb
+
+    x = off_kinks((2, 4, 4, 1), r).astype(np.float32)
+    w = r.normal(0, 0.5, (3, 3, 1, 2)).astype(np.float32)
+    b = r.normal(0, 0.1, 2).astype(np.float32)
+    fc = r.normal(0, 0.5, (8, 3)).astype(np.float32)
+    labels = np.array([2, 0])
+
+    def run(xv, wv, bv, fcv):
+        with GradientTape() as tape:
+            tape.watch([xv, wv, bv, fcv])
+            h = nn.relu(nn.bias_add(nn.conv2d(xv, wv, 1, "SAME"), bv))
+            h = nn.max_pool(h, 2, 2, "SAME")
+            h = nn.dropout(h, 0.5, seed=4)
+            logits = ops.matmul(ops.reshape(h, (2, 8)), fcv)
+            p = nn.softmax(logits)
+            loss = ops.mean(nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        return p, loss, tape.gradient(loss, [xv, wv, bv, fcv])
+
+    with fastcnn.use_backend("reference"):
+        p_ref, loss_ref, g_ref = run(*(Tensor(a) for a in (x, w, b, fc)))
+    with fastcnn.use_backend("cuda"):
+        dev = [Tensor(cb.to_device(a)) for a in (x, w, b)] + [Tensor(fc)]
+        p, loss, grads = run(*dev)
+    assert cb.is_device_array(p.value)
+    np.testing.assert_allclose(p.numpy(), p_ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(loss), float(loss_ref), rtol=1e-5)
+    for i, (g, gr) in enumerate(zip(grads, g_ref)):
+        assert cb.is_device_array(g) == (i < 3), i     # fc is a host source
+        np.testing.assert_allclose(_device_host(g), gr, rtol=1e-4, atol=1e-5)
+    assert strict == [], f"implicit host copies of device arrays: {strict}"
+
+
+def _device_host(a):
+    from fastcnn import _device
+    return _device.to_host(a)
+
+
+@needs_cuda
+def test_numpy_ops_refuse_device_arrays(strict):
+    from fastcnn.backends import cuda as cb
+
+    d = Tensor(cb.to_device(np.ones((2, 3), np.float32)))
+    for fn, name in [(lambda: ops.exp(d), "exp"), (lambda: d + 1.0, "add"),
+                     (lambda: ops.log_softmax(d), "log_softmax"),
+                     (lambda: ops.concatenate([np.ones((2, 3)), d]), "concatenate"),
+                     (lambda: ops.categorical_crossentropy(np.ones((2, 3)), d),
+                      "categorical_crossentropy")]:
+        with pytest.raises(NotImplementedError,
+                           match=rf"fastcnn.ops.{name} .* device array of the 'cuda' backend"):
+            fn()
+    assert cb.is_device_array(ops.reshape(d, (3, 2)).value)
+    assert cb.is_device_array(ops.zeros_like(d).value)
