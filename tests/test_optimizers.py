@@ -530,3 +530,57 @@ def test_device_updates_match_the_host(name):
 def test_every_optimizer_has_a_device_update():
     for name in optimizers.KNOWN:
         assert optimizers.get(name).supports_device, name
+
+
+# ---------------------------------------------------------------- save / load of a model
+SAVE_CASES = [
+    ("SGD", dict(momentum=0.9, nesterov=True, weight_decay=0.01), "exp_stair"),
+    ("Adam", dict(amsgrad=True, clipnorm=1.0), "piecewise"),
+    ("AdamW", dict(weight_decay=0.1, use_ema=True, ema_overwrite_frequency=3), "cosine_warm"),
+    ("RMSprop", dict(centered=True, momentum=0.5, clipvalue=0.5), "inverse"),
+    ("Adagrad", dict(global_clipnorm=0.5), "poly_cycle"),
+    ("Adadelta", dict(rho=0.9), "cosine"),
+    ("Adamax", dict(use_ema=True), "poly"),
+    ("Nadam", dict(weight_decay=0.02), "exp"),
+    ("Lion", dict(beta_2=0.9), "inverse_stair"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,sched", SAVE_CASES, ids=[c[0] for c in SAVE_CASES])
+def test_saved_model_resumes_training_exactly(cls, kwargs, sched, tmp_path):
+    entry = KERAS["schedules"][sched]
+    schedule = getattr(schedules, entry["class_name"])(**entry["config"])
+
+    def model():
+        fastcnn.utils.set_random_seed(3)
+        m = fastcnn.Sequential()
+        m.add(Dense(3, input_shape=(4,), activation="tanh"))
+        m.add(Dense(2))
+        m.compile(optimizer=getattr(optimizers, cls)(schedule, **kwargs), loss="mse")
+        return m
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    y = rng.standard_normal((8, 2)).astype(np.float32)
+    m = model()
+    m.fit(x, y, epochs=2, batch_size=4, verbose=0, shuffle=False)
+    m.save(tmp_path / "m.keras")
+    m2 = fastcnn.load_model(tmp_path / "m.keras")
+    assert type(m2.optimizer) is type(m.optimizer)
+    assert m2.optimizer.get_config() == m.optimizer.get_config()
+    assert m2.optimizer.iterations == m.optimizer.iterations == 4
+    for k, arrays in m.optimizer.get_state()["slots"].items():
+        for a, b in zip(arrays, m2.optimizer.get_state()["slots"][k]):
+            np.testing.assert_array_equal(a, b)
+    m.fit(x, y, epochs=2, batch_size=4, verbose=0, shuffle=False)
+    m2.fit(x, y, epochs=2, batch_size=4, verbose=0, shuffle=False)
+    for a, b in zip(m.get_weights(), m2.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_plain_callable_rate_cannot_be_saved(tmp_path):
+    m = fastcnn.Sequential()
+    m.add(Dense(2, input_shape=(3,)))
+    m.compile(optimizer=optimizers.SGD(lambda: 0.1), loss="mse")
+    with pytest.raises(ValueError, match="plain callable"):
+        m.save(tmp_path / "m.keras")
