@@ -34,6 +34,22 @@ inputs (``dy`` included) and never returns an array that aliases one of them.
 ``sigmoid_forward`` / ``sigmoid_backward``
 ``tanh_forward`` / ``tanh_backward``
 ``softmax_forward(x)`` / ``softmax_backward``   softmax over the last axis
+``relu_general_forward(x, negative_slope=0.0,   Keras's ``relu`` with its arguments:
+max_value=None, threshold=0.0)``                 ``x`` above ``threshold`` (else 0),
+                                                clipped to ``[0, max_value]``, minus
+                                                ``negative_slope * max(threshold - x,
+                                                0)``; derivative ``negative_slope`` at
+                                                and below the threshold
+``relu6_forward(x)``                            ``min(max(x, 0), 6)``
+``leaky_relu_forward(x, negative_slope=0.2)``   ``x`` if ``x > 0`` else ``slope * x``
+``elu_forward(x, alpha=1.0)``                   ``alpha * (exp(x) - 1)`` for ``x <= 0``
+``selu_forward``, ``gelu_forward`` (erf form),  the Keras 3 / TensorFlow formulas
+``gelu_approximate_forward`` (tanh form),       (fastcnn/backends/_activations.py lists
+``silu_forward``, ``softplus_forward``,         them with their derivatives); each
+``softsign_forward``, ``hard_sigmoid_forward``  ``<name>_forward(x) -> (y, ctx)`` has its
+(``relu6(x + 3) / 6``), ``hard_silu_forward``,  ``<name>_backward(dy, ctx) -> dx``
+``exponential_forward``
+``log_softmax_forward(x)``                      ``x - logsumexp(x)`` over the last axis
 ``softmax_cross_entropy(logits, targets)``      ``-> (loss, dlogits)``; targets (N, K)
                                                 rows of probabilities; loss is the
                                                 batch mean; dlogits = (softmax*sum(t)
@@ -84,6 +100,36 @@ OPS = (
     "tanh_backward",
     "softmax_forward",
     "softmax_backward",
+    # The other activations of fastcnn.activations (one pair per canonical name, plus
+    # relu_general for Keras's relu(x, negative_slope, max_value, threshold)).
+    "relu_general_forward",
+    "relu_general_backward",
+    "relu6_forward",
+    "relu6_backward",
+    "leaky_relu_forward",
+    "leaky_relu_backward",
+    "elu_forward",
+    "elu_backward",
+    "selu_forward",
+    "selu_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "gelu_approximate_forward",
+    "gelu_approximate_backward",
+    "silu_forward",
+    "silu_backward",
+    "softplus_forward",
+    "softplus_backward",
+    "softsign_forward",
+    "softsign_backward",
+    "hard_sigmoid_forward",
+    "hard_sigmoid_backward",
+    "hard_silu_forward",
+    "hard_silu_backward",
+    "exponential_forward",
+    "exponential_backward",
+    "log_softmax_forward",
+    "log_softmax_backward",
     "softmax_cross_entropy",
     "sparse_softmax_cross_entropy",
     "sigmoid_cross_entropy",

@@ -454,6 +454,145 @@ def tanh_backward(dy, ctx):
     return _unary_backward(_kelem.tanh_backward, dy, ctx, "a tanh input gradient")
 
 
+def _unary_forward_keep_x(kernel, x, what):
+    """For activations whose backward reads the forward INPUT: ctx is x on the device."""
+    _check_float("x", _meta(x))
+    on_device = _any_device(x)
+    batch = x.shape[0] if len(x.shape) else None
+    xd = to_device(x, "x", batch=batch)
+    y = _empty(x.shape, x.dtype, what, batch)
+    _launch_1d(kernel, x.dtype, y.size, _flat(xd), _flat(y))
+    return _deliver(y, on_device), xd
+
+
+def relu_general_forward(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """Keras's relu with its arguments (relu6 and leaky_relu are cases of it)."""
+    from ._activations import relu_general_params
+
+    _check_float("x", _meta(x))
+    slope, low, high, t = relu_general_params(negative_slope, max_value, threshold)
+    on_device = _any_device(x)
+    batch = x.shape[0] if len(x.shape) else None
+    xd = to_device(x, "x", batch=batch)
+    y = _empty(x.shape, x.dtype, "a relu output", batch)
+    T = np.dtype(x.dtype).type
+    params = (T(slope), T(low), T(high), T(t))
+    _launch_1d(_kelem.relu_general_forward, x.dtype, y.size, _flat(xd), _flat(y), *params,
+               slope != 0.0)
+    return _deliver(y, on_device), (xd, params, slope != 0.0, high == math.inf)
+
+
+def relu_general_backward(dy, ctx):
+    xd, params, has_slope, unbounded = ctx
+    _check_like("dy", dy, xd.shape, xd.dtype)
+    on_device = _any_device(dy)
+    batch = xd.shape[0] if len(xd.shape) else None
+    dyd = to_device(dy, "dy", batch=batch)
+    dx = _empty(xd.shape, xd.dtype, "a relu input gradient", batch)
+    _launch_1d(_kelem.relu_general_backward, xd.dtype, dx.size, _flat(dyd), _flat(xd),
+               _flat(dx), *params, has_slope, unbounded)
+    return _deliver(dx, on_device)
+
+
+def relu6_forward(x):
+    return relu_general_forward(x, 0.0, 6.0, 0.0)
+
+
+def relu6_backward(dy, ctx):
+    return relu_general_backward(dy, ctx)
+
+
+def leaky_relu_forward(x, negative_slope=0.2):
+    return relu_general_forward(x, negative_slope, None, 0.0)
+
+
+def leaky_relu_backward(dy, ctx):
+    return relu_general_backward(dy, ctx)
+
+
+def elu_forward(x, alpha=1.0):
+    _check_float("x", _meta(x))
+    on_device = _any_device(x)
+    batch = x.shape[0] if len(x.shape) else None
+    xd = to_device(x, "x", batch=batch)
+    y = _empty(x.shape, x.dtype, "an elu output", batch)
+    a = np.dtype(x.dtype).type(alpha)
+    _launch_1d(_kelem.elu_forward, x.dtype, y.size, _flat(xd), _flat(y), a)
+    return _deliver(y, on_device), (xd, y, a)
+
+
+def elu_backward(dy, ctx):
+    xd, y, a = ctx
+    _check_like("dy", dy, y.shape, y.dtype)
+    on_device = _any_device(dy)
+    batch = y.shape[0] if len(y.shape) else None
+    dyd = to_device(dy, "dy", batch=batch)
+    dx = _empty(y.shape, y.dtype, "an elu input gradient", batch)
+    _launch_1d(_kelem.elu_backward, y.dtype, dx.size, _flat(dyd), _flat(xd), _flat(y),
+               _flat(dx), a)
+    return _deliver(dx, on_device)
+
+
+def _activation_pair(name, keep_x):
+    """``<name>_forward`` / ``<name>_backward`` over the element-wise kernels of that name:
+    the backward reads the forward's input (keep_x) or its output."""
+    fwd_kernel = getattr(_kelem, f"{name}_forward") if _IMPORT_ERROR is None else None
+    bwd_kernel = (getattr(_kelem, "multiply" if name == "exponential" else f"{name}_backward")
+                  if _IMPORT_ERROR is None else None)
+    what = f"a {name} output"
+
+    def forward(x):
+        if keep_x:
+            return _unary_forward_keep_x(fwd_kernel, x, what)
+        return _unary_forward(fwd_kernel, x, what)
+
+    def backward(dy, ctx):
+        return _unary_backward(bwd_kernel, dy, ctx, f"a {name} input gradient")
+
+    forward.__name__, backward.__name__ = f"{name}_forward", f"{name}_backward"
+    return forward, backward
+
+
+selu_forward, selu_backward = _activation_pair("selu", keep_x=False)
+gelu_forward, gelu_backward = _activation_pair("gelu", keep_x=True)
+gelu_approximate_forward, gelu_approximate_backward = _activation_pair("gelu_approximate",
+                                                                       keep_x=True)
+silu_forward, silu_backward = _activation_pair("silu", keep_x=True)
+softplus_forward, softplus_backward = _activation_pair("softplus", keep_x=True)
+softsign_forward, softsign_backward = _activation_pair("softsign", keep_x=True)
+hard_sigmoid_forward, hard_sigmoid_backward = _activation_pair("hard_sigmoid", keep_x=False)
+hard_silu_forward, hard_silu_backward = _activation_pair("hard_silu", keep_x=True)
+# exponential's derivative is its output: the backward is dy * y (the multiply kernel).
+exponential_forward, exponential_backward = _activation_pair("exponential", keep_x=False)
+
+
+def log_softmax_forward(x):
+    _check_float("x", _meta(x))
+    if len(x.shape) == 0:
+        raise ValueError("x must have at least one axis (log_softmax runs over the last one)")
+    on_device = _any_device(x)
+    rows, k = _rows(x.shape)
+    xd = to_device(x, "x", batch=x.shape[0])
+    y = _empty(x.shape, x.dtype, "a log_softmax output", x.shape[0])
+    if k:
+        _launch_1d(_kelem.log_softmax_forward, x.dtype, rows, xd.reshape(rows, k),
+                   y.reshape(rows, k))
+    return _deliver(y, on_device), y
+
+
+def log_softmax_backward(dy, ctx):
+    y = ctx
+    _check_like("dy", dy, y.shape, y.dtype)
+    on_device = _any_device(dy)
+    rows, k = _rows(y.shape)
+    dyd = to_device(dy, "dy", batch=y.shape[0])
+    dx = _empty(y.shape, y.dtype, "a log_softmax input gradient", y.shape[0])
+    if k:
+        _launch_1d(_kelem.log_softmax_backward, y.dtype, rows, dyd.reshape(rows, k),
+                   y.reshape(rows, k), dx.reshape(rows, k))
+    return _deliver(dx, on_device)
+
+
 def _rows(shape):
     """Softmax works on rows of the last axis: ``(rows, k)`` of any shape."""
     # tuple(): the simulator's device-array shapes refuse negative indices.

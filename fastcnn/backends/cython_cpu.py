@@ -467,6 +467,84 @@ def tanh_backward(dy, ctx):
     return _unary_backward(_elt.tanh_backward, dy, ctx)
 
 
+def _keep_x_forward(kernel, x):
+    """For activations whose backward reads the forward INPUT: ``(y, x)``."""
+    x = _float_array(x, "x")
+    y = np.empty_like(x)
+    kernel(x.reshape(-1), y.reshape(-1))
+    return y, x
+
+
+def hard_sigmoid_forward(x):
+    return _unary_forward(_elt.hard_sigmoid_forward, x)
+
+
+def hard_sigmoid_backward(dy, ctx):
+    return _unary_backward(_elt.hard_sigmoid_backward, dy, ctx)
+
+
+def hard_silu_forward(x):
+    return _keep_x_forward(_elt.hard_silu_forward, x)
+
+
+def hard_silu_backward(dy, ctx):
+    return _unary_backward(_elt.hard_silu_backward, dy, ctx)
+
+
+def gelu_forward(x):
+    # C's erfc per element (NumPy has no erf: the shared NumPy version calls math.erfc).
+    return _keep_x_forward(_elt.gelu_forward, x)
+
+
+def gelu_backward(dy, ctx):
+    return _unary_backward(_elt.gelu_backward, dy, ctx)
+
+
+def relu_general_forward(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """Keras's relu with its arguments in one compiled pass (relu6, leaky_relu: cases)."""
+    x = _float_array(x, "x")
+    params = _act.relu_general_params(negative_slope, max_value, threshold)
+    y = np.empty_like(x)
+    _elt.relu_general_forward(x.reshape(-1), y.reshape(-1), *params)
+    return y, (x, params)
+
+
+def relu_general_backward(dy, ctx):
+    x, params = ctx
+    dy = _float_array(dy, "dy", x.dtype)
+    _check_shape(dy, x.shape, "dy")
+    dx = np.empty_like(x)
+    _elt.relu_general_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), *params)
+    return dx
+
+
+def relu6_forward(x):
+    return relu_general_forward(x, 0.0, 6.0, 0.0)
+
+
+def relu6_backward(dy, ctx):
+    return relu_general_backward(dy, ctx)
+
+
+def leaky_relu_forward(x, negative_slope=0.2):
+    return relu_general_forward(x, negative_slope, None, 0.0)
+
+
+def leaky_relu_backward(dy, ctx):
+    return relu_general_backward(dy, ctx)
+
+
+# The exp / log1p / tanh based activations: NumPy's SIMD math beats libm's scalar calls
+# (see sigmoid_forward above), shared with the other CPU backends in _activations.py.
+from fastcnn.backends._activations import (  # noqa: E402
+    elu_forward, elu_backward, selu_forward, selu_backward,
+    gelu_approximate_forward, gelu_approximate_backward, silu_forward, silu_backward,
+    softplus_forward, softplus_backward, softsign_forward, softsign_backward,
+    exponential_forward, exponential_backward, log_softmax_forward, log_softmax_backward,
+)
+from fastcnn.backends import _activations as _act  # noqa: E402
+
+
 def _rows(a):
     """A C-contiguous array as (rows, last axis): a view."""
     return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)

@@ -226,6 +226,20 @@ def softmax_backward(dy, ctx):
     return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
 
 
+# The other activations (the ReLU family, ELU/SELU, GELU, SiLU, softplus, softsign, the
+# hard ones, exponential, log_softmax): vectorised NumPy shared with the compiled CPU
+# backends (fastcnn/backends/_activations.py, which documents the formulas).
+from ._activations import (  # noqa: E402
+    relu_general_forward, relu_general_backward, relu6_forward, relu6_backward,
+    leaky_relu_forward, leaky_relu_backward, elu_forward, elu_backward,
+    selu_forward, selu_backward, gelu_forward, gelu_backward,
+    gelu_approximate_forward, gelu_approximate_backward, silu_forward, silu_backward,
+    softplus_forward, softplus_backward, softsign_forward, softsign_backward,
+    hard_sigmoid_forward, hard_sigmoid_backward, hard_silu_forward, hard_silu_backward,
+    exponential_forward, exponential_backward, log_softmax_forward, log_softmax_backward,
+)
+
+
 # ----------------------------------------------------------------------------------------
 # Fused losses
 # ----------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ _FEW_PARALLEL_MIN_MACS = 1 << 19
 # a few microseconds, more than it saves on a small array.
 _PARALLEL_MIN_SIZE = 1 << 16
 
-_RELU, _SIGMOID, _TANH = 0, 1, 2
+_RELU, _SIGMOID, _TANH, _HARD_SIGMOID, _HARD_SILU, _GELU = 0, 1, 2, 3, 4, 5
 
 
 # ----------------------------------------------------------------------------------------
@@ -394,6 +394,95 @@ def tanh_forward(x):
 
 def tanh_backward(dy, ctx):
     return _unary_backward(dy, ctx, _TANH)
+
+
+def _unary_forward_keep_x(x, op):
+    """For ops whose backward reads the forward INPUT: ``(y, x)``."""
+    _check_float("x", x)
+    x = _contiguous(x)
+    y, _ = _unary_forward(x, op)
+    return y, x
+
+
+def hard_sigmoid_forward(x):
+    return _unary_forward(x, _HARD_SIGMOID)
+
+
+def hard_sigmoid_backward(dy, ctx):
+    return _unary_backward(dy, ctx, _HARD_SIGMOID)
+
+
+def hard_silu_forward(x):
+    return _unary_forward_keep_x(x, _HARD_SILU)
+
+
+def hard_silu_backward(dy, ctx):
+    return _unary_backward(dy, ctx, _HARD_SILU)
+
+
+def gelu_forward(x):
+    # libm's erfc per element: far faster than NumPy's per-element Python call to math.erfc
+    return _unary_forward_keep_x(x, _GELU)
+
+
+def gelu_backward(dy, ctx):
+    return _unary_backward(dy, ctx, _GELU)
+
+
+def relu_general_forward(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """Keras's relu with its arguments, one compiled pass (relu6, leaky_relu: cases of it)."""
+    _check_float("x", x)
+    params = _act.relu_general_params(negative_slope, max_value, threshold)
+    x = _contiguous(x)
+    y = np.empty_like(x)
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    if x.size < _PARALLEL_MIN_SIZE:
+        _k.relu_general_forward_range(xf, yf, *params, 0, x.size)
+    else:
+        _k.relu_general_forward_parallel(xf, yf, *params, -(-x.size // threads()))
+    return y, (x, params)
+
+
+def relu_general_backward(dy, ctx):
+    x, params = ctx
+    _check_same_dtype("dy", dy, x)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the forward output's shape {x.shape}, got {dy.shape}")
+    dy = _contiguous(dy)
+    dx = np.empty_like(dy)
+    args = (dy.reshape(-1), x.reshape(-1), dx.reshape(-1), *params)
+    if dy.size < _PARALLEL_MIN_SIZE:
+        _k.relu_general_backward_range(*args, 0, dy.size)
+    else:
+        _k.relu_general_backward_parallel(*args, -(-dy.size // threads()))
+    return dx
+
+
+def relu6_forward(x):
+    return relu_general_forward(x, 0.0, 6.0, 0.0)
+
+
+def relu6_backward(dy, ctx):
+    return relu_general_backward(dy, ctx)
+
+
+def leaky_relu_forward(x, negative_slope=0.2):
+    return relu_general_forward(x, negative_slope, None, 0.0)
+
+
+def leaky_relu_backward(dy, ctx):
+    return relu_general_backward(dy, ctx)
+
+
+# The transcendental activations stay in NumPy (its exp / log1p / tanh are SIMD; numba's
+# pip builds call scalar libm), shared with the other CPU backends: _activations.py.
+from ._activations import (  # noqa: E402
+    elu_forward, elu_backward, selu_forward, selu_backward,
+    gelu_approximate_forward, gelu_approximate_backward, silu_forward, silu_backward,
+    softplus_forward, softplus_backward, softsign_forward, softsign_backward,
+    exponential_forward, exponential_backward, log_softmax_forward, log_softmax_backward,
+)
+from . import _activations as _act  # noqa: E402
 
 
 def softmax_forward(x):

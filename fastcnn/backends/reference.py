@@ -50,6 +50,8 @@ its backward (no kernel ever changes its inputs).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._checks import (
@@ -312,6 +314,226 @@ def softmax_backward(dy, ctx):
     """
     y = ctx
     return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+
+
+# The activations beyond relu / sigmoid / tanh / softmax (Keras 3's definitions). Each
+# backward recomputes the derivative from what its forward kept in ctx; "d" below is
+# d(output)/d(input) at each element.
+
+# SELU's fixed constants and GELU's, to double precision (TensorFlow's values).
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+GELU_C = math.sqrt(2.0 / math.pi)
+GELU_K = 0.044715
+
+
+def relu_general_forward(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """Keras's ``relu(x, negative_slope, max_value, threshold)``, step by step as Keras
+    writes it: keep x above the threshold (else 0); clip to ``[0, max_value]`` if a maximum
+    is given, or take ``max(., 0)`` when the threshold is 0; then subtract
+    ``negative_slope * max(threshold - x, 0)``."""
+    _check_float("x", x)
+    slope, t = float(negative_slope), float(threshold)
+    y = np.where(x > t, x, 0)
+    if max_value is not None:
+        y = np.clip(y, 0, float(max_value))
+    elif t == 0:
+        y = np.maximum(y, 0)
+    if slope != 0:
+        y = y - slope * np.maximum(t - x, 0)
+    y = np.where(np.isnan(x), x, y)  # NaN propagates (np.where above turned it into 0)
+    return y.astype(x.dtype), (x, slope, max_value, t)
+
+
+def relu_general_backward(dy, ctx):
+    """d = 1 where the kept part is x itself (above the threshold, and strictly inside the
+    clip interval when it clips); + slope at and below the threshold; 0 elsewhere."""
+    x, slope, max_value, t = ctx
+    inside = x > t
+    if max_value is not None:
+        inside = inside & (x > 0) & (x < float(max_value))
+    elif t == 0:
+        inside = inside & (x > 0)
+    d = np.where(inside, 1.0, 0.0) + np.where(x <= t, slope, 0.0)
+    return (dy * d).astype(dy.dtype)
+
+
+def relu6_forward(x):
+    """``min(max(x, 0), 6)``."""
+    return relu_general_forward(x, 0.0, 6.0, 0.0)
+
+
+def relu6_backward(dy, ctx):
+    return relu_general_backward(dy, ctx)
+
+
+def leaky_relu_forward(x, negative_slope=0.2):
+    """``x`` if ``x > 0`` else ``negative_slope * x``."""
+    return relu_general_forward(x, negative_slope, None, 0.0)
+
+
+def leaky_relu_backward(dy, ctx):
+    return relu_general_backward(dy, ctx)
+
+
+def elu_forward(x, alpha=1.0):
+    """``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``."""
+    _check_float("x", x)
+    negative = alpha * np.expm1(np.minimum(x, 0))  # min: no overflow in the unused branch
+    y = np.where(x > 0, x, negative).astype(x.dtype)
+    return y, (x, float(alpha))
+
+
+def elu_backward(dy, ctx):
+    """d = 1 for x > 0, else ``alpha * exp(x)``."""
+    x, alpha = ctx
+    d = np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0)))
+    return (dy * d).astype(dy.dtype)
+
+
+def selu_forward(x):
+    """``scale * elu(x, alpha)`` with SELU's fixed constants."""
+    _check_float("x", x)
+    y = SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))
+    return y.astype(x.dtype), x
+
+
+def selu_backward(dy, ctx):
+    x = ctx
+    d = SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0)))
+    return (dy * d).astype(dy.dtype)
+
+
+def _normal_cdf(x):
+    # Phi(x) = erfc(-x / sqrt(2)) / 2, one element at a time with the standard library.
+    return np.vectorize(lambda v: 0.5 * math.erfc(-v / math.sqrt(2.0)), otypes=[float])(x)
+
+
+def _normal_pdf(x):
+    return np.exp(-0.5 * np.square(x)) / math.sqrt(2.0 * math.pi)
+
+
+def gelu_forward(x):
+    """``x * Phi(x)``, Phi the standard normal CDF (Keras's 'gelu': the exact form)."""
+    _check_float("x", x)
+    return (x * _normal_cdf(x)).astype(x.dtype), x
+
+
+def gelu_backward(dy, ctx):
+    """d = ``Phi(x) + x * phi(x)``, phi the standard normal density."""
+    x = ctx
+    return (dy * (_normal_cdf(x) + x * _normal_pdf(x))).astype(dy.dtype)
+
+
+def gelu_approximate_forward(x):
+    """``x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))`` (gelu(approximate=True))."""
+    _check_float("x", x)
+    u = GELU_C * (x + GELU_K * x**3)
+    return (0.5 * x * (1 + np.tanh(u))).astype(x.dtype), x
+
+
+def gelu_approximate_backward(dy, ctx):
+    """d = ``(1 + tanh u)/2 + x/2 * (1 - tanh(u)^2) * du/dx``."""
+    x = ctx
+    u = GELU_C * (x + GELU_K * x**3)
+    du = GELU_C * (1 + 3 * GELU_K * x**2)
+    d = 0.5 * (1 + np.tanh(u)) + 0.5 * x * (1 - np.tanh(u) ** 2) * du
+    return (dy * d).astype(dy.dtype)
+
+
+def silu_forward(x):
+    """``x * sigmoid(x)`` (Keras's 'silu', alias 'swish')."""
+    _check_float("x", x)
+    return (x * _sigmoid(x)).astype(x.dtype), x
+
+
+def silu_backward(dy, ctx):
+    """d = ``s + x * s * (1 - s)`` with ``s = sigmoid(x)``."""
+    x = ctx
+    s = _sigmoid(x)
+    return (dy * (s + x * s * (1 - s))).astype(dy.dtype)
+
+
+def softplus_forward(x):
+    """``log(1 + exp(x))`` written as ``max(x, 0) + log1p(exp(-|x|))`` (no overflow)."""
+    _check_float("x", x)
+    y = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+    return y.astype(x.dtype), x
+
+
+def softplus_backward(dy, ctx):
+    """d = ``sigmoid(x)``."""
+    return (dy * _sigmoid(ctx)).astype(dy.dtype)
+
+
+def softsign_forward(x):
+    """``x / (1 + |x|)``."""
+    _check_float("x", x)
+    return (x / (1 + np.abs(x))).astype(x.dtype), x
+
+
+def softsign_backward(dy, ctx):
+    """d = ``1 / (1 + |x|)^2``."""
+    return (dy / (1 + np.abs(ctx)) ** 2).astype(dy.dtype)
+
+
+def hard_sigmoid_forward(x):
+    """Keras 3's ``relu6(x + 3) / 6``: 0 below -3, 1 above 3, linear between."""
+    _check_float("x", x)
+    return (np.clip(x + 3, 0, 6) / 6).astype(x.dtype), x
+
+
+def hard_sigmoid_backward(dy, ctx):
+    """d = 1/6 on ``(-3, 3)``, else 0."""
+    x = ctx
+    return (dy * np.where((x > -3) & (x < 3), 1 / 6, 0.0)).astype(dy.dtype)
+
+
+def hard_silu_forward(x):
+    """``x * hard_sigmoid(x)`` (alias 'hard_swish')."""
+    _check_float("x", x)
+    return (x * np.clip(x + 3, 0, 6) / 6).astype(x.dtype), x
+
+
+def hard_silu_backward(dy, ctx):
+    """d = 0 below -3, 1 above 3, ``(2x + 3) / 6`` between."""
+    x = ctx
+    d = np.where(x < -3, 0.0, np.where(x > 3, 1.0, (2 * x + 3) / 6))
+    return (dy * d).astype(dy.dtype)
+
+
+def exponential_forward(x):
+    _check_float("x", x)
+    y = np.exp(x)
+    return y, y
+
+
+def exponential_backward(dy, ctx):
+    """d = ``exp(x)``, the forward output itself."""
+    return dy * ctx
+
+
+def log_softmax_forward(x):
+    """``x - logsumexp(x)`` along the last axis (the row max subtracted first)."""
+    _check_float("x", x)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one axis for log_softmax, got a 0-d array")
+    if x.size == 0:
+        y = np.empty_like(x)
+        return y, y
+    shifted = x - x.max(axis=-1, keepdims=True)
+    y = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    return y, y
+
+
+def log_softmax_backward(dy, ctx):
+    """``dy - softmax * sum(dy)`` along the last axis.
+
+    ``d y_i / d x_j = delta_ij - softmax_j``, so ``dx_j = dy_j - softmax_j * sum_i dy_i``;
+    softmax is ``exp(y)``.
+    """
+    y = ctx
+    return dy - np.exp(y) * np.sum(dy, axis=-1, keepdims=True)
 
 
 # ----------------------------------------------------------------------------------------

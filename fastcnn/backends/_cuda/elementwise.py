@@ -103,6 +103,260 @@ def tanh_backward(T):
     return _map_binary(T, tanh_grad)
 
 
+# ---------------------------------------------- the other activations of fastcnn.activations
+# Formulas and derivatives: fastcnn/backends/_activations.py. Each backward's second array
+# is what its forward kept: the output y (selu, hard_sigmoid, exponential) or the input x.
+
+
+@kernel("void({t}[::1], {t}[::1], {t}, {t}, {t}, {t}, boolean)")
+def relu_general_forward(T):
+    def relu_general_forward(x, y, s, lw, hg, th, has_slope):
+        """Keras's relu(x, negative_slope=s, ...): x above th (else 0) clipped to [lw, hg]
+        (+-inf: no bound), minus s * max(th - x, 0); tests a NaN fails keep it."""
+        i = cuda.grid(1)
+        if i < x.size:
+            v = x[i]
+            a = T(0) if v <= th else v
+            if a < lw:
+                a = lw
+            if a > hg:
+                a = hg
+            if has_slope:  # else skipped: 0 * inf would make relu(-inf) NaN
+                n = th - v
+                if n > T(0):
+                    a = a - s * n
+            y[i] = a
+    return relu_general_forward
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1], {t}, {t}, {t}, {t}, boolean, boolean)")
+def relu_general_backward(T):
+    def relu_general_backward(dy, x, dx, s, lw, hg, th, has_slope, unbounded):
+        i = cuda.grid(1)
+        if i < dy.size:
+            v = x[i]
+            if v > th and v > lw and (unbounded or v < hg):
+                dx[i] = dy[i]
+            elif has_slope and v <= th:
+                dx[i] = s * dy[i]
+            else:
+                dx[i] = T(0)
+    return relu_general_backward
+
+
+@kernel("void({t}[::1], {t}[::1], {t})")
+def elu_forward(T):
+    def elu_forward(x, y, alpha):
+        i = cuda.grid(1)
+        if i < x.size:
+            v = x[i]
+            y[i] = v if v > T(0) else alpha * math.expm1(v)
+    return elu_forward
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1], {t}[::1], {t})")
+def elu_backward(T):
+    def elu_backward(dy, x, y, dx, alpha):
+        i = cuda.grid(1)
+        if i < dy.size:
+            dx[i] = dy[i] if x[i] > T(0) else dy[i] * (y[i] + alpha)
+    return elu_backward
+
+
+# SELU's constants and GELU's (TensorFlow's values); T(...) keeps float32 kernels float32.
+SELU_SCALE = 1.0507009873554804934193349852946
+SELU_SCALE_ALPHA = 1.0507009873554804934193349852946 * 1.6732632423543772848170429916717
+
+
+@device_function
+def selu(T, v):
+    return T(SELU_SCALE) * v if v > T(0) else T(SELU_SCALE_ALPHA) * math.expm1(v)
+
+
+@device_function
+def selu_grad(T, dy, y):
+    # y > 0 exactly where x > 0.
+    return dy * T(SELU_SCALE) if y > T(0) else dy * (y + T(SELU_SCALE_ALPHA))
+
+
+@device_function
+def gelu(T, v):
+    return T(0.5) * v * math.erfc(-v * T(0.7071067811865476))
+
+
+@device_function
+def gelu_grad(T, dy, v):
+    cdf = T(0.5) * math.erfc(-v * T(0.7071067811865476))
+    pdf = T(0.3989422804014327) * math.exp(T(-0.5) * v * v)
+    return dy * (cdf + v * pdf)
+
+
+@device_function
+def gelu_approximate(T, v):
+    u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v)
+    return T(0.5) * v * (T(1) + math.tanh(u))
+
+
+@device_function
+def gelu_approximate_grad(T, dy, v):
+    t = math.tanh(T(0.7978845608028654) * (v + T(0.044715) * v * v * v))
+    du = T(0.7978845608028654) * (T(1) + T(3 * 0.044715) * v * v)
+    return dy * (T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * du)
+
+
+@device_function
+def silu(T, v):
+    return v * sigmoid(T, v)
+
+
+@device_function
+def silu_grad(T, dy, v):
+    s = sigmoid(T, v)
+    return dy * (s * (T(1) + v * (T(1) - s)))
+
+
+@device_function
+def softplus(T, v):
+    # max(x, 0) + log1p(exp(-|x|)): no overflow for any x.
+    return (v if v > T(0) else T(0)) + math.log1p(math.exp(-abs(v)))
+
+
+@device_function
+def softplus_grad(T, dy, v):
+    return dy * sigmoid(T, v)
+
+
+@device_function
+def softsign(T, v):
+    return v / (T(1) + abs(v))
+
+
+@device_function
+def softsign_grad(T, dy, v):
+    d = T(1) + abs(v)
+    return dy / (d * d)
+
+
+@device_function
+def hard_sigmoid(T, v):
+    # relu6(x + 3) / 6; a NaN fails both tests and passes through.
+    a = v + T(3)
+    if a < T(0):
+        a = T(0)
+    if a > T(6):
+        a = T(6)
+    return a / T(6)
+
+
+@device_function
+def hard_sigmoid_grad(T, dy, y):
+    return dy / T(6) if (y > T(0) and y < T(1)) else T(0)
+
+
+@device_function
+def hard_silu(T, v):
+    return v * hard_sigmoid(T, v)
+
+
+@device_function
+def hard_silu_grad(T, dy, v):
+    if v < T(-3):
+        return T(0)
+    if v > T(3):
+        return dy
+    return dy * ((v + v + T(3)) / T(6))
+
+
+@device_function
+def exponential(T, v):
+    return math.exp(v)
+
+
+@kernel("void({t}[::1], {t}[::1])")
+def selu_forward(T):
+    return _map_unary(T, selu)
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1])")
+def selu_backward(T):
+    return _map_binary(T, selu_grad)
+
+
+@kernel("void({t}[::1], {t}[::1])")
+def gelu_forward(T):
+    return _map_unary(T, gelu)
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1])")
+def gelu_backward(T):
+    return _map_binary(T, gelu_grad)
+
+
+@kernel("void({t}[::1], {t}[::1])")
+def gelu_approximate_forward(T):
+    return _map_unary(T, gelu_approximate)
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1])")
+def gelu_approximate_backward(T):
+    return _map_binary(T, gelu_approximate_grad)
+
+
+@kernel("void({t}[::1], {t}[::1])")
+def silu_forward(T):
+    return _map_unary(T, silu)
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1])")
+def silu_backward(T):
+    return _map_binary(T, silu_grad)
+
+
+@kernel("void({t}[::1], {t}[::1])")
+def softplus_forward(T):
+    return _map_unary(T, softplus)
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1])")
+def softplus_backward(T):
+    return _map_binary(T, softplus_grad)
+
+
+@kernel("void({t}[::1], {t}[::1])")
+def softsign_forward(T):
+    return _map_unary(T, softsign)
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1])")
+def softsign_backward(T):
+    return _map_binary(T, softsign_grad)
+
+
+@kernel("void({t}[::1], {t}[::1])")
+def hard_sigmoid_forward(T):
+    return _map_unary(T, hard_sigmoid)
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1])")
+def hard_sigmoid_backward(T):
+    return _map_binary(T, hard_sigmoid_grad)
+
+
+@kernel("void({t}[::1], {t}[::1])")
+def hard_silu_forward(T):
+    return _map_unary(T, hard_silu)
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1])")
+def hard_silu_backward(T):
+    return _map_binary(T, hard_silu_grad)
+
+
+@kernel("void({t}[::1], {t}[::1])")
+def exponential_forward(T):
+    return _map_unary(T, exponential)
+
+
 @kernel("void({t}[::1], {t}[::1], {t}[::1])")
 def multiply(T):
     return _map_binary(T, product)
@@ -177,6 +431,33 @@ def softmax_backward(T):
             for j in range(k):
                 dx[n, j] = y[n, j] * (dy[n, j] - s)
     return softmax_backward
+
+
+@kernel("void({t}[:, ::1], {t}[:, ::1])")
+def log_softmax_forward(T):
+    def log_softmax_forward(x, y):
+        n = cuda.grid(1)
+        if n < x.shape[0]:
+            # (x - m) - log(sum(exp(x - m))), in that order (m + log(sum) would round
+            # log(sum) away at the scale of m).
+            m, log_total = log_softmax_shift(T, x, n)
+            for j in range(x.shape[1]):
+                y[n, j] = (x[n, j] - m) - log_total
+    return log_softmax_forward
+
+
+@kernel("void({t}[:, ::1], {t}[:, ::1], {t}[:, ::1])")
+def log_softmax_backward(T):
+    def log_softmax_backward(dy, y, dx):
+        """``dx = dy - exp(y) * sum(dy)`` per row (exp(y) is the softmax)."""
+        n = cuda.grid(1)
+        if n < dy.shape[0]:
+            s = T(0)
+            for j in range(dy.shape[1]):
+                s += dy[n, j]
+            for j in range(dy.shape[1]):
+                dx[n, j] = dy[n, j] - math.exp(y[n, j]) * s
+    return log_softmax_backward
 
 
 @kernel("void({t}[::1], {t}[::1], int64, boolean)")

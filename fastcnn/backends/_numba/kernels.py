@@ -57,6 +57,8 @@ NumPy's SIMD versions. The standard models apply them to tiny arrays only.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -957,7 +959,9 @@ def avgpool_backward(dy, dx, ph, pw, sh, sw, pt, pl):
 
 
 # ----------------------------------------------------------------------------------------
-# Element-wise activations (flat 1-D views). op: 0 relu, 1 sigmoid, 2 tanh
+# Element-wise activations (flat 1-D views). op: 0 relu, 1 sigmoid, 2 tanh,
+# 3 hard_sigmoid, 4 hard_silu, 5 gelu (erf form). The backward's second array is the
+# forward OUTPUT for ops 0-3 and the forward INPUT for ops 4-5.
 # ----------------------------------------------------------------------------------------
 
 
@@ -979,9 +983,27 @@ def unary_forward_range(x, y, op, lo, hi):
             # e = exp(-|v|) <= 1 never overflows; both branches are the same function.
             e = np.exp(-np.abs(v))
             ys[i] = (one if v >= zero else e) / (one + e)
-    else:
+    elif op == 2:
         for i in range(xs.size):
             ys[i] = np.tanh(xs[i])
+    elif op == 3 or op == 4:
+        three = x.dtype.type(3)
+        six = x.dtype.type(6)
+        for i in range(xs.size):
+            v = xs[i]
+            # relu6(v + 3) / 6 with comparisons a NaN fails, so NaN passes through.
+            a = v + three
+            if a < zero:
+                a = zero
+            if a > six:
+                a = six
+            ys[i] = a / six if op == 3 else v * (a / six)
+    else:
+        c = x.dtype.type(0.7071067811865476)  # 1 / sqrt(2)
+        half = x.dtype.type(0.5)
+        for i in range(xs.size):
+            v = xs[i]
+            ys[i] = half * v * math.erfc(-v * c)
 
 
 @njit(**_PARALLEL)
@@ -1007,10 +1029,35 @@ def unary_backward_range(dy, y, dx, op, lo, hi):
         for i in range(dys.size):
             v = ys[i]
             dxs[i] = dys[i] * (v * (one - v))
-    else:
+    elif op == 2:
         for i in range(dys.size):
             v = ys[i]
             dxs[i] = dys[i] * (one - v * v)
+    elif op == 3:
+        six = y.dtype.type(6)
+        for i in range(dys.size):
+            v = ys[i]
+            # 0 < y < 1 exactly where -3 < x < 3.
+            dxs[i] = dys[i] / six if (v > zero and v < one) else zero
+    elif op == 4:
+        three = y.dtype.type(3)
+        six = y.dtype.type(6)
+        for i in range(dys.size):
+            v = ys[i]  # the input x
+            d = dys[i]
+            if v < -three:
+                dxs[i] = zero
+            elif v > three:
+                dxs[i] = d
+            else:
+                dxs[i] = d * ((v + v + three) / six)
+    else:
+        c = y.dtype.type(0.7071067811865476)  # 1 / sqrt(2)
+        half = y.dtype.type(0.5)
+        k = y.dtype.type(0.3989422804014327)  # 1 / sqrt(2 pi)
+        for i in range(dys.size):
+            v = ys[i]  # the input x
+            dxs[i] = dys[i] * (half * math.erfc(-v * c) + v * (k * np.exp(-half * v * v)))
 
 
 @njit(**_PARALLEL)
@@ -1018,6 +1065,80 @@ def unary_backward_parallel(dy, y, dx, op, chunk):
     nchunks = (dy.size + chunk - 1) // chunk
     for t in prange(nchunks):
         unary_backward_range(dy, y, dx, op, t * chunk, min(dy.size, (t + 1) * chunk))
+
+
+@njit(**_SERIAL)
+def relu_general_forward_range(x, y, slope, low, high, threshold, lo, hi):
+    """Keras's relu with its arguments (relu6 and leaky_relu are cases of it):
+    ``a = x if x > threshold else 0``, clipped to ``[low, high]`` (+-inf: no bound), minus
+    ``slope * max(threshold - x, 0)``. Comparisons a NaN fails keep NaN in place."""
+    zero = x.dtype.type(0)
+    s = x.dtype.type(slope)
+    lw = x.dtype.type(low)
+    hg = x.dtype.type(high)
+    th = x.dtype.type(threshold)
+    xs = x[lo:hi]
+    ys = y[lo:hi]
+    if slope == 0.0:  # no negative part: 0 * inf would make relu(-inf) NaN
+        for i in range(xs.size):
+            v = xs[i]
+            a = zero if v <= th else v
+            if a < lw:
+                a = lw
+            if a > hg:
+                a = hg
+            ys[i] = a
+    else:
+        for i in range(xs.size):
+            v = xs[i]
+            a = zero if v <= th else v
+            if a < lw:
+                a = lw
+            if a > hg:
+                a = hg
+            n = th - v
+            ys[i] = a - s * (n if n > zero else zero)
+
+
+@njit(**_PARALLEL)
+def relu_general_forward_parallel(x, y, slope, low, high, threshold, chunk):
+    nchunks = (x.size + chunk - 1) // chunk
+    for t in prange(nchunks):
+        relu_general_forward_range(x, y, slope, low, high, threshold, t * chunk,
+                                   min(x.size, (t + 1) * chunk))
+
+
+@njit(**_SERIAL)
+def relu_general_backward_range(dy, x, dx, slope, low, high, threshold, lo, hi):
+    """``dx = dy`` where the kept part is x (above the threshold, strictly inside the clip
+    interval), ``slope * dy`` at and below the threshold, else 0 (0 for a NaN x)."""
+    zero = x.dtype.type(0)
+    s = x.dtype.type(slope)
+    lw = x.dtype.type(low)
+    hg = x.dtype.type(high)
+    th = x.dtype.type(threshold)
+    if high == np.inf:  # no upper bound: the derivative at x = +inf is 1
+        hg = x.dtype.type(np.nan)  # 'v >= NaN' is False for every v
+    dys = dy[lo:hi]
+    xs = x[lo:hi]
+    dxs = dx[lo:hi]
+    if slope == 0.0:
+        for i in range(dys.size):
+            v = xs[i]
+            dxs[i] = dys[i] if (v > th and v > lw and not v >= hg) else zero
+    else:
+        for i in range(dys.size):
+            v = xs[i]
+            d = dys[i]
+            dxs[i] = d if (v > th and v > lw and not v >= hg) else (s * d if v <= th else zero)
+
+
+@njit(**_PARALLEL)
+def relu_general_backward_parallel(dy, x, dx, slope, low, high, threshold, chunk):
+    nchunks = (dy.size + chunk - 1) // chunk
+    for t in prange(nchunks):
+        relu_general_backward_range(dy, x, dx, slope, low, high, threshold, t * chunk,
+                                    min(dy.size, (t + 1) * chunk))
 
 
 # ----------------------------------------------------------------------------------------
