@@ -312,7 +312,8 @@ class MPIStrategy:
         state = source.state()
         self.check_batch_size(state["batch_size"], f"{argument}.batch_size")
         self.agree(f"the iterator {argument}", samples=state["samples"],
-                   batch_size=state["batch_size"], shuffle=state["shuffle"])
+                   batch_size=state["batch_size"], shuffle=state["shuffle"],
+                   files=state.get("content"))
         source.set_state(self.comm.bcast(state, root=0))
         source.set_shard(self.rank, self.size)
 

@@ -30,6 +30,7 @@ so that every process keeps cutting the same batches. This module does not impor
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import os
@@ -264,11 +265,12 @@ class Iterator:
     methods only, and what a program may use to save and restore an iterator's position):
 
     * ``state() -> dict``: ``{"base_seed", "epoch", "batch_index", "samples",
-      "batch_size", "shuffle"}``, plain Python values (picklable, JSON-able);
+      "batch_size", "shuffle", "content"}``, plain Python values (picklable, JSON-able);
+      ``content`` is a digest of the file names a folder iterator reads (None for arrays);
     * ``set_state(state)``: goes on from ``state`` (taken from this iterator or from one
-      built alike: the same ``samples`` and ``batch_size``, else ValueError): the same base
-      seed, epoch and position give the same batches. Batches loaded ahead are dropped;
-      setting the state it already has changes nothing;
+      built alike: the same ``samples``, ``batch_size`` and ``content``, else ValueError):
+      the same base seed, epoch and position give the same batches. Batches loaded ahead
+      are dropped; setting the state it already has changes nothing;
     * ``set_shard(rank, size)``: from then on every batch served is only part ``rank`` of
       ``size`` of the global batch (contiguous, :func:`shard_bounds`: the larger parts
       first), its random augmentation still drawn for the whole batch;
@@ -316,7 +318,12 @@ class Iterator:
         """Where the iterator is: see the class docstring."""
         return {"base_seed": int(self._base), "epoch": int(self._epoch),
                 "batch_index": int(self.batch_index), "samples": int(self.n),
-                "batch_size": int(self.batch_size), "shuffle": bool(self.shuffle)}
+                "batch_size": int(self.batch_size), "shuffle": bool(self.shuffle),
+                "content": self._content()}
+
+    def _content(self):
+        """A digest of what the samples are, where that is cheap to know (folders)."""
+        return None
 
     def set_state(self, state):
         """Goes on from ``state`` (a dict from :meth:`state`): see the class docstring."""
@@ -327,8 +334,9 @@ class Iterator:
         if missing:
             raise ValueError(f"set_state: the state lacks {missing} (it must come from "
                              f"state())")
-        for key, mine in (("samples", self.n), ("batch_size", self.batch_size)):
-            if key in state and state[key] != mine:
+        for key, mine in (("samples", self.n), ("batch_size", self.batch_size),
+                          ("content", self._content())):
+            if state.get(key) is not None and mine is not None and state[key] != mine:
                 raise ValueError(f"set_state: the state is of an iterator with {key}="
                                  f"{state[key]!r}, this one has {key}={mine!r}")
         base, epoch, index = (int(state[k]) for k in ("base_seed", "epoch", "batch_index"))
@@ -591,6 +599,12 @@ class DirectoryIterator(Iterator):
         self._bad = set()
         self._resample = getattr(self._image.Resampling, interpolation.upper())
         super().__init__(self.samples, batch_size, shuffle, seed)
+
+    def _content(self):
+        digest = hashlib.blake2b(digest_size=8)
+        for name in self.filenames:
+            digest.update(name.encode("utf-8", "replace") + b"\0")
+        return digest.hexdigest()
 
     @property
     def filepaths(self):

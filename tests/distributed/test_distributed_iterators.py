@@ -30,6 +30,8 @@ def run(mpi, folder, tmp_path_factory):
     assert result.returncode == 0, mpi.describe(result)
     assert result.stdout.count(f"Found {FILES} images belonging to 2 classes.") == 1, \
         mpi.describe(result)
+    assert result.stdout.count(f"Found {FILES} files belonging to 2 classes.") == 1, \
+        mpi.describe(result)
     return out
 
 
@@ -65,6 +67,28 @@ def test_fit_on_a_folder_equals_one_process(run, common, folder):
     for rank in (0, 1):
         np.testing.assert_allclose(np.load(run / f"folder-{rank}.npz")["weights"], expected,
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_fit_on_image_dataset_from_directory_equals_one_process(run, common, folder):
+    with fastcnn.use_backend(common.BACKEND):
+        fastcnn.set_random_seed(700)   # rank 0's seed in the script
+        ds = fastcnn.utils.image_dataset_from_directory(
+            folder, image_size=(8, 8), color_mode="grayscale", batch_size=5, verbose=False)
+        model = common.small_model(units=2)
+        model.fit(ds, epochs=2, verbose=0)
+        ds.close()
+    expected = common.flat_weights(model)
+    decoded = []
+    for rank in (0, 1):
+        got = np.load(run / f"dataset-{rank}.npz")
+        np.testing.assert_allclose(got["weights"], expected, rtol=1e-5, atol=1e-6)
+        decoded.append(list(got["decoded"]))
+    # each process decoded only its share of each batch (3 + 2, 3 + 2, 2 + 1): per epoch 8
+    # and 5 files that together are the 13 (the loading thread may have gone on beyond)
+    for epoch in range(2):
+        first = decoded[0][8 * epoch:8 * epoch + 8]
+        second = decoded[1][5 * epoch:5 * epoch + 5]
+        assert sorted(first + second) == sorted(f"{k}.png" for k in range(FILES))
 
 
 def test_augmented_batches_are_shared_not_redrawn(run, common):
