@@ -91,6 +91,9 @@ class Optimizer:
                           UserWarning, stacklevel=3)
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {kwargs}")
+        if isinstance(weight_decay, str) and name is None:
+            # fastcnn's earlier base signature Optimizer(learning_rate, name)
+            name, weight_decay = weight_decay, None
         self.name = name if name is not None else self._default_name()
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
@@ -294,6 +297,10 @@ class Optimizer:
     # host
     def _step_host(self, grads, variables, active, lr, t):
         grads = self._process_grads_host(grads, variables, active)
+        if type(self)._apply is not Optimizer._apply:
+            # a subclass written for the earlier hook: one call with every pair
+            self._apply([grads[i] for i in active], [variables[i] for i in active])
+            return
         self._before_updates(t)
         if self.weight_decay is not None:
             for i in active:
@@ -358,6 +365,11 @@ class Optimizer:
     def _ema_overwrite_now(self):
         freq = self.ema_overwrite_frequency
         return bool(freq) and (self.iterations + 1) % freq == 0
+
+    def _apply(self, grads, variables) -> None:
+        """Earlier hook for a subclass's whole host step (``_update`` is the per-weight one
+        of fastcnn's optimizers); used when a subclass defines it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _apply")
 
     def _before_updates(self, t):
         """Per-step work before the per-weight updates (Nadam's running product)."""

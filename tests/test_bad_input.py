@@ -130,7 +130,7 @@ def test_conv_on_flat_input_names_the_rank():
 
 # ------------------------------------------------------------------------ names
 @pytest.mark.parametrize("call,match", [
-    (lambda m: m.compile("adagrad", "mse"), r"optimizer must be one of \['sgd', 'adam', 'rmsprop'\]"),
+    (lambda m: m.compile("adagradd", "mse"), r"optimizer must be one of \['sgd', 'adam', 'adamw', 'rmsprop'"),
     (lambda m: m.compile("sgd", "hinge"),
      r"loss must be one of \['categorical_crossentropy', 'sparse_categorical_crossentropy', "
      r"'binary_crossentropy', 'mean_squared_error', 'mse'\].*'hinge'"),
