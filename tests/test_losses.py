@@ -436,3 +436,35 @@ def test_compiled_losses_train(loss):
     model.fit(x, y, epochs=3, batch_size=8, verbose=0)
     after = model.evaluate(x, y, verbose=0)
     assert np.isfinite(after) and after < before
+
+
+def test_device_outputs_run_on_the_host_and_return_device_gradients():
+    """On a device backend (the CUDA simulator here): probability-space losses, weighted
+    losses and callables read a host copy of the output; the gradient goes back to the
+    device; the unweighted logits paths run the backend's fused kernels."""
+    if "cuda" not in backends.available():
+        pytest.skip("the cuda backend (or Numba's CUDA simulator) is not available here")
+    from fastcnn import _device
+    cuda = backends.get("cuda")
+    rng = np.random.default_rng(5)
+    out = rng.standard_normal((4, 3)).astype(np.float32)
+    prob = softmax(out).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, 4).astype(np.float32)
+    cases = [(losses.MeanSquaredError(), np.eye(3)[[0, 1, 2, 0]], out, False),
+             (losses.Huber(), np.eye(3)[[0, 1, 2, 0]], out, False),
+             (losses.CategoricalFocalCrossentropy(), np.eye(3)[[0, 1, 2, 0]], prob, False),
+             (losses.CategoricalCrossentropy(label_smoothing=0.1), np.eye(3)[[0, 1, 2, 0]],
+              out, True),
+             (losses.SparseCategoricalCrossentropy(), np.array([0, 1, 2, 0]), out, True),
+             (losses.BinaryCrossentropy(), np.eye(3)[[0, 1, 2, 0]], out, True),
+             (losses.get(lambda t, p: ops.mean(ops.abs(p - t), axis=-1)),
+              np.eye(3)[[0, 1, 2, 0]], out, False)]
+    for loss, y, o, logits in cases:
+        y = loss.prepare_targets(y, (None, 3), np.float32)
+        device_out = _device._kernels().to_device(o, "a test output")
+        for sw in (None, w):
+            value, d = loss.compute(cuda, device_out, y, logits, sample_weight=sw)
+            ref_value, ref_d = loss.compute(REF, o, y, logits, sample_weight=sw)
+            assert _device.is_device_array(d), (loss, sw)
+            assert float(value) == pytest.approx(float(ref_value), rel=1e-5), (loss, sw)
+            np.testing.assert_allclose(d.copy_to_host(), ref_d, rtol=1e-5, atol=1e-7)

@@ -262,3 +262,19 @@ def test_compiled_metrics_match_the_metric_on_predictions():
                     ("p", metrics.Precision())]:
         m.update_state(y, pred)
         assert logs[name] == pytest.approx(m.result(), rel=1e-5, abs=1e-6), name
+
+
+def test_update_model_output_reads_a_device_output_on_the_host():
+    from fastcnn import backends
+    if "cuda" not in backends.available():
+        pytest.skip("the cuda backend (or Numba's CUDA simulator) is not available here")
+    from fastcnn import _device
+    backends.get("cuda")
+    logits = np.array([[2.0], [-1.0], [0.5]], np.float32)
+    y = np.array([[1.0], [0.0], [0.0]], np.float32)
+    on_device = metrics.get("auc", losses.BinaryCrossentropy(), (None, 1))
+    on_device.update_model_output(y, _device._kernels().to_device(logits, "a test"), True)
+    on_host = metrics.get("auc", losses.BinaryCrossentropy(), (None, 1))
+    on_host.update_model_output(y, logits, True)
+    np.testing.assert_array_equal(on_device.counts(), on_host.counts())
+    assert on_device.result() == pytest.approx(1.0)
