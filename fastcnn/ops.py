@@ -791,21 +791,22 @@ def _has_kernel(name) -> bool:
     return name in _activations.KNOWN and not _activations.is_identity(name)
 
 
-def _kernel_activation(name, x):
-    """``name`` through the ACTIVE backend's kernel pair (host or device arrays)."""
+def _kernel_activation(name, x, **params):
+    """``name`` through the ACTIVE backend's kernel pair (host or device arrays);
+    ``params`` (an activation's own, e.g. ``alpha``) go to the kernel."""
     backend = backends.current()
     a = _kernel_array(x, name)
-    y, ctx = _activations.forward(backend, name, a)
+    y, ctx = _activations.forward(backend, name, a, **params)
 
     def backward(g, needs):
         return (_activations.backward(backend, name, _kernel_grad(g, y), ctx),)
     return _one(name, (x,), y, backward)
 
 
-def _activation(name, x, fn, grad, use_kernel=True):
+def _activation(name, x, fn, grad, use_kernel=True, **params):
     """The kernel pair when there is one (and ``use_kernel``), else NumPy on the host."""
     if use_kernel and _has_kernel(name):
-        return _kernel_activation(name, x)
+        return _kernel_activation(name, x, **params)
     _refuse_device(name, (x,))
     return _unary(name, x, fn, grad)
 
@@ -866,7 +867,7 @@ def elu(x, alpha=1.0):
     """``x`` for ``x > 0``, else ``alpha * (exp(x) - 1)``."""
     return _activation("elu", x, lambda a: np.where(a > 0, a, alpha * np.expm1(a)),
                        lambda g, a, out: g * np.where(a > 0, 1, alpha * np.exp(a)),
-                       use_kernel=alpha == 1.0)
+                       alpha=float(alpha))
 
 
 _SELU_ALPHA = 1.6732632423543772
@@ -881,37 +882,68 @@ def selu(x):
 
 
 def leaky_relu(x, negative_slope=0.2):
-    """``x`` for ``x > 0``, else ``negative_slope * x`` (Keras's op default 0.2); NumPy
-    (a kernel's slope is its own)."""
+    """``x`` for ``x > 0``, else ``negative_slope * x`` (Keras's op default 0.2)."""
     return _activation("leaky_relu", x, lambda a: np.where(a > 0, a, negative_slope * a),
                        lambda g, a, out: g * np.where(a > 0, 1, negative_slope),
-                       use_kernel=False)
+                       negative_slope=float(negative_slope))
+
+
+def _erf(a):
+    import math
+    return np.vectorize(math.erf, otypes=[a.dtype])(a) if a.size else a.copy()
+
+
+def gelu(x, approximate=True):
+    """Gaussian error linear unit (``keras.ops.gelu``: the tanh approximation by default,
+    the exact ``x/2 * (1 + erf(x / sqrt 2))`` with ``approximate=False``)."""
+    if approximate:
+        c, k = 0.7978845608028654, 0.044715
+
+        def fn(a):
+            return 0.5 * a * (1 + np.tanh(c * (a + k * a ** 3)))
+
+        def grad(g, a, out):
+            t = np.tanh(c * (a + k * a ** 3))
+            return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * c * (1 + 3 * k * a * a))
+        return _activation("gelu_approximate", x, fn, grad)
+
+    def grad_exact(g, a, out):
+        return g * (0.5 * (1 + _erf(a / np.sqrt(2))) + a * np.exp(-0.5 * a * a)
+                    / np.sqrt(2 * np.pi))
+    return _activation("gelu", x, lambda a: 0.5 * a * (1 + _erf(a / np.sqrt(2))),
+                       grad_exact)
 
 
 def _last_axis(axis, ndim):
     return axis is None or axis == -1 or (ndim and axis == ndim - 1)
 
 
-def softmax(x, axis=-1):
-    """``exp(x) / sum(exp(x))`` along ``axis``, through the backend's softmax kernels
-    (another axis is moved last first; on device arrays only the last axis)."""
+def _row_wise(name, x, axis):
+    """A row-wise activation's kernel pair along ``axis`` (another axis is moved last
+    first; on device arrays only the last axis)."""
     v = value_of(x)
     ndim = len(np.shape(v)) if not _device.is_device_array(v) else len(v.shape)
     if ndim == 0:
-        raise ValueError("softmax needs an array of rank >= 1, got a scalar")
+        raise ValueError(f"{name} needs an array of rank >= 1, got a scalar")
     if _last_axis(axis, ndim):
-        return _kernel_activation("softmax", x)
-    _refuse_device("softmax", (x,))
+        return _kernel_activation(name, x)
+    _refuse_device(name, (x,))
     ax = int(axis) % ndim
     backend = backends.current()
-    a = _kernel_array(x, "softmax")
-    y2, ctx = _activations.forward(backend, "softmax",
+    a = _kernel_array(x, name)
+    y2, ctx = _activations.forward(backend, name,
                                    np.ascontiguousarray(np.moveaxis(a, ax, -1)))
 
     def backward(g, needs):
         g2 = np.ascontiguousarray(np.moveaxis(np.asarray(g, dtype=a.dtype), ax, -1))
-        return (np.moveaxis(_activations.backward(backend, "softmax", g2, ctx), -1, ax),)
-    return _one("softmax", (x,), np.moveaxis(y2, -1, ax), backward)
+        return (np.moveaxis(_activations.backward(backend, name, g2, ctx), -1, ax),)
+    return _one(name, (x,), np.moveaxis(y2, -1, ax), backward)
+
+
+def softmax(x, axis=-1):
+    """``exp(x) / sum(exp(x))`` along ``axis``, through the backend's softmax kernels
+    (another axis is moved last first; on device arrays only the last axis)."""
+    return _row_wise("softmax", x, axis)
 
 
 def _log_softmax_np(a, axis):
@@ -921,9 +953,16 @@ def _log_softmax_np(a, axis):
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
-@_host_only
 def log_softmax(x, axis=-1):
-    """``x - logsumexp(x)`` along ``axis`` (stable); gradient ``g - softmax * sum(g)``."""
+    """``x - logsumexp(x)`` along ``axis`` (stable); gradient ``g - softmax * sum(g)``.
+    The backend's kernel pair when :mod:`fastcnn.activations` has one, else NumPy."""
+    if _has_kernel("log_softmax"):
+        return _row_wise("log_softmax", x, axis)
+    return _log_softmax_host(x, axis)
+
+
+def _log_softmax_host(x, axis):
+    _refuse_device("log_softmax", (x,))
     a = _float_array(x, "log_softmax")
     if a.ndim == 0:
         raise ValueError("log_softmax needs an array of rank >= 1, got a scalar")
@@ -948,6 +987,13 @@ def _kernel_names():
 
 
 _kernel_names()
+swish = silu
+hard_swish = globals().get("hard_silu")
+if hard_swish is None:
+    del hard_swish
+else:
+    __all__.append("hard_swish")
+__all__ += ["gelu", "swish"]
 
 
 # ----------------------------------------------------------------------------- losses

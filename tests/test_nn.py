@@ -400,7 +400,7 @@ def test_numpy_ops_refuse_device_arrays(strict):
 
     d = Tensor(cb.to_device(np.ones((2, 3), np.float32)))
     for fn, name in [(lambda: ops.exp(d), "exp"), (lambda: d + 1.0, "add"),
-                     (lambda: ops.log_softmax(d), "log_softmax"),
+                     (lambda: ops.var(d), "var"),
                      (lambda: ops.concatenate([np.ones((2, 3)), d]), "concatenate"),
                      (lambda: ops.categorical_crossentropy(np.ones((2, 3)), d),
                       "categorical_crossentropy")]:
