@@ -222,7 +222,7 @@ class Loss:
                 out = out.astype(config.floatx())
             out = np.ascontiguousarray(out)
         if len(out.shape) == 0:
-            raise ValueError(f"y_pred must have a batch axis, got a scalar")
+            raise ValueError("y_pred must have a batch axis, got a scalar")
         shape = (None,) + tuple(out.shape[1:])
         y = self.prepare_targets(_device.to_host(value_of(y_true)), shape, out.dtype, "y_true")
         if len(y) != out.shape[0]:

@@ -139,14 +139,18 @@ class Metric:
         self._activation = "none" if getattr(loss, "from_logits", False) else \
             getattr(loss, "fused_activation", None)
 
-    def update_model_output(self, y_prepared, out, logits):
+    def update_model_output(self, y_prepared, out, logits, sample_weight=None):
         """Adds a batch inside fit/evaluate: ``y_prepared`` as the compiled loss prepared
         the targets, ``out`` the tensor the loss saw (a device array is read on the host),
-        ``logits``: whether ``out`` is pre-activation (converted here when needed)."""
+        ``logits``: whether ``out`` is pre-activation (converted here when needed).
+        ``sample_weight`` (None or (N,)): for Keras's ``weighted_metrics`` (Keras does not
+        weigh the plain ``metrics``)."""
         out = np.asarray(_device.to_host(out))
         if logits and self.needs_output:
             out = self._activate(out)
-        self._update(_host(y_prepared), _float(out, self.dtype), None)
+        out = _float(out, self.dtype)
+        w = None if sample_weight is None else _float(sample_weight, out.dtype)
+        self._update(_host(y_prepared), out, w)
 
     def _activate(self, out):
         act = self._activation
@@ -224,7 +228,7 @@ class Mean(Metric):
         else:
             self._state[1] += values.shape[0] if values.ndim >= 1 else 1
 
-    def update_model_output(self, y_prepared, out, logits):
+    def update_model_output(self, y_prepared, out, logits, sample_weight=None):
         raise ValueError(f"{type(self).__name__} averages values given to update_state; as a "
                          f"compiled metric use a metric of y_true and y_pred (e.g. 'mae')")
 
@@ -247,7 +251,7 @@ class Sum(Metric):
         values, _ = _samplewise(values, w, np.sum)
         self._state[0] += values.sum()
 
-    def update_model_output(self, y_prepared, out, logits):
+    def update_model_output(self, y_prepared, out, logits, sample_weight=None):
         raise ValueError(f"{type(self).__name__} sums values given to update_state; as a "
                          f"compiled metric use a metric of y_true and y_pred")
 
@@ -269,8 +273,8 @@ class MeanMetricWrapper(Mean):
     def update_state(self, y_true, y_pred, sample_weight=None):
         Metric.update_state(self, y_true, y_pred, sample_weight)
 
-    def update_model_output(self, y_prepared, out, logits):
-        Metric.update_model_output(self, y_prepared, out, logits)
+    def update_model_output(self, y_prepared, out, logits, sample_weight=None):
+        Metric.update_model_output(self, y_prepared, out, logits, sample_weight)
 
     def _update(self, y_true, y_pred, sample_weight):
         values = _host(self._fn(y_true, y_pred, **self._fn_kwargs))

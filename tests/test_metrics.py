@@ -278,3 +278,10 @@ def test_update_model_output_reads_a_device_output_on_the_host():
     on_host.update_model_output(y, logits, True)
     np.testing.assert_array_equal(on_device.counts(), on_host.counts())
     assert on_device.result() == pytest.approx(1.0)
+
+
+def test_update_model_output_takes_sample_weights_for_weighted_metrics():
+    m = metrics.get("mae", losses.MeanSquaredError(), (None, 1))
+    m.update_model_output(np.array([[0.0], [0.0]]), np.array([[1.0], [3.0]]), False,
+                          sample_weight=np.array([3.0, 1.0]))
+    assert m.result() == pytest.approx((3 * 1 + 1 * 3) / 4)
