@@ -87,7 +87,7 @@ def warp_batch(x, matrices, fill_mode="nearest", cval=0.0):
     """Applies ``matrices[i]`` to ``x[i]`` for the whole (N, H, W, C) batch at once, with
     bilinear sampling (scipy's ``order=1``; see the module docstring for the edges).
 
-    Returns a new array of x's dtype (computed in float64); x is not modified.
+    Returns a new array of x's dtype (blended in x's float type); x is not modified.
     """
     n, h, w = x.shape[:3]
     rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
@@ -103,14 +103,31 @@ def warp_batch(x, matrices, fill_mode="nearest", cval=0.0):
     elif fill_mode == "wrap":
         src_r, src_c = _wrap_coordinates(src_r, h), _wrap_coordinates(src_c, w)
     r0, c0 = np.floor(src_r), np.floor(src_c)
-    fr, fc = (src_r - r0)[..., None], (src_c - c0)[..., None]
+    # Weights in the image's float type (float32 for the iterators: half the memory traffic
+    # of float64; Keras's scipy blends in float64, a difference of float32 rounding).
+    ftype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
+    fr, fc = (src_r - r0).astype(ftype), (src_c - c0).astype(ftype)
     r0, c0 = r0.astype(np.intp), c0.astype(np.intp)
-    r1, c1 = _fold(r0 + 1, h, fill_mode), _fold(c0 + 1, w, fill_mode)
-    r0, c0 = _fold(r0, h, fill_mode), _fold(c0, w, fill_mode)
-    b = np.arange(n)[:, None, None]
-    top = x[b, r0, c0] * (1.0 - fc) + x[b, r0, c1] * fc
-    bottom = x[b, r1, c0] * (1.0 - fc) + x[b, r1, c1] * fc
-    out = top * (1.0 - fr) + bottom * fr
+    base = (np.arange(n, dtype=np.intp) * (h * w))[:, None, None]
+    r1, c1 = _fold(r0 + 1, h, fill_mode) * w + base, _fold(c0 + 1, w, fill_mode)
+    r0, c0 = _fold(r0, h, fill_mode) * w + base, _fold(c0, w, fill_mode)
+    corners = (r0 + c0, r0 + c1, r1 + c0, r1 + c1)   # flat indices into one channel plane
+    channels = x.shape[3]
+    # Channel planes (C, N * H * W): each corner is then a 1-D take (measured 1.5x faster
+    # than gathering (N * H * W, C) rows for C = 3).
+    planes = np.ascontiguousarray(np.moveaxis(x.reshape(n * h * w, channels), 1, 0),
+                                  dtype=ftype)
+    out = np.empty(x.shape, dtype=ftype)
+    for ch in range(channels):
+        plane = planes[ch]
+        top = plane.take(corners[0])
+        top += (plane.take(corners[1]) - top) * fc      # (1 - fc) a + fc b
+        bottom = plane.take(corners[2])
+        bottom += (plane.take(corners[3]) - bottom) * fc
+        bottom -= top
+        bottom *= fr
+        bottom += top                                   # (1 - fr) top + fr bottom
+        out[..., ch] = bottom
     if outside is not None and outside.any():
         out[outside] = cval
     if np.issubdtype(x.dtype, np.integer):
