@@ -22,7 +22,14 @@ Why it is safe to load a file from elsewhere:
 * everything is checked (format and version, JSON structure, array shapes and dtypes
   against the rebuilt architecture, declared sizes before reading) before the model is
   returned: a truncated, corrupted or foreign file raises :class:`ModelFileError` naming the
-  file and the problem, never a half-built model.
+  file and the problem, never a half-built model;
+* nothing is allocated for a size the file only claims: only a regular file is opened (a
+  FIFO or a link to /dev/zero is refused, the open cannot block), two members of one name
+  are refused, every member is read in bounded pieces with a cap on what it yields (a
+  deflate bomb declaring a few bytes stops there), every ``.npy`` header must match its
+  member's size before its array is allocated, and the architecture is built under a
+  budget (:mod:`fastcnn._limits`): its weights may take no more than the weight arrays the
+  file really holds, so a few kilobytes declaring ``Dense(2**27)`` are refused at once.
 
 Why a crash mid-save cannot destroy the previous file: the archive is written to a
 temporary file in the target's folder, flushed and fsync'ed, then renamed over the target
@@ -49,6 +56,7 @@ import zlib
 import numpy as np
 
 from . import __version__, _device, distributed, losses, metrics as metrics_module, optimizers
+from . import _limits
 from .layers.base import Layer
 from .layers.core import Input
 from .model import Sequential
@@ -60,6 +68,9 @@ META_NAME = "fastcnn.json"
 # A foreign file could declare a gigantic JSON or array; nothing is read beyond these.
 _MAX_META_BYTES = 64 * 2**20
 _MAX_NPY_HEADER = 65536
+_CHUNK = 2**20               # the most read (and decompressed) from a member at once
+_MAX_DEFLATE_RATIO = 1032    # deflate cannot expand its input more than about 1032:1
+_BUDGET_SLACK = 2**20        # weights load_model may build beyond the file's own arrays
 
 __all__ = [
     "ModelFileError", "save_model", "load_model", "save_weights", "load_weights",
@@ -457,35 +468,154 @@ _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, 
                 TypeError, IndexError)
 
 
+class _Capped:
+    """A member being read, that refuses to yield more than ``cap`` bytes: the cap holds
+    whatever the archive declares (a deflate stream of gigabytes declaring a few bytes is
+    stopped after ``cap``), and every read is bounded (zipfile's ``read()`` with no size
+    decompresses up to 2 GiB at once)."""
+
+    def __init__(self, f, cap, fail):
+        self._f, self._left, self._fail, self.position = f, cap, fail, 0
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            parts = []
+            while True:
+                part = self.read(_CHUNK)
+                if not part:
+                    return b"".join(parts)
+                parts.append(part)
+        data = self._f.read(min(n, _CHUNK, self._left + 1))
+        if len(data) > self._left:
+            raise self._fail()
+        self._left -= len(data)
+        self.position += len(data)
+        return data
+
+
+_COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character "
+                       "device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _open_regular(path):
+    """A binary file object for ``path``, which must be a regular file (a symbolic link is
+    followed): a FIFO would block the open or the read forever, a device such as /dev/zero
+    never ends. O_NONBLOCK makes the open itself return even if a FIFO was swapped in after
+    the check; fstat then checks the very file opened."""
+    def refuse(mode):
+        return ModelFileError(f"{path!r}: is {_file_kind(mode)}, not a regular file; a "
+                              f"fastcnn model file must be a regular file")
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path!r}") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path!r} is a folder, not a fastcnn model file")
+    if not stat.S_ISREG(mode):
+        raise refuse(mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(mode)
+        if getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class _Archive:
     """A model file opened for reading; every failure becomes a ModelFileError naming it."""
 
     def __init__(self, path):
         self.path = path
+        self.file = _open_regular(path)
         try:
-            self.zf = zipfile.ZipFile(path, "r")
-        except (FileNotFoundError, PermissionError):
+            self.size = os.fstat(self.file.fileno()).st_size
+            try:
+                self.zf = zipfile.ZipFile(self.file, "r")
+            except _READ_ERRORS as exc:
+                raise self.error(f"not a fastcnn model file (not a readable zip archive: "
+                                 f"{exc})") from None
+            seen = set()
+            for info in self.zf.infolist():
+                if info.filename in seen:
+                    self.zf.close()
+                    raise self.error(f"the archive holds two members named "
+                                     f"{info.filename!r}; a model file names each member "
+                                     f"once (which one is meant?)")
+                seen.add(info.filename)
+        except BaseException:
+            self.file.close()
             raise
-        except _READ_ERRORS as exc:
-            raise self.error(f"not a fastcnn model file (not a readable zip archive: {exc})") \
-                from None
 
     def error(self, message):
         return ModelFileError(f"{self.path!r}: {message}")
 
     def close(self):
-        self.zf.close()
+        try:
+            self.zf.close()
+        finally:
+            self.file.close()
+
+    def _info(self, name, what):
+        try:
+            info = self.zf.getinfo(name)
+        except KeyError:
+            raise self.error(f"{what} is missing from the archive") from None
+        if info.compress_type not in _COMPRESSIONS:
+            raise self.error(f"{what} is compressed with method {info.compress_type}; fastcnn "
+                             f"reads stored or deflated members only")
+        if info.compress_size > self.size:
+            raise self.error(f"{what} declares {info.compress_size} compressed bytes, more "
+                             f"than the whole file ({self.size})")
+        # What the member's bytes can really expand to: stored is 1:1, deflate at most
+        # about 1032:1. A member declaring more is a lie, refused before anything is read.
+        most = info.compress_size if info.compress_type == zipfile.ZIP_STORED \
+            else info.compress_size * _MAX_DEFLATE_RATIO + 1024
+        if info.file_size > most:
+            raise self.error(f"{what} declares {info.file_size} bytes, but its "
+                             f"{info.compress_size} {_COMPRESSIONS[info.compress_type]} bytes "
+                             f"cannot hold more than {most}")
+        return info
+
+    @contextlib.contextmanager
+    def _member(self, info, cap, what):
+        """The member ``info`` as a file that yields at most ``cap`` bytes."""
+        def too_long():
+            return self.error(f"{what} holds more than {cap} bytes (stopped reading there)")
+
+        try:
+            with self.zf.open(info) as f:
+                yield _Capped(f, cap, too_long)
+        except ModelFileError:
+            raise
+        except _READ_ERRORS as exc:
+            raise self.error(f"{what} cannot be read ({exc})") from None
 
     def read_meta(self):
-        try:
-            info = self.zf.getinfo(META_NAME)
-        except KeyError:
-            raise self.error(f"not a fastcnn model file (the archive has no {META_NAME})") \
-                from None
+        if META_NAME not in self.zf.NameToInfo:
+            raise self.error(f"not a fastcnn model file (the archive has no {META_NAME})")
+        info = self._info(META_NAME, META_NAME)
         if info.file_size > _MAX_META_BYTES:
             raise self.error(f"{META_NAME} declares {info.file_size} bytes, too large")
         try:
-            meta = json.loads(self.zf.read(info).decode("utf-8"))
+            with self._member(info, min(info.file_size, _MAX_META_BYTES), META_NAME) as f:
+                raw = f.read()
+            meta = json.loads(raw.decode("utf-8"))
+        except ModelFileError as exc:
+            raise self.error(f"{META_NAME} cannot be read or parsed: "
+                             f"{str(exc).split(': ', 1)[-1]}") from None
         except _READ_ERRORS as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise self.error(f"{META_NAME} cannot be read or parsed: {exc}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
@@ -502,43 +632,67 @@ class _Archive:
                              f"'weights')")
         return meta
 
-    def read_array(self, name, shape, dtype, what, cast_ok=False):
-        """The array ``name``, checked to have ``shape`` and ``dtype`` (or, with
-        ``cast_ok``, any float dtype) before and after reading."""
+    def npy_header(self, name, what):
+        """``(info, shape, fortran_order, dtype, header_bytes)`` of the ``.npy`` member
+        ``name``, read (at most ``_MAX_NPY_HEADER`` bytes of it) and checked against the
+        archive: the member must be exactly the header plus ``shape`` x ``dtype`` bytes,
+        so nothing is ever allocated for a size the file does not hold."""
         if not isinstance(name, str):
             raise self.error(f"{what}: bad array name {name!r} in {META_NAME}")
-        try:
-            info = self.zf.getinfo(name)
-        except KeyError:
-            raise self.error(f"{what}: array {name!r} is missing from the archive") from None
-        expected_bytes = math.prod(shape) * 8  # the widest float: checked exactly below
-        if info.file_size > expected_bytes + _MAX_NPY_HEADER:
-            raise self.error(f"{what}: array {name!r} declares {info.file_size} bytes, but "
-                             f"shape {tuple(shape)} needs at most {expected_bytes}")
-        try:
-            with self.zf.open(info) as f:
-                array = np.lib.format.read_array(f, allow_pickle=False)
-        except _READ_ERRORS as exc:
-            raise self.error(f"{what}: array {name!r} cannot be read ({exc})") from None
-        if array.shape != tuple(shape):
-            raise self.error(f"{what}: array {name!r} has shape {array.shape}, expected "
+        label = f"{what}: array {name!r}"
+        info = self._info(name, label)
+        with self._member(info, _MAX_NPY_HEADER, label) as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f, max_header_size=_MAX_NPY_HEADER)
+            except ModelFileError:
+                raise self.error(f"{label} cannot be read (its .npy header is longer than "
+                                 f"{_MAX_NPY_HEADER} bytes)") from None
+            header_bytes = f.position
+        if dtype.hasobject:
+            raise self.error(f"{label} cannot be read (it holds Python objects, which would "
+                             f"need unpickling; fastcnn never unpickles)")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if info.file_size != header_bytes + nbytes:
+            raise self.error(
+                f"{label} declares {info.file_size} bytes, but its header (shape "
+                f"{tuple(shape)}, dtype {dtype}) makes it {header_bytes + nbytes} bytes")
+        return info, tuple(shape), fortran, dtype, header_bytes
+
+    def read_array(self, name, shape, dtype, what, cast_ok=False):
+        """The array ``name``, checked to have ``shape`` and ``dtype`` (or, with
+        ``cast_ok``, any float dtype) before anything is allocated, and read with a cap of
+        exactly its size."""
+        info, file_shape, fortran, file_dtype, header_bytes = self.npy_header(name, what)
+        if file_shape != tuple(shape):
+            raise self.error(f"{what}: array {name!r} has shape {file_shape}, expected "
                              f"{tuple(shape)}")
-        ok = (array.dtype.kind == "f" and array.dtype.itemsize in (4, 8)) if cast_ok \
-            else array.dtype == dtype
+        ok = (file_dtype.kind == "f" and file_dtype.itemsize in (4, 8)) if cast_ok \
+            else file_dtype == dtype
         if not ok:
-            raise self.error(f"{what}: array {name!r} has dtype {array.dtype}, expected "
+            raise self.error(f"{what}: array {name!r} has dtype {file_dtype}, expected "
                              f"{np.dtype(dtype).name}")
-        return array
+        array = np.empty(file_shape[::-1] if fortran else file_shape, dtype=file_dtype)
+        label = f"{what}: array {name!r}"
+        with self._member(info, info.file_size, label) as f:
+            f.read(header_bytes)
+            buffer, done = memoryview(array.reshape(-1).view(np.uint8)), 0
+            while done < array.nbytes:
+                part = f.read(array.nbytes - done)
+                if not part:
+                    raise self.error(f"{label} cannot be read (it ends after {done} of its "
+                                     f"{array.nbytes} data bytes)")
+                buffer[done:done + len(part)] = part
+                done += len(part)
+            f.read(1)   # the end of the member: zipfile checks its CRC there
+        return array.T if fortran else array
 
 
 @contextlib.contextmanager
 def _open(filepath):
-    path = _fspath(filepath)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path!r} is a folder, not a fastcnn model file")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path!r}")
-    archive = _Archive(path)
+    archive = _Archive(_fspath(filepath))
     try:
         yield archive
     finally:
@@ -551,6 +705,22 @@ def _weights_index(archive, meta):
             isinstance(e, dict) and isinstance(e.get("arrays"), list) for e in index):
         raise archive.error(f"{META_NAME} has no valid 'weights' index")
     return index
+
+
+def _weight_bytes(archive, index):
+    """The bytes of the weight arrays the file holds, each ``.npy`` header checked against
+    its member's size (so the total is what the archive really holds, never a claim)."""
+    total, seen = 0, set()
+    for entry in index:
+        for k, name in enumerate(entry["arrays"]):
+            what = f"layer {entry.get('name')!r} ({entry.get('class_name')}) weight {k}"
+            _, shape, _, dtype, _ = archive.npy_header(name, what)
+            if name in seen:
+                raise archive.error(f"{what}: array {name!r} is listed twice in the weights "
+                                    f"index; each weight has its own array")
+            seen.add(name)
+            total += math.prod(shape) * dtype.itemsize
+    return total
 
 
 def load_model(filepath, compile=True, custom_objects=None) -> Sequential:
@@ -567,10 +737,17 @@ def load_model(filepath, compile=True, custom_objects=None) -> Sequential:
         if meta["kind"] != "model":
             raise archive.error("holds weights only (written by save_weights); build the "
                                 "model and call model.load_weights on it instead")
-        try:
-            model = model_from_config(meta.get("model"), custom_objects)
-        except ValueError as exc:
-            raise archive.error(f"the architecture cannot be rebuilt: {exc}") from None
+        # Building the architecture allocates its weights: at most what the file's own
+        # arrays hold (plus a little), so that a few kilobytes declaring Dense(2**27)
+        # are refused before the gigabytes are taken.
+        held = _weight_bytes(archive, _weights_index(archive, meta))
+        with _limits.budget(held + _BUDGET_SLACK, archive.error) as limit:
+            try:
+                model = model_from_config(meta.get("model"), custom_objects)
+            except ValueError as exc:
+                if limit.error is not None:
+                    raise limit.error from None
+                raise archive.error(f"the architecture cannot be rebuilt: {exc}") from None
         _load_weights_into(archive, meta, model, strict=True)
         if compile and meta.get("compile") is not None:
             _compile_from(archive, meta, model)
@@ -660,20 +837,14 @@ def _check_shape_for_load_weights(archive, entry, name, w, k, layer, model):
     # A weight of another shape is an architecture mismatch (a user error, plain
     # ValueError), not a broken file: say so before reading it.
     try:
-        info = archive.zf.getinfo(name) if isinstance(name, str) else None
-        if info is None:
-            return
-        with archive.zf.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                      else np.lib.format.read_array_header_2_0)(f)
-    except _READ_ERRORS:
+        file_shape = archive.npy_header(name, "weight")[1]
+    except ModelFileError:
         return  # read_array reports the broken array
-    if tuple(header[0]) != tuple(w.shape):
+    if file_shape != tuple(w.shape):
         raise ValueError(
             f"cannot load weights from {archive.path!r} into model {model.name!r}: weight {k} "
             f"of layer {layer.name!r} ({type(layer).__name__}) has shape {tuple(w.shape)} in "
-            f"the model but {tuple(header[0])} in the file (layer {entry.get('name')!r} there)")
+            f"the model but {file_shape} in the file (layer {entry.get('name')!r} there)")
 
 
 def _compile_from(archive, meta, model):

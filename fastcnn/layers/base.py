@@ -208,6 +208,8 @@ class Layer:
     # ---------------------------------------------------------------- weights
     def add_weight(self, shape, initializer, dtype, trainable=True) -> np.ndarray:
         """``trainable=False``: a state array (moving statistics) that ``grads`` never covers."""
+        from .._limits import charge  # load_model's allocation budget (a no-op otherwise)
+        charge(shape, dtype, f"layer {self.name!r} weight {len(self._weights)}")
         value = initializer(tuple(shape), dtype)
         # Kernels want C-contiguous arrays of exactly this dtype; updates happen in place.
         value = np.ascontiguousarray(value, dtype=dtype)
