@@ -232,3 +232,40 @@ def test_layer_config_round_trip_of_initializers(init):
     again = deserialize_initializer(data)
     assert type(again) is type(init) and again.get_config() == init.get_config()
     np.testing.assert_array_equal(again((4, 3)), init((4, 3)))
+
+
+# --------------------------------------------------------------- on the device backend
+from fastcnn import backends, optimizers, schedules  # noqa: E402
+
+
+@pytest.mark.skipif("cuda" not in backends.available(),
+                    reason=f"cuda backend unavailable: {backends.unavailable().get('cuda')}")
+def test_device_fit_with_new_regularizers_and_optimizer_equals_the_host():
+    """A model on the (simulated) cuda backend: L1 and orthogonal regularizers (host copies
+    of the device weights), Lion with a schedule, EMA, clipnorm and weight decay (device
+    kernels); the same weights and state as on the reference backend."""
+    def run(backend):
+        fastcnn.utils.set_random_seed(3)
+        m = fastcnn.Sequential()
+        m.add(fastcnn.layers.Dense(3, input_shape=(4,), activation="tanh",
+                                   kernel_regularizer=regularizers.L1(0.01)))
+        m.add(fastcnn.layers.Dense(2, kernel_regularizer=regularizers.OrthogonalRegularizer(
+            0.1, "rows"), bias_regularizer="l1_l2"))
+        m.compile(optimizer=optimizers.Lion(schedules.ExponentialDecay(0.01, 2, 0.5),
+                                            use_ema=True, clipnorm=0.5, weight_decay=0.1),
+                  loss="mse")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((8, 4)).astype(np.float32)
+        y = rng.standard_normal((8, 2)).astype(np.float32)
+        with fastcnn.use_backend(backend):
+            history = m.fit(x, y, epochs=1, batch_size=4, verbose=0, shuffle=False)
+        return m.get_weights(), m.optimizer.get_state(), history.history["loss"]
+
+    host_w, host_s, host_loss = run("reference")
+    dev_w, dev_s, dev_loss = run("cuda")
+    for a, b in zip(dev_w, host_w):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for k in host_s["slots"]:
+        for a, b in zip(dev_s["slots"][k], host_s["slots"][k]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=k)
+    np.testing.assert_allclose(dev_loss, host_loss, rtol=1e-5)
