@@ -22,6 +22,8 @@ is missing.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections import OrderedDict
 
@@ -52,6 +54,41 @@ else:
 
     #: The fastmath flags of every kernel (no nnan/ninf: NaN and -inf keep their meaning).
     FASTMATH = _k.FASTMATH
+
+
+if numba is not None:
+    from numba.core import event as _numba_event
+
+    class _CompileNotice(_numba_event.Listener):
+        """Says once, on stderr, that the kernels are being compiled (a numba:compile
+        event, which numba fires only when a kernel is not in its on-disk cache): the
+        first use on a machine compiles for about a minute in all, without a word
+        otherwise. ``FASTCNN_COMPILE_MESSAGE=0`` silences it."""
+
+        MESSAGE = ("fastcnn: compiling the numba backend's kernels for this machine (the "
+                   "first use takes up to about a minute; later runs load them from "
+                   "numba's on-disk cache). FASTCNN_COMPILE_MESSAGE=0 silences this.")
+
+        def __init__(self):
+            self.shown = False
+
+        def on_start(self, event):
+            if self.shown:
+                return
+            dispatcher = (getattr(event, "data", None) or {}).get("dispatcher")
+            module = getattr(getattr(dispatcher, "py_func", None), "__module__", None)
+            if module != _k.__name__:
+                return   # another library's (or the user's) numba function
+            self.shown = True
+            if os.environ.get("FASTCNN_COMPILE_MESSAGE", "1") != "0":
+                print(self.MESSAGE, file=sys.stderr, flush=True)
+
+        def on_end(self, event):
+            pass
+
+    #: The listener (``COMPILE_NOTICE.shown``: whether a kernel compiled in this process).
+    COMPILE_NOTICE = _CompileNotice()
+    _numba_event.register("numba:compile", COMPILE_NOTICE)
 
 
 def is_available():

@@ -89,6 +89,49 @@ def test_cache_index_is_written_for_a_used_kernel():
     assert os.path.exists(index), f"no numba cache index at {index}"
 
 
+COMPILE_TWO_KERNELS = (
+    "import fastcnn\n"
+    "import numpy as np\n"
+    "from fastcnn import backends\n"
+    "b = backends.get('numba')\n"
+    "b.softmax_forward(np.ones((2, 3), np.float32))\n"
+    "b.softmax_backward(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32))\n")
+
+
+def test_a_cold_cache_compile_is_announced_once_and_a_warm_one_not(tmp_path):
+    """About a minute of compiling on first use used to pass without a word."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))   # an empty (cold) disk cache
+    env.pop("FASTCNN_COMPILE_MESSAGE", None)
+    runs = [subprocess.run([sys.executable, "-c", COMPILE_TWO_KERNELS], env=env,
+                           capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    cold, warm = (r.stderr for r in runs)
+    assert cold.count(numba_cpu.COMPILE_NOTICE.MESSAGE) == 1, cold   # once, for 2 kernels
+    assert "fastcnn: compiling" not in warm, warm   # loaded from the cache: nothing to say
+
+
+class _Event:
+    is_start, is_end = True, False
+
+    def __init__(self, func):
+        self.data = {"dispatcher": func}
+
+
+def test_the_compile_message_can_be_silenced_and_ignores_other_numba_code(monkeypatch,
+                                                                          capsys):
+    notice = type(numba_cpu.COMPILE_NOTICE)()
+    notice.notify(_Event(numba.njit(lambda v: v)))   # the user's own numba function
+    assert capsys.readouterr().err == "" and not notice.shown
+    monkeypatch.setenv("FASTCNN_COMPILE_MESSAGE", "0")
+    notice.notify(_Event(kernels.softmax_rows))
+    assert capsys.readouterr().err == "" and notice.shown
+    monkeypatch.delenv("FASTCNN_COMPILE_MESSAGE")
+    fresh = type(numba_cpu.COMPILE_NOTICE)()
+    fresh.notify(_Event(kernels.softmax_rows))
+    fresh.notify(_Event(kernels.softmax_backward_rows))
+    assert capsys.readouterr().err == numba_cpu.COMPILE_NOTICE.MESSAGE + "\n"
+
+
 def test_threads_helper_reports_numba_threads():
     assert numba_cpu.threads() == numba.get_num_threads()
 
