@@ -122,7 +122,9 @@ def test_trainable_flag_moves_weights_to_non_trainable():
 def test_eager_call_builds_and_validates():
     layer = Dense(2)
     y = layer(np.ones((4, 3), dtype=np.uint8))
+    assert isinstance(y, fastcnn.Tensor)
     assert y.shape == (4, 2) and y.dtype == np.float32
+    assert np.asarray(y).shape == (4, 2) and np.asarray(y).dtype == np.float32
     with pytest.raises(ValueError, match=r"shape \(4, 5\), expected \(None, 3\)"):
         layer(np.ones((4, 5)))
 
@@ -137,8 +139,74 @@ def test_building_twice_only_checks_the_shape():
         layer.build((None, 4))
 
 
-def test_backward_before_a_training_forward_is_an_error():
+def _state(layer):
+    """What a layer object holds: its attributes, and the contents of its containers."""
+    state = {}
+    for key, value in vars(layer).items():
+        if isinstance(value, (list, tuple)):
+            value = ("seq", type(value), tuple(id(v) for v in value))
+        elif isinstance(value, dict):
+            value = ("dict", tuple((k, id(v)) for k, v in value.items()))
+        else:
+            value = ("obj", id(value))
+        state[key] = value
+    return state
+
+
+@pytest.mark.parametrize("make", ALL_LAYERS)
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_and_backward_keep_nothing_on_the_layer(make, training):
+    # The stateless contract: everything backward needs travels in ctx; a layer call adds
+    # no attribute (no _cache, no grads) and rebinds none.
+    layer = make()
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 2))
+    if isinstance(layer, Dense):  # Dense takes 2-D input (Keras would need a Flatten)
+        x = x.reshape(2, -1)
+    layer.build((None,) + x.shape[1:], "float64")
+    weights = [w.copy() for w in layer.weights]
+    before = _state(layer)
+    y, ctx = layer.forward(x, training=training)
+    assert _state(layer) == before
+    dy = np.random.default_rng(1).standard_normal(np.shape(y))
+    dx, grads = layer.backward(dy, ctx)
+    assert _state(layer) == before
+    assert not hasattr(layer, "_cache") and not hasattr(layer, "grads")
+    assert np.shape(dx) == x.shape
+    assert isinstance(grads, tuple) and len(grads) == len(layer._param_slots())
+    for g, w in zip(grads, layer._param_slots()):
+        assert g.shape == w.shape
+    for a, b in zip(weights, layer.weights):
+        np.testing.assert_array_equal(a, b)  # a call changes no weight
+
+
+def test_two_calls_in_flight_do_not_disturb_each_other():
+    # With the old cache a second forward overwrote the first one's; ctx makes a shared
+    # layer (two calls before either backward) exact.
+    rng = np.random.default_rng(2)
+    layer = Conv2D(2, 3, activation="tanh")
+    layer.build((None, 5, 5, 1), "float64")
+    x1, x2 = rng.standard_normal((2, 2, 5, 5, 1))
+    dy1, dy2 = rng.standard_normal((2, 2, 3, 3, 2))
+    y1, ctx1 = layer.forward(x1, training=True)
+    alone = layer.backward(dy1, ctx1)
+    y1b, ctx1 = layer.forward(x1, training=True)
+    y2, ctx2 = layer.forward(x2, training=True)
+    dx2, g2 = layer.backward(dy2, ctx2)
+    dx1, g1 = layer.backward(dy1, ctx1)
+    np.testing.assert_array_equal(y1, y1b)
+    np.testing.assert_array_equal(dx1, alone[0])
+    for a, b in zip(g1, alone[1]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(dx1, dx2)
+    # The ctx can be used more than once: backward does not consume it.
+    again = layer.backward(dy1, ctx1)
+    np.testing.assert_array_equal(again[0], dx1)
+
+
+def test_eager_call_returns_a_tensor_and_records_nothing_on_the_layer():
     layer = Dense(2)
-    layer(np.ones((1, 3)))  # inference: keeps no cache
-    with pytest.raises(RuntimeError, match="training=True"):
-        layer.backward(np.ones((1, 2), dtype=np.float32))
+    layer(np.ones((1, 3)))
+    before = _state(layer)
+    y = layer(np.ones((1, 3)), training=True)
+    assert isinstance(y, fastcnn.Tensor)
+    assert _state(layer) == before

@@ -71,15 +71,13 @@ def test_backward_goes_to_the_backend_that_ran_the_forward():
     layer.build((None, 5, 5, 1), "float64")
     dy = np.random.default_rng(2).standard_normal((2, 3, 3, 2))
     with fastcnn.use_backend("reference"):
-        layer.forward(x, training=True)
+        _, ctx = layer.forward(x, training=True)
     with fastcnn.use_backend("im2col"):
         # the ctx came from 'reference'; it must go back there whatever is active now
-        dx = layer.backward(dy)
-        dw, db = layer.grads
+        dx, (dw, db) = layer.backward(dy, ctx)
     with fastcnn.use_backend("reference"):
-        layer.forward(x, training=True)
-        dx_ref = layer.backward(dy)
-        dw_ref, db_ref = layer.grads
+        _, ctx_ref = layer.forward(x, training=True)
+        dx_ref, (dw_ref, db_ref) = layer.backward(dy, ctx_ref)
     np.testing.assert_array_equal(dx, dx_ref)
     np.testing.assert_array_equal(dw, dw_ref)
     np.testing.assert_array_equal(db, db_ref)

@@ -4,7 +4,7 @@ import pytest
 
 import fastcnn
 from fastcnn import backends
-from fastcnn.layers import Activation, Dense, Dropout, Flatten, Input
+from fastcnn.layers import Activation, Dense, Dropout, Flatten, Input, InputLayer
 
 
 @pytest.fixture(autouse=True)
@@ -33,12 +33,13 @@ def test_flatten_is_nhwc_c_order_and_backward_restores_the_shape():
     layer = Flatten()
     layer.build((None, 3, 4, 5))
     assert layer.output_shape == (None, 60)
-    y = layer.forward(x, training=True)
+    y, ctx = layer.forward(x, training=True)
     np.testing.assert_array_equal(y, x.reshape(2, -1))
     assert y[0, 1] == x[0, 0, 0, 1]  # channels vary fastest (NHWC in C order)
     assert np.shares_memory(y, x)    # a view: no copy between layers
     dy = np.random.default_rng(0).standard_normal((2, 60)).astype(np.float32)
-    dx = layer.backward(dy)
+    dx, grads = layer.backward(dy, ctx)
+    assert grads == ()
     np.testing.assert_array_equal(dx, dy.reshape(2, 3, 4, 5))
 
 
@@ -53,14 +54,15 @@ def test_dropout_in_training_is_inverted_and_unbiased():
     layer = Dropout(rate)
     x = np.ones((200, 500), dtype=np.float32)
     layer.build((None, 500))
-    y = layer.forward(x, training=True)
+    y, ctx = layer.forward(x, training=True)
     kept = y != 0
     assert y.dtype == np.float32
     np.testing.assert_allclose(y[kept], 1 / (1 - rate), rtol=1e-6)  # survivors scaled up
     assert abs(kept.mean() - (1 - rate)) < 0.01
     assert abs(y.mean() - 1.0) < 0.02                                # expected value kept
     dy = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
-    dx = layer.backward(dy)
+    dx, grads = layer.backward(dy, ctx)
+    assert grads == ()
     np.testing.assert_allclose(dx, dy * y, rtol=1e-6)                # same mask and scale
 
 
@@ -70,7 +72,7 @@ def test_dropout_masks_differ_between_calls_but_follow_the_seed():
         layer = Dropout(0.5)
         layer.build((None, 50))
         x = np.ones((4, 50), dtype=np.float32)
-        return layer.forward(x, training=True), layer.forward(x, training=True)
+        return layer.forward(x, training=True)[0], layer.forward(x, training=True)[0]
 
     a1, a2 = masks()
     b1, b2 = masks()
@@ -85,7 +87,7 @@ def test_dropout_masks_differ_between_calls_but_follow_the_seed():
 def test_dropout_noise_shape_drops_whole_feature_maps():
     layer = Dropout(0.5, noise_shape=(None, 1, 1, 6))
     x = np.ones((3, 4, 4, 6), dtype=np.float32)
-    y = layer(x, training=True)
+    y = np.asarray(layer(x, training=True))
     per_map = y.reshape(3, 16, 6)
     assert (per_map == per_map[:, :1, :]).all()
 
@@ -110,14 +112,19 @@ def test_activation_layer(backend):
 def test_activation_softmax_on_4d_input_is_over_channels():
     x = np.random.default_rng(0).standard_normal((2, 3, 3, 4)).astype(np.float32)
     layer = Activation("softmax")
-    y = layer.forward(x, training=True)
+    y, ctx = layer.forward(x, training=True)
     np.testing.assert_allclose(y.sum(axis=-1), 1, rtol=1e-6)
-    dx = layer.backward(np.ones_like(x))
+    dx, grads = layer.backward(np.ones_like(x), ctx)
+    assert grads == ()
     assert dx.shape == x.shape
     np.testing.assert_allclose(dx, 0, atol=1e-6)  # softmax sums to 1: constant dy -> 0
 
 
 def test_input_declares_the_shape():
+    # Keras 3: a symbolic tensor whose shape holds the batch dimension, made by InputLayer
     inp = Input((28, 28, 1))
-    assert inp.shape == (28, 28, 1) and inp.batch_shape == (None, 28, 28, 1)
-    assert Input(shape=5).shape == (5,)
+    assert isinstance(inp, fastcnn.graph.KerasTensor)
+    assert inp.shape == (None, 28, 28, 1)
+    layer = inp.node.layer
+    assert isinstance(layer, InputLayer) and layer.batch_shape == (None, 28, 28, 1)
+    assert Input(shape=5).shape == (None, 5)

@@ -49,6 +49,7 @@ def test_max_pool_backward_routes_to_the_max(backend):
     layer = MaxPooling2D()
     layer.build((None, 2, 2, 1))
     with fastcnn.use_backend(backend):
-        layer.forward(x, training=True)
-        dx = layer.backward(np.full((1, 1, 1, 1), 7, dtype=np.float32))
+        _, ctx = layer.forward(x, training=True)
+        dx, grads = layer.backward(np.full((1, 1, 1, 1), 7, dtype=np.float32), ctx)
+    assert grads == ()
     np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 7], [0, 0]])
