@@ -30,6 +30,7 @@ from .layers import Input
 from . import executor, graph
 from .saving import load_model
 from .utils import set_random_seed
+from . import models   # after .model: models builds on Sequential
 
 # pip hides build warnings, so a missing compiled backend explains itself here (once).
 _extensions.warn_if_missing()
@@ -72,4 +73,5 @@ __all__ = [
     "constraints",
     "preprocessing",
     "distributed",
+    "models",
 ]

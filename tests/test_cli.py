@@ -214,6 +214,19 @@ def test_models_build_the_documented_architectures(name, input_shape, num_classe
                                                            else "softmax")
 
 
+def test_import_fastcnn_loads_every_public_submodule():
+    # fastcnn.models was the one left out: fastcnn.models.lenet raised AttributeError.
+    code = ("import sys, pkgutil, fastcnn\n"
+            "names = [m.name for m in pkgutil.iter_modules(fastcnn.__path__)]\n"
+            "print(' '.join(n for n in names if 'fastcnn.' + n not in sys.modules))\n"
+            "assert callable(fastcnn.models.lenet) and 'models' in fastcnn.__all__\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr
+    # the command line, its __main__ and the matplotlib plots load on demand
+    assert sorted(done.stdout.split()) == ["__main__", "cli", "viz"], done.stdout
+
+
 def test_lenet_layers_in_order():
     kinds = [kind for kind, _ in _layers(models.lenet((28, 28, 1), 10))]
     assert kinds == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten",
