@@ -45,7 +45,8 @@ from .autodiff import Tensor, record, value_of
 from .ops import _kernel_array, _kernel_grad, _match, _refuse_device
 
 __all__ = [
-    "conv2d", "bias_add", "relu", "relu6", "elu", "leaky_relu", "silu", "softplus",
+    "conv2d", "bias_add", "relu", "relu6", "elu", "selu", "gelu", "leaky_relu", "silu",
+    "softplus", "softsign",
     "sigmoid", "tanh", "softmax", "log_softmax", "max_pool2d", "max_pool", "avg_pool2d",
     "avg_pool", "dropout", "softmax_cross_entropy_with_logits",
     "sparse_softmax_cross_entropy_with_logits", "sigmoid_cross_entropy_with_logits",
@@ -275,6 +276,22 @@ def silu(features, beta=1.0, name=None):
     return ops.silu(features)
 
 
+def selu(features, name=None):
+    """``tf.nn.selu``: ``scale * elu(x, alpha)`` with the SELU constants."""
+    return ops.selu(features)
+
+
+def gelu(features, approximate=False, name=None):
+    """``tf.nn.gelu``: the exact erf form by default (TensorFlow's default; keras.ops's
+    is ``approximate=True``)."""
+    return ops.gelu(features, approximate=approximate)
+
+
+def softsign(features, name=None):
+    """``tf.nn.softsign``: ``x / (1 + |x|)``."""
+    return ops.softsign(features)
+
+
 def softplus(features, name=None):
     """``tf.nn.softplus``: ``log(1 + exp(x))``."""
     return ops.softplus(features)
@@ -304,7 +321,7 @@ def log_softmax(logits, axis=None, name=None):
 
 
 def _pool(kind, input, ksize, strides, padding, data_format, op):
-    _check_data_format(data_format, op, ("NHWC",) if op.endswith("2d") else ("NHWC", "NWHC"))
+    _check_data_format(data_format, op)
     x = _kernel_array(input, op, "input")
     if len(x.shape) != 4:
         raise ValueError(f"nn.{op}: input must have rank 4 (N, H, W, C), got shape "

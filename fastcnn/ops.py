@@ -1093,11 +1093,11 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
     if not _last_axis(axis, len(shape)):
         raise ValueError(f"sparse_categorical_crossentropy: only axis=-1 is supported, got "
                          f"axis={axis}")
+    labels = _labels("sparse_categorical_crossentropy", target, shape)
     if from_logits:
         from . import nn
-        return nn.sparse_softmax_cross_entropy_with_logits(target, output)
+        return nn.sparse_softmax_cross_entropy_with_logits(labels, output)
     _refuse_device("sparse_categorical_crossentropy", (output,))
-    labels = _labels("sparse_categorical_crossentropy", target, shape)
     p = _float_array(output, "sparse_categorical_crossentropy", "output")
     eps = _epsilon()
     c = np.clip(p, eps, 1.0 - eps)

@@ -147,7 +147,8 @@ def test_bias_add_and_pool_gradcheck(on_backend, r):
 def test_activations_and_losses_gradcheck(on_backend, r):
     x = off_kinks((4, 5), r) * 3
     for op in (nn.relu, nn.sigmoid, nn.tanh, nn.softmax, nn.log_softmax, nn.relu6, nn.elu,
-               nn.softplus, nn.silu, lambda a: nn.leaky_relu(a, 0.1),
+               nn.softplus, nn.silu, lambda a: nn.leaky_relu(a, 0.1), nn.selu, nn.gelu,
+               nn.softsign, lambda a: nn.gelu(a, approximate=True),
                lambda a: nn.softmax(a, axis=0), nn.l2_loss):
         check_op(op, x)
     t = r.random((4, 5))

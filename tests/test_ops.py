@@ -44,6 +44,14 @@ UNARY = {
     "selu": (ops.selu, lambda a: 1.0507009873554805 * np.where(
         a > 0, a, 1.6732632423543772 * np.expm1(a)), "kinks"),
     "leaky_relu": (ops.leaky_relu, lambda a: np.where(a > 0, a, 0.2 * a), "kinks"),
+    "leaky_relu_0.05": (lambda a: ops.leaky_relu(a, negative_slope=0.05),
+                        lambda a: np.where(a > 0, a, 0.05 * a), "kinks"),
+    "elu_0.5": (lambda a: ops.elu(a, alpha=0.5),
+                lambda a: np.where(a > 0, a, 0.5 * np.expm1(a)), "kinks"),
+    "gelu": (ops.gelu, lambda a: 0.5 * a * (1 + np.tanh(
+        0.7978845608028654 * (a + 0.044715 * a ** 3))), "any"),
+    "gelu_exact": (lambda a: ops.gelu(a, approximate=False), lambda a: 0.5 * a * (
+        1 + np.vectorize(__import__("math").erf)(a / np.sqrt(2))), "any"),
 }
 
 
@@ -337,6 +345,10 @@ def test_sparse_categorical_crossentropy(r):
     # (N, 1) labels are squeezed, as Keras does; rank-3 outputs
     np.testing.assert_allclose(np.asarray(ops.sparse_categorical_crossentropy(
         labels[:, None], p)), expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(ops.sparse_categorical_crossentropy(labels[:, None].astype(float), z,
+                                                       from_logits=True)),
+        np.asarray(ops.sparse_categorical_crossentropy(labels, z, from_logits=True)))
     z3 = r.standard_normal((2, 3, 5))
     l3 = r.integers(0, 5, (2, 3))
     check_op(lambda b: ops.sparse_categorical_crossentropy(l3, b, from_logits=True), z3)
