@@ -192,7 +192,7 @@ class _Residency:
     def enter(self):
         model = self.model
         self._check_model()
-        hosts = [w for layer in model.layers for w in layer.weights]
+        hosts = [w for layer in model._leaf_layers() for w in layer.weights]
         if any(is_device_array(w) for w in hosts):
             raise RuntimeError(
                 f"model {model.name!r} already has weights on the device outside a scope "
@@ -216,7 +216,7 @@ class _Residency:
             raise NotImplementedError(
                 f"optimizer {opt!r} has no device update on backend {name!r}; use "
                 f"fastcnn.optimizers.SGD, Adam or RMSprop, or a host backend")
-        for layer in self.model.layers:
+        for layer in self.model._leaf_layers():
             if not getattr(layer, "runs_on_device", False):
                 raise NotImplementedError(
                     f"layer {layer.name!r} ({type(layer).__name__}) cannot run on backend "
@@ -253,15 +253,12 @@ class _Residency:
             self._bring_home_the_rest()
 
     def _bring_home_the_rest(self):
-        """Arrays the block created on the device that outlive it: optimizer slots of an
-        optimizer first built inside the scope, the last gradients."""
+        """Arrays the block created on the device that outlive it: the slots of an
+        optimizer first built inside the scope."""
         opt = getattr(self.model, "optimizer", None)
         if opt is not None:
             for slots in opt._slots.values():
                 slots[:] = [host_copy(s) if is_device_array(s) else s for s in slots]
-        for layer in self.model.layers:
-            if any(is_device_array(g) for g in layer.grads):
-                layer.grads = tuple(to_host(g) for g in layer.grads)
 
 
 def _swap(model, mapping) -> None:
@@ -271,16 +268,14 @@ def _swap(model, mapping) -> None:
     def sub(values):
         values[:] = [mapping.get(id(v), v) for v in values]
 
-    for layer in model.layers:
+    for layer in model._leaf_layers():
         sub(layer._weights)
         for attr, value in list(vars(layer).items()):
             if id(value) in mapping:
                 setattr(layer, attr, mapping[id(value)])
-    plan = getattr(model, "_prepared", None)
-    if plan:
-        for value in plan.values():
-            if isinstance(value, list):
-                sub(value)
+    plan = getattr(model, "_plan", None)
+    if plan is not None:
+        plan.replace_arrays(mapping)
     opt = getattr(model, "optimizer", None)
     if opt is not None:
         if opt._variables is not None:

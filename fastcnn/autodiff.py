@@ -263,7 +263,7 @@ class Variable(Tensor):
     updating one in place (an optimizer step, :meth:`assign`) updates the layer.
     """
 
-    __slots__ = ("_holder", "_index", "name", "_trainable", "constraint")
+    __slots__ = ("_holder", "_index", "name", "_trainable", "constraint", "_owner")
 
     def __init__(self, value, trainable=True, name=None, dtype=None, constraint=None):
         super().__init__(None)
@@ -286,15 +286,17 @@ class Variable(Tensor):
         self.name = name or "Variable"
         self._trainable = bool(trainable)
         self.constraint = constraint
+        self._owner = None
 
     @classmethod
-    def _bound(cls, holder, index, name, trainable, constraint=None):
+    def _bound(cls, holder, index, name, trainable, owner=None, constraint=None):
         """A Variable reading ``holder[index]`` (a layer's weight slot): whatever array the
         slot holds (the host array, or its device copy inside a device scope)."""
         v = cls.__new__(cls)
         Tensor.__init__(v, None)
         v._holder, v._index = holder, index
         v.name, v._trainable, v.constraint = name, bool(trainable), constraint
+        v._owner = owner
         return v
 
     @property
@@ -303,7 +305,13 @@ class Variable(Tensor):
 
     @property
     def trainable(self) -> bool:
-        return self._trainable
+        """False for a state variable, and for every weight of a frozen layer."""
+        return self._trainable and (self._owner is None or self._owner.trainable)
+
+    @property
+    def path(self) -> str:
+        """``'layer_name/variable_name'`` for a layer's weight (Keras 3's ``variable.path``)."""
+        return self.name if self._owner is None else f"{self._owner.name}/{self.name}"
 
     @trainable.setter
     def trainable(self, flag):
@@ -334,6 +342,19 @@ class Variable(Tensor):
 # ------------------------------------------------------------------------------- tape
 
 _TAPES: contextvars.ContextVar = contextvars.ContextVar("fastcnn_tapes", default=())
+
+
+class isolated:
+    """A block in which the tapes open outside it do not record (a layer that runs its
+    ``call`` on a private tape is recorded outside as ONE node)."""
+
+    def __enter__(self):
+        self._token = _TAPES.set(())
+        return self
+
+    def __exit__(self, *exc):
+        _TAPES.reset(self._token)
+        return False
 
 
 def recording() -> bool:

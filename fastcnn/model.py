@@ -1,36 +1,47 @@
-"""Sequential: Keras's model API over fastcnn layers.
+"""Models: Keras's ``Model`` (Functional and subclassed) and ``Sequential``, one training
+machinery for all of them.
 
-The training step is a plain loop: each layer's ``forward``, the loss (fused with the last
-softmax/sigmoid when Keras would fuse it), each layer's ``backward`` in reverse, one
-optimizer update in place. (Where :mod:`fastcnn.layers.fusion` finds a pair of layers that
-runs cheaper together with the same result, such as a ReLU before a max pool, the loop runs
-that pair as one step.) Everything that can be checked is checked once per call of
-``fit``/``evaluate``/``predict`` on the whole arrays, before any work, so the per-batch path
-does no validation and no conversion.
+* **Functional**: ``Model(inputs, outputs)`` over a graph of layer calls on symbolic tensors
+  (:mod:`fastcnn.graph`), run by a compiled :class:`~fastcnn.executor.Program` (topological
+  forward, reverse backward, gradients summed at fan-out and over a shared layer's calls).
+* **Sequential** is the simplest Functional model: a chain, rebuilt as layers are added.
+* **Subclassed**: ``class Net(fastcnn.Model)`` with layers as attributes and
+  ``call(self, inputs, training=False)``; ``fit`` differentiates ``call`` with a
+  :class:`~fastcnn.autodiff.GradientTape`; ``train_step(self, data)`` may be overridden.
+
+A model is a :class:`~fastcnn.layers.Layer`: callable on symbolic tensors inside another
+model, and on arrays (``model(x)`` returns a Tensor, recorded on an open tape).
+
+The training step: the forward pass (the loss fused with a last softmax/sigmoid where Keras
+would fuse it: the head runs without its activation and the loss takes the logits), the
+loss and its gradient per output, the backward pass, the regularizers' gradients once per
+layer, one optimizer update in place. Everything that can be checked is checked once per
+call of ``fit``/``evaluate``/``predict`` on the whole arrays, before any work, so the
+per-batch path does no validation and no conversion.
 
 Data parallelism (:mod:`fastcnn.distributed`, several MPI processes) lives in a strategy
 object, ``distributed.current()``, that this module calls at a few points: which share of a
-global batch this process takes, the sums of the loss, the metrics' counts and the gradients
-over the processes, the start-of-fit broadcast. With one process every call is the identity.
+global batch this process takes, the sums of the loss, the metrics' statistics and the
+gradients over the processes, the start-of-fit broadcast. With one process every call is
+the identity.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
 
 import numpy as np
 
-from . import _device, backends, callbacks as callbacks_module, config, distributed, losses
-from . import metrics as metrics_module, optimizers, utils
-from .layers import fusion
-from .layers.base import Layer, format_shape, normalize_shape
-from .layers.core import Input
+from . import _device, autodiff, backends, callbacks as callbacks_module, config, distributed
+from . import executor, graph, losses, metrics as metrics_module, optimizers, utils
+from .layers.base import Layer, _snake_case, format_shape, normalize_shape
+from .layers.core import InputLayer
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
     """The loss became NaN or inf during training (catchable as either base class)."""
-
 
 def _check_batch_size(batch_size):
     if batch_size is None:
@@ -76,207 +87,535 @@ def _check_count(value, name):
     return int(value)
 
 
-class Sequential:
-    """A linear stack of layers (Keras's ``keras.Sequential``).
 
-    ``Sequential(layers=None, name=None)``; the input shape comes from ``input_shape=`` on
-    the first layer, a leading ``Input(shape)``, ``build(input_shape)``, or the first data
-    the model sees.
+
+def _structure(struct, what):
+    """``(leaves, kind, keys)`` of one tensor, a list/tuple or a dict of tensors."""
+    if isinstance(struct, dict):
+        return list(struct.values()), "dict", list(struct)
+    if isinstance(struct, (list, tuple)):
+        return list(struct), "list", None
+    return [struct], "single", None
+
+
+def _restructure(values, kind, keys):
+    if kind == "single":
+        return values[0]
+    if kind == "dict":
+        return dict(zip(keys, values))
+    return list(values)
+
+
+class TrainingPlan:
+    """What the training step of one (compile, build, trainable flags) needs, computed once.
+
+    Owned by the model; other parts of fastcnn only read it, except :meth:`replace_arrays`
+    (the device scope swaps host arrays for device arrays and back).
     """
 
-    def __init__(self, layers=None, name=None):
+    __slots__ = ("key", "program", "logits", "losses", "loss_weights", "train_layers",
+                 "train_vars", "metrics", "optimizer_bound", "started", "__weakref__")
+
+    def __init__(self, key, program, logits, losses_, loss_weights, train_layers, metrics):
+        self.key = key
+        self.program = program            # executor.Program, None for subclassed models
+        self.logits = logits              # per output: the loss receives logits
+        self.losses = losses_             # per output: Loss or None
+        self.loss_weights = loss_weights  # per output: float
+        #: (leaf layer, its trainable weights) in model.trainable_weights order
+        self.train_layers = train_layers
+        self.train_vars = [w for _, ws in train_layers for w in ws]
+        #: (output index, Metric, log name)
+        self.metrics = metrics
+        self.optimizer_bound = False
+        self.started = False              # fastcnn.distributed: start-of-fit done
+
+    def replace_arrays(self, mapping) -> None:
+        """Replaces, by identity, the weight arrays the plan lists (the list objects are
+        edited in place: the optimizer is bound to ``train_vars``)."""
+        self.train_vars[:] = [mapping.get(id(v), v) for v in self.train_vars]
+        self.train_layers[:] = [(layer, [mapping.get(id(w), w) for w in ws])
+                                for layer, ws in self.train_layers]
+
+    def reset_metrics(self):
+        for _, m, _ in self.metrics:
+            m.reset_state()
+
+    def logs(self, loss, parts=None):
+        out = {"loss": loss}
+        if parts:
+            out.update(parts)
+        for _, m, name in self.metrics:
+            out[name] = m.result()
+        return out
+
+
+class Model(Layer):
+    """A model (Keras's ``keras.Model``): ``Model(inputs, outputs, name=None)`` for the
+    Functional API, or subclass it and define ``call(self, inputs, training=False)``."""
+
+    def __init__(self, *args, **kwargs):
+        inputs = kwargs.pop("inputs", args[0] if len(args) > 0 else None)
+        outputs = kwargs.pop("outputs", args[1] if len(args) > 1 else None)
+        if len(args) > 2:
+            raise TypeError(f"Model() takes inputs and outputs, got {len(args)} positional "
+                            f"arguments")
+        name = kwargs.pop("name", None)
+        trainable = kwargs.pop("trainable", True)
+        kwargs.pop("dtype", None)
+        if kwargs:
+            raise TypeError(f"Model() got unexpected keyword argument(s) {sorted(kwargs)}")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty str, got {name!r}")
-        self.name = name or utils.unique_name("sequential")
-        self._layers: list[Layer] = []
-        self._input_spec = None       # (None, ...) once known
-        self._input_dtype = None
-        self.built = False
+        functional = inputs is not None or outputs is not None
+        if name is None:
+            default = "functional" if functional or type(self) is Model else \
+                _snake_case(type(self).__name__)
+            name = utils.unique_name(default)
+        Layer.__init__(self, name=name, trainable=trainable)
+        self._init_model_state()
+        if functional:
+            if inputs is None or outputs is None:
+                raise ValueError("a Functional model needs both inputs and outputs")
+            self._init_graph(inputs, outputs)
+        elif type(self) is Model:
+            raise ValueError(
+                "Model() needs inputs and outputs (the Functional API: "
+                "Model(inputs=fastcnn.Input(...), outputs=...)), or subclass Model and "
+                "define call(self, inputs, training=False)")
+
+    def _init_model_state(self):
+        self._graph = None          # (nodes, inputs, outputs) of a graph model
+        self._tracked = []          # a subclassed model's layers, in assignment order
+        self._input_specs = None    # [(None, ...)] once known
+        self._output_shapes = None
+        self._input_kind = ("single", None)
+        self._output_kind = ("single", None)
         self._dtype = None
+        self._programs = {}
+        self._plan = None
         self.optimizer = None
         self.loss = None
+        self._loss_spec = None
+        self._loss_weights = None
         self._metric_specs: list = []
         self.compiled = False
         self.stop_training = False
         self.history = None
-        self._prepared = None
-        if layers is not None:
-            if isinstance(layers, (Layer, Input)) or not isinstance(layers, (list, tuple)):
-                raise ValueError(
-                    f"layers must be a list of layers, got {type(layers).__name__}")
-            for layer in layers:
-                self.add(layer)
 
-    # ------------------------------------------------------------- structure
-    def add(self, layer) -> None:
-        """Appends a layer (built at once when the input shape is known)."""
-        if isinstance(layer, Input):
-            if self._layers or self._input_spec is not None:
-                raise ValueError(
-                    "an Input may only be the first entry of a Sequential model")
-            self._input_spec = (None,) + layer.shape
-            self._input_dtype = layer.dtype
-            return
-        if not isinstance(layer, Layer):
-            raise ValueError(
-                f"Sequential.add expects a fastcnn.layers.Layer, got {type(layer).__name__}")
-        if any(layer is other for other in self._layers):
-            raise ValueError(f"layer {layer.name!r} is already in model {self.name!r}")
-        if not self._layers and self._input_spec is None and layer._batch_input_shape:
-            self._input_spec = layer._batch_input_shape
-        self._layers.append(layer)
-        self._prepared = None
-        if self._input_spec is not None:
-            try:
-                self._build_from(len(self._layers) - 1)
-            except Exception:
-                self._layers.pop()
-                raise
+    def __setattr__(self, name, value):
+        # Keras tracks the layers a subclassed model holds as attributes.
+        if isinstance(value, Layer) and name not in ("_plan",) and \
+                self.__dict__.get("_tracked") is not None and value is not self:
+            if not any(value is t for t in self._tracked):
+                self._tracked.append(value)
+        elif isinstance(value, (list, tuple)) and self.__dict__.get("_tracked") is not None:
+            for v in value:
+                if isinstance(v, Layer) and not any(v is t for t in self._tracked):
+                    self._tracked.append(v)
+        object.__setattr__(self, name, value)
 
-    def _build_from(self, start: int) -> None:
-        if start == 0:
-            shape = self._input_spec
-            self._dtype = self._resolve_dtype()
-        else:
-            shape = self._layers[start - 1].output_shape
-        for layer in self._layers[start:]:
-            if layer._dtype_arg is not None and layer._dtype_arg != self._dtype:
+    # ------------------------------------------------------------- the graph
+    def _init_graph(self, inputs, outputs):
+        in_leaves, in_kind, in_keys = _structure(inputs, "inputs")
+        out_leaves, out_kind, out_keys = _structure(outputs, "outputs")
+        for what, leaves in (("inputs", in_leaves), ("outputs", out_leaves)):
+            for t in leaves:
+                if not isinstance(t, graph.KerasTensor):
+                    raise ValueError(
+                        f"{what} of a Functional model must be symbolic tensors (from "
+                        f"fastcnn.Input and layer calls), got {type(t).__name__}")
+        for t in in_leaves:
+            if not isinstance(t.node.layer, InputLayer):
                 raise ValueError(
-                    f"layer {layer.name!r} has dtype {layer._dtype_arg.name} but model "
-                    f"{self.name!r} computes in {self._dtype.name}; fastcnn models use one "
-                    f"dtype (leave dtype=None or set the same dtype everywhere)"
-                )
-            layer.build(shape, self._dtype)
-            shape = layer.output_shape
-        self.built = bool(self._layers)
+                    f"inputs must be tensors returned by fastcnn.Input(...), got {t!r}")
+        if len({id(t) for t in in_leaves}) != len(in_leaves):
+            raise ValueError("the same Input appears twice in inputs")
+        nodes, _ = graph.trace(in_leaves, out_leaves)
+        # Keras's layer order: the inputs' InputLayers, then the layers in topological order.
+        layers, seen = [], set()
+        for t in in_leaves:
+            layers.append(t.node.layer)
+            seen.add(id(t.node.layer))
+        for n in nodes:
+            if id(n.layer) not in seen:
+                seen.add(id(n.layer))
+                layers.append(n.layer)
+        names = {}
+        for layer in layers:
+            if layer.name in names and names[layer.name] is not layer:
+                raise ValueError(
+                    f"two different layers of model {self.name!r} are named {layer.name!r}; "
+                    f"layer names must be unique within a model (pass name=...)")
+            names[layer.name] = layer
+        self._graph = (nodes, in_leaves, out_leaves)
+        self._graph_layers = layers
+        self._input_kind = (in_kind, in_keys)
+        self._output_kind = (out_kind, out_keys)
+        self._input_specs = [t.shape for t in in_leaves]
+        self._output_shapes = [t.shape for t in out_leaves]
+        self._dtype = np.dtype(in_leaves[0].dtype)
+        self.dtype = self._dtype.name
+        self._input_shape = self._input_specs[0] if len(in_leaves) == 1 else \
+            list(self._input_specs)
+        self._output_shape = self._output_shapes[0] if len(out_leaves) == 1 else \
+            list(self._output_shapes)
+        self.built = True
+        self._programs = {}
+        self._plan = None
 
-    def _resolve_dtype(self):
-        first = self._layers[0]._dtype_arg if self._layers else None
-        return first or self._input_dtype or np.dtype(config.floatx())
-
-    def build(self, input_shape=None) -> None:
-        """Builds every layer for ``input_shape`` (batch dimension first; may be None)."""
-        if input_shape is None:
-            if self._input_spec is None:
-                raise ValueError(
-                    "build() needs input_shape (batch first, e.g. (None, 28, 28, 1)) for a "
-                    "model whose first layer has no input_shape")
-        else:
-            try:
-                dims = tuple(input_shape)
-            except TypeError:
-                raise ValueError(
-                    f"input_shape must be a tuple like (None, 28, 28, 1), got {input_shape!r}"
-                ) from None
-            if len(dims) < 2:
-                raise ValueError(
-                    f"input_shape must include the batch dimension, e.g. (None, 28, 28, 1); "
-                    f"got {input_shape!r}")
-            spec = (None,) + normalize_shape(dims[1:], "input_shape")
-            if self._input_spec is not None and self.built and spec != self._input_spec:
-                raise ValueError(
-                    f"model {self.name!r} is built for input shape "
-                    f"{format_shape(self._input_spec)}, got input_shape {input_shape!r}")
-            self._input_spec = spec
-        if not self._layers:
-            raise ValueError(f"model {self.name!r} has no layers to build")
-        self._build_from(0)
-        self._prepared = None
+    @property
+    def multiple_inputs(self):
+        return self._graph is not None and len(self._graph[1]) > 1
 
     @property
     def layers(self) -> list:
-        return list(self._layers)
+        if self._graph is not None:
+            return list(self._graph_layers)
+        return list(self._tracked)
+
+    @property
+    def inputs(self):
+        self._require_graph("inputs")
+        return list(self._graph[1])
+
+    @property
+    def outputs(self):
+        self._require_graph("outputs")
+        return list(self._graph[2])
+
+    @property
+    def input(self):
+        self._require_graph("input")
+        return _restructure(self._graph[1], *self._input_kind)
+
+    @property
+    def output(self):
+        self._require_graph("output")
+        return _restructure(self._graph[2], *self._output_kind)
+
+    @property
+    def input_names(self):
+        return [t.node.layer.name for t in self.inputs]
+
+    @property
+    def output_names(self):
+        if self._graph is None:
+            return [self.name]
+        names = []
+        for t in self._graph[2]:
+            name = t.node.layer.name
+            names.append(name if name not in names else f"{name}_{len(names)}")
+        return names
+
+    def _require_graph(self, what):
+        if self._graph is None:
+            raise AttributeError(
+                f"model {self.name!r} is a subclassed model: it has no symbolic {what} (only "
+                f"Functional and Sequential models do)")
+
+    def get_layer(self, name=None, index=None):
+        """The layer named ``name``, or at ``index`` of :attr:`layers` (Keras)."""
+        layers = self.layers
+        if index is not None and name is not None:
+            raise ValueError("give name or index, not both")
+        if index is not None:
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise ValueError(f"index must be an int, got {index!r}")
+            if not -len(layers) <= index < len(layers):
+                raise ValueError(f"index {index} is out of range: model {self.name!r} has "
+                                 f"{len(layers)} layers")
+            return layers[index]
+        if name is None:
+            raise ValueError("get_layer needs name= or index=")
+        for layer in layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"no layer named {name!r} in model {self.name!r}; its layers: "
+                         f"{[layer.name for layer in layers]}")
+
+    # ---------------------------------------------------------- shapes, build
+    @property
+    def _input_spec(self):
+        """The input shape of a single-input model (None until known)."""
+        return None if self._input_specs is None else self._input_specs[0]
 
     @property
     def input_shape(self):
         self._require_built("input_shape")
-        return self._input_spec
+        return self._input_specs[0] if len(self._input_specs) == 1 else list(self._input_specs)
 
     @property
     def output_shape(self):
         self._require_built("output_shape")
-        return self._layers[-1].output_shape
-
-    @property
-    def dtype(self):
-        return None if self._dtype is None else self._dtype.name
-
-    @property
-    def weights(self) -> list:
-        return [w for layer in self._layers for w in layer.weights]
-
-    @property
-    def trainable_weights(self) -> list:
-        return [w for layer in self._layers for w in layer.trainable_weights]
-
-    @property
-    def non_trainable_weights(self) -> list:
-        return [w for layer in self._layers for w in layer.non_trainable_weights]
+        return self._output_shapes[0] if len(self._output_shapes) == 1 else \
+            list(self._output_shapes)
 
     def _require_built(self, what):
         if not self.built:
             raise ValueError(
-                f"model {self.name!r} has not been built yet, so {what} is unknown: give "
-                f"the first layer input_shape=..., start with fastcnn.layers.Input(shape), "
-                f"call build((None, ...)) or call the model on data")
+                f"model {self.name!r} has not been built yet, so {what} is unknown: "
+                + ("give the first layer input_shape=..., start with fastcnn.Input(shape), "
+                   "call build((None, ...)) or call the model on data"
+                   if isinstance(self, Sequential) else
+                   "call it once on data (model(x) or fit) or call build((None, ...)) to "
+                   "create its layers' weights"))
 
-    # --------------------------------------------------------------- weights
+    def build(self, input_shape=None, dtype=None) -> None:
+        """Builds a subclassed model by running ``call`` once on zeros of
+        ``input_shape`` (batch first). Graph models are built when defined."""
+        if self._graph is not None:
+            if input_shape is not None:
+                given = [tuple(s) for s in input_shape] if self.multiple_inputs else \
+                    [tuple(input_shape)]
+                for g, e in zip(given, self._input_specs):
+                    if len(g) != len(e) or any(a is not None and b is not None and a != b
+                                               for a, b in zip(g[1:], e[1:])):
+                        raise ValueError(
+                            f"model {self.name!r} is built for input shape(s) "
+                            f"{[format_shape(e) for e in self._input_specs]}, got "
+                            f"input_shape {input_shape!r}")
+            return
+        if input_shape is None:
+            raise ValueError(f"build() of subclassed model {self.name!r} needs input_shape "
+                             f"(batch first, e.g. (None, 28, 28, 1))")
+        dims = tuple(input_shape)
+        if len(dims) < 2:
+            raise ValueError(f"input_shape must include the batch dimension, e.g. "
+                             f"(None, 28, 28, 1); got {input_shape!r}")
+        shape = (1,) + normalize_shape(dims[1:], "input_shape")
+        dt = np.dtype(dtype or config.floatx())
+        self._build_subclassed([np.zeros(shape, dtype=dt)])
+
+    def _build_subclassed(self, xs):
+        """Runs ``call`` once (inference mode, no tape) on the first sample(s)."""
+        self._dtype = np.dtype(xs[0].dtype) if np.issubdtype(xs[0].dtype, np.floating) \
+            else np.dtype(config.floatx())
+        self.dtype = self._dtype.name
+        sample = [np.ascontiguousarray(x[:1], dtype=self._dtype) for x in xs]
+        with autodiff.isolated():
+            arg = [autodiff.Tensor(s) for s in sample]
+            out = self._run_call(arg if len(arg) > 1 else arg[0], False)
+        leaves, kind, keys = _structure(out, "outputs")
+        self._input_specs = [(None,) + x.shape[1:] for x in xs]
+        self._output_shapes = [(None,) + tuple(np.shape(autodiff.value_of(o)))[1:]
+                               for o in leaves]
+        self._output_kind = (kind, keys)
+        self._input_shape = self._input_specs[0]
+        self._output_shape = self._output_shapes[0]
+        self.built = True
+
+    def _run_call(self, inputs, training):
+        try:
+            params = inspect.signature(self.call).parameters
+            takes = "training" in params or any(p.kind == p.VAR_KEYWORD
+                                                for p in params.values())
+        except (TypeError, ValueError):
+            takes = False
+        return self.call(inputs, training=training) if takes else self.call(inputs)
+
+    # ------------------------------------------------------- layers, weights
+    def _unique_layers(self) -> list:
+        out, seen = [], set()
+        for layer in self.layers:
+            if id(layer) not in seen and not isinstance(layer, InputLayer):
+                seen.add(id(layer))
+                out.append(layer)
+        return out
+
+    def _leaf_layers(self) -> list:
+        out, seen = [], set()
+        for layer in self._unique_layers():
+            for leaf in layer._leaf_layers():
+                if id(leaf) not in seen:
+                    seen.add(id(leaf))
+                    out.append(leaf)
+        return out
+
+    @Layer.trainable.setter
+    def trainable(self, flag):
+        # Keras: freezing (or unfreezing) a model does the same to every layer in it.
+        self._trainable = bool(flag)
+        if "_tracked" in self.__dict__:    # not while Layer.__init__ runs
+            for layer in self.layers:
+                layer.trainable = flag
+
+    @property
+    def _weights(self):
+        return [w for layer in self._unique_layers() for w in layer._weights]
+
+    @_weights.setter
+    def _weights(self, value):
+        if value:
+            raise AttributeError("a model's weights are its layers'")
+
+    @property
+    def _variables(self):
+        return [v for layer in self._unique_layers() for v in layer._variables]
+
+    @_variables.setter
+    def _variables(self, value):
+        if value:
+            raise AttributeError("a model's variables are its layers'")
+
+    @property
+    def _weight_trainable(self):
+        return [t for layer in self._unique_layers() for t in layer._weight_trainable]
+
+    @_weight_trainable.setter
+    def _weight_trainable(self, value):
+        if value:
+            raise AttributeError("a model's weights are its layers'")
+
+    @property
+    def weights(self) -> list:
+        return [w for layer in self._unique_layers() for w in layer.weights]
+
+    @property
+    def trainable_weights(self) -> list:
+        if not self.trainable:
+            return []
+        return [w for layer in self._unique_layers() for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self) -> list:
+        if not self.trainable:
+            return self.weights
+        return [w for layer in self._unique_layers() for w in layer.non_trainable_weights]
+
+    @property
+    def variables(self) -> list:
+        return [v for layer in self._unique_layers() for v in layer.variables]
+
+    @property
+    def trainable_variables(self) -> list:
+        if not self.trainable:
+            return []
+        return [v for layer in self._unique_layers() for v in layer.trainable_variables]
+
+    @property
+    def non_trainable_variables(self) -> list:
+        if not self.trainable:
+            return self.variables
+        return [v for layer in self._unique_layers() for v in layer.non_trainable_variables]
+
+    def _param_slots(self) -> list:
+        return [w for layer in self._unique_layers() for w in layer._param_slots()]
+
+    def _param_variables(self) -> list:
+        return [v for layer in self._unique_layers() for v in layer._param_variables()]
+
+    @property
+    def losses(self) -> list:
+        return [t for layer in self._leaf_layers() for t in layer.losses]
+
+    def regularization_loss(self) -> float:
+        return float(sum(layer.regularization_loss() for layer in self._leaf_layers()))
+
     def count_params(self) -> int:
         self._require_built("its number of parameters")
-        return sum(layer.count_params() for layer in self._layers)
+        return int(sum(w.size for w in self.weights))
 
     def get_weights(self) -> list:
         """Copies of all weights, per layer kernel then bias (Keras's order)."""
-        return [w for layer in self._layers for w in layer.get_weights()]
+        return [w for layer in self._unique_layers() for w in layer.get_weights()]
 
-    def set_weights(self, weights) -> None:
-        """Sets all weights (the order of :meth:`get_weights`); checks everything first."""
-        self._require_built("the weights' shapes")
+    def _checked_weights(self, weights):
+        if weights is None or isinstance(weights, (np.ndarray, str, bytes)):
+            raise ValueError(f"model {self.name!r}: weights must be a list of arrays (as "
+                             f"get_weights() returns), got {type(weights).__name__}")
         weights = list(weights)
-        expected = sum(len(layer.weights) for layer in self._layers)
+        layers = self._unique_layers()
+        expected = sum(len(layer.weights) for layer in layers)
         if len(weights) != expected:
             per_layer = ", ".join(f"{l.name}: {[w.shape for w in l.weights]}"
-                                  for l in self._layers if l.weights)
+                                  for l in layers if l.weights)
             raise ValueError(
                 f"model {self.name!r} expects {expected} weight arrays ({per_layer}), "
                 f"got {len(weights)}")
         checked, i = [], 0
-        for layer in self._layers:
+        for layer in layers:
             n = len(layer.weights)
-            checked.append(layer._checked_weights(weights[i:i + n]))
+            checked.extend(layer._checked_weights(weights[i:i + n]))
             i += n
-        for layer, values in zip(self._layers, checked):  # nothing assigned before here
-            for old, new in zip(layer._weights, values):
-                _device.assign(old, new)   # also a device array (fit on 'cuda')
+        return checked
+
+    def set_weights(self, weights) -> None:
+        """Sets all weights (the order of :meth:`get_weights`); checks everything first."""
+        self._require_built("the weights' shapes")
+        checked = self._checked_weights(weights)
+        for old, new in zip(self.weights, checked):  # nothing assigned before here
+            _device.assign(old, new)   # also a device array (fit on 'cuda')
 
     # --------------------------------------------------------------- compile
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
-        """Sets the optimizer, the loss and the metrics (Keras's names or objects)."""
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
+                **kwargs) -> None:
+        """Sets the optimizer, the loss(es) and the metrics (Keras's names or objects).
+
+        Several outputs: ``loss`` one for all, a list (one per output, None for an output
+        without loss) or a dict by output name; ``loss_weights`` likewise (the total loss
+        is the weighted sum); ``metrics`` a list (for every output), a list of lists or a
+        dict by output name.
+        """
+        for key in ("run_eagerly", "jit_compile", "steps_per_execution", "auto_scale_loss"):
+            kwargs.pop(key, None)    # Keras's execution options: fastcnn has one way to run
+        if kwargs:
+            raise TypeError(f"compile() got unexpected keyword argument(s) {sorted(kwargs)}")
         optimizer = optimizers.get(optimizer)
         if loss is None:
             raise ValueError(f"loss is required: one of {list(losses.KNOWN)} or a Loss")
-        loss = losses.get(loss)
+        if isinstance(loss, (list, tuple, dict)):
+            items = list(loss.values()) if isinstance(loss, dict) else list(loss)
+            for item in items:
+                if item is not None:
+                    losses.get(item)
+            self.loss = loss
+        else:
+            self.loss = losses.get(loss)
         if metrics is None:
             metrics = []
         elif isinstance(metrics, (str, metrics_module.Metric)):
             metrics = [metrics]
-        elif not isinstance(metrics, (list, tuple)):
+        elif not isinstance(metrics, (list, tuple, dict)):
             raise ValueError(f"metrics must be a list of metric names, got {metrics!r}")
-        for m in metrics:
-            metrics_module.get(m, loss)  # unknown names fail here, at compile time
-        names = [m.name if isinstance(m, metrics_module.Metric) else m for m in metrics]
-        if len(set(names)) != len(names):
-            raise ValueError(f"metrics must have distinct names, got {names}")
+        flat = list(metrics.values()) if isinstance(metrics, dict) else list(metrics)
+        flat = [m for entry in flat for m in (entry if isinstance(entry, (list, tuple))
+                                              else [entry])]
+        single = self.loss if isinstance(self.loss, losses.Loss) else None
+        for m in flat:
+            metrics_module.get(m, single)  # unknown names fail here, at compile time
+        if not isinstance(metrics, dict) and not any(isinstance(m, (list, tuple))
+                                                     for m in metrics):
+            names = [m.name if isinstance(m, metrics_module.Metric) else m for m in metrics]
+            if len(set(names)) != len(names):
+                raise ValueError(f"metrics must have distinct names, got {names}")
+        if loss_weights is not None and not isinstance(loss_weights, (list, tuple, dict)) \
+                and not isinstance(loss_weights, numbers.Real):
+            raise ValueError(f"loss_weights must be a list or dict of floats, got "
+                             f"{loss_weights!r}")
         self.optimizer = optimizer
-        self.loss = loss
-        self._metric_specs = list(metrics)
+        self._loss_weights = loss_weights
+        self._metric_specs = list(metrics) if not isinstance(metrics, dict) else metrics
         self.compiled = True
-        self._prepared = None
+        self._plan = None
 
     @property
     def metrics_names(self) -> list:
-        return ["loss"] + [m.name if isinstance(m, metrics_module.Metric) else m
-                           for m in self._metric_specs]
+        names = ["loss"]
+        if self.built and len(self._output_shapes or ()) > 1:
+            names += [f"{o}_loss" for o, l in zip(self.output_names, self._per_output_losses())
+                      if l is not None]
+        for out_name, specs in self._per_output_metric_specs():
+            for spec in specs:
+                base = spec.name if isinstance(spec, metrics_module.Metric) else spec
+                names.append(base if out_name is None else f"{out_name}_{base}")
+        return names
+
+    @property
+    def metrics(self) -> list:
+        """The compiled metric objects (after the first fit/evaluate step)."""
+        plan = self._plan
+        return [] if plan is None else [m for _, m, _ in plan.metrics]
 
     def _require_compiled(self, what):
         if not self.compiled:
@@ -284,85 +623,199 @@ class Sequential:
                 f"model {self.name!r} must be compiled before {what}(): call "
                 f"model.compile(optimizer=..., loss=..., metrics=...) first")
 
+    def _per_output(self, spec, what, default=None):
+        """``spec`` (one value, a list or a dict by output name) as one value per output."""
+        n = len(self._output_shapes)
+        names = self.output_names
+        if isinstance(spec, dict):
+            unknown = sorted(set(spec) - set(names))
+            if unknown:
+                raise ValueError(f"{what} names outputs {unknown} that model {self.name!r} "
+                                 f"does not have; its outputs: {names}")
+            return [spec.get(name, default) for name in names]
+        if isinstance(spec, (list, tuple)) and (n > 1 or what == "loss_weights"):
+            if len(spec) != n:
+                raise ValueError(f"{what} has {len(spec)} entries, model {self.name!r} has "
+                                 f"{n} outputs {names}")
+            return list(spec)
+        return [spec] * n
+
+    def _per_output_losses(self):
+        return [None if l is None else losses.get(l)
+                for l in self._per_output(self.loss, "loss")]
+
+    def _per_output_metric_specs(self):
+        specs = self._metric_specs
+        n = len(self._output_shapes) if self.built and self._output_shapes else 1
+        if n == 1:
+            flat = specs if not isinstance(specs, dict) else \
+                [m for v in specs.values() for m in (v if isinstance(v, (list, tuple))
+                                                     else [v])]
+            return [(None, list(flat))]
+        names = self.output_names
+        if isinstance(specs, dict):
+            per = self._per_output(specs, "metrics", [])
+        elif specs and all(isinstance(s, (list, tuple)) for s in specs):
+            per = self._per_output(list(specs), "metrics")
+        else:
+            per = [list(specs)] * n
+        return [(name, [m for m in (p if isinstance(p, (list, tuple)) else [p])])
+                for name, p in zip(names, per)]
+
+    # ------------------------------------------------------------------ plan
+    def _head_activation(self, index):
+        """The activation of the layer producing output ``index`` when the graph may run
+        that layer without it (a one-output node whose tensor nothing else reads)."""
+        if self._graph is None:
+            return None
+        nodes, _, outs = self._graph
+        t = outs[index]
+        node = t.node
+        if node is None or len(node.outputs) != 1 or isinstance(node.layer, Model):
+            return None
+        if sum(1 for o in outs if o is t) > 1 or any(
+                any(i is t for i in n.inputs) for n in nodes):
+            return None
+        return getattr(node.layer, "activation", None)
+
     def _prepare(self):
-        """Per-(compile, build, trainable flags) plan of the training step."""
-        flags = tuple(layer.trainable for layer in self._layers)
-        plan = self._prepared
-        if plan is not None and plan["flags"] == flags:
+        """The training plan of the current (compile, build, trainable flags)."""
+        leaves = self._leaf_layers()
+        key = (tuple(layer.trainable for layer in leaves), self.trainable, len(leaves))
+        plan = self._plan
+        if plan is not None and plan.key == key:
             return plan
-        head = self._layers[-1]
+        losses_ = self._per_output_losses()
+        weights = [float(w) if w is not None else 1.0
+                   for w in self._per_output(self._loss_weights, "loss_weights", 1.0)] \
+            if self._loss_weights is not None else [1.0] * len(losses_)
         # Keras's fusion: a softmax/sigmoid head feeding the matching cross-entropy is
         # replaced by the backend's fused op on the logits (exact, stable gradient).
-        fused = (not self.loss.from_logits and self.loss.fused_activation is not None
-                 and getattr(head, "activation", None) == self.loss.fused_activation)
-        # trainable_weights, not weights: the order of layer.grads, without state arrays
-        # such as BatchNormalization's moving statistics (updated in forward, never trained).
-        train_layers = [layer for layer in self._layers if layer.trainable_weights]
-        train_vars = [w for layer in train_layers for w in layer.trainable_weights]
-        # Backprop stops at the first layer that trains: nothing upstream of it has anything
-        # to learn, so no input gradient is needed there (for a first conv on 1-3 channels
-        # that is about half of its backward).
-        first = train_layers[0] if train_layers else None
-        steps = fusion.steps(self._layers[:-1]) + [head]
-        stop = (next(i for i, step in enumerate(steps) if first in fusion.layers_of(step))
-                if first is not None else len(steps) - 1)
-        plan = {
-            "flags": flags,
-            "fused": fused,
-            "logits": fused or self.loss.from_logits,
-            "body": steps[:-1],
-            "head": head,
-            "backward_layers": steps[:stop:-1],
-            "first_trainable": steps[stop] if first is not None else None,
-            "train_layers": train_layers,
-            "train_vars": train_vars,
-            "metrics": [metrics_module.get(m, self.loss, head.output_shape)
-                        for m in self._metric_specs],
-            "optimizer_bound": False,
-        }
-        self._prepared = plan
+        fused = [l is not None and not l.from_logits and l.fused_activation is not None
+                 and self._head_activation(i) == l.fused_activation
+                 for i, l in enumerate(losses_)]
+        logits = [f or (l is not None and l.from_logits) for f, l in zip(fused, losses_)]
+        program = None
+        if self._graph is not None:
+            program = self._program(frozenset(i for i, f in enumerate(fused) if f), False)
+        train_layers = [(layer, layer.trainable_weights) for layer in leaves
+                        if layer.trainable_weights] if self.trainable else []
+        metrics = []
+        for i, (out_name, specs) in enumerate(self._per_output_metric_specs()):
+            for spec in specs:
+                m = metrics_module.get(spec, losses_[i] if i < len(losses_) else None,
+                                       self._output_shapes[i])
+                log = m.name if out_name is None else f"{out_name}_{m.name}"
+                metrics.append((i, m, log))
+        plan = TrainingPlan(key, program, logits, losses_, weights, train_layers, metrics)
+        self._plan = plan
         return plan
+
+    def _program(self, logits=frozenset(), need_input_grad=False):
+        key = (logits, need_input_grad)
+        program = self._programs.get(key)
+        if program is None:
+            nodes, ins, outs = self._graph
+            program = executor.Program(nodes, ins, outs, logits, need_input_grad)
+            self._programs[key] = program
+        return program
 
     def _prepare_training(self):
         """The plan, with the optimizer checked against the weights it will update."""
         plan = self._prepare()
-        if not plan["optimizer_bound"]:
+        if not plan.optimizer_bound:
             if self.optimizer._variables is not None:
                 # An optimizer keeps per-weight state: it may only go on with the same arrays.
                 try:
-                    self.optimizer.build(plan["train_vars"])
+                    self.optimizer.build(plan.train_vars)
                 except ValueError:
                     raise ValueError(
                         f"the optimizer holds state for other weights (the trainable flags "
                         f"of model {self.name!r} changed, or the optimizer belongs to another "
                         f"model); call model.compile(...) again with a new optimizer"
                     ) from None
-            plan["optimizer_bound"] = True
+            plan.optimizer_bound = True
         return plan
 
     # ---------------------------------------------------------- input checks
     def _check_x(self, x, argument="x", allow_empty=False):
+        """``x`` as a list of contiguous arrays of the model dtype, one per input."""
         if x is None:
             raise ValueError(f"{argument} is required (an array of inputs), got None")
+        n_inputs = len(self._input_specs) if self._input_specs is not None else 1
+        if isinstance(x, dict):
+            if self._graph is None:
+                raise ValueError(f"{argument} is a dict, but model {self.name!r} takes one "
+                                 f"array")
+            names = self.input_names
+            unknown = sorted(set(x) - set(names))
+            missing = [n for n in names if n not in x]
+            if unknown or missing:
+                raise ValueError(f"{argument} keys {sorted(x)} do not match the model's inputs "
+                                 f"{names}")
+            parts = [x[name] for name in names]
+        elif isinstance(x, (list, tuple)) and n_inputs > 1:
+            if len(x) != n_inputs:
+                raise ValueError(f"{argument} has {len(x)} arrays, model {self.name!r} has "
+                                 f"{n_inputs} inputs {self.input_names}")
+            parts = list(x)
+        else:
+            parts = [x]
+        arrays = []
+        for k, part in enumerate(parts):
+            name = argument if len(parts) == 1 else f"{argument}[{k}]"
+            arrays.append(self._as_array(part, name, allow_empty))
+        if len({len(a) for a in arrays}) > 1:
+            raise ValueError(f"the arrays of {argument} have different numbers of samples: "
+                             f"{[len(a) for a in arrays]}")
+        if not self.built:
+            self._build_from_data(arrays)
+        for k, (a, expected) in enumerate(zip(arrays, self._input_specs)):
+            name = argument if len(arrays) == 1 else f"{argument}[{k}]"
+            self._check_shape(a, expected, name)
+        # uint8 images and other numbers become the model dtype here, once, not per batch
+        return [np.ascontiguousarray(a, dtype=self._dtype) for a in arrays]
+
+    @staticmethod
+    def _as_array(x, argument, allow_empty):
+        x = autodiff.value_of(x)
+        if isinstance(x, (list, tuple)):
+            try:
+                x = np.asarray(x)
+            except ValueError:
+                raise ValueError(f"{argument} is a ragged list (its rows have different "
+                                 f"lengths); pass a NumPy array of one shape") from None
         x = np.asarray(x)
+        if x.dtype == object:
+            raise ValueError(f"{argument} must be a numeric array, got dtype object (a ragged "
+                             f"list, or mixed values?)")
+        if np.issubdtype(x.dtype, np.complexfloating):
+            raise ValueError(f"{argument} must be real numbers, got complex dtype {x.dtype}")
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
             raise ValueError(f"{argument} must be a numeric array, got dtype {x.dtype}")
         if x.ndim == 0 or (len(x) == 0 and not allow_empty):
             raise ValueError(f"{argument} must hold at least one sample, got shape {x.shape}")
-        if not self.built:
-            if not self._layers:
-                raise ValueError(f"model {self.name!r} has no layers")
-            self.build((None,) + x.shape[1:])
-        expected = self._input_spec
+        return x
+
+    def _build_from_data(self, arrays):
+        self._build_subclassed(arrays)
+
+    def _check_shape(self, x, expected, argument):
         if x.ndim != len(expected):
             hint = ""
             if x.ndim == len(expected) - 1 and len(expected) == 4:
-                hint = "; for single-channel images add a channel axis: x[..., None]"
+                if x.shape == tuple(expected[1:]):
+                    hint = ("; this looks like ONE sample without the batch axis: add it "
+                            "with x[None] (or np.expand_dims(x, 0))")
+                else:
+                    hint = "; for single-channel images add a channel axis: x[..., None]"
+            elif x.ndim == len(expected) - 1 and x.shape == tuple(expected[1:]):
+                hint = "; this looks like ONE sample without the batch axis: add it with x[None]"
             raise ValueError(
                 f"{argument} has shape {x.shape} ({x.ndim}-D), but model {self.name!r} "
                 f"expects {len(expected)}-D input of shape {format_shape(expected)}{hint}")
-        if x.shape[1:] != expected[1:]:
-            if len(expected) == 4 and x.shape[1:3] == expected[1:3]:
+        if any(e is not None and s != e for s, e in zip(x.shape[1:], expected[1:])):
+            if len(expected) == 4 and x.shape[1:3] == tuple(expected[1:3]):
                 detail = (f"{argument} has {x.shape[-1]} channels, the model expects "
                           f"{expected[-1]}")
             else:
@@ -370,54 +823,134 @@ class Sequential:
             raise ValueError(
                 f"{detail}; model {self.name!r} expects input of shape "
                 f"{format_shape(expected)} (batch first, channels last)")
-        # uint8 images and other numbers become the model dtype here, once, not per batch
-        return np.ascontiguousarray(x, dtype=self._dtype)
 
     def _check_xy(self, x, y, x_name="x", y_name="y"):
         if y is None:
             raise ValueError(f"{y_name} is required (targets for the loss), got None")
-        y_arr = np.asarray(y)
-        x_len = len(x) if hasattr(x, "__len__") else None
-        if y_arr.ndim == 0:
-            raise ValueError(f"{y_name} must be an array of targets, got a scalar")
-        if x_len is not None and x_len != len(y_arr):
-            raise ValueError(
-                f"{x_name} and {y_name} must have the same number of samples: "
-                f"{x_name} has {x_len}, {y_name} has {len(y_arr)}")
-        x = self._check_x(x, x_name)
-        y_arr = self.loss.prepare_targets(y_arr, self.output_shape, self._dtype, y_name)
-        return x, y_arr
+        xs = self._check_x(x, x_name)
+        n = len(xs[0])
+        losses_ = self._per_output_losses()
+        n_out = len(losses_)
+        if isinstance(y, dict):
+            names = self.output_names
+            unknown = sorted(set(y) - set(names))
+            if unknown:
+                raise ValueError(f"{y_name} names outputs {unknown}; the model's outputs are "
+                                 f"{names}")
+            parts = [y.get(name) for name in names]
+        elif isinstance(y, (list, tuple)) and n_out > 1:
+            if len(y) != n_out:
+                raise ValueError(f"{y_name} has {len(y)} entries, model {self.name!r} has "
+                                 f"{n_out} outputs {self.output_names}")
+            parts = list(y)
+        else:
+            parts = [y] + [None] * (n_out - 1) if n_out == 1 else [y] * n_out
+        ys = []
+        for k, (part, loss) in enumerate(zip(parts, losses_)):
+            name = y_name if n_out == 1 else f"{y_name}[{self.output_names[k]!r}]"
+            if loss is None:
+                ys.append(None)
+                continue
+            if part is None:
+                raise ValueError(f"{name} is required: output {self.output_names[k]!r} has a "
+                                 f"loss")
+            arr = np.asarray(autodiff.value_of(part))
+            if arr.ndim == 0:
+                raise ValueError(f"{name} must be an array of targets, got a scalar")
+            if arr.dtype == object:
+                raise ValueError(f"{name} must be a numeric array, got dtype object (a ragged "
+                                 f"list?)")
+            if np.issubdtype(arr.dtype, np.complexfloating):
+                raise ValueError(f"{name} must be real numbers, got complex dtype {arr.dtype}")
+            if len(arr) != n:
+                raise ValueError(
+                    f"{x_name} and {name} must have the same number of samples: "
+                    f"{x_name} has {n}, {name} has {len(arr)}")
+            ys.append(loss.prepare_targets(arr, self._output_shapes[k], self._dtype, name))
+        return xs, ys
 
     # -------------------------------------------------------------- the step
-    def _forward(self, plan, x, training, logits_head):
-        x = _device.put(self, x)   # on a device backend: the batch, copied once
-        for layer in plan["body"]:
-            x = layer.forward(x, training)
-        if logits_head:
-            return plan["head"].forward(x, training, activate=False)
-        return plan["head"].forward(x, training)
+    def _forward(self, plan, xs, training):
+        """``(outputs, ctx)`` of a step: a list of output arrays (logits where the plan
+        fuses the head) and what the backward needs."""
+        xs = [_device.put(self, x) for x in xs]   # on a device backend: copied once
+        if plan.program is not None:
+            return plan.program.forward(xs, training)
+        value, ctx = _forward_by_call_model(self, xs, training)
+        return value, ctx
 
-    def _train_step(self, plan, x, y, epoch=None, batch=None):
-        """One optimizer step; ``(mean loss, samples)`` of the batch.
+    def _backward(self, plan, dys, ctx):
+        """The gradients of ``plan.train_vars`` (with the regularizers'), in order."""
+        if plan.program is not None:
+            _, by_layer = plan.program.backward(dys, ctx)
+            by_leaf = _leaf_grads(by_layer)
+        else:
+            by_leaf = _backward_by_call_model(self, dys, ctx)
+        grads = []
+        for layer, ws in plan.train_layers:
+            got = by_leaf.get(id(layer))
+            slots = layer._param_slots()
+            own = list(got) if got is not None else [None] * len(slots)
+            own = tuple(_device.zeros_like(w) if g is None else g for g, w in zip(own, slots))
+            own = layer.add_regularization_gradients(own)
+            grads.extend(own)
+        return grads
 
-        Under fastcnn.distributed, ``x`` is this process's share of the global batch (empty
+    def _compute_loss(self, plan, outs, ys):
+        """``(total loss, [d_out], {output_loss: value})`` (under one backend)."""
+        backend = backends.current()
+        total, dys, parts = 0.0, [], {}
+        several = len(outs) > 1
+        for i, (out, y, loss, w) in enumerate(zip(outs, ys, plan.losses, plan.loss_weights)):
+            if loss is None:
+                dys.append(None)
+                continue
+            value, d = loss.compute(backend, out, y, plan.logits[i])
+            value = float(value)
+            if w != 1.0:
+                d = d * w
+            total += w * value
+            dys.append(d)
+            if several:
+                parts[f"{self.output_names[i]}_loss"] = value
+        return total, dys, parts
+
+    def _update_metrics(self, plan, ys, outs, n, dist):
+        """Updates the metrics with this process's batch; under MPI sums the counts of
+        the processes, and the loss and sample count with them."""
+        if dist.size == 1:
+            for i, m, _ in plan.metrics:
+                if n:
+                    m.update_model_output(ys[i], outs[i], plan.logits[i])
+            return None
+        before = [m.counts() for _, m, _ in plan.metrics]
+        for i, m, _ in plan.metrics:
+            if n:
+                m.update_model_output(ys[i], outs[i], plan.logits[i])
+        return before
+
+    def _train_step(self, plan, xs, ys, epoch=None, batch=None):
+        """One optimizer step; ``(mean loss, samples, per-output losses)`` of the batch.
+
+        Under fastcnn.distributed, ``xs`` is this process's share of the global batch (empty
         for some processes in a short last batch) and the strategy sums the loss, the
         metrics' counts and the gradients over the processes: the returned values are the
         global batch's, the same on every process.
         """
         dist = distributed.current()
-        n = len(x)
-        out = dy = None
-        loss = 0.0
+        n = len(xs[0])
+        outs = ctx = dys = None
+        loss, parts = 0.0, {}
         if n:
-            out = self._forward(plan, x, True, plan["fused"])
-            loss, dy = self.loss.compute(backends.current(), out, y, plan["logits"])
+            outs, ctx = self._forward(plan, xs, True)
+            loss, dys, parts = self._compute_loss(plan, outs, ys)
             # Regularizers' penalties (Keras reports them in the loss); their gradients are
-            # added by each layer's backward.
-            loss = float(loss) + sum(layer.regularization_loss() for layer in self._layers)
-        # Updates the metrics; under MPI sums over the processes, so that all of them raise
-        # below together (none is left waiting in the gradient Allreduce).
-        loss, total = dist.reduce_batch(plan, loss, n, y, out)
+            # added once per layer by _backward.
+            loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
+        before = self._update_metrics(plan, ys, outs, n, dist)
+        # Under MPI: sums over the processes, so that all of them raise below together
+        # (none is left waiting in the gradient Allreduce).
+        loss, total = self._reduce(plan, dist, loss, n, before)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss} "
@@ -425,52 +958,237 @@ class Sequential:
                    else f"at epoch {epoch + 1}, batch {batch + 1}")
                 + "; training stopped before this batch's update "
                 "(try a lower learning rate, or check x and y for NaN/inf)")
-        grads = None
-        if n:
-            for layer in plan["backward_layers"]:
-                dy = layer.backward(dy)
-            if plan["first_trainable"] is not None:
-                plan["first_trainable"].backward(dy, need_dx=False)
-            grads = [g for layer in plan["train_layers"] for g in layer.grads]
-        grads = dist.average_gradients(plan, grads, n, total)
-        self.optimizer.apply(grads, plan["train_vars"])
-        return loss, total
+        grads = self._backward(plan, dys, ctx) if n else None
+        if plan.train_vars:   # a model with nothing to train takes no optimizer step
+            grads = dist.average_gradients(plan, grads, n, total)
+            self.optimizer.apply(grads, plan.train_vars)
+            _apply_constraints(plan)
+        return loss, total, parts
 
-    def _test_step(self, plan, x, y):
-        """``(mean loss, samples)`` of the batch in inference mode (global under MPI)."""
-        n = len(x)
-        out, loss = None, 0.0
-        if n:
-            out = self._forward(plan, x, False, plan["fused"])
-            loss, _ = self.loss.compute(backends.current(), out, y, plan["logits"])
-            loss = float(loss) + sum(layer.regularization_loss() for layer in self._layers)
-        return distributed.current().reduce_batch(plan, loss, n, y, out)
+    def _reduce(self, plan, dist, loss, n, before):
+        """``(global mean loss, global samples)``; the metrics hold the global counts."""
+        if dist.size == 1:
+            return loss, n
+        metrics = [m for _, m, _ in plan.metrics]
+        deltas = [m.counts() - b for m, b in zip(metrics, before)]
+        stats = np.concatenate([[n, loss * n if n else 0.0]] + deltas)
+        stats = dist.sum_stats(stats)
+        k = 2
+        for m, b, d in zip(metrics, before, deltas):
+            m.set_counts(b + stats[k:k + len(d)])
+            k += len(d)
+        samples = int(round(stats[0]))
+        return float(stats[1]) / samples, samples
 
-    def _evaluate_arrays(self, plan, x, y, batch_size, cbs=None):
+    def _test_step(self, plan, xs, ys):
+        """``(mean loss, samples, per-output losses)`` in inference mode (global under MPI)."""
         dist = distributed.current()
-        dist.agree("evaluate/validation", samples=len(x), batch_size=batch_size, x=x, y=y)
-        for m in plan["metrics"]:
-            m.reset_state()
-        hooks = cbs is not None and cbs.needs_batch_hooks("test")
-        n, total = len(x), 0.0
-        for batch, start in enumerate(range(0, n, batch_size)):
-            lo, hi = dist.shard(start, min(start + batch_size, n))
-            loss, count = self._test_step(plan, x[lo:hi], y[lo:hi])
-            total += loss * count
-            if hooks:
-                cbs.on_test_batch_end(batch, self._running_logs(
-                    plan, total / min(start + batch_size, n)))
-        return self._running_logs(plan, total / n)
+        n = len(xs[0])
+        outs, loss, parts = None, 0.0, {}
+        if n:
+            outs, _ = self._forward(plan, xs, False)
+            loss, _, parts = self._compute_loss(plan, outs, ys)
+            loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
+        before = self._update_metrics(plan, ys, outs, n, dist)
+        loss, total = self._reduce(plan, dist, loss, n, before)
+        return loss, total, parts
+
+    def _infer(self, xs):
+        """The outputs (a list of NumPy arrays) of the model on ``xs``, inference mode."""
+        xs = [_device.put(self, x) for x in xs]
+        if self._graph is not None:
+            outs, _ = self._program().forward(xs, False, keep=False)
+        else:
+            with autodiff.isolated():
+                arg = [autodiff.Tensor(x) for x in xs]
+                out = self._run_call(arg if len(arg) > 1 else arg[0], False)
+            outs = [autodiff.value_of(o) for o in _structure(out, "outputs")[0]]
+        return [_device.to_host(o) for o in outs]   # outputs are NumPy arrays everywhere
+
+    def _infer_part(self, xs):
+        """``_infer``, also for a process's empty share of a batch (under MPI)."""
+        if len(xs[0]) == 0:
+            return [np.empty((0,) + tuple(s[1:]), dtype=self._dtype)
+                    for s in self._output_shapes]
+        return self._infer(xs)
+
+    # --------------------------------------------------- the Layer protocol
+    def forward(self, inputs, training=False):
+        """``(outputs, ctx)``: the model as one layer (inside another model, or a tape)."""
+        xs = list(inputs) if self.multiple_inputs else [inputs]
+        if self._graph is not None:
+            program = self._program(frozenset(), True)
+            outs, ctxs = program.forward(xs, training)
+            return (outs[0] if len(outs) == 1 else outs), (program, ctxs, outs)
+        return Layer.forward(self, inputs, training)
+
+    def backward(self, dy, ctx, need_dx=True):
+        if self._graph is None:
+            return Layer.backward(self, dy, ctx, need_dx)
+        program, ctxs, outs = ctx
+        dys = list(dy) if len(outs) > 1 else [dy]
+        dxs, by_layer = program.backward(dys, list(ctxs))
+        grads = []
+        for layer in self._unique_layers():
+            got = by_layer.get(id(layer))
+            k = len(layer._param_slots())
+            grads.extend(got[1] if got is not None else [None] * k)
+        if not self.multiple_inputs:
+            dxs = dxs[0] if dxs is not None else None
+        return dxs, tuple(grads)
+
+    def _output_values_like(self, ctx):
+        return ctx[2]
+
+    def _symbolic_call(self, inputs):
+        if self._graph is None:
+            return Layer._symbolic_call(self, inputs)
+        ins = self._as_input_list(inputs, "symbolic") if self.multiple_inputs else \
+            [inputs[0] if isinstance(inputs, (list, tuple)) and len(inputs) == 1 else inputs]
+        for t, spec in zip(ins, self._input_specs):
+            if not isinstance(t, graph.KerasTensor):
+                raise ValueError(f"model {self.name!r}: cannot mix symbolic tensors and arrays")
+            if len(t.shape) != len(spec) or any(
+                    a is not None and b is not None and a != b
+                    for a, b in zip(t.shape[1:], spec[1:])):
+                raise ValueError(
+                    f"model {self.name!r} expects input of shape {format_shape(spec)}, got "
+                    f"{t!r}")
+        outs = [graph.KerasTensor((ins[0].shape[0],) + tuple(s[1:]), self.dtype,
+                                  name=self.name) for s in self._output_shapes]
+        node = graph.Node(self, ins, outs, self.multiple_inputs)
+        for i, o in enumerate(outs):
+            o.node, o.index = node, i
+        self._inbound_nodes.append(node)
+        return _restructure(outs, *self._output_kind)
+
+    def __call__(self, *args, **kwargs):
+        """``model(x, training=False)``: symbolic tensors add the model as one node of a
+        graph; arrays or Tensors compute at once and return Tensors (recorded on an open
+        GradientTape)."""
+        if args:
+            inputs, rest = args[0], args[1:]
+        else:
+            inputs, rest = kwargs.pop("inputs", None), ()
+        training = kwargs.pop("training", rest[0] if rest else False)
+        kwargs.pop("mask", None)
+        if kwargs:
+            raise TypeError(f"model {self.name!r} got unexpected call arguments "
+                            f"{sorted(kwargs)}")
+        if graph.is_symbolic(inputs):
+            return self._symbolic_call(inputs)
+        training = bool(training) if training is not None else False
+        if self._graph is None:
+            if not self.built:
+                leaves = [autodiff.value_of(v) for v in _structure(inputs, "x")[0]]
+                self._build_subclassed([self._as_array(v, "x", False) for v in leaves])
+            return self._run_call(inputs, training)
+        leaves = [autodiff.value_of(v) for v in _structure(inputs, "x")[0]]
+        raw = _structure(inputs, "x")[0]
+        xs = self._check_x(leaves if len(leaves) > 1 else leaves[0])
+        if not autodiff.recording():
+            with _device.scope(self):
+                outs = self._infer(xs) if not training else \
+                    [_device.to_host(o) for o in self._program().forward(
+                        [_device.put(self, x) for x in xs], True, keep=False)[0]]
+            return _restructure([autodiff.Tensor(o) for o in outs], *self._output_kind)
+        program = self._program(frozenset(), True)
+        outs, ctxs = program.forward(xs, training)
+        params = self._param_variables()
+        n = len(xs)
+        recorded = [r if isinstance(r, (autodiff.Tensor, np.ndarray)) else x
+                    for r, x in zip(raw, xs)]
+
+        def backward(dys, needs):
+            dxs, by_layer = program.backward(list(dys), list(ctxs))
+            grads = []
+            for layer in self._unique_layers():
+                got = by_layer.get(id(layer))
+                k = len(layer._param_slots())
+                grads.extend(got[1] if got is not None else [None] * k)
+            return list(dxs) + grads
+        tensors = autodiff.record(self.name, recorded + params, outs, backward)
+        del n
+        return _restructure(tensors, *self._output_kind)
+
+    # ------------------------------------------------------------- the loops
+    @staticmethod
+    def _take(arrays, lo, hi):
+        return [None if a is None else a[lo:hi] for a in arrays]
 
     @staticmethod
-    def _running_logs(plan, loss):
-        return {"loss": loss, **{m.name: m.result() for m in plan["metrics"]}}
+    def _pick(arrays, idx):
+        return [None if a is None else a[idx] for a in arrays]
 
-    def _progress(self, callbacks, steps, verbose):
-        """Callbacks of evaluate/predict: the user's plus Keras's progress bar."""
-        return callbacks_module.CallbackList(
-            callbacks, model=self, add_progbar=True, verbose=verbose,
-            params={"epochs": 1, "steps": steps, "verbose": verbose})
+    def _custom_step(self):
+        return type(self).train_step is not Model.train_step
+
+    def train_step(self, data):
+        """One training step on ``data = (x, y)``; returns the logs (Keras 3). Override it
+        for a custom step inside ``fit`` (use ``self(x, training=True)`` in a
+        GradientTape, :meth:`compute_loss`, ``self.optimizer.apply_gradients`` and
+        :meth:`compute_metrics`)."""
+        x, y = data[0], data[1]
+        plan = self._prepare_training()
+        xs, ys = self._check_xy(x, y)
+        loss, _, parts = self._train_step(plan, xs, ys)
+        return plan.logs(loss, parts)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled loss of ``y_pred`` against ``y`` plus the regularization losses, as
+        a differentiable scalar (Keras 3): what a custom ``train_step`` minimises."""
+        self._require_compiled("compute_loss")
+        preds = _structure(y_pred, "y_pred")[0]
+        targets = _structure(y, "y")[0] if len(preds) > 1 else [y]
+        plan = self._prepare()
+        total = None
+        for i, (p, t) in enumerate(zip(preds, targets)):
+            loss = plan.losses[i]
+            if loss is None:
+                continue
+            value = loss(t, p) if sample_weight is None else loss(t, p, sample_weight)
+            if plan.loss_weights[i] != 1.0:
+                value = value * plan.loss_weights[i]
+            total = value if total is None else total + value
+        for extra in self.losses:
+            total = extra if total is None else total + extra
+        tracker = self._loss_tracker()
+        tracker.update_state(float(np.asarray(total)))
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates the compiled metrics with ``y_pred`` (what the model outputs) and returns
+        the logs: ``{'loss': ..., metric: value}`` (Keras 3)."""
+        plan = self._prepare()
+        preds = [np.asarray(autodiff.value_of(p)) for p in _structure(y_pred, "y_pred")[0]]
+        targets = _structure(y, "y")[0] if len(preds) > 1 else [y]
+        for i, m, _ in plan.metrics:
+            loss = plan.losses[i]
+            t = np.asarray(autodiff.value_of(targets[i]))
+            if loss is not None:
+                t = loss.prepare_targets(t, self._output_shapes[i], self._dtype, "y")
+            m.update_model_output(t, preds[i], False)
+        return self.get_metrics_result()
+
+    def get_metrics_result(self):
+        plan = self._prepare()
+        logs = {"loss": self._loss_tracker().result()}
+        for _, m, name in plan.metrics:
+            logs[name] = m.result()
+        return logs
+
+    def _loss_tracker(self):
+        tracker = self.__dict__.get("_tracker")
+        if tracker is None:
+            tracker = _Mean("loss")
+            object.__setattr__(self, "_tracker", tracker)
+        return tracker
+
+    @property
+    def compiled_loss(self):
+        """Keras 2's ``self.compiled_loss(y, y_pred)`` (use :meth:`compute_loss`)."""
+        return lambda y, y_pred, sample_weight=None, regularization_losses=None: \
+            self.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
 
     # ------------------------------------------------------------------- fit
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None,
@@ -481,6 +1199,7 @@ class Sequential:
         ``x`` may be an iterator of ``(x, y)`` batches (``ImageDataGenerator.flow...``, a
         Python generator) with ``y=None``: ``steps_per_epoch`` batches per epoch (default
         ``len(x)``); ``validation_data`` may be such an iterator too (``validation_steps``).
+        Several inputs/outputs: lists (or dicts by name) of arrays for ``x`` and ``y``.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size)
@@ -500,7 +1219,7 @@ class Sequential:
                 f"steps_per_epoch applies when x is an iterator of batches; with arrays use "
                 f"batch_size (got steps_per_epoch={steps_per_epoch!r})")
         dist.check_batch_size(batch_size)
-        x, y = self._check_xy(x, y)
+        xs, ys = self._check_xy(x, y)
         x_val = y_val = val_source = None
         if _is_batch_source(validation_data):
             val_source = validation_data
@@ -518,19 +1237,22 @@ class Sequential:
                                           "validation_data[0]", "validation_data[1]")
         elif validation_split > 0:
             # Keras: the LAST fraction of the data, taken before any shuffling.
-            split_at = int(math.floor(len(x) * (1.0 - validation_split)))
-            if split_at == 0 or split_at == len(x):
+            n_all = len(xs[0])
+            split_at = int(math.floor(n_all * (1.0 - validation_split)))
+            if split_at == 0 or split_at == n_all:
                 raise ValueError(
                     f"validation_split={validation_split} leaves "
                     f"{'no training' if split_at == 0 else 'no validation'} samples out of "
-                    f"{len(x)}; use a fraction that leaves samples on both sides")
-            x, x_val, y, y_val = x[:split_at], x[split_at:], y[:split_at], y[split_at:]
+                    f"{n_all}; use a fraction that leaves samples on both sides")
+            x_val, y_val = self._take(xs, split_at, n_all), self._take(ys, split_at, n_all)
+            xs, ys = self._take(xs, 0, split_at), self._take(ys, 0, split_at)
         plan = self._prepare_training()
 
-        n = len(x)
+        n = len(xs[0])
         steps = -(-n // batch_size)
         # Under MPI: every process shares out the same data, in rank 0's order or none.
-        dist.agree("fit's data", samples=n, shuffle=bool(shuffle), x=x, y=y)
+        dist.agree("fit's data", samples=n, shuffle=bool(shuffle), x=xs[0],
+                   y=next((a for a in ys if a is not None), None))
 
         def epoch_batches(epoch):
             # Under MPI: rank 0's order, and this process's share of each global batch.
@@ -538,10 +1260,10 @@ class Sequential:
             for start in range(0, n, batch_size):
                 lo, hi = dist.shard(start, min(start + batch_size, n))
                 if order is None:
-                    yield x[lo:hi], y[lo:hi]
+                    yield self._take(xs, lo, hi), self._take(ys, lo, hi)
                 else:
                     idx = order[lo:hi]
-                    yield x[idx], y[idx]
+                    yield self._pick(xs, idx), self._pick(ys, idx)
 
         with _device.scope(self):   # on 'cuda': weights, optimizer state stay on the device
             return self._train_epochs(
@@ -569,6 +1291,7 @@ class Sequential:
             params=params)
         batch_hooks = cbs.needs_batch_hooks("train")
         dist = distributed.current()
+        custom = self._custom_step()
         if plan is not None:   # None: no epoch to run (epochs <= initial_epoch)
             # Under MPI: same model and data sizes everywhere, then rank 0's weights for all.
             dist.start_fit(self, plan, dict(params, initial_epoch=initial_epoch))
@@ -577,21 +1300,35 @@ class Sequential:
         logs = {}
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            for m in plan["metrics"]:
-                m.reset_state()
-            loss_sum, seen = 0.0, 0
+            plan = plan or self._prepare_training()
+            plan.reset_metrics()
+            self._loss_tracker().reset_state()
+            loss_sum, seen, parts_sum = 0.0, 0, {}
+            step_logs = {}
             for batch, (xb, yb) in enumerate(epoch_batches(epoch)):
                 if batch_hooks:
                     cbs.on_train_batch_begin(batch)
-                loss, count = self._train_step(plan, xb, yb, epoch, batch)
+                if custom:
+                    step_logs = self._run_custom_step(xb, yb)
+                    seen += len(xb[0])
+                    if batch_hooks:
+                        cbs.on_train_batch_end(batch, dict(step_logs))
+                    continue
+                loss, count, parts = self._train_step(plan, xb, yb, epoch, batch)
                 loss_sum += loss * count
                 seen += count
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v * count
                 if batch_hooks:
-                    cbs.on_train_batch_end(batch, self._running_logs(plan, loss_sum / seen))
+                    cbs.on_train_batch_end(batch, plan.logs(
+                        loss_sum / seen, {k: v / seen for k, v in parts_sum.items()}))
             if seen == 0:  # an iterator that ran out before this epoch's first batch
                 break
             dist.end_epoch(self)   # under MPI: one set of BatchNormalization statistics
-            logs = self._running_logs(plan, loss_sum / seen)
+            if custom:
+                logs = {k: float(np.asarray(autodiff.value_of(v))) for k, v in step_logs.items()}
+            else:
+                logs = plan.logs(loss_sum / seen, {k: v / seen for k, v in parts_sum.items()})
             logs.update({"val_" + k: v for k, v in validate(plan).items()})
             cbs.on_epoch_end(epoch, logs)
             # Under MPI all processes stop together (a callback may decide on one alone).
@@ -601,6 +1338,15 @@ class Sequential:
         cbs.on_train_end(logs)
         self.history = cbs.history
         return cbs.history
+
+    def _run_custom_step(self, xb, yb):
+        x = xb[0] if len(xb) == 1 else xb
+        y = yb[0] if len(yb) == 1 else yb
+        out = self.train_step((x, y))
+        if not isinstance(out, dict):
+            raise ValueError(f"train_step must return a dict of logs (metric name -> value), "
+                             f"got {type(out).__name__}")
+        return out
 
     # ------------------------------------------------- iterators of batches
     def _next_xy(self, source, name, need_y=True):
@@ -624,7 +1370,9 @@ class Sequential:
             xb, yb = batch, None
         if distributed.current().size > 1 and len(xb) == 0:
             # this process's empty share of a short last batch: nothing to check in y
-            return self._check_x(xb, f"{name} batch x", allow_empty=True), yb
+            return self._check_x(xb, f"{name} batch x", allow_empty=True), \
+                [None if y is None else np.asarray(y) for y in
+                 (_structure(yb, "y")[0] if yb is not None else [None])]
         if not need_y:
             return self._check_x(xb, f"{name} batch x"), None
         return self._check_xy(xb, yb, f"{name} batch x", f"{name} batch y")
@@ -639,7 +1387,7 @@ class Sequential:
         hooks = cbs is not None and cbs.needs_batch_hooks("test")
         dist = distributed.current()
         dist.agree(f"the number of batches of {name}", steps=steps)
-        total, seen = 0.0, 0
+        total, seen, parts_sum = 0.0, 0, {}
         for step in range(steps):
             got = self._next_xy(source, name)
             if not dist.all(got is not None):   # under MPI: stop together
@@ -647,17 +1395,18 @@ class Sequential:
                 break
             if step == 0:
                 plan = plan or self._prepare()   # the first batch may have built the model
-                for m in plan["metrics"]:
-                    m.reset_state()
+                plan.reset_metrics()
             xb, yb = got
-            loss, count = self._test_step(plan, xb, yb)
+            loss, count, parts = self._test_step(plan, xb, yb)
             total += loss * count
             seen += count
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v * count
             if hooks:
-                cbs.on_test_batch_end(step, self._running_logs(plan, total / seen))
+                cbs.on_test_batch_end(step, plan.logs(total / seen))
         if seen == 0:
             raise ValueError(f"{name} yielded no batches")
-        return {"loss": total / seen, **{m.name: m.result() for m in plan["metrics"]}}
+        return plan.logs(total / seen, {k: v / seen for k, v in parts_sum.items()})
 
     def _fit_batches(self, source, y, epochs, verbose, callbacks, validation_split,
                      validation_data, initial_epoch, steps_per_epoch, validation_steps):
@@ -712,8 +1461,10 @@ class Sequential:
                  "batch_size": None, "samples": None})
 
     # -------------------------------------------------------------- evaluate
-    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, steps=None, callbacks=None):
-        """Loss, or ``[loss, metric...]`` when metrics were compiled (Keras).
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, steps=None, callbacks=None,
+                 return_dict=False):
+        """Loss, or ``[loss, metric...]`` when metrics were compiled (Keras);
+        ``return_dict=True``: ``{name: value}``.
 
         ``x`` may be an iterator of ``(x, y)`` batches (``y=None``): ``steps`` batches,
         default ``len(x)``.
@@ -733,27 +1484,55 @@ class Sequential:
             with _device.scope(self):
                 logs = self._evaluate_batches(x, steps, "x", cbs=cbs)
             cbs.on_test_end(logs)
-            return self._result(logs)
+            return self._result(logs, return_dict)
         if steps is not None:
             raise ValueError(f"steps applies when x is an iterator of batches; with arrays "
                              f"use batch_size (got steps={steps!r})")
         distributed.current().check_batch_size(batch_size)
-        x, y = self._check_xy(x, y)
+        xs, ys = self._check_xy(x, y)
         plan = self._prepare()
-        cbs = self._progress(callbacks, -(-len(x) // batch_size), verbose)
+        cbs = self._progress(callbacks, -(-len(xs[0]) // batch_size), verbose)
         cbs.on_test_begin()
         with _device.scope(self):
-            logs = self._evaluate_arrays(plan, x, y, batch_size, cbs)
+            logs = self._evaluate_arrays(plan, xs, ys, batch_size, cbs)
         cbs.on_test_end(logs)
-        return self._result(logs)
+        return self._result(logs, return_dict)
 
-    def _result(self, logs):
+    def _result(self, logs, return_dict=False):
+        if return_dict:
+            return dict(logs)
         if len(logs) == 1:
             return logs["loss"]
         return list(logs.values())
 
+    def _evaluate_arrays(self, plan, xs, ys, batch_size, cbs=None):
+        dist = distributed.current()
+        dist.agree("evaluate/validation", samples=len(xs[0]), batch_size=batch_size, x=xs[0],
+                   y=next((a for a in ys if a is not None), None))
+        plan.reset_metrics()
+        hooks = cbs is not None and cbs.needs_batch_hooks("test")
+        n, total, parts_sum = len(xs[0]), 0.0, {}
+        for batch, start in enumerate(range(0, n, batch_size)):
+            lo, hi = dist.shard(start, min(start + batch_size, n))
+            loss, count, parts = self._test_step(plan, self._take(xs, lo, hi),
+                                                 self._take(ys, lo, hi))
+            total += loss * count
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v * count
+            if hooks:
+                cbs.on_test_batch_end(batch, plan.logs(total / min(start + batch_size, n)))
+        return plan.logs(total / n, {k: v / n for k, v in parts_sum.items()})
+
+    def _progress(self, callbacks, steps, verbose):
+        """Callbacks of evaluate/predict: the user's plus Keras's progress bar."""
+        return callbacks_module.CallbackList(
+            callbacks, model=self, add_progbar=True, verbose=verbose,
+            params={"epochs": 1, "steps": steps, "verbose": verbose})
+
+    # --------------------------------------------------------------- predict
     def predict(self, x, batch_size=32, verbose=0, steps=None, callbacks=None):
-        """Model outputs as a NumPy array (probabilities for a softmax model).
+        """Model outputs as NumPy arrays (probabilities for a softmax model; a list or dict
+        for several outputs).
 
         ``x`` may be an iterator yielding x or (x, y) batches: ``steps`` batches, default
         ``len(x)`` (use ``shuffle=False`` to keep the outputs in file order).
@@ -765,32 +1544,35 @@ class Sequential:
             steps = _source_steps(x, steps, "steps")
             dist.prepare_source(x, "x")
             with _device.scope(self):
-                return self._predict_batches(x, steps,
+                outs = self._predict_batches(x, steps,
                                              self._progress(callbacks, steps, verbose))
+            return _restructure(outs, *self._output_kind)
         if steps is not None:
             raise ValueError(f"steps applies when x is an iterator of batches; with arrays "
                              f"use batch_size (got steps={steps!r})")
         dist.check_batch_size(batch_size)
-        x = self._check_x(x)
-        n = len(x)
-        dist.agree("predict", samples=n, batch_size=batch_size, x=x)
+        xs = self._check_x(x)
+        n = len(xs[0])
+        dist.agree("predict", samples=n, batch_size=batch_size, x=xs[0])
         cbs = self._progress(callbacks, -(-n // batch_size), verbose)
         hooks = cbs.needs_batch_hooks("predict")
         cbs.on_predict_begin()
-        out = None
+        outs = None
         with _device.scope(self):
             for batch, start in enumerate(range(0, n, batch_size)):
                 stop = min(start + batch_size, n)
                 # Under MPI: this process's share, then every share on every process.
                 lo, hi = dist.shard(start, stop)
-                yb = dist.gather(self._infer_part(x[lo:hi]))
-                if out is None:
-                    out = np.empty((n,) + yb.shape[1:], dtype=yb.dtype)
-                out[start:stop] = yb
+                ybs = [dist.gather(o) for o in self._infer_part(self._take(xs, lo, hi))]
+                if outs is None:
+                    outs = [np.empty((n,) + yb.shape[1:], dtype=yb.dtype) for yb in ybs]
+                for o, yb in zip(outs, ybs):
+                    o[start:stop] = yb
                 if hooks:
-                    cbs.on_predict_batch_end(batch, {"outputs": yb})
+                    cbs.on_predict_batch_end(batch, {"outputs": _restructure(
+                        ybs, *self._output_kind)})
         cbs.on_predict_end()
-        return out
+        return _restructure(outs, *self._output_kind)
 
     def _predict_batches(self, source, steps, cbs):
         hooks = cbs.needs_batch_hooks("predict")
@@ -803,75 +1585,52 @@ class Sequential:
             if not dist.all(got is not None):   # under MPI: stop together
                 self._ran_out("x", step, steps)
                 break
-            outs.append(dist.gather(self._infer_part(got[0])))
+            outs.append([dist.gather(o) for o in self._infer_part(got[0])])
             if hooks:
-                cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
+                cbs.on_predict_batch_end(step, {"outputs": _restructure(
+                    outs[-1], *self._output_kind)})
         if not outs:
             raise ValueError("x yielded no batches")
         cbs.on_predict_end()
-        return np.concatenate(outs)
-
-    def _infer(self, x):
-        x = _device.put(self, x)
-        for step in self._inference_steps():
-            x = step.forward(x, False)
-        return _device.to_host(x)   # outputs are NumPy arrays on every backend
-
-    def _inference_steps(self):
-        key = tuple(map(id, self._layers))
-        cached = getattr(self, "_steps_cache", None)
-        if cached is None or cached[0] != key:
-            cached = self._steps_cache = (key, fusion.steps(self._layers))
-        return cached[1]
-
-    def _infer_part(self, x):
-        """``_infer``, also for a process's empty share of a batch (under MPI)."""
-        if len(x) == 0:
-            return np.empty((0,) + self.output_shape[1:], dtype=self._dtype)
-        return self._infer(x)
-
-    def __call__(self, x, training=False):
-        """Eager forward pass on an array (Keras's ``model(x)``)."""
-        x = self._check_x(x)
-        for layer in self._layers:
-            x = layer.forward(x, bool(training))
-        return x
+        return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
 
     # ------------------------------------------------------------ on a batch
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x, y, return_dict=False):
         """One optimizer step on this batch; the loss (or [loss, metrics...]) before it."""
         self._require_compiled("train_on_batch")
-        x, y = self._check_xy(x, y)
+        xs, ys = self._check_xy(x, y)
         plan = self._prepare_training()
         distributed.current().start_batch(self, plan)   # under MPI: rank 0's weights, once
-        for m in plan["metrics"]:
-            m.reset_state()
+        plan.reset_metrics()
         with _device.scope(self):
-            loss, _ = self._train_step(plan, x, y)
-        return self._result({"loss": loss, **{m.name: m.result() for m in plan["metrics"]}})
+            loss, _, parts = self._train_step(plan, xs, ys)
+        return self._result(plan.logs(loss, parts), return_dict)
 
-    def test_on_batch(self, x, y):
+    def test_on_batch(self, x, y, return_dict=False):
         """Loss (or [loss, metrics...]) on this batch, in inference mode."""
         self._require_compiled("test_on_batch")
-        x, y = self._check_xy(x, y)
+        xs, ys = self._check_xy(x, y)
         plan = self._prepare()
-        for m in plan["metrics"]:
-            m.reset_state()
+        plan.reset_metrics()
         with _device.scope(self):
-            loss, _ = self._test_step(plan, x, y)
-        return self._result({"loss": loss, **{m.name: m.result() for m in plan["metrics"]}})
+            loss, _, parts = self._test_step(plan, xs, ys)
+        return self._result(plan.logs(loss, parts), return_dict)
 
     def predict_on_batch(self, x):
-        x = self._check_x(x)
+        xs = self._check_x(x)
         with _device.scope(self):
-            return self._infer(x)
+            return _restructure(self._infer(xs), *self._output_kind)
 
     # --------------------------------------------------------------- summary
     def summary(self, line_length=None, positions=None, print_fn=None):
-        """Prints Keras's table: Layer (type) | Output Shape | Param #, then the totals."""
+        """Prints Keras's table: Layer (type) | Output Shape | Param # (and, for a graph
+        that is not a chain, Connected to), then the totals."""
         self._require_built("its summary")
-        line_length = line_length or 65
-        positions = positions or [0.45, 0.85, 1.0]
+        graph_like = self._graph is not None and not isinstance(self, Sequential) and \
+            not self._is_chain()
+        line_length = line_length or (98 if graph_like else 65)
+        positions = positions or ([0.33, 0.55, 0.67, 1.0] if graph_like
+                                  else [0.45, 0.85, 1.0])
         if positions[-1] <= 1:
             positions = [int(line_length * p) for p in positions]
         print_fn = print_fn or print
@@ -888,12 +1647,18 @@ class Sequential:
 
         print_fn(f'Model: "{self.name}"')
         print_fn("_" * line_length)
-        row(["Layer (type)", "Output Shape", "Param #"])
+        row(["Layer (type)", "Output Shape", "Param #"] + (["Connected to"] if graph_like
+                                                           else []))
         print_fn("=" * line_length)
-        for i, layer in enumerate(self._layers):
-            row([f"{layer.name} ({type(layer).__name__})", format_shape(layer.output_shape),
-                 layer.count_params()])
-            print_fn(("=" if i == len(self._layers) - 1 else "_") * line_length)
+        rows = self._summary_rows(graph_like)
+        for i, fields in enumerate(rows):
+            if graph_like and len(fields[3]) > 1:
+                row(fields[:3] + [fields[3][0]])
+                for extra in fields[3][1:]:
+                    row(["", "", "", extra])
+            else:
+                row(fields[:3] + ([fields[3][0] if fields[3] else "-"] if graph_like else []))
+            print_fn(("=" if i == len(rows) - 1 else "_") * line_length)
         trainable = sum(w.size for w in self.trainable_weights)
         non_trainable = sum(w.size for w in self.non_trainable_weights)
         print_fn(f"Total params: {trainable + non_trainable:,}")
@@ -901,8 +1666,41 @@ class Sequential:
         print_fn(f"Non-trainable params: {non_trainable:,}")
         print_fn("_" * line_length)
 
+    def _is_chain(self):
+        nodes, ins, outs = self._graph
+        return len(ins) == 1 and len(outs) == 1 and all(
+            len(n.inputs) == 1 for n in nodes) and len({id(n.layer) for n in nodes}) == len(
+            nodes)
+
+    def _summary_rows(self, graph_like):
+        rows = []
+        if self._graph is None:
+            for layer in self.layers:
+                shape = format_shape(layer.output_shape) if layer.built and not isinstance(
+                    layer.output_shape, list) else "?"
+                rows.append([f"{layer.name} ({type(layer).__name__})", shape,
+                             layer.count_params() if layer.built else 0, []])
+            return rows
+        nodes, ins, _ = self._graph
+        node_index = {}
+        for layer in self.layers:
+            for k, n in enumerate(layer._inbound_nodes):
+                node_index[id(n)] = k
+        entries = [t.node for t in ins] if not isinstance(self, Sequential) else []
+        entries += list(nodes)
+        for node in entries:
+            layer = node.layer
+            shapes = [format_shape(t.shape) for t in node.outputs]
+            connected = [f"{t.node.layer.name}[{node_index.get(id(t.node), 0)}][{t.index}]"
+                         for t in node.inputs]
+            rows.append([f"{layer.name} ({type(layer).__name__})",
+                         shapes[0] if len(shapes) == 1 else ", ".join(shapes),
+                         layer.count_params(), connected])
+        return rows
+
     def __repr__(self):
-        return f"<Sequential name={self.name!r}, {len(self._layers)} layers>"
+        kind = "Functional" if self._graph is not None else type(self).__name__
+        return f"<{kind} name={self.name!r}, {len(self.layers)} layers>"
 
     # ------------------------------------------------------------ save / load
     # Thin delegations: the file format and every check live in fastcnn.saving.
@@ -924,7 +1722,7 @@ class Sequential:
         saving.load_weights(self, filepath)
 
     def get_config(self) -> dict:
-        """The architecture as a JSON-able dict (name, input shape, dtype, layer configs)."""
+        """The architecture as a JSON-able dict (graph models)."""
         from . import saving
         return saving.model_to_config(self)["config"]
 
@@ -932,6 +1730,237 @@ class Sequential:
     def from_config(cls, config, custom_objects=None):
         """A new model from :meth:`get_config`'s output (weights freshly initialised)."""
         from . import saving
-        return saving.model_from_config({"class_name": cls.__name__, "config": config},
+        name = "Sequential" if issubclass(cls, Sequential) else "Functional"
+        return saving.model_from_config({"class_name": name, "config": config},
                                         custom_objects)
 
+
+class _Mean:
+    """The running mean of the loss a custom ``train_step`` reports (Keras's loss tracker)."""
+
+    def __init__(self, name):
+        self.name = name
+        self.reset_state()
+
+    def reset_state(self):
+        self._total, self._count = 0.0, 0
+
+    def update_state(self, value, sample_weight=None):
+        self._total += float(value)
+        self._count += 1
+
+    def result(self):
+        return self._total / self._count if self._count else 0.0
+
+
+def _forward_by_call_model(model, xs, training):
+    """A subclassed model's forward for fit: ``call`` on a private tape."""
+    with autodiff.isolated():
+        tape = autodiff.GradientTape(persistent=True)
+        with tape:
+            ts = [autodiff.Tensor(x) for x in xs]
+            out = model._run_call(ts if len(ts) > 1 else ts[0], training)
+    outs = [o if isinstance(o, autodiff.Tensor) else autodiff.Tensor(np.asarray(o))
+            for o in _structure(out, "outputs")[0]]
+    return [o.value for o in outs], (tape, outs)
+
+
+def _backward_by_call_model(model, dys, ctx):
+    """``{id(leaf layer): grads}`` from the private tape of :func:`_forward_by_call_model`."""
+    tape, outs = ctx
+    pairs = [(o, d) for o, d in zip(outs, dys) if d is not None]
+    leaves = [layer for layer in model._leaf_layers() if layer.trainable]
+    params = [layer._param_variables() for layer in leaves]
+    flat = [v for ps in params for v in ps]
+    grads = tape.gradient([o for o, _ in pairs], flat, output_gradients=[d for _, d in pairs])
+    out, i = {}, 0
+    for layer, ps in zip(leaves, params):
+        out[id(layer)] = tuple(grads[i:i + len(ps)])
+        i += len(ps)
+    return out
+
+
+def _leaf_grads(by_layer) -> dict:
+    """``{id(leaf layer): grads}`` from the executor's per-layer gradients, a nested model's
+    split over its own layers (summed where a leaf appears twice)."""
+    out = {}
+
+    def put(layer, grads):
+        if isinstance(layer, Model):
+            i = 0
+            for sub in layer._unique_layers():
+                k = len(sub._param_slots())
+                part = tuple(grads[i:i + k])
+                i += k
+                if any(g is not None for g in part):
+                    put(sub, part)
+            return
+        held = out.get(id(layer))
+        out[id(layer)] = tuple(grads) if held is None else tuple(
+            b if a is None else a if b is None else executor.add(a, b)
+            for a, b in zip(held, grads))
+
+    for layer, grads in by_layer.values():
+        put(layer, grads)
+    return out
+
+
+def _apply_constraints(plan):
+    for layer, _ in plan.train_layers:
+        for v in layer._param_variables():
+            if v.constraint is not None:
+                v.assign(v.constraint(v.value))
+
+
+class Sequential(Model):
+    """A linear stack of layers (Keras's ``keras.Sequential``): the simplest Functional model.
+
+    ``Sequential(layers=None, name=None)``; the input shape comes from ``input_shape=`` on
+    the first layer, a leading ``fastcnn.Input(shape)``, ``build(input_shape)``, or the first
+    data the model sees. Once known, the model is a graph (a chain): ``model.input``,
+    ``model.output`` and each ``layer.output`` exist, so ``Model(model.input,
+    [layer.output for layer in model.layers])`` works as in Keras.
+    """
+
+    def __init__(self, layers=None, name=None, trainable=True):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        Layer.__init__(self, name=name or utils.unique_name("sequential"),
+                       trainable=trainable)
+        self._init_model_state()
+        self._seq = []
+        self._seq_ids = set()
+        self._input_layer = None
+        self._seq_nodes = []
+        if layers is not None:
+            if isinstance(layers, (Layer, graph.KerasTensor)) or not isinstance(
+                    layers, (list, tuple)):
+                raise ValueError(
+                    f"layers must be a list of layers, got {type(layers).__name__}")
+            for layer in layers:
+                self.add(layer)
+
+    @property
+    def layers(self) -> list:
+        return list(self._seq)
+
+    def _unique_layers(self) -> list:
+        return list(self._seq)
+
+    def add(self, layer) -> None:
+        """Appends a layer (built at once when the input shape is known)."""
+        if isinstance(layer, graph.KerasTensor):
+            if layer.node is None or not isinstance(layer.node.layer, InputLayer):
+                raise ValueError("Sequential.add takes layers, or fastcnn.Input(...) first")
+            layer = layer.node.layer
+        if isinstance(layer, InputLayer):
+            if self._seq or self._input_layer is not None:
+                raise ValueError(
+                    "an Input may only be the first entry of a Sequential model")
+            self._input_layer = layer
+            return
+        if not isinstance(layer, Layer):
+            raise ValueError(
+                f"Sequential.add expects a fastcnn.layers.Layer, got {type(layer).__name__}")
+        if id(layer) in self._seq_ids:
+            raise ValueError(f"layer {layer.name!r} is already in model {self.name!r}")
+        if not self._seq and self._input_layer is None and layer._batch_input_shape:
+            self._input_layer = InputLayer(shape=layer._batch_input_shape[1:],
+                                           dtype=layer._dtype_arg)
+        self._seq.append(layer)
+        self._seq_ids.add(id(layer))
+        self._plan = None
+        if self._input_layer is not None:
+            try:
+                self._extend(len(self._seq) - 1)
+            except Exception:
+                self._seq.pop()
+                self._seq_ids.discard(id(layer))
+                raise
+
+    def pop(self):
+        """Removes the last layer (Keras)."""
+        if not self._seq:
+            raise ValueError(f"model {self.name!r} has no layers to pop")
+        layer = self._seq.pop()
+        self._seq_ids.discard(id(layer))
+        if self._input_layer is not None:
+            self._extend(0)
+        return layer
+
+    def _model_dtype(self):
+        first = self._seq[0]._dtype_arg if self._seq else None
+        return first or self._input_layer._dtype_arg or np.dtype(config.floatx())
+
+    def _extend(self, start):
+        """Calls layers ``start:`` on the chain's tensors (from scratch when start is 0)."""
+        if start == 0:
+            for node in self._seq_nodes:
+                owner = node.layer._inbound_nodes
+                if any(node is n for n in owner):
+                    owner.remove(node)
+            self._seq_nodes = []
+            x = self._input_layer.output
+            dtype = self._model_dtype()
+            if np.dtype(x.dtype) != dtype:
+                self._input_layer = InputLayer(shape=self._input_layer.shape_arg,
+                                               dtype=dtype, name=self._input_layer.name)
+                x = self._input_layer.output
+        else:
+            x = self._seq_nodes[start - 1].outputs[0]
+        dtype = np.dtype(x.dtype)
+        for layer in self._seq[start:]:
+            if layer._dtype_arg is not None and layer._dtype_arg != dtype:
+                raise ValueError(
+                    f"layer {layer.name!r} has dtype {layer._dtype_arg.name} but model "
+                    f"{self.name!r} computes in {dtype.name}; fastcnn models use one "
+                    f"dtype (leave dtype=None or set the same dtype everywhere)"
+                )
+            before = len(layer._inbound_nodes)
+            x = layer(x)
+            if isinstance(x, (list, tuple)) or len(layer._inbound_nodes) != before + 1:
+                raise ValueError(f"layer {layer.name!r} must have one output in a Sequential "
+                                 f"model")
+            self._seq_nodes.append(layer._inbound_nodes[-1])
+        self._init_graph(self._input_layer.output, x)
+
+    def build(self, input_shape=None, dtype=None) -> None:
+        """Builds every layer for ``input_shape`` (batch dimension first; may be None)."""
+        if input_shape is None:
+            if self._input_layer is None:
+                raise ValueError(
+                    "build() needs input_shape (batch first, e.g. (None, 28, 28, 1)) for a "
+                    "model whose first layer has no input_shape")
+        else:
+            try:
+                dims = tuple(input_shape)
+            except TypeError:
+                raise ValueError(
+                    f"input_shape must be a tuple like (None, 28, 28, 1), got {input_shape!r}"
+                ) from None
+            if len(dims) < 2:
+                raise ValueError(
+                    f"input_shape must include the batch dimension, e.g. (None, 28, 28, 1); "
+                    f"got {input_shape!r}")
+            spec = normalize_shape(dims[1:], "input_shape")
+            if self._input_layer is not None and self.built and \
+                    (None,) + spec != (None,) + self._input_layer.shape_arg:
+                raise ValueError(
+                    f"model {self.name!r} is built for input shape "
+                    f"{format_shape((None,) + self._input_layer.shape_arg)}, got input_shape "
+                    f"{input_shape!r}")
+            if self._input_layer is None or self._input_layer.shape_arg != spec:
+                self._input_layer = InputLayer(shape=spec, dtype=dtype or (
+                    self._seq[0]._dtype_arg if self._seq else None))
+        if not self._seq:
+            raise ValueError(f"model {self.name!r} has no layers to build")
+        self._extend(0)
+        self._plan = None
+
+    def _build_from_data(self, arrays):
+        if not self._seq:
+            raise ValueError(f"model {self.name!r} has no layers")
+        self.build((None,) + arrays[0].shape[1:])
+
+    def __repr__(self):
+        return f"<Sequential name={self.name!r}, {len(self._seq)} layers>"

@@ -1,4 +1,4 @@
-"""Saving and loading Sequential models: ``model.save(path)`` and ``fastcnn.load_model(path)``.
+"""Saving and loading models (Sequential and Functional): ``model.save(path)`` and ``fastcnn.load_model(path)``.
 
 One file, at exactly the path the user names (no extension added or required): a zip
 archive (the layout of ``np.savez``, written with :mod:`zipfile`) holding
@@ -33,7 +33,10 @@ Why it is safe to load a file from elsewhere:
 
 Why a crash mid-save cannot destroy the previous file: the archive is written to a
 temporary file in the target's folder, flushed and fsync'ed, then renamed over the target
-with :func:`os.replace` (atomic on POSIX and Windows); any error removes the temporary file.
+with :func:`os.replace` (atomic on POSIX and Windows); any error removes the temporary file
+and names the path being saved (a full disk too). A process killed mid-save cannot remove
+it: the next save of the same path removes every such leftover that no running save holds
+(each holds a lock on its own), so they never accumulate.
 
 Under :mod:`fastcnn.distributed` (several MPI processes, one model everywhere) only rank 0
 writes: ``save_model``/``save_weights`` return at once on the other processes, without
@@ -47,19 +50,25 @@ import contextlib
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 import threading
 import zipfile
 import zlib
 
+try:
+    import fcntl
+except ImportError:   # Windows: no advisory locks (an open file cannot be deleted)
+    fcntl = None
+
 import numpy as np
 
 from . import __version__, _device, distributed, losses, metrics as metrics_module, optimizers
 from . import _limits
 from .layers.base import Layer
-from .layers.core import Input
-from .model import Sequential
+from .layers.core import Input, InputLayer
+from .model import Model, Sequential
 
 FORMAT_NAME = "fastcnn"
 FORMAT_VERSION = 1
@@ -190,70 +199,195 @@ def _serialize_object(obj, allowed, what):
     return {"class_name": name, "config": _jsonable(obj.get_config(), f"{what} {name}")}
 
 
+def _layer_entry(layer, i, registry):
+    """``{"class_name", "config"}`` of one layer (a nested model: its own model config)."""
+    if isinstance(layer, Model):
+        inner = model_to_config(layer)
+        return {"class_name": inner["class_name"], "config": inner["config"]}
+    cls = type(layer)
+    if registry.get(cls.__name__) is not cls:
+        raise ValueError(
+            f"layer {i} {layer.name!r} of class {cls.__module__}.{cls.__qualname__} is not "
+            f"a registered layer class, so load_model could not rebuild it; register it "
+            f"with fastcnn.saving.register_layer({cls.__name__})")
+    config = _jsonable(layer.get_config(), f"layer {layer.name!r} ({cls.__name__}) config")
+    # Fail now, not when the file is loaded: the config must rebuild the layer (an
+    # unbuilt layer costs no weights; its name is given, so no automatic name is used).
+    try:
+        cls.from_config(_jsonable(config, "config"))
+    except _CONFIG_ERRORS as exc:
+        raise ValueError(
+            f"layer {i} {layer.name!r} ({cls.__name__}) cannot be saved: its get_config() "
+            f"does not rebuild it through from_config ({type(exc).__name__}: {exc})") from None
+    return {"class_name": cls.__name__, "config": config}
+
+
 def model_to_config(model) -> dict:
-    """``{"class_name": "Sequential", "config": {...}}``: the architecture, JSON-able."""
-    if not isinstance(model, Sequential):
-        raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
+    """``{"class_name": "Sequential" | "Functional", "config": {...}}``: the architecture,
+    JSON-able.
+
+    A Functional config lists the layers (each once, nested models as their own configs)
+    and the calls in topological order: ``nodes``, each ``{"layer": name, "inputs":
+    [[layer, call, output], ...]}`` where ``call`` counts that layer's earlier calls in this
+    model (a shared layer is called more than once) and ``output`` picks one of its outputs.
+    """
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a fastcnn.Model, got {type(model).__name__}")
     registry = layer_registry()
-    layers = []
-    for i, layer in enumerate(model.layers):
-        cls = type(layer)
-        if registry.get(cls.__name__) is not cls:
-            raise ValueError(
-                f"layer {i} {layer.name!r} of class {cls.__module__}.{cls.__qualname__} is not "
-                f"a registered layer class, so load_model could not rebuild it; register it "
-                f"with fastcnn.saving.register_layer({cls.__name__})")
-        config = _jsonable(layer.get_config(), f"layer {layer.name!r} ({cls.__name__}) config")
-        # Fail now, not when the file is loaded: the config must rebuild the layer (an
-        # unbuilt layer costs no weights; its name is given, so no automatic name is used).
-        try:
-            cls.from_config(_jsonable(config, "config"))
-        except _CONFIG_ERRORS as exc:
-            raise ValueError(
-                f"layer {i} {layer.name!r} ({cls.__name__}) cannot be saved: its get_config() "
-                f"does not rebuild it through from_config ({type(exc).__name__}: {exc})") from None
-        layers.append({"class_name": cls.__name__, "config": config})
-    spec = model._input_spec
-    return {"class_name": "Sequential",
-            "config": {"name": model.name,
-                       "input_shape": None if spec is None else list(spec),
-                       "dtype": model.dtype,
-                       "layers": layers}}
+    if isinstance(model, Sequential):
+        layers = [_layer_entry(layer, i, registry) for i, layer in enumerate(model.layers)]
+        spec = model._input_spec
+        return {"class_name": "Sequential",
+                "config": {"name": model.name,
+                           "input_shape": None if spec is None else list(spec),
+                           "dtype": model.dtype,
+                           "layers": layers}}
+    if model._graph is None:
+        raise ValueError(
+            f"model {model.name!r} is a subclassed model ({type(model).__name__}): its "
+            f"architecture is Python code, which a model file does not hold; save its weights "
+            f"with model.save_weights(path) and rebuild the model in code before "
+            f"load_weights, or build it with the Functional API")
+    nodes, ins, outs = model._graph
+    layers = model.layers
+    entries = [dict(_layer_entry(layer, i, registry), name=layer.name)
+               for i, layer in enumerate(layers)]
+    calls, ref = {}, {}
+    for t in ins:
+        ref[id(t)] = [t.node.layer.name, 0, 0]
+        calls[id(t.node.layer)] = 1
+    node_entries = []
+    for node in nodes:
+        k = calls.get(id(node.layer), 0)
+        calls[id(node.layer)] = k + 1
+        node_entries.append({"layer": node.layer.name,
+                             "inputs": [ref[id(t)] for t in node.inputs]})
+        for j, t in enumerate(node.outputs):
+            ref[id(t)] = [node.layer.name, k, j]
+    in_kind, in_keys = model._input_kind
+    out_kind, out_keys = model._output_kind
+    return {"class_name": "Functional",
+            "config": {"name": model.name, "layers": entries, "nodes": node_entries,
+                       "input_layers": [ref[id(t)] for t in ins],
+                       "output_layers": [ref[id(t)] for t in outs],
+                       "input_structure": [in_kind, in_keys],
+                       "output_structure": [out_kind, out_keys]}}
 
 
-def model_from_config(config, custom_objects=None) -> Sequential:
-    """A new Sequential (built when the config knows its input shape); ValueError if bad."""
+def _layer_from_entry(entry, i, registry, custom_objects):
+    entry = _require_dict(entry, f"layer {i}")
+    class_name = entry.get("class_name")
+    if class_name in ("Sequential", "Functional"):
+        return model_from_config({"class_name": class_name, "config": entry.get("config")},
+                                 custom_objects)
+    cls = registry.get(class_name) if isinstance(class_name, str) else None
+    if cls is None:
+        raise ValueError(
+            f"layer {i}: class {class_name!r} is not a known layer class (known: "
+            f"{sorted(registry)}); a custom layer needs register_layer or custom_objects")
+    layer_config = _require_dict(entry.get("config"), f"layer {i} ({class_name}) config")
+    try:
+        return cls.from_config(layer_config)
+    except _CONFIG_ERRORS as exc:
+        raise ValueError(f"layer {i} ({class_name}) cannot be rebuilt from its config: "
+                         f"{exc}") from None
+
+
+def model_from_config(config, custom_objects=None):
+    """A new model (a Sequential built when the config knows its input shape, or a
+    Functional model); ValueError if the config is bad."""
     config = _require_dict(config, "model config")
-    if config.get("class_name") != "Sequential":
-        raise ValueError(f"model class_name must be 'Sequential', got {config.get('class_name')!r}")
+    class_name = config.get("class_name")
+    if class_name not in ("Sequential", "Functional"):
+        raise ValueError(f"model class_name must be 'Sequential' or 'Functional', got "
+                         f"{class_name!r}")
     body = _require_dict(config.get("config"), "model config['config']")
     layer_entries = body.get("layers")
     if not isinstance(layer_entries, list):
         raise ValueError(f"model config has no list of layers (got {layer_entries!r})")
-    input_shape = body.get("input_shape")
     name = body.get("name")
     registry = layer_registry(custom_objects)
+    if class_name == "Functional":
+        return _functional_from_config(body, layer_entries, registry, custom_objects)
+    input_shape = body.get("input_shape")
     model = Sequential(name=name)
     if input_shape is not None:
         if not isinstance(input_shape, list) or len(input_shape) < 2 or input_shape[0] is not None:
             raise ValueError(f"input_shape must be [null, d1, ...], got {input_shape!r}")
         model.add(Input(shape=tuple(input_shape[1:]), dtype=body.get("dtype")))
     for i, entry in enumerate(layer_entries):
-        entry = _require_dict(entry, f"layer {i}")
-        class_name = entry.get("class_name")
-        cls = registry.get(class_name) if isinstance(class_name, str) else None
-        if cls is None:
-            raise ValueError(
-                f"layer {i}: class {class_name!r} is not a known layer class (known: "
-                f"{sorted(registry)}); a custom layer needs register_layer or custom_objects")
-        layer_config = _require_dict(entry.get("config"), f"layer {i} ({class_name}) config")
+        layer = _layer_from_entry(entry, i, registry, custom_objects)
         try:
-            layer = cls.from_config(layer_config)
             model.add(layer)
         except _CONFIG_ERRORS as exc:
-            raise ValueError(f"layer {i} ({class_name}) cannot be rebuilt from its config: "
-                             f"{exc}") from None
+            raise ValueError(f"layer {i} ({type(layer).__name__}) cannot be rebuilt from its "
+                             f"config: {exc}") from None
     return model
+
+
+def _functional_from_config(body, layer_entries, registry, custom_objects):
+    layers = {}
+    for i, entry in enumerate(layer_entries):
+        layer = _layer_from_entry(entry, i, registry, custom_objects)
+        key = entry.get("name", getattr(layer, "name", None))
+        if key in layers:
+            raise ValueError(f"two layers are named {key!r}")
+        layers[key] = layer
+    tensors, calls = {}, {}
+
+    def tensor(ref, what):
+        if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[0], str)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in ref[1:])):
+            raise ValueError(f"{what} must be [layer name, call, output], got {ref!r}")
+        got = tensors.get(tuple(ref))
+        if got is None:
+            raise ValueError(f"{what} {ref!r} names no tensor computed before it")
+        return got
+
+    for name_, layer in layers.items():
+        if isinstance(layer, InputLayer):
+            tensors[(name_, 0, 0)] = layer.output
+            calls[name_] = 1
+    nodes = body.get("nodes")
+    if not isinstance(nodes, list):
+        raise ValueError(f"a Functional config needs a list of nodes, got {nodes!r}")
+    for i, node in enumerate(nodes):
+        node = _require_dict(node, f"node {i}")
+        lname = node.get("layer")
+        if lname not in layers:
+            raise ValueError(f"node {i} calls layer {lname!r}, which the config does not list")
+        layer = layers[lname]
+        refs = node.get("inputs")
+        if not isinstance(refs, list) or not refs:
+            raise ValueError(f"node {i} ({lname}) needs a list of inputs, got {refs!r}")
+        args = [tensor(r, f"node {i} ({lname}) input") for r in refs]
+        arg = args if (layer.multiple_inputs or len(args) > 1) else args[0]
+        try:
+            out = layer(arg)
+        except _CONFIG_ERRORS as exc:
+            raise ValueError(f"node {i} ({lname}) cannot be rebuilt: {exc}") from None
+        k = calls.get(lname, 0)
+        calls[lname] = k + 1
+        leaves = list(out.values()) if isinstance(out, dict) else \
+            list(out) if isinstance(out, (list, tuple)) else [out]
+        for j, t in enumerate(leaves):
+            tensors[(lname, k, j)] = t
+    ins = [tensor(r, "input_layers entry") for r in body.get("input_layers") or []]
+    outs = [tensor(r, "output_layers entry") for r in body.get("output_layers") or []]
+    if not ins or not outs:
+        raise ValueError("a Functional config needs input_layers and output_layers")
+
+    def shape(leaves, structure):
+        kind, keys = (structure or ["list", None]) if isinstance(structure, list) \
+            else ("list", None)
+        if kind == "single" and len(leaves) == 1:
+            return leaves[0]
+        if kind == "dict" and isinstance(keys, list) and len(keys) == len(leaves):
+            return dict(zip(keys, leaves))
+        return leaves
+
+    return Model(shape(ins, body.get("input_structure")),
+                 shape(outs, body.get("output_structure")), name=body.get("name"))
 
 
 def _require_dict(value, what):
@@ -320,8 +454,8 @@ def _weight_entries(model):
 def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
     """Writes ``model`` (architecture, weights, compile config, optimizer state) to one file."""
     _check_overwrite_arg(overwrite)
-    if not isinstance(model, Sequential):
-        raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a fastcnn.Model, got {type(model).__name__}")
     if not distributed.current().is_primary:   # under MPI: rank 0 writes the one file
         return
     path = _check_save_path(filepath)
@@ -344,8 +478,8 @@ def save_weights(model, filepath, overwrite=True) -> None:
     weights too.
     """
     _check_overwrite_arg(overwrite)
-    if not isinstance(model, Sequential):
-        raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a fastcnn.Model, got {type(model).__name__}")
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built, so it has no weights to save")
     if not distributed.current().is_primary:   # under MPI: rank 0 writes the one file
@@ -418,30 +552,101 @@ def _write_array(zf, name, array) -> None:
         np.lib.format.write_array(f, array, allow_pickle=False)
 
 
+# A save writes ".<name>.<8 random characters>.fcnn-tmp" beside its target and holds an
+# exclusive lock on it (POSIX) until the rename. A save killed half-way leaves that file;
+# the next save of the same path removes every such file no process holds (and those of
+# the ".tmp" form older versions left), so leftovers cannot accumulate.
+_TMP_SUFFIX = ".fcnn-tmp"
+
+
+def _leftover_pattern(base):
+    return re.compile(r"\." + re.escape(base) + r"\.[A-Za-z0-9_]{8}(\.fcnn-tmp|\.tmp)\Z")
+
+
+def _lock(fd) -> bool:
+    """Takes an exclusive lock on ``fd`` without waiting; False if another process holds
+    one (no locking on this platform: True)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_leftovers(folder, base):
+    """Removes the temporary files of earlier saves of ``folder/base`` that were killed
+    before their rename (a file a running save holds locked is left alone)."""
+    pattern = _leftover_pattern(base)
+    try:
+        entries = [e for e in os.scandir(folder) if pattern.match(e.name)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                         | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and _lock(fd) and \
+                    os.path.samestat(os.fstat(fd), os.lstat(entry.path)):
+                os.unlink(entry.path)   # Windows refuses while another process has it open
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _new_temp(folder, base):
+    """``(fd, path)`` of a new temporary file beside the target, locked by this process."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix="." + base + ".", suffix=_TMP_SUFFIX, dir=folder)
+        # Another save's clean-up could have taken the file between its creation and the
+        # lock: then it is gone from the folder, and a new one is made.
+        if _lock(fd) and os.path.samestat(os.fstat(fd), os.lstat(tmp)):
+            return fd, tmp
+        os.close(fd)
+
+
 def _atomic_write(path, meta, arrays, overwrite):
     meta_bytes = json.dumps(meta, indent=1, allow_nan=False).encode("utf-8")
     if not overwrite and os.path.lexists(path):
         raise FileExistsError(f"{path!r} exists and overwrite=False; not overwritten")
     folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
     mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
+    _remove_leftovers(folder, base)
+    fd, tmp = _new_temp(folder, base)
+    f = os.fdopen(fd, "wb")   # open (and locked) until after the rename
     try:
-        with os.fdopen(fd, "wb") as f:
+        try:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
                 zf.writestr(META_NAME, meta_bytes)
                 for name, array in arrays:
                     _write_array(zf, name, array)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+            os.chmod(tmp, mode)
+        except OSError as exc:
+            if exc.filename is not None or exc.errno is None:
+                raise
+            # A full disk (ENOSPC), a quota (EDQUOT), an I/O error: say which save failed.
+            raise type(exc)(exc.errno, f"{exc.strerror} (while writing {path!r}; its "
+                                       f"temporary file was removed and {path!r} is "
+                                       f"unchanged)", path) from exc
+        if fcntl is None:
+            f.close()   # Windows renames no open file
         if not overwrite and os.path.lexists(path):  # created while we were writing
             raise FileExistsError(f"{path!r} exists and overwrite=False; not overwritten")
         os.replace(tmp, path)
     except BaseException:
+        f.close()
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    f.close()
     _fsync_folder(folder)
 
 
@@ -723,7 +928,7 @@ def _weight_bytes(archive, index):
     return total
 
 
-def load_model(filepath, compile=True, custom_objects=None) -> Sequential:
+def load_model(filepath, compile=True, custom_objects=None):
     """The model saved by ``model.save(filepath)``: same architecture, weights, compile
     config and optimizer state (training resumes where it stopped).
 
@@ -762,8 +967,8 @@ def load_weights(model, filepath) -> None:
     ValueError naming the first layer that differs, and nothing is assigned. Float weights
     are cast to the model's dtype.
     """
-    if not isinstance(model, Sequential):
-        raise ValueError(f"model must be a fastcnn.Sequential, got {type(model).__name__}")
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a fastcnn.Model, got {type(model).__name__}")
     if not model.built:
         raise ValueError(
             f"model {model.name!r} is not built yet; build it (input_shape=..., Input(...) or "

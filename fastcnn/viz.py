@@ -190,7 +190,8 @@ def plot_filters(model_or_layer, layer=None, max_filters=64):
     weights), so the images show the pattern each filter looks for, not their magnitudes.
     """
     max_filters = _check_positive(max_filters, "max_filters")
-    if isinstance(model_or_layer, Layer):
+    from .model import Model
+    if isinstance(model_or_layer, Layer) and not isinstance(model_or_layer, Model):
         if layer is not None and layer is not model_or_layer:
             raise ValueError(
                 "layer must be None when model_or_layer is already a layer, got "
@@ -299,13 +300,11 @@ def plot_feature_maps(model, image, layers=None, max_maps=16):
                 f"{format_shape(lay.output_shape)}, not (batch, height, width, channels); "
                 f"only image-shaped activations can be drawn")
 
-    outputs = {}
-    wanted = {id(lay) for lay in chosen}
-    last = max(i for i, lay in enumerate(all_layers) if id(lay) in wanted)
-    for lay in all_layers[:last + 1]:
-        x = lay.forward(x, training=False)
-        if id(lay) in wanted:
-            outputs[id(lay)] = x[0]
+    # The Keras tutorial's way: a model from the input to the chosen layers' outputs.
+    from .model import Model
+    probe = Model(model.input, [lay.output for lay in chosen])
+    values = probe.predict(x, verbose=0)
+    outputs = {id(lay): v[0] for lay, v in zip(chosen, values)}
 
     ncols = min(max_maps, max(lay.output_shape[-1] for lay in chosen))
     nrows = len(chosen) + 1

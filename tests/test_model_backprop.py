@@ -17,9 +17,9 @@ def _model(first_trainable=True):
 def _spy_backward(monkeypatch, layer, calls):
     original = layer.backward
 
-    def backward(dy, need_dx=True):
+    def backward(dy, ctx, need_dx=True):
         calls.append((layer.name, need_dx))
-        return original(dy, need_dx)
+        return original(dy, ctx, need_dx)
 
     monkeypatch.setattr(layer, "backward", backward)
 

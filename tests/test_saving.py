@@ -205,6 +205,8 @@ def test_every_layer_class_of_fastcnn_rebuilds_from_its_config(tmp_path):
         "Reshape": lambda: layers.Reshape((-1, 2)),
         "Rescaling": lambda: layers.Rescaling(1 / 255.0, offset=0.5),
         "ZeroPadding2D": lambda: layers.ZeroPadding2D(((1, 2), (0, 1))),
+        "InputLayer": lambda: layers.InputLayer(shape=(6, 6, 2), name="an_input"),
+        "Concatenate": lambda: layers.Concatenate(axis=1),
     }
     registry = saving.layer_registry()
     assert {"Conv2D", "Dense", "Flatten", "MaxPooling2D", "AveragePooling2D", "Dropout",
@@ -220,11 +222,22 @@ def test_every_layer_class_of_fastcnn_rebuilds_from_its_config(tmp_path):
         config = layer.get_config()
         rebuilt = cls.from_config(json.loads(json.dumps(config)))
         assert json.loads(json.dumps(rebuilt.get_config())) == json.loads(json.dumps(config)), name
-        # In a model, built on a 6x6x2 input (Dense after a Flatten), through a file.
-        stack = [layers.Input((6, 6, 2)), layer]
-        if name == "Dense":
-            stack.insert(1, layers.Flatten())
-        model = fastcnn.Sequential(stack)
+        # In a model, built on a 6x6x2 input (Dense after a Flatten), through a file; a
+        # merge layer joins the input with itself in a Functional model.
+        if name == "InputLayer":
+            model = fastcnn.Model(layer.output, layers.Flatten()(layer.output))
+            model.save(tmp_path / name)
+            loaded = fastcnn.load_model(tmp_path / name)
+            assert loaded.layers[0].get_config() == layer.get_config()
+            continue
+        if layer.multiple_inputs:
+            x = layers.Input((6, 6, 2))
+            model = fastcnn.Model(x, layer([x, x]))
+        else:
+            stack = [layers.Input((6, 6, 2)), layer]
+            if name == "Dense":
+                stack.insert(1, layers.Flatten())
+            model = fastcnn.Sequential(stack)
         for w in model.weights:  # distinct values, so a mix-up of arrays cannot pass
             w[...] = np.arange(w.size, dtype=w.dtype).reshape(w.shape) / 7.0
         model.save(tmp_path / name)

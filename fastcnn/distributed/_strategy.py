@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import warnings
+import weakref
 
 import numpy as np
 
@@ -100,10 +101,8 @@ class SingleProcess:
     def shard(self, start, stop):
         return start, stop
 
-    def reduce_batch(self, plan, loss, n, y, out):
-        for m in plan["metrics"]:
-            m.update_model_output(y, out, plan["logits"])
-        return loss, n
+    def sum_stats(self, stats):
+        return stats
 
     def average_gradients(self, plan, grads, n, total):
         return grads
@@ -150,9 +149,9 @@ def _model_signature(model):
     for key in ("name", "learning_rate"):   # the rate travels with the broadcast
         opt_config.pop(key, None)
     return {
-        "input_shape": model._input_spec,
+        "input_shape": model._input_specs,
         "dtype": model.dtype,
-        "layers": [_layer_entry(layer) for layer in model.layers],
+        "layers": [_layer_entry(layer) for layer in model._leaf_layers()],
         "loss": repr(model.loss),
         "metrics": model.metrics_names,
         "optimizer": (type(opt).__name__, _canonical(opt_config)),
@@ -213,6 +212,8 @@ class MPIStrategy:
         self.local_size = node.Get_size()
         node.Free()
         self.device = None
+        # Per training plan (the model owns the plan; this cache is the strategy's own).
+        self._buckets = weakref.WeakKeyDictionary()
 
     def __repr__(self):
         return f"<fastcnn.distributed MPI process {self.rank} of {self.size}>"
@@ -337,7 +338,7 @@ class MPIStrategy:
                     + ", ".join(f"{k}={theirs.get(k)!r}" for k in keys) + ", process 0 has "
                     + ", ".join(f"{k}={ref_params.get(k)!r}" for k in keys)
                     + "; every process must pass the same data sizes and arguments")
-        for m in plan["metrics"]:
+        for _, m, _ in plan.metrics:
             if not all(callable(getattr(m, attr, None))
                        for attr in ("counts", "set_counts", "update_model_output")):
                 raise NotImplementedError(
@@ -347,11 +348,11 @@ class MPIStrategy:
                     f"from fastcnn.metrics.Metric")
         self.select_device()
         self._broadcast_model(model, plan)
-        plan["distributed_started"] = True
+        plan.started = True
 
     def start_batch(self, model, plan):
         """``train_on_batch``: the start-of-fit broadcast, once per training plan."""
-        if not plan.get("distributed_started"):
+        if not plan.started:
             self.start_fit(model, plan, None)
 
     def _broadcast_arrays(self, arrays):
@@ -375,7 +376,7 @@ class MPIStrategy:
         if opt._variables is None:
             # What the first apply() would do (zero state), done now so that rank 0's
             # state has somewhere to go on every process.
-            opt.build(plan["train_vars"])
+            opt.build(plan.train_vars)
         slots = [a for name in sorted(opt._slots) for a in opt._slots[name]]
         self._broadcast_arrays(slots)
         opt.iterations, opt.learning_rate = self.comm.bcast(
@@ -393,49 +394,28 @@ class MPIStrategy:
         lo, hi = shard_bounds(stop - start, self.rank, self.size)
         return start + lo, start + hi
 
-    def reduce_batch(self, plan, loss, n, y, out):
-        """Updates the metrics with this process's ``n`` samples, then sums the samples,
-        the loss and the metrics' counts over the processes (one small float64 Allreduce):
-        returns the global batch's mean loss and size; the metrics hold the global counts.
+    def sum_stats(self, stats):
+        """``stats`` (a float64 vector: samples, loss sum, the metrics' count changes)
+        summed over the processes, in place (one small Allreduce per step).
 
         Summing the counts (not averaging the accuracies) makes the reported accuracy the
         single-process one exactly, whatever the shares' sizes.
         """
-        metrics = plan["metrics"]
-        before = [m.counts() for m in metrics]   # 1-D float64 arrays of additive counts
-        size = 2 + sum(len(c) for c in before)
-        stats = plan.get("distributed_stats")
-        if stats is None or len(stats) != size:
-            stats = plan["distributed_stats"] = np.zeros(size)
-        stats[0] = n
-        stats[1] = loss * n if n else 0.0
-        pos = 2
-        for m, old in zip(metrics, before):
-            if n:
-                m.update_model_output(y, out, plan["logits"])
-            stats[pos:pos + len(old)] = m.counts() - old
-            pos += len(old)
         self._sum_in_place(stats)
-        pos = 2
-        for m, old in zip(metrics, before):
-            m.set_counts(old + stats[pos:pos + len(old)])
-            pos += len(old)
-        samples = int(round(stats[0]))
-        return float(stats[1]) / samples, samples
+        return stats
 
     def average_gradients(self, plan, grads, n, total):
         """The global batch's mean gradient on every process: each process contributes its
         mean gradient times ``n / total`` (its share), the buckets are summed in place."""
-        buckets = plan.get("distributed_buckets")
+        buckets = self._buckets.get(plan)
         if buckets is None:
-            buckets = plan["distributed_buckets"] = _buckets.GradientBuckets(
-                plan["train_vars"])
+            buckets = self._buckets[plan] = _buckets.GradientBuckets(plan.train_vars)
         return buckets.average(self._sum_in_place, grads, n / total)
 
     def end_epoch(self, model):
         """Averages BatchNormalization's moving statistics (and any other state a trainable
         layer updates in forward) so that every process keeps the same model."""
-        state = [w for layer in model.layers if layer.trainable
+        state = [w for layer in model._leaf_layers() if layer.trainable
                  for w in layer.non_trainable_weights]
         if not state:
             return

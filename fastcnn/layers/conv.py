@@ -44,9 +44,10 @@ class Conv2D(KernelLayer):
         (ho, wo), self._pad = shapes.window_output_shape(
             (h, w), self.kernel_size, self.strides, self.padding, what="kernel_size")
         kh, kw = self.kernel_size
-        self.kernel = self.add_weight((kh, kw, c, self.filters), self.kernel_initializer, dtype)
+        self.kernel = self.add_weight((kh, kw, c, self.filters), self.kernel_initializer, dtype,
+                                      name="kernel")
         if self.use_bias:
-            self.bias = self.add_weight((self.filters,), self.bias_initializer, dtype)
+            self.bias = self.add_weight((self.filters,), self.bias_initializer, dtype, name="bias")
         return (input_shape[0], ho, wo, self.filters)
 
     def _op_forward(self, backend, x):

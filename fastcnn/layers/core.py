@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .. import _device, activations, backends, utils
+from .. import _device, activations, backends, config, utils
 from .base import Layer, format_shape, normalize_dtype, normalize_shape, positive_int
 from .kernel_layer import KernelLayer
 
@@ -27,9 +27,10 @@ class Dense(KernelLayer):
                 f"Dense expects 2-D input (batch, features), got shape "
                 f"{format_shape(input_shape)}; put a Flatten() layer before it"
             )
-        self.kernel = self.add_weight((input_shape[1], self.units), self.kernel_initializer, dtype)
+        self.kernel = self.add_weight((input_shape[1], self.units), self.kernel_initializer, dtype,
+                                      name="kernel")
         if self.use_bias:
-            self.bias = self.add_weight((self.units,), self.bias_initializer, dtype)
+            self.bias = self.add_weight((self.units,), self.bias_initializer, dtype, name="bias")
         return (input_shape[0], self.units)
 
     def _op_forward(self, backend, x):
@@ -52,7 +53,6 @@ class Flatten(Layer):
         if data_format not in (None, "channels_last"):
             raise ValueError(
                 f"data_format must be None or 'channels_last', got {data_format!r}")
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         if len(input_shape) < 2:
@@ -62,15 +62,10 @@ class Flatten(Layer):
         return (input_shape[0], math.prod(input_shape[1:]))
 
     def forward(self, x, training=False):
-        if training:
-            self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1), tuple(x.shape)
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        shape, self._cache = self._cache, None
-        return dy.reshape(shape)
+    def backward(self, dy, ctx, need_dx=True):
+        return dy.reshape(ctx), ()
 
 
 class Dropout(Layer):
@@ -95,7 +90,6 @@ class Dropout(Layer):
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
         self.seed = utils.check_seed(seed, allow_none=True)
         self._rng = None if self.seed is None else np.random.default_rng(self.seed)
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         if self.noise_shape is not None:
@@ -111,8 +105,7 @@ class Dropout(Layer):
 
     def forward(self, x, training=False):
         if not training or self.rate == 0.0:
-            self._cache = False  # backward is the identity
-            return x
+            return x, None  # backward is the identity
         shape = x.shape if self.noise_shape is None else tuple(
             d if n is None else n for n, d in zip(self.noise_shape, x.shape))
         rng = self._rng if self._rng is not None else utils.get_rng()
@@ -122,14 +115,10 @@ class Dropout(Layer):
         if _device.is_device_array(x):
             # The device product takes equal shapes: broadcast noise_shape here, once.
             mask = _device.like(x, np.ascontiguousarray(np.broadcast_to(mask, tuple(x.shape))))
-        self._cache = mask
-        return _device.multiply(x, mask)
+        return _device.multiply(x, mask), mask
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        mask, self._cache = self._cache, None
-        return dy if mask is False else _device.multiply(dy, mask)
+    def backward(self, dy, ctx, need_dx=True):
+        return (dy if ctx is None else _device.multiply(dy, ctx)), ()
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "noise_shape": self.noise_shape,
@@ -144,7 +133,6 @@ class Activation(Layer):
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         return input_shape
@@ -152,47 +140,96 @@ class Activation(Layer):
     def forward(self, x, training=False, activate=True):
         act = self.activation if activate and self.activation != "linear" else None
         if act is None:
-            y, ctx, backend = x, None, None
-        else:
-            backend = backends.current()
-            y, ctx = activations.forward(backend, act, x)
-        if training:
-            self._cache = (backend, act, ctx)
-        return y
+            return x, (None, None, None)
+        backend = backends.current()
+        y, ctx = activations.forward(backend, act, x)
+        return y, (backend, act, ctx)
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        (backend, act, ctx), self._cache = self._cache, None
-        return dy if act is None else activations.backward(backend, act, dy, ctx)
+    @staticmethod
+    def op_context(backend, ctx):
+        """The ctx of ``forward(x, activate=False)`` (fastcnn.layers.fusion)."""
+        return (None, None, None)
+
+    def backward(self, dy, ctx, need_dx=True):
+        backend, act, act_ctx = ctx
+        return (dy if act is None else activations.backward(backend, act, dy, act_ctx)), ()
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation}
 
 
-class Input:
-    """Declares the input shape of a Sequential model (Keras's ``keras.Input``).
+class InputLayer(Layer):
+    """The layer behind :func:`fastcnn.Input` (Keras's ``InputLayer``): the entry of a
+    graph, with a fixed shape and dtype and no computation.
 
-    ``Sequential([Input((28, 28, 1)), Conv2D(...), ...])`` builds the model at once.
-    It is not a computing layer and does not appear in ``model.layers``.
+    ``InputLayer(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None)``;
+    ``Sequential([InputLayer((28, 28, 1)), ...])`` works as ``Input`` does.
     """
 
-    def __init__(self, shape, batch_size=None, dtype=None, name=None):
-        self.shape = normalize_shape(shape, "shape")
+    runs_on_device = True
+
+    def __init__(self, shape=None, batch_size=None, dtype=None, name=None, batch_shape=None,
+                 **kwargs):
+        if name is None:
+            name = utils.unique_name("input_layer")
+        super().__init__(name=name, **kwargs)
+        if batch_shape is not None:
+            if shape is not None:
+                raise ValueError("give shape or batch_shape, not both")
+            batch_shape = tuple(batch_shape)
+            if not batch_shape:
+                raise ValueError(f"batch_shape must include the batch dimension, got "
+                                 f"{batch_shape!r}")
+            batch_size, shape = batch_shape[0], batch_shape[1:]
+        if shape is None:
+            raise ValueError("Input needs shape=(...) (the shape of one sample, without the "
+                             "batch dimension)")
+        self.shape_arg = normalize_shape(shape, "shape")
         if batch_size is not None:
             batch_size = positive_int(batch_size, "batch_size")
         self.batch_size = batch_size
-        self.dtype = normalize_dtype(dtype)
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(f"name must be a non-empty str, got {name!r}")
-        self.name = name or utils.unique_name("input_layer")
+        dt = normalize_dtype(dtype) or np.dtype(config.floatx())
+        self._dtype_arg = dt
+        self.build((None,) + self.shape_arg, dt)
+        from ..graph import KerasTensor, Node
+        tensor = KerasTensor((None,) + self.shape_arg, dt, name=self.name)
+        node = Node(self, [], [tensor], False)
+        tensor.node = node
+        self._inbound_nodes.append(node)
+        self._tensor = tensor
 
     @property
     def batch_shape(self):
-        return (self.batch_size,) + self.shape
+        return (self.batch_size,) + self.shape_arg
+
+    def _build(self, input_shape, dtype):
+        return input_shape
+
+    def forward(self, x, training=False):
+        return x, None
+
+    def backward(self, dy, ctx, need_dx=True):
+        return dy, ()
+
+    def get_config(self):
+        return {"name": self.name, "batch_shape": list(self.batch_shape),
+                "dtype": self.dtype}
+
+    @classmethod
+    def from_config(cls, config_):
+        config_ = dict(config_)
+        if "batch_input_shape" in config_:      # Keras 2 spelling
+            config_["batch_shape"] = config_.pop("batch_input_shape")
+        config_.pop("sparse", None)
+        config_.pop("ragged", None)
+        return cls(**config_)
 
     def __repr__(self):
-        return f"<Input shape={self.batch_shape}>"
+        return f"<InputLayer name={self.name!r} shape={format_shape((None,) + self.shape_arg)}>"
 
 
-InputLayer = Input
+def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):  # noqa: N802
+    """A symbolic input tensor (Keras's ``keras.Input``), shape ``(None,) + shape``: the
+    start of a Functional model, or the first entry of a Sequential model."""
+    return InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, name=name,
+                      batch_shape=batch_shape)._tensor

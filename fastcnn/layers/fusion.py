@@ -1,23 +1,24 @@
-"""Rewrites of a model's layer sequence that change no result, only the work done.
+"""Rewrites of a graph that change no result, only the work done.
 
-A model runs a list of *steps*: its layers, except where a pattern below lets two of them
-run cheaper together. A step has the layer protocol's ``forward(x, training)`` and
-``backward(dy, need_dx)``; the layers inside keep their weights, gradients and names, so
-nothing outside the model's step loop can tell the difference.
+The executor (:mod:`fastcnn.executor`) runs a graph's nodes as *steps*; :func:`plan` finds
+pairs of adjacent nodes, the first feeding only the second, that run cheaper together. A
+fused step has the stateless step protocol, ``forward(x, training) -> (y, ctx)`` and
+``backward(dy, ctx, need_dx) -> (dx, grads)``, and runs the layers' own ``forward`` /
+``backward`` (or a backend's fused kernel whose contexts those backwards take): the layers
+keep their weights and names, and nothing outside the step can tell the difference.
 
 * **ReLU, then max pooling** (``Conv2D(..., activation='relu')``, ``Dense(...,
-  activation='relu')`` or ``Activation('relu')``, followed by ``MaxPooling2D``): ReLU is
-  non-decreasing, so it commutes with a maximum, ``maxpool(relu(z)) == relu(maxpool(z))``,
-  and runs on the pooled tensor, a quarter of the size for 2x2 pools (for a 64x26x26x64
-  conv output: 2.8M values forward and backward become 0.7M). The gradients are the same
-  too: max pooling sends a window's gradient to its first maximum; where that maximum is
-  positive it is the first maximum of ``relu(z)`` as well, and where it is not, ReLU's
-  derivative (0 at and below 0) zeroes the gradient in both orders. Padded windows take
-  only real values (-inf padding), so this holds for every pool size, stride and padding.
-  When the producer is a Conv2D and the backend has the fused op
-  ``conv2d_maxpool2d_forward`` (fastcnn.backends), the conv and the pool run as one kernel
-  too: the conv output never reaches memory. The layers still run their own backwards,
-  on the contexts the fused op returns.
+  activation='relu')`` or ``Activation('relu')``, whose output feeds only a
+  ``MaxPooling2D``): ReLU is non-decreasing, so it commutes with a maximum,
+  ``maxpool(relu(z)) == relu(maxpool(z))``, and runs on the pooled tensor, a quarter of
+  the size for 2x2 pools (for a 64x26x26x64 conv output: 2.8M values forward and backward
+  become 0.7M). The gradients are the same too: max pooling sends a window's gradient to
+  its first maximum; where that maximum is positive it is the first maximum of
+  ``relu(z)`` as well, and where it is not, ReLU's derivative (0 at and below 0) zeroes
+  the gradient in both orders. Padded windows take only real values (-inf padding), so
+  this holds for every pool size, stride and padding. When the producer is a Conv2D and
+  the backend has the fused op ``conv2d_maxpool2d_forward`` (fastcnn.backends), the conv
+  and the pool run as one kernel too: the conv output never reaches memory.
 """
 from __future__ import annotations
 
@@ -31,47 +32,39 @@ from .pooling import MaxPooling2D
 class ReluAfterMaxPool:
     """``producer`` (its ReLU held back), ``pool``, then the ReLU on the pooled values."""
 
-    def __init__(self, producer, pool):
-        self.producer = producer
-        self.pool = pool
-        self.layers = (producer, pool)
-        self._cache = None
+    def __init__(self, producer_node, pool_node):
+        self.producer = producer_node          # graph nodes (the executor wires them)
+        self.consumer = pool_node
+        self.conv = producer_node.layer
+        self.pool = pool_node.layer
+        self.params_layer = self.conv          # whose weights the step's grads are
 
     def forward(self, x, training=False):
         backend = backends.current()
-        y = self._conv_pool(backend, x, training)
-        if y is None:
-            y = self.producer.forward(x, training, activate=False)
-            y = self.pool.forward(y, training)
-        y, ctx = activations.forward(backend, "relu", y)
-        if training:
-            self._cache = (backend, ctx)
-        return y
+        conv, pool = self.conv, self.pool
+        out = None
+        if isinstance(conv, Conv2D):
+            out = backend.conv2d_maxpool2d_forward(x, conv.kernel, conv.bias, conv.strides,
+                                                   conv._pad, pool.pool_size, pool.strides,
+                                                   pool._pad)
+        if out is not None:
+            y, conv_ctx, pool_ctx = out
+            conv_ctx = conv.op_context(backend, conv_ctx)
+            pool_ctx = pool.op_context(backend, pool_ctx)
+        else:
+            y, conv_ctx = conv.forward(x, training, activate=False)
+            y, pool_ctx = pool.forward(y, training)
+        y, relu_ctx = activations.forward(backend, "relu", y)
+        return y, (backend, conv_ctx, pool_ctx, relu_ctx)
 
-    def backward(self, dy, need_dx=True):
-        backend, ctx = self._cache
-        self._cache = None
-        dy = activations.backward(backend, "relu", dy, ctx)
-        return self.producer.backward(self.pool.backward(dy), need_dx)
-
-    def _conv_pool(self, backend, x, training):
-        """The pooled conv output from the backend's fused kernel, or None."""
-        conv, pool = self.producer, self.pool
-        if not isinstance(conv, Conv2D):
-            return None
-        out = backend.conv2d_maxpool2d_forward(x, conv.kernel, conv.bias, conv.strides,
-                                               conv._pad, pool.pool_size, pool.strides,
-                                               pool._pad)
-        if out is None:
-            return None
-        y, conv_ctx, pool_ctx = out
-        if training:
-            conv.keep_for_backward(backend, conv_ctx)
-            pool.keep_for_backward(backend, pool_ctx)
-        return y
+    def backward(self, dy, ctx, need_dx=True):
+        backend, conv_ctx, pool_ctx, relu_ctx = ctx
+        dy = activations.backward(backend, "relu", dy, relu_ctx)
+        dy, _ = self.pool.backward(dy, pool_ctx)
+        return self.conv.backward(dy, conv_ctx, need_dx)
 
     def __repr__(self):
-        return f"ReluAfterMaxPool({self.producer.name!r}, {self.pool.name!r})"
+        return f"ReluAfterMaxPool({self.conv.name!r}, {self.pool.name!r})"
 
 
 def _relu_producer(layer) -> bool:
@@ -79,21 +72,21 @@ def _relu_producer(layer) -> bool:
             and getattr(layer, "activation", None) == "relu")
 
 
-def steps(layers) -> list:
-    """The steps that run ``layers`` in order: each layer, or a fused pair in its place."""
-    out, i = [], 0
-    while i < len(layers):
-        layer = layers[i]
-        if i + 1 < len(layers) and _relu_producer(layer) and isinstance(layers[i + 1],
-                                                                          MaxPooling2D):
-            out.append(ReluAfterMaxPool(layer, layers[i + 1]))
-            i += 2
-        else:
-            out.append(layer)
-            i += 1
-    return out
-
-
-def layers_of(step) -> tuple:
-    """The model layers a step runs."""
-    return getattr(step, "layers", (step,))
+def plan(nodes, consumers, keep) -> list:
+    """The fused groups of ``nodes`` (topological order): a ReLU producer whose one output
+    feeds exactly one node, a MaxPooling2D, and is not in ``keep`` (the ids of graph
+    outputs and of nodes that must run alone)."""
+    by_input = {}
+    for n in nodes:
+        if len(n.inputs) == 1 and isinstance(n.layer, MaxPooling2D):
+            by_input[id(n.inputs[0])] = n
+    groups = []
+    for n in nodes:
+        if len(n.outputs) != 1 or not _relu_producer(n.layer) or id(n) in keep:
+            continue
+        out = n.outputs[0]
+        pool = by_input.get(id(out))
+        if pool is None or consumers.get(id(out)) != 1 or id(out) in keep:
+            continue
+        groups.append(ReluAfterMaxPool(n, pool))
+    return groups

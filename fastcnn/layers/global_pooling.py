@@ -16,7 +16,6 @@ class _GlobalPooling2D(Layer):
         super().__init__(**kwargs)
         check_data_format(data_format)
         self.keepdims = bool(keepdims)
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         check_rank4(input_shape, type(self).__name__)
@@ -34,20 +33,16 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
     """The mean of each feature map."""
 
     def forward(self, x, training=False):
-        if training:
-            self._cache = x.shape
-        return x.mean(axis=(1, 2), keepdims=self.keepdims)
+        return x.mean(axis=(1, 2), keepdims=self.keepdims), x.shape
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        shape, self._cache = self._cache, None
+    def backward(self, dy, ctx, need_dx=True):
         if not need_dx:
-            return None  # a first layer: nothing consumes its dx
+            return None, ()  # a first layer: nothing consumes its dx
+        shape = ctx
         n, h, w, c = shape
         # Every position of a map gets an equal share of its output's gradient.
         share = dy.reshape(n, 1, 1, c) * (1.0 / (h * w))
-        return np.ascontiguousarray(np.broadcast_to(share, shape))
+        return np.ascontiguousarray(np.broadcast_to(share, shape)), ()
 
 
 class GlobalMaxPooling2D(_GlobalPooling2D):
@@ -59,17 +54,13 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
         # argmax returns the first maximum: the contract's tie rule.
         idx = flat.argmax(axis=1)                                   # (n, c)
         y = np.take_along_axis(flat, idx[:, None, :], axis=1)[:, 0, :]
-        if training:
-            self._cache = (idx, x.shape)
-        return y.reshape(n, 1, 1, c) if self.keepdims else y
+        return (y.reshape(n, 1, 1, c) if self.keepdims else y), (idx, x.shape)
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        (idx, shape), self._cache = self._cache, None
+    def backward(self, dy, ctx, need_dx=True):
+        idx, shape = ctx
         if not need_dx:
-            return None  # a first layer: nothing consumes its dx
+            return None, ()  # a first layer: nothing consumes its dx
         n, h, w, c = shape
         dx = np.zeros((n, h * w, c), dtype=dy.dtype)
         np.put_along_axis(dx, idx[:, None, :], dy.reshape(n, 1, c), axis=1)
-        return dx.reshape(shape)
+        return dx.reshape(shape), ()

@@ -29,7 +29,6 @@ class KernelLayer(Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer, argument="bias_regularizer")
         self.kernel = None
         self.bias = None
-        self._cache = None
 
     def _op_forward(self, backend, x):
         raise NotImplementedError
@@ -38,37 +37,37 @@ class KernelLayer(Layer):
         raise NotImplementedError
 
     def forward(self, x, training=False, activate=True):
-        """``activate=False`` returns the pre-activation output (the model fuses the last
-        layer's softmax/sigmoid into the loss)."""
+        """``(y, ctx)``. ``activate=False`` returns the pre-activation output (the model
+        fuses the last layer's softmax/sigmoid into the loss)."""
         backend = backends.current()
         y, ctx = self._op_forward(backend, x)
         act = self.activation if activate and self.activation != "linear" else None
         act_ctx = None
         if act is not None:
             y, act_ctx = activations.forward(backend, act, y)
-        if training:
-            self._cache = (backend, ctx, act, act_ctx)
-        return y
+        return y, (backend, ctx, act, act_ctx)
 
-    def keep_for_backward(self, backend, ctx):
-        """What ``forward(x, training=True, activate=False)`` keeps, when a fused kernel
-        computed this layer's op (fastcnn.layers.fusion): ``backward`` then runs as usual."""
-        self._cache = (backend, ctx, None, None)
+    @staticmethod
+    def op_context(backend, ctx):
+        """The ctx of ``forward(x, activate=False)`` when a fused kernel computed this
+        layer's op (fastcnn.layers.fusion): ``backward`` takes it as usual."""
+        return (backend, ctx, None, None)
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        backend, ctx, act, act_ctx = self._cache
-        self._cache = None  # frees the kernel's buffers before the next step allocates
+    def backward(self, dy, ctx, need_dx=True):
+        backend, op_ctx, act, act_ctx = ctx
         if act is not None:
             dy = activations.backward(backend, act, dy, act_ctx)
-        dx, dw, db = self._op_backward(backend, dy, ctx, need_dx)
+        dx, dw, db = self._op_backward(backend, dy, op_ctx, need_dx)
+        return dx, ((dw, db) if self.use_bias else (dw,))
+
+    def add_regularization_gradients(self, grads):
+        if self.kernel_regularizer is None and self.bias_regularizer is None:
+            return grads
         # The penalties' gradients join the weights' own (the optimizer sees the sum).
-        dw = regularizers.add_gradient(self.kernel_regularizer, dw, self.kernel)
-        if self.use_bias:
-            db = regularizers.add_gradient(self.bias_regularizer, db, self.bias)
-        self.grads = (dw, db) if self.use_bias else (dw,)
-        return dx
+        dw = regularizers.add_gradient(self.kernel_regularizer, grads[0], self.kernel)
+        if not self.use_bias:
+            return (dw,)
+        return (dw, regularizers.add_gradient(self.bias_regularizer, grads[1], self.bias))
 
     def regularization_loss(self):
         return regularizers.penalty(((self.kernel_regularizer, self.kernel),

@@ -61,7 +61,6 @@ class BatchNormalization(Layer):
             setattr(self, arg, init)
             self._init_args[arg] = serialize_initializer(init)
         self.gamma = self.beta = self.moving_mean = self.moving_variance = None
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         rank = len(input_shape)
@@ -79,13 +78,13 @@ class BatchNormalization(Layer):
                 f"BatchNormalization needs a known channel axis, got {format_shape(input_shape)}")
         shape = (channels,)
         if self.scale:
-            self.gamma = self.add_weight(shape, self.gamma_initializer, dtype)
+            self.gamma = self.add_weight(shape, self.gamma_initializer, dtype, name="gamma")
         if self.center:
-            self.beta = self.add_weight(shape, self.beta_initializer, dtype)
+            self.beta = self.add_weight(shape, self.beta_initializer, dtype, name="beta")
         self.moving_mean = self.add_weight(shape, self.moving_mean_initializer, dtype,
-                                           trainable=False)
+                                           trainable=False, name="moving_mean")
         self.moving_variance = self.add_weight(shape, self.moving_variance_initializer, dtype,
-                                               trainable=False)
+                                               trainable=False, name="moving_variance")
         return input_shape
 
     def forward(self, x, training=False):
@@ -115,14 +114,10 @@ class BatchNormalization(Layer):
                 y += self.beta
         else:
             y = x_hat if self.beta is None else x_hat + self.beta
-        if training:
-            self._cache = (batch_mode, x_hat, inv_std, x.shape)
-        return y.reshape(x.shape)
+        return y.reshape(x.shape), (batch_mode, x_hat, inv_std, x.shape)
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        (batch_mode, x_hat, inv_std, shape), self._cache = self._cache, None
+    def backward(self, dy, ctx, need_dx=True):
+        batch_mode, x_hat, inv_std, shape = ctx
         dy = dy.reshape(-1, shape[-1])
         grads = []
         dbeta = dy.sum(axis=0)
@@ -131,13 +126,13 @@ class BatchNormalization(Layer):
             grads.append(dgamma)
         if self.beta is not None:
             grads.append(dbeta)
-        self.grads = tuple(grads)
+        grads = tuple(grads)
         if not need_dx:
-            return None
+            return None, grads
         scale = inv_std if self.gamma is None else self.gamma * inv_std
         if not batch_mode:
             # The moving statistics are constants: an affine map per channel.
-            return (dy * scale).reshape(shape)
+            return (dy * scale).reshape(shape), grads
         # The exact batch-norm gradient (the batch mean and variance depend on x):
         # dx = gamma / sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
         n = dy.shape[0]
@@ -145,7 +140,7 @@ class BatchNormalization(Layer):
         np.subtract(dy, dx, out=dx)
         dx -= dbeta / n
         dx *= scale
-        return dx.reshape(shape)
+        return dx.reshape(shape), grads
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "momentum": self.momentum,

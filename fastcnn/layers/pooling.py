@@ -20,7 +20,6 @@ class _Pooling2D(Layer):
         check_data_format(data_format)
         self._forward_op = self._OP + "_forward"
         self._backward_op = self._OP + "_backward"
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         check_rank4(input_shape, type(self).__name__)
@@ -35,21 +34,17 @@ class _Pooling2D(Layer):
     def forward(self, x, training=False):
         backend = backends.current()
         y, ctx = getattr(backend, self._forward_op)(x, self.pool_size, self.strides, self._pad)
-        if training:
-            self._cache = (backend, ctx)
-        return y
+        return y, (backend, ctx)
 
-    def keep_for_backward(self, backend, ctx):
-        """What ``forward(x, training=True)`` keeps, when a fused kernel computed this
-        pool (fastcnn.layers.fusion): ``backward`` then runs as usual."""
-        self._cache = (backend, ctx)
+    @staticmethod
+    def op_context(backend, ctx):
+        """The ctx of ``forward`` when a fused kernel computed this pool
+        (fastcnn.layers.fusion): ``backward`` takes it as usual."""
+        return (backend, ctx)
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        backend, ctx = self._cache
-        self._cache = None
-        return getattr(backend, self._backward_op)(dy, ctx)
+    def backward(self, dy, ctx, need_dx=True):
+        backend, op_ctx = ctx
+        return getattr(backend, self._backward_op)(dy, op_ctx), ()
 
     def get_config(self):
         return {**super().get_config(), "pool_size": self.pool_size,

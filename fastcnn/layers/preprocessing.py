@@ -26,27 +26,21 @@ class Rescaling(Layer):
         super().__init__(**kwargs)
         self.scale = _finite_number(scale, "scale")
         self.offset = _finite_number(offset, "offset")
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         return input_shape
 
     def forward(self, x, training=False):
-        if training:
-            self._cache = True
         # Python floats: a float32 x stays float32 (NumPy 2 scalar promotion).
         y = x * self.scale
         if self.offset != 0.0:
             y += self.offset
-        return y
+        return y, None
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        self._cache = None
+    def backward(self, dy, ctx, need_dx=True):
         if not need_dx:
-            return None  # a first layer: nothing consumes its dx
-        return dy * self.scale
+            return None, ()  # a first layer: nothing consumes its dx
+        return dy * self.scale, ()
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "offset": self.offset}

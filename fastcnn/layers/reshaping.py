@@ -46,7 +46,6 @@ class ZeroPadding2D(Layer):
         super().__init__(**kwargs)
         self.padding = normalize_padding2d(padding)
         check_data_format(data_format)
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         check_rank4(input_shape, "ZeroPadding2D")
@@ -60,19 +59,15 @@ class ZeroPadding2D(Layer):
         (top, bottom), (left, right) = self.padding
         y = np.zeros((n, h + top + bottom, w + left + right, c), dtype=x.dtype)
         y[:, top:top + h, left:left + w, :] = x
-        if training:
-            self._cache = (h, w)
-        return y
+        return y, (h, w)
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        (h, w), self._cache = self._cache, None
+    def backward(self, dy, ctx, need_dx=True):
         if not need_dx:
-            return None  # a first layer: nothing consumes its dx
+            return None, ()  # a first layer: nothing consumes its dx
+        h, w = ctx
         (top, _), (left, _) = self.padding
         # A copy: kernels want C-contiguous input, and dx must not alias dy.
-        return np.ascontiguousarray(dy[:, top:top + h, left:left + w, :])
+        return np.ascontiguousarray(dy[:, top:top + h, left:left + w, :]), ()
 
     def get_config(self):
         return {**super().get_config(), "padding": [list(p) for p in self.padding]}
@@ -95,7 +90,6 @@ class Reshape(Layer):
                 f"-1 (batch dimension excluded), got {target_shape!r}")
         self.target_shape = tuple(int(d) for d in target_shape)
         self._resolved = None
-        self._cache = None
 
     def _build(self, input_shape, dtype):
         if any(d is None for d in input_shape[1:]):
@@ -120,17 +114,12 @@ class Reshape(Layer):
         return (input_shape[0],) + resolved
 
     def forward(self, x, training=False):
-        if training:
-            self._cache = x.shape
-        return x.reshape((x.shape[0],) + self._resolved)
+        return x.reshape((x.shape[0],) + self._resolved), tuple(x.shape)
 
-    def backward(self, dy, need_dx=True):
-        if self._cache is None:
-            raise self._no_cache()
-        shape, self._cache = self._cache, None
+    def backward(self, dy, ctx, need_dx=True):
         if not _device.is_device_array(dy):  # device arrays from the kernels are contiguous
             dy = np.ascontiguousarray(dy)
-        return dy.reshape(shape)
+        return dy.reshape(ctx), ()
 
     def get_config(self):
         return {**super().get_config(), "target_shape": list(self.target_shape)}
