@@ -260,8 +260,16 @@ class Optimizer:
         self._exclude_names = tuple(var_names or ())
 
     # ------------------------------------------------------------------ step
-    def apply(self, grads, variables) -> None:
-        """One update step: ``variables[i]`` moves along ``-grads[i]`` (in place)."""
+    def apply(self, grads, variables=None) -> None:
+        """One update step: ``variables[i]`` moves along ``-grads[i]`` (in place); without
+        ``variables``, the ones the optimizer is built for (Keras's ``apply(grads)``)."""
+        if variables is None:
+            if self._variables is None:
+                raise ValueError(
+                    "When passing `grads` without `variables`, the optimizer must already be "
+                    "built on a list of variables. Call `optimizer.build(trainable_variables)` "
+                    "first.")
+            variables = self._variables
         arrays, constraints, names = self._unwrap(variables)
         if arrays is not self._variables:
             self._bind(arrays, constraints, names)

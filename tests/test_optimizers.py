@@ -480,6 +480,16 @@ def test_bad_common_arguments(make, match):
         make()
 
 
+def test_apply_without_variables_uses_the_built_ones():
+    w = np.ones(2)
+    opt = optimizers.SGD(0.5)
+    with pytest.raises(ValueError, match="must already be built"):
+        opt.apply([np.ones(2)])
+    opt.build([w])
+    opt.apply([np.ones(2)])
+    np.testing.assert_array_equal(w, 0.5)
+
+
 def test_none_gradients_skip_their_variable():
     w, b = np.ones(2), np.ones(2)
     with pytest.warns(UserWarning, match="Gradients do not exist"):
