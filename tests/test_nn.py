@@ -410,3 +410,34 @@ def test_numpy_ops_refuse_device_arrays(strict):
             fn()
     assert cb.is_device_array(ops.reshape(d, (3, 2)).value)
     assert cb.is_device_array(ops.zeros_like(d).value)
+
+
+@needs_cuda
+def test_device_losses_pools_and_activations(r, strict):
+    """The other device paths: avg pool, the dense-label and sigmoid cross-entropies with
+    uniform (sum) and per-example (weighted) upstream gradients, l2_loss, parameterised
+    activations; equal to the reference backend's."""
+    from fastcnn.backends import cuda as cb
+
+    x = r.standard_normal((2, 4, 4, 2)).astype(np.float32)
+    t = r.random((2, 8)).astype(np.float32)
+    weights = np.array([0.3, 2.0], np.float32)
+
+    def run(xv):
+        with GradientTape() as tape:
+            tape.watch(xv)
+            h = ops.elu(nn.avg_pool2d(xv, 2, 2, "VALID"), alpha=0.5)   # (2, 2, 2, 2)
+            z = ops.reshape(ops.leaky_relu(h, 0.1), (2, 8))
+            loss = ops.sum(nn.softmax_cross_entropy_with_logits(t, z)) \
+                + ops.sum(nn.sigmoid_cross_entropy_with_logits(labels=t, logits=z)
+                          * weights[:, None]) + nn.l2_loss(z)
+        return loss, tape.gradient(loss, xv)
+
+    with fastcnn.use_backend("reference"):
+        loss_ref, g_ref = run(Tensor(x))
+    with fastcnn.use_backend("cuda"):
+        loss, g = run(Tensor(cb.to_device(x)))
+    assert cb.is_device_array(g)
+    np.testing.assert_allclose(float(loss), float(loss_ref), rtol=1e-5)
+    np.testing.assert_allclose(_device_host(g), g_ref, rtol=1e-4, atol=1e-6)
+    assert strict == [], f"implicit host copies of device arrays: {strict}"
