@@ -292,11 +292,26 @@ def _dataset(text: str) -> str:
                                      f"exists); {expected}")
 
 
+def _backend_name(text: str) -> str:
+    """A backend that loads here; a registered one that does not gets the registry's
+    reason (``cuda`` without a GPU says so), not argparse's "invalid choice"."""
+    names = backends.available()
+    if text in names:
+        return text
+    choose = ", ".join(repr(n) for n in names)
+    why = backends.unavailable().get(text)
+    if why is not None:
+        raise argparse.ArgumentTypeError(
+            f"backend {text!r} is not available on this machine: {why} (available: {choose})")
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choose})")
+
+
 def _add_common(parser, *, batch_size=True):
     if batch_size:
         parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
                             help=f"images per step (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--backend", choices=backends.available(), default=None,
+    parser.add_argument("--backend", type=_backend_name, default=None,
+                        metavar="{" + ",".join(backends.available()) + "}",
                         help="kernel backend (default: the active one, "
                         f"{backends.get_backend()!r})")
 

@@ -77,6 +77,37 @@ def test_bad_options_fail_with_a_usage_message(argv, message, capsys):
     assert "error:" in err and message in err
 
 
+def test_a_registered_backend_that_cannot_load_gives_the_registrys_reason(capsys,
+                                                                         monkeypatch):
+    monkeypatch.setitem(backends._REGISTRY, "gpu-ish",
+                        ("fastcnn.backends.no_such_module", "a backend that cannot load"))
+    monkeypatch.delitem(backends._FAILED, "gpu-ish", raising=False)
+    assert main(["train", "--backend", "gpu-ish"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend: backend 'gpu-ish' is not available on this machine: " in err, err
+    assert "No module named 'fastcnn.backends.no_such_module'" in err
+    assert "(available: 'reference', " in err and "invalid choice" not in err
+    monkeypatch.delitem(backends._FAILED, "gpu-ish", raising=False)
+
+
+def test_backend_cuda_without_a_gpu_says_why():
+    """The real case: no CUDA driver here (the simulator off)."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", PYTHONPATH=str(REPO))
+    code = ("from fastcnn import backends\n"
+            "import sys\n"
+            "why = backends.unavailable().get('cuda')\n"
+            "if why is None: print('cuda loads here'); sys.exit(0)\n"
+            "from fastcnn.cli import main\n"
+            "sys.exit(main(['train', '--backend', 'cuda']))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if done.stdout.startswith("cuda loads here"):
+        pytest.skip("a CUDA GPU (or numba-cuda's driver) is usable here")
+    assert done.returncode == 2, done.stderr
+    assert "--backend: backend 'cuda' is not available on this machine: " in done.stderr
+    assert "invalid choice" not in done.stderr
+
+
 def test_help_exits_zero(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
