@@ -106,9 +106,22 @@ def test_pixels_equal_keras_decoding(tmp_path):
         PIL.fromarray(ARRAYS[f"pixels_{k}"]).save(tmp_path / "b" / f"{k}.png")
     same = next(iter(load(tmp_path, shuffle=False, batch_size=8)))[0]
     np.testing.assert_array_equal(same, ARRAYS["decoded_same"])
-    # bilinear upscaling: Pillow on float pixels equals tf.image.resize to float rounding
     up = next(iter(load(tmp_path, shuffle=False, batch_size=8, image_size=(9, 11))))[0]
-    np.testing.assert_allclose(up, ARRAYS["decoded_up"], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(up, ARRAYS["decoded_up"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("down", {}), ("down_nearest", {"interpolation": "nearest"}),
+    ("crop", {"crop_to_aspect_ratio": True}),
+    ("pad", {"pad_to_aspect_ratio": True, "image_size": (10, 10)})])
+def test_shrunk_pixels_equal_keras(tmp_path, name, kw):
+    (tmp_path / "b").mkdir()
+    for k in range(2):
+        PIL.fromarray(ARRAYS[f"big_{k}"]).save(tmp_path / "b" / f"{k}.png")
+    kw = {"image_size": (9, 11), **kw}
+    x = next(iter(load(tmp_path, shuffle=False, batch_size=8, **kw)))[0]
+    # TensorFlow's resize (half-pixel centres, no antialiasing), float32 arithmetic
+    np.testing.assert_allclose(x, ARRAYS[f"decoded_{name}"], rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode,shape,dtype", [("int", (3,), np.int32),
@@ -136,9 +149,13 @@ def test_color_modes_and_resizing(tmp_path):
     np.testing.assert_array_equal(pad[:2], 0)    # 4 x 8 fits at rows 2..5, zeros around
     np.testing.assert_array_equal(pad[6:], 0)
     np.testing.assert_array_equal(pad[2:6], pixels)
-    stretched = next(load(tmp_path, image_size=(4, 4), interpolation="nearest"))[0][0]
-    np.testing.assert_array_equal(stretched[:, :, 0], pixels[:, ::2, 0])
     assert next(load(tmp_path, image_size=3))[0].shape == (1, 3, 3, 3)
+    ramp = tmp_path / "ramp"
+    (ramp / "a").mkdir(parents=True)
+    PIL.fromarray(np.tile(np.arange(8, dtype=np.uint8) * 10, (4, 1))).save(ramp / "a" / "r.png")
+    halved = next(load(ramp, image_size=(4, 4), interpolation="nearest"))[0][0, :, :, 0]
+    # TensorFlow's half-pixel nearest: output column j takes column floor((j + 0.5) * 2)
+    np.testing.assert_array_equal(halved, np.tile([10.0, 30, 50, 70], (4, 1)))
 
 
 # ------------------------------------------------------------ passes
