@@ -165,6 +165,33 @@ def _steps(samples, limit, batch_size):
     return steps, min(samples, steps * batch_size)
 
 
+def balanced_sample(labels, n, seed):
+    """``n`` sample indices spread as evenly over the classes as their sizes allow (one per
+    class in turn, the classes in a seeded order; a class out of samples is skipped), each
+    class's samples drawn at random with ``seed``; sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    order = rng.permutation(len(classes))
+    n = min(int(n), len(labels))
+    picked, depth = [], 0
+    while len(picked) < n:
+        for k in order:
+            if depth < len(pools[k]) and len(picked) < n:
+                picked.append(pools[k][depth])
+        depth += 1
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def _serve_only(iterator, indices):
+    """Makes a folder iterator serve only the samples ``indices``, in that order (the
+    iterator's active-sample list, which it also shrinks itself when a file is bad)."""
+    iterator.close()
+    iterator._active = np.asarray(indices, dtype=np.int64)
+    iterator._orders.clear()
+
+
 def _load_folder(path, image_size, channels, binary, batch_size, limit, seed, need_train=True):
     from fastcnn.preprocessing.image import ImageDataGenerator
 
@@ -189,7 +216,13 @@ def _load_folder(path, image_size, channels, binary, batch_size, limit, seed, ne
     if train is not None and train.class_indices != val.class_indices:
         raise UserError(f"{str(train_dir)!r} and {str(val_dir)!r} hold different classes: "
                         f"{sorted(train.class_indices)} and {names}")
-    test_steps, test_samples = _steps(val.samples, limit, batch_size)
+    if limit is not None and limit < val.samples:
+        # Not the first --limit files in directory order (all of the first class): a
+        # class-balanced sample drawn with the run's seed, served in directory order.
+        _serve_only(val, balanced_sample(val.classes, limit, seed))
+        test_steps, test_samples = -(-limit // batch_size), limit
+    else:
+        test_steps, test_samples = _steps(val.samples, None, batch_size)
     data = Data(
         description="",
         input_shape=tuple(val.image_shape),

@@ -387,6 +387,41 @@ def _make_folder(root, classes, per_class=5, size=(20, 24), junk=True):
     return root
 
 
+def _served_labels(iterator, steps):
+    return np.concatenate([iterator[i][1] for i in range(steps)]).astype(int)
+
+
+def test_limit_validates_on_a_class_balanced_seeded_sample(tmp_path, capsys):
+    # --limit N took the first N validation files in directory order: all cats.
+    from fastcnn import cli
+
+    root = tmp_path / "pets"
+    _make_folder(root / "train", ["cats", "dogs"], per_class=2, junk=False)
+    _make_folder(root / "validation", ["cats", "dogs"], per_class=8, junk=False)
+    served = {}
+    for seed in (0, 0, 1):
+        data = cli._load_folder(root, (8, 8), 3, True, batch_size=4, limit=6, seed=seed)
+        assert (data.test_steps, data.test_samples) == (2, 6)
+        labels = _served_labels(data.x_test, data.test_steps)
+        assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1], labels
+        served.setdefault(seed, []).append(list(data.x_test._order(0)))
+    assert served[0][0] == served[0][1]          # the run's seed decides the sample
+    assert served[0][0] != served[1][0]
+    assert "6 validation images" in data.description
+    capsys.readouterr()
+
+
+def test_balanced_sample_spreads_over_the_classes_their_sizes_allow():
+    from fastcnn.cli import balanced_sample
+
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 1)
+    picked = balanced_sample(labels, 7, seed=3)
+    assert np.bincount(labels[picked], minlength=3).tolist() == [3, 3, 1]
+    assert list(picked) == sorted(set(picked.tolist()))          # distinct, in order
+    assert len(balanced_sample(labels, 100, seed=0)) == 21
+    assert np.bincount(labels[balanced_sample(labels, 5, seed=0)]).max() == 2
+
+
 def test_train_on_an_image_folder_then_evaluate_and_predict(tmp_path, capsys):
     folder = _make_folder(tmp_path / "colours", ["blue", "red"])
     model_path = tmp_path / "colours.fcnn"
