@@ -315,6 +315,15 @@ class ImageDataset(Iterator):
         ahead already)."""
         return self
 
+    def map(self, fn):
+        """tf.data's ``map``: the batches passed through ``fn`` (called as ``fn(x, y)`` on an
+        (x, y) batch, ``fn(x)`` on images alone), applied as they are served, e.g.
+        ``ds.map(lambda x, y: (x / 255.0, y))``. The mapped dataset has this one's
+        ``len``, passes, ``next`` and state/shard protocol."""
+        if not callable(fn):
+            raise TypeError(f"map takes a function, got {type(fn).__name__}")
+        return _Mapped(self, fn)
+
     def take(self, count):
         """The first ``count`` batches of a fresh pass (all of them for -1), as tf.data's
         ``take``: ``for images, labels in ds.take(1): ...``."""
@@ -364,14 +373,57 @@ class _Pass:
         self.close()
 
 
+def _apply(fn, batch):
+    return fn(*batch) if isinstance(batch, tuple) else fn(batch)
+
+
+class _Mapped:
+    """``ImageDataset.map(fn)``: the dataset's batches through ``fn`` (delegates the rest)."""
+
+    def __init__(self, ds, fn):
+        self._ds, self._fn = ds, fn
+
+    def __len__(self):
+        return len(self._ds)
+
+    def __iter__(self):
+        for batch in iter(self._ds):
+            yield _apply(self._fn, batch)
+
+    def __next__(self):
+        return _apply(self._fn, next(self._ds))
+
+    def next(self):
+        return self.__next__()
+
+    def __getitem__(self, i):
+        return _apply(self._fn, self._ds[i])
+
+    def map(self, fn):
+        if not callable(fn):
+            raise TypeError(f"map takes a function, got {type(fn).__name__}")
+        return _Mapped(self, fn)
+
+    def take(self, count):
+        return _Take(self, count)
+
+    def cache(self, filename=""):
+        return self
+
+    def prefetch(self, buffer_size=None):
+        return self
+
+    def __getattr__(self, name):   # class_names, file_paths, state(), set_shard(), close() ...
+        return getattr(self._ds, name)
+
+
 class _Take:
     def __init__(self, ds, count):
         self._ds, self._count = ds, count
 
     def __iter__(self):
         it = iter(self._ds)
-        n = len(it) if self._count < 0 else min(self._count, len(it))
-        for _ in range(n):
+        for _ in range(len(self)):
             yield next(it)
         it.close()
 

@@ -174,6 +174,24 @@ def test_each_pass_is_fresh_and_reshuffled(tree):
     assert ds.cache() is ds and ds.prefetch(8) is ds
 
 
+def test_map_applies_to_every_batch(tree):
+    ds = load(tree, batch_size=8, shuffle=False)
+    scaled = ds.map(lambda x, y: (x / 255.0, y + 10)).prefetch(2)
+    assert len(scaled) == 3 and scaled.class_names == ds.class_names
+    for (x, y), (x0, y0) in zip(scaled, load(tree, batch_size=8, shuffle=False)):
+        np.testing.assert_allclose(x, x0 / 255.0)
+        np.testing.assert_array_equal(y, y0 + 10)
+    x, y = next(scaled)
+    assert x.max() <= 1.0 and y.min() >= 10
+    assert scaled.state()["batch_index"] == 1          # the protocol is the dataset's
+    images = load(tree, batch_size=8, shuffle=False, label_mode=None).map(lambda x: x[:, :2])
+    assert next(iter(images)).shape == (8, 2, 6, 3)
+    assert len(list(scaled.take(2))) == 2
+    with pytest.raises(TypeError, match="map takes a function"):
+        ds.map(3)
+    ds.close()
+
+
 def test_next_goes_on_through_passes(tree):
     ds = load(tree, batch_size=8, seed=2)
     seen = [next(ds) for _ in range(6)]    # 3 batches a pass (8, 8, 3)
@@ -242,7 +260,8 @@ def test_fit_evaluate_predict_on_a_dataset(tree):
     model = fastcnn.Sequential([Flatten(input_shape=(4, 4, 3)), Dense(2, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    hist = model.fit(train, validation_data=val, epochs=2, verbose=0)
+    hist = model.fit(train.map(lambda x, y: (x / 255.0, y)), validation_data=val, epochs=2,
+                     verbose=0)
     assert len(hist.history["loss"]) == 2 and "val_accuracy" in hist.history
     assert model.predict(val, verbose=0).shape == (len(val.file_paths), 2)
     train.close()
