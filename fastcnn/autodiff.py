@@ -64,11 +64,15 @@ class Tensor:
     leaves the tape).
     """
 
-    __slots__ = ("_value", "__weakref__")
+    __slots__ = ("_value", "_keras_logits", "_keras_activation", "__weakref__")
     __array_priority__ = 100   # ndarray + Tensor goes to Tensor.__radd__
 
     def __init__(self, value):
         self._value = value
+        # A softmax/sigmoid layer output made under a tape keeps its logits (Keras's
+        # ``_keras_logits``), so that the matching cross-entropy takes the fused path.
+        self._keras_logits = None
+        self._keras_activation = None
 
     @property
     def value(self):
@@ -451,6 +455,7 @@ class GradientTape:
         self._entered = False
         self._used = False
         self._token = None
+        self._watched = None         # watched_variables, kept when the nodes are released
 
     def __enter__(self):
         if self._entered:
@@ -484,6 +489,8 @@ class GradientTape:
 
     def watched_variables(self) -> list:
         """The Variables this tape watched, in the order first seen."""
+        if self._watched is not None:
+            return list(self._watched)
         seen, out = set(), []
         for node in self._nodes:
             for x in node.inputs:
@@ -512,6 +519,7 @@ class GradientTape:
         self._tracked.clear()
         self._keep.clear()
         self._used = False
+        self._watched = None
 
     # ------------------------------------------------------------------ record
     def _maybe_record(self, name, inputs, keys, outputs, backward):
@@ -616,6 +624,7 @@ class GradientTape:
             out.append(g)
         self._used = True
         if not self.persistent:
+            self._watched = self.watched_variables()
             self._nodes = []
             self._keep = []
         return rebuild(out)

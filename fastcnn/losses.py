@@ -235,6 +235,13 @@ class Loss:
         open GradientTape (``float(...)`` gives the number). With ``reduction=None`` or
         ``'none'``: the per-sample losses (weighted), as a Tensor."""
         from .autodiff import record, value_of
+        logits = self.from_logits
+        keras_logits = getattr(y_pred, "_keras_logits", None)
+        if (not logits and keras_logits is not None and self.reduction not in (None, "none")
+                and self.fused_activation == y_pred._keras_activation):
+            # Keras: a softmax/sigmoid output remembers its logits, and the matching
+            # cross-entropy takes them (the fused, exact gradient), as fit does.
+            y_pred, logits = keras_logits, True
         out, y = self._inputs(y_true, y_pred)
         w = None if sample_weight is None else np.asarray(value_of(sample_weight))
         if self.reduction in (None, "none"):
@@ -247,7 +254,7 @@ class Loss:
                 backward = lambda g: inner(g * ww)  # noqa: E731
             return record(self.name, (y_true, y_pred), [values],
                           lambda dys, needs: (None, _back_like(backward, dys[0], out)))[0]
-        loss, d = self.compute(backends.current(), out, y, self.from_logits, sample_weight=w)
+        loss, d = self.compute(backends.current(), out, y, logits, sample_weight=w)
         return record(self.name, (y_true, y_pred), [np.asarray(loss, dtype=out.dtype)],
                       lambda dys, needs: (None, _scale(d, dys[0])))[0]
 

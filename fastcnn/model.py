@@ -871,13 +871,14 @@ class Model(Layer):
 
     # -------------------------------------------------------------- the step
     def _forward(self, plan, xs, training):
-        """``(outputs, ctx)`` of a step: a list of output arrays (logits where the plan
-        fuses the head) and what the backward needs."""
+        """``(outputs, ctx, logits)`` of a step: a list of output arrays (logits where the
+        head's activation is fused into the loss), what the backward needs, and per output
+        whether it holds logits."""
         xs = [_device.put(self, x) for x in xs]   # on a device backend: copied once
         if plan.program is not None:
-            return plan.program.forward(xs, training)
-        value, ctx = _forward_by_call_model(self, xs, training)
-        return value, ctx
+            outs, ctx = plan.program.forward(xs, training)
+            return outs, ctx, plan.logits
+        return _forward_by_call_model(self, plan, xs, training)
 
     def _backward(self, plan, dys, ctx):
         """The gradients of ``plan.train_vars`` (with the regularizers'), in order."""
@@ -896,7 +897,7 @@ class Model(Layer):
             grads.extend(own)
         return grads
 
-    def _compute_loss(self, plan, outs, ys):
+    def _compute_loss(self, plan, outs, ys, logits):
         """``(total loss, [d_out], {output_loss: value})`` (under one backend)."""
         backend = backends.current()
         total, dys, parts = 0.0, [], {}
@@ -905,7 +906,7 @@ class Model(Layer):
             if loss is None:
                 dys.append(None)
                 continue
-            value, d = loss.compute(backend, out, y, plan.logits[i])
+            value, d = loss.compute(backend, out, y, logits[i])
             value = float(value)
             if w != 1.0:
                 d = d * w
@@ -915,18 +916,18 @@ class Model(Layer):
                 parts[f"{self.output_names[i]}_loss"] = value
         return total, dys, parts
 
-    def _update_metrics(self, plan, ys, outs, n, dist):
+    def _update_metrics(self, plan, ys, outs, n, dist, logits):
         """Updates the metrics with this process's batch; under MPI sums the counts of
         the processes, and the loss and sample count with them."""
         if dist.size == 1:
             for i, m, _ in plan.metrics:
                 if n:
-                    m.update_model_output(ys[i], outs[i], plan.logits[i])
+                    m.update_model_output(ys[i], outs[i], logits[i])
             return None
         before = [m.counts() for _, m, _ in plan.metrics]
         for i, m, _ in plan.metrics:
             if n:
-                m.update_model_output(ys[i], outs[i], plan.logits[i])
+                m.update_model_output(ys[i], outs[i], logits[i])
         return before
 
     def _train_step(self, plan, xs, ys, epoch=None, batch=None):
@@ -940,14 +941,14 @@ class Model(Layer):
         dist = distributed.current()
         n = len(xs[0])
         outs = ctx = dys = None
-        loss, parts = 0.0, {}
+        loss, parts, logits = 0.0, {}, plan.logits
         if n:
-            outs, ctx = self._forward(plan, xs, True)
-            loss, dys, parts = self._compute_loss(plan, outs, ys)
+            outs, ctx, logits = self._forward(plan, xs, True)
+            loss, dys, parts = self._compute_loss(plan, outs, ys, logits)
             # Regularizers' penalties (Keras reports them in the loss); their gradients are
             # added once per layer by _backward.
             loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
-        before = self._update_metrics(plan, ys, outs, n, dist)
+        before = self._update_metrics(plan, ys, outs, n, dist, logits)
         # Under MPI: sums over the processes, so that all of them raise below together
         # (none is left waiting in the gradient Allreduce).
         loss, total = self._reduce(plan, dist, loss, n, before)
@@ -984,12 +985,12 @@ class Model(Layer):
         """``(mean loss, samples, per-output losses)`` in inference mode (global under MPI)."""
         dist = distributed.current()
         n = len(xs[0])
-        outs, loss, parts = None, 0.0, {}
+        outs, loss, parts, logits = None, 0.0, {}, plan.logits
         if n:
-            outs, _ = self._forward(plan, xs, False)
-            loss, _, parts = self._compute_loss(plan, outs, ys)
+            outs, _, logits = self._forward(plan, xs, False)
+            loss, _, parts = self._compute_loss(plan, outs, ys, logits)
             loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
-        before = self._update_metrics(plan, ys, outs, n, dist)
+        before = self._update_metrics(plan, ys, outs, n, dist, logits)
         loss, total = self._reduce(plan, dist, loss, n, before)
         return loss, total, parts
 
@@ -1092,7 +1093,11 @@ class Model(Layer):
                     [_device.to_host(o) for o in self._program().forward(
                         [_device.put(self, x) for x in xs], True, keep=False)[0]]
             return _restructure([autodiff.Tensor(o) for o in outs], *self._output_kind)
-        program = self._program(frozenset(), True)
+        # Heads whose softmax/sigmoid a loss may fuse run without it; the activation is
+        # applied as an op, and the output keeps the logits (as a layer call does).
+        heads = {i: self._head_activation(i) for i in range(len(self._output_shapes))}
+        heads = {i: a for i, a in heads.items() if a in ("softmax", "sigmoid")}
+        program = self._program(frozenset(heads), True)
         outs, ctxs = program.forward(xs, training)
         params = self._param_variables()
         n = len(xs)
@@ -1109,6 +1114,12 @@ class Model(Layer):
             return list(dxs) + grads
         tensors = autodiff.record(self.name, recorded + params, outs, backward)
         del n
+        if heads:
+            from . import ops
+            for i, act in heads.items():
+                logits = tensors[i]
+                tensors[i] = ops.softmax(logits) if act == "softmax" else ops.sigmoid(logits)
+                tensors[i]._keras_logits, tensors[i]._keras_activation = logits, act
         return _restructure(tensors, *self._output_kind)
 
     # ------------------------------------------------------------- the loops
@@ -1753,8 +1764,9 @@ class _Mean:
         return self._total / self._count if self._count else 0.0
 
 
-def _forward_by_call_model(model, xs, training):
-    """A subclassed model's forward for fit: ``call`` on a private tape."""
+def _forward_by_call_model(model, plan, xs, training):
+    """A subclassed model's forward for fit: ``call`` on a private tape. An output whose
+    softmax/sigmoid the output's loss fuses hands the loss its logits (as Keras does)."""
     with autodiff.isolated():
         tape = autodiff.GradientTape(persistent=True)
         with tape:
@@ -1762,7 +1774,12 @@ def _forward_by_call_model(model, xs, training):
             out = model._run_call(ts if len(ts) > 1 else ts[0], training)
     outs = [o if isinstance(o, autodiff.Tensor) else autodiff.Tensor(np.asarray(o))
             for o in _structure(out, "outputs")[0]]
-    return [o.value for o in outs], (tape, outs)
+    logits = list(plan.logits)
+    for i, (o, loss) in enumerate(zip(outs, plan.losses)):
+        if (loss is not None and not logits[i] and o._keras_logits is not None
+                and loss.fused_activation == o._keras_activation):
+            outs[i], logits[i] = o._keras_logits, True
+    return [o.value for o in outs], (tape, outs), logits
 
 
 def _backward_by_call_model(model, dys, ctx):

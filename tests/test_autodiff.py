@@ -103,10 +103,6 @@ def test_trainable_variables_are_watched_automatically():
     np.testing.assert_allclose(tape.gradient(y, frozen), [2.0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fastcnn/autodiff.py: gradient() on a non-persistent tape drops its nodes, and "
-    "watched_variables() reads them; TensorFlow keeps the list (it saves "
-    "_watched_variables before releasing the tape). Left to the owner of autodiff.py"))
 def test_watched_variables_survive_the_gradient_call():
     v = Variable(np.array([1.0, 2.0]))
     with GradientTape() as tape:

@@ -560,9 +560,23 @@ class Layer:
             arg = [autodiff.Tensor(v) if not isinstance(r, autodiff.Tensor) else r
                    for r, v in zip(raw, vals)]
             return _run_call(self, arg if self.multiple_inputs else arg[0], training)
-        y, ctx = self.forward(vals if self.multiple_inputs else vals[0], training=training)
         if not autodiff.recording():
+            y, _ = self.forward(vals if self.multiple_inputs else vals[0], training=training)
             return autodiff.Tensor(y)
+        act = getattr(self, "activation", None)
+        if act in ("softmax", "sigmoid") and not self.multiple_inputs:
+            # The logits as their own node, then the activation as an op: a loss that
+            # fuses this activation finds the logits on the output (as in Keras and fit).
+            y, ctx = self.forward(vals[0], training=training, activate=False)
+            logits = self._record_eager(raw, vals, y, ctx)
+            from .. import ops
+            out = ops.softmax(logits) if act == "softmax" else ops.sigmoid(logits)
+            out._keras_logits, out._keras_activation = logits, act
+            return out
+        y, ctx = self.forward(vals if self.multiple_inputs else vals[0], training=training)
+        return self._record_eager(raw, vals, y, ctx)
+
+    def _record_eager(self, raw, vals, y, ctx):
         params = self._param_variables()
         n = len(raw)
         # The recorded inputs are what the caller passed (their identity is the tape key),
