@@ -276,3 +276,84 @@ def test_an_array_listed_twice_is_refused(tmp_path):
         meta["weights"][-1]["arrays"] = meta["weights"][-2]["arrays"]
     with pytest.raises(ModelFileError, match="is listed twice in the weights index"):
         fastcnn.load_model(with_meta(tmp_path / "m", tmp_path / "twice", edit))
+
+
+# ------------------------------------------------------ 2. faults while saving
+def test_leftovers_of_killed_saves_are_removed_by_the_next_save(tmp_path):
+    path = tmp_path / "m.fcnn"
+    stale = [tmp_path / ".m.fcnn.k2j4_x9q.fcnn-tmp",   # a save killed before its rename
+             tmp_path / ".m.fcnn.ab12cd34.tmp"]         # the form older versions left
+    for leftover in stale:
+        leftover.write_bytes(b"PK half a model" * 1000)
+    others = [tmp_path / ".other.ab12cd34.fcnn-tmp", tmp_path / "m.fcnn.ab12cd34.tmp"]
+    for other in others:                                # not temporaries of this path
+        other.write_bytes(b"keep")
+    dense_model().save(path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.fcnn"] + [o.name for o in others])
+    dense_model().save_weights(path)                    # save_weights cleans up too
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.fcnn"] + [o.name for o in others])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="advisory locks (fcntl.flock) are POSIX")
+def test_a_temporary_file_another_save_holds_is_left_alone(tmp_path):
+    import fcntl
+    busy = tmp_path / ".m.fcnn.busy1234.fcnn-tmp"
+    with open(busy, "wb") as f:   # what a save in progress holds
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        dense_model().save(tmp_path / "m.fcnn")
+        assert busy.exists()
+    dense_model().save(tmp_path / "m.fcnn")   # released: now a leftover
+    assert os.listdir(tmp_path) == ["m.fcnn"]
+
+
+_KILLED_SAVE = r"""
+import os, signal, sys
+import fastcnn
+from fastcnn import layers, saving
+model = fastcnn.Sequential([layers.Input((6, 6, 1)), layers.Flatten(), layers.Dense(4)])
+real = saving._write_array
+def write_then_die(zf, name, array):
+    real(zf, name, array)
+    os.kill(os.getpid(), signal.SIGKILL)   # killed half-way through the archive
+saving._write_array = write_then_die
+model.save(sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
+def test_a_killed_save_leaves_one_temporary_file_that_the_next_save_removes(tmp_path):
+    path = tmp_path / "ck.fcnn"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]]
+                                                         if os.environ.get("PYTHONPATH") else [])))
+    for _ in range(3):   # each killed save removed the leftover of the one before
+        done = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(path)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == -9, done.stderr
+    left = os.listdir(tmp_path)
+    assert len(left) == 1 and left[0].startswith(".ck.fcnn."), left
+    model = dense_model()
+    model.save(path)
+    assert os.listdir(tmp_path) == ["ck.fcnn"]
+    assert fastcnn.load_model(path).count_params() == model.count_params()
+
+
+def test_a_full_disk_names_the_path_being_written(tmp_path, monkeypatch):
+    path = tmp_path / "m.fcnn"
+    path.write_bytes(b"the previous model")
+    calls = []
+
+    def disk_full(zf, name, array):
+        calls.append(name)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(saving, "_write_array", disk_full)
+    for save in (dense_model().save, dense_model().save_weights):
+        with pytest.raises(OSError) as info:
+            save(path)
+        assert info.value.errno == errno.ENOSPC
+        assert info.value.filename == str(path)
+        assert repr(str(path)) in str(info.value) and "No space left" in str(info.value)
+        assert path.read_bytes() == b"the previous model"
+        assert os.listdir(tmp_path) == ["m.fcnn"]
+    assert len(calls) == 2
