@@ -160,14 +160,16 @@ def backward(backend, name: str, dy, ctx):
 
 
 def _as_array(x):
-    """A C-contiguous float array (floatx for anything not float32/64); device arrays of
-    the cuda backend pass as they are."""
+    """A C-contiguous float array: float32/float64 arrays keep their dtype, anything else
+    (lists, numbers, integer arrays) becomes floatx; cuda device arrays pass as they are."""
     if hasattr(x, "copy_to_host"):
         return x
-    a = np.asarray(x)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(config.floatx())
-    return np.ascontiguousarray(a)
+    if not isinstance(x, np.ndarray):  # a list or a number: floatx, as Keras converts them
+        return np.asarray(x, dtype=config.floatx())
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(config.floatx())
+    # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
 def _number(value, argument, *, allow_none=False):

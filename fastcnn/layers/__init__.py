@@ -8,6 +8,7 @@ from .global_pooling import GlobalAveragePooling2D, GlobalMaxPooling2D
 from .normalization import BatchNormalization
 from .preprocessing import Rescaling
 from .reshaping import Reshape, ZeroPadding2D
+from .activation_layers import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from .merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average, concatenate, maximum, minimum, multiply, subtract)
 
 # Keras's short aliases.
@@ -20,5 +21,6 @@ __all__ = [
     "Activation", "Input", "InputLayer", "MaxPool2D", "AvgPool2D", "Convolution2D",
     "BatchNormalization", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D",
     "Reshape", "Rescaling",
+    "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate",
 ]

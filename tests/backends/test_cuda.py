@@ -217,7 +217,10 @@ def test_dense_forward_and_backward_match_the_reference(cu, rng, dtype, bias):
 
 # ------------------------------------------------------------------------------ activations
 @pytest.mark.parametrize("dtype", [F64, F32])
-@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh", "softmax"])
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh", "softmax", "relu6", "leaky_relu",
+                                 "elu", "selu", "gelu", "gelu_approximate", "silu", "softplus",
+                                 "softsign", "hard_sigmoid", "hard_silu", "exponential",
+                                 "log_softmax"])
 def test_activations_match_the_reference(cu, rng, act, dtype):
     # A 3-D input: softmax runs over the last axis whatever the rank.
     x = data(rng, (2, 3, 4), dtype) * 3
@@ -230,6 +233,20 @@ def test_activations_match_the_reference(cu, rng, act, dtype):
     dy = data(rng, x.shape, dtype)
     dx = call(getattr(cu, act + "_backward"), dy, ctx)
     same(dx, getattr(REF, act + "_backward")(dy, ctx_ref), dtype, "dx")
+
+
+@pytest.mark.parametrize("params", [(0.3, None, 0.0), (0.2, 4.0, 1.0), (0.0, None, -1.5),
+                                    (0.0, 6.0, 0.0)], ids=str)
+def test_relu_general_matches_the_reference(cu, rng, params):
+    x = data(rng, (2, 3, 4), F64) * 4
+    x[0, 0, :3] = [0.0, params[2], params[1] or 7.0]  # the kinks themselves
+    x[0, 1, :2] = [np.inf, -np.inf]
+    y, ctx = call(cu.relu_general_forward, x, *params)
+    y_ref, ctx_ref = REF.relu_general_forward(x, *params)
+    same(y, y_ref, F64, "y")
+    dy = data(rng, x.shape, F64)
+    same(call(cu.relu_general_backward, dy, ctx), REF.relu_general_backward(dy, ctx_ref),
+         F64, "dx")
 
 
 def test_relu_and_sigmoid_propagate_nan(cu):

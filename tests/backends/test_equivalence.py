@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastcnn import backends
+from fastcnn import activations, backends
 from fastcnn.shapes import window_output_shape
 
 REFERENCE = backends.get("reference")
@@ -209,7 +209,7 @@ def test_dense_matches_reference(backend, n, d, u, bias, dtype, seed):
 
 @SMALL_EXAMPLES
 @given(
-    name=st.sampled_from(["relu", "sigmoid", "tanh", "softmax"]),
+    name=st.sampled_from([n for n in activations.KNOWN if n != "linear"]),
     shape=st.one_of(
         st.tuples(st.integers(1, 4), st.integers(1, 7)),
         st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), st.integers(1, 4)),
@@ -225,6 +225,30 @@ def test_activation_matches_reference(backend, name, shape, scale, dtype, seed):
     x = x.astype(dtype)
     case = dict(name=name, shape=shape, scale=scale, dtype=np.dtype(dtype).name)
     run_pair(backend, f"{name}_forward", f"{name}_backward", {"x": x}, (), dtype, seed, case)
+
+
+@SMALL_EXAMPLES
+@given(
+    params=st.sampled_from([(0.0, None, 0.0), (0.3, None, 0.0), (0.0, 6.0, 0.0),
+                            (0.2, 4.0, 1.0), (0.0, None, 2.0), (0.1, None, -1.5),
+                            (0.0, 3.0, -1.0)]),
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 5), st.integers(1, 4)),
+    dtype=DTYPES,
+    seed=SEEDS,
+)
+def test_relu_general_matches_reference(backend, params, shape, dtype, seed):
+    """Keras's relu(x, negative_slope, max_value, threshold), kinks included: exact zeros,
+    values at the threshold and at max_value."""
+    rng = np.random.default_rng(seed)
+    x = 4.0 * rng.standard_normal(shape)
+    x[rng.random(shape) < 0.1] = 0.0
+    x[rng.random(shape) < 0.1] = params[2]
+    if params[1] is not None:
+        x[rng.random(shape) < 0.1] = params[1]
+    x = x.astype(dtype)
+    case = dict(params=params, shape=shape, dtype=np.dtype(dtype).name)
+    run_pair(backend, "relu_general_forward", "relu_general_backward", {"x": x}, params,
+             dtype, seed, case)
 
 
 # ----------------------------------------------------------------------- random: losses
@@ -501,7 +525,7 @@ def test_kernels_accept_read_only_inputs(backend):
                         rng.standard_normal(2))
     y, ctx = op(backend, "dense_forward")(x2, w2, b2)
     op(backend, "dense_backward")(*frozen(np.ones_like(y)), ctx)
-    for name in ("relu", "sigmoid", "tanh", "softmax"):
+    for name in [n for n in activations.KNOWN if n != "linear"]:
         y, ctx = op(backend, f"{name}_forward")(x2)
         op(backend, f"{name}_backward")(*frozen(np.ones_like(y)), ctx)
     (t,) = frozen(np.eye(2)[[0, 1, 1]])

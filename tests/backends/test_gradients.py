@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fastcnn import activations
 from fastcnn.gradcheck import check_backward, check_scalar_gradient, off_kinks
 from fastcnn.shapes import window_output_shape
 
@@ -153,20 +154,41 @@ def test_dense_medium_random_directions(backend, rng):
 # -------------------------------------------------------------------------- activations
 
 ACTIVATION_SHAPES = [(3, 5), (2, 3, 4, 3)]
+ACTIVATIONS = [n for n in activations.KNOWN if n != "linear"]
+# Where the piecewise ones have kinks (relu6: 0 and 6; hard_sigmoid / hard_silu: -3, 3).
+KINKS = {"relu": (0,), "leaky_relu": (0,), "relu6": (0, 6), "hard_sigmoid": (-3, 3),
+         "hard_silu": (-3, 3), "elu": (0,), "selu": (0,)}
+
+
+def away_from_kinks(x, kinks, margin=0.05):
+    """``x`` with every value within ``margin`` of a kink moved ``2 * margin`` up."""
+    x = x.copy()
+    for k in kinks:
+        x[np.abs(x - k) < margin] += 2 * margin
+    return x
 
 
 @pytest.mark.parametrize("shape", ACTIVATION_SHAPES, ids=str)
-@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax"])
+@pytest.mark.parametrize("name", ACTIVATIONS)
 def test_activation(backend, rng, name, shape):
     forward, backward = op(backend, f"{name}_forward"), op(backend, f"{name}_backward")
     if name == "relu":
         x = off_kinks(shape, rng)
     else:
-        # Spread over the saturating range too (|x| up to ~6), where a sloppy derivative
-        # formula or an unstable forward goes wrong first.
-        x = 2.0 * rng.standard_normal(shape)
+        # Spread over the saturating range too (|x| up to ~6, and relu6's flat top), where
+        # a sloppy derivative formula or an unstable forward goes wrong first.
+        x = away_from_kinks(3.0 * rng.standard_normal(shape), KINKS.get(name, ()))
     result = check_backward(forward, backward, [x])
     assert result.mode == "full"
+
+
+@pytest.mark.parametrize("params", [(0.3, None, 0.0), (0.2, 4.0, 1.0), (0.0, 3.0, -1.0),
+                                    (0.1, None, -1.5)], ids=str)
+def test_relu_general(backend, rng, params):
+    slope, top, t = params
+    forward, backward = op(backend, "relu_general_forward"), op(backend, "relu_general_backward")
+    x = away_from_kinks(3.0 * rng.standard_normal((4, 6)), (0, t) + ((top,) if top else ()))
+    assert check_backward(lambda a: forward(a, *params), backward, [x]).mode == "full"
 
 
 def test_activations_medium_random_directions(backend, rng):
