@@ -309,7 +309,7 @@ class Optimizer:
             # a subclass written for the earlier hook: one call with every pair
             self._apply([grads[i] for i in active], [variables[i] for i in active])
             return
-        self._before_updates(t)
+        self._before_updates(t, variables)
         if self.weight_decay is not None:
             for i in active:
                 if self._decay_mask[i]:
@@ -339,17 +339,17 @@ class Optimizer:
             for i in active:
                 grads[i] = np.divide(grads[i], scale, out=self._gbuffer(i, variables[i]))
         if self.clipnorm is not None:
-            c = self.clipnorm
             for i in active:
-                norm = math.sqrt(_device.sum_squares(grads[i]))
+                f = variables[i].dtype.type
+                c, norm = f(self.clipnorm), _norm(f, [_device.sum_squares(grads[i])])
                 out = self._gbuffer(i, variables[i])
                 np.multiply(grads[i], c, out=out)
                 out /= max(norm, c)
                 grads[i] = out
         elif self.global_clipnorm is not None:
-            c = self.global_clipnorm
-            norm = math.sqrt(sum(_device.sum_squares(grads[i]) for i in active))
-            factor = _global_scale(norm, c)
+            f = variables[active[0]].dtype.type
+            norm = _norm(f, [_device.sum_squares(grads[i]) for i in active])
+            factor = _global_scale(f, norm, self.global_clipnorm)
             for i in active:
                 grads[i] = np.multiply(grads[i], factor, out=self._gbuffer(i, variables[i]))
         elif self.clipvalue is not None:
@@ -379,7 +379,7 @@ class Optimizer:
         of fastcnn's optimizers); used when a subclass defines it."""
         raise NotImplementedError(f"{type(self).__name__} does not define _apply")
 
-    def _before_updates(self, t):
+    def _before_updates(self, t, variables):
         """Per-step work before the per-weight updates (Nadam's running product)."""
 
     def _update(self, i, w, g, lr, t, scratch):
@@ -388,7 +388,7 @@ class Optimizer:
     # device
     def _step_device(self, kernels, grads, variables, active, lr, t):
         grads = self._process_grads_device(kernels, grads, variables, active)
-        self._before_updates(t)
+        self._before_updates(t, variables)
         if self.weight_decay is not None:
             for i in active:
                 if self._decay_mask[i]:
@@ -407,13 +407,14 @@ class Optimizer:
             for i in active:
                 grads[i] = kernels.scale_gradient(grads[i], 1.0, self.loss_scale_factor)
         if self.clipnorm is not None:
-            c = self.clipnorm
             for i in active:
-                norm = math.sqrt(kernels.sum_squares(grads[i]))
+                f = variables[i].dtype.type
+                c, norm = f(self.clipnorm), _norm(f, [kernels.sum_squares(grads[i])])
                 grads[i] = kernels.scale_gradient(grads[i], c, max(norm, c))
         elif self.global_clipnorm is not None:
-            norm = math.sqrt(sum(kernels.sum_squares(grads[i]) for i in active))
-            factor = _global_scale(norm, self.global_clipnorm)
+            f = variables[active[0]].dtype.type
+            norm = _norm(f, [kernels.sum_squares(grads[i]) for i in active])
+            factor = _global_scale(f, norm, self.global_clipnorm)
             for i in active:
                 grads[i] = kernels.scale_gradient(grads[i], factor, 1.0)
         elif self.clipvalue is not None:
@@ -536,6 +537,12 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+def _adam_alpha(f, lr, beta_1, beta_2, t):
+    """Keras's ``lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)``, in the weights' dtype ``f``
+    as Keras computes it."""
+    return f(lr) * np.sqrt(f(1) - f(beta_2) ** f(t)) / (f(1) - f(beta_1) ** f(t))
+
+
 def _takes_an_argument(fn) -> bool:
     try:
         params = inspect.signature(fn).parameters.values()
@@ -545,12 +552,20 @@ def _takes_an_argument(fn) -> bool:
                for p in params)
 
 
-def _global_scale(norm, clip_norm):
-    """Keras's ``clip_by_global_norm`` factor (NaN when the norm is not finite)."""
-    if norm == 0:
-        return 1.0
-    scale = clip_norm * min(1.0 / norm, 1.0 / clip_norm)
-    return scale + (norm - norm) if math.isfinite(norm) else math.nan
+def _norm(f, squared_sums):
+    """``sqrt(sum(squared_sums))`` in dtype ``f``, as Keras (float32 for float32 weights)."""
+    total = f(0)
+    for x in squared_sums:
+        total = total + f(x)
+    return np.sqrt(total)
+
+
+def _global_scale(f, norm, clip_norm):
+    """Keras's ``clip_by_global_norm`` factor in dtype ``f`` (NaN when the norm is not
+    finite)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = f(clip_norm) * min(f(1) / norm, f(1.0 / clip_norm))
+        return scale + (norm - norm)
 
 
 class SGD(Optimizer):
@@ -558,6 +573,7 @@ class SGD(Optimizer):
     nesterov); without momentum ``w -= lr*g``."""
 
     _DEFAULT_LR = 0.01
+    _SCRATCH = 2
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
                  clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
@@ -582,9 +598,9 @@ class SGD(Optimizer):
         m *= mu
         m -= tmp
         if self.nesterov:
-            w -= tmp
-            np.multiply(m, mu, out=tmp)
-            w += tmp
+            step = np.multiply(m, mu, out=scratch[1])
+            step -= tmp
+            w += step
         else:
             w += m
 
@@ -605,6 +621,7 @@ class Adam(Optimizer):
     """
 
     _SLOTS = ("m", "v")
+    _SCRATCH = 2
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  amsgrad=False, weight_decay=None, clipnorm=None, clipvalue=None,
@@ -625,7 +642,7 @@ class Adam(Optimizer):
     def _update(self, i, w, g, lr, t, scratch):
         tmp = scratch[0]
         b1, b2, eps = self.beta_1, self.beta_2, self.epsilon
-        alpha = lr * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+        alpha = _adam_alpha(w.dtype.type, lr, b1, b2, t)
         m, v = self._slots["m"][i], self._slots["v"][i]
         np.subtract(g, m, out=tmp)
         tmp *= 1.0 - b1
@@ -640,8 +657,7 @@ class Adam(Optimizer):
             v = v_hat
         np.sqrt(v, out=tmp)
         tmp += eps
-        np.divide(m, tmp, out=tmp)
-        tmp *= alpha
+        np.divide(np.multiply(m, alpha, out=scratch[1]), tmp, out=tmp)
         w -= tmp
 
     def _update_device(self, kernels, i, w, g, lr, t):
@@ -676,6 +692,8 @@ class RMSprop(Optimizer):
     """Keras's RMSprop: ``v = rho*v + (1 - rho)*g^2``; ``w -= lr * g / sqrt(v + epsilon)``
     (``centered`` subtracts the squared running mean of g; ``momentum`` accumulates the
     increments)."""
+
+    _SCRATCH = 2
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
@@ -714,8 +732,7 @@ class RMSprop(Optimizer):
         else:
             np.add(vel, eps, out=tmp)
         np.sqrt(tmp, out=tmp)
-        np.divide(g, tmp, out=tmp)
-        tmp *= lr
+        np.divide(np.multiply(g, lr, out=scratch[1]), tmp, out=tmp)
         if mu > 0:
             m = slots["momentum"][i]
             m *= mu
@@ -856,7 +873,8 @@ class Adamax(Optimizer):
         np.abs(g, out=tmp)
         np.maximum(u, tmp, out=u)
         np.add(u, self.epsilon, out=tmp)
-        tmp *= 1.0 - self.beta_1 ** t
+        f = w.dtype.type
+        tmp *= f(1) - f(self.beta_1) ** f(t)
         # (lr * m) / ((1 - beta_1^t) * (u + epsilon)), as Keras orders it
         np.divide(np.multiply(m, lr, out=scratch[1]), tmp, out=tmp)
         w -= tmp
@@ -889,35 +907,43 @@ class Nadam(Optimizer):
         self.beta_1 = _hyper(beta_1, "beta_1", 0.0, 1.0, high_open=True)
         self.beta_2 = _hyper(beta_2, "beta_2", 0.0, 1.0, high_open=True)
         self.epsilon = _hyper(epsilon, "epsilon")
-        self._u_product = (0, 1.0)   # (t, prod_{k<=t} u_k)
+        self._u_product = (0, None)   # (t, prod_{k<=t} u_k in the weights' dtype)
 
-    def _u(self, t):
-        return self.beta_1 * (1.0 - 0.5 * 0.96 ** t)
-
-    def _before_updates(self, t):
+    def _before_updates(self, t, variables):
+        # Keras keeps the product in a variable of the first weight's dtype, updated as
+        # u_product * beta_1 * (1 - 0.5 * 0.96^t); here it is recomputed from iterations.
+        f = variables[0].dtype.type if variables else np.float32
         done, product = self._u_product
-        if done > t:
-            done, product = 0, 1.0
+        if done > t or product is None or type(product) is not f:
+            done, product = 0, f(1)
         for k in range(done + 1, t + 1):
-            product *= self._u(k)
+            product = product * f(self.beta_1) * (f(1) - f(0.5) * f(0.96) ** f(k))
         self._u_product = (t, product)
-        u_t, u_t1 = self._u(t), self._u(t + 1)
-        self._coef = (u_t1 / (1.0 - product * u_t1), (1.0 - u_t) / (1.0 - product),
-                      1.0 - self.beta_2 ** t)
+
+    def _coefficients(self, f, t):
+        """(u_{t+1}, 1 - prod_{t+1}, 1 - u_t, 1 - prod_t, 1 - beta_2^t) in dtype ``f``."""
+        b1, decay, product = f(self.beta_1), f(0.96), f(self._u_product[1])
+        u_t = b1 * (f(1) - f(0.5) * decay ** f(t))
+        u_t1 = b1 * (f(1) - f(0.5) * decay ** f(t + 1))
+        return (u_t1, f(1) - product * u_t1, f(1) - u_t, f(1) - product,
+                f(1) - f(self.beta_2) ** f(t))
 
     def _update(self, i, w, g, lr, t, scratch):
         tmp, m_hat = scratch
-        c_m, c_g, bias2 = self._coef
+        f = w.dtype.type
+        u_t1, d1, c_g, d2, bias2 = self._coefficients(f, t)
         m, v = self._slots["momentum"][i], self._slots["velocity"][i]
         np.subtract(g, m, out=tmp)
-        tmp *= 1.0 - self.beta_1
+        tmp *= f(1) - f(self.beta_1)
         m += tmp
         np.multiply(g, g, out=tmp)
         tmp -= v
-        tmp *= 1.0 - self.beta_2
+        tmp *= f(1) - f(self.beta_2)
         v += tmp
-        np.multiply(m, c_m, out=m_hat)
+        np.multiply(m, u_t1, out=m_hat)
+        m_hat /= d1
         np.multiply(g, c_g, out=tmp)
+        tmp /= d2
         m_hat += tmp
         m_hat *= lr
         np.divide(v, bias2, out=tmp)
@@ -927,9 +953,9 @@ class Nadam(Optimizer):
         w -= tmp
 
     def _update_device(self, kernels, i, w, g, lr, t):
-        c_m, c_g, bias2 = self._coef
         kernels.nadam_update(w, g, self._slots["momentum"][i], self._slots["velocity"][i],
-                             lr, self.beta_1, self.beta_2, self.epsilon, c_m, c_g, bias2)
+                             lr, self.beta_1, self.beta_2, self.epsilon,
+                             *self._coefficients(w.dtype.type, t))
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -956,14 +982,16 @@ class Lion(Optimizer):
     def _update(self, i, w, g, lr, t, scratch):
         tmp, tmp2 = scratch
         m = self._slots["momentum"][i]
-        np.multiply(m, self.beta_1, out=tmp)
-        np.multiply(g, 1.0 - self.beta_1, out=tmp2)
+        f = w.dtype.type
+        b1, b2 = f(self.beta_1), f(self.beta_2)   # Keras: 1 - beta in the weights' dtype
+        np.multiply(m, b1, out=tmp)
+        np.multiply(g, f(1) - b1, out=tmp2)
         tmp += tmp2
         np.sign(tmp, out=tmp)
         tmp *= lr
         w -= tmp
-        m *= self.beta_2
-        np.multiply(g, 1.0 - self.beta_2, out=tmp2)
+        m *= b2
+        np.multiply(g, f(1) - b2, out=tmp2)
         m += tmp2
 
     def _update_device(self, kernels, i, w, g, lr, t):

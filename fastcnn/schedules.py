@@ -4,8 +4,8 @@
 A schedule is a callable ``schedule(step) -> float``; an optimizer given one as its
 ``learning_rate`` uses ``schedule(optimizer.iterations)`` at each step (the step count
 before the update, 0 at the first step, as Keras). Values are Python floats (Keras computes
-them in float32; the optimizer casts the rate to the weights' dtype, so the two agree to
-float32 rounding).
+them in float32 and so does this module, in Keras's order of operations: the values are
+Keras's float32 numbers, returned as Python floats).
 
 ``get_config`` is plain JSON; :func:`serialize` / :func:`deserialize` turn a schedule into
 ``{"class_name": ..., "config": {...}}`` and back (only the classes of this module).
@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import math
 import numbers
+
+import numpy as np
+
+F = np.float32   # Keras computes a schedule in the dtype of initial_learning_rate: float32
 
 __all__ = ["LearningRateSchedule", "ExponentialDecay", "PiecewiseConstantDecay",
            "PolynomialDecay", "InverseTimeDecay", "CosineDecay", "serialize", "deserialize"]
@@ -77,10 +81,10 @@ class ExponentialDecay(LearningRateSchedule):
         self.name = name
 
     def __call__(self, step):
-        p = _step(step) / self.decay_steps
+        p = F(_step(step)) / F(self.decay_steps)
         if self.staircase:
-            p = math.floor(p)
-        return float(self.initial_learning_rate * self.decay_rate ** p)
+            p = np.floor(p)
+        return float(F(self.initial_learning_rate) * np.power(F(self.decay_rate), p))
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,
@@ -113,8 +117,8 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         step = _step(step)
         for b, v in zip(self.boundaries, self.values):
             if step <= b:
-                return float(v)
-        return float(self.values[-1])
+                return float(F(v))
+        return float(F(self.values[-1]))
 
     def get_config(self):
         return {"boundaries": list(self.boundaries), "values": list(self.values),
@@ -137,16 +141,17 @@ class PolynomialDecay(LearningRateSchedule):
         self.name = name
 
     def __call__(self, step):
-        step = _step(step)
-        decay_steps = float(self.decay_steps)
+        step = F(_step(step))
+        decay_steps = F(self.decay_steps)
         if self.cycle:
-            multiplier = 1.0 if step == 0 else math.ceil(step / self.decay_steps)
-            decay_steps *= multiplier
+            multiplier = F(1) if step == 0 else np.ceil(step / F(self.decay_steps))
+            decay_steps = decay_steps * multiplier
         else:
             step = min(step, decay_steps)
         p = step / decay_steps
-        return float((self.initial_learning_rate - self.end_learning_rate)
-                     * (1 - p) ** self.power + self.end_learning_rate)
+        end = F(self.end_learning_rate)
+        return float((F(self.initial_learning_rate) - end) * np.power(F(1) - p, F(self.power))
+                     + end)
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,
@@ -168,10 +173,10 @@ class InverseTimeDecay(LearningRateSchedule):
         self.name = name
 
     def __call__(self, step):
-        p = _step(step) / self.decay_steps
+        p = F(_step(step)) / F(self.decay_steps)
         if self.staircase:
-            p = math.floor(p)
-        return float(self.initial_learning_rate / (1.0 + self.decay_rate * p))
+            p = np.floor(p)
+        return float(F(self.initial_learning_rate) / (F(1) + F(self.decay_rate) * p))
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,
@@ -195,19 +200,20 @@ class CosineDecay(LearningRateSchedule):
         self.warmup_steps = _number(warmup_steps, "warmup_steps", low=0)
 
     def _decay(self, step, decay_from):
-        completed = step / self.decay_steps
-        cosine = 0.5 * (1.0 + math.cos(math.pi * completed))
-        return decay_from * ((1 - self.alpha) * cosine + self.alpha)
+        completed = step / F(self.decay_steps)
+        cosine = F(0.5) * (F(1) + np.cos(F(math.pi) * completed))
+        return decay_from * (F(1 - self.alpha) * cosine + F(self.alpha))
 
     def __call__(self, step):
-        step = _step(step)
+        step = F(_step(step))
+        initial, decay_steps = F(self.initial_learning_rate), F(self.decay_steps)
         if self.warmup_target is None:
-            return float(self._decay(min(step, self.decay_steps), self.initial_learning_rate))
-        step = min(step, self.decay_steps + self.warmup_steps)
-        if step < self.warmup_steps:
-            delta = self.warmup_target - self.initial_learning_rate
-            return float(delta * (step / self.warmup_steps) + self.initial_learning_rate)
-        return float(self._decay(step - self.warmup_steps, self.warmup_target))
+            return float(self._decay(min(step, decay_steps), initial))
+        target, warmup_steps = F(self.warmup_target), F(self.warmup_steps)
+        step = min(step, decay_steps + warmup_steps)
+        if step < warmup_steps:
+            return float((target - initial) * (step / warmup_steps) + initial)
+        return float(self._decay(step - warmup_steps, target))
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,

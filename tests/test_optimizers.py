@@ -238,9 +238,10 @@ from fastcnn import schedules  # noqa: E402
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "keras"
 KERAS = json.loads((FIXTURES / "optimizers.json").read_text())
 KERAS_ARRAYS = np.load(FIXTURES / "optimizers.npz")
-# Keras computes its scalars (beta powers, schedule values) in float32, fastcnn in float64
-# and casts once: the weights agree to float32 rounding accumulated over 10 steps.
-ATOL = 1e-5
+# fastcnn computes Keras's scalars (beta powers, bias corrections, schedule values, norms)
+# in the weights' dtype and in Keras's order of operations: most cases are bit-identical,
+# the rest within 1-2 float32 ulps of weights of size ~1 (a cos, a pow, a summation order).
+ATOL = 1e-6
 
 
 def make_from_fixture(case):

@@ -784,9 +784,9 @@ def adam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, iteration, v_hat=None):
     wd, gd = run.state("w", w), run.read("g", g)
     md, vd = run.state("m", m), run.state("v", v)
     vhd = run.state("v_hat", v_hat) if v_hat is not None else wd
-    # The same Python-float expression as the host optimizer, then one cast.
-    alpha = lr * math.sqrt(1.0 - beta_2 ** iteration) / (1.0 - beta_1 ** iteration)
+    # Keras's expression in the weights' dtype, as the host optimizer computes it.
     t = w.dtype.type
+    alpha = t(lr) * np.sqrt(t(1) - t(beta_2) ** t(iteration)) / (t(1) - t(beta_1) ** t(iteration))
     _launch_1d(_kopt.adam_update, w.dtype, wd.size, wd, gd, md, vd, vhd, t(alpha),
                t(1.0 - beta_1), t(1.0 - beta_2), t(epsilon), v_hat is not None)
     run.finish()
@@ -847,20 +847,23 @@ def adamax_update(w, g, m, u, lr, beta_1, beta_2, epsilon, iteration):
     md, ud = run.state("m", m), run.state("u", u)
     t = w.dtype.type
     _launch_1d(_kopt.adamax_update, w.dtype, wd.size, wd, gd, md, ud, t(lr), t(1.0 - beta_1),
-               t(beta_2), t(epsilon), t(1.0 - beta_1 ** iteration))
+               t(beta_2), t(epsilon), t(1) - t(beta_1) ** t(iteration))
     run.finish()
 
 
-def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, c_m, c_g, bias_2):
-    """Keras's Nadam step in place (:class:`fastcnn.optimizers.Nadam`); ``c_m``, ``c_g``
-    and ``bias_2`` are the step's coefficients of m, g and the velocity's correction."""
+def nadam_update(w, g, m, v, lr, beta_1, beta_2, epsilon, u_next, d_next, c_g, d_now,
+                 bias_2):
+    """Keras's Nadam step in place (:class:`fastcnn.optimizers.Nadam`): ``m_hat =
+    u_next * m / d_next + c_g * g / d_now``, ``w -= m_hat * lr / (sqrt(v / bias_2) + eps)``
+    (the step's coefficients from ``Nadam._coefficients``)."""
     _check_float("w", _meta(w))
     run = _InPlace(w)
     wd, gd = run.state("w", w), run.read("g", g)
     md, vd = run.state("m", m), run.state("v", v)
     t = w.dtype.type
-    _launch_1d(_kopt.nadam_update, w.dtype, wd.size, wd, gd, md, vd, t(lr), t(1.0 - beta_1),
-               t(1.0 - beta_2), t(epsilon), t(c_m), t(c_g), t(bias_2))
+    _launch_1d(_kopt.nadam_update, w.dtype, wd.size, wd, gd, md, vd, t(lr),
+               t(1) - t(beta_1), t(1) - t(beta_2), t(epsilon), t(u_next), t(d_next), t(c_g),
+               t(d_now), t(bias_2))
     run.finish()
 
 
@@ -871,7 +874,7 @@ def lion_update(w, g, m, lr, beta_1, beta_2):
     wd, gd, md = run.state("w", w), run.read("g", g), run.state("m", m)
     t = w.dtype.type
     _launch_1d(_kopt.lion_update, w.dtype, wd.size, wd, gd, md, t(lr), t(beta_1),
-               t(1.0 - beta_1), t(beta_2), t(1.0 - beta_2))
+               t(1) - t(beta_1), t(beta_2), t(1) - t(beta_2))
     run.finish()
 
 

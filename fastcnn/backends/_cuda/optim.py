@@ -2,8 +2,8 @@
 
 Each kernel performs the arithmetic of :mod:`fastcnn.optimizers` in the same order (the
 NumPy code there works in the weight dtype: Python-float hyper-parameters are weak
-scalars), so a device update equals the host one up to rounding (a GPU may fuse a
-multiply-add). Slots that an optimizer does not use are passed as the weight array and
+scalars; both follow Keras's order of operations), so a device update equals the host one
+up to rounding (a GPU may fuse a multiply-add). Slots that an optimizer does not use are passed as the weight array and
 never touched (a kernel's argument list is fixed).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def sgd_update(T):
         v = m[i] * mu - step
         m[i] = v
         if nesterov:
-            w[i] = (w[i] - step) + v * mu
+            w[i] += v * mu - step
         else:
             w[i] += v
     return sgd_update
@@ -52,7 +52,7 @@ def adam_update(T):
             if vh == vh and not (vh >= vi):
                 v_hat[i] = vi
             vi = v_hat[i]
-        w[i] -= mi / (math.sqrt(vi) + eps) * alpha
+        w[i] -= (mi * alpha) / (math.sqrt(vi) + eps)
     return adam_update
 
 
@@ -73,7 +73,7 @@ def rmsprop_update(T):
             d = (vi - ai * ai) + eps
         else:
             d = vi + eps
-        step = gi / math.sqrt(d) * lr
+        step = (gi * lr) / math.sqrt(d)
         if has_momentum:
             mi = mom[i] * mu + step
             mom[i] = mi
@@ -129,9 +129,11 @@ def adamax_update(T):
     return adamax_update
 
 
-@kernel("void({t}[::1], {t}[::1], {t}[::1], {t}[::1], {t}, {t}, {t}, {t}, {t}, {t}, {t})")
+@kernel("void({t}[::1], {t}[::1], {t}[::1], {t}[::1], {t}, {t}, {t}, {t}, {t}, {t}, {t}, {t}, "
+        "{t})")
 def nadam_update(T):
-    def nadam_update(w, g, m, v, lr, one_minus_b1, one_minus_b2, eps, c_m, c_g, bias2):
+    def nadam_update(w, g, m, v, lr, one_minus_b1, one_minus_b2, eps, u_next, d_next, c_g,
+                     d_now, bias2):
         i = cuda.grid(1)
         if i >= w.size:
             return
@@ -140,8 +142,8 @@ def nadam_update(T):
         m[i] = mi
         vi = v[i] + (gi * gi - v[i]) * one_minus_b2
         v[i] = vi
-        m_hat = (mi * c_m + gi * c_g) * lr
-        w[i] -= m_hat / (math.sqrt(vi / bias2) + eps)
+        m_hat = (u_next * mi) / d_next + (c_g * gi) / d_now
+        w[i] -= (m_hat * lr) / (math.sqrt(vi / bias2) + eps)
     return nadam_update
 
 
