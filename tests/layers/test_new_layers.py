@@ -32,14 +32,14 @@ def built(layer, shape, dtype="float64"):
 
 
 def layer_op(layer):
-    """The layer as a gradcheck op; ctx is the layer's own cache of that forward."""
+    """The layer as a gradcheck op (the gradient with respect to its input)."""
     def forward(x):
-        y = layer.forward(x, training=True)
-        return y, layer._cache
+        return layer.forward(x, training=True)
 
     def backward(dy, ctx):
-        layer._cache = ctx
-        return layer.backward(dy)
+        dx, grads = layer.backward(dy, ctx)
+        assert len(grads) == len(layer._param_slots())
+        return dx
 
     return forward, backward
 
@@ -59,8 +59,7 @@ def test_batchnorm_training_gradients(shape, center, scale, rng):
             layer.gamma[...] = gamma
         if center:
             layer.beta[...] = beta
-        y = layer.forward(x, training=True)
-        return y, layer._cache
+        return layer.forward(x, training=True)
 
     def backward(dy, ctx):
         # The checker restores gamma/beta before calling backward; forward may have seen
@@ -69,9 +68,9 @@ def test_batchnorm_training_gradients(shape, center, scale, rng):
             layer.gamma[...] = gamma
         if center:
             layer.beta[...] = beta
-        layer._cache = ctx
-        dx = layer.backward(dy)
-        grads = list(layer.grads)
+        dx, grads = layer.backward(dy, ctx)
+        grads = list(grads)
+        assert len(grads) == int(scale) + int(center)
         return dx, grads.pop(0) if scale else None, grads.pop(0) if center else None
 
     inputs = [x, gamma if scale else None, beta if center else None]
@@ -110,8 +109,10 @@ def test_global_max_pooling_first_max_takes_the_gradient():
     layer = built(GlobalMaxPooling2D(), (1, 2, 2, 1))
     x = np.zeros((1, 2, 2, 1))  # all tied
     x[0, 1, 0, 0] = x[0, 1, 1, 0] = 1.0
-    assert layer.forward(x, training=True)[0, 0] == 1.0
-    dx = layer.backward(np.array([[5.0]]))
+    y, ctx = layer.forward(x, training=True)
+    assert y[0, 0] == 1.0
+    dx, grads = layer.backward(np.array([[5.0]]), ctx)
+    assert grads == ()
     np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 0], [5, 0]])
 
 
@@ -121,13 +122,13 @@ def test_batchnorm_training_uses_batch_statistics_and_keras_momentum(rng):
     layer = built(BatchNormalization(momentum=0.9, epsilon=1e-3), x.shape)
     gamma, beta = np.array([2.0, 0.5]), np.array([1.0, -1.0])
     layer.gamma[...], layer.beta[...] = gamma, beta
-    y = layer.forward(x, training=True)
+    y, _ = layer.forward(x, training=True)
     mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
     np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-3) * gamma + beta, rtol=1e-12)
     np.testing.assert_allclose(layer.moving_mean, 0.1 * mean, rtol=1e-12)
     np.testing.assert_allclose(layer.moving_variance, 0.9 + 0.1 * var, rtol=1e-12)
     # Inference: the moving statistics, not the batch's.
-    y_inf = layer.forward(x, training=False)
+    y_inf, _ = layer.forward(x, training=False)
     expected = (x - layer.moving_mean) / np.sqrt(layer.moving_variance + 1e-3) * gamma + beta
     np.testing.assert_allclose(y_inf, expected, rtol=1e-12)
 
@@ -135,12 +136,13 @@ def test_batchnorm_training_uses_batch_statistics_and_keras_momentum(rng):
 def test_batchnorm_2d_input_and_float32_stays_float32(rng):
     x = (rng.standard_normal((8, 5)) * 4).astype(np.float32)
     layer = built(BatchNormalization(), x.shape, "float32")
-    y = layer.forward(x, training=True)
+    y, ctx = layer.forward(x, training=True)
     assert y.dtype == np.float32 and layer.moving_mean.dtype == np.float32
     np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(y.std(axis=0), 1 / np.sqrt(1 + 1e-3 / x.var(axis=0)), rtol=1e-4)
-    dx = layer.backward(rng.standard_normal((8, 5)).astype(np.float32))
-    assert dx.dtype == np.float32 and all(g.dtype == np.float32 for g in layer.grads)
+    dx, grads = layer.backward(rng.standard_normal((8, 5)).astype(np.float32), ctx)
+    assert len(grads) == 2
+    assert dx.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
 
 
 @pytest.mark.parametrize("layer,shape", [
@@ -152,10 +154,11 @@ def test_float32_in_float32_out(layer, shape, rng):
     built(layer, shape, "float32")
     x = rng.standard_normal(shape).astype(np.float32)
     x_copy = x.copy()
-    y = layer.forward(x, training=True)
+    y, ctx = layer.forward(x, training=True)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dy_copy = dy.copy()
-    dx = layer.backward(dy)
+    dx, grads = layer.backward(dy, ctx)
+    assert grads == ()
     assert y.dtype == np.float32 and dx.dtype == np.float32 and dx.shape == x.shape
     assert dx.flags.c_contiguous
     np.testing.assert_array_equal(x, x_copy)    # inputs untouched
@@ -192,8 +195,9 @@ def test_frozen_batchnorm_runs_in_inference_mode_and_fit_changes_nothing(rng):
     for a, b in zip(frozen, bn.get_weights()):
         np.testing.assert_array_equal(a, b)          # gamma, beta AND moving statistics
     assert any(np.any(a != b) for a, b in zip(conv_before, model.layers[0].get_weights()))
-    h = model.layers[0](x.astype(np.float32))
-    np.testing.assert_array_equal(bn.forward(h, training=True), bn.forward(h, training=False))
+    h = np.asarray(model.layers[0](x.astype(np.float32)))
+    np.testing.assert_array_equal(bn.forward(h, training=True)[0],
+                                  bn.forward(h, training=False)[0])
     lines = []
     model.summary(print_fn=lines.append)
     assert "Non-trainable params: 16" in lines  # all four BN arrays of 4 channels
@@ -204,14 +208,14 @@ def test_trainable_batchnorm_in_fit_trains_gamma_beta_and_updates_moving_stats(r
         Conv2D(4, 3, input_shape=(6, 6, 2)), BatchNormalization(momentum=0.5),
         GlobalAveragePooling2D(), Dense(3, activation="softmax")])
     bn = model.layers[1]
-    # The optimizer sees gamma and beta only, in the order of bn.grads.
+    # The optimizer sees gamma and beta only, in the order of bn.backward's grads.
     assert [w is v for w, v in zip(bn.trainable_weights, [bn.gamma, bn.beta])] == [True, True]
     assert len(model.trainable_weights) == 6 and len(model.non_trainable_weights) == 2
     assert len(model.get_weights()) == 8
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     x, y = rng.standard_normal((8, 6, 6, 2)), np.arange(8) % 3
     before = bn.get_weights()
-    h = model.layers[0](x.astype(np.float32))  # what BN sees in the one step below
+    h = np.asarray(model.layers[0](x.astype(np.float32)))  # what BN sees in the step below
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)
     after = bn.get_weights()
     assert all(np.any(a != b) for a, b in zip(before, after))
@@ -354,13 +358,25 @@ def pooling_models(pool):
     ])
 
 
-def run_model(model, x, dy):
-    out = model(x, training=True)
+def run_model(model, x, dy, check_model_call=True):
+    model_out = None
+    if check_model_call:
+        start = model.get_weights()
+        model_out = np.asarray(model(x, training=True))
+        model.set_weights(start)  # its BN moving statistics moved: back to the start
+    h, ctxs = x, []
+    for layer in model.layers:
+        h, ctx = layer.forward(h, training=True)
+        ctxs.append(ctx)
     grads, g = [], dy
-    for layer in reversed(model.layers):
-        g = layer.backward(g)
-        grads = list(layer.grads) + grads
-    return [out, g] + grads + model.get_weights()
+    for layer, ctx in zip(reversed(model.layers), reversed(ctxs)):
+        g, own = layer.backward(g, ctx)
+        assert len(own) == len(layer._param_slots())
+        grads = list(own) + grads
+    if model_out is not None:
+        # The model's own training-mode call agrees with the layers run one by one.
+        np.testing.assert_allclose(model_out, h, rtol=1e-12, atol=1e-14)
+    return [h, g] + grads + model.get_weights()
 
 
 @pytest.mark.parametrize("pool", ["average", "max"])
@@ -375,7 +391,9 @@ def test_models_with_new_layers_agree_on_every_backend(pool, float64, rng):
     for name in fastcnn.backends.available():
         model.set_weights(initial)  # the moving statistics too: each run starts equal
         with fastcnn.use_backend(name):
-            results[name] = run_model(model, x, dy)
+            # A model holding NumPy layers (Rescaling, BatchNormalization) refuses to run on
+            # a device backend (fastcnn._device); its layers, called one by one, do not.
+            results[name] = run_model(model, x, dy, check_model_call=name != "cuda")
     reference = results["reference"]
     for name, result in results.items():
         assert len(result) == len(reference)
@@ -423,7 +441,7 @@ def test_train_on_batch_gradients_with_new_layers_and_l2(backend, float64):
             # Training mode: batch statistics, as train_on_batch uses them.
             out = model(x, training=True)
             penalty = sum(layer.regularization_loss() for layer in model.layers)
-            return model.loss(y, out) + penalty
+            return float(np.asarray(model.loss(y, out))) + penalty
 
         all_weights = model.weights
         trainable = model.trainable_weights
@@ -447,19 +465,28 @@ def test_train_on_batch_gradients_with_new_layers_and_l2(backend, float64):
 def test_need_dx_false_skips_dx_but_keeps_weight_grads(make, rng):
     layer = built(make(), (2, 3, 3, 2))
     x = rng.standard_normal((2, 3, 3, 2))
-    y = layer.forward(x, training=True)
+    attributes = dict(vars(layer))
+    y, ctx = layer.forward(x, training=True)
     dy = rng.standard_normal(y.shape)
-    dx = layer.backward(dy, need_dx=False)
+    dx, grads = layer.backward(dy, ctx, need_dx=False)
     assert dx is None or isinstance(layer, Reshape)  # a free view is fine too
-    with pytest.raises(RuntimeError, match="forward"):
-        layer.backward(dy)  # the cache is consumed either way
+    # Nothing of the call is kept on the layer (no cache to consume): the layer holds the
+    # same attributes, bound to the same objects, as before the call.
+    assert vars(layer).keys() == attributes.keys()
+    assert all(vars(layer)[k] is v for k, v in attributes.items())
+    # ctx is not consumed: the same ctx gives the full gradient, the same weight grads.
+    dx_full, grads_full = layer.backward(dy, ctx)
+    assert dx_full is not None and dx_full.shape == x.shape
+    assert len(grads) == len(grads_full) == len(layer._param_slots())
+    for a, b in zip(grads, grads_full):
+        np.testing.assert_array_equal(a, b)
     if isinstance(layer, BatchNormalization):
-        layer.forward(x, training=True)
-        layer.backward(dy)
-        grads = layer.grads
-        layer.forward(x, training=True)
-        layer.backward(dy, need_dx=False)
-        for a, b in zip(grads, layer.grads):
+        assert len(grads) == 2
+        _, ctx = layer.forward(x, training=True)
+        _, grads = layer.backward(dy, ctx)
+        _, ctx = layer.forward(x, training=True)
+        _, grads_no_dx = layer.backward(dy, ctx, need_dx=False)
+        for a, b in zip(grads, grads_no_dx):
             np.testing.assert_array_equal(a, b)
 
 
