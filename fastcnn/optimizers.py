@@ -379,6 +379,17 @@ class Optimizer:
         of fastcnn's optimizers); used when a subclass defines it."""
         raise NotImplementedError(f"{type(self).__name__} does not define _apply")
 
+    def _step_scalars(self, key, compute, *args):
+        """``compute(*args)``, computed once per ``key`` (a step's scalars are the same for
+        every weight of a dtype)."""
+        cache = self.__dict__.setdefault("_scalar_cache", {})
+        value = cache.get(key)
+        if value is None:
+            if len(cache) > 8:
+                cache.clear()
+            value = cache[key] = compute(*args)
+        return value
+
     def _before_updates(self, t, variables):
         """Per-step work before the per-weight updates (Nadam's running product)."""
 
@@ -642,7 +653,8 @@ class Adam(Optimizer):
     def _update(self, i, w, g, lr, t, scratch):
         tmp = scratch[0]
         b1, b2, eps = self.beta_1, self.beta_2, self.epsilon
-        alpha = _adam_alpha(w.dtype.type, lr, b1, b2, t)
+        alpha = self._step_scalars(("alpha", w.dtype, t, lr, b1, b2), _adam_alpha, w.dtype.type, lr,
+                                   b1, b2, t)
         m, v = self._slots["m"][i], self._slots["v"][i]
         np.subtract(g, m, out=tmp)
         tmp *= 1.0 - b1
@@ -874,7 +886,7 @@ class Adamax(Optimizer):
         np.maximum(u, tmp, out=u)
         np.add(u, self.epsilon, out=tmp)
         f = w.dtype.type
-        tmp *= f(1) - f(self.beta_1) ** f(t)
+        tmp *= self._step_scalars(("bias", w.dtype, t, self.beta_1), lambda: f(1) - f(self.beta_1) ** f(t))
         # (lr * m) / ((1 - beta_1^t) * (u + epsilon)), as Keras orders it
         np.divide(np.multiply(m, lr, out=scratch[1]), tmp, out=tmp)
         w -= tmp
@@ -931,7 +943,8 @@ class Nadam(Optimizer):
     def _update(self, i, w, g, lr, t, scratch):
         tmp, m_hat = scratch
         f = w.dtype.type
-        u_t1, d1, c_g, d2, bias2 = self._coefficients(f, t)
+        u_t1, d1, c_g, d2, bias2 = self._step_scalars(("nadam", w.dtype, t, self.beta_1, self.beta_2),
+                                                      self._coefficients, f, t)
         m, v = self._slots["momentum"][i], self._slots["velocity"][i]
         np.subtract(g, m, out=tmp)
         tmp *= f(1) - f(self.beta_1)
