@@ -5,6 +5,11 @@ Layers never import a backend directly: they ask :func:`current` at call time, s
 model runs on any backend, and ``with fastcnn.use_backend("reference"): ...`` switches
 every layer at once.
 
+The active backend is per thread (per :mod:`contextvars` context): ``use_backend`` changes
+it for the code inside its block only, in the thread (or asyncio task) that opened it, so
+two threads can run one model on two backends at once. :func:`set_backend` sets the
+process-wide default, what every thread uses where no ``use_backend`` block is open.
+
 The kernel contract
 -------------------
 Layout is NHWC for activations, HWIO ``(kh, kw, C_in, C_out)`` for conv kernels and
@@ -80,6 +85,7 @@ backend when the op is called: nothing ever falls back silently to another backe
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import threading
 
@@ -189,7 +195,15 @@ _LOADED: dict[str, Backend] = {}
 _FAILED: dict[str, str] = {}
 _LOCK = threading.Lock()
 _DEFAULT = "auto"  # per op, the fastest available backend (backends/auto.py)
-_active = _DEFAULT
+_process_default = _DEFAULT   # set_backend: every thread outside a use_backend block
+# use_backend: this thread's / context's own choice for the block (None: the default).
+_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fastcnn_backend", default=None)
+
+
+def _active() -> str:
+    name = _scoped.get()
+    return _process_default if name is None else name
 
 
 def register(name: str, module_path: str, description: str = "") -> None:
@@ -235,7 +249,7 @@ def unavailable() -> dict[str, str]:
 def get(name: str | None = None) -> Backend:
     """The backend called ``name`` (the active one when None)."""
     if name is None:
-        name = _active
+        name = _active()
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(
             f"unknown backend {name!r}; available backends: {available()}"
@@ -250,32 +264,39 @@ def get(name: str | None = None) -> Backend:
 
 
 def current() -> Backend:
-    """The active backend (what layers call)."""
-    return get(_active)
+    """The active backend (what layers call): this thread's ``use_backend`` block's, else
+    the process-wide default."""
+    return get(_active())
 
 
 def set_backend(name: str) -> None:
     """Makes ``name`` the active backend for every layer of every model."""
-    global _active
+    global _process_default
     get(name)  # validates, loads, raises a clear ValueError
-    _active = name
+    _process_default = name
+    if _scoped.get() is not None:   # inside a use_backend block: takes effect here at once
+        _scoped.set(name)
 
 
 def get_backend() -> str:
-    """The name of the active backend."""
-    return _active
+    """The name of the active backend (in this thread / context)."""
+    return _active()
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """``with use_backend("reference"): ...`` runs the block on that backend."""
-    global _active
-    previous = _active
-    set_backend(name)
+    """``with use_backend("reference"): ...`` runs the block on that backend.
+
+    Only the code of this thread (this :mod:`contextvars` context) inside the block: other
+    threads keep theirs. On exit (an exception included) the backend active before the
+    block is restored.
+    """
+    backend = get(name)  # validates, loads, raises a clear ValueError
+    token = _scoped.set(name)
     try:
-        yield get(name)
+        yield backend
     finally:
-        _active = previous
+        _scoped.reset(token)
 
 
 def capability_table() -> dict[str, dict[str, bool]]:

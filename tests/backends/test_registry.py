@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import types
 
 import pytest
@@ -29,7 +30,7 @@ def registry():
         ):
             table.clear()
             table.update(contents)
-        backends._active = saved[3]
+        backends.set_backend(saved[3])   # the process-wide default
 
 
 @pytest.fixture
@@ -84,6 +85,84 @@ def test_use_backend_restores_on_exception(registry):
         with backends.use_backend("reference"):
             raise KeyError("boom")
     assert backends.get_backend() == "im2col"
+
+
+def test_use_backend_in_one_thread_leaves_the_other_threads_alone(registry):
+    backends.set_backend("im2col")
+    inside, checked, seen = threading.Event(), threading.Event(), {}
+
+    def worker():
+        with backends.use_backend("reference"):
+            inside.set()
+            checked.wait(30)
+            seen["worker in its block"] = (backends.get_backend(), backends.current().name)
+        seen["worker after its block"] = backends.get_backend()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        # The worker's block is open: this thread still runs on the default ...
+        seen["main"] = (backends.get_backend(), backends.current().name)
+        # ... and a block of its own does not reach the worker.
+        with backends.use_backend("im2col"):
+            seen["main in its block"] = backends.get_backend()
+    finally:
+        checked.set()
+        thread.join(30)
+    assert seen == {"main": ("im2col", "im2col"), "main in its block": "im2col",
+                    "worker in its block": ("reference", "reference"),
+                    "worker after its block": "im2col"}
+
+
+def test_set_backend_is_the_default_of_threads_without_a_block(registry):
+    backends.set_backend("reference")
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(backends.get_backend()))
+    thread.start()
+    thread.join(30)
+    assert seen == ["reference"]
+    with backends.use_backend("im2col"):
+        backends.set_backend("reference")   # inside a block: here at once, and after it
+        assert backends.get_backend() == "reference"
+    assert backends.get_backend() == "reference"
+
+
+def test_a_model_runs_on_two_backends_in_two_threads_at_once(registry):
+    import fastcnn
+    import numpy as np
+    from fastcnn import layers
+
+    def model():
+        return fastcnn.Sequential([layers.Input((5, 5, 2)), layers.Conv2D(3, 3),
+                                   layers.Flatten(), layers.Dense(2)])
+    x = np.random.default_rng(0).random((4, 5, 5, 2), dtype=np.float32)
+    used, barrier = {}, threading.Barrier(2, timeout=30)
+    real_current = backends.current
+
+    def spy():
+        backend = real_current()
+        used.setdefault(threading.current_thread().name, set()).add(backend.name)
+        return backend
+
+    def run(name):
+        m = model()
+        with backends.use_backend(name):
+            barrier.wait()   # both blocks are open now
+            m.predict(x, verbose=0)
+            barrier.wait()
+
+    registry.current = spy
+    try:
+        threads = [threading.Thread(target=run, args=(n,), name=n)
+                   for n in ("reference", "im2col")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        registry.current = real_current
+    assert used == {"reference": {"reference"}, "im2col": {"im2col"}}
 
 
 @pytest.mark.parametrize("call", ["get", "set_backend", "use_backend"])
