@@ -7,6 +7,8 @@ Every ``csrc/<name>.pyx`` becomes the extension module ``fastcnn._ext_<name>``.
 * ``FASTCNN_REQUIRE_EXT=1`` (set by ``.ci/run``) makes a failed build fail the install,
   so CI cannot pass with the compiled backend silently absent.
 * ``FASTCNN_OPENMP=0`` builds without OpenMP (``prange`` then runs serially).
+* On Linux the modules are linked with ``-s`` (no debug symbols: 7.7 MB of .so files
+  become 1.4 MB); ``FASTCNN_STRIP=0`` keeps the symbols for a debugger or a profiler.
 """
 import glob
 import os
@@ -16,6 +18,7 @@ from setuptools import setup
 
 REQUIRE_EXT = os.environ.get("FASTCNN_REQUIRE_EXT", "0") == "1"
 USE_OPENMP = os.environ.get("FASTCNN_OPENMP", "1") != "0" and sys.platform.startswith("linux")
+STRIP = os.environ.get("FASTCNN_STRIP", "1") != "0" and sys.platform.startswith("linux")
 
 
 def extensions():
@@ -42,7 +45,7 @@ def extensions():
             include_dirs=["csrc", np.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
             extra_compile_args=["-O3", "-Werror=implicit-function-declaration"] + omp,
-            extra_link_args=omp,
+            extra_link_args=omp + (["-s"] if STRIP else []),
         )
         for src in sources
     ]
