@@ -129,7 +129,7 @@ class Program:
             step.collect = own
             for s in step.out_slots:
                 needs_grad[s] = step.backprop
-        # Inference frees each value after its last use.
+        # Each value is released after its last use.
         last = {}
         for i, step in enumerate(steps):
             for s in step.in_slots:
@@ -144,8 +144,8 @@ class Program:
 
     # ------------------------------------------------------------------ forward
     def forward(self, xs, training, keep=True):
-        """``(outputs, ctxs)``; ``keep=False`` (inference): no contexts are kept and each
-        value is released after its last use."""
+        """``(outputs, ctxs)``; ``keep=False`` (inference): no contexts are kept. Each value
+        is released after its last use either way."""
         vals = [None] * self.n_slots
         for s, x in zip(self.input_slots, xs):
             vals[s] = x
@@ -163,9 +163,9 @@ class Program:
                     vals[s] = v
             if keep:
                 ctxs[i] = ctx
-            else:
-                for s in step.free:
-                    vals[s] = None
+            # A value nobody reads any more goes (a context keeps what its backward needs).
+            for s in step.free:
+                vals[s] = None
         return [vals[s] for s in self.output_slots], ctxs
 
     # ----------------------------------------------------------------- backward

@@ -1346,6 +1346,10 @@ class Model(Layer):
             self.stop_training = dist.any(self.stop_training)
             if self.stop_training:
                 break
+        if plan is not None and plan.train_vars and hasattr(self.optimizer,
+                                                            "finalize_variable_values"):
+            # Keras: with use_ema the weights end on their moving averages.
+            self.optimizer.finalize_variable_values(plan.train_vars)
         cbs.on_train_end(logs)
         self.history = cbs.history
         return cbs.history

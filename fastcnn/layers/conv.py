@@ -27,9 +27,11 @@ class Conv2D(KernelLayer):
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None, *, data_format=None, **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, *, data_format=None,
+                 kernel_constraint=None, bias_constraint=None, **kwargs):
         super().__init__(activation, use_bias, kernel_initializer, bias_initializer,
-                         kernel_regularizer, bias_regularizer, **kwargs)
+                         kernel_regularizer, bias_regularizer, kernel_constraint,
+                         bias_constraint, **kwargs)
         self.filters = positive_int(filters, "filters")
         self.kernel_size = shapes.normalize_tuple(kernel_size, 2, "kernel_size")
         self.strides = shapes.normalize_tuple(strides, 2, "strides")
@@ -45,9 +47,10 @@ class Conv2D(KernelLayer):
             (h, w), self.kernel_size, self.strides, self.padding, what="kernel_size")
         kh, kw = self.kernel_size
         self.kernel = self.add_weight((kh, kw, c, self.filters), self.kernel_initializer, dtype,
-                                      name="kernel")
+                                      name="kernel", constraint=self.kernel_constraint)
         if self.use_bias:
-            self.bias = self.add_weight((self.filters,), self.bias_initializer, dtype, name="bias")
+            self.bias = self.add_weight((self.filters,), self.bias_initializer, dtype, name="bias",
+                                        constraint=self.bias_constraint)
         return (input_shape[0], ho, wo, self.filters)
 
     def _op_forward(self, backend, x):

@@ -16,9 +16,11 @@ class Dense(KernelLayer):
 
     def __init__(self, units, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
+                 bias_constraint=None, **kwargs):
         super().__init__(activation, use_bias, kernel_initializer, bias_initializer,
-                         kernel_regularizer, bias_regularizer, **kwargs)
+                         kernel_regularizer, bias_regularizer, kernel_constraint,
+                         bias_constraint, **kwargs)
         self.units = positive_int(units, "units")
 
     def _build(self, input_shape, dtype):
@@ -28,9 +30,10 @@ class Dense(KernelLayer):
                 f"{format_shape(input_shape)}; put a Flatten() layer before it"
             )
         self.kernel = self.add_weight((input_shape[1], self.units), self.kernel_initializer, dtype,
-                                      name="kernel")
+                                      name="kernel", constraint=self.kernel_constraint)
         if self.use_bias:
-            self.bias = self.add_weight((self.units,), self.bias_initializer, dtype, name="bias")
+            self.bias = self.add_weight((self.units,), self.bias_initializer, dtype, name="bias",
+                                        constraint=self.bias_constraint)
         return (input_shape[0], self.units)
 
     def _op_forward(self, backend, x):
@@ -192,7 +195,7 @@ class InputLayer(Layer):
         self._dtype_arg = dt
         self.build((None,) + self.shape_arg, dt)
         from ..graph import KerasTensor, Node
-        tensor = KerasTensor((None,) + self.shape_arg, dt, name=self.name)
+        tensor = KerasTensor(self.batch_shape, dt, name=self.name)
         node = Node(self, [], [tensor], False)
         tensor.node = node
         self._inbound_nodes.append(node)

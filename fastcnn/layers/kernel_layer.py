@@ -2,7 +2,7 @@
 regularizers, and the forward/backward around one backend op pair."""
 from __future__ import annotations
 
-from .. import activations, backends, initializers, regularizers
+from .. import activations, backends, constraints, initializers, regularizers
 from .base import Layer, serialize_initializer
 
 
@@ -18,8 +18,13 @@ class KernelLayer(Layer):
     runs_on_device = True  # backend ops only
 
     def __init__(self, activation, use_bias, kernel_initializer, bias_initializer,
-                 kernel_regularizer, bias_regularizer, **kwargs):
+                 kernel_regularizer, bias_regularizer, kernel_constraint=None,
+                 bias_constraint=None, **kwargs):
         super().__init__(**kwargs)
+        # Applied to the weights after each optimizer step (fit, or apply_gradients on
+        # the layer's Variables), as Keras does.
+        self.kernel_constraint = constraints.get(kernel_constraint, argument="kernel_constraint")
+        self.bias_constraint = constraints.get(bias_constraint, argument="bias_constraint")
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, argument="kernel_initializer")
@@ -79,4 +84,6 @@ class KernelLayer(Layer):
                 "kernel_initializer": serialize_initializer(self.kernel_initializer),
                 "bias_initializer": serialize_initializer(self.bias_initializer),
                 "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": constraints.serialize(self.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.bias_constraint)}
