@@ -136,3 +136,18 @@ def test_files_are_written_once_by_rank_0(run):
 def test_a_stop_on_one_process_stops_every_process(run):
     out, _ = run
     assert load(out, "stopped", 0) == load(out, "stopped", 1) == [0]
+
+
+def test_a_functional_graph_trains_as_on_one_process(run, common):
+    out, _ = run
+    with fastcnn.use_backend(common.BACKEND):
+        fastcnn.set_random_seed(700)
+        model = common.graph_model()
+        x, y = common.data(36)
+        xv, _ = common.data(10, seed=1)
+        model.fit(x, y, batch_size=7, epochs=2, shuffle=False, verbose=0)
+        expected, predicted = common.flat_weights(model), model.predict(xv, batch_size=4)
+    for rank in (0, 1):
+        got = load(out, "graph", rank)
+        np.testing.assert_allclose(got["after"], expected, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got["predict"], predicted, rtol=RTOL, atol=ATOL)

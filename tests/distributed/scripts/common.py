@@ -27,6 +27,21 @@ def small_model(units=3, batchnorm=False):
     return model
 
 
+def graph_model():
+    """A Functional model: a residual Add, a layer shared by two calls, two branches."""
+    inp = fastcnn.Input((8, 8, 1))
+    x = Conv2D(4, 3, padding="same", activation="relu")(inp)
+    y = Conv2D(4, 3, padding="same")(x)
+    x = MaxPooling2D(2)(fastcnn.layers.Add()([x, y]))
+    shared = Dense(6, activation="relu", kernel_regularizer="l2")
+    h = shared(fastcnn.layers.Dense(6)(Flatten()(x)))
+    out = Dense(3, activation="softmax")(shared(h))
+    model = fastcnn.Model(inp, out)
+    model.compile(optimizer=fastcnn.optimizers.Adam(0.01),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
 def data(n, seed=0, classes=3):
     rng = np.random.default_rng(seed)
     x = rng.random((n, 8, 8, 1), dtype=np.float32)

@@ -89,3 +89,10 @@ model = common.small_model()
 history = model.fit(x, y, batch_size=8, epochs=4, verbose=0,
                     callbacks=[LambdaCallback(on_epoch_end=stop_on_process_1)])
 common.dump_json(common.out_path(out, "stopped", rank) + ".json", history.epoch)
+
+# --- 7. a Functional model (residual Add, a shared layer): the same as one process.
+fastcnn.set_random_seed(700 + rank)
+model = common.graph_model()
+model.fit(x, y, batch_size=7, epochs=2, shuffle=False, verbose=0)
+np.savez(common.out_path(out, "graph", rank) + ".npz", after=common.flat_weights(model),
+         predict=model.predict(xv, batch_size=4))
