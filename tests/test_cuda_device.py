@@ -406,3 +406,35 @@ def test_optimizer_refuses_a_mix_of_device_and_host_weights():
     g = np.ones(3, np.float32)
     with pytest.raises(TypeError, match="mix device arrays and NumPy arrays"):
         optimizers.SGD(0.1).apply([g, g], [w_host, w_dev])
+
+
+def graph_model():
+    """A Functional model with a residual Add (device kernels: add_scaled) and a shared
+    Dense layer, all layers device-capable."""
+    inp = fastcnn.Input((6, 6, 2))
+    x = Conv2D(3, 3, padding="same", activation="relu")(inp)
+    y = Conv2D(3, 3, padding="same")(x)
+    x = MaxPooling2D(2)(fastcnn.layers.Add()([x, y]))
+    shared = Dense(4, activation="relu")
+    h = shared(Dense(4)(Flatten()(x)))
+    return fastcnn.Model(inp, Dense(4, activation="softmax")(shared(h)))
+
+
+def test_a_functional_graph_trained_on_the_device_matches_the_reference(strict):
+    fastcnn.utils.set_random_seed(6)
+    model = graph_model()
+    initial = model.get_weights()
+    x, y = blobs()
+    results = []
+    for backend in ("reference", "cuda"):
+        model.set_weights(initial)
+        model.compile(optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+        fastcnn.utils.set_random_seed(11)
+        with fastcnn.use_backend(backend):
+            model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+            results.append((model.get_weights(), model.predict(x, verbose=0)))
+    for a, b in zip(results[1][0], results[0][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)
+    assert not any(on_device_state(model))
+    assert strict == [], f"implicit host copies during fit: {strict}"
