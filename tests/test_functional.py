@@ -218,3 +218,30 @@ def test_batchnorm_in_a_graph_trains_and_freezes():
     model.fit(xs, ys, epochs=1, verbose=0)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_tape_gradients_of_a_graph_with_two_outputs_and_a_shared_layer():
+    """Through the GradientTape: the whole model as one node, random upstream gradients on
+    both outputs (float64), checked against central differences."""
+    fastcnn.set_random_seed(8)
+    inp = fastcnn.Input((6,), dtype="float64")
+    shared = Dense(5, activation="tanh")
+    h = shared(Dense(5)(inp))
+    a = Dense(3)(shared(h))
+    b = Dense(2)(layers.Add()([h, shared(h)]))
+    model = fastcnn.Model(inp, [a, b])
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 6))
+    da, db = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    xt = fastcnn.Variable(x, dtype="float64")
+    with fastcnn.GradientTape() as tape:
+        out_a, out_b = model(xt, training=True)
+        total = fastcnn.ops.sum(out_a * da) + fastcnn.ops.sum(out_b * db)
+    grads = tape.gradient(total, [xt] + model.trainable_variables)
+
+    def scalar():
+        pa, pb = model.predict(np.asarray(xt), verbose=0)
+        return float((pa * da).sum() + (pb * db).sum())
+
+    gradcheck.check_scalar_gradient(scalar, [xt.value] + model.trainable_weights, grads,
+                                    rtol=1e-6)
