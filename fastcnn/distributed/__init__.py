@@ -45,16 +45,31 @@ processes detect together (a global batch smaller than the number of processes, 
 that disagree on the architecture or on the data sizes) are raised on every process and
 can be caught.
 
+Early exits: a process that leaves while the others still need it (``sys.exit(0)`` or
+``sys.exit(1)`` in a callback, the end of a script that skipped a ``fit`` the others run)
+tells the others so on its way out (an atexit hook); a process that then sits in one of
+fastcnn's collective calls for :data:`EXIT_STUCK_SECONDS` prints who left and aborts the
+job (``MPI_Abort``), instead of waiting forever. A process that is only busy with work of
+its own (rank 0 saving a model after the others finished) is not disturbed. A process
+that dies without exit handlers (``os._exit``, a signal) is ended by the launcher: MPICH's
+and Open MPI's end the job when one process exits without ``MPI_Finalize`` (MPICH reports
+the dead process's exit status, so ``os._exit(0)`` ends the job with status 0). The watch
+needs MPI_THREAD_MULTIPLE (mpi4py's default); under a lower thread level only the
+launcher's own checks remain.
+
 Threads: N processes on one machine each start one thread per core unless told
 otherwise; pin them (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``NUMBA_NUM_THREADS``)
 to cores / N. :func:`init` warns when they would oversubscribe the machine.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import os
 import sys
+import threading
+import time
 import warnings
 
 from ._strategy import SingleProcess, shard_bounds
@@ -71,6 +86,14 @@ _SINGLE = SingleProcess()
 _LOCAL = SingleProcess(warn_if_launched=False)
 _mpi = None         # the MPI strategy, once init() ran
 _local_depth = 0    # > 0 inside local()
+_exit_watch = None  # the _ExitWatch of this process, once init() ran with 2+ processes
+
+#: After a process has left, how long a thread of another process may sit in the same
+#: collective call before the job is aborted (a call that was just completing when the
+#: notice came moves on well within it).
+EXIT_STUCK_SECONDS = 1.0
+_EXIT_POLL_SECONDS = 0.1
+_EXIT_TAG = 15
 
 
 def _missing_mpi(exc) -> ImportError:
@@ -113,6 +136,7 @@ def init() -> None:
     _mpi = strategy
     if strategy.size > 1:
         _install_excepthook(strategy)
+        _install_exit_watch(strategy, MPI)
         _warn_oversubscription(strategy)
     strategy.select_device()
 
@@ -213,6 +237,117 @@ def _install_excepthook(strategy):
             strategy.abort(1)
 
     sys.excepthook = abort_all
+
+
+class _ExitWatch:
+    """Ends the job when a process left and another waits for it in a collective call.
+
+    Every process runs a daemon thread that polls (every 0.1 s, ``Iprobe`` on a
+    communicator of its own) for the notices that leaving processes send from an atexit
+    hook. Once a process has left, any thread of this process found in the same frame of
+    :mod:`fastcnn.distributed._strategy` (where every collective call of fastcnn is made)
+    for :data:`EXIT_STUCK_SECONDS` can never complete: the watch says who left and aborts
+    every process.
+    """
+
+    def __init__(self, strategy, MPI):
+        self.strategy, self.MPI = strategy, MPI
+        self.comm = strategy.comm.Dup()   # collective, like the rest of init()
+        self.gone: dict[int, float] = {}
+        self.stop = threading.Event()
+        from . import _strategy
+        self.collective_file = os.path.normcase(os.path.abspath(_strategy.__file__))
+        self.thread = threading.Thread(target=self._watch, name="fastcnn-exit-watch",
+                                       daemon=True)
+
+    def start(self):
+        atexit.register(self.leave)
+        self.thread.start()
+
+    # ----------------------------------------------------------- the watch
+    def _watch(self):
+        status, seen = self.MPI.Status(), {}
+        notice = bytearray(1)
+        while not self.stop.wait(_EXIT_POLL_SECONDS):
+            try:
+                while self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=_EXIT_TAG,
+                                       status=status):
+                    source = status.Get_source()
+                    self.comm.Recv([notice, self.MPI.BYTE], source=source, tag=_EXIT_TAG)
+                    self.gone.setdefault(source, time.monotonic())
+            except Exception:   # MPI is going away under us: nothing left to watch
+                return
+            if self.gone:
+                call = self._stuck_call(seen)
+                if call is not None and not self.stop.is_set():
+                    self._abort(call)
+                    return
+
+    def _stuck_call(self, seen):
+        """The name of a collective call some thread has sat in for EXIT_STUCK_SECONDS."""
+        now = time.monotonic()
+        me = threading.get_ident()
+        for ident, frame in sys._current_frames().items():
+            if ident == me:
+                continue
+            key = None
+            while frame is not None:
+                if os.path.normcase(frame.f_code.co_filename) == self.collective_file:
+                    key = (id(frame), frame.f_lasti, frame.f_code.co_name)
+                    break
+                frame = frame.f_back
+            if key is None:
+                seen.pop(ident, None)
+                continue
+            first = seen.get(ident)
+            if first is None or first[0] != key:
+                seen[ident] = (key, now)
+            elif now - first[1] >= EXIT_STUCK_SECONDS:
+                return key[2]
+        return None
+
+    def _abort(self, call):
+        strategy = self.strategy
+        who = ", ".join(str(r) for r in sorted(self.gone))
+        try:
+            sys.stderr.write(
+                f"fastcnn.distributed: process{'es' if len(self.gone) > 1 else ''} {who} "
+                f"of {strategy.size} left (exited) while process {strategy.rank} waits for "
+                f"it in a collective call ({call}); aborting all {strategy.size} processes "
+                f"(MPI_Abort) so that none waits forever\n")
+        finally:
+            strategy.abort(1)
+
+    # ------------------------------------------------------------- leaving
+    def leave(self):
+        """atexit: tells every other process that this one is leaving, then stops the
+        watch (before mpi4py finalises MPI)."""
+        if self.stop.is_set():
+            return
+        self.stop.set()
+        requests = []
+        try:
+            if not self.MPI.Is_finalized():
+                for rank in range(self.strategy.size):
+                    if rank != self.strategy.rank:
+                        requests.append(self.comm.Isend([bytearray(1), self.MPI.BYTE],
+                                                        dest=rank, tag=_EXIT_TAG))
+                # One-byte messages go out eagerly; do not hang here if one does not.
+                deadline = time.monotonic() + 5.0
+                while requests and not self.MPI.Request.Testall(requests) and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.01)
+        except Exception:
+            pass
+        self.thread.join(5.0)
+
+
+def _install_exit_watch(strategy, MPI):
+    global _exit_watch
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        return   # the watch thread would call MPI beside the main thread
+    _exit_watch = _ExitWatch(strategy, MPI)
+    _exit_watch.start()
 
 
 def _cores() -> int:

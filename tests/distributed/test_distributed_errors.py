@@ -97,3 +97,34 @@ def test_a_failing_process_ends_every_process(mpi, mode, shown):
     assert "was not stopped" not in result.stdout, mpi.describe(result)
     for text in shown:
         assert text in result.stderr, mpi.describe(result)
+
+
+@pytest.mark.parametrize("mode", ["sys_exit_0", "sys_exit_1", "os_exit_0", "os_exit_1"])
+def test_a_process_that_leaves_fit_early_ends_the_job(mpi, mode, tmp_path):
+    result = mpi.run("exiting.py", mode, tmp_path, timeout=60)
+    assert "was not stopped" not in result.stdout, mpi.describe(result)
+    if mode.startswith("sys_exit"):
+        # The leaving process said so on its way out; the other one, stuck in a
+        # collective call, aborted the job.
+        assert result.returncode != 0, mpi.describe(result)
+        assert ("fastcnn.distributed: process 1 of 2 left (exited) while process 0 waits "
+                "for it in a collective call") in result.stderr, mpi.describe(result)
+    elif mode == "os_exit_1":
+        assert result.returncode != 0, mpi.describe(result)
+    # os._exit(0): the launcher ends the job (MPICH reports the status 0 it was given).
+
+
+def test_a_process_that_ends_first_does_not_abort_one_still_working(mpi, tmp_path):
+    result = mpi.run("exiting.py", "apart", tmp_path, timeout=60)
+    assert result.returncode == 0, mpi.describe(result)
+    assert "process 0 finished" in result.stdout and "process 1 finished" in result.stdout
+    assert "aborting" not in result.stderr, mpi.describe(result)
+    assert (tmp_path / "model.fcnn").is_file()
+
+
+def test_a_collective_call_after_another_process_ended_aborts(mpi, tmp_path):
+    result = mpi.run("exiting.py", "late", tmp_path, timeout=60)
+    assert result.returncode != 0, mpi.describe(result)
+    assert "process 0 finished" not in result.stdout, mpi.describe(result)
+    assert ("process 1 of 2 left (exited) while process 0 waits for it in a collective "
+            "call (barrier)") in result.stderr, mpi.describe(result)
