@@ -160,13 +160,14 @@ def test_nan_propagates_and_extremes_stay_finite(backend_name, name):
 
 @pytest.mark.parametrize("backend_name", CPU_BACKENDS)
 def test_derivatives_at_the_kinks_follow_tensorflow(backend_name):
-    """relu' (0) = 0, leaky_relu'(0) = slope, relu6' = 0 at 0 and 6, hard_sigmoid' = 0 at
-    +-3 (TensorFlow's conventions; a central difference is meaningless there)."""
+    """relu'(0) = 0, leaky_relu'(0) = slope, relu6' = 0 at 0 and 6, hard_sigmoid' = 0 at
+    +-3, hard_silu' = 0 at -3 and 1 at 3 (TensorFlow's conventions, which its autodiff of
+    x * relu6(x + 3) / 6 gives; a central difference is meaningless there)."""
     backend = backends.get(backend_name)
     x = np.array([0.0, 6.0, -3.0, 3.0])
     dy = np.ones(4)
     expected = {"relu": [0, 1, 0, 1], "leaky_relu": [0.2, 1, 0.2, 1], "relu6": [0, 0, 0, 1],
-                "hard_sigmoid": [1 / 6, 0, 0, 0]}
+                "hard_sigmoid": [1 / 6, 0, 0, 0], "hard_silu": [0.5, 1, 0, 1]}
     for name, want in expected.items():
         y, ctx = activations.forward(backend, name, x)
         np.testing.assert_allclose(activations.backward(backend, name, dy, ctx), want,

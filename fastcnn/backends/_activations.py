@@ -323,7 +323,7 @@ def hard_silu_backward(dy, ctx):
     _check_dy(dy, x)
     t = x.dtype.type
     g = (t(2) * x + t(3)) / t(6)
-    g = np.where(x < -3, t(0), np.where(x > 3, t(1), g))
+    g = np.where(x <= -3, t(0), np.where(x >= 3, t(1), g))  # TensorFlow's values at +-3
     return dy * g
 
 

@@ -496,9 +496,10 @@ def hard_silu_forward(x):
 
 
 def hard_silu_backward(dy, ctx):
-    """d = 0 below -3, 1 above 3, ``(2x + 3) / 6`` between."""
+    """d = ``hard_sigmoid(x) + x * hard_sigmoid'(x)``: 0 up to -3, 1 from 3 on, ``(2x + 3)
+    / 6`` between (at -3 and 3 themselves hard_sigmoid' is 0, as TensorFlow's relu6')."""
     x = ctx
-    d = np.where(x < -3, 0.0, np.where(x > 3, 1.0, (2 * x + 3) / 6))
+    d = np.where(x <= -3, 0.0, np.where(x >= 3, 1.0, (2 * x + 3) / 6))
     return (dy * d).astype(dy.dtype)
 
 

@@ -260,9 +260,9 @@ def hard_silu(T, v):
 
 @device_function
 def hard_silu_grad(T, dy, v):
-    if v < T(-3):
+    if v <= T(-3):  # at -3 and 3 themselves: TensorFlow's 0 and 1
         return T(0)
-    if v > T(3):
+    if v >= T(3):
         return dy
     return dy * ((v + v + T(3)) / T(6))
 

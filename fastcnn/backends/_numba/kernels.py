@@ -1045,9 +1045,9 @@ def unary_backward_range(dy, y, dx, op, lo, hi):
         for i in range(dys.size):
             v = ys[i]  # the input x
             d = dys[i]
-            if v < -three:
+            if v <= -three:  # at -3 and 3 themselves: TensorFlow's 0 and 1
                 dxs[i] = zero
-            elif v > three:
+            elif v >= three:
                 dxs[i] = d
             else:
                 dxs[i] = d * ((v + v + three) / six)
