@@ -36,6 +36,8 @@ import sys
 import time
 import warnings
 
+import numpy as np
+
 from . import distributed
 
 
@@ -705,16 +707,36 @@ class ModelCheckpoint(Callback):
 class ReduceLROnPlateau(Callback):
     """Multiplies the learning rate by ``factor`` when ``monitor`` has stopped improving.
 
-    After ``patience`` epochs without an improvement larger than ``min_delta`` the rate
-    becomes ``max(lr * factor, min_lr)``; then ``cooldown`` epochs pass before the
-    patience counter runs again (the best value is still tracked during them). Each epoch's logs get a ``learning_rate`` entry (Keras 3),
-    so History and CSVLogger placed after this callback record it.
+    Keras 3's schedule, exactly (tests compare it with Keras's over fixed sequences): an
+    epoch improves when it beats the best value so far by more than ``min_delta``; after
+    ``patience`` epochs without improvement the rate becomes ``max(lr * factor, min_lr)``
+    and the cooldown counter is set to ``cooldown``. At each later epoch end the counter
+    first goes down by one, and an epoch that is not an improvement counts towards
+    patience once the counter is 0, so the LAST cooldown epoch already counts (with
+    ``cooldown=1`` the schedule is the one of ``cooldown=0``; each further cooldown epoch
+    delays the next reduction by one). An improvement becomes the best value and resets
+    the patience counter, in cooldown or not.
+
+    Keras keeps the rate in a float32 variable: the rate is read as float32 here too, a
+    reduction happens while that float32 value is above ``float32(min_lr)`` (so a rate
+    just above ``min_lr`` after rounding gets one last reduction onto ``min_lr``), and the
+    new rate is ``float32_rate * factor``. Each epoch's logs get a ``learning_rate`` entry
+    (the rate the epoch trained with, Keras 3), so History and CSVLogger placed after this
+    callback record it.
     """
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
-                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+                 min_delta=1e-4, cooldown=0, min_lr=0.0, **kwargs):
         super().__init__()
         who = "ReduceLROnPlateau"
+        if kwargs:
+            # Keras 3 accepts and ignores Keras 2's leftovers (epsilon= was min_delta)
+            if "epsilon" in kwargs:
+                warnings.warn("ReduceLROnPlateau: `epsilon` is deprecated (Keras 2); use "
+                              "`min_delta`", DeprecationWarning, stacklevel=2)
+                min_delta = kwargs.pop("epsilon")
+            if kwargs:
+                raise TypeError(f"{who}: unexpected keyword argument(s) {sorted(kwargs)}")
         self.monitor = _check_monitor(monitor, who)
         factor = _check_real(factor, "factor", who, low=0.0)
         if factor >= 1.0:
@@ -730,14 +752,17 @@ class ReduceLROnPlateau(Callback):
         self._reset()
 
     def _reset(self):
-        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best = None          # Keras: the first monitored value is an improvement
         self.cooldown_counter = 0
         self.wait = 0
 
-    def _improved(self, value):
+    def _is_improvement(self, value):
+        if self.best is None:
+            return True
+        # Keras's ops.less/greater on Python floats compare float32 tensors
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            return np.float32(value + self.min_delta) < np.float32(self.best)
+        return np.float32(value - self.min_delta) > np.float32(self.best)
 
     def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
@@ -748,36 +773,38 @@ class ReduceLROnPlateau(Callback):
                              "learning_rate; call model.compile(optimizer=...) first")
         self._reset()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _reduce(self, epoch):
+        """Keras's ``_reduce_optimizer_lr``: True when the rate was lowered."""
         optimizer = self.model.optimizer
+        old_lr = float(np.float32(optimizer.learning_rate))   # Keras's float32 variable
+        if not old_lr > np.float32(self.min_lr):
+            return False
+        new_lr = max(old_lr * self.factor, self.min_lr)
+        optimizer.learning_rate = new_lr
+        if self.verbose:
+            _print_msg(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to "
+                       f"{new_lr}.")
+        return True
+
+    def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(optimizer.learning_rate)
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
         value = _monitor_value(logs, self.monitor, "Learning rate reduction")
         if value is None:
             return
-        improved = self._improved(value)
-        if improved:
-            self.best = value
-            self.wait = 0
+        # Keras 3.15's order: cooldown tick, then improvement, then patience (only once
+        # the cooldown is over, this very epoch included).
         if self.in_cooldown():
-            # The documented meaning: ``cooldown`` whole epochs are not counted. (Keras's
-            # code counts the last cooldown epoch towards patience, so there cooldown=1
-            # changes nothing.)
             self.cooldown_counter -= 1
             self.wait = 0
-            return
-        if not improved:
+        if self._is_improvement(value):
+            self.best = value
+            self.wait = 0
+        elif not self.in_cooldown():
             self.wait += 1
-            if self.wait >= self.patience:
-                old_lr = float(optimizer.learning_rate)
-                if old_lr > self.min_lr:
-                    new_lr = max(old_lr * self.factor, self.min_lr)
-                    optimizer.learning_rate = new_lr
-                    if self.verbose:
-                        _print_msg(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning "
-                                   f"rate to {new_lr}.")
-                    self.cooldown_counter = self.cooldown
-                    self.wait = 0
+            if self.wait >= self.patience and self._reduce(epoch):
+                self.cooldown_counter = self.cooldown
+                self.wait = 0
 
 
 class LearningRateScheduler(Callback):

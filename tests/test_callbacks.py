@@ -8,6 +8,7 @@ exact script is clearer than a loss curve.
 """
 import csv
 import io
+import json
 import os
 import re
 import warnings
@@ -348,23 +349,57 @@ def test_checkpoint_with_the_real_save_methods(tmp_path, weights_only):
 
 # ------------------------------------------------------------------------ ReduceLROnPlateau
 def test_reduce_lr_after_patience_with_cooldown_and_min_lr(capsys):
-    cb = ReduceLROnPlateau(factor=0.5, patience=2, cooldown=1, min_lr=0.3, verbose=1)
+    cb = ReduceLROnPlateau(factor=0.5, patience=2, cooldown=2, min_lr=0.3, verbose=1)
     # epoch:       0    1    2    3    4    5    6    7    8    9
     values = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     _, _, rates = run_script(cb, values)
-    # reduced at the end of epoch 2 (2 epochs without improvement), cooldown epoch 3,
-    # then 2 more: epochs 4, 5 -> reduced again (clipped to min_lr), then never below it
+    # reduced at the end of epoch 2 (2 epochs without improvement); Keras counts the last
+    # of the 2 cooldown epochs (4) towards patience: epochs 4, 5 -> reduced again
+    # (clipped to min_lr), then never below it
     assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3]
     out = capsys.readouterr().out
     assert "Epoch 3: ReduceLROnPlateau reducing learning rate to 0.5." in out
     assert out.count("reducing") == 2
-    # without cooldown the second reduction comes one epoch earlier
-    _, _, rates = run_script(ReduceLROnPlateau(factor=0.5, patience=2, min_lr=0.3), values)
-    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3]
+    # without cooldown the second reduction comes one epoch earlier; Keras's cooldown=1
+    # gives the same schedule as cooldown=0
+    for cooldown in (0, 1):
+        _, _, rates = run_script(ReduceLROnPlateau(factor=0.5, patience=2, min_lr=0.3,
+                                                   cooldown=cooldown), values)
+        assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3]
     # an improvement during cooldown still becomes the best value
     cb = ReduceLROnPlateau(factor=0.5, patience=1, cooldown=2)
     _, _, rates = run_script(cb, [1.0, 1.0, 0.5, 0.9, 0.9, 0.9])
-    assert rates == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+    assert rates == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    assert cb.best == 0.5
+
+
+def keras_fixture(name="callbacks.json"):
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "keras", name)
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("case", keras_fixture()["reduce_lr_on_plateau"],
+                         ids=lambda c: c["name"])
+def test_reduce_lr_schedule_equals_keras(case, capsys):
+    """Keras 3.15's ReduceLROnPlateau over the same monitored values (fixtures made by
+    tests/fixtures/keras/make_callbacks.py): the rate of every epoch, the logged rate and
+    the messages, exactly (rates compared as Keras's float32 variable holds them)."""
+    cb = ReduceLROnPlateau(monitor=case["monitor"], verbose=1, **case["kwargs"])
+    model = ScriptedModel(lr=case["lr0"])
+    cbs = callbacks.CallbackList([cb], model=model, params={"epochs": len(case["values"])})
+    cbs.on_train_begin()
+    before, logged = [], []
+    for epoch, value in enumerate(case["values"]):
+        before.append(model.optimizer.learning_rate)
+        logs = {"loss": value} if case["monitor"] == "loss" else {"loss": 1.0,
+                                                                   case["monitor"]: value}
+        cbs.on_epoch_end(epoch, logs)
+        logged.append(logs["learning_rate"])
+    np.testing.assert_array_equal(np.float32(before), np.float32(case["before"]))
+    np.testing.assert_array_equal(np.float32(logged), np.float32(case["logged"]))
+    assert np.float32(model.optimizer.learning_rate) == np.float32(case["after"][-1])
+    assert capsys.readouterr().out.splitlines() == case["messages"]
 
 
 def test_reduce_lr_improvement_resets_patience_and_min_delta_counts():
