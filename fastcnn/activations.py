@@ -136,7 +136,7 @@ def forward(backend, name: str, x, **params):
     pair = _OPS[name]
     if pair is None:
         return x, None
-    if name in ROW_WISE and x.ndim != 2:
+    if name in ROW_WISE and x.ndim not in (0, 2):  # (0-d: the kernel's own error)
         # The kernels define these on (N, K); any rank reduces to that with a free view.
         # shape[ndim - 1], not shape[-1]: the CUDA simulator's arrays refuse negative indices
         y, ctx = getattr(backend, pair[0])(x.reshape(-1, x.shape[x.ndim - 1]), **params)
@@ -149,7 +149,7 @@ def backward(backend, name: str, dy, ctx):
     pair = _OPS[name]
     if pair is None:
         return dy
-    if name in ROW_WISE and dy.ndim != 2:
+    if name in ROW_WISE and dy.ndim not in (0, 2):
         inner, shape = ctx
         return getattr(backend, pair[1])(dy.reshape(-1, shape[len(shape) - 1]),
                                          inner).reshape(shape)

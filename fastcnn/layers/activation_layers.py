@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -87,6 +88,10 @@ class LeakyReLU(_KernelActivation):
     ``negative_slope * x``."""
 
     def __init__(self, negative_slope=0.3, **kwargs):
+        if "alpha" in kwargs:  # Keras 2's spelling, which the tutorials use
+            negative_slope = kwargs.pop("alpha")
+            warnings.warn("LeakyReLU(alpha=...) is Keras 2's spelling; Keras 3 calls it "
+                          "LeakyReLU(negative_slope=...)", DeprecationWarning, stacklevel=2)
         super().__init__(**kwargs)
         self.negative_slope = _real(negative_slope, "negative_slope", minimum=0.0,
                                     layer="LeakyReLU")

@@ -189,6 +189,13 @@ def test_config_round_trip(layer):
     assert clone.get_config() == config
 
 
+def test_leaky_relu_takes_keras_2_s_alpha_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="negative_slope"):
+        layer = LeakyReLU(alpha=0.1)
+    assert layer.negative_slope == 0.1
+    assert "alpha" not in layer.get_config()
+
+
 # ---------------------------------------------------------------- bad arguments
 
 
