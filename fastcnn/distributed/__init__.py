@@ -270,6 +270,8 @@ class _ExitWatch:
         notice = bytearray(1)
         while not self.stop.wait(_EXIT_POLL_SECONDS):
             try:
+                if self.MPI.Is_finalized():   # the script finalised MPI itself
+                    return
                 while self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=_EXIT_TAG,
                                        status=status):
                     source = status.Get_source()
