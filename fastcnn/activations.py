@@ -138,8 +138,7 @@ def forward(backend, name: str, x, **params):
         return x, None
     if name in ROW_WISE and x.ndim not in (0, 2):  # (0-d: the kernel's own error)
         # The kernels define these on (N, K); any rank reduces to that with a free view.
-        # shape[ndim - 1], not shape[-1]: the CUDA simulator's arrays refuse negative indices
-        y, ctx = getattr(backend, pair[0])(x.reshape(-1, x.shape[x.ndim - 1]), **params)
+        y, ctx = getattr(backend, pair[0])(x.reshape(_rows(x.shape)), **params)
         return y.reshape(x.shape), (ctx, x.shape)
     return getattr(backend, pair[0])(x, **params)
 
@@ -151,9 +150,16 @@ def backward(backend, name: str, dy, ctx):
         return dy
     if name in ROW_WISE and dy.ndim not in (0, 2):
         inner, shape = ctx
-        return getattr(backend, pair[1])(dy.reshape(-1, shape[len(shape) - 1]),
-                                         inner).reshape(shape)
+        return getattr(backend, pair[1])(dy.reshape(_rows(shape)), inner).reshape(shape)
     return getattr(backend, pair[1])(dy, ctx)
+
+
+def _rows(shape):
+    """``(rows, K)`` for a row-wise activation over the last axis of ``shape`` (explicit,
+    not ``(-1, K)``: an empty array has no -1; and shape[len - 1], not shape[-1]: the
+    CUDA simulator's array shapes refuse negative indices)."""
+    k = shape[len(shape) - 1]
+    return (math.prod(shape[:len(shape) - 1]), k)
 
 
 # ------------------------------------------------------------- functions on arrays
