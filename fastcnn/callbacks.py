@@ -19,7 +19,9 @@ some callback overrides them (or says it wants them: ``wants_batch_hooks(mode)``
 
 The training callbacks users reach for (Keras's names, arguments and defaults):
 :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`ReduceLROnPlateau`, :class:`LearningRateScheduler`,
-:class:`CSVLogger`, :class:`LambdaCallback`.
+:class:`CSVLogger`, :class:`LambdaCallback`, :class:`TerminateOnNaN`, :class:`BackupAndRestore`,
+:class:`TensorBoard` (event files, no dependency; ``pip install fastcnn[tensorboard]`` for
+the app that shows them).
 """
 from __future__ import annotations
 
@@ -138,6 +140,14 @@ class CallbackList(Callback):
                 return True
         return False
 
+    def handles_nonfinite_loss(self) -> bool:
+        """Whether a callback takes charge of a NaN/inf batch loss (:class:`TerminateOnNaN`:
+        its class or instance says ``handles_nonfinite_loss = True``). fit raises
+        ``NonFiniteLossError`` on such a loss unless this is True; then it skips that
+        batch's update, passes the loss to the batch hooks and lets the callback stop."""
+        return any(getattr(cb, "handles_nonfinite_loss", False) is True
+                   for cb in self.callbacks)
+
     def _call(self, hook, *args):
         for cb in self.callbacks:
             getattr(cb, hook)(*args)
@@ -249,14 +259,26 @@ class ProgbarLogger(Callback):
 
     INTERVAL = 0.1  # seconds between bar refreshes
 
-    def __init__(self, verbose=1, stream=None):
+    def __init__(self, verbose=None, stream=None):
+        """``ProgbarLogger()`` is Keras's constructor: the bar takes fit's (evaluate's,
+        predict's) ``verbose`` from the params it is given, as Keras's does. fastcnn's
+        extras: ``verbose=1|2`` fixes the style whatever fit's verbose, and ``stream``
+        (default: ``sys.stdout`` at each write)."""
         super().__init__()
-        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-            raise ValueError(f"ProgbarLogger verbose must be 0, 1 or 2, got {verbose!r}")
-        self.verbose = verbose
+        if verbose is not None and (verbose not in (0, 1, 2) or isinstance(verbose, bool)):
+            raise ValueError(f"ProgbarLogger verbose must be 0, 1, 2 or None (fit's), got "
+                             f"{verbose!r}")
+        self._verbose_arg = verbose
+        self.verbose = 1 if verbose is None else verbose
         self._stream = stream
         self._in_fit = False
         self._is_dynamic = False
+
+    def set_params(self, params):
+        super().set_params(params)
+        if self._verbose_arg is None:   # Keras: the verbose of the fit/evaluate/predict call
+            verbose = (params or {}).get("verbose", 1)
+            self.verbose = 1 if verbose == "auto" else int(verbose)
 
     @property
     def stream(self):
@@ -981,3 +1003,296 @@ class LambdaCallback(Callback):
     def wants_batch_hooks(self, mode) -> bool:
         # the functions live on the instance, so CallbackList cannot see them on the class
         return any(hook in self._given for hook in _BATCH_HOOKS[mode])
+
+
+# -------------------------------------------------------------------- TerminateOnNaN
+def _loss_number(value):
+    """A batch log's loss as a float (a number, a 0-d array or a Tensor of a custom
+    train_step), or None when it is not one."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        from .autodiff import value_of
+        return float(np.asarray(value_of(value)))
+    except Exception:  # noqa: BLE001 - not a number: nothing to check
+        return None
+
+
+class TerminateOnNaN(Callback):
+    """Stops training when a batch's loss is NaN or inf (Keras's TerminateOnNaN).
+
+    By default the stop is clean, as Keras's: it prints ``Batch {batch}: Invalid loss,
+    terminating training`` and sets ``model.stop_training``; the epoch ends at once, its
+    ``on_epoch_end`` and every callback's ``on_train_end`` still run and ``fit`` returns its
+    History (the last loss logged is the non-finite one). ``raise_error=True`` raises a
+    RuntimeError at once instead (Keras's: ``on_train_end`` is not called, so a
+    :class:`BackupAndRestore` keeps its backup).
+
+    fastcnn's rule: without this callback ``fit`` raises ``NonFiniteLossError`` on a
+    non-finite loss, before that batch's update. With it, ``fit`` (which asks
+    ``CallbackList.handles_nonfinite_loss()``) skips the update of that batch, so the
+    weights stay those of the last finite step (Keras applies the NaN update), gives the
+    loss to this callback's batch hook and stops as above.
+    """
+
+    handles_nonfinite_loss = True
+
+    def __init__(self, raise_error=False):
+        super().__init__()
+        if not isinstance(raise_error, (bool, np.bool_)):
+            raise ValueError(f"TerminateOnNaN: raise_error must be True or False, got "
+                             f"{raise_error!r}")
+        self.raise_error = bool(raise_error)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
+
+    def on_batch_end(self, batch, logs=None):
+        """Keras's hook (its ``on_train_batch_end`` calls it)."""
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = _loss_number(loss)
+        if loss is None or math.isfinite(loss):
+            return
+        if self.raise_error:
+            raise RuntimeError(f"NaN or Inf loss encountered at batch {batch}. Loss value: "
+                               f"{loss}. Terminating training immediately.")
+        _print_msg(f"Batch {batch}: Invalid loss, terminating training")
+        self.model.stop_training = True
+
+
+# ------------------------------------------------------------------ BackupAndRestore
+class BackupAndRestore(Callback):
+    """Backs training up so that a fit that was interrupted goes on where it stopped
+    (Keras's BackupAndRestore: same arguments and defaults).
+
+    At each epoch end (``save_freq='epoch'``) or every ``save_freq`` batches, ONE file,
+    ``backup_dir/latest.backup.npz``, is written atomically (a temporary file, fsync,
+    rename): every weight (``model.get_weights()``), the optimizer's state (its slots,
+    ``iterations`` and a float learning rate, so a rate ReduceLROnPlateau lowered is kept)
+    and the epoch to resume at. A kill at any moment leaves the previous backup or the
+    new one, never a mix (Keras writes weights and epoch in two files).
+    ``double_checkpoint=True`` also keeps the previous backup as ``latest.backup.npz.bkp``,
+    used when the latest cannot be read.
+
+    When ``fit`` starts (``on_train_begin``) with a backup in ``backup_dir``, the weights
+    and optimizer state are restored and ``model._initial_epoch`` is set to the epoch after
+    the backup (Keras's attribute, which its fit reads after ``on_train_begin``; a backup
+    made mid-epoch restarts that epoch with the weights of the backup). Training that ends
+    normally (all epochs, or a stop by a callback) removes the backup with
+    ``delete_checkpoint=True`` (the default): the file, and ``backup_dir`` when nothing else
+    is left in it (Keras removes the whole folder). An exception leaves it for the next run.
+
+    The model must have the same architecture as the one that wrote the backup (a
+    mismatch is a ValueError naming the file). Data order is not restored: with
+    ``shuffle=True`` the resumed epochs see other orders than an uninterrupted run would.
+    Under fastcnn.distributed rank 0 writes and every process reads: ``backup_dir`` must be
+    on a file system all processes see.
+    """
+
+    FILE_NAME = "latest.backup.npz"
+
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False,
+                 delete_checkpoint=True):
+        super().__init__()
+        who = "BackupAndRestore"
+        if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
+            raise ValueError(f"{who}: backup_dir must be a non-empty path (a folder), got "
+                             f"{backup_dir!r}")
+        if save_freq != "epoch" and (not isinstance(save_freq, numbers.Integral)
+                                     or isinstance(save_freq, bool) or save_freq < 1):
+            raise ValueError(f"{who}: save_freq must be 'epoch' or a positive int (batches), "
+                             f"got {save_freq!r}")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq if save_freq == "epoch" else int(save_freq)
+        self.double_checkpoint = bool(double_checkpoint)
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._path = os.path.join(self.backup_dir, self.FILE_NAME)
+        self._prev_path = self._path + ".bkp"
+        self._current_epoch = 0
+        self._last_batch_seen = 0
+        self._batches_seen_since_last_saving = 0
+
+    def wants_batch_hooks(self, mode) -> bool:
+        return mode == "train" and self.save_freq != "epoch"
+
+    # ------------------------------------------------------------------ restore
+    def on_train_begin(self, logs=None):
+        self._last_batch_seen = 0
+        self._batches_seen_since_last_saving = 0
+        if not getattr(self.model, "built", True):
+            raise ValueError("To use the BackupAndRestore callback, the model must be built "
+                             "before fit() starts (give the first layer an input_shape, or "
+                             "call model.build(...))")
+        paths = [p for p in (self._path, self._prev_path) if os.path.exists(p)]
+        if not self.double_checkpoint:
+            paths = paths[:1] if paths and paths[0] == self._path else []
+        if not paths:
+            self.model._initial_epoch = None   # no stale value from an earlier fit
+            self._current_epoch = 0
+            return
+        errors = []
+        for path in paths:
+            try:
+                backup = self._read(path)
+            except (OSError, ValueError, KeyError, EOFError) as e:
+                errors.append(f"{path}: {e}")
+                continue
+            self._restore(backup, path)
+            return
+        raise ValueError("BackupAndRestore cannot read its backup (" + "; ".join(errors)
+                         + "); remove it to start training from the beginning")
+
+    def _read(self, path):
+        import json
+        import zipfile
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                arrays = {k: data[k] for k in data.files if k != "meta"}
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"not a backup file ({e})") from None
+        if meta.get("format") != "fastcnn-backup" or meta.get("version") != 1:
+            raise ValueError(f"not a fastcnn backup (format {meta.get('format')!r}, "
+                             f"version {meta.get('version')!r})")
+        return meta, arrays
+
+    def _restore(self, backup, path):
+        meta, arrays = backup
+        model = self.model
+        current = model.get_weights()
+        weights = [arrays[f"weights/{k}"] for k in range(meta["n_weights"])]
+        if len(weights) != len(current) or any(
+                np.shape(a) != np.shape(b) for a, b in zip(weights, current)):
+            raise ValueError(
+                f"BackupAndRestore: the backup {path} was written by a model with weight "
+                f"shapes {[tuple(np.shape(a)) for a in weights]}; this model has "
+                f"{[tuple(np.shape(b)) for b in current]}. Use another backup_dir, or remove "
+                f"this one to start from the beginning")
+        model.set_weights(weights)
+        opt_meta = meta.get("optimizer")
+        optimizer = getattr(model, "optimizer", None)
+        if opt_meta is not None and optimizer is not None and hasattr(optimizer, "set_state"):
+            all_weights = model.weights
+            variables = [all_weights[i] for i in opt_meta["variables"]]
+            if optimizer._variables is None:
+                optimizer.build(variables)
+            slots = {name: [arrays[f"optimizer/{name}/{k}"] for k in range(len(variables))]
+                     for name in opt_meta["slots"]}
+            try:
+                optimizer.set_state({"iterations": opt_meta["iterations"], "slots": slots})
+            except ValueError as e:
+                raise ValueError(f"BackupAndRestore: the optimizer state in {path} does not "
+                                 f"fit this model's optimizer ({type(optimizer).__name__}): "
+                                 f"{e}") from None
+            if opt_meta.get("learning_rate") is not None:
+                optimizer.learning_rate = opt_meta["learning_rate"]
+        self._current_epoch = int(meta["epoch"])
+        model._initial_epoch = int(meta["epoch"])   # Keras: fit starts at this epoch
+
+    # --------------------------------------------------------------------- save
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        if self.save_freq == "epoch":
+            self._save()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._should_save_on_batch(batch):
+            self._save(batch)
+
+    def _should_save_on_batch(self, batch):
+        """Keras's count of the batches since the last save."""
+        if self.save_freq == "epoch":
+            return False
+        if batch <= self._last_batch_seen:  # a new epoch
+            add_batches = batch + 1
+        else:
+            add_batches = batch - self._last_batch_seen
+        self._batches_seen_since_last_saving += add_batches
+        self._last_batch_seen = batch
+        if self._batches_seen_since_last_saving >= self.save_freq:
+            self._batches_seen_since_last_saving = 0
+            return True
+        return False
+
+    def _optimizer_state(self, arrays):
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or not hasattr(optimizer, "get_state") \
+                or getattr(optimizer, "_variables", None) is None:
+            return None   # no step taken yet: nothing to keep
+        index = {id(w): k for k, w in enumerate(self.model.weights)}
+        try:
+            variables = [index[id(v)] for v in optimizer._variables]
+        except KeyError:
+            raise ValueError("BackupAndRestore: the optimizer holds state for weights that "
+                             "are not this model's; compile the model with its own "
+                             "optimizer") from None
+        state = optimizer.get_state()
+        for name, slot_arrays in state["slots"].items():
+            for k, a in enumerate(slot_arrays):
+                arrays[f"optimizer/{name}/{k}"] = np.asarray(a)
+        lr = getattr(optimizer, "_learning_rate", None)
+        return {"variables": variables, "iterations": int(state["iterations"]),
+                "slots": sorted(state["slots"]),
+                "learning_rate": float(lr) if isinstance(lr, numbers.Real) else None}
+
+    def _save(self, batch=None):
+        import json
+        arrays = {}
+        weights = self.model.get_weights()
+        for k, w in enumerate(weights):
+            arrays[f"weights/{k}"] = np.asarray(w)
+        meta = {"format": "fastcnn-backup", "version": 1, "epoch": self._current_epoch,
+                "batch": self._last_batch_seen if batch is not None else 0,
+                "n_weights": len(weights), "optimizer": self._optimizer_state(arrays)}
+        if not _primary():   # under MPI: rank 0 writes the one file
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        tmp = os.path.join(self.backup_dir, f".{self.FILE_NAME}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            if self.double_checkpoint and os.path.exists(self._path):
+                prev_tmp = self._prev_path + f".{os.getpid()}.tmp"
+                shutil.copyfile(self._path, prev_tmp)
+                os.replace(prev_tmp, self._prev_path)
+            os.replace(tmp, self._path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        _fsync_folder(self.backup_dir)
+
+    def on_train_end(self, logs=None):
+        if not self.delete_checkpoint or not _primary():
+            return
+        for path in (self._path, self._prev_path):
+            if os.path.exists(path):
+                os.remove(path)
+        try:
+            os.rmdir(self.backup_dir)   # only when nothing else is left in it
+        except OSError:
+            pass
+
+
+def _fsync_folder(folder):
+    """Makes a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

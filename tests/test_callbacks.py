@@ -782,3 +782,256 @@ def test_learning_rate_scheduler_rejects_a_bad_rate(bad):
 def test_learning_rate_scheduler_rejects_a_non_callable():
     with pytest.raises(ValueError, match="schedule must be callable"):
         fastcnn.callbacks.LearningRateScheduler(0.1)
+
+
+# ------------------------------------------------------------------------ ProgbarLogger
+def test_progbar_logger_keras_constructor_takes_fits_verbose():
+    # Keras's ProgbarLogger() has no arguments: the style is the one fit was called with
+    x, y = tiny_data(n=16)
+    model = tiny_model()
+    for verbose, expected in ((2, rf"Epoch 1/1\n2/2 - \d+s - loss: {NUMBER} - accuracy: "
+                                  rf"{NUMBER}\n"), (0, "")):
+        bar = ProgbarLogger()
+        bar._stream = stream = io.StringIO()
+        model.fit(x, y, epochs=1, batch_size=8, verbose=verbose, callbacks=[bar])
+        assert bar.verbose == verbose
+        assert re.fullmatch(expected, stream.getvalue()), stream.getvalue()
+    assert fastcnn.callbacks.ProgbarLogger is ProgbarLogger
+    with pytest.raises(ValueError, match=r"verbose must be 0, 1, 2 or None.*got 3"):
+        ProgbarLogger(verbose=3)
+
+
+# ------------------------------------------------------------------------ TerminateOnNaN
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"),
+                                 np.float32("nan")])
+def test_terminate_on_nan_stops_cleanly_on_a_non_finite_batch_loss(bad, capsys):
+    model = ScriptedModel()
+    cb = callbacks.TerminateOnNaN()
+    cbs = callbacks.CallbackList([cb], model=model)
+    assert cbs.needs_batch_hooks("train") and cbs.handles_nonfinite_loss()
+    cbs.on_train_batch_end(0, {"loss": 0.5})
+    cbs.on_train_batch_end(1, {})              # no loss: nothing to check
+    assert not model.stop_training and capsys.readouterr().out == ""
+    cbs.on_train_batch_end(2, {"loss": bad})
+    assert model.stop_training
+    assert capsys.readouterr().out == "Batch 2: Invalid loss, terminating training\n"
+
+
+def test_terminate_on_nan_raise_error_and_bad_argument():
+    model = ScriptedModel()
+    cb = callbacks.TerminateOnNaN(raise_error=True)
+    cb.set_model(model)
+    with pytest.raises(RuntimeError, match=r"NaN or Inf loss encountered at batch 4\. Loss "
+                                           r"value: nan\. Terminating training immediately"):
+        cb.on_train_batch_end(4, {"loss": np.nan})
+    with pytest.raises(ValueError, match=r"raise_error must be True or False, got 'yes'"):
+        callbacks.TerminateOnNaN(raise_error="yes")
+    # without TerminateOnNaN fit keeps raising NonFiniteLossError: no callback takes charge
+    assert not callbacks.CallbackList([EarlyStopping()]).handles_nonfinite_loss()
+
+
+class NaNStepModel(fastcnn.Sequential):
+    """A custom train_step whose loss is NaN at the 3rd call (Keras's idiom)."""
+    calls = 0
+
+    def train_step(self, data):
+        self.calls += 1
+        return {"loss": float("nan") if self.calls == 3 else 1.0 / self.calls}
+
+
+def test_terminate_on_nan_in_fit_with_a_custom_train_step(capsys):
+    model = NaNStepModel([Flatten(input_shape=(4, 4, 1)), Dense(3)])
+    model.compile(optimizers.SGD(0.1), "mse")
+    x = np.zeros((16, 4, 4, 1), np.float32)
+    y = np.zeros((16, 3), np.float32)
+    ended = []
+    h = model.fit(x, y, epochs=3, batch_size=4, verbose=0,
+                  callbacks=[callbacks.TerminateOnNaN(),
+                             LambdaCallback(on_train_end=lambda logs: ended.append(logs))])
+    assert h.epoch == [0]                      # stopped in the first epoch, cleanly
+    assert ended and "Batch 2: Invalid loss, terminating training" in capsys.readouterr().out
+
+
+def nan_data():
+    x, y = tiny_data(n=16)
+    x[9, 0, 0, 0] = np.nan                     # batch 2 (of 4) has a NaN loss
+    return x, y
+
+
+def test_without_terminate_on_nan_fit_raises_before_the_update():
+    x, y = nan_data()
+    model = tiny_model()
+    with pytest.raises(fastcnn.NonFiniteLossError if hasattr(fastcnn, "NonFiniteLossError")
+                       else FloatingPointError, match="loss became nan"):
+        model.fit(x, y, epochs=2, batch_size=4, shuffle=False, verbose=0)
+
+
+@pytest.mark.xfail(strict=True, raises=FloatingPointError, reason=(
+    "needs the fit hook of issue 17.8 (model.py, the lead's): fit asks "
+    "CallbackList.handles_nonfinite_loss(), skips the update of a non-finite batch, calls "
+    "the batch hooks and breaks the batch loop when stop_training is set"))
+def test_terminate_on_nan_turns_fits_error_into_a_clean_stop(capsys):
+    x, y = nan_data()
+    model = tiny_model()
+    model.fit(x[:8], y[:8], epochs=1, batch_size=4, shuffle=False, verbose=0)
+    ended = []
+    h = model.fit(x, y, epochs=3, batch_size=4, shuffle=False, verbose=0,
+                  callbacks=[callbacks.TerminateOnNaN(),
+                             LambdaCallback(on_train_end=lambda logs: ended.append(1))])
+    assert h.epoch == [0] and np.isnan(h.history["loss"][0]) and ended
+    assert all(np.isfinite(w).all() for w in model.get_weights())  # the NaN step was skipped
+    assert "Batch 2: Invalid loss, terminating training" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- BackupAndRestore
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_after(epoch):
+    def hook(e, logs):
+        if e == epoch:
+            raise Interrupt(f"killed after epoch {e}")
+    return LambdaCallback(on_epoch_end=hook)
+
+
+def adam_model(seed):
+    fastcnn.utils.set_random_seed(seed)
+    model = fastcnn.Sequential([Flatten(input_shape=(4, 4, 1)), Dense(5, activation="relu"),
+                                Dense(3, activation="softmax")])
+    model.compile(optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    return model
+
+
+def interrupted_run(tmp_path, epoch=1, **kwargs):
+    """fit for 4 epochs, killed at the end of ``epoch`` (after the backup)."""
+    x, y = tiny_data()
+    model = adam_model(0)
+    backup = callbacks.BackupAndRestore(tmp_path / "backup", **kwargs)
+    with pytest.raises(Interrupt):
+        model.fit(x, y, epochs=4, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[backup, interrupt_after(epoch)])
+    return model
+
+
+def test_backup_and_restore_resumes_to_the_uninterrupted_weights(tmp_path):
+    x, y = tiny_data()
+    reference = adam_model(0)
+    reference.fit(x, y, epochs=4, batch_size=8, shuffle=False, verbose=0)
+    killed = interrupted_run(tmp_path)
+    assert os.listdir(tmp_path / "backup") == ["latest.backup.npz"]   # no temporary left
+
+    model = adam_model(1)           # a new process: other initial weights, a fresh Adam
+    backup = callbacks.BackupAndRestore(tmp_path / "backup")
+    backup.set_model(model)
+    backup.on_train_begin()         # what fit does first: restores, names the next epoch
+    assert model._initial_epoch == 2
+    for a, b in zip(model.get_weights(), killed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.iterations == killed.optimizer.iterations == 6
+    # Keras's fit starts at model._initial_epoch; until fastcnn's fit reads it (issue 17.8
+    # hook) the test passes it as initial_epoch. fit calls on_train_begin again: idempotent.
+    h = model.fit(x, y, epochs=4, batch_size=8, shuffle=False, verbose=0,
+                  initial_epoch=model._initial_epoch, callbacks=[backup])
+    assert h.epoch == [2, 3]
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)   # Adam's moments and step count came back
+    assert not os.path.exists(tmp_path / "backup")   # delete_checkpoint (default)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "needs the fit hook of issue 17.8 (model.py, the lead's): after on_train_begin, "
+    "initial_epoch = self.__dict__.pop('_initial_epoch', None) or initial_epoch"))
+def test_backup_and_restore_resumes_inside_fit(tmp_path):
+    x, y = tiny_data()
+    interrupted_run(tmp_path)
+    model = adam_model(1)
+    h = model.fit(x, y, epochs=4, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[callbacks.BackupAndRestore(tmp_path / "backup")])
+    assert h.epoch == [2, 3]
+
+
+def test_backup_and_restore_keeps_a_lowered_rate_and_is_kept_on_request(tmp_path):
+    x, y = tiny_data()
+    model = adam_model(0)
+    cbs = [ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=100.0),
+           callbacks.BackupAndRestore(tmp_path / "b", delete_checkpoint=False),
+           interrupt_after(1)]
+    with pytest.raises(Interrupt):
+        model.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=cbs)
+    fresh = adam_model(1)
+    backup = callbacks.BackupAndRestore(tmp_path / "b", delete_checkpoint=False)
+    backup.set_model(fresh)
+    backup.on_train_begin()
+    # epoch 0 is the first value (the best), epoch 1 halves the rate (float32, Keras's)
+    assert fresh.optimizer.learning_rate == model.optimizer.learning_rate
+    assert np.float32(fresh.optimizer.learning_rate) == np.float32(0.005)
+    assert fresh._initial_epoch == 2
+    fresh.fit(x, y, epochs=3, batch_size=8, verbose=0, initial_epoch=2, callbacks=[backup])
+    assert os.path.exists(tmp_path / "b" / "latest.backup.npz")     # kept, and updated
+    with np.load(tmp_path / "b" / "latest.backup.npz") as data:
+        assert json.loads(str(data["meta"]))["epoch"] == 3
+    # a model without a backup starts at its own initial_epoch (no stale value kept)
+    other = adam_model(2)
+    other._initial_epoch = 7
+    cb = callbacks.BackupAndRestore(tmp_path / "none")
+    cb.set_model(other)
+    cb.on_train_begin()
+    assert other._initial_epoch is None
+
+
+def test_backup_every_n_batches_records_the_epoch_to_restart(tmp_path):
+    x, y = tiny_data()                # 3 batches per epoch
+    saved = []
+    backup = callbacks.BackupAndRestore(tmp_path / "b", save_freq=2, delete_checkpoint=False)
+    original = backup._save
+    backup._save = lambda batch=None: (saved.append((backup._current_epoch, batch)),
+                                       original(batch))
+    model = adam_model(0)
+    model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[backup])
+    # Keras's count: every 2 batches across epoch ends (batches 1; 0, 2 of epoch 1)
+    assert saved == [(0, 1), (1, 0), (1, 2)]
+    with np.load(tmp_path / "b" / "latest.backup.npz") as data:
+        assert json.loads(str(data["meta"]))["epoch"] == 1   # a mid-epoch backup
+
+
+def test_backup_double_checkpoint_falls_back_to_the_previous_backup(tmp_path):
+    interrupted_run(tmp_path, epoch=2, double_checkpoint=True)
+    folder = tmp_path / "backup"
+    assert sorted(os.listdir(folder)) == ["latest.backup.npz", "latest.backup.npz.bkp"]
+    (folder / "latest.backup.npz").write_bytes(b"torn write")
+    model = adam_model(1)
+    backup = callbacks.BackupAndRestore(folder, double_checkpoint=True)
+    backup.set_model(model)
+    backup.on_train_begin()
+    assert model._initial_epoch == 2           # the previous backup, of epoch 2
+    # without double_checkpoint a damaged backup is an error naming it
+    backup = callbacks.BackupAndRestore(folder)
+    backup.set_model(model)
+    with pytest.raises(ValueError, match=r"cannot read its backup.*latest\.backup\.npz.*"
+                                         r"remove it"):
+        backup.on_train_begin()
+
+
+def test_backup_of_another_architecture_and_bad_arguments(tmp_path):
+    interrupted_run(tmp_path)
+    other = tiny_model()
+    backup = callbacks.BackupAndRestore(tmp_path / "backup")
+    backup.set_model(other)
+    with pytest.raises(ValueError, match=r"written by a model with weight shapes .*this "
+                                         r"model has"):
+        backup.on_train_begin()
+    with pytest.raises(ValueError, match=r"backup_dir must be a non-empty path.*got ''"):
+        callbacks.BackupAndRestore("")
+    with pytest.raises(ValueError, match=r"save_freq must be 'epoch' or a positive int.*"
+                                         r"got 0"):
+        callbacks.BackupAndRestore(tmp_path, save_freq=0)
+
+
+def test_backup_removes_only_its_own_files(tmp_path):
+    x, y = tiny_data()
+    (tmp_path / "keep.txt").write_text("mine")
+    model = adam_model(0)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0,
+              callbacks=[callbacks.BackupAndRestore(tmp_path)])
+    assert os.listdir(tmp_path) == ["keep.txt"]
