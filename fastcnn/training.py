@@ -54,11 +54,111 @@ def _check_verbose(verbose):
     return int(verbose)
 
 
+def _indexable(data):
+    """A Keras ``PyDataset`` / ``Sequence``: batches by index, ``len()`` of them."""
+    return (hasattr(data, "__getitem__") and hasattr(data, "__len__")
+            and not hasattr(data, "__next__")
+            and not isinstance(data, (np.ndarray, list, tuple, dict, str, bytes))
+            and not autodiff.is_tensor(data))
+
+
+class _Indexed:
+    """An indexable source read as an iterator: batches 0 .. len-1, then (for fit) the
+    source's ``on_epoch_end()`` and again from 0, as Keras consumes a PyDataset."""
+
+    def __init__(self, source):
+        self.source, self.i = source, 0
+
+    def __len__(self):
+        return len(self.source)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= len(self.source):
+            hook = getattr(self.source, "on_epoch_end", None)
+            if callable(hook):
+                hook()
+            self.i = 0
+        batch = self.source[self.i]
+        self.i += 1
+        return batch
+
+
+def _as_iterator(source):
+    return _Indexed(source) if _indexable(source) else source
+
+
+def _fresh_pass(source):
+    """What ``evaluate``/``predict`` read: a finite source from its first batch each call
+    (Keras). A dataset whose ``iter()`` starts a new pass gives that pass; fastcnn's image
+    iterators go back to the first batch of their current epoch; a plain generator can only
+    go on where it is."""
+    if _indexable(source):
+        return _Indexed(source)
+    it = iter(source)
+    if it is not source:
+        return it
+    state, set_state = getattr(source, "state", None), getattr(source, "set_state", None)
+    if callable(state) and callable(set_state):
+        current = dict(state())
+        if current.get("batch_index", 0) != 0:
+            current["batch_index"] = 0
+            set_state(current)
+    return source
+
+
+def _check_sample_weight(sample_weight, n, argument="sample_weight"):
+    """``sample_weight`` as a float64 (n,) array of finite weights >= 0, or None."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(autodiff.value_of(sample_weight))
+    if w.dtype == object or not (np.issubdtype(w.dtype, np.number) or w.dtype == np.bool_) \
+            or np.issubdtype(w.dtype, np.complexfloating):
+        raise ValueError(f"{argument} must be a numeric array of per-sample weights, got "
+                         f"dtype {w.dtype}")
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.ndim != 1 or len(w) != n:
+        raise ValueError(f"{argument} must hold one weight per sample, shape ({n},), got "
+                         f"shape {w.shape}")
+    w = w.astype(np.float64)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{argument} must hold finite weights >= 0, got values in "
+                         f"[{w.min()}, {w.max()}]")
+    return w
+
+
+def _class_weights(class_weight, y, classes, argument="class_weight"):
+    """Keras's rule: each sample's weight is its class's (1.0 for a class not in the dict);
+    the class is the label, the arg-max of a one-hot row, or the rounded binary target."""
+    if not isinstance(class_weight, dict):
+        raise ValueError(f"{argument} must be a dict {{class index: weight}}, got "
+                         f"{type(class_weight).__name__}")
+    for k, v in class_weight.items():
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k < classes:
+            raise ValueError(f"{argument} has class {k!r}, which the data lacks: the model's "
+                             f"classes are 0 .. {classes - 1}")
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v) \
+                or v < 0:
+            raise ValueError(f"{argument}[{k}] must be a finite weight >= 0, got {v!r}")
+    y = np.asarray(y)
+    if y.ndim > 1:
+        y = y.argmax(axis=-1) if y.shape[-1] != 1 else y[..., 0]
+    labels = np.round(y.reshape(len(y), -1)[:, 0]).astype(np.int64)
+    table = np.ones(max(classes, 1), dtype=np.float64)
+    for k, v in class_weight.items():
+        table[int(k)] = float(v)
+    return table[labels]
+
+
 def _is_batch_source(data):
     """True for an iterator of batches (an ImageDataGenerator iterator, a Python generator),
     as Keras's fit accepts; arrays and lists are array-likes, never iterated."""
-    return (data is not None and hasattr(data, "__next__")
-            and not isinstance(data, (np.ndarray, list, tuple, str, bytes)))
+    return data is not None and ((hasattr(data, "__next__")
+                                  and not isinstance(data, (np.ndarray, list, tuple, str, bytes)))
+                                 or _indexable(data))
 
 
 def _source_steps(source, steps, name):
@@ -228,6 +328,15 @@ def _apply_constraints(plan):
             if v.constraint is not None:
                 v.assign(v.constraint(v.value))
 
+
+
+def _drop_keras2_worker_args(kwargs, name):
+    """Keras 2's threading arguments (max_queue_size, workers, use_multiprocessing, shuffle)
+    mean nothing here: fastcnn's iterators load ahead themselves."""
+    for key in ("max_queue_size", "workers", "use_multiprocessing", "shuffle"):
+        kwargs.pop(key, None)
+    if kwargs:
+        raise TypeError(f"{name}() got unexpected keyword argument(s) {sorted(kwargs)}")
 
 
 class Trainer:
@@ -450,7 +559,19 @@ class Trainer:
         arrays = []
         for k, part in enumerate(parts):
             name = argument if len(parts) == 1 else f"{argument}[{k}]"
-            arrays.append(self._as_array(part, name, allow_empty))
+            a = self._as_array(part, name, allow_empty)
+            spec = self._input_specs[k] if self._input_specs is not None and \
+                k < len(self._input_specs) else None
+            if a.ndim == 1 and spec is not None and tuple(spec[1:]) == (1,):
+                # One number per sample for a model whose input is one number (Keras).
+                if isinstance(part, list):
+                    warnings.warn(
+                        f"{name} is a Python list of numbers: Keras 3 wants an array, e.g. "
+                        f"np.array({part!r}[:, None]) of shape (samples, 1); taken as "
+                        f"{len(a)} samples of one number (Keras 2's reading)",
+                        DeprecationWarning, stacklevel=4)
+                a = a.reshape(-1, 1)
+            arrays.append(a)
         if len({len(a) for a in arrays}) > 1:
             raise ValueError(f"the arrays of {argument} have different numbers of samples: "
                              f"{[len(a) for a in arrays]}")
@@ -583,8 +704,9 @@ class Trainer:
             grads.extend(own)
         return grads
 
-    def _compute_loss(self, plan, outs, ys, logits):
-        """``(total loss, [d_out], {output_loss: value})`` (under one backend)."""
+    def _compute_loss(self, plan, outs, ys, logits, sw=None):
+        """``(total loss, [d_out], {output_loss: value})`` (under one backend); ``sw``:
+        per-sample weights (Keras's reduction: sum of weighted losses over the batch size)."""
         backend = backends.current()
         total, dys, parts = 0.0, [], {}
         several = len(outs) > 1
@@ -592,7 +714,10 @@ class Trainer:
             if loss is None:
                 dys.append(None)
                 continue
-            value, d = loss.compute(backend, out, y, logits[i])
+            if sw is None:
+                value, d = loss.compute(backend, out, y, logits[i])
+            else:
+                value, d = loss.compute(backend, out, y, logits[i], sample_weight=sw)
             value = float(value)
             if w != 1.0:
                 d = d * w
@@ -616,7 +741,7 @@ class Trainer:
                 m.update_model_output(ys[i], outs[i], logits[i])
         return before
 
-    def _train_step(self, plan, xs, ys, epoch=None, batch=None):
+    def _train_step(self, plan, xs, ys, epoch=None, batch=None, sw=None):
         """One optimizer step; ``(mean loss, samples, per-output losses)`` of the batch.
 
         Under fastcnn.distributed, ``xs`` is this process's share of the global batch (empty
@@ -630,7 +755,7 @@ class Trainer:
         loss, parts, logits = 0.0, {}, plan.logits
         if n:
             outs, ctx, logits = self._forward(plan, xs, True)
-            loss, dys, parts = self._compute_loss(plan, outs, ys, logits)
+            loss, dys, parts = self._compute_loss(plan, outs, ys, logits, sw)
             # Regularizers' penalties (Keras reports them in the loss); their gradients are
             # added once per layer by _backward.
             loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
@@ -667,14 +792,14 @@ class Trainer:
         samples = int(round(stats[0]))
         return float(stats[1]) / samples, samples
 
-    def _test_step(self, plan, xs, ys):
+    def _test_step(self, plan, xs, ys, sw=None):
         """``(mean loss, samples, per-output losses)`` in inference mode (global under MPI)."""
         dist = distributed.current()
         n = len(xs[0])
         outs, loss, parts, logits = None, 0.0, {}, plan.logits
         if n:
             outs, _, logits = self._forward(plan, xs, False)
-            loss, _, parts = self._compute_loss(plan, outs, ys, logits)
+            loss, _, parts = self._compute_loss(plan, outs, ys, logits, sw)
             loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
         before = self._update_metrics(plan, ys, outs, n, dist, logits)
         loss, total = self._reduce(plan, dist, loss, n, before)
@@ -780,14 +905,21 @@ class Trainer:
 
     # ------------------------------------------------------------------- fit
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
-            steps_per_epoch=None, validation_steps=None):
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1):
         """Trains for ``epochs`` epochs; returns a History (``history.history['loss']``...).
 
-        ``x`` may be an iterator of ``(x, y)`` batches (``ImageDataGenerator.flow...``, a
-        Python generator) with ``y=None``: ``steps_per_epoch`` batches per epoch (default
-        ``len(x)``); ``validation_data`` may be such an iterator too (``validation_steps``).
-        Several inputs/outputs: lists (or dicts by name) of arrays for ``x`` and ``y``.
+        ``x`` may be an iterator of ``(x, y)`` or ``(x, y, sample_weight)`` batches
+        (``ImageDataGenerator.flow...``, a Python generator, a Keras ``PyDataset`` /
+        ``Sequence``, ``image_dataset_from_directory``) with ``y=None``:
+        ``steps_per_epoch`` batches per epoch (default ``len(x)``); ``validation_data`` may be
+        such an iterator too (``validation_steps``). Several inputs/outputs: lists (or dicts
+        by name) of arrays for ``x`` and ``y``.
+
+        ``sample_weight``: one weight per sample, ``class_weight``: ``{class: weight}`` (a
+        class missing from the dict weighs 1.0); the loss is then Keras's weighted mean
+        ``sum(w * loss) / batch size``. ``validation_freq``: validate every N epochs.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size)
@@ -795,34 +927,51 @@ class Trainer:
         epochs = _check_count(epochs, "epochs")
         initial_epoch = _check_count(initial_epoch, "initial_epoch")
         verbose = _check_verbose(verbose)
+        if (not isinstance(validation_freq, numbers.Integral) or isinstance(validation_freq, bool)
+                or validation_freq < 1):
+            raise ValueError(f"validation_freq must be a positive int (validate every N "
+                             f"epochs), got {validation_freq!r}")
+        val_batch_size = batch_size if validation_batch_size is None else \
+            _check_batch_size(validation_batch_size)
         if (not isinstance(validation_split, numbers.Real) or isinstance(validation_split, bool)
                 or not 0.0 <= validation_split < 1.0):
             raise ValueError(f"validation_split must be a float in [0, 1), got {validation_split!r}")
+        if class_weight is not None and sample_weight is not None:
+            raise ValueError("pass class_weight or sample_weight, not both (Keras)")
         if _is_batch_source(x):
+            if sample_weight is not None:
+                raise ValueError("sample_weight applies to arrays; an iterator yields "
+                                 "(x, y, sample_weight) batches instead")
             return self._fit_batches(x, y, epochs, verbose, callbacks, validation_split,
                                      validation_data, initial_epoch, steps_per_epoch,
-                                     validation_steps)
+                                     validation_steps, class_weight, validation_freq)
         if steps_per_epoch is not None:
             raise ValueError(
                 f"steps_per_epoch applies when x is an iterator of batches; with arrays use "
                 f"batch_size (got steps_per_epoch={steps_per_epoch!r})")
         dist.check_batch_size(batch_size)
         xs, ys = self._check_xy(x, y)
-        x_val = y_val = val_source = None
+        sw = _check_sample_weight(sample_weight, len(xs[0]))
+        if class_weight is not None:
+            sw = self._class_sample_weights(class_weight, ys)
+        x_val = y_val = sw_val = val_source = None
         if _is_batch_source(validation_data):
             val_source = validation_data
             dist.prepare_source(val_source, "validation_data")
             validation_steps = _source_steps(validation_data, validation_steps,
                                              "validation_steps")
         elif validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise ValueError(
-                    "validation_data must be a tuple (x_val, y_val), got "
-                    f"{type(validation_data).__name__}"
+                    "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
+                    f"val_sample_weight), got {type(validation_data).__name__}"
                     + (f" of length {len(validation_data)}"
                        if isinstance(validation_data, (tuple, list)) else ""))
             x_val, y_val = self._check_xy(validation_data[0], validation_data[1],
                                           "validation_data[0]", "validation_data[1]")
+            if len(validation_data) == 3:
+                sw_val = _check_sample_weight(validation_data[2], len(x_val[0]),
+                                              "validation_data[2]")
         elif validation_split > 0:
             # Keras: the LAST fraction of the data, taken before any shuffling.
             n_all = len(xs[0])
@@ -834,6 +983,8 @@ class Trainer:
                     f"{n_all}; use a fraction that leaves samples on both sides")
             x_val, y_val = self._take(xs, split_at, n_all), self._take(ys, split_at, n_all)
             xs, ys = self._take(xs, 0, split_at), self._take(ys, 0, split_at)
+            if sw is not None:
+                sw_val, sw = sw[split_at:], sw[:split_at]
         plan = self._prepare_training()
 
         n = len(xs[0])
@@ -848,25 +999,40 @@ class Trainer:
             for start in range(0, n, batch_size):
                 lo, hi = dist.shard(start, min(start + batch_size, n))
                 if order is None:
-                    yield self._take(xs, lo, hi), self._take(ys, lo, hi)
+                    yield (self._take(xs, lo, hi), self._take(ys, lo, hi),
+                           None if sw is None else sw[lo:hi])
                 else:
                     idx = order[lo:hi]
-                    yield self._pick(xs, idx), self._pick(ys, idx)
+                    yield (self._pick(xs, idx), self._pick(ys, idx),
+                           None if sw is None else sw[idx])
 
         with _device.scope(self):   # on 'cuda': weights, optimizer state stay on the device
             return self._train_epochs(
                 plan, callbacks, verbose, epochs, initial_epoch, epoch_batches,
-                self._validation(x_val, y_val, val_source, validation_steps, batch_size),
+                self._validation(x_val, y_val, sw_val, val_source, validation_steps,
+                                 val_batch_size, validation_freq),
                 {"epochs": epochs, "steps": steps, "verbose": verbose,
                  "batch_size": batch_size, "samples": n})
 
-    def _validation(self, x_val, y_val, val_source, validation_steps, batch_size):
-        """``validate(plan) -> {name: value}`` for the end of each epoch ({} without data)."""
-        def validate(plan):
+    def _class_sample_weights(self, class_weight, ys):
+        """Per-sample weights from ``class_weight`` (Keras: single-output models only)."""
+        if len(ys) != 1:
+            raise ValueError("class_weight applies to models with one output; pass "
+                             "sample_weight for several")
+        classes = self._output_shapes[0][-1]
+        return _class_weights(class_weight, ys[0], 2 if classes == 1 else classes)
+
+    def _validation(self, x_val, y_val, sw_val, val_source, validation_steps, batch_size,
+                    validation_freq=1):
+        """``validate(plan, epoch) -> {name: value}`` for the end of each epoch ({} without
+        data, or on an epoch that ``validation_freq`` skips)."""
+        def validate(plan, epoch):
+            if (epoch + 1) % validation_freq:
+                return {}
             if x_val is not None:
-                return self._evaluate_arrays(plan, x_val, y_val, batch_size)
+                return self._evaluate_arrays(plan, x_val, y_val, batch_size, sw=sw_val)
             if val_source is not None:
-                return self._evaluate_batches(val_source, validation_steps,
+                return self._evaluate_batches(_fresh_pass(val_source), validation_steps,
                                               "validation_data", plan)
             return {}
         return validate
@@ -893,7 +1059,7 @@ class Trainer:
             self._loss_tracker().reset_state()
             loss_sum, seen, parts_sum = 0.0, 0, {}
             step_logs = {}
-            for batch, (xb, yb) in enumerate(epoch_batches(epoch)):
+            for batch, (xb, yb, swb) in enumerate(epoch_batches(epoch)):
                 if batch_hooks:
                     cbs.on_train_batch_begin(batch)
                 if custom:
@@ -902,7 +1068,7 @@ class Trainer:
                     if batch_hooks:
                         cbs.on_train_batch_end(batch, dict(step_logs))
                     continue
-                loss, count, parts = self._train_step(plan, xb, yb, epoch, batch)
+                loss, count, parts = self._train_step(plan, xb, yb, epoch, batch, swb)
                 loss_sum += loss * count
                 seen += count
                 for k, v in parts.items():
@@ -917,7 +1083,7 @@ class Trainer:
                 logs = {k: float(np.asarray(autodiff.value_of(v))) for k, v in step_logs.items()}
             else:
                 logs = plan.logs(loss_sum / seen, {k: v / seen for k, v in parts_sum.items()})
-            logs.update({"val_" + k: v for k, v in validate(plan).items()})
+            logs.update({"val_" + k: v for k, v in validate(plan, epoch).items()})
             cbs.on_epoch_end(epoch, logs)
             # Under MPI all processes stop together (a callback may decide on one alone).
             self.stop_training = dist.any(self.stop_training)
@@ -941,33 +1107,40 @@ class Trainer:
         return out
 
     # ------------------------------------------------- iterators of batches
-    def _next_xy(self, source, name, need_y=True):
-        """The next batch of ``source``, checked like arrays; None once it is exhausted."""
+    def _next_xy(self, source, name, need_y=True, class_weight=None):
+        """The next batch of ``source`` as ``(xs, ys, sample weights or None)``, checked
+        like arrays; None once it is exhausted."""
         try:
             batch = next(source)
         except StopIteration:
             return None
-        if isinstance(batch, (tuple, list)):
-            if len(batch) != 2:
+        swb = None
+        if isinstance(batch, tuple) or (isinstance(batch, list) and len(batch) in (2, 3)
+                                         and need_y):
+            if len(batch) not in (2, 3):
                 raise ValueError(
-                    f"{name} must yield x or (x, y) batches, got a {type(batch).__name__} of "
-                    f"length {len(batch)}" + (" (sample weights are not supported)"
-                                              if len(batch) == 3 else ""))
-            xb, yb = batch
+                    f"{name} must yield x, (x, y) or (x, y, sample_weight) batches, got a "
+                    f"{type(batch).__name__} of length {len(batch)}")
+            xb, yb = batch[0], batch[1]
+            swb = batch[2] if len(batch) == 3 else None
         elif need_y:
             raise ValueError(
                 f"{name} yields inputs only, but targets are needed: yield (x, y) batches "
                 f"(flow_from_directory: a class_mode other than None)")
         else:
             xb, yb = batch, None
-        if distributed.current().size > 1 and len(xb) == 0:
+        if distributed.current().size > 1 and len(_structure(xb, "x")[0][0]) == 0:
             # this process's empty share of a short last batch: nothing to check in y
             return self._check_x(xb, f"{name} batch x", allow_empty=True), \
                 [None if y is None else np.asarray(y) for y in
-                 (_structure(yb, "y")[0] if yb is not None else [None])]
+                 (_structure(yb, "y")[0] if yb is not None else [None])], None
         if not need_y:
-            return self._check_x(xb, f"{name} batch x"), None
-        return self._check_xy(xb, yb, f"{name} batch x", f"{name} batch y")
+            return self._check_x(xb, f"{name} batch x"), None, None
+        xs, ys = self._check_xy(xb, yb, f"{name} batch x", f"{name} batch y")
+        swb = _check_sample_weight(swb, len(xs[0]), f"{name} batch sample_weight")
+        if class_weight is not None:
+            swb = self._class_sample_weights(class_weight, ys)
+        return xs, ys, swb
 
     def _ran_out(self, name, done, steps):
         warnings.warn(
@@ -988,8 +1161,8 @@ class Trainer:
             if step == 0:
                 plan = plan or self._prepare()   # the first batch may have built the model
                 plan.reset_metrics()
-            xb, yb = got
-            loss, count, parts = self._test_step(plan, xb, yb)
+            xb, yb, swb = got
+            loss, count, parts = self._test_step(plan, xb, yb, swb)
             total += loss * count
             seen += count
             for k, v in parts.items():
@@ -1001,8 +1174,10 @@ class Trainer:
         return plan.logs(total / seen, {k: v / seen for k, v in parts_sum.items()})
 
     def _fit_batches(self, source, y, epochs, verbose, callbacks, validation_split,
-                     validation_data, initial_epoch, steps_per_epoch, validation_steps):
+                     validation_data, initial_epoch, steps_per_epoch, validation_steps,
+                     class_weight=None, validation_freq=1):
         """fit() on an iterator of (x, y) batches; each batch is checked as it arrives."""
+        source = _as_iterator(source)
         if y is not None:
             raise ValueError(
                 f"y must be None when x is an iterator of (x, y) batches (the targets come "
@@ -1014,31 +1189,35 @@ class Trainer:
         steps = _source_steps(source, steps_per_epoch, "steps_per_epoch")
         dist = distributed.current()
         dist.prepare_source(source, "x")
-        val_source = x_val = y_val = None
+        val_source = x_val = y_val = sw_val = None
         if _is_batch_source(validation_data):
             val_source = validation_data
             dist.prepare_source(val_source, "validation_data")
             validation_steps = _source_steps(validation_data, validation_steps,
                                              "validation_steps")
         elif validation_data is not None and (
-                not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+                not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3)):
             raise ValueError(
                 "validation_data must be a tuple (x_val, y_val) or an iterator of batches, "
                 f"got {type(validation_data).__name__}")
-        pending = self._next_xy(source, "x") if epochs > initial_epoch else None
+        pending = self._next_xy(source, "x", class_weight=class_weight) \
+            if epochs > initial_epoch else None
         if epochs > initial_epoch and not dist.all(pending is not None):
             raise ValueError("x yielded no batches"
                              + (" on at least one process" if dist.size > 1 else ""))
         if validation_data is not None and val_source is None:
             x_val, y_val = self._check_xy(validation_data[0], validation_data[1],
                                           "validation_data[0]", "validation_data[1]")
+            if len(validation_data) == 3:
+                sw_val = _check_sample_weight(validation_data[2], len(x_val[0]),
+                                              "validation_data[2]")
         plan = self._prepare_training() if self.built else None
 
         def epoch_batches(epoch):
             nonlocal pending
             for batch in range(steps):
                 got, pending = (pending, None) if pending is not None \
-                    else (self._next_xy(source, "x"), None)
+                    else (self._next_xy(source, "x", class_weight=class_weight), None)
                 if not dist.all(got is not None):   # under MPI: stop together
                     self._ran_out("x", epoch * steps + batch, epochs * steps)
                     self.stop_training = True
@@ -1048,13 +1227,14 @@ class Trainer:
         with _device.scope(self):   # on 'cuda': weights, optimizer state stay on the device
             return self._train_epochs(
                 plan, callbacks, verbose, epochs, initial_epoch, epoch_batches,
-                self._validation(x_val, y_val, val_source, validation_steps, 32),
+                self._validation(x_val, y_val, sw_val, val_source, validation_steps, 32,
+                                 validation_freq),
                 {"epochs": epochs, "steps": steps, "verbose": verbose,
                  "batch_size": None, "samples": None})
 
     # -------------------------------------------------------------- evaluate
-    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, steps=None, callbacks=None,
-                 return_dict=False):
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=1, sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False):
         """Loss, or ``[loss, metric...]`` when metrics were compiled (Keras);
         ``return_dict=True``: ``{name: value}``.
 
@@ -1069,12 +1249,15 @@ class Trainer:
                 raise ValueError(
                     f"y must be None when x is an iterator of (x, y) batches (the targets "
                     f"come from it), got {type(y).__name__}")
+            if sample_weight is not None:
+                raise ValueError("sample_weight applies to arrays; an iterator yields "
+                                 "(x, y, sample_weight) batches instead")
             steps = _source_steps(x, steps, "steps")
             distributed.current().prepare_source(x, "x")
             cbs = self._progress(callbacks, steps, verbose)
             cbs.on_test_begin()
             with _device.scope(self):
-                logs = self._evaluate_batches(x, steps, "x", cbs=cbs)
+                logs = self._evaluate_batches(_fresh_pass(x), steps, "x", cbs=cbs)
             cbs.on_test_end(logs)
             return self._result(logs, return_dict)
         if steps is not None:
@@ -1082,11 +1265,12 @@ class Trainer:
                              f"use batch_size (got steps={steps!r})")
         distributed.current().check_batch_size(batch_size)
         xs, ys = self._check_xy(x, y)
+        sw = _check_sample_weight(sample_weight, len(xs[0]))
         plan = self._prepare()
         cbs = self._progress(callbacks, -(-len(xs[0]) // batch_size), verbose)
         cbs.on_test_begin()
         with _device.scope(self):
-            logs = self._evaluate_arrays(plan, xs, ys, batch_size, cbs)
+            logs = self._evaluate_arrays(plan, xs, ys, batch_size, cbs, sw=sw)
         cbs.on_test_end(logs)
         return self._result(logs, return_dict)
 
@@ -1097,7 +1281,7 @@ class Trainer:
             return logs["loss"]
         return list(logs.values())
 
-    def _evaluate_arrays(self, plan, xs, ys, batch_size, cbs=None):
+    def _evaluate_arrays(self, plan, xs, ys, batch_size, cbs=None, sw=None):
         dist = distributed.current()
         dist.agree("evaluate/validation", samples=len(xs[0]), batch_size=batch_size, x=xs[0],
                    y=next((a for a in ys if a is not None), None))
@@ -1107,7 +1291,8 @@ class Trainer:
         for batch, start in enumerate(range(0, n, batch_size)):
             lo, hi = dist.shard(start, min(start + batch_size, n))
             loss, count, parts = self._test_step(plan, self._take(xs, lo, hi),
-                                                 self._take(ys, lo, hi))
+                                                 self._take(ys, lo, hi),
+                                                 None if sw is None else sw[lo:hi])
             total += loss * count
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v * count
@@ -1136,7 +1321,7 @@ class Trainer:
             steps = _source_steps(x, steps, "steps")
             dist.prepare_source(x, "x")
             with _device.scope(self):
-                outs = self._predict_batches(x, steps,
+                outs = self._predict_batches(_fresh_pass(x), steps,
                                              self._progress(callbacks, steps, verbose))
             return _restructure(outs, *self._output_kind)
         if steps is not None:
@@ -1186,26 +1371,61 @@ class Trainer:
         cbs.on_predict_end()
         return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
 
+    # ------------------------------------------------ Keras 2's spellings
+    def fit_generator(self, generator, steps_per_epoch=None, epochs=1, verbose=1,
+                      callbacks=None, validation_data=None, validation_steps=None,
+                      class_weight=None, initial_epoch=0, **kwargs):
+        """Keras 2's name: use ``fit(generator, ...)`` (a DeprecationWarning says so)."""
+        warnings.warn("fit_generator is deprecated (removed in Keras 3): use "
+                      "model.fit(generator, ...), which takes generators", DeprecationWarning,
+                      stacklevel=2)
+        _drop_keras2_worker_args(kwargs, "fit_generator")
+        return self.fit(generator, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                        verbose=verbose, callbacks=callbacks, validation_data=validation_data,
+                        validation_steps=validation_steps, class_weight=class_weight,
+                        initial_epoch=initial_epoch)
+
+    def evaluate_generator(self, generator, steps=None, callbacks=None, verbose=0, **kwargs):
+        """Keras 2's name: use ``evaluate(generator, ...)``."""
+        warnings.warn("evaluate_generator is deprecated (removed in Keras 3): use "
+                      "model.evaluate(generator, ...)", DeprecationWarning, stacklevel=2)
+        _drop_keras2_worker_args(kwargs, "evaluate_generator")
+        return self.evaluate(generator, steps=steps, callbacks=callbacks, verbose=verbose)
+
+    def predict_generator(self, generator, steps=None, callbacks=None, verbose=0, **kwargs):
+        """Keras 2's name: use ``predict(generator, ...)``."""
+        warnings.warn("predict_generator is deprecated (removed in Keras 3): use "
+                      "model.predict(generator, ...)", DeprecationWarning, stacklevel=2)
+        _drop_keras2_worker_args(kwargs, "predict_generator")
+        return self.predict(generator, steps=steps, callbacks=callbacks, verbose=verbose)
+
     # ------------------------------------------------------------ on a batch
-    def train_on_batch(self, x, y, return_dict=False):
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
+                       return_dict=False):
         """One optimizer step on this batch; the loss (or [loss, metrics...]) before it."""
         self._require_compiled("train_on_batch")
+        if class_weight is not None and sample_weight is not None:
+            raise ValueError("pass class_weight or sample_weight, not both (Keras)")
         xs, ys = self._check_xy(x, y)
+        sw = _check_sample_weight(sample_weight, len(xs[0]))
+        if class_weight is not None:
+            sw = self._class_sample_weights(class_weight, ys)
         plan = self._prepare_training()
         distributed.current().start_batch(self, plan)   # under MPI: rank 0's weights, once
         plan.reset_metrics()
         with _device.scope(self):
-            loss, _, parts = self._train_step(plan, xs, ys)
+            loss, _, parts = self._train_step(plan, xs, ys, sw=sw)
         return self._result(plan.logs(loss, parts), return_dict)
 
-    def test_on_batch(self, x, y, return_dict=False):
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """Loss (or [loss, metrics...]) on this batch, in inference mode."""
         self._require_compiled("test_on_batch")
         xs, ys = self._check_xy(x, y)
+        sw = _check_sample_weight(sample_weight, len(xs[0]))
         plan = self._prepare()
         plan.reset_metrics()
         with _device.scope(self):
-            loss, _, parts = self._test_step(plan, xs, ys)
+            loss, _, parts = self._test_step(plan, xs, ys, sw)
         return self._result(plan.logs(loss, parts), return_dict)
 
     def predict_on_batch(self, x):

@@ -118,9 +118,16 @@ def test_bad_layer_arguments(make, match):
         make()
 
 
-def test_dense_on_images_asks_for_flatten():
-    with pytest.raises(ValueError, match=r"Dense expects 2-D input.*Flatten\(\)"):
-        fastcnn.Sequential([Conv2D(2, 3, input_shape=(5, 5, 1)), Dense(3)])
+def test_dense_on_images_applies_to_the_channels_and_the_loss_names_the_shapes():
+    """Keras: Dense on a rank-4 input works on the last axis; the forgotten Flatten shows
+    up as the loss's error naming the model output's shape."""
+    model = fastcnn.Sequential([Conv2D(2, 3, input_shape=(5, 5, 1)), Dense(3)])
+    assert model.output_shape == (None, 3, 3, 3)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"labels of shape \(N, 3, 3\).*\(None, 3, 3, 3\)"):
+        model.fit(np.zeros((2, 5, 5, 1)), np.array([0, 1]), verbose=0)
+    with pytest.raises(ValueError, match=r"Dense expects input of rank >= 2"):
+        fastcnn.layers.Dense(3).build((None,))
 
 
 def test_conv_on_flat_input_names_the_rank():

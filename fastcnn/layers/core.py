@@ -12,7 +12,11 @@ from .kernel_layer import KernelLayer
 
 
 class Dense(KernelLayer):
-    """``y = activation(x @ kernel + bias)`` with kernel ``(in, units)``; x is 2-D."""
+    """``y = activation(x @ kernel + bias)`` with kernel ``(in, units)``.
+
+    On input of rank above 2 it applies to the last axis (Keras): ``(N, ..., in)`` gives
+    ``(N, ..., units)``; the kernels see the rows as one ``(N * ..., in)`` matrix.
+    """
 
     def __init__(self, units, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
@@ -24,26 +28,42 @@ class Dense(KernelLayer):
         self.units = positive_int(units, "units")
 
     def _build(self, input_shape, dtype):
-        if len(input_shape) != 2 or input_shape[1] is None:
+        if len(input_shape) < 2 or input_shape[-1] is None:
             raise ValueError(
-                f"Dense expects 2-D input (batch, features), got shape "
-                f"{format_shape(input_shape)}; put a Flatten() layer before it"
+                f"Dense expects input of rank >= 2 (batch, ..., features) with a known last "
+                f"axis, got shape {format_shape(input_shape)}"
             )
-        self.kernel = self.add_weight((input_shape[1], self.units), self.kernel_initializer, dtype,
-                                      name="kernel", constraint=self.kernel_constraint)
+        self.kernel = self.add_weight((input_shape[-1], self.units), self.kernel_initializer,
+                                      dtype, name="kernel", constraint=self.kernel_constraint)
         if self.use_bias:
             self.bias = self.add_weight((self.units,), self.bias_initializer, dtype, name="bias",
                                         constraint=self.bias_constraint)
-        return (input_shape[0], self.units)
+        return tuple(input_shape[:-1]) + (self.units,)
 
     def _op_forward(self, backend, x):
-        return backend.dense_forward(x, self.kernel, self.bias)
+        if len(x.shape) == 2:
+            return backend.dense_forward(x, self.kernel, self.bias)
+        shape = tuple(x.shape)
+        y, ctx = backend.dense_forward(x.reshape(-1, shape[-1]), self.kernel, self.bias)
+        return y.reshape(shape[:-1] + (self.units,)), _RowsContext(ctx, shape)
 
     def _op_backward(self, backend, dy, ctx, need_dx):
-        return backend.dense_backward(dy, ctx)
+        if not isinstance(ctx, _RowsContext):
+            return backend.dense_backward(dy, ctx)
+        dx, dw, db = backend.dense_backward(dy.reshape(-1, self.units), ctx.inner)
+        return (None if dx is None else dx.reshape(ctx.shape)), dw, db
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+class _RowsContext:
+    """A dense kernel's ctx for input of rank above 2, seen as rows, and that input's shape."""
+
+    __slots__ = ("inner", "shape")
+
+    def __init__(self, inner, shape):
+        self.inner, self.shape = inner, shape
 
 
 class Flatten(Layer):
