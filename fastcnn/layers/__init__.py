@@ -7,6 +7,7 @@ from .pooling import AveragePooling2D, MaxPooling2D
 from .global_pooling import GlobalAveragePooling2D, GlobalMaxPooling2D
 from .normalization import BatchNormalization
 from .preprocessing import Rescaling
+from .augmentation import CenterCrop, RandomBrightness, RandomContrast, RandomCrop, RandomFlip, RandomRotation, RandomTranslation, RandomZoom, Resizing
 from .reshaping import Reshape, ZeroPadding2D
 from .activation_layers import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from .merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average, concatenate, maximum, minimum, multiply, subtract)
@@ -21,6 +22,7 @@ __all__ = [
     "Activation", "Input", "InputLayer", "MaxPool2D", "AvgPool2D", "Convolution2D",
     "BatchNormalization", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "ZeroPadding2D",
     "Reshape", "Rescaling",
+    "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness", "RandomCrop", "Resizing", "CenterCrop",
     "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate",
 ]
