@@ -55,6 +55,11 @@ max_value=None, threshold=0.0)``                 ``x`` above ``threshold`` (else
 (``relu6(x + 3) / 6``), ``hard_silu_forward``,  ``<name>_backward(dy, ctx) -> dx``
 ``exponential_forward``
 ``log_softmax_forward(x)``                      ``x - logsumexp(x)`` over the last axis
+``prelu_forward(x, alpha)``                     ``x`` if ``x > 0`` else ``alpha * x``;
+                                                alpha is x's shape without the batch,
+                                                1 along shared axes
+``prelu_backward(dy, ctx)``                     ``-> (dx, dalpha)``; dalpha summed over
+                                                the batch and the shared axes
 ``softmax_cross_entropy(logits, targets)``      ``-> (loss, dlogits)``; targets (N, K)
                                                 rows of probabilities; loss is the
                                                 batch mean; dlogits = (softmax*sum(t)
@@ -136,6 +141,8 @@ OPS = (
     "exponential_backward",
     "log_softmax_forward",
     "log_softmax_backward",
+    "prelu_forward",
+    "prelu_backward",
     "softmax_cross_entropy",
     "sparse_softmax_cross_entropy",
     "sigmoid_cross_entropy",

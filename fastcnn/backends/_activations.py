@@ -37,6 +37,8 @@ softplus               ``max(x, 0) + log1p(exp(-|x|))``                ``s(x)``
 softsign               ``x / (1 + |x|)``                               ``1 / (1 + |x|)^2``
 hard_sigmoid           ``relu6(x + 3) / 6``                            1/6 on ``(-3, 3)``
 hard_silu (swish)      ``x * hard_sigmoid(x)``                         0, ``(2x + 3)/6``, 1
+prelu (alpha)          ``x if x > 0 else alpha * x``, alpha            1 / alpha; alpha's:
+                       broadcast over the batch and shared axes        ``sum(dy min(x, 0))``
 exponential            ``exp(x)``                                      ``y``
 log_softmax            ``x - logsumexp(x)`` over the last axis         ``dy - exp(y)
                                                                        sum(dy)``
@@ -349,11 +351,59 @@ def log_softmax_backward(dy, ctx):
     return dy - np.exp(y) * dy.sum(axis=-1, keepdims=True)
 
 
+# ----------------------------------------------------------------------- prelu
+
+
+def check_prelu_alpha(x, alpha):
+    """alpha must have x's dtype and x's shape without the batch axis, with 1 along the
+    shared axes (what broadcasts to every sample)."""
+    _check_same_dtype("alpha", alpha, x)
+    want = tuple(x.shape[1:])
+    if (len(alpha.shape) != len(want)
+            or any(a not in (1, d) for a, d in zip(alpha.shape, want))):
+        raise ValueError(f"alpha must have the shape of x without its batch axis, {want}, "
+                         f"with 1 along shared axes; got {tuple(alpha.shape)} for x of shape "
+                         f"{tuple(x.shape)}")
+
+
+def prelu_reduced_axes(x_shape, alpha_shape):
+    """The axes of x that alpha's gradient sums over: the batch and alpha's size-1 axes."""
+    return (0,) + tuple(i + 1 for i, (a, d) in enumerate(zip(alpha_shape, x_shape[1:]))
+                        if a == 1 and d != 1)
+
+
+def prelu_forward(x, alpha):
+    _check_float("x", x)
+    if x.ndim < 1:
+        raise ValueError("x must have a batch axis for prelu, got a 0-d array")
+    check_prelu_alpha(x, alpha)
+    zero = x.dtype.type(0)
+    y = np.minimum(x, zero)
+    y *= alpha
+    y += np.maximum(x, zero)  # max(x, 0) + alpha * min(x, 0): Keras's relu(x) - alpha relu(-x)
+    return y, (x, alpha)
+
+
+def prelu_backward(dy, ctx):
+    x, alpha = ctx
+    _check_dy(dy, x)
+    zero = x.dtype.type(0)
+    neg = np.minimum(x, zero)
+    neg *= dy
+    dalpha = neg.sum(axis=prelu_reduced_axes(x.shape, alpha.shape), keepdims=True)
+    dalpha = dalpha.reshape(alpha.shape)
+    # d/dx: 1 above 0, alpha below, 0 at 0 (TensorFlow's relu derivatives).
+    g = np.where(x < 0, alpha, zero)
+    g += x > 0
+    g *= dy
+    return g, dalpha
+
+
 #: Every op this module defines (forward and backward names), for the backends' imports.
 OPS = tuple(
     f"{name}_{way}"
     for name in ("relu_general", "relu6", "leaky_relu", "elu", "selu", "gelu",
                  "gelu_approximate", "silu", "softplus", "softsign", "hard_sigmoid",
-                 "hard_silu", "exponential", "log_softmax")
+                 "hard_silu", "exponential", "log_softmax", "prelu")
     for way in ("forward", "backward")
 )

@@ -184,6 +184,7 @@ softplus_forward, softplus_backward = _activation("numpy_activation", "softplus"
 softsign_forward, softsign_backward = _activation("numpy_activation", "softsign")
 exponential_forward, exponential_backward = _activation("numpy_activation", "exponential")
 log_softmax_forward, log_softmax_backward = _activation("numpy_activation", "log_softmax")
+prelu_forward, prelu_backward = _activation("numpy_activation", "prelu")
 
 
 def softmax_cross_entropy(logits, targets):

@@ -566,6 +566,61 @@ hard_silu_forward, hard_silu_backward = _activation_pair("hard_silu", keep_x=Tru
 exponential_forward, exponential_backward = _activation_pair("exponential", keep_x=False)
 
 
+def _prelu_layout(x_shape, alpha_shape):
+    """Host index arrays of a PReLU: ``aidx[p]`` (alpha's flat index at position p of one
+    sample) and alpha's positions grouped by alpha element (``order``, ``offsets``)."""
+    per_sample = tuple(x_shape[1:])
+    count = math.prod(alpha_shape)
+    aidx = np.broadcast_to(np.arange(count, dtype=np.int64).reshape(alpha_shape),
+                           per_sample).ravel()
+    order = np.argsort(aidx, kind="stable").astype(np.int64)
+    offsets = np.searchsorted(aidx[order], np.arange(count + 1)).astype(np.int64)
+    return np.ascontiguousarray(aidx), order, offsets
+
+
+def prelu_forward(x, alpha):
+    """``x`` if ``x > 0`` else ``alpha * x``, alpha broadcast over the batch and its size-1
+    (shared) axes."""
+    from ._activations import check_prelu_alpha
+
+    _check_float("x", _meta(x))
+    if len(x.shape) < 1:
+        raise ValueError("x must have a batch axis for prelu, got a 0-d array")
+    check_prelu_alpha(_meta(x), _meta(alpha))
+    on_device = _any_device(x, alpha)
+    xd = to_device(x, "x", batch=x.shape[0])
+    ad = to_device(alpha, "alpha")
+    aidx, order, offsets = _prelu_layout(tuple(x.shape), tuple(alpha.shape))
+    aidx_d = to_device(aidx, "prelu's alpha index")
+    y = _empty(x.shape, x.dtype, "a prelu output", x.shape[0])
+    if y.size:
+        _launch_1d(_kelem.prelu_forward, x.dtype, y.size, _flat(xd), _flat(ad), aidx_d,
+                   _flat(y))
+    return _deliver(y, on_device), (xd, ad, aidx_d, order, offsets)
+
+
+def prelu_backward(dy, ctx):
+    """``(dx, dalpha)``; dalpha reduced without atomics: per position over the batch, then
+    per alpha element over its positions, in a fixed order."""
+    xd, ad, aidx_d, order, offsets = ctx
+    _check_like("dy", dy, xd.shape, xd.dtype)
+    on_device = _any_device(dy)
+    dyd = to_device(dy, "dy", batch=xd.shape[0])
+    dx = _empty(xd.shape, xd.dtype, "a prelu input gradient", xd.shape[0])
+    dalpha = _empty(ad.shape, ad.dtype, "prelu's alpha gradient")
+    positions = aidx_d.size
+    partial = _empty((positions,), xd.dtype, "prelu's per-position sums")
+    if dx.size:
+        _launch_1d(_kelem.prelu_backward_dx, xd.dtype, dx.size, _flat(dyd), _flat(xd),
+                   _flat(ad), aidx_d, _flat(dx))
+    _launch_1d(_kelem.prelu_position_sums, xd.dtype, positions, _flat(dyd), _flat(xd),
+               partial)
+    _launch_1d(_kelem.prelu_alpha_sums, xd.dtype, dalpha.size, partial,
+               to_device(order, "prelu's position order"),
+               to_device(offsets, "prelu's position offsets"), _flat(dalpha))
+    return _deliver(dx, on_device), _deliver(dalpha, on_device)
+
+
 def log_softmax_forward(x):
     _check_float("x", _meta(x))
     if len(x.shape) == 0:

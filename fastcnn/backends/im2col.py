@@ -237,6 +237,7 @@ from ._activations import (  # noqa: E402
     softplus_forward, softplus_backward, softsign_forward, softsign_backward,
     hard_sigmoid_forward, hard_sigmoid_backward, hard_silu_forward, hard_silu_backward,
     exponential_forward, exponential_backward, log_softmax_forward, log_softmax_backward,
+    prelu_forward, prelu_backward,
 )
 
 

@@ -518,6 +518,7 @@ from ._activations import (  # noqa: E402
     gelu_approximate_forward, gelu_approximate_backward, silu_forward, silu_backward,
     softplus_forward, softplus_backward, softsign_forward, softsign_backward,
     exponential_forward, exponential_backward, log_softmax_forward, log_softmax_backward,
+    prelu_forward, prelu_backward,
 )
 from . import _activations as _act  # noqa: E402
 

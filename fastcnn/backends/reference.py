@@ -503,6 +503,30 @@ def hard_silu_backward(dy, ctx):
     return (dy * d).astype(dy.dtype)
 
 
+def prelu_forward(x, alpha):
+    """``x`` if ``x > 0`` else ``alpha * x``; ``alpha`` has x's shape without the batch
+    axis, with 1 along the axes it is shared over (it broadcasts to every sample)."""
+    _check_float("x", x)
+    _check_same_dtype("alpha", alpha, x)
+    if alpha.ndim != x.ndim - 1 or any(a not in (1, d) for a, d in zip(alpha.shape, x.shape[1:])):
+        raise ValueError(f"alpha must have the shape of x without its batch axis, "
+                         f"{x.shape[1:]}, with 1 along shared axes; got {alpha.shape}")
+    y = np.where(x > 0, x, alpha * x)
+    return y.astype(x.dtype), (x, alpha)
+
+
+def prelu_backward(dy, ctx):
+    """``(dx, dalpha)``: d/dx is 1 above 0, alpha below, 0 at 0; d/dalpha of each element
+    is ``x`` where ``x < 0``, summed over every position alpha was broadcast to."""
+    x, alpha = ctx
+    dx = dy * np.where(x > 0, 1.0, np.where(x < 0, alpha, 0.0))
+    per_element = dy * np.minimum(x, 0)
+    broadcast_axes = (0,) + tuple(i + 1 for i in range(alpha.ndim)
+                                  if alpha.shape[i] == 1 and x.shape[i + 1] != 1)
+    dalpha = per_element.sum(axis=broadcast_axes, keepdims=True).reshape(alpha.shape)
+    return dx.astype(dy.dtype), dalpha.astype(dy.dtype)
+
+
 def exponential_forward(x):
     _check_float("x", x)
     y = np.exp(x)

@@ -2,10 +2,9 @@
 ELU, Softmax.
 
 Stateless layer contract (``forward(x, training) -> (y, ctx)``, ``backward(dy, ctx,
-need_dx) -> (dx, grads)``). ReLU, LeakyReLU, ELU and Softmax run the backend's activation
-kernels (fastcnn.backends, resolved at call time and kept in ctx), so they run on every
-backend, device arrays included. PReLU's learned slope broadcasts over the batch and the
-shared axes: it computes in NumPy at the layer level.
+need_dx) -> (dx, grads)``). ReLU, LeakyReLU, ELU, Softmax (along the last axis) and PReLU run
+the backend's kernels (fastcnn.backends, resolved at call time and kept in ctx), so they
+run on every backend, device arrays included.
 """
 from __future__ import annotations
 
@@ -197,7 +196,10 @@ class PReLU(Layer):
     """Keras's ``PReLU(alpha_initializer='zeros', alpha_regularizer=None,
     alpha_constraint=None, shared_axes=None)``: ``x`` if ``x > 0`` else ``alpha * x`` with
     a learned ``alpha`` of the input's shape (batch excluded), size 1 along
-    ``shared_axes`` (e.g. ``shared_axes=[1, 2]``: one slope per channel of an image)."""
+    ``shared_axes`` (e.g. ``shared_axes=[1, 2]``: one slope per channel of an image).
+    Runs the backend's prelu kernel pair."""
+
+    runs_on_device = True  # backend ops only
 
     def __init__(self, alpha_initializer="zeros", alpha_regularizer=None,
                  alpha_constraint=None, shared_axes=None, **kwargs):
@@ -217,7 +219,6 @@ class PReLU(Layer):
                                      f"(axis 0 is the batch), got {shared_axes!r}")
             self.shared_axes = [int(a) for a in axes]
         self.alpha = None
-        self._reduce = None  # the axes of x that alpha's gradient sums over
 
     def _build(self, input_shape, dtype):
         ndim = len(input_shape)
@@ -234,29 +235,19 @@ class PReLU(Layer):
         kwargs = {} if self.alpha_constraint is None else {"constraint": self.alpha_constraint}
         self.alpha = self.add_weight(tuple(shape), self.alpha_initializer, dtype,
                                      trainable=True, **kwargs)
-        self._reduce = (0,) + tuple(i + 1 for i, d in enumerate(shape) if d == 1)
         return input_shape
 
     def forward(self, x, training=False):
-        # Keras's relu(x) - alpha * relu(-x), written max(x, 0) + alpha * min(x, 0): the same
-        # numbers (each product is exact up to one rounding either way).
-        zero = x.dtype.type(0)
-        y = np.minimum(x, zero)
-        y *= self.alpha
-        y += np.maximum(x, zero)
-        return y, x
+        # The backend's prelu kernels: max(x, 0) + alpha * min(x, 0), Keras's
+        # relu(x) - alpha * relu(-x) (the same numbers: each product rounds once).
+        backend = backends.current()
+        y, ctx = backend.prelu_forward(x, self.alpha)
+        return y, (backend, ctx)
 
     def backward(self, dy, ctx, need_dx=True):
-        x = ctx
-        zero = x.dtype.type(0)
-        dalpha = np.sum(dy * np.minimum(x, zero), axis=self._reduce, keepdims=True)
-        dalpha = dalpha.reshape(self.alpha.shape).astype(x.dtype, copy=False)
-        dx = None
-        if need_dx:
-            # 1 above 0, alpha below, 0 at 0 (TensorFlow's relu derivatives).
-            slope = np.where(x > 0, x.dtype.type(1), np.where(x < 0, self.alpha, zero))
-            dx = (dy * slope).astype(x.dtype, copy=False)
-        return dx, (dalpha,)
+        backend, inner = ctx
+        dx, dalpha = backend.prelu_backward(dy, inner)
+        return (dx if need_dx else None), (dalpha,)
 
     def regularization_loss(self):
         return regularizers.penalty(((self.alpha_regularizer, self.alpha),))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastcnn import activations, backends, gradcheck
-from fastcnn.layers import ELU, LeakyReLU, ReLU, Softmax
+from fastcnn.layers import ELU, LeakyReLU, PReLU, ReLU, Softmax
 
 pytestmark = pytest.mark.skipif(
     "cuda" not in backends.available(),
@@ -69,6 +69,20 @@ def test_gradcheck_relu_general(cu, rng, params):
                              cu.relu_general_backward, [x])
 
 
+@pytest.mark.parametrize("x_shape,alpha_shape", [((2, 3, 2), (3, 2)), ((2, 3, 2), (1, 2)),
+                                                 ((3, 2), (2,))], ids=str)
+def test_gradcheck_prelu(cu, rng, x_shape, alpha_shape):
+    x, alpha = gradcheck.off_kinks(x_shape, rng), rng.standard_normal(alpha_shape)
+    gradcheck.check_backward(cu.prelu_forward, cu.prelu_backward, [x, alpha])
+    y, ctx = cu.prelu_forward(x, alpha)
+    y_ref, ctx_ref = backends.get("reference").prelu_forward(x, alpha)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+    dy = rng.standard_normal(x_shape)
+    for got, want in zip(cu.prelu_backward(dy, ctx),
+                         backends.get("reference").prelu_backward(dy, ctx_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
 def test_device_arrays_stay_on_the_device(cu, rng):
     from numba import cuda as numba_cuda
 
@@ -83,16 +97,20 @@ def test_device_arrays_stay_on_the_device(cu, rng):
         np.testing.assert_allclose(y.copy_to_host(), y_host, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["ReLU_all", "LeakyReLU", "ELU_alpha", "Softmax"])
+@pytest.mark.parametrize("case", ["ReLU_all", "LeakyReLU", "ELU_alpha", "Softmax",
+                                  "PReLU_shared"])
 def test_layers_on_cuda_match_keras(case):
     spec = META["layers"][case]
-    layer = {"ReLU": ReLU, "LeakyReLU": LeakyReLU, "ELU": ELU,
-             "Softmax": Softmax}[spec["class"]](**spec["kwargs"])
+    layer = {"ReLU": ReLU, "LeakyReLU": LeakyReLU, "ELU": ELU, "Softmax": Softmax,
+             "PReLU": PReLU}[spec["class"]](**spec["kwargs"])
     x = FIXTURES["lx32"][:1, :2]  # a corner of the fixture input: few simulated threads
     layer.build((None,) + x.shape[1:], "float32")
+    if spec["class"] == "PReLU":
+        layer.set_weights([FIXTURES[f"{case}__alpha"]])
     assert layer.runs_on_device
     with fastcnn.use_backend("cuda"):
         y, ctx = layer.forward(x, training=True)
         dx, grads = layer.backward(np.ones_like(y), ctx)
     np.testing.assert_allclose(y, FIXTURES[f"{case}__y32"][:1, :2], rtol=2e-6, atol=1e-6)
-    assert dx.shape == x.shape and grads == ()
+    assert dx.shape == x.shape
+    assert [g.shape for g in grads] == [w.shape for w in layer.trainable_weights]

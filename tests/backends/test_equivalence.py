@@ -251,6 +251,18 @@ def test_relu_general_matches_reference(backend, params, shape, dtype, seed):
              dtype, seed, case)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,alpha_shape", [
+    ((3, 4, 5, 2), (4, 5, 2)), ((3, 4, 5, 2), (1, 1, 2)), ((3, 4, 5, 2), (4, 1, 1)),
+    ((2, 6), (6,)), ((2, 1, 3), (1, 1)), ((0, 3), (3,)),
+], ids=str)
+def test_prelu_matches_reference(backend, x_shape, alpha_shape, dtype):
+    inputs = arrays_for(7, dtype, x=x_shape, alpha=alpha_shape)
+    inputs["x"][..., 0] = 0.0  # the kink: derivative 0, alpha's share 0
+    case = dict(x=x_shape, alpha=alpha_shape, dtype=np.dtype(dtype).name)
+    run_pair(backend, "prelu_forward", "prelu_backward", inputs, (), dtype, 7, case)
+
+
 # ----------------------------------------------------------------------- random: losses
 
 

@@ -191,6 +191,15 @@ def test_relu_general(backend, rng, params):
     assert check_backward(lambda a: forward(a, *params), backward, [x]).mode == "full"
 
 
+@pytest.mark.parametrize("x_shape,alpha_shape", [((2, 3, 4, 2), (3, 4, 2)),
+                                                 ((2, 3, 4, 2), (1, 1, 2)), ((3, 4), (4,))],
+                         ids=str)
+def test_prelu(backend, rng, x_shape, alpha_shape):
+    forward, backward = op(backend, "prelu_forward"), op(backend, "prelu_backward")
+    x, alpha = off_kinks(x_shape, rng), rng.standard_normal(alpha_shape)
+    assert check_backward(forward, backward, [x, alpha]).mode == "full"
+
+
 def test_activations_medium_random_directions(backend, rng):
     for name in ("relu", "sigmoid", "tanh", "softmax"):
         forward, backward = op(backend, f"{name}_forward"), op(backend, f"{name}_backward")

@@ -357,6 +357,66 @@ def exponential_forward(T):
     return _map_unary(T, exponential)
 
 
+# PReLU: alpha broadcasts over the batch and the shared axes. Positions p of one sample
+# (x viewed as (N, P)) read alpha[aidx[p]]; alpha's gradient is reduced in two gathers
+# (no atomics, fixed order): per position over the batch, then per alpha element over
+# its positions, listed contiguously in ``order`` between ``offsets[a]`` and
+# ``offsets[a + 1]``.
+
+
+@kernel("void({t}[::1], {t}[::1], int64[::1], {t}[::1])")
+def prelu_forward(T):
+    def prelu_forward(x, alpha, aidx, y):
+        i = cuda.grid(1)
+        if i < x.size:
+            v = x[i]
+            y[i] = v if v > T(0) else alpha[aidx[i % aidx.size]] * v
+    return prelu_forward
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1], int64[::1], {t}[::1])")
+def prelu_backward_dx(T):
+    def prelu_backward_dx(dy, x, alpha, aidx, dx):
+        i = cuda.grid(1)
+        if i < dy.size:
+            v = x[i]
+            if v > T(0):
+                dx[i] = dy[i]
+            elif v < T(0):
+                dx[i] = alpha[aidx[i % aidx.size]] * dy[i]
+            else:
+                dx[i] = T(0)
+    return prelu_backward_dx
+
+
+@kernel("void({t}[::1], {t}[::1], {t}[::1])")
+def prelu_position_sums(T):
+    def prelu_position_sums(dy, x, partial):
+        """``partial[p] = sum_n dy[n, p] * min(x[n, p], 0)`` with (N, P) flat views."""
+        p = cuda.grid(1)
+        positions = partial.size
+        if p < positions:
+            acc = T(0)
+            for i in range(p, dy.size, positions):
+                v = x[i]
+                if v < T(0):
+                    acc += dy[i] * v
+            partial[p] = acc
+    return prelu_position_sums
+
+
+@kernel("void({t}[::1], int64[::1], int64[::1], {t}[::1])")
+def prelu_alpha_sums(T):
+    def prelu_alpha_sums(partial, order, offsets, dalpha):
+        a = cuda.grid(1)
+        if a < dalpha.size:
+            acc = T(0)
+            for j in range(offsets[a], offsets[a + 1]):
+                acc += partial[order[j]]
+            dalpha[a] = acc
+    return prelu_alpha_sums
+
+
 @kernel("void({t}[::1], {t}[::1], {t}[::1])")
 def multiply(T):
     return _map_binary(T, product)
