@@ -43,7 +43,7 @@ import numpy as np
 from .. import utils
 from ..preprocessing.dataset import _tf_axis
 from .base import Layer, positive_int
-from .conv import check_rank4
+from .conv import check_data_format, check_rank4
 
 FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 WARP_INTERPOLATIONS = ("nearest", "bilinear")
@@ -166,50 +166,81 @@ def _map_coordinates(c, size, fill_mode):
     return np.clip(out, 0.0, size - 1.0)
 
 
-def _warp_plan(shape, transforms, fill_mode, interpolation):
-    """Per output pixel, the flat indices (into x as (N*H*W, C)) and weights of the input
-    pixels it reads, plus the weight that falls on ``fill_value``.
+def _warp_plan(shape, transforms, fill_mode, interpolation, dtype=np.float64):
+    """Per output pixel, the flat indices (into one (N*H*W,) channel plane) and weights of
+    the input pixels it reads, plus the weight that falls on ``fill_value``.
 
-    Returns ``(idx, wts, fill_w)``: (K, N, H, W) intp, (K, N, H, W) float64, (N, H, W)
-    float64, K = 4 (bilinear) or 1 (nearest); an index whose weight is 0 is 0.
+    Returns ``(idx, wts, fill_w)``: K (N, H, W) intp arrays, K weight arrays of ``dtype``
+    (K = 4 for bilinear, 1 for nearest), and the (N, H, W) fill weights (None when no point
+    reads ``fill_value``). Coordinates are computed in ``dtype`` (float32 for float32 images,
+    as TensorFlow computes them).
     """
     n, h, w = shape[:3]
-    t = np.asarray(transforms, dtype=np.float64).reshape(n, 8)[:, :, None, None]
-    ys, xs = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
-                         indexing="ij")
-    proj = t[:, 6] * xs + t[:, 7] * ys + 1.0
-    bad = proj == 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        in_x = (t[:, 0] * xs + t[:, 1] * ys + t[:, 2]) / proj
-        in_y = (t[:, 3] * xs + t[:, 4] * ys + t[:, 5]) / proj
-    bad = bad | ~np.isfinite(in_x) | ~np.isfinite(in_y)
-    # Far-outside points read only fill_value (constant) or map back (other modes); bound
-    # them so that integer casts cannot overflow.
-    lim = 4.0 * max(h, w) + 4.0
-    in_x = np.clip(np.where(bad, 0.0, in_x), -lim, lim)
-    in_y = np.clip(np.where(bad, 0.0, in_y), -lim, lim)
+    ft = np.dtype(dtype)
+    t = np.asarray(transforms, dtype=np.float64).reshape(n, 8).astype(ft)[:, :, None, None]
+    ys = np.arange(h, dtype=ft)[:, None]
+    xs = np.arange(w, dtype=ft)[None, :]
+    projective = bool(np.any(t[:, 6:8] != 0))
+    in_x = t[:, 0] * xs + t[:, 1] * ys + t[:, 2]
+    in_y = t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
+    bad = None
+    if projective:
+        proj = t[:, 6] * xs + t[:, 7] * ys + 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            in_x, in_y = in_x / proj, in_y / proj
+        bad = (proj == 0) | ~np.isfinite(in_x) | ~np.isfinite(in_y)
+        if not bad.any():
+            bad = None
+        else:
+            in_x, in_y = np.where(bad, 0, in_x), np.where(bad, 0, in_y)
+    # Far-outside points read only fill_value (constant) or map back (the other modes);
+    # bounding them keeps integer casts from overflowing.
+    lim = ft.type(4.0 * max(h, w) + 4.0)
+    in_x = np.clip(in_x, -lim, lim)
+    in_y = np.clip(in_y, -lim, lim)
     cx = _map_coordinates(in_x, w, fill_mode)
     cy = _map_coordinates(in_y, h, fill_mode)
+    base = (np.arange(n, dtype=np.intp) * (h * w))[:, None, None]
     if interpolation == "nearest":
-        corners = [(_round_half_away(cy), _round_half_away(cx), np.ones_like(cx))]
+        corners = [(_round_half_away(cy), _round_half_away(cx), None)]
     else:
         y0, x0 = np.floor(cy), np.floor(cx)
         fy, fx = cy - y0, cx - x0
-        gy, gx = (y0 + 1.0) - cy, (x0 + 1.0) - cx
+        gy, gx = (y0 + 1) - cy, (x0 + 1) - cx
         corners = [(y0, x0, gx * gy), (y0, x0 + 1, fx * gy),
                    (y0 + 1, x0, gx * fy), (y0 + 1, x0 + 1, fx * fy)]
-    base = (np.arange(n, dtype=np.intp) * (h * w))[:, None, None]
-    idx = np.empty((len(corners), n, h, w), dtype=np.intp)
-    wts = np.empty((len(corners), n, h, w), dtype=np.float64)
-    fill_w = np.zeros((n, h, w), dtype=np.float64)
-    for k, (ry, rx, wk) in enumerate(corners):
-        inside = (ry >= 0) & (ry < h) & (rx >= 0) & (rx < w) & ~bad
+    idx, wts = [], []
+    fill_w = None
+    for ry, rx, wk in corners:
+        if wk is None:
+            wk = np.ones(in_x.shape, dtype=ft)
         ri, ci = ry.astype(np.intp), rx.astype(np.intp)
-        idx[k] = np.where(inside, base + ri * w + ci, 0)
-        wts[k] = np.where(inside, wk, 0.0)
-        fill_w += np.where(inside, 0.0, np.where(bad, 0.0, wk))
-    fill_w[bad] = 1.0
+        if fill_mode == "constant":
+            inside = (ri >= 0) & (ri < h) & (ci >= 0) & (ci < w)
+            if bad is not None:
+                inside &= ~bad
+            if not inside.all():
+                out = ~inside
+                fill_w = (0 if fill_w is None else fill_w) + np.where(out, wk, 0)
+                wk = np.where(inside, wk, 0)
+                ri, ci = np.where(inside, ri, 0), np.where(inside, ci, 0)
+        else:
+            # Mapped coordinates lie in [0, size - 1]: only a "+1" neighbour can fall
+            # outside, on the last row/column, and its weight is then exactly 0.
+            ri, ci = np.minimum(ri, h - 1), np.minimum(ci, w - 1)
+            if bad is not None:
+                wk = np.where(bad, 0, wk)
+        idx.append(base + ri * w + ci)
+        wts.append(wk)
+    if bad is not None:
+        fill_w = np.where(bad, 1, 0 if fill_w is None else fill_w).astype(ft)
     return idx, wts, fill_w
+
+
+def _planes(x):
+    """(C, N*H*W) contiguous channel planes of an (N, H, W, C) array."""
+    n, h, w, c = x.shape
+    return np.ascontiguousarray(np.moveaxis(x.reshape(n * h * w, c), 1, 0))
 
 
 def affine_transform(x, transforms, interpolation="bilinear", fill_mode="constant",
@@ -217,15 +248,22 @@ def affine_transform(x, transforms, interpolation="bilinear", fill_mode="constan
     """Keras 3's ``ops.image.affine_transform`` (TensorFlow backend) of an (N, H, W, C) batch
     with one 8-number transform per image (see the module doc); returns x's float dtype."""
     x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     n, h, w, c = x.shape
-    idx, wts, fill_w = _warp_plan(x.shape, transforms, fill_mode, interpolation)
-    flat = x.reshape(n * h * w, c)
     dt = x.dtype
-    out = np.zeros((n, h, w, c), dtype=dt)
-    for k in range(idx.shape[0]):
-        out += flat[idx[k]] * wts[k].astype(dt)[..., None]
-    if fill_value != 0.0 and fill_w.any():
-        out += (fill_w * fill_value).astype(dt)[..., None]
+    idx, wts, fill_w = _warp_plan(x.shape, transforms, fill_mode, interpolation, dt)
+    planes = _planes(x)
+    out = np.empty((n, h, w, c), dtype=dt)
+    for ch in range(c):   # one gather per channel and corner, over the whole batch
+        plane = planes[ch]
+        acc = plane.take(idx[0])
+        acc *= wts[0]
+        for k in range(1, len(idx)):
+            acc += plane.take(idx[k]) * wts[k]
+        if fill_w is not None and fill_value != 0.0:
+            acc += fill_w * dt.type(fill_value)
+        out[..., ch] = acc
     return out
 
 
@@ -233,13 +271,14 @@ def affine_transform_adjoint(dy, transforms, interpolation="bilinear", fill_mode
     """The exact adjoint (gradient w.r.t. the image) of :func:`affine_transform`."""
     dy = np.asarray(dy)
     n, h, w, c = dy.shape
-    idx, wts, _ = _warp_plan(dy.shape, transforms, fill_mode, interpolation)
-    flat_idx = idx.reshape(-1)
-    dyf = dy.reshape(1, n * h * w, c)
-    contrib = (wts.reshape(idx.shape[0], n * h * w, 1) * dyf).reshape(-1, c)
+    idx, wts, _ = _warp_plan(dy.shape, transforms, fill_mode, interpolation, dy.dtype)
+    flat_idx = np.concatenate([i.reshape(-1) for i in idx])
+    planes = _planes(dy)
     dx = np.empty((n * h * w, c), dtype=dy.dtype)
     for ch in range(c):   # one bincount per channel (not per image)
-        dx[:, ch] = np.bincount(flat_idx, weights=contrib[:, ch], minlength=n * h * w)
+        contrib = np.concatenate([(planes[ch].reshape(n, h, w) * wk).reshape(-1)
+                                  for wk in wts])
+        dx[:, ch] = np.bincount(flat_idx, weights=contrib, minlength=n * h * w)
     return dx.reshape(n, h, w, c)
 
 
@@ -283,8 +322,9 @@ class RandomRotation(_WarpLayer):
     counter-clockwise)."""
 
     def __init__(self, factor, fill_mode="reflect", interpolation="bilinear", seed=None,
-                 fill_value=0.0, **kwargs):
+                 fill_value=0.0, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        check_data_format(data_format)
         self.lower, self.upper = _factor_range(factor, "factor", -1.0, 1.0)
         self.factor = _plain(factor)
         self._init_warp(fill_mode, interpolation, seed, fill_value)
@@ -307,8 +347,9 @@ class RandomZoom(_WarpLayer):
     value zooms OUT (the image shrinks), as in Keras."""
 
     def __init__(self, height_factor, width_factor=None, fill_mode="reflect",
-                 interpolation="bilinear", seed=None, fill_value=0.0, **kwargs):
+                 interpolation="bilinear", seed=None, fill_value=0.0, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        check_data_format(data_format)
         self.height_lower, self.height_upper = _factor_range(
             height_factor, "height_factor", -1.0, 1.0, low_open=True)
         self.height_factor = _plain(height_factor)
@@ -343,8 +384,9 @@ class RandomTranslation(_WarpLayer):
     content down / right)."""
 
     def __init__(self, height_factor, width_factor, fill_mode="reflect",
-                 interpolation="bilinear", seed=None, fill_value=0.0, **kwargs):
+                 interpolation="bilinear", seed=None, fill_value=0.0, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        check_data_format(data_format)
         self.height_lower, self.height_upper = _factor_range(
             height_factor, "height_factor", -1.0, 1.0)
         self.width_lower, self.width_upper = _factor_range(
@@ -378,8 +420,9 @@ class RandomFlip(_ImageLayer):
 
     MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 
-    def __init__(self, mode="horizontal_and_vertical", seed=None, **kwargs):
+    def __init__(self, mode="horizontal_and_vertical", seed=None, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        check_data_format(data_format)
         self.mode = _choice(mode, "mode", self.MODES)
         self._init_seed(seed)
 
@@ -413,8 +456,9 @@ class RandomContrast(_ImageLayer):
     channel. ``factor`` in [0, 1]; a number f means ``(0, f)`` (Keras 3.15's code: the factor
     is drawn in ``[1, 1 + f]``), a pair ``(lower, upper)``."""
 
-    def __init__(self, factor, value_range=(0, 255), seed=None, **kwargs):
+    def __init__(self, factor, value_range=(0, 255), seed=None, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        check_data_format(data_format)
         self.lower, self.upper = _factor_range(factor, "factor", 0.0, 1.0, single_low=0.0)
         self.factor = _plain(factor)
         self.value_range = _value_range(value_range, sort=False)
@@ -465,8 +509,9 @@ class RandomBrightness(_ImageLayer):
     per image, all channels), then clips to ``value_range`` (Keras 3). ``factor`` in [-1, 1];
     a number f means ``(-f, f)``."""
 
-    def __init__(self, factor, value_range=(0, 255), seed=None, **kwargs):
+    def __init__(self, factor, value_range=(0, 255), seed=None, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        check_data_format(data_format)
         self.lower, self.upper = _factor_range(factor, "factor", -1.0, 1.0)
         self.factor = _plain(factor)
         self.value_range = _value_range(value_range)
@@ -613,8 +658,9 @@ class Resizing(_SizedLayer):
 
     def __init__(self, height, width, interpolation="bilinear", crop_to_aspect_ratio=False,
                  pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0,
-                 antialias=False, **kwargs):
+                 antialias=False, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        check_data_format(data_format)
         self._init_size(height, width)
         self.interpolation = _choice(interpolation, "interpolation", RESIZE_INTERPOLATIONS,
                                      _KERAS_ONLY_RESIZE)
@@ -659,8 +705,9 @@ class CenterCrop(_SizedLayer):
     ``(W - width) // 2``); an image smaller than that is ``smart_resize``d as in Keras (the
     largest centred crop of the target's aspect ratio, resized bilinearly). Always applies."""
 
-    def __init__(self, height, width, **kwargs):
+    def __init__(self, height, width, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        check_data_format(data_format)
         self._init_size(height, width)
 
     def _crop_plan(self, shape, training=False):
@@ -700,8 +747,9 @@ class RandomCrop(_SizedLayer):
             return dy, ()
         return super().backward(dy, ctx, need_dx)
 
-    def __init__(self, height, width, seed=None, **kwargs):
+    def __init__(self, height, width, seed=None, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        check_data_format(data_format)
         self._init_size(height, width)
         self._init_seed(seed)
 

@@ -446,11 +446,19 @@ def test_save_and_load_a_model_with_augmentation_layers(tmp_path, rng):
     (lambda: Resizing(3, 3, fill_mode="reflect"), r"fill_mode must be one of \['constant'\]"),
     (lambda: Resizing(3, 3, crop_to_aspect_ratio=True, pad_to_aspect_ratio=True), "only one"),
     (lambda: RandomFlip(seed=-1), "seed must be None or a non-negative int, got -1"),
+    (lambda: RandomZoom(0.1, data_format="channels_first"),
+     "data_format must be None or 'channels_last'"),
     (lambda: RandomRotation(0.1, fill_value=float("nan")), "fill_value must be a finite"),
 ])
 def test_bad_arguments_are_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_keras_data_format_channels_last_is_accepted():
+    for layer in (RandomFlip(data_format="channels_last"), CenterCrop(2, 2, data_format=None),
+                  Resizing(2, 3, data_format="channels_last")):
+        assert "data_format" not in layer.get_config()
 
 
 def test_keras_resize_methods_not_implemented_say_so():
