@@ -271,14 +271,21 @@ class Optimizer:
                     "first.")
             variables = self._variables
         arrays, constraints, names = self._unwrap(variables)
+        grads = [None if g is None else value_of(g) for g in grads]
+        # The lists are checked against each other before anything is bound or updated.
+        if len(grads) != len(arrays):
+            raise ValueError(
+                f"got {len(grads)} gradients for {len(arrays)} variables; pass one gradient "
+                f"per variable (tape.gradient(loss, variables) returns them in order)")
+        for i, (g, w) in enumerate(zip(grads, arrays)):
+            if g is not None and tuple(np.shape(g)) != tuple(w.shape):
+                raise ValueError(
+                    f"gradient {i} has shape {tuple(np.shape(g))}, but variable {i} has shape "
+                    f"{tuple(w.shape)}; gradients and variables must be in the same order")
         if arrays is not self._variables:
             self._bind(arrays, constraints, names)
         elif constraints is not None:
             self._constraints = constraints
-        grads = [None if g is None else value_of(g) for g in grads]
-        if len(grads) != len(arrays):
-            raise ValueError(
-                f"got {len(grads)} gradients for {len(arrays)} variables")
         active = [i for i, g in enumerate(grads) if g is not None]
         if not active:
             raise ValueError("No gradients provided for any variable.")

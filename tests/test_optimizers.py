@@ -595,3 +595,17 @@ def test_a_plain_callable_rate_cannot_be_saved(tmp_path):
     m.compile(optimizer=optimizers.SGD(lambda: 0.1), loss="mse")
     with pytest.raises(ValueError, match="plain callable"):
         m.save(tmp_path / "m.keras")
+
+
+def test_apply_gradients_with_mismatched_lists_says_so_before_binding():
+    import fastcnn as _f
+    v = [_f.Variable(np.ones(3)), _f.Variable(np.ones(2))]
+    opt = _f.optimizers.SGD()
+    with pytest.raises(ValueError, match="got 1 gradients for 2 variables"):
+        opt.apply([np.ones(3)], v)
+    with pytest.raises(ValueError, match=r"gradient 1 has shape \(3,\), but variable 1 has "
+                                         r"shape \(2,\)"):
+        opt.apply([np.ones(3), np.ones(3)], v)
+    assert opt.iterations == 0 and opt._variables is None
+    opt.apply([np.ones(3), np.ones(2)], v)
+    np.testing.assert_allclose(np.asarray(v[1]), 0.99)
