@@ -1296,3 +1296,219 @@ def _fsync_folder(folder):
         pass
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------ TensorBoard
+class TensorBoard(Callback):
+    """Writes TensorBoard event files (Keras's TensorBoard callback: names, arguments,
+    defaults and layout), with fastcnn's own small writer (:mod:`fastcnn._tensorboard`):
+    no TensorFlow needed. View them with ``tensorboard --logdir logs``
+    (``pip install fastcnn[tensorboard]``).
+
+    In ``log_dir/train``: ``epoch_<name>`` for each training log and ``epoch_learning_rate``
+    at step ``epoch`` (0-based); with ``update_freq`` an int (or ``'batch'``, i.e. 1), also
+    ``batch_<name>`` (the running means of the epoch, as the progress bar shows them) every
+    ``update_freq`` batches, at the step of the batch counted from the start of fit (1, 2,
+    ...); with ``histogram_freq`` > 0, a histogram ``<layer>/<weight>/histogram`` of every
+    weight (``sequential/<layer>/<weight>/histogram`` in a Sequential model, as Keras names
+    them) at the epochs divisible by it; with ``write_graph``, the model's architecture
+    (its config, shown by the Graphs dashboard as Keras's "keras" summary); with
+    ``write_steps_per_second``, ``epoch_steps_per_second`` and ``batch_steps_per_second``.
+    In ``log_dir/validation``: ``epoch_<name>`` of the ``val_`` logs and
+    ``evaluation_<name>_vs_iterations`` at the optimizer's step count (also written by
+    ``model.evaluate(callbacks=[tb])``).
+
+    ``write_images``, ``embeddings_freq`` and ``profile_batch`` are Keras's arguments for
+    features fastcnn does not have: anything but their defaults is a ValueError (Keras
+    refuses ``profile_batch`` on its numpy and torch backends the same way). Under
+    fastcnn.distributed only rank 0 writes.
+    """
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_graph=True, write_images=False,
+                 write_steps_per_second=False, update_freq="epoch", profile_batch=0,
+                 embeddings_freq=0, embeddings_metadata=None):
+        super().__init__()
+        who = "TensorBoard"
+        if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
+            raise ValueError(f"{who}: log_dir must be a non-empty path, got {log_dir!r}")
+        self.log_dir = os.fspath(log_dir)
+        self.histogram_freq = _check_int(histogram_freq, "histogram_freq", who)
+        self.write_graph = bool(write_graph)
+        self.write_steps_per_second = bool(write_steps_per_second)
+        if update_freq == "batch":
+            update_freq = 1
+        if update_freq != "epoch" and (not isinstance(update_freq, numbers.Integral)
+                                       or isinstance(update_freq, bool) or update_freq < 1):
+            raise ValueError(f"{who}: update_freq must be 'epoch', 'batch' or a positive int "
+                             f"(batches), got {update_freq!r}")
+        self.update_freq = update_freq if update_freq == "epoch" else int(update_freq)
+        for name, value, default in (("write_images", write_images, False),
+                                     ("profile_batch", profile_batch, 0),
+                                     ("embeddings_freq", embeddings_freq, 0),
+                                     ("embeddings_metadata", embeddings_metadata, None)):
+            if value != default and not (value is None and default == 0):
+                raise ValueError(f"{who}: {name}={value!r} is not supported by fastcnn "
+                                 f"(weight images, profiling and embeddings are TensorFlow "
+                                 f"features); leave it at its default {default!r}")
+        self.write_images = False
+        self.profile_batch = 0
+        self.embeddings_freq = 0
+        self.embeddings_metadata = None
+        self._writers = {}
+        self._in_fit = False
+        self._graph_written = False
+        self._global_train_batch = 0
+        self._batch_start = 0.0
+        self._epoch_start = 0.0
+        self._epoch_iterations = 0
+
+    # ---------------------------------------------------------------- writers
+    @property
+    def _train_dir(self):
+        return os.path.join(self.log_dir, "train")
+
+    @property
+    def _val_dir(self):
+        return os.path.join(self.log_dir, "validation")
+
+    def _writer(self, run):
+        """The event file writer of ``run`` ('train' or 'validation'), opened lazily (so a
+        run with nothing to write has no file, as Keras's); None off rank 0."""
+        if not _primary():
+            return None
+        writer = self._writers.get(run)
+        if writer is None:
+            from ._tensorboard import EventFileWriter
+            writer = EventFileWriter(self._train_dir if run == "train" else self._val_dir)
+            self._writers[run] = writer
+        return writer
+
+    def _scalars(self, run, values, step):
+        writer = self._writer(run)
+        if writer is None:
+            return
+        from ._tensorboard import scalar_value
+        entries = []
+        for tag, value in values.items():
+            number = _loss_number(value)
+            if number is not None:   # lists or text a user callback logged: not scalars
+                entries.append(scalar_value(tag, number))
+        if entries:
+            writer.add_summary(entries, step)
+
+    def _flush(self):
+        for writer in self._writers.values():
+            writer.flush()
+
+    def _close_writers(self):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+    def wants_batch_hooks(self, mode) -> bool:
+        return mode == "train" and self.update_freq != "epoch"
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_begin(self, logs=None):
+        self._in_fit = True
+        self._global_train_batch = 0
+        if self.write_graph and not self._graph_written:
+            self._write_model_config()
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+        self._close_writers()
+
+    def _write_model_config(self):
+        """Keras's ``keras`` summary: the architecture as JSON (the Graphs dashboard draws
+        it); a model whose config cannot be written is skipped with a warning, as Keras."""
+        import json
+        self._graph_written = True
+        try:
+            from . import saving
+            config = json.dumps(saving.model_to_config(self.model))
+        except Exception as e:  # noqa: BLE001 - subclassed models, custom layers
+            warnings.warn(f"TensorBoard: the model's config cannot be written ({e}); "
+                          f"no graph is logged", stacklevel=3)
+            return
+        writer = self._writer("train")
+        if writer is not None:
+            from ._tensorboard import string_tensor_value
+            writer.add_summary([string_tensor_value("keras", config, "graph_keras_model",
+                                                    b"1")], 0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._epoch_iterations = self._iterations()
+
+    def _iterations(self):
+        return int(getattr(getattr(self.model, "optimizer", None), "iterations", 0) or 0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._global_train_batch += 1
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras records batch summaries only with an int update_freq, at its multiples
+        if self.update_freq == "epoch" or self._global_train_batch % self.update_freq:
+            return
+        values = {}
+        if self.write_steps_per_second:
+            elapsed = time.perf_counter() - self._batch_start
+            if elapsed > 0:
+                values["batch_steps_per_second"] = 1.0 / elapsed
+        values.update({f"batch_{k}": v for k, v in (logs or {}).items()})
+        self._scalars("train", values, self._global_train_batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        optimizer = getattr(self.model, "optimizer", None)
+        if getattr(optimizer, "learning_rate", None) is not None:
+            train["learning_rate"] = float(optimizer.learning_rate)
+        if self.write_steps_per_second:
+            elapsed = time.perf_counter() - self._epoch_start
+            if elapsed > 0:
+                train["steps_per_second"] = (self._iterations() - self._epoch_iterations) \
+                    / elapsed
+        if train:
+            self._scalars("train", {f"epoch_{k}": v for k, v in train.items()}, epoch)
+        if val:
+            self._scalars("validation", {f"epoch_{k}": v for k, v in val.items()}, epoch)
+            if optimizer is not None:
+                self._scalars("validation", {f"evaluation_{k}_vs_iterations": v
+                                             for k, v in val.items()}, self._iterations())
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._log_weights(epoch)
+        self._flush()
+
+    def _log_weights(self, epoch):
+        writer = self._writer("train")
+        if writer is None:
+            return
+        from ._tensorboard import histogram_value
+        entries = []
+        # Keras builds a Sequential's layers inside the model's name scope, so its tags
+        # read 'sequential/dense/kernel/histogram'; other models' 'dense/kernel/histogram'
+        prefix = (f"{self.model.name}/" if type(self.model).__name__ == "Sequential"
+                  and getattr(self.model, "name", None) else "")
+        for layer in self.model.layers:
+            variables = list(getattr(layer, "variables", None) or [])
+            arrays = layer.get_weights() if hasattr(layer, "get_weights") else \
+                [np.asarray(w) for w in layer.weights]
+            for k, w in enumerate(arrays):
+                path = getattr(variables[k], "path", None) if k < len(variables) else None
+                name = prefix + (path or f"{layer.name}/weight_{k}").replace(":", "_")
+                entries.append(histogram_value(f"{name}/histogram", w))
+        if entries:
+            writer.add_summary(entries, epoch)
+
+    def on_test_end(self, logs=None):
+        # model.evaluate(callbacks=[tb]) outside fit; inside fit the val_ logs are written
+        # at the epoch's end
+        if self._in_fit or not logs:
+            return
+        self._scalars("validation", {f"evaluation_{k}_vs_iterations": v
+                                     for k, v in logs.items()}, self._iterations())
+        self._flush()

@@ -1035,3 +1035,262 @@ def test_backup_removes_only_its_own_files(tmp_path):
     model.fit(x, y, epochs=1, batch_size=8, verbose=0,
               callbacks=[callbacks.BackupAndRestore(tmp_path)])
     assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+# ---------------------------------------------------------------------------- TensorBoard
+from fastcnn import _tensorboard as tbw  # noqa: E402
+
+
+def _varint(buf, pos):
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def parse_proto(buf):
+    """{field: [raw values]} of a protobuf message (varints as ints, fixed64/32 as bytes,
+    length-delimited as bytes): a reader independent of the writer's encoders."""
+    fields, pos = {}, 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = buf[pos:pos + 8], pos + 8
+        elif wire == 5:
+            value, pos = buf[pos:pos + 4], pos + 4
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            value, pos = buf[pos:pos + n], pos + n
+        else:
+            raise AssertionError(f"unexpected wire type {wire}")
+        fields.setdefault(field, []).append(value)
+    return fields
+
+
+def decode_events(raw):
+    """[(wall_time, step, file_version, [(tag, kind, payload)])] of an event file."""
+    import struct
+    events = []
+    for record in tbw.read_records(raw):
+        ev = parse_proto(record)
+        wall = struct.unpack("<d", ev[1][0])[0]
+        step = ev.get(2, [0])[0]
+        version = ev[3][0].decode() if 3 in ev else None
+        values = []
+        for summary in ev.get(5, []):
+            for v in parse_proto(summary).get(1, []):
+                v = parse_proto(v)
+                tag = v[1][0].decode()
+                if 2 in v:
+                    values.append((tag, "scalar", struct.unpack("<f", v[2][0])[0]))
+                elif 5 in v:
+                    h = parse_proto(v[5][0])
+                    d = {k: struct.unpack("<d", h[i][0])[0] for i, k in
+                         enumerate(("min", "max", "num", "sum", "sum_squares"), 1) if i in h}
+                    d["bucket_limit"] = list(np.frombuffer(h[6][0], "<f8")) if 6 in h else []
+                    d["bucket"] = list(np.frombuffer(h[7][0], "<f8")) if 7 in h else []
+                    values.append((tag, "histogram", d))
+                elif 8 in v:
+                    t = parse_proto(v[8][0])
+                    plugin = parse_proto(parse_proto(v[9][0])[1][0])[1][0].decode()
+                    values.append((tag, plugin, t[8][0].decode()))
+        events.append((wall, step, version, values))
+    return events
+
+
+def run_layout(folder):
+    """{tag: {"kind": ..., "steps": [...]}} of every event file of a run folder."""
+    tags = {}
+    for name in sorted(os.listdir(folder)):
+        assert name.startswith("events.out.tfevents.")
+        with open(os.path.join(folder, name), "rb") as f:
+            events = decode_events(f.read())
+        assert events[0][2] == "brain.Event:2"          # the first record of every file
+        for _, step, _, values in events[1:]:
+            for tag, kind, _ in values:
+                entry = tags.setdefault(tag, {"kind": kind, "steps": []})
+                entry["steps"].append(step)
+    return tags
+
+
+def test_crc32c_and_framing_against_known_vectors():
+    import base64
+    assert tbw.crc32c(b"123456789") == 0xE3069283      # the CRC-32C check value
+    assert tbw.crc32c(b"") == 0
+    assert tbw.crc32c(bytes(32)) == 0x8A9136AA          # RFC 3720 B.4
+    assert tbw.crc32c(b"\xff" * 32) == 0x62A8AB43
+    # every record of a file tf.summary wrote: its masked CRCs are the ones computed here
+    raw = base64.b64decode(keras_fixture("tensorboard.json")["tf_file"])
+    records = tbw.read_records(raw)
+    assert len(records) == 3 and b"brain.Event:2" in records[0]
+    assert b"".join(tbw.frame_record(r) for r in records) == raw
+    damaged = bytearray(raw)
+    damaged[30] ^= 1
+    with pytest.raises(ValueError, match="bad .*CRC"):
+        tbw.read_records(bytes(damaged))
+    with pytest.raises(ValueError, match="truncated"):
+        tbw.read_records(raw[:-1])
+
+
+def fixture_records():
+    """The records of tests/fixtures/keras/make_callbacks.py's fastcnn_records()."""
+    import json as _json
+    config = _json.dumps({"class_name": "Sequential", "config": {
+        "name": "sequential", "input_shape": [None, 4, 4, 1], "dtype": "float32", "layers": [
+            {"class_name": "Flatten", "config": {"name": "flatten", "trainable": True,
+                                                 "dtype": "float32", "input_shape": [4, 4, 1]}},
+            {"class_name": "Dense", "config": {"name": "dense", "trainable": True,
+                                               "dtype": "float32", "activation": "linear",
+                                               "units": 3}}]}})
+    records = [
+        tbw.encode_event(1.5e9, file_version=tbw.FILE_VERSION),
+        tbw.encode_event(1.5e9 + 1, 0, summary_values=[tbw.scalar_value("epoch_loss", 0.75),
+                                                       tbw.scalar_value("epoch_accuracy", 0.5)]),
+        tbw.encode_event(1.5e9 + 2, 1, summary_values=[tbw.scalar_value("epoch_loss", -1e-3)]),
+        tbw.encode_event(1.5e9 + 3, 2 ** 40, summary_values=[tbw.scalar_value("big", 3.0)]),
+        tbw.encode_event(1.5e9 + 4, 7, summary_values=[
+            tbw.histogram_value("dense/kernel/histogram", np.linspace(-1.0, 2.0, 50) ** 3),
+            tbw.histogram_value("dense/bias/histogram", np.zeros(4))]),
+        tbw.encode_event(1.5e9 + 5, 0, summary_values=[
+            tbw.string_tensor_value("keras", config, "graph_keras_model", b"1")]),
+    ]
+    return b"".join(tbw.frame_record(r) for r in records)
+
+
+def test_event_writer_makes_the_bytes_tensorboard_read():
+    """TensorBoard 2.21's EventAccumulator read these very bytes (the fixture holds what it
+    read); the writer must still make them, and this test's own decoder agrees."""
+    import hashlib
+    expected = keras_fixture("tensorboard.json")["fastcnn_file"]
+    raw = fixture_records()
+    assert hashlib.sha256(raw).hexdigest() == expected["sha256"]
+    events = decode_events(raw)
+    assert events[0][2] == "brain.Event:2" and expected["file_version"] == 2.0
+    scalars, histograms, tensors = {}, {}, {}
+    for wall, step, _, values in events[1:]:
+        for tag, kind, payload in values:
+            if kind == "scalar":
+                scalars.setdefault(tag, []).append([step, payload, wall])
+            elif kind == "histogram":
+                histograms.setdefault(tag, []).append(dict(payload, step=step))
+            else:
+                tensors.setdefault(tag, []).append({"step": step, "plugin": kind,
+                                                    "text": payload})
+    assert scalars == expected["scalars"]
+    assert tensors == expected["tensors"] and expected["keras_graph_nodes"] == 2
+    assert histograms.keys() == expected["histograms"].keys()
+    for tag, [mine] in histograms.items():
+        [theirs] = expected["histograms"][tag]
+        assert mine == theirs                      # doubles: exactly what it read
+        assert sum(mine["bucket"]) == mine["num"]
+
+
+def tb_fit(log_dir, **kwargs):
+    """The fit of make_callbacks.py's keras_layout: 40 samples, 20% validation, batches of
+    8 (4 per epoch), 3 epochs, then evaluate with the same callback."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    model = tiny_model()
+    tb = callbacks.TensorBoard(log_dir, **kwargs)
+    model.fit(x, y, batch_size=8, epochs=3, validation_split=0.2, verbose=0, callbacks=[tb])
+    model.evaluate(x, y, verbose=0, callbacks=[tb])
+    return model
+
+
+def test_tensorboard_writes_keras_runs_tags_and_steps(tmp_path):
+    tb_fit(tmp_path, histogram_freq=1, update_freq=2)
+    keras_layout = keras_fixture("tensorboard.json")["keras_layout"]
+    assert sorted(os.listdir(tmp_path)) == ["train", "validation"]
+    kinds = {"scalars": "scalar", "histograms": "histogram",
+             "graph_keras_model": "graph_keras_model"}
+    for run in ("train", "validation"):
+        mine = run_layout(tmp_path / run)
+        assert sorted(mine) == sorted(keras_layout[run])
+        for tag, theirs in keras_layout[run].items():
+            assert mine[tag]["kind"] == kinds[theirs["plugin"]], tag
+            if tag == "keras":         # Keras writes it again at each set_model
+                assert mine[tag]["steps"] == [0]
+            elif tag.startswith("evaluation_"):
+                # at the optimizer's step count after each validation and after evaluate
+                # (Keras 3.15 drops all but one of them under update_freq=2)
+                assert mine[tag]["steps"] == [4, 8, 12, 12]
+                assert set(theirs["steps"]) <= set(mine[tag]["steps"])
+            else:
+                assert mine[tag]["steps"] == theirs["steps"], tag
+
+
+def test_tensorboard_values_are_the_logs_and_the_weights(tmp_path):
+    model = tb_fit(tmp_path, histogram_freq=2, write_graph=False)
+    history = model.history.history
+    train = {}
+    for name in os.listdir(tmp_path / "train"):
+        with open(tmp_path / "train" / name, "rb") as f:
+            for _, step, _, values in decode_events(f.read())[1:]:
+                for tag, kind, payload in values:
+                    train.setdefault(tag, []).append((step, payload))
+    assert "keras" not in train and not any(t.startswith("batch_") for t in train)
+    assert [v for _, v in train["epoch_loss"]] == list(np.float32(history["loss"]))
+    assert [v for _, v in train["epoch_learning_rate"]] == [np.float32(0.1)] * 3
+    assert [s for s, _ in train["sequential/dense/kernel/histogram"]] == [0, 2]
+    kernel = model.layers[1].get_weights()[0]
+    last = train["sequential/dense/kernel/histogram"][-1][1]    # after the last epoch
+    assert last["num"] == kernel.size and sum(last["bucket"]) == kernel.size
+    assert (last["min"], last["max"]) == (kernel.min(), kernel.max())
+    assert len(last["bucket"]) == 30 and last["bucket_limit"][-1] == kernel.max()
+    assert last["sum"] == pytest.approx(float(kernel.astype(np.float64).sum()))
+
+
+def test_tensorboard_events_read_by_tensorboard(tmp_path):
+    ea_module = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="the tensorboard package (extra fastcnn[tensorboard]) is not installed; the "
+               "format is still checked against its reader through the fixture "
+               "tensorboard.json")
+    model = tb_fit(tmp_path, histogram_freq=1, update_freq="batch",
+                   write_steps_per_second=True)
+    ea = ea_module.EventAccumulator(str(tmp_path / "train"),
+                                    size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", "batch_loss",
+            "batch_accuracy", "epoch_steps_per_second", "batch_steps_per_second"} \
+        <= set(tags["scalars"])
+    assert [e.step for e in ea.Scalars("batch_loss")] == list(range(1, 13))
+    assert [e.value for e in ea.Scalars("epoch_loss")] == pytest.approx(
+        model.history.history["loss"], rel=1e-6)
+    h = ea.Histograms("sequential/dense/bias/histogram")[-1].histogram_value
+    assert h.num == 3 and h.max == pytest.approx(model.layers[1].get_weights()[1].max())
+    assert tags["tensors"] == ["keras"]
+    assert b'"class_name": "Sequential"' in ea.Tensors("keras")[0].tensor_proto.string_val[0]
+    val = ea_module.EventAccumulator(str(tmp_path / "validation"))
+    val.Reload()
+    assert [e.step for e in val.Scalars("epoch_loss")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(update_freq=0), r"update_freq must be 'epoch', 'batch' or a positive int.*got 0"),
+    (dict(histogram_freq=-1), r"histogram_freq must be an int >= 0, got -1"),
+    (dict(write_images=True), r"write_images=True is not supported"),
+    (dict(profile_batch=(2, 4)), r"profile_batch=\(2, 4\) is not supported"),
+    (dict(embeddings_freq=1), r"embeddings_freq=1 is not supported"),
+    (dict(log_dir=""), r"log_dir must be a non-empty path"),
+])
+def test_tensorboard_bad_arguments(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        callbacks.TensorBoard(**kwargs)
+
+
+def test_tensorboard_writes_nothing_before_training_and_closes_its_files(tmp_path):
+    tb = callbacks.TensorBoard(tmp_path / "logs")
+    assert not os.path.exists(tmp_path / "logs")          # lazily, as Keras
+    x, y = tiny_data(n=8)
+    tiny_model().fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[tb])
+    assert tb._writers == {} and os.listdir(tmp_path / "logs") == ["train"]
