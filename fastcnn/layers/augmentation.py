@@ -35,6 +35,7 @@ brightness differentiate through Keras's clip (where a value was clipped, no gra
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -47,9 +48,7 @@ from .conv import check_data_format, check_rank4
 
 FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 WARP_INTERPOLATIONS = ("nearest", "bilinear")
-RESIZE_INTERPOLATIONS = ("bilinear", "nearest")
-# Keras's other resize methods, refused with a clear error (not implemented here).
-_KERAS_ONLY_RESIZE = ("lanczos3", "lanczos5", "bicubic", "area")
+RESIZE_INTERPOLATIONS = ("bilinear", "nearest", "lanczos3", "lanczos5", "bicubic", "area")
 
 
 # ------------------------------------------------------------------ argument checks
@@ -60,11 +59,7 @@ def _number(value, argument):
     return float(value)
 
 
-def _choice(value, argument, allowed, unsupported=()):
-    if value in unsupported:
-        raise NotImplementedError(
-            f"{argument}={value!r} (a Keras option) is not implemented in fastcnn; "
-            f"supported: {list(allowed)}")
+def _choice(value, argument, allowed):
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{argument} must be one of {list(allowed)}, got {value!r}")
     return value
@@ -545,16 +540,62 @@ class RandomBrightness(_ImageLayer):
 
 
 # ------------------------------------------------------------------ resizing
-def _interp_matrix(out, size, interpolation):
-    """(out, size) float64 matrix of tf.image.resize along one axis (half-pixel centres,
-    no antialiasing): 'bilinear' (edge-clamped taps) or 'nearest'."""
+@functools.lru_cache(maxsize=64)
+def _interp_matrix(out, size, interpolation, antialias=False):
+    """(out, size) float64 matrix of ``tf.image.resize`` along one axis (what Keras 3's
+    Resizing calls on its TensorFlow backend; TensorFlow's float32 coordinates):
+
+    * 'bilinear', 'nearest', 'bicubic': the legacy kernels with half-pixel centres
+      (bilinear taps clamped at the edges; nearest ``floor((i + 0.5) * scale)``; bicubic Keys
+      a = -0.5 from TensorFlow's 1024-entry table, taps outside the image dropped and the
+      rest renormalised);
+    * 'area': ``resize_area`` (each output averages the input it covers);
+    * 'lanczos3', 'lanczos5', and 'bilinear'/'bicubic' with ``antialias``: ``scale_and_translate``
+      (kernel 'triangle'/'keyscubic'/'lanczosN', widened by the downscaling factor when
+      ``antialias``, weights renormalised); 'nearest' and 'area' ignore ``antialias``.
+    """
+    m = _interp_matrix_uncached(out, size, interpolation, antialias)
+    m.flags.writeable = False   # cached: shared by every call
+    return m
+
+
+def _interp_matrix_uncached(out, size, interpolation, antialias):
+    f32 = np.float32
     m = np.zeros((out, size), dtype=np.float64)
     rows = np.arange(out)
+    scale = f32(size) / f32(out)
     if interpolation == "nearest":
         src = np.minimum(np.floor(_tf_axis(out, size)), size - 1).astype(np.intp)
         m[rows, src] = 1.0
         return m
-    src = (_tf_axis(out, size) - np.float32(0.5)).astype(np.float64)
+    if interpolation == "area":
+        start = rows.astype(f32) * scale
+        stop = (rows + 1).astype(f32) * scale
+        cols = np.arange(size)
+        overlap = (np.minimum(cols[None, :] + 1.0, stop[:, None].astype(np.float64))
+                   - np.maximum(cols[None, :], start[:, None].astype(np.float64)))
+        return np.maximum(overlap, 0.0) / float(scale)
+    if antialias or interpolation in ("lanczos3", "lanczos5"):
+        return _scale_translate_matrix(out, size, interpolation, antialias)
+    if interpolation == "bicubic":
+        a = f32(-0.5)
+        x = (np.arange(1025) * 1.0 / 1024).astype(f32)
+        c0 = ((a + 2) * x - (a + 3)) * x * x + 1
+        x1 = x + f32(1)
+        c1 = ((a * x1 - 5 * a) * x1 + 8 * a) * x1 - 4 * a
+        loc = (np.arange(out, dtype=f32) + f32(0.5)) * scale - f32(0.5)
+        base = np.floor(loc)
+        offset = np.rint((loc - base) * f32(1024)).astype(np.intp)
+        base = base.astype(np.intp)
+        taps = [(base - 1, c1[offset]), (base, c0[offset]), (base + 1, c0[1024 - offset]),
+                (base + 2, c1[1024 - offset])]
+        weights = np.stack([np.where((i >= 0) & (i < size), wt, 0) for i, wt in taps])
+        total = weights.sum(axis=0, dtype=np.float64)
+        weights = weights / np.where(np.abs(total) >= 1e-35, total, 1.0)
+        for (i, _), wt in zip(taps, weights):
+            np.add.at(m, (rows, np.clip(i, 0, size - 1)), wt)
+        return m
+    src = (_tf_axis(out, size) - f32(0.5)).astype(np.float64)
     floor = np.floor(src)
     lo = np.maximum(floor, 0).astype(np.intp)
     hi = np.minimum(np.ceil(src), size - 1).astype(np.intp)
@@ -564,26 +605,68 @@ def _interp_matrix(out, size, interpolation):
     return m
 
 
-def resize(x, height, width, interpolation="bilinear"):
-    """``tf.image.resize`` of an (N, H, W, C) batch (half-pixel centres, no antialiasing)."""
+def _kernel(name):
+    if name in ("bilinear", "triangle"):
+        return 1.0, lambda x: np.maximum(1.0 - x, 0.0)
+    if name in ("bicubic", "keyscubic"):
+        return 2.0, lambda x: np.where(
+            x >= 2.0, 0.0, np.where(x >= 1.0, ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0,
+                                    ((1.5 * x - 2.5) * x) * x + 1.0))
+    radius = 3.0 if name == "lanczos3" else 5.0
+
+    def lanczos(x):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = radius * np.sin(np.pi * x) * np.sin(np.pi * x / radius) / (np.pi ** 2 * x * x)
+        return np.where(x > radius, 0.0, np.where(x <= 1e-3, 1.0, v))
+    return radius, lanczos
+
+
+def _scale_translate_matrix(out, size, interpolation, antialias):
+    """TensorFlow's ``ScaleAndTranslate`` weights (ComputeSpansCore), translation 0."""
+    radius, kernel = _kernel(interpolation)
+    f32 = np.float32
+    inv_scale = float(f32(1.0) / (f32(out) / f32(size)))
+    kernel_scale = max(inv_scale, 1.0) if antialias else 1.0
+    m = np.zeros((out, size), dtype=np.float64)
+    for i in range(out):   # a loop over output rows/columns, not over images
+        sample = (i + 0.5) * inv_scale
+        start = min(max(int(math.ceil(sample - radius * kernel_scale - 0.5)), 0), size - 1)
+        stop = min(max(int(math.floor(sample + radius * kernel_scale - 0.5)), 0), size - 1) + 1
+        src = np.arange(start, stop)
+        wt = kernel(np.abs((src + 0.5 - sample) / kernel_scale))
+        total = wt.sum()
+        if abs(total) >= 1e-35:
+            m[i, start:stop] = wt / total
+    return m
+
+
+def _resize_matrices(h, w, height, width, interpolation, antialias, dtype):
+    mh = _interp_matrix(height, h, interpolation, antialias)
+    mw = _interp_matrix(width, w, interpolation, antialias)
+    identity = (mh.shape == (h, h) and mw.shape == (w, w) and np.array_equal(mh, np.eye(h))
+                and np.array_equal(mw, np.eye(w)))
+    return None if identity else (mh.astype(dtype), mw.astype(dtype))
+
+
+def resize(x, height, width, interpolation="bilinear", antialias=False):
+    """``tf.image.resize`` of an (N, H, W, C) batch (see :func:`_interp_matrix`), as two
+    1-D interpolation matrices applied along the rows and the columns."""
     n, h, w, c = x.shape
-    if (h, w) == (height, width):
+    mats = _resize_matrices(h, w, height, width, interpolation, antialias, x.dtype)
+    if mats is None:
         return x.copy()
-    mh = _interp_matrix(height, h, interpolation).astype(x.dtype)
-    mw = _interp_matrix(width, w, interpolation).astype(x.dtype)
-    y = np.einsum("ph,nhwc->npwc", mh, x, optimize=True)
-    return np.ascontiguousarray(np.einsum("qw,npwc->npqc", mw, y, optimize=True))
+    y = np.einsum("ph,nhwc->npwc", mats[0], x, optimize=True)
+    return np.ascontiguousarray(np.einsum("qw,npwc->npqc", mats[1], y, optimize=True))
 
 
-def resize_adjoint(dy, h, w, interpolation="bilinear"):
-    """The exact adjoint of :func:`resize` from an (N, H, W, C) input to dy's size."""
+def resize_adjoint(dy, h, w, interpolation="bilinear", antialias=False):
+    """The exact adjoint of :func:`resize` from an (N, h, w, C) input to dy's size."""
     n, height, width, c = dy.shape
-    if (h, w) == (height, width):
+    mats = _resize_matrices(h, w, height, width, interpolation, antialias, dy.dtype)
+    if mats is None:
         return dy.copy()
-    mh = _interp_matrix(height, h, interpolation).astype(dy.dtype)
-    mw = _interp_matrix(width, w, interpolation).astype(dy.dtype)
-    g = np.einsum("qw,npqc->npwc", mw, dy, optimize=True)
-    return np.ascontiguousarray(np.einsum("ph,npwc->nhwc", mh, g, optimize=True))
+    g = np.einsum("qw,npqc->npwc", mats[1], dy, optimize=True)
+    return np.ascontiguousarray(np.einsum("ph,npwc->nhwc", mats[0], g, optimize=True))
 
 
 def _aspect_crop_box(h, w, th, tw, float32):
@@ -598,10 +681,10 @@ class _Crop:
     """A crop/pad window then a resize, with the exact adjoint: ``rows``/``cols`` are the
     (start, stop) of the window in the input (may extend beyond it: padded with ``fill``)."""
 
-    def __init__(self, rows, cols, height, width, interpolation, fill=0.0):
+    def __init__(self, rows, cols, height, width, interpolation, fill=0.0, antialias=False):
         self.rows, self.cols = rows, cols
         self.height, self.width = height, width
-        self.interpolation, self.fill = interpolation, fill
+        self.interpolation, self.fill, self.antialias = interpolation, fill, antialias
 
     def apply(self, x):
         n, h, w, c = x.shape
@@ -612,14 +695,13 @@ class _Crop:
             win = np.full((n, r1 - r0, c1 - c0, c), self.fill, dtype=x.dtype)
             sr, sc = slice(max(r0, 0), min(r1, h)), slice(max(c0, 0), min(c1, w))
             win[:, sr.start - r0:sr.stop - r0, sc.start - c0:sc.stop - c0] = x[:, sr, sc]
-        if win.shape[1:3] == (self.height, self.width):
-            return np.ascontiguousarray(win)
-        return resize(win, self.height, self.width, self.interpolation)
+        return resize(np.ascontiguousarray(win), self.height, self.width, self.interpolation,
+                      self.antialias)
 
     def adjoint(self, dy, shape):
         n, h, w, c = shape
         (r0, r1), (c0, c1) = self.rows, self.cols
-        g = resize_adjoint(dy, r1 - r0, c1 - c0, self.interpolation)
+        g = resize_adjoint(dy, r1 - r0, c1 - c0, self.interpolation, self.antialias)
         dx = np.zeros(shape, dtype=dy.dtype)
         sr, sc = slice(max(r0, 0), min(r1, h)), slice(max(c0, 0), min(c1, w))
         dx[:, sr, sc] = g[:, sr.start - r0:sr.stop - r0, sc.start - c0:sc.stop - c0]
@@ -651,10 +733,12 @@ class _SizedLayer(_ImageLayer):
 
 
 class Resizing(_SizedLayer):
-    """Resizes each image to ``(height, width)`` as Keras 3 does (``tf.image.resize``,
-    half-pixel centres): plain, ``crop_to_aspect_ratio`` (the largest centred crop of the
-    target's aspect ratio first) or ``pad_to_aspect_ratio`` (``fill_value`` rows/columns added
-    equally on both sides first). Applies in training and inference."""
+    """Resizes each image to ``(height, width)`` as Keras 3 does (``tf.image.resize``):
+    plain, ``crop_to_aspect_ratio`` (the largest centred crop of the target's aspect ratio
+    first) or ``pad_to_aspect_ratio`` (``fill_value`` rows/columns added equally on both
+    sides first). Every Keras ``interpolation`` ('bilinear', 'nearest', 'bicubic', 'area',
+    'lanczos3', 'lanczos5') and ``antialias``; see :func:`_interp_matrix`. Applies in
+    training and inference; backward is the exact adjoint (the transposed matrices)."""
 
     def __init__(self, height, width, interpolation="bilinear", crop_to_aspect_ratio=False,
                  pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0,
@@ -662,8 +746,7 @@ class Resizing(_SizedLayer):
         super().__init__(**kwargs)
         check_data_format(data_format)
         self._init_size(height, width)
-        self.interpolation = _choice(interpolation, "interpolation", RESIZE_INTERPOLATIONS,
-                                     _KERAS_ONLY_RESIZE)
+        self.interpolation = _choice(interpolation, "interpolation", RESIZE_INTERPOLATIONS)
         self.crop_to_aspect_ratio = bool(crop_to_aspect_ratio)
         self.pad_to_aspect_ratio = bool(pad_to_aspect_ratio)
         if self.crop_to_aspect_ratio and self.pad_to_aspect_ratio:
@@ -671,10 +754,7 @@ class Resizing(_SizedLayer):
                              "True, got both")
         self.fill_mode = _choice(fill_mode, "fill_mode", ("constant",))
         self.fill_value = _number(fill_value, "fill_value")
-        if antialias:
-            raise NotImplementedError("Resizing(antialias=True) is not implemented in fastcnn; "
-                                      "supported: antialias=False")
-        self.antialias = False
+        self.antialias = bool(antialias)
 
     def _crop_plan(self, shape, training=False):
         h, w = shape[1:3]
@@ -690,7 +770,7 @@ class Resizing(_SizedLayer):
             rows, cols = (-top, h + top), (-left, w + left)
         else:
             rows, cols = (0, h), (0, w)
-        return _Crop(rows, cols, th, tw, self.interpolation, self.fill_value)
+        return _Crop(rows, cols, th, tw, self.interpolation, self.fill_value, self.antialias)
 
     def get_config(self):
         return {**super().get_config(), "height": self.height, "width": self.width,

@@ -198,6 +198,13 @@ def test_clipped_values_get_no_gradient():
     {"height": 3, "width": 5, "crop_to_aspect_ratio": True},
     {"height": 6, "width": 4, "pad_to_aspect_ratio": True, "fill_value": 2.0},
     {"height": 2, "width": 9, "pad_to_aspect_ratio": True},
+    {"height": 3, "width": 9, "interpolation": "bicubic"},
+    {"height": 4, "width": 4, "interpolation": "area"},
+    {"height": 7, "width": 3, "interpolation": "lanczos3"},
+    {"height": 3, "width": 8, "interpolation": "lanczos5", "antialias": True},
+    {"height": 2, "width": 3, "antialias": True},
+    {"height": 3, "width": 4, "interpolation": "bicubic", "antialias": True,
+     "crop_to_aspect_ratio": True},
 ])
 def test_resizing_gradients(kwargs, rng):
     check_layer_gradient(Resizing(**kwargs), rng.standard_normal((2, 5, 7, 2)), None,
@@ -323,6 +330,7 @@ CONFIG_LAYERS = [
     RandomContrast(0.3, value_range=(0, 1), seed=2), RandomBrightness((-0.2, 0.4), (-1, 1)),
     RandomCrop(3, 4, seed=9), CenterCrop(5, 2),
     Resizing(4, 6, "nearest", pad_to_aspect_ratio=True, fill_value=1.5),
+    Resizing(4, 6, "lanczos3", crop_to_aspect_ratio=True, antialias=True),
 ]
 
 
@@ -442,7 +450,9 @@ def test_save_and_load_a_model_with_augmentation_layers(tmp_path, rng):
     (lambda: RandomCrop(-2, 3), "height must be a positive int, got -2"),
     (lambda: CenterCrop(2, 0), "width must be a positive int, got 0"),
     (lambda: Resizing(3, 2.5), "width must be a positive int, got 2.5"),
-    (lambda: Resizing(3, 3, interpolation="cubic"), "interpolation must be one of"),
+    (lambda: Resizing(3, 3, interpolation="cubic"),
+     r"interpolation must be one of \['bilinear', 'nearest', 'lanczos3', 'lanczos5', "
+     r"'bicubic', 'area'\], got 'cubic'"),
     (lambda: Resizing(3, 3, fill_mode="reflect"), r"fill_mode must be one of \['constant'\]"),
     (lambda: Resizing(3, 3, crop_to_aspect_ratio=True, pad_to_aspect_ratio=True), "only one"),
     (lambda: RandomFlip(seed=-1), "seed must be None or a non-negative int, got -1"),
@@ -459,11 +469,3 @@ def test_keras_data_format_channels_last_is_accepted():
     for layer in (RandomFlip(data_format="channels_last"), CenterCrop(2, 2, data_format=None),
                   Resizing(2, 3, data_format="channels_last")):
         assert "data_format" not in layer.get_config()
-
-
-def test_keras_resize_methods_not_implemented_say_so():
-    with pytest.raises(NotImplementedError, match=r"interpolation='bicubic'.*\['bilinear', "
-                                                  r"'nearest'\]"):
-        Resizing(3, 3, interpolation="bicubic")
-    with pytest.raises(NotImplementedError, match="antialias"):
-        Resizing(3, 3, antialias=True)
