@@ -31,7 +31,7 @@ import numbers
 
 import numpy as np
 
-from . import backends, config
+from . import _device, backends, config
 
 # canonical name -> (forward op, backward op) of the kernel contract; None: identity.
 _OPS = {
@@ -83,10 +83,12 @@ MONOTONE_NONDECREASING = frozenset({
 def get(identifier):
     """Canonical activation name for ``identifier``.
 
-    Accepted: None (-> ``'linear'``), a name or alias (case-insensitive), or one of this
-    module's functions (``fastcnn.activations.relu`` -> ``'relu'``). Anything else raises
-    ValueError listing the known names; a custom callable is refused with an explanation
-    (it would need a gradient that fastcnn cannot form for it).
+    Accepted: None (-> ``'linear'``), a name or alias (case-insensitive), one of this
+    module's functions or of ``fastcnn.nn`` / ``fastcnn.ops`` (``fastcnn.nn.relu`` ->
+    ``'relu'``), or any other callable of one tensor, returned as it is: it runs through
+    a :class:`~fastcnn.autodiff.GradientTape`, so it must be written with fastcnn.ops
+    operations or Tensor arithmetic (a NumPy function has no gradient: a clear error says
+    so on its first use). Anything else raises ValueError listing the known names.
     """
     if identifier is None:
         return "linear"
@@ -106,12 +108,8 @@ def get(identifier):
             name = None
         if name is not None:
             return name
-        raise ValueError(
-            f"activation {identifier!r} is a custom callable: fastcnn needs a backward "
-            f"(gradient) kernel for every activation and has none for it. Use one of the "
-            f"names {sorted(KNOWN + tuple(ALIASES))} or fastcnn.activations' functions "
-            f"(e.g. fastcnn.activations.relu)"
-        )
+        return identifier       # a custom callable: differentiated by the tape
+
     raise ValueError(
         f"activation must be a name (one of {sorted(KNOWN + tuple(ALIASES))}), one of "
         f"fastcnn.activations' functions or None, got {identifier!r} "
@@ -119,8 +117,39 @@ def get(identifier):
     )
 
 
-def is_identity(name: str) -> bool:
-    return _OPS[name] is None
+def is_identity(name) -> bool:
+    return not callable(name) and _OPS[name] is None
+
+
+def _callable_forward(fn, x):
+    """A custom activation on a private tape: ``(y, ctx)`` with its gradient kept."""
+    from . import autodiff
+    with autodiff.isolated():
+        tape = autodiff.GradientTape()
+        with tape:
+            t = autodiff.Tensor(x)
+            tape.watch(t)
+            out = fn(t)
+    if not isinstance(out, autodiff.Tensor):
+        name = getattr(fn, "__name__", repr(fn))
+        raise ValueError(
+            f"activation {name!r} returned a {type(out).__name__}, not a fastcnn Tensor: its "
+            f"gradient cannot be formed. Write it with fastcnn.ops operations (e.g. "
+            f"fastcnn.ops.maximum(x, 0.1 * x)) or Tensor arithmetic, not NumPy functions")
+    if tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"activation {getattr(fn, '__name__', fn)!r} changed the shape "
+                         f"{tuple(x.shape)} to {tuple(out.shape)}; an activation is "
+                         f"element-wise")
+    y = out.value
+    if not _device.is_device_array(y):
+        y = np.ascontiguousarray(y, dtype=x.dtype)
+    return y, (tape, t, out)
+
+
+def _callable_backward(dy, ctx):
+    tape, t, out = ctx
+    g = tape.gradient(out, t, output_gradients=dy)
+    return np.zeros_like(dy) if g is None else g
 
 
 def ops(name: str):
@@ -133,6 +162,8 @@ def forward(backend, name: str, x, **params):
 
     ``params`` go to the kernel (``negative_slope`` for leaky_relu, ``alpha`` for elu).
     """
+    if callable(name):
+        return _callable_forward(name, x)
     pair = _OPS[name]
     if pair is None:
         return x, None
@@ -145,6 +176,8 @@ def forward(backend, name: str, x, **params):
 
 def backward(backend, name: str, dy, ctx):
     """Gradient with respect to the activation's input."""
+    if callable(name):
+        return _callable_backward(dy, ctx)
     pair = _OPS[name]
     if pair is None:
         return dy

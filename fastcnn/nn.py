@@ -582,3 +582,19 @@ def moments(x, axes, shift=None, keepdims=False, name=None):
     """``tf.nn.moments``: ``(mean, variance)`` over ``axes`` (host arrays)."""
     axes = tuple(axes) if not np.isscalar(axes) else (axes,)
     return ops.mean(x, axis=axes, keepdims=keepdims), ops.var(x, axis=axes, keepdims=keepdims)
+
+
+def _register_activation_functions():
+    """``Dense(128, activation=fastcnn.nn.relu)`` stores the name 'relu' (a saved model
+    holds names, not functions)."""
+    from . import activations
+    names = {"gelu": 'gelu'}
+    for name in ("relu", "relu6", "sigmoid", "tanh", "softmax", "log_softmax", "elu", "selu",
+                 "gelu", "softplus", "softsign", "silu", "swish", "leaky_relu",
+                 "hard_sigmoid", "hard_silu", "hard_swish", "exponential"):
+        function = globals().get(name)
+        if callable(function):
+            activations.register_function(function, names.get(name, name))
+
+
+_register_activation_functions()

@@ -1143,3 +1143,19 @@ def binary_crossentropy(target, output, from_logits=False):
         return dt, dp
     return _one("binary_crossentropy", (target, output), np.asarray(out, dtype=p.dtype),
                 backward)
+
+
+def _register_activation_functions():
+    """``Dense(128, activation=fastcnn.ops.relu)`` stores the name 'relu' (a saved model
+    holds names, not functions)."""
+    from . import activations
+    names = {"gelu": 'gelu_approximate'}
+    for name in ("relu", "relu6", "sigmoid", "tanh", "softmax", "log_softmax", "elu", "selu",
+                 "gelu", "softplus", "softsign", "silu", "swish", "leaky_relu",
+                 "hard_sigmoid", "hard_silu", "hard_swish", "exponential"):
+        function = globals().get(name)
+        if callable(function):
+            activations.register_function(function, names.get(name, name))
+
+
+_register_activation_functions()

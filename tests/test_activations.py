@@ -231,11 +231,12 @@ def test_unknown_names_list_the_known_ones():
         activations.get(3)
 
 
-def test_a_custom_callable_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="custom callable.*gradient"):
-        activations.get(lambda x: x * 2)
-    with pytest.raises(ValueError, match="custom callable"):
-        Dense(4, activation=np.tanh)
+def test_a_custom_callable_is_kept_as_it_is():
+    """The tape differentiates it (tests below); activations.get does not refuse it."""
+    def double(x):
+        return x * 2
+
+    assert activations.get(double) is double
 
 
 def test_register_function_makes_a_callable_a_name():
@@ -320,3 +321,46 @@ def test_softmax_and_log_softmax_along_an_axis(rng):
 def test_bad_arguments_name_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ---------------------------------------------------------- callables (the tape)
+def test_tf_nn_style_functions_are_stored_by_name():
+    import fastcnn as _f
+    assert _f.layers.Dense(3, activation=_f.nn.relu).activation == "relu"
+    assert _f.layers.Dense(3, activation=_f.nn.sigmoid).activation == "sigmoid"
+    assert _f.layers.Dense(3, activation=_f.ops.gelu).activation == "gelu_approximate"
+    assert _f.layers.Dense(3, activation=_f.nn.gelu).activation == "gelu"
+
+
+def test_a_custom_callable_activation_is_differentiated_by_the_tape(monkeypatch):
+    import fastcnn as _f
+    from fastcnn import gradcheck as _g
+
+    def my_leaky(x):
+        return _f.ops.maximum(x, 0.1 * x)
+
+    _f.set_random_seed(0)
+    model = _f.Sequential([_f.layers.Dense(5, activation=my_leaky, input_shape=(3,),
+                                           dtype="float64"),
+                           _f.layers.Dense(2, dtype="float64")])
+    model.compile("sgd", "mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
+    h = x @ model.layers[0].kernel + model.layers[0].bias
+    expected = np.maximum(h, 0.1 * h) @ model.layers[1].kernel + model.layers[1].bias
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-12)
+    seen = []
+    monkeypatch.setattr(model.optimizer, "apply",
+                        lambda grads, variables: seen.append([np.array(g) for g in grads]))
+    model.train_on_batch(x, y)
+    _g.check_scalar_gradient(lambda: model.test_on_batch(x, y), model.trainable_weights,
+                             seen[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="custom activation 'my_leaky'.*cannot hold"):
+        model.get_config()
+
+
+def test_a_numpy_activation_says_its_gradient_cannot_be_formed():
+    import fastcnn as _f
+    layer = _f.layers.Dense(2, activation=lambda x: np.tanh(np.asarray(x)))
+    with pytest.raises(ValueError, match="not a fastcnn Tensor: its gradient cannot be formed"):
+        layer(np.ones((1, 3), np.float32))
