@@ -1086,6 +1086,11 @@ class BackupAndRestore(Callback):
     ``delete_checkpoint=True`` (the default): the file, and ``backup_dir`` when nothing else
     is left in it (Keras removes the whole folder). An exception leaves it for the next run.
 
+    With an int ``save_freq`` the batches are counted as Keras counts them (across epoch
+    ends); the epoch recorded is the one running (Keras's stays at the last finished epoch
+    + 1 until an epoch of the resumed fit ends, which a mid-epoch backup of the first
+    resumed epoch would get wrong).
+
     The model must have the same architecture as the one that wrote the backup (a
     mismatch is a ValueError naming the file). Data order is not restored: with
     ``shuffle=True`` the resumed epochs see other orders than an uninterrupted run would.

@@ -710,7 +710,8 @@ def test_fit_with_a_passed_progbar_does_not_print_twice(capsys):
 def test_callbacks_reach_fastcnn_namespace():
     # the names tutorials use: fastcnn.callbacks.EarlyStopping(...)
     for name in ("History", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
-                 "CSVLogger", "LambdaCallback", "ProgbarLogger", "Callback"):
+                 "CSVLogger", "LambdaCallback", "ProgbarLogger", "Callback", "TerminateOnNaN",
+                 "BackupAndRestore", "TensorBoard", "LearningRateScheduler"):
         assert isinstance(getattr(fastcnn.callbacks, name), type)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a key that is present never warns
@@ -944,11 +945,18 @@ def test_backup_and_restore_resumes_to_the_uninterrupted_weights(tmp_path):
     "initial_epoch = self.__dict__.pop('_initial_epoch', None) or initial_epoch"))
 def test_backup_and_restore_resumes_inside_fit(tmp_path):
     x, y = tiny_data()
+    reference = adam_model(0)
+    reference.fit(x, y, epochs=4, batch_size=8, shuffle=False, verbose=0)
     interrupted_run(tmp_path)
     model = adam_model(1)
     h = model.fit(x, y, epochs=4, batch_size=8, shuffle=False, verbose=0,
                   callbacks=[callbacks.BackupAndRestore(tmp_path / "backup")])
     assert h.epoch == [2, 3]
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # the next fit of the same model starts from its own initial_epoch again
+    h = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert h.epoch == [0]
 
 
 def test_backup_and_restore_keeps_a_lowered_rate_and_is_kept_on_request(tmp_path):
