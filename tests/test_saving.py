@@ -207,6 +207,14 @@ def test_every_layer_class_of_fastcnn_rebuilds_from_its_config(tmp_path):
         "ZeroPadding2D": lambda: layers.ZeroPadding2D(((1, 2), (0, 1))),
         "InputLayer": lambda: layers.InputLayer(shape=(6, 6, 2), name="an_input"),
         "Concatenate": lambda: layers.Concatenate(axis=1),
+        "RandomRotation": lambda: layers.RandomRotation((-0.2, 0.1), "constant", seed=4),
+        "RandomZoom": lambda: layers.RandomZoom(0.2, (-0.1, 0.3), "wrap", "nearest", seed=1),
+        "RandomTranslation": lambda: layers.RandomTranslation(0.1, (0.0, 0.2), fill_value=2.0),
+        "RandomContrast": lambda: layers.RandomContrast(0.3, value_range=(0, 1), seed=2),
+        "RandomBrightness": lambda: layers.RandomBrightness((-0.2, 0.4), (-1, 1)),
+        "RandomCrop": lambda: layers.RandomCrop(4, 5, seed=9),
+        "CenterCrop": lambda: layers.CenterCrop(5, 3),
+        "Resizing": lambda: layers.Resizing(4, 7, "bicubic", crop_to_aspect_ratio=True),
     }
     registry = saving.layer_registry()
     assert {"Conv2D", "Dense", "Flatten", "MaxPooling2D", "AveragePooling2D", "Dropout",
