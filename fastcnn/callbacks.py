@@ -1431,7 +1431,7 @@ class TensorBoard(Callback):
         self._graph_written = True
         try:
             from . import saving
-            config = json.dumps(saving.model_to_config(self.model))
+            config = json.dumps(_keras_graph_config(saving.model_to_config(self.model)))
         except Exception as e:  # noqa: BLE001 - subclassed models, custom layers
             warnings.warn(f"TensorBoard: the model's config cannot be written ({e}); "
                           f"no graph is logged", stacklevel=3)
@@ -1517,3 +1517,24 @@ class TensorBoard(Callback):
         self._scalars("validation", {f"evaluation_{k}_vs_iterations": v
                                      for k, v in logs.items()}, self._iterations())
         self._flush()
+
+
+def _keras_graph_config(config):
+    """fastcnn's model config in the form TensorBoard's Graphs dashboard reads (Keras 3's
+    ``to_json``): a Functional model's ``nodes`` list becomes each layer's
+    ``inbound_nodes`` (``{"args": [[{"config": {"keras_history": [layer, node, tensor]}}]]}``
+    per call); a Sequential config is already in that form."""
+    body = config.get("config") or {}
+    nodes = body.get("nodes")
+    if not isinstance(nodes, list):
+        return config
+    inbound = {}
+    for node in nodes:
+        history = [{"config": {"keras_history": list(ref[:3])}}
+                   for ref in node.get("inputs", [])]
+        inbound.setdefault(node.get("layer"), []).append({"args": [history], "kwargs": {}})
+    layers = []
+    for entry in body.get("layers", []):
+        name = entry.get("name") or (entry.get("config") or {}).get("name")
+        layers.append(dict(entry, inbound_nodes=inbound.get(name, [])))
+    return dict(config, config=dict(body, layers=layers))

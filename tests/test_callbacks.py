@@ -1302,3 +1302,36 @@ def test_tensorboard_writes_nothing_before_training_and_closes_its_files(tmp_pat
     x, y = tiny_data(n=8)
     tiny_model().fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[tb])
     assert tb._writers == {} and os.listdir(tmp_path / "logs") == ["train"]
+
+
+def test_tensorboard_graph_of_a_functional_model_has_its_edges(tmp_path):
+    from fastcnn import layers
+    inputs = fastcnn.Input((4,))
+    left, right = Dense(3, name="left")(inputs), Dense(3, name="right")(inputs)
+    model = fastcnn.Model(inputs, layers.Add(name="join")([left, right]))
+    model.compile(optimizers.SGD(0.1), "mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(8, 4)), rng.normal(size=(8, 3)), epochs=1, verbose=0,
+              callbacks=[callbacks.TensorBoard(tmp_path)])
+    (name,) = os.listdir(tmp_path / "train")
+    with open(tmp_path / "train" / name, "rb") as f:
+        (config,) = [payload for _, _, _, values in decode_events(f.read())
+                     for tag, _, payload in values if tag == "keras"]
+    config = json.loads(config)
+    # Keras 3's to_json form: each layer lists the layers its calls take
+    inbound = {e["config"]["name"]: [a["config"]["keras_history"][0]
+                                     for node in e["inbound_nodes"] for a in node["args"][0]]
+               for e in config["config"]["layers"]}
+    assert inbound["left"] == inbound["right"] == [inputs_name(config)]
+    assert inbound["join"] == ["left", "right"]
+    keras_util = pytest.importorskip(
+        "tensorboard.plugins.graph.keras_util",
+        reason="the tensorboard package (extra fastcnn[tensorboard]) is not installed: "
+               "its Graphs dashboard's reading of the config is not checked here")
+    graph = keras_util.keras_model_to_graph_def(config)
+    edges = {n.name.split("/")[-1]: [i.split("/")[-1] for i in n.input] for n in graph.node}
+    assert edges["join"] == ["left", "right"] and edges["right"] == [inputs_name(config)]
+
+
+def inputs_name(config):
+    return config["config"]["input_layers"][0][0]
