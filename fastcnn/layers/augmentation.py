@@ -24,9 +24,14 @@ brought back into the image by ``fill_mode`` ('reflect' about the pixel edge, Te
 'wrap', 'nearest' clamps, 'constant' keeps it) and sampled with 'bilinear' (neighbours outside
 the image read ``fill_value``, so 'constant' blends it in at the border) or 'nearest'
 (rounding half away from zero). fastcnn.preprocessing._affine (ImageDataGenerator's warp) is
-not reused: it implements scipy's edge rules (constant without blending, scipy's 'wrap') and a
-different matrix convention, which is what ImageDataGenerator needs and these layers must not
-have.
+not reused: it implements scipy's edge rules (constant without blending, scipy's 'wrap'; on
+the rotation fixtures it agrees with Keras 3 for 'reflect' and 'nearest' but differs by up
+to 0.68 for 'wrap' and 0.53 for 'constant'), has no 'nearest' sampling and no adjoint, which
+is right for ImageDataGenerator and wrong for these layers. ``Resizing`` follows
+``tf.image.resize`` for all six Keras methods, with ``antialias``.
+
+Factors are checked as Keras does, except that for a pair BOTH values must lie in the
+allowed range (Keras 3 checks only ``factor[0] <= high`` and ``factor[1] >= low``).
 
 Gradients: every transform here is linear (affine) in the image for fixed parameters, and
 backward gives its exact adjoint: flips and crops move dy back, the warps scatter dy with the
