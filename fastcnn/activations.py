@@ -117,6 +117,18 @@ def get(identifier):
     )
 
 
+def serialize(activation, layer_name):
+    """The config value of a layer's activation: its name; a custom callable cannot be
+    held by a config (ValueError naming the layer and the callable)."""
+    if callable(activation):
+        raise ValueError(
+            f"layer {layer_name!r} has the custom activation "
+            f"{getattr(activation, '__name__', activation)!r}, which a config (and a model "
+            f"file) cannot hold: use a named activation, or save_weights and rebuild the "
+            f"model in code")
+    return activation
+
+
 def is_identity(name) -> bool:
     return not callable(name) and _OPS[name] is None
 

@@ -440,14 +440,18 @@ class Model(Trainer, Layer):
         program, ctxs, outs = ctx
         dys = list(dy) if len(outs) > 1 else [dy]
         dxs, by_layer = program.backward(dys, list(ctxs))
+        if not self.multiple_inputs:
+            dxs = dxs[0] if dxs is not None else None
+        return dxs, tuple(self._param_grads(by_layer))
+
+    def _param_grads(self, by_layer):
+        """The executor's per-layer gradients in :meth:`_param_slots` order (None where a
+        layer got none: frozen, or not on a path to the outputs' gradients)."""
         grads = []
         for layer in self._unique_layers():
             got = by_layer.get(id(layer))
-            k = len(layer._param_slots())
-            grads.extend(got[1] if got is not None else [None] * k)
-        if not self.multiple_inputs:
-            dxs = dxs[0] if dxs is not None else None
-        return dxs, tuple(grads)
+            grads.extend(got[1] if got is not None else [None] * len(layer._param_slots()))
+        return grads
 
     def _output_values_like(self, ctx):
         return ctx[2]
@@ -474,22 +478,10 @@ class Model(Trainer, Layer):
         self._inbound_nodes.append(node)
         return _restructure(outs, *self._output_kind)
 
-    def __call__(self, *args, **kwargs):
-        """``model(x, training=False)``: symbolic tensors add the model as one node of a
-        graph; arrays or Tensors compute at once and return Tensors (recorded on an open
-        GradientTape)."""
-        if args:
-            inputs, rest = args[0], args[1:]
-        else:
-            inputs, rest = kwargs.pop("inputs", None), ()
-        training = kwargs.pop("training", rest[0] if rest else False)
-        kwargs.pop("mask", None)
-        if kwargs:
-            raise TypeError(f"model {self.name!r} got unexpected call arguments "
-                            f"{sorted(kwargs)}")
-        if graph.is_symbolic(inputs):
-            return self._symbolic_call(inputs)
-        training = bool(training) if training is not None else False
+    def _eager_call(self, inputs, training):
+        """``model(x)`` on arrays or Tensors (Layer.__call__ dispatches here): the outputs as
+        Tensors, recorded on an open GradientTape as ONE node (a graph model) or op by op
+        (a subclassed model's call)."""
         if self._graph is None:
             if not self.built:
                 leaves = [autodiff.value_of(v) for v in _structure(inputs, "x")[0]]
@@ -517,12 +509,7 @@ class Model(Trainer, Layer):
 
         def backward(dys, needs):
             dxs, by_layer = program.backward(list(dys), list(ctxs))
-            grads = []
-            for layer in self._unique_layers():
-                got = by_layer.get(id(layer))
-                k = len(layer._param_slots())
-                grads.extend(got[1] if got is not None else [None] * k)
-            return list(dxs) + grads
+            return list(dxs) + self._param_grads(by_layer)
         tensors = autodiff.record(self.name, recorded + params, outs, backward)
         del n
         if heads:

@@ -178,13 +178,7 @@ class Activation(Layer):
         return (dy if act is None else activations.backward(backend, act, dy, act_ctx)), ()
 
     def get_config(self):
-        if callable(self.activation):
-            raise ValueError(
-                f"layer {self.name!r} has the custom activation "
-                f"{getattr(self.activation, '__name__', self.activation)!r}, which a config "
-                f"(and a model file) cannot hold: use a named activation, or save_weights and "
-                f"rebuild the model in code")
-        return {**super().get_config(), "activation": self.activation}
+        return {**super().get_config(), "activation": activations.serialize(self.activation, self.name)}
 
 
 class InputLayer(Layer):

@@ -79,13 +79,7 @@ class KernelLayer(Layer):
                                      (self.bias_regularizer, self.bias)))
 
     def get_config(self):
-        if callable(self.activation):
-            raise ValueError(
-                f"layer {self.name!r} has the custom activation "
-                f"{getattr(self.activation, '__name__', self.activation)!r}, which a config "
-                f"(and a model file) cannot hold: use a named activation, or save_weights and "
-                f"rebuild the model in code")
-        return {**super().get_config(), "activation": self.activation,
+        return {**super().get_config(), "activation": activations.serialize(self.activation, self.name),
                 "use_bias": self.use_bias,
                 "kernel_initializer": serialize_initializer(self.kernel_initializer),
                 "bias_initializer": serialize_initializer(self.bias_initializer),
