@@ -471,3 +471,23 @@ def test_keras_data_format_channels_last_is_accepted():
     for layer in (RandomFlip(data_format="channels_last"), CenterCrop(2, 2, data_format=None),
                   Resizing(2, 3, data_format="channels_last")):
         assert "data_format" not in layer.get_config()
+
+
+def test_tensorflow_tutorial_data_augmentation_block(rng):
+    # TensorFlow's image classification tutorial: a Sequential of augmentation layers used
+    # directly (training=True) and as the first block of the model.
+    data_augmentation = fastcnn.Sequential([
+        RandomFlip("horizontal", input_shape=(10, 10, 3)), RandomRotation(0.1),
+        RandomZoom(0.1)])
+    x = rng.random((6, 10, 10, 3)) * 255
+    shown = np.asarray(data_augmentation(x, training=True).value)
+    assert shown.shape == x.shape and not np.allclose(shown, x)
+    np.testing.assert_array_equal(np.asarray(data_augmentation(x).value),  # inference
+                                  x.astype(np.float32))
+    model = fastcnn.Sequential([
+        data_augmentation, fastcnn.layers.Rescaling(1.0 / 255),
+        Conv2D(4, 3, padding="same", activation="relu"), Flatten(), Dense(2)])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = model.fit(x, np.arange(6) % 2, epochs=2, batch_size=3, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
