@@ -343,3 +343,11 @@ def test_input_only_first_and_layers_only_once():
 def test_mixed_dtypes_are_refused():
     with pytest.raises(ValueError, match="has dtype float64 but model"):
         fastcnn.Sequential([Dense(2, input_shape=(3,)), Dense(2, dtype="float64")])
+
+
+@pytest.mark.parametrize("make", [lambda: Conv2D(2**40, 3, input_shape=(8, 8, 1)),
+                                  lambda: Dense(2**40, input_shape=(8,))])
+def test_a_weight_larger_than_memory_names_the_layer(make):
+    with pytest.raises(ValueError, match=r"weight 'kernel' of shape .* needs .* GiB, which is "
+                                         r"more than this machine's"):
+        fastcnn.Sequential([make()])

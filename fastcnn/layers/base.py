@@ -23,6 +23,7 @@ holding it refuses to train on a device backend instead of silently computing on
 """
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -309,7 +310,12 @@ class Layer:
         dtype = np.dtype(dtype)
         from .._limits import charge  # load_model's allocation budget (a no-op otherwise)
         charge(shape, dtype, f"layer {self.name!r} weight {len(self._weights)}")
-        value = initializer(tuple(shape), dtype)
+        _check_weight_size(self, name or f"variable_{len(self._weights)}", shape, dtype)
+        try:
+            value = initializer(tuple(shape), dtype)
+        except MemoryError:
+            raise ValueError(_too_large(self, name, shape, dtype, "could not be allocated")) \
+                from None
         # Kernels want C-contiguous arrays of exactly this dtype; updates happen in place.
         value = np.ascontiguousarray(value, dtype=dtype)
         index = len(self._weights)
@@ -616,6 +622,31 @@ class Layer:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):   # not on this platform
+        return None
+
+
+def _too_large(layer, name, shape, dtype, why):
+    nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    return (f"layer {layer.name!r} ({type(layer).__name__}): its weight {name!r} of shape "
+            f"{tuple(shape)} ({np.dtype(dtype).name}) needs {nbytes / 2**30:,.1f} GiB, which "
+            f"{why}; check the layer's sizes (filters, units, kernel_size)")
+
+
+def _check_weight_size(layer, name, shape, dtype):
+    """A weight larger than the machine's memory is a mistake in the layer's arguments:
+    say so, before NumPy tries (and fails with a bare MemoryError)."""
+    memory = _physical_memory()
+    nbytes = float(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    if memory is not None and nbytes > memory:
+        raise ValueError(_too_large(layer, name, shape, dtype,
+                                    f"is more than this machine's {memory / 2**30:,.1f} GiB "
+                                    f"of memory"))
 
 
 def _canonical_shape(input_shape, multiple, name):
