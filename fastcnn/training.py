@@ -741,7 +741,8 @@ class Trainer:
                 m.update_model_output(ys[i], outs[i], logits[i])
         return before
 
-    def _train_step(self, plan, xs, ys, epoch=None, batch=None, sw=None):
+    def _train_step(self, plan, xs, ys, epoch=None, batch=None, sw=None,
+                    skip_nonfinite=False):
         """One optimizer step; ``(mean loss, samples, per-output losses)`` of the batch.
 
         Under fastcnn.distributed, ``xs`` is this process's share of the global batch (empty
@@ -764,6 +765,8 @@ class Trainer:
         # (none is left waiting in the gradient Allreduce).
         loss, total = self._reduce(plan, dist, loss, n, before)
         if not math.isfinite(loss):
+            if skip_nonfinite:   # a callback (TerminateOnNaN) takes charge: no update
+                return loss, total, parts
             raise NonFiniteLossError(
                 f"loss became {loss} "
                 + ("in train_on_batch" if epoch is None
@@ -1051,6 +1054,9 @@ class Trainer:
             dist.start_fit(self, plan, dict(params, initial_epoch=initial_epoch))
         self.stop_training = False
         cbs.on_train_begin()
+        # BackupAndRestore (Keras's attribute): the epoch after the restored backup
+        initial_epoch = self.__dict__.pop("_initial_epoch", None) or initial_epoch
+        skip_nonfinite = cbs.handles_nonfinite_loss()
         logs = {}
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
@@ -1067,8 +1073,11 @@ class Trainer:
                     seen += len(xb[0])
                     if batch_hooks:
                         cbs.on_train_batch_end(batch, dict(step_logs))
+                    if batch_hooks and dist.any(self.stop_training):
+                        break
                     continue
-                loss, count, parts = self._train_step(plan, xb, yb, epoch, batch, swb)
+                loss, count, parts = self._train_step(plan, xb, yb, epoch, batch, swb,
+                                                      skip_nonfinite=skip_nonfinite)
                 loss_sum += loss * count
                 seen += count
                 for k, v in parts.items():
@@ -1076,6 +1085,9 @@ class Trainer:
                 if batch_hooks:
                     cbs.on_train_batch_end(batch, plan.logs(
                         loss_sum / seen, {k: v / seen for k, v in parts_sum.items()}))
+                # Keras: a batch hook's stop ends the epoch now (under MPI: all together)
+                if batch_hooks and dist.any(self.stop_training):
+                    break
             if seen == 0:  # an iterator that ran out before this epoch's first batch
                 break
             dist.end_epoch(self)   # under MPI: one set of BatchNormalization statistics

@@ -867,10 +867,6 @@ def test_without_terminate_on_nan_fit_raises_before_the_update():
         model.fit(x, y, epochs=2, batch_size=4, shuffle=False, verbose=0)
 
 
-@pytest.mark.xfail(strict=True, raises=FloatingPointError, reason=(
-    "needs the fit hook of issue 17.8 (model.py, the lead's): fit asks "
-    "CallbackList.handles_nonfinite_loss(), skips the update of a non-finite batch, calls "
-    "the batch hooks and breaks the batch loop when stop_training is set"))
 def test_terminate_on_nan_turns_fits_error_into_a_clean_stop(capsys):
     x, y = nan_data()
     model = tiny_model()
@@ -940,9 +936,6 @@ def test_backup_and_restore_resumes_to_the_uninterrupted_weights(tmp_path):
     assert not os.path.exists(tmp_path / "backup")   # delete_checkpoint (default)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs the fit hook of issue 17.8 (model.py, the lead's): after on_train_begin, "
-    "initial_epoch = self.__dict__.pop('_initial_epoch', None) or initial_epoch"))
 def test_backup_and_restore_resumes_inside_fit(tmp_path):
     x, y = tiny_data()
     reference = adam_model(0)
