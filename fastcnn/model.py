@@ -457,6 +457,9 @@ class Model(Trainer, Layer):
         return ctx[2]
 
     def _symbolic_call(self, inputs):
+        if self._graph is None and isinstance(self, Sequential):
+            first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+            self.build((None,) + tuple(first.shape[1:]))   # a Sequential learns its input here
         if self._graph is None:
             return Layer._symbolic_call(self, inputs)
         ins = self._as_input_list(inputs, "symbolic") if self.multiple_inputs else \
@@ -482,6 +485,9 @@ class Model(Trainer, Layer):
         """``model(x)`` on arrays or Tensors (Layer.__call__ dispatches here): the outputs as
         Tensors, recorded on an open GradientTape as ONE node (a graph model) or op by op
         (a subclassed model's call)."""
+        if self._graph is None and isinstance(self, Sequential):
+            # not built yet: the data's shape builds the chain (as Keras does)
+            self._check_x([autodiff.value_of(v) for v in _structure(inputs, "x")[0]][0])
         if self._graph is None:
             if not self.built:
                 leaves = [autodiff.value_of(v) for v in _structure(inputs, "x")[0]]

@@ -245,3 +245,12 @@ def test_tape_gradients_of_a_graph_with_two_outputs_and_a_shared_layer():
 
     gradcheck.check_scalar_gradient(scalar, [xt.value] + model.trainable_weights, grads,
                                     rtol=1e-6)
+
+
+def test_unbuilt_sequential_models_build_from_data_also_nested():
+    inner = fastcnn.Sequential([Dense(3)])
+    outer = fastcnn.Sequential([inner, Dense(2)])
+    out = outer(np.ones((2, 4), "float32"))
+    assert np.asarray(out).shape == (2, 2) and inner.input_shape == (None, 4)
+    alone = fastcnn.Sequential([Dense(3), Dense(2)])
+    assert np.asarray(alone(np.ones((5, 7), "float32"))).shape == (5, 2)
