@@ -345,12 +345,23 @@ class Trainer:
     # --------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
                 **kwargs) -> None:
-        """Sets the optimizer, the loss(es) and the metrics (Keras's names or objects).
+        """Configures the model for training (Keras's ``Model.compile``).
 
-        Several outputs: ``loss`` one for all, a list (one per output, None for an output
-        without loss) or a dict by output name; ``loss_weights`` likewise (the total loss
-        is the weighted sum); ``metrics`` a list (for every output), a list of lists or a
-        dict by output name.
+        Args:
+            optimizer: a name (``'sgd'``, ``'adam'``, ``'rmsprop'``, ``'adamw'``, ...) or an
+                optimizer object (:mod:`fastcnn.optimizers`), default ``'rmsprop'``.
+            loss: a name (``'sparse_categorical_crossentropy'``, ``'mse'``, ...), a Loss
+                object (:mod:`fastcnn.losses`) or a callable ``loss(y_true, y_pred)``
+                written with ``fastcnn.ops``; required. Several outputs: one for all, a
+                list (one per output, None for an output without loss) or a dict by output
+                name.
+            metrics: a list of names (``'accuracy'`` resolves for the loss, as Keras) or
+                Metric objects (:mod:`fastcnn.metrics`); several outputs: a list (for every
+                output), a list of lists or a dict by output name.
+            loss_weights: several outputs: a list or dict of floats; the total loss is the
+                weighted sum.
+            run_eagerly, jit_compile, steps_per_execution: Keras's execution options,
+                accepted and ignored (fastcnn has one way to run).
         """
         for key in ("run_eagerly", "jit_compile", "steps_per_execution", "auto_scale_loss"):
             kwargs.pop(key, None)    # Keras's execution options: fastcnn has one way to run
@@ -911,7 +922,17 @@ class Trainer:
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
             validation_batch_size=None, validation_freq=1):
-        """Trains for ``epochs`` epochs; returns a History (``history.history['loss']``...).
+        """Trains for ``epochs`` epochs (Keras's ``Model.fit``); returns a History
+        (``history.history['loss']``, ``['val_accuracy']``, ...).
+
+        Args (Keras's): ``x``/``y`` the data and targets; ``batch_size`` (default 32);
+        ``epochs``; ``verbose`` (0 silent, 1 progress bar, 2 one line per epoch, ``'auto'``);
+        ``callbacks`` (a list of :mod:`fastcnn.callbacks`); ``validation_split`` (the last
+        fraction of the arrays, before shuffling); ``validation_data`` (``(x, y)``,
+        ``(x, y, sample_weight)`` or an iterator); ``shuffle`` (each epoch, default True);
+        ``class_weight``, ``sample_weight``; ``initial_epoch`` (to resume); 
+        ``steps_per_epoch``, ``validation_steps`` (for iterators);
+        ``validation_batch_size``; ``validation_freq``.
 
         ``x`` may be an iterator of ``(x, y)`` or ``(x, y, sample_weight)`` batches
         (``ImageDataGenerator.flow...``, a Python generator, a Keras ``PyDataset`` /

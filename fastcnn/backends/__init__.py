@@ -277,7 +277,15 @@ def current() -> Backend:
 
 
 def set_backend(name: str) -> None:
-    """Makes ``name`` the active backend for every layer of every model."""
+    """Makes ``name`` the active backend for every layer of every model (the process-wide
+    default; a ``with fastcnn.use_backend(other):`` block overrides it in its own thread).
+
+    Args:
+        name: one of :func:`available` (``'auto'`` picks the fastest kernel per op and
+            shape; ``'reference'`` is the readable NumPy oracle; ``'im2col'``, ``'numba'``,
+            ``'cython'``, ``'cuda'``). An unknown name or one whose backend cannot load
+            here raises ValueError with the reason (e.g. no GPU for ``'cuda'``).
+    """
     global _process_default
     get(name)  # validates, loads, raises a clear ValueError
     _process_default = name

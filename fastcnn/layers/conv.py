@@ -23,7 +23,32 @@ def check_rank4(input_shape, what):
 
 
 class Conv2D(KernelLayer):
-    """2-D convolution, Keras's ``Conv2D`` (channels last, TensorFlow 'same' padding)."""
+    """2-D convolution (Keras's ``keras.layers.Conv2D``): ``activation(conv(x, kernel) + bias)``.
+
+    Input ``(batch, height, width, channels)`` (channels last), output
+    ``(batch, new_height, new_width, filters)``; the kernel is ``(kh, kw, channels, filters)``.
+
+    Args:
+        filters: the number of output channels (a positive int).
+        kernel_size: an int or ``(kh, kw)``: the window's height and width.
+        strides: an int or ``(sh, sw)``, default 1: the step between windows.
+        padding: ``'valid'`` (no padding: ``out = (in - k) // s + 1``) or ``'same'``
+            (``out = ceil(in / s)``, zeros added as TensorFlow does: the odd extra row or
+            column at the bottom/right).
+        activation: a name (``'relu'``, ``'sigmoid'``, ... see :mod:`fastcnn.activations`),
+            one of ``fastcnn.activations``' / ``fastcnn.nn``'s functions, any callable
+            written with ``fastcnn.ops``, or None (linear).
+        use_bias: whether to add a bias per filter (default True).
+        kernel_initializer, bias_initializer: names (``'glorot_uniform'``, ``'he_normal'``,
+            ``'zeros'``, ...) or initializer objects (:mod:`fastcnn.initializers`).
+        kernel_regularizer, bias_regularizer: None, a name (``'l2'``) or a regularizer
+            (:mod:`fastcnn.regularizers`); its penalty joins the loss.
+        data_format: None or ``'channels_last'`` (fastcnn is NHWC only).
+        kernel_constraint, bias_constraint: None or a constraint (:mod:`fastcnn.constraints`),
+            applied after each optimizer step.
+        input_shape, name, dtype, trainable: as every layer (``input_shape`` without the batch
+            dimension, on a model's first layer).
+    """
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",

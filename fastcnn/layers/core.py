@@ -12,10 +12,24 @@ from .kernel_layer import KernelLayer
 
 
 class Dense(KernelLayer):
-    """``y = activation(x @ kernel + bias)`` with kernel ``(in, units)``.
+    """A fully connected layer (Keras's ``keras.layers.Dense``):
+    ``y = activation(x @ kernel + bias)`` with kernel ``(in, units)``.
 
     On input of rank above 2 it applies to the last axis (Keras): ``(N, ..., in)`` gives
     ``(N, ..., units)``; the kernels see the rows as one ``(N * ..., in)`` matrix.
+
+    Args:
+        units: the number of outputs (a positive int).
+        activation: a name (``'relu'``, ``'softmax'``, ... see :mod:`fastcnn.activations`),
+            one of ``fastcnn.activations``' / ``fastcnn.nn``'s functions, any callable
+            written with ``fastcnn.ops``, or None (linear). A ``'softmax'``/``'sigmoid'``
+            last layer is fused with the matching cross-entropy in training (Keras's rule).
+        use_bias: whether to add a bias (default True).
+        kernel_initializer, bias_initializer: names or initializer objects
+            (:mod:`fastcnn.initializers`), default ``'glorot_uniform'`` and ``'zeros'``.
+        kernel_regularizer, bias_regularizer: None, a name (``'l2'``) or a regularizer.
+        kernel_constraint, bias_constraint: None or a constraint, applied after each step.
+        input_shape, name, dtype, trainable: as every layer.
     """
 
     def __init__(self, units, activation=None, use_bias=True,
