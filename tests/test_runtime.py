@@ -105,14 +105,64 @@ def _import_warnings(code, extra_env=None):
                           text=True, check=True, timeout=120).stderr
 
 
-def test_numpy_imported_first_warns_that_threads_will_not_help():
+def _run(code, extra_env=None):
+    env = {k: v for k, v in os.environ.items()
+           if k not in _runtime.DEFAULTS and k != "FASTCNN_OPENBLAS_RESTART"}
+    env.update(extra_env or {})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True, timeout=120)
+
+
+def _needs_openblas_pool():
+    import pytest
     if (os.cpu_count() or 1) < 2:
-        import pytest
         pytest.skip("one core: extra threads cannot help anyway, so fastcnn does not warn")
-    err = _import_warnings("import numpy\nimport fastcnn\n")
+    if not _runtime._loaded_openblas():
+        pytest.skip("NumPy here does not use OpenBLAS (or this is not Linux)")
+
+
+RESTART_CHECK = (
+    "import numpy as np\n"
+    "import fastcnn\n"
+    "from fastcnn import _runtime\n"
+    "rng = np.random.default_rng(0)\n"
+    "a, b = rng.random((300, 200)), rng.random((200, 300))\n"
+    "exact = np.einsum('ik,kj->ij', a, b)  # no BLAS\n"
+    "assert np.allclose(a @ b, exact) and np.allclose(a.T @ a, np.einsum('ki,kj->ij', a, a))\n"
+    "print(_runtime.OPENBLAS_RESTART)\n")
+
+
+def test_numpy_imported_first_restarts_openblas_instead_of_warning():
+    """NumPy first: OpenBLAS read its spinning default before fastcnn could set it; the
+    pool is restarted with OPENBLAS_THREAD_TIMEOUT=4 (benchmarks/README.md, import order),
+    and a 2-thread GEMM still computes the right product afterwards."""
+    _needs_openblas_pool()
+    done = _run(RESTART_CHECK, {"OPENBLAS_NUM_THREADS": "2"})
+    assert "ThreadSettingWarning" not in done.stderr, done.stderr
+    assert done.stdout.startswith("restarted ") and "timeout 2**4 cycles" in done.stdout, \
+        done.stdout
+
+
+def test_the_restart_can_be_turned_off_and_then_fastcnn_warns():
+    _needs_openblas_pool()
+    err = _run("import numpy\nimport fastcnn\n", {"FASTCNN_OPENBLAS_RESTART": "0"}).stderr
     assert "ThreadSettingWarning: numpy was imported before fastcnn" in err
     assert "<string>:2" in err  # points at the user's import line
-    assert "OPENBLAS_THREAD_TIMEOUT=4" in err
+    assert "OPENBLAS_THREAD_TIMEOUT=4" in err and "FASTCNN_OPENBLAS_RESTART=0" in err
+
+
+def test_no_restart_while_other_threads_may_be_in_blas():
+    _needs_openblas_pool()
+    code = ("import numpy, threading\n"
+            "gate = threading.Event()\n"
+            "t = threading.Thread(target=gate.wait); t.start()\n"
+            "import fastcnn\n"
+            "gate.set(); t.join()\n"
+            "print(fastcnn._runtime.OPENBLAS_RESTART)\n")
+    done = _run(code)
+    assert done.stdout.strip() == "not restarted: other Python threads are running"
+    assert "ThreadSettingWarning" in done.stderr and "other Python threads" in done.stderr
 
 
 def test_no_warning_in_the_right_order_or_with_the_variable_exported():
