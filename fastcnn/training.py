@@ -1036,7 +1036,8 @@ class Trainer:
                 self._validation(x_val, y_val, sw_val, val_source, validation_steps,
                                  val_batch_size, validation_freq),
                 {"epochs": epochs, "steps": steps, "verbose": verbose,
-                 "batch_size": batch_size, "samples": n})
+                 "batch_size": batch_size, "samples": n,
+                 "do_validation": x_val is not None or val_source is not None})
 
     def _class_sample_weights(self, class_weight, ys):
         """Per-sample weights from ``class_weight`` (Keras: single-output models only)."""
@@ -1263,7 +1264,8 @@ class Trainer:
                 self._validation(x_val, y_val, sw_val, val_source, validation_steps, 32,
                                  validation_freq),
                 {"epochs": epochs, "steps": steps, "verbose": verbose,
-                 "batch_size": None, "samples": None})
+                 "batch_size": None, "samples": None,
+                 "do_validation": x_val is not None or val_source is not None})
 
     # -------------------------------------------------------------- evaluate
     def evaluate(self, x=None, y=None, batch_size=32, verbose=1, sample_weight=None,

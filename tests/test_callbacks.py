@@ -1328,3 +1328,16 @@ def test_tensorboard_graph_of_a_functional_model_has_its_edges(tmp_path):
 
 def inputs_name(config):
     return config["config"]["input_layers"][0][0]
+
+
+def test_checkpoint_placeholder_for_validation_needs_validation_data(tmp_path):
+    """fit tells the callbacks whether it validates (do_validation): {val_loss} without
+    validation data is refused before the first epoch, not at the first save."""
+    import fastcnn as _f
+    model = _f.Sequential([_f.layers.Dense(2, input_shape=(3,))])
+    model.compile("sgd", "mse")
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    ck = _f.callbacks.ModelCheckpoint(str(tmp_path / "m-{val_loss:.2f}.fcnn"))
+    with pytest.raises(ValueError, match="val_loss"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[ck])
+    model.fit(x, y, epochs=1, verbose=0, validation_data=(x, y), callbacks=[ck])
