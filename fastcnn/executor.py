@@ -141,31 +141,43 @@ class Program:
                 frees[i].append(s)
         for step, f in zip(steps, frees):
             step.free = tuple(f)
+        self._compile_loops()
 
     # ------------------------------------------------------------------ forward
+    def _compile_loops(self):
+        """Each step's wiring as a flat tuple: the loops below run once per layer per batch,
+        so they read locals rather than attributes (batch-1 steps are Python-bound)."""
+        self._fwd = [(step.run,
+                      None if step.multiple_inputs else step.in_slots[0], step.in_slots,
+                      step.out_slots[0] if len(step.out_slots) == 1 else None,
+                      step.out_slots, step.free) for step in self.steps]
+        self._bwd = [(i, step, step.back,
+                      step.out_slots[0] if len(step.out_slots) == 1 else None,
+                      None if step.multiple_inputs else step.in_slots[0],
+                      step.need_dx, id(step.params_layer) if step.collect else None)
+                     for i, step in reversed(list(enumerate(self.steps))) if step.backprop]
+
     def forward(self, xs, training, keep=True):
         """``(outputs, ctxs)``; ``keep=False`` (inference): no contexts are kept. Each value
         is released after its last use either way."""
         vals = [None] * self.n_slots
         for s, x in zip(self.input_slots, xs):
             vals[s] = x
-        ctxs = [None] * len(self.steps) if keep else None
-        for i, step in enumerate(self.steps):
-            if step.multiple_inputs:
-                arg = [vals[s] for s in step.in_slots]
+        ctxs = [None] * len(self._fwd) if keep else None
+        i = 0
+        for run, in0, ins, out0, outs, free in self._fwd:
+            y, ctx = run(vals[in0] if in0 is not None else [vals[s] for s in ins], training)
+            if out0 is not None:
+                vals[out0] = y
             else:
-                arg = vals[step.in_slots[0]]
-            y, ctx = step.run(arg, training)
-            if len(step.out_slots) == 1:
-                vals[step.out_slots[0]] = y
-            else:
-                for s, v in zip(step.out_slots, y):
+                for s, v in zip(outs, y):
                     vals[s] = v
             if keep:
                 ctxs[i] = ctx
             # A value nobody reads any more goes (a context keeps what its backward needs).
-            for s in step.free:
+            for s in free:
                 vals[s] = None
+            i += 1
         return [vals[s] for s in self.output_slots], ctxs
 
     # ----------------------------------------------------------------- backward
@@ -177,18 +189,14 @@ class Program:
         grads = [None] * self.n_slots
         for s, d in zip(self.output_slots, dys):
             if d is not None:
-                grads[s] = add(grads[s], d)
+                grads[s] = d if grads[s] is None else add(grads[s], d)
         by_layer = {}
-        steps = self.steps
-        for i in range(len(steps) - 1, -1, -1):
-            step = steps[i]
-            if not step.backprop:
-                continue
-            if len(step.out_slots) == 1:
-                dy = grads[step.out_slots[0]]
-                grads[step.out_slots[0]] = None
+        for i, step, back, out0, in0, need_dx, key in self._bwd:
+            if out0 is not None:
+                dy = grads[out0]
                 if dy is None:
                     continue
+                grads[out0] = None
             else:
                 dy = [grads[s] for s in step.out_slots]
                 if all(d is None for d in dy):
@@ -197,25 +205,23 @@ class Program:
                       for d, c in zip(dy, _output_likes(step, ctxs[i]))]
                 for s in step.out_slots:
                     grads[s] = None
-            dx, layer_grads = step.back(dy, ctxs[i], step.need_dx)
+            dx, layer_grads = back(dy, ctxs[i], need_dx)
             ctxs[i] = None   # frees the step's buffers before the next backward allocates
-            if step.collect:
-                key = id(step.params_layer)
+            if key is not None:
                 held = by_layer.get(key)
                 if held is None:
-                    by_layer[key] = (step.params_layer, tuple(layer_grads))
+                    by_layer[key] = (step.params_layer, layer_grads)
                 else:
                     by_layer[key] = (step.params_layer, tuple(
                         b if a is None else add(a, b) if b is not None else a
                         for a, b in zip(held[1], layer_grads)))
-            if step.need_dx:
-                if step.multiple_inputs:
+            if need_dx:
+                if in0 is not None:
+                    grads[in0] = dx if grads[in0] is None else add(grads[in0], dx)
+                else:
                     for s, need, d in zip(step.in_slots, step.needs, dx):
                         if need and d is not None:
-                            grads[s] = add(grads[s], d)
-                else:
-                    s = step.in_slots[0]
-                    grads[s] = add(grads[s], dx)
+                            grads[s] = d if grads[s] is None else add(grads[s], d)
         dxs = [grads[s] for s in self.input_slots] if self.need_input_grad else None
         return dxs, by_layer
 

@@ -301,12 +301,19 @@ class Model(Trainer, Layer):
         return out
 
     def _leaf_layers(self) -> list:
+        # Cached per structure (the graph object, the tracked layers): the training step
+        # asks for it on every batch.
+        key = (id(self._graph), len(self._tracked), len(getattr(self, "_seq", ())))
+        cached = self.__dict__.get("_leaf_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         out, seen = [], set()
         for layer in self._unique_layers():
             for leaf in layer._leaf_layers():
                 if id(leaf) not in seen:
                     seen.add(id(leaf))
                     out.append(leaf)
+        object.__setattr__(self, "_leaf_cache", (key, out))
         return out
 
     @Layer.trainable.setter

@@ -270,6 +270,8 @@ class Optimizer:
                     "built on a list of variables. Call `optimizer.build(trainable_variables)` "
                     "first.")
             variables = self._variables
+        if variables is self._variables and self._plain_host_step(grads, variables):
+            return
         arrays, constraints, names = self._unwrap(variables)
         grads = [None if g is None else value_of(g) for g in grads]
         # The lists are checked against each other before anything is bound or updated.
@@ -277,7 +279,8 @@ class Optimizer:
             raise ValueError(
                 f"got {len(grads)} gradients for {len(arrays)} variables; pass one gradient "
                 f"per variable (tape.gradient(loss, variables) returns them in order)")
-        for i, (g, w) in enumerate(zip(grads, arrays)):
+        for i, (g, w) in enumerate(zip(grads, arrays) if arrays is not self._variables
+                                   else ()):   # a new list: checked before it is bound
             if g is not None and tuple(np.shape(g)) != tuple(w.shape):
                 raise ValueError(
                     f"gradient {i} has shape {tuple(np.shape(g))}, but variable {i} has shape "
@@ -301,6 +304,30 @@ class Optimizer:
             self._step_host(grads, arrays, active, lr, t)
         self._apply_constraints(arrays, active)
         self.iterations += 1
+
+    def _plain_host_step(self, grads, variables):
+        """The common step (a model's own bound list of host arrays, every gradient an array
+        of its variable's shape; no scaling, clipping, weight decay, EMA or constraints):
+        the per-weight updates without the general path's bookkeeping. False when any of
+        that does not hold (the general path then runs)."""
+        if (self.loss_scale_factor is not None or self.clipnorm is not None
+                or self.global_clipnorm is not None or self.clipvalue is not None
+                or self.weight_decay is not None or self.use_ema
+                or type(self)._apply is not Optimizer._apply or len(grads) != len(variables)
+                or any(c is not None for c in self._constraints)
+                or _device.check_same_kind(variables, "optimizer variables")):
+            return False
+        for g, w in zip(grads, variables):
+            if type(g) is not np.ndarray or g.shape != w.shape:
+                return False
+        lr = self.learning_rate
+        t = self.iterations + 1
+        self._before_updates(t, variables)
+        update, scratch = self._update, self._scratch
+        for i, (w, g) in enumerate(zip(variables, grads)):
+            update(i, w, g, lr, t, scratch[i])
+        self.iterations += 1
+        return True
 
     def apply_gradients(self, grads_and_vars):
         """Keras's spelling: ``apply_gradients(zip(grads, variables))``; returns
@@ -335,13 +362,17 @@ class Optimizer:
         return self._gbuf[i]
 
     def _process_grads_host(self, grads, variables, active):
-        grads = list(grads)
         for i in active:
             g = grads[i]
-            if np.shape(g) != variables[i].shape:
+            if getattr(g, "shape", None) != variables[i].shape and \
+                    np.shape(g) != variables[i].shape:
                 raise ValueError(f"gradient {i} has shape {np.shape(g)}, its variable "
                                  f"{variables[i].shape}")
         scale = self.loss_scale_factor
+        if scale is None and self.clipnorm is None and self.global_clipnorm is None \
+                and self.clipvalue is None:
+            return grads          # nothing to scale or clip (the usual case)
+        grads = list(grads)
         if scale is not None:
             for i in active:
                 grads[i] = np.divide(grads[i], scale, out=self._gbuffer(i, variables[i]))
@@ -657,12 +688,21 @@ class Adam(Optimizer):
     def _active_slots(self):
         return self._SLOTS + (("v_hat",) if self.amsgrad else ()) + super()._active_slots()
 
+    def _before_updates(self, t, variables):
+        # The step's alpha, once per dtype (the per-weight updates only look it up).
+        lr = self.learning_rate
+        self._alphas = {}
+        for w in variables:
+            if w.dtype not in self._alphas:
+                self._alphas[w.dtype] = _adam_alpha(w.dtype.type, lr, self.beta_1, self.beta_2,
+                                                    t)
+
     def _update(self, i, w, g, lr, t, scratch):
         tmp = scratch[0]
         b1, b2, eps = self.beta_1, self.beta_2, self.epsilon
-        alpha = self._step_scalars(("alpha", w.dtype, t, lr, b1, b2), _adam_alpha, w.dtype.type, lr,
-                                   b1, b2, t)
-        m, v = self._slots["m"][i], self._slots["v"][i]
+        alpha = self._alphas[w.dtype]
+        slots = self._slots
+        m, v = slots["m"][i], slots["v"][i]
         np.subtract(g, m, out=tmp)
         tmp *= 1.0 - b1
         m += tmp

@@ -30,7 +30,8 @@ import numpy as np
 
 from . import _device, autodiff, backends, callbacks as callbacks_module, distributed
 from . import executor, losses, metrics as metrics_module, optimizers
-from .layers.base import format_shape
+from .layers.base import Layer, format_shape
+from .layers.kernel_layer import KernelLayer
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -52,6 +53,14 @@ def _check_verbose(verbose):
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
     return int(verbose)
+
+
+def _fits(shape, spec):
+    """``shape`` matches ``spec`` (batch first; None in spec matches anything)."""
+    for s, e in zip(shape[1:], spec[1:]):
+        if e is not None and s != e:
+            return False
+    return True
 
 
 def _indexable(data):
@@ -208,7 +217,8 @@ class TrainingPlan:
     """
 
     __slots__ = ("key", "program", "logits", "losses", "loss_weights", "train_layers",
-                 "train_vars", "metrics", "optimizer_bound", "started", "__weakref__")
+                 "train_vars", "metrics", "optimizer_bound", "started", "regularized",
+                 "constrained", "nested", "__weakref__")
 
     def __init__(self, key, program, logits, losses_, loss_weights, train_layers, metrics):
         self.key = key
@@ -219,6 +229,19 @@ class TrainingPlan:
         #: (leaf layer, its trainable weights) in model.trainable_weights order
         self.train_layers = train_layers
         self.train_vars = [w for _, ws in train_layers for w in ws]
+        #: ids of the layers with a regularizer (their gradients get its gradient added)
+        self.regularized = {id(layer) for layer, _ in train_layers
+                            if getattr(layer, "kernel_regularizer", None) is not None
+                            or getattr(layer, "bias_regularizer", None) is not None
+                            or type(layer).add_regularization_gradients not in (
+                                Layer.add_regularization_gradients,
+                                KernelLayer.add_regularization_gradients)}
+        #: whether a step of the program is a model (its gradients split over its layers)
+        self.nested = program is not None and any(
+            isinstance(step.params_layer, Trainer) for step in program.steps)
+        #: the trainable Variables with a constraint (applied after each update)
+        self.constrained = [v for layer, _ in train_layers for v in layer._param_variables()
+                            if v.constraint is not None]
         #: (output index, Metric, log name)
         self.metrics = metrics
         self.optimizer_bound = False
@@ -298,9 +321,11 @@ def _backward_by_call_model(model, dys, ctx):
 def _leaf_grads(by_layer) -> dict:
     """``{id(leaf layer): grads}`` from the executor's per-layer gradients, a nested model's
     split over its own layers (summed where a leaf appears twice)."""
-    out = {}
-
     from .model import Model
+
+    if not any(isinstance(layer, Model) for layer, _ in by_layer.values()):
+        return {k: grads for k, (_, grads) in by_layer.items()}
+    out = {}
 
     def put(layer, grads):
         if isinstance(layer, Model):
@@ -323,10 +348,8 @@ def _leaf_grads(by_layer) -> dict:
 
 
 def _apply_constraints(plan):
-    for layer, _ in plan.train_layers:
-        for v in layer._param_variables():
-            if v.constraint is not None:
-                v.assign(v.constraint(v.value))
+    for v in plan.constrained:
+        v.assign(v.constraint(v.value))
 
 
 
@@ -546,6 +569,11 @@ class Trainer:
     # ---------------------------------------------------------- input checks
     def _check_x(self, x, argument="x", allow_empty=False):
         """``x`` as a list of contiguous arrays of the model dtype, one per input."""
+        specs = self._input_specs
+        if (type(x) is np.ndarray and specs is not None and len(specs) == 1
+                and x.dtype == self._dtype and x.flags.c_contiguous and len(x)
+                and x.ndim == len(specs[0]) and _fits(x.shape, specs[0])):
+            return [x]   # the common case, checked in a few comparisons (batch 1 steps)
         if x is None:
             raise ValueError(f"{argument} is required (an array of inputs), got None")
         n_inputs = len(self._input_specs) if self._input_specs is not None else 1
@@ -647,8 +675,13 @@ class Trainer:
             raise ValueError(f"{y_name} is required (targets for the loss), got None")
         xs = self._check_x(x, x_name)
         n = len(xs[0])
-        losses_ = self._per_output_losses()
+        losses_ = self._plan.losses if self._plan is not None else self._per_output_losses()
         n_out = len(losses_)
+        if n_out == 1 and type(y) is np.ndarray and y.ndim and len(y) == n \
+                and y.dtype != object and losses_[0] is not None:
+            # one output: straight to the loss's own checks (batch 1 steps)
+            return xs, [losses_[0].prepare_targets(y, self._output_shapes[0], self._dtype,
+                                                   y_name)]
         if isinstance(y, dict):
             names = self.output_names
             unknown = sorted(set(y) - set(names))
@@ -702,23 +735,39 @@ class Trainer:
         """The gradients of ``plan.train_vars`` (with the regularizers'), in order."""
         if plan.program is not None:
             _, by_layer = plan.program.backward(dys, ctx)
-            by_leaf = _leaf_grads(by_layer)
+            if plan.nested:
+                by_leaf = _leaf_grads(by_layer)
+            else:   # the executor's entries are the leaves: (layer, grads) by id
+                by_leaf = by_layer
         else:
             by_leaf = _backward_by_call_model(self, dys, ctx)
         grads = []
+        regularized = plan.regularized
+        pairs = plan.program is not None and not plan.nested   # values are (layer, grads)
         for layer, ws in plan.train_layers:
             got = by_leaf.get(id(layer))
-            slots = layer._param_slots()
-            own = list(got) if got is not None else [None] * len(slots)
-            own = tuple(_device.zeros_like(w) if g is None else g for g, w in zip(own, slots))
-            own = layer.add_regularization_gradients(own)
-            grads.extend(own)
+            if got is not None and pairs:
+                got = got[1]
+            if got is None or any(g is None for g in got):   # not reached: zeros
+                got = tuple(_device.zeros_like(w) if got is None or got[i] is None
+                            else got[i] for i, w in enumerate(ws))
+            if id(layer) in regularized:
+                got = layer.add_regularization_gradients(tuple(got))
+            grads.extend(got)
         return grads
 
     def _compute_loss(self, plan, outs, ys, logits, sw=None):
         """``(total loss, [d_out], {output_loss: value})`` (under one backend); ``sw``:
         per-sample weights (Keras's reduction: sum of weighted losses over the batch size)."""
         backend = backends.current()
+        if len(outs) == 1 and plan.loss_weights[0] == 1.0 and plan.losses[0] is not None:
+            # one output (the usual case): no per-output bookkeeping
+            if sw is None:
+                value, d = plan.losses[0].compute(backend, outs[0], ys[0], logits[0])
+            else:
+                value, d = plan.losses[0].compute(backend, outs[0], ys[0], logits[0],
+                                                  sample_weight=sw)
+            return float(value), [d], {}
         total, dys, parts = 0.0, [], {}
         several = len(outs) > 1
         for i, (out, y, loss, w) in enumerate(zip(outs, ys, plan.losses, plan.loss_weights)):

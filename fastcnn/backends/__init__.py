@@ -273,7 +273,10 @@ def get(name: str | None = None) -> Backend:
 def current() -> Backend:
     """The active backend (what layers call): this thread's ``use_backend`` block's, else
     the process-wide default."""
-    return get(_active())
+    name = _scoped.get()
+    backend = _LOADED.get(_process_default if name is None else name)
+    # Every layer call asks: a loaded backend is one dict lookup (no lock, no checks).
+    return backend if backend is not None else get(_active())
 
 
 def set_backend(name: str) -> None:
