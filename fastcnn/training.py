@@ -812,18 +812,9 @@ class Trainer:
         """
         dist = distributed.current()
         n = len(xs[0])
-        outs = ctx = dys = None
-        loss, parts, logits = 0.0, {}, plan.logits
-        if n:
-            outs, ctx, logits = self._forward(plan, xs, True)
-            loss, dys, parts = self._compute_loss(plan, outs, ys, logits, sw)
-            # Regularizers' penalties (Keras reports them in the loss); their gradients are
-            # added once per layer by _backward.
-            loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
-        before = self._update_metrics(plan, ys, outs, n, dist, logits)
-        # Under MPI: sums over the processes, so that all of them raise below together
-        # (none is left waiting in the gradient Allreduce).
-        loss, total = self._reduce(plan, dist, loss, n, before)
+        # Under MPI the loss and counts are summed over the processes, so that all of them
+        # raise below together (none is left waiting in the gradient Allreduce).
+        ctx, dys, loss, total, parts = self._measure(plan, dist, xs, ys, sw, True)
         if not math.isfinite(loss):
             if skip_nonfinite:   # a callback (TerminateOnNaN) takes charge: no update
                 return loss, total, parts
@@ -857,16 +848,25 @@ class Trainer:
 
     def _test_step(self, plan, xs, ys, sw=None):
         """``(mean loss, samples, per-output losses)`` in inference mode (global under MPI)."""
-        dist = distributed.current()
+        _, _, loss, total, parts = self._measure(plan, distributed.current(), xs, ys, sw,
+                                                 False)
+        return loss, total, parts
+
+    def _measure(self, plan, dist, xs, ys, sw, training):
+        """The forward pass, the loss (with the regularizers' penalties, as Keras reports
+        it) and the metrics of a batch: ``(ctx, d_outputs, global mean loss, global samples,
+        per-output losses)``."""
         n = len(xs[0])
-        outs, loss, parts, logits = None, 0.0, {}, plan.logits
+        outs = ctx = dys = None
+        loss, parts, logits = 0.0, {}, plan.logits
         if n:
-            outs, _, logits = self._forward(plan, xs, False)
-            loss, _, parts = self._compute_loss(plan, outs, ys, logits, sw)
+            outs, ctx, logits = self._forward(plan, xs, training)
+            loss, dys, parts = self._compute_loss(plan, outs, ys, logits, sw)
+            # their gradients are added once per layer by _backward
             loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
         before = self._update_metrics(plan, ys, outs, n, dist, logits)
         loss, total = self._reduce(plan, dist, loss, n, before)
-        return loss, total, parts
+        return ctx, dys, loss, total, parts
 
     def _infer(self, xs):
         """The outputs (a list of NumPy arrays) of the model on ``xs``, inference mode."""
