@@ -29,8 +29,17 @@ from .kernel_layer import KernelLayer
 from .pooling import MaxPooling2D
 
 
+#: Activations that commute with a max AND give bitwise the same gradients in both orders:
+#: piecewise linear with slopes 0 and 1 (no rounding on the kept values, and a tie created
+#: by the activation only happens where its slope is 0). leaky_relu or elu also commute
+#: with max, but rounding can make two different inputs equal outputs, and the gradient
+#: would then land on another position of the window: not fused.
+FUSABLE = ("relu", "relu6")
+
+
 class ReluAfterMaxPool:
-    """``producer`` (its ReLU held back), ``pool``, then the ReLU on the pooled values."""
+    """``producer`` (its ReLU or ReLU6 held back), ``pool``, then that activation on the
+    pooled values."""
 
     def __init__(self, producer_node, pool_node):
         self.producer = producer_node          # graph nodes (the executor wires them)
@@ -38,6 +47,7 @@ class ReluAfterMaxPool:
         self.conv = producer_node.layer
         self.pool = pool_node.layer
         self.params_layer = self.conv          # whose weights the step's grads are
+        self.act = self.conv.activation
 
     def forward(self, x, training=False):
         backend = backends.current()
@@ -54,12 +64,12 @@ class ReluAfterMaxPool:
         else:
             y, conv_ctx = conv.forward(x, training, activate=False)
             y, pool_ctx = pool.forward(y, training)
-        y, relu_ctx = activations.forward(backend, "relu", y)
+        y, relu_ctx = activations.forward(backend, self.act, y)
         return y, (backend, conv_ctx, pool_ctx, relu_ctx)
 
     def backward(self, dy, ctx, need_dx=True):
         backend, conv_ctx, pool_ctx, relu_ctx = ctx
-        dy = activations.backward(backend, "relu", dy, relu_ctx)
+        dy = activations.backward(backend, self.act, dy, relu_ctx)
         dy, _ = self.pool.backward(dy, pool_ctx)
         return self.conv.backward(dy, conv_ctx, need_dx)
 
@@ -69,7 +79,7 @@ class ReluAfterMaxPool:
 
 def _relu_producer(layer) -> bool:
     return (isinstance(layer, (KernelLayer, Activation))
-            and getattr(layer, "activation", None) == "relu")
+            and getattr(layer, "activation", None) in FUSABLE)
 
 
 def plan(nodes, consumers, keep) -> list:

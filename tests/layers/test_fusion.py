@@ -43,10 +43,10 @@ def test_a_relu_output_read_twice_is_not_fused():
     assert any(n.startswith("ReluAfterMaxPool") for n in _step_names(single))
 
 
-def _model(pool, seed=3):
+def _model(pool, seed=3, activation="relu"):
     fastcnn.set_random_seed(seed)
     model = fastcnn.Sequential([
-        Conv2D(3, 2, activation="relu", input_shape=(9, 8, 2)), pool,
+        Conv2D(3, 2, activation=activation, input_shape=(9, 8, 2)), pool,
         Conv2D(4, 2), Activation("relu"), MaxPooling2D(2, strides=1),
         Flatten(), Dense(3, activation="softmax")])
     model.compile("sgd", "sparse_categorical_crossentropy")
@@ -144,3 +144,34 @@ def test_conv_and_pool_run_as_one_kernel_with_the_same_results(monkeypatch, back
     assert l1 == l2
     for a, b in zip(w1, w2):
         np.testing.assert_array_equal(a, b)
+
+
+def test_relu6_is_fused_too_with_bitwise_equal_results(monkeypatch):
+    """ReLU6 is piecewise linear with slopes 0 and 1: the same argument as ReLU's."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((4, 9, 8, 2)) * 8).astype(np.float32)   # some values above 6
+    y = np.array([0, 2, 1, 1])
+    results = []
+    for fuse in (True, False):
+        if not fuse:
+            monkeypatch.setattr(fusion, "plan", lambda *args: [])
+        with fastcnn.use_backend("reference"):
+            model = _model(MaxPooling2D(), activation="relu6")
+            assert any(n.startswith("ReluAfterMaxPool") for n in _step_names(model)) == fuse
+            pred = model.predict(x, verbose=0)
+            loss = model.train_on_batch(x, y)
+        results.append((pred, loss, model.get_weights()))
+    (p1, l1, w1), (p2, l2, w2) = results
+    np.testing.assert_array_equal(p1, p2)
+    assert l1 == l2
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_leaky_relu_is_not_fused():
+    """Only the model's second pair (Activation('relu') + pool) is fused."""
+    fused = [n for n in _step_names(_model(MaxPooling2D(), activation="leaky_relu"))
+             if n.startswith("ReluAfterMaxPool")]
+    assert len(fused) == 1 and "conv2d" not in fused[0].split(",")[0]
+    assert len([n for n in _step_names(_model(MaxPooling2D(), activation="relu"))
+                if n.startswith("ReluAfterMaxPool")]) == 2
