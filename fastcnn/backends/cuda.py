@@ -621,31 +621,39 @@ def prelu_backward(dy, ctx):
     return _deliver(dx, on_device), _deliver(dalpha, on_device)
 
 
-def log_softmax_forward(x):
+def _row_wise_forward(kernel, x, what):
+    """A kernel over the rows of the last axis (softmax, log_softmax): ``(y, y)``."""
     _check_float("x", _meta(x))
     if len(x.shape) == 0:
-        raise ValueError("x must have at least one axis (log_softmax runs over the last one)")
+        raise ValueError(f"x must have at least one axis ({what} runs over the last one)")
     on_device = _any_device(x)
     rows, k = _rows(x.shape)
     xd = to_device(x, "x", batch=x.shape[0])
-    y = _empty(x.shape, x.dtype, "a log_softmax output", x.shape[0])
+    y = _empty(x.shape, x.dtype, f"a {what} output", x.shape[0])
     if k:
-        _launch_1d(_kelem.log_softmax_forward, x.dtype, rows, xd.reshape(rows, k),
-                   y.reshape(rows, k))
+        _launch_1d(kernel, x.dtype, rows, xd.reshape(rows, k), y.reshape(rows, k))
     return _deliver(y, on_device), y
 
 
-def log_softmax_backward(dy, ctx):
-    y = ctx
+def _row_wise_backward(kernel, dy, y, what):
+    """The backward of :func:`_row_wise_forward`'s kernel, from its output ``y``."""
     _check_like("dy", dy, y.shape, y.dtype)
     on_device = _any_device(dy)
     rows, k = _rows(y.shape)
     dyd = to_device(dy, "dy", batch=y.shape[0])
-    dx = _empty(y.shape, y.dtype, "a log_softmax input gradient", y.shape[0])
+    dx = _empty(y.shape, y.dtype, f"a {what} input gradient", y.shape[0])
     if k:
-        _launch_1d(_kelem.log_softmax_backward, y.dtype, rows, dyd.reshape(rows, k),
-                   y.reshape(rows, k), dx.reshape(rows, k))
+        _launch_1d(kernel, y.dtype, rows, dyd.reshape(rows, k), y.reshape(rows, k),
+                   dx.reshape(rows, k))
     return _deliver(dx, on_device)
+
+
+def log_softmax_forward(x):
+    return _row_wise_forward(_kelem.log_softmax_forward, x, "log_softmax")
+
+
+def log_softmax_backward(dy, ctx):
+    return _row_wise_backward(_kelem.log_softmax_backward, dy, ctx, "log_softmax")
 
 
 def _rows(shape):
@@ -657,30 +665,11 @@ def _rows(shape):
 
 
 def softmax_forward(x):
-    _check_float("x", _meta(x))
-    if len(x.shape) == 0:
-        raise ValueError("x must have at least one axis (softmax runs over the last one)")
-    on_device = _any_device(x)
-    rows, k = _rows(x.shape)
-    xd = to_device(x, "x", batch=x.shape[0])
-    y = _empty(x.shape, x.dtype, "a softmax output", x.shape[0])
-    if k:
-        _launch_1d(_kelem.softmax_forward, x.dtype, rows, xd.reshape(rows, k),
-                   y.reshape(rows, k))
-    return _deliver(y, on_device), y
+    return _row_wise_forward(_kelem.softmax_forward, x, "softmax")
 
 
 def softmax_backward(dy, ctx):
-    y = ctx
-    _check_like("dy", dy, y.shape, y.dtype)
-    on_device = _any_device(dy)
-    rows, k = _rows(y.shape)
-    dyd = to_device(dy, "dy", batch=y.shape[0])
-    dx = _empty(y.shape, y.dtype, "a softmax input gradient", y.shape[0])
-    if k:
-        _launch_1d(_kelem.softmax_backward, y.dtype, rows, dyd.reshape(rows, k),
-                   y.reshape(rows, k), dx.reshape(rows, k))
-    return _deliver(dx, on_device)
+    return _row_wise_backward(_kelem.softmax_backward, dy, ctx, "softmax")
 
 
 # ----------------------------------------------------------------------------------------
