@@ -26,6 +26,14 @@ inputs (``dy`` included) and never returns an array that aliases one of them.
 ``conv2d_backward(dy, ctx, need_dx=True)``      ``-> (dx, dw, db)``; db None if b was;
                                                 dx None when need_dx is False (a
                                                 first layer: skip that work)
+``depthwise_conv2d_forward(x, w, b, stride,     ``-> (y, ctx)``; w ``(kh, kw, C,
+pad)``                                          M)`` (Keras's depthwise kernel, M the
+                                                depth multiplier), y has ``C*M``
+                                                channels, output channel ``c*M + m``
+                                                is input channel c convolved with
+                                                ``w[:, :, c, m]``; b ``(C*M,)`` or None
+``depthwise_conv2d_backward(dy, ctx,            ``-> (dx, dw, db)`` as conv2d_backward
+need_dx=True)``
 ``maxpool2d_forward(x, pool, stride, pad)``     ``-> (y, ctx)``; pads with -inf; the
                                                 FIRST max in row-major window order
                                                 takes the gradient
@@ -97,6 +105,8 @@ import threading
 OPS = (
     "conv2d_forward",
     "conv2d_backward",
+    "depthwise_conv2d_forward",
+    "depthwise_conv2d_backward",
     "maxpool2d_forward",
     "maxpool2d_backward",
     "avgpool2d_forward",

@@ -52,6 +52,8 @@ PREFERENCES = {
     # 240k, the digits model's 4x4x16 -> 32 3x3 74k), where per-call overheads weigh more;
     # the direct kernel leads there too (2026-11-25 before it: cython's im2col).
     ("conv2d", "small"): ("cython", "numba", "im2col"),
+    # Depthwise convs (MobileNetV2's): a first ordering, to be measured (issue 14).
+    ("depthwise_conv2d", "any"): ("numba", "im2col"),
     ("maxpool2d", "any"): ("cython", "numba", "im2col"),
     ("avgpool2d", "any"): ("numba", "cython", "im2col"),
     ("dense", "any"): ("cython", "im2col"),
@@ -136,6 +138,17 @@ def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
         return None
     y, conv_ctx, pool_ctx = out
     return y, (backend, conv_ctx), (backend, pool_ctx)
+
+
+def depthwise_conv2d_forward(x, w, b, stride, pad):
+    backend = _pick("depthwise_conv2d")
+    y, ctx = backend.depthwise_conv2d_forward(x, w, b, stride, pad)
+    return y, (backend, ctx)
+
+
+def depthwise_conv2d_backward(dy, ctx, need_dx=True):
+    backend, inner = ctx
+    return backend.depthwise_conv2d_backward(dy, inner, need_dx)
 
 
 # -- everything routed by op family alone ------------------------------------------------------
