@@ -57,6 +57,7 @@ import numpy as np
 from ._checks import (
     check_dense_args as _check_dense_args,
     check_conv_args as _check_conv_args,
+    check_depthwise_args as _check_depthwise_args,
     output_shape as _output_shape,
     check_pool_windows_touch_input as _check_pool_windows_touch_input,
     check_float as _check_float,
@@ -120,6 +121,89 @@ def conv2d_backward(dy, ctx, need_dx=True):
                 # so its gradient from this position is tap * g[f]: an outer product.
                 dw += xp[n, rows, cols, :][..., None] * g
     # The bias is added once to every output position of its filter.
+    db = dy.sum(axis=(0, 1, 2)) if has_bias else None
+    # Gradient that landed on padding belongs to no input: crop it away.
+    dx = dxp[:, top : top + h, left : left + wd, :].copy()
+    return (dx if need_dx else None), dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# Depthwise convolution
+# ----------------------------------------------------------------------------------------
+#
+# A depthwise conv is a conv in which channels never mix: input channel ``ch`` is
+# correlated with its OWN ``M`` small kernels ``w[:, :, ch, m]`` (M = Keras's
+# depth_multiplier), giving ``M`` output channels, laid out ``ch*M + m``::
+#
+#     y[n, i, j, ch*M + m] = b[ch*M + m]
+#                            + sum_{a, b} xp[n, i*sh + a, j*sw + b, ch] * w[a, b, ch, m]
+#
+# Compared with conv2d_forward's formula the sum over input channels is gone: each output
+# reads ONE input channel, so the work is kh*kw multiply-adds per output value instead of
+# kh*kw*C. (It is a conv2d with C groups of one channel each, which is how PyTorch spells
+# it: conv2d(groups=C).) The windows, stride and padding are exactly a conv's.
+
+
+def depthwise_conv2d_forward(x, w, b, stride, pad):
+    """Depthwise 2-D cross-correlation, NHWC x ``(kh, kw, C, M)`` -> ``(N, Ho, Wo, C*M)``."""
+    _check_depthwise_args(x, w, b)
+    n_batch, h, wd, c = x.shape
+    kh, kw, _, m = w.shape
+    sh, sw = stride
+    ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
+
+    xp = _pad(x, pad, 0)
+    y = np.empty((n_batch, ho, wo, c * m), dtype=x.dtype)
+    for n in range(n_batch):
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp[n, i * sh : i * sh + kh, j * sw : j * sw + kw, :]  # (kh, kw, C)
+                # patch[..., None] * w pairs tap (a, b, ch) with ITS channel's M weights
+                # w[a, b, ch, :] (broadcast over m). Summing over the taps (a, b) only,
+                # NOT over ch, leaves one value per (ch, m); the row-major reshape of that
+                # (C, M) block is exactly the channel order ch*M + m.
+                y[n, i, j, :] = np.sum(patch[..., None] * w, axis=(0, 1)).reshape(c * m)
+    if b is not None:
+        y += b
+    return y, (xp, w, b is not None, x.shape, stride, pad)
+
+
+def depthwise_conv2d_backward(dy, ctx, need_dx=True):
+    """``(dx, dw, db)`` of :func:`depthwise_conv2d_forward` (db None without a bias).
+
+    The same scatter as conv2d_backward (read that one first), with the channel sum gone:
+    the local derivatives of ``y[n, i, j, ch*M + m]`` are
+
+    * ``w[a, b, ch, m]`` with respect to ``xp[n, i*sh + a, j*sw + b, ch]`` (and 0 with
+      respect to every other channel: channels never mix), so an input tap collects
+      gradient from its own channel's M outputs only: a sum over m, not over filters;
+    * ``xp[n, i*sh + a, j*sw + b, ch]`` with respect to ``w[a, b, ch, m]``, summed over
+      every position (n, i, j) because the kernel is shared by all of them;
+    * 1 with respect to ``b[ch*M + m]``.
+    """
+    xp, w, has_bias, x_shape, (sh, sw), ((top, _), (left, _)) = ctx
+    kh, kw, c, m = w.shape
+    n_batch, ho, wo, _ = dy.shape
+    _, h, wd, _ = x_shape
+
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for n in range(n_batch):
+        for i in range(ho):
+            for j in range(wo):
+                rows = slice(i * sh, i * sh + kh)
+                cols = slice(j * sw, j * sw + kw)
+                # dL/dy at this position, as (C, M): g[ch, m] belongs to output ch*M + m.
+                g = dy[n, i, j, :].reshape(c, m)
+                # Tap (a, b, ch) fed outputs (ch, 0..M-1) through w[a, b, ch, 0..M-1]:
+                # (kh, kw, C, M) * (C, M) summed over m -> (kh, kw, C). '+=' because
+                # overlapping windows send gradient to the same input pixel.
+                dxp[n, rows, cols, :] += np.sum(w * g, axis=3)
+                # w[a, b, ch, m] multiplied tap (a, b, ch) into output (ch, m): its
+                # gradient from this position is tap * g[ch, m] (no sum over ch: each
+                # weight belongs to one channel).
+                dw += xp[n, rows, cols, :][..., None] * g
+    # The bias is added once to every output position of its channel.
     db = dy.sum(axis=(0, 1, 2)) if has_bias else None
     # Gradient that landed on padding belongs to no input: crop it away.
     dx = dxp[:, top : top + h, left : left + wd, :].copy()
