@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import shapes
+from . import _dilation
 from .base import positive_int
 from .kernel_layer import KernelLayer
 
@@ -12,6 +13,14 @@ def check_data_format(data_format):
             f"data_format must be None or 'channels_last' (fastcnn is NHWC only), "
             f"got {data_format!r}"
         )
+
+
+def check_strides_dilation(strides, dilation_rate):
+    """Keras's Conv2D / Conv2DTranspose refuse both a stride and a dilation above 1."""
+    if max(strides) > 1 and max(dilation_rate) > 1:
+        raise ValueError(
+            f"`strides > 1` not supported in conjunction with `dilation_rate > 1`. "
+            f"Received: strides={tuple(strides)} and dilation_rate={tuple(dilation_rate)}")
 
 
 def check_rank4(input_shape, what):
@@ -44,6 +53,11 @@ class Conv2D(KernelLayer):
         kernel_regularizer, bias_regularizer: None, a name (``'l2'``) or a regularizer
             (:mod:`fastcnn.regularizers`); its penalty joins the loss.
         data_format: None or ``'channels_last'`` (fastcnn is NHWC only).
+        dilation_rate: an int or ``(dh, dw)``, default 1: the spacing between kernel taps
+            (atrous convolution); not with strides > 1 (Keras refuses that too). A dilation
+            above 1 runs the backend's ordinary conv kernel on TensorFlow's space-to-batch
+            rearrangement (:mod:`fastcnn.layers._dilation`), in NumPy at the layer level, so
+            such a layer does not run on a device backend.
         kernel_constraint, bias_constraint: None or a constraint (:mod:`fastcnn.constraints`),
             applied after each optimizer step.
         input_shape, name, dtype, trainable: as every layer (``input_shape`` without the batch
@@ -53,7 +67,7 @@ class Conv2D(KernelLayer):
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, *, data_format=None,
-                 kernel_constraint=None, bias_constraint=None, **kwargs):
+                 kernel_constraint=None, bias_constraint=None, dilation_rate=(1, 1), **kwargs):
         super().__init__(activation, use_bias, kernel_initializer, bias_initializer,
                          kernel_regularizer, bias_regularizer, kernel_constraint,
                          bias_constraint, **kwargs)
@@ -62,14 +76,18 @@ class Conv2D(KernelLayer):
         self.strides = shapes.normalize_tuple(strides, 2, "strides")
         self.padding = shapes.normalize_padding(padding)
         check_data_format(data_format)
+        self.dilation_rate = shapes.normalize_tuple(dilation_rate, 2, "dilation_rate")
+        check_strides_dilation(self.strides, self.dilation_rate)
+        if self.dilation_rate != (1, 1):
+            self.runs_on_device = False  # space-to-batch is NumPy at the layer level
 
     def _build(self, input_shape, dtype):
         check_rank4(input_shape, "Conv2D")
         _, h, w, c = input_shape
         if h is None or w is None or c is None:
             raise ValueError(f"Conv2D needs known height, width and channels, got {input_shape}")
-        (ho, wo), self._pad = shapes.window_output_shape(
-            (h, w), self.kernel_size, self.strides, self.padding, what="kernel_size")
+        (ho, wo), self._pad = _dilation.output_shape_and_pad(
+            (h, w), self.kernel_size, self.strides, self.padding, self.dilation_rate)
         kh, kw = self.kernel_size
         self.kernel = self.add_weight((kh, kw, c, self.filters), self.kernel_initializer, dtype,
                                       name="kernel", constraint=self.kernel_constraint)
@@ -79,12 +97,17 @@ class Conv2D(KernelLayer):
         return (input_shape[0], ho, wo, self.filters)
 
     def _op_forward(self, backend, x):
+        if self.dilation_rate != (1, 1):
+            return _dilation.conv_forward(backend, x, self.kernel, self.bias, self.strides,
+                                          self._pad, self.dilation_rate)
         return backend.conv2d_forward(x, self.kernel, self.bias, self.strides, self._pad)
 
     def _op_backward(self, backend, dy, ctx, need_dx):
+        if self.dilation_rate != (1, 1):
+            return _dilation.conv_backward(backend, dy, ctx, need_dx)
         return backend.conv2d_backward(dy, ctx, need_dx)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
                 "kernel_size": self.kernel_size, "strides": self.strides,
-                "padding": self.padding}
+                "padding": self.padding, "dilation_rate": self.dilation_rate}

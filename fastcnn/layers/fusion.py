@@ -53,7 +53,7 @@ class ReluAfterMaxPool:
         backend = backends.current()
         conv, pool = self.conv, self.pool
         out = None
-        if isinstance(conv, Conv2D):
+        if isinstance(conv, Conv2D) and conv.dilation_rate == (1, 1):  # the fused kernel
             out = backend.conv2d_maxpool2d_forward(x, conv.kernel, conv.bias, conv.strides,
                                                    conv._pad, pool.pool_size, pool.strides,
                                                    pool._pad)
