@@ -34,6 +34,7 @@ from . import _conv_phases
 from ._checks import (
     check_dense_args as _check_dense_args,
     check_conv_args as _check_conv_args,
+    check_depthwise_args as _check_depthwise_args,
     output_shape as _output_shape,
     check_float as _check_float,
     check_same_dtype as _check_same_dtype,
@@ -286,6 +287,57 @@ def _gather(src, wk, bias, out, taps, grid, base, dest):
     tile = min(_TILE_MAX, max(4, (_TILE_BYTES // (k16 * src.itemsize)) // 4 * 4))
     _k.conv_gather_dot(src, wm, bias, out, nth, ntw, grid_u, grid_v, *base, *dest, tile,
                        threads())
+
+
+# ----------------------------------------------------------------------------------------
+# Depthwise convolution (kernels.depthwise_*: loops over pixels, channels innermost)
+# ----------------------------------------------------------------------------------------
+
+# Depthwise dW: partial sums per fixed chunk of output rows, summed in chunk order, so
+# the result does not depend on the thread count (see kernels.depthwise_dw).
+_DEPTHWISE_DW_CHUNKS = 16
+
+
+def depthwise_conv2d_forward(x, w, b, stride, pad):
+    _check_depthwise_args(x, w, b)
+    n, h, wd, c = x.shape
+    kh, kw, _, m = w.shape
+    (sh, sw), ((pt, _), (pl, _)) = stride, pad
+    ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
+    x, w = _contiguous(x), _contiguous(w)
+    bias = _contiguous(b) if b is not None else np.zeros(c * m, dtype=x.dtype)
+    y = np.empty((n, ho, wo, c * m), dtype=x.dtype)
+    _k.depthwise_forward(x, w.reshape(kh * kw, c * m), bias, y, kh, kw, m, sh, sw, pt, pl)
+    return y, (x, w, b is not None, stride, pad)
+
+
+def depthwise_conv2d_backward(dy, ctx, need_dx=True):
+    x, w, has_bias, stride, pad = ctx
+    (sh, sw), ((pt, _), (pl, _)) = stride, pad
+    n, h, wd, c = x.shape
+    kh, kw, _, m = w.shape
+    ho, wo = padded_output_shape((h, wd), (kh, kw), stride, pad)
+    _check_same_dtype("dy", dy, x)
+    if dy.shape != (n, ho, wo, c * m):
+        raise ValueError(f"dy must have the forward output's shape {(n, ho, wo, c * m)}, "
+                         f"got {dy.shape}")
+    dy = _contiguous(dy)
+    k = kh * kw
+
+    rows = n * ho
+    chunks = max(1, min(_DEPTHWISE_DW_CHUNKS, rows))
+    per_chunk = max(1, -(-rows // chunks))
+    chunks = max(1, -(-rows // per_chunk))  # no empty chunk (but one for an empty batch)
+    partial = _scratch("depthwise_dw", (chunks, k + 1, c * m), x.dtype)
+    _k.depthwise_dw(x, dy, partial, kh, kw, m, sh, sw, pt, pl, per_chunk)
+    total = partial.sum(axis=0)  # chunk order; a fresh array (partial is scratch)
+    dw = total[:k].reshape(w.shape)
+    db = total[k].copy() if has_bias else None
+    if not need_dx:
+        return None, dw, db
+    dx = np.empty(x.shape, dtype=x.dtype)
+    _k.depthwise_dx(dy, w.reshape(k, c * m), dx, kh, kw, m, sh, sw, pt, pl)
+    return dx, dw, db
 
 
 # ----------------------------------------------------------------------------------------

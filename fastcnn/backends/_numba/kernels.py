@@ -38,6 +38,11 @@ Performance design (NHWC activations, HWIO kernels, C-contiguous arrays):
   over tiles of pixels against a per-tile channel-major copy of dy, with per-image
   partials summed in image order. Neither keeps anything but x for the backward, and
   neither ever builds a column matrix.
+* **Depthwise convs** (:func:`depthwise_forward`, :func:`depthwise_dx`,
+  :func:`depthwise_dw`) have no channel sum, so no dot products: loops over pixels with
+  the contiguous channel loop innermost (vectorised). The forward is parallel over
+  output rows, dx is a gather parallel over dx rows (no shared ``+=``), dW sums into
+  partials per FIXED chunk of output rows, added in chunk order by the caller.
 * Pools are parallel over output rows (forward) and over images (backward scatter: each
   thread owns its dx[n]). Element-wise ops have a serial kernel on a range and a parallel
   driver that splits the array into chunks; the Python side picks by size, because a
@@ -822,6 +827,141 @@ def sum_image_partials(partial, db_partial):
         src = db_partial[n]
         for f in range(f4):
             db_total[f] += src[f]
+
+
+# ----------------------------------------------------------------------------------------
+# Depthwise convolution. ``wk`` is the kernel (kh, kw, C, M) reshaped to (kh*kw, C*M):
+# row ``a*kw + b`` holds tap (a, b)'s weights in OUTPUT channel order ``c*M + m``, so with
+# M = 1 a tap is one element-wise multiply-add along the contiguous channels of an x
+# pixel, a y pixel and a weight row (vectorised), and with M > 1 each x value feeds M
+# consecutive outputs. No channel sum anywhere, so no dot-product micro-kernel: the work
+# per output value is only kh*kw multiply-adds, and the kernels are loops over pixels with
+# the channel loop innermost. Padding costs nothing: the tap ranges skip it.
+# ----------------------------------------------------------------------------------------
+
+
+@njit(**_PARALLEL)
+def depthwise_forward(x, wk, bias, y, kh, kw, mult, sh, sw, pt, pl):
+    """``y`` = bias + the taps' products, per output pixel; parallel over output rows."""
+    n_img, h, w, c_in = x.shape
+    _, ho, wo, q_total = y.shape
+    for r in prange(n_img * ho):
+        n = r // ho
+        i = r - n * ho
+        h0 = i * sh - pt
+        a0 = max(0, -h0)
+        a1 = min(kh, h - h0)
+        for j in range(wo):
+            w0 = j * sw - pl
+            b0 = max(0, -w0)
+            b1 = min(kw, w - w0)
+            yr = y[n, i, j]
+            for q in range(q_total):
+                yr[q] = bias[q]
+            for a in range(a0, a1):
+                for b in range(b0, b1):
+                    xr = x[n, h0 + a, w0 + b]
+                    wr = wk[a * kw + b]
+                    if mult == 1:
+                        for q in range(q_total):
+                            yr[q] += xr[q] * wr[q]
+                    else:
+                        for c in range(c_in):
+                            xv = xr[c]
+                            yc = yr[c * mult : (c + 1) * mult]
+                            wc = wr[c * mult : (c + 1) * mult]
+                            for m in range(mult):
+                                yc[m] += xv * wc[m]
+
+
+@njit(**_PARALLEL)
+def depthwise_dx(dy, wk, dx, kh, kw, mult, sh, sw, pt, pl):
+    """dx as a GATHER: each dx pixel sums, over the taps whose window started on the
+    stride grid, ``dy`` of that window times the tap's weights (summed over m). Parallel
+    over dx rows: every dx value is written by one thread, once, with no ``+=`` shared
+    between threads (a scatter from dy would race where windows overlap)."""
+    n_img, h, w, c_in = dx.shape
+    _, ho, wo, q_total = dy.shape
+    zero = dx.dtype.type(0)
+    for r in prange(n_img * h):
+        n = r // h
+        ih = r - n * h
+        for iw in range(w):
+            dxr = dx[n, ih, iw]
+            for c in range(c_in):
+                dxr[c] = zero
+            for a in range(kh):
+                ti = ih + pt - a  # = i*sh for the window row i whose tap a is this pixel
+                if ti < 0 or ti % sh != 0 or ti // sh >= ho:
+                    continue
+                i = ti // sh
+                for b in range(kw):
+                    tj = iw + pl - b
+                    if tj < 0 or tj % sw != 0 or tj // sw >= wo:
+                        continue
+                    dyr = dy[n, i, tj // sw]
+                    wr = wk[a * kw + b]
+                    if mult == 1:
+                        for c in range(c_in):
+                            dxr[c] += dyr[c] * wr[c]
+                    else:
+                        for c in range(c_in):
+                            dyc = dyr[c * mult : (c + 1) * mult]
+                            wc = wr[c * mult : (c + 1) * mult]
+                            acc = zero
+                            for m in range(mult):
+                                acc += dyc[m] * wc[m]
+                            dxr[c] += acc
+
+
+@njit(**_PARALLEL)
+def depthwise_dw(x, dy, partial, kh, kw, mult, sh, sw, pt, pl, rows_per_chunk):
+    """Partial dW and db per FIXED chunk of output rows: ``partial[chunk, a*kw + b]``
+    gets tap (a, b)'s products summed over the chunk's pixels, ``partial[chunk, kh*kw]``
+    the chunk's dy sum. Chunks (not threads) are the unit, so the caller's sum over them
+    in chunk order gives the same bits for any thread count, and no two threads ever
+    add into one value."""
+    n_img, h, w, c_in = x.shape
+    _, ho, wo, q_total = dy.shape
+    n_chunks = partial.shape[0]
+    k_total = kh * kw
+    zero = x.dtype.type(0)
+    for chunk in prange(n_chunks):
+        part = partial[chunk]
+        for k in range(k_total + 1):
+            pk = part[k]
+            for q in range(q_total):
+                pk[q] = zero
+        pdb = part[k_total]
+        r0 = chunk * rows_per_chunk
+        r1 = min(n_img * ho, r0 + rows_per_chunk)
+        for r in range(r0, r1):
+            n = r // ho
+            i = r - n * ho
+            h0 = i * sh - pt
+            a0 = max(0, -h0)
+            a1 = min(kh, h - h0)
+            for j in range(wo):
+                w0 = j * sw - pl
+                b0 = max(0, -w0)
+                b1 = min(kw, w - w0)
+                dyr = dy[n, i, j]
+                for q in range(q_total):
+                    pdb[q] += dyr[q]
+                for a in range(a0, a1):
+                    for b in range(b0, b1):
+                        xr = x[n, h0 + a, w0 + b]
+                        pk = part[a * kw + b]
+                        if mult == 1:
+                            for q in range(q_total):
+                                pk[q] += xr[q] * dyr[q]
+                        else:
+                            for c in range(c_in):
+                                xv = xr[c]
+                                pc = pk[c * mult : (c + 1) * mult]
+                                dyc = dyr[c * mult : (c + 1) * mult]
+                                for m in range(mult):
+                                    pc[m] += xv * dyc[m]
 
 
 # ----------------------------------------------------------------------------------------
