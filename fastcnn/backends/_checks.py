@@ -117,17 +117,3 @@ def check_bias(b, n_out, like):
         if b.shape != (n_out,):
             raise ValueError(f"b must have shape ({n_out},), got {b.shape}")
 
-
-def check_depthwise_conv_args(x, w, b):
-    """x (N, H, W, C) and w (kh, kw, C, M) of one float dtype (M: the depth multiplier);
-    b None or (C*M,)."""
-    check_float("x", x)
-    check_same_dtype("w", w, x)
-    check_rank("x", x, 4, "(N, H, W, C)")
-    check_rank("w", w, 4, "(kh, kw, C, depth_multiplier)")
-    if w.shape[2] != x.shape[3]:
-        raise ValueError(
-            f"w has {w.shape[2]} input channels (shape {w.shape}) but x has {x.shape[3]} "
-            f"(shape {x.shape}); expected w of shape (kh, kw, {x.shape[3]}, depth_multiplier)"
-        )
-    check_bias(b, w.shape[2] * w.shape[3], x)
