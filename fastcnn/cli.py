@@ -777,6 +777,20 @@ def blas_description() -> str:
     return f"{name} {version}" + (f" ({' '.join(detail.split())})" if detail else "")
 
 
+def capability_rows(names) -> list[tuple]:
+    """``fastcnn info``'s capability table: one row per op (the fused ones last), one cell
+    per backend: ``x``, ``=other`` (a reused kernel) or ``-``."""
+    loaded = [backends.get(name) for name in names]
+
+    def cell(backend, op):
+        if not backend.implements(op):
+            return "-"
+        provider = backend.reused_from(op)
+        return "x" if provider is None else f"={provider}"
+
+    return [(op, *(cell(b, op) for b in loaded)) for op in backends.OPS + backends.FUSED_OPS]
+
+
 def run_info(args) -> int:
     lines = [
         f"fastcnn {fastcnn.__version__}",
@@ -793,15 +807,16 @@ def run_info(args) -> int:
     rows += [(name, "unavailable", reason) for name, reason in missing.items()]
     lines += ["  " + line for line in _table(rows, ("name", "status", "description / reason"))]
 
-    lines += ["", "capabilities (x = implemented, - = missing):"]
-    table = backends.capability_table()
-    rows = [(op, *("x" if table[name][op] else "-" for name in names)) for op in backends.OPS]
-    lines += ["  " + line for line in _table(rows, ("op", *names))]
+    lines += ["", "capabilities (x = implemented, =NAME = NAME's kernel, reused (the backend's "
+              "REUSES), - = missing; a fused op marked - is not fused there: its ops run "
+              "one by one):"]
+    lines += ["  " + line for line in _table(capability_rows(names), ("op", *names))]
 
     if "auto" in names:
         from .backends import auto
 
-        lines += ["", "'auto' runs each kind of op on (fastest available, from benchmarks/):"]
+        lines += ["", "'auto' runs each kind of op on (the first backend of its row, ranked by benchmarks/, "
+                  "that is available here and implements the op):"]
         lines += ["  " + line for line in _table(sorted(auto.choices().items()), ("op/shape", "backend"))]
 
     from . import _extensions

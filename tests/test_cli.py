@@ -36,12 +36,18 @@ def test_info_lists_versions_backends_capabilities_and_threads(capsys):
         assert re.search(rf"^\s+{name}\s+available\s+\S", out, re.MULTILINE), name
     for name, reason in backends.unavailable().items():
         assert re.search(rf"^\s+{name}\s+unavailable\s+\S", out, re.MULTILINE), name
-    # The capability table: one row per op, one column per available backend.
-    table = backends.capability_table()
-    for op in backends.OPS:
+    # The capability table: one row per op (the fused ones too), one column per available
+    # backend; an op a backend reuses from another (its REUSES) shows "=other".
+    for op in backends.OPS + backends.FUSED_OPS:
         row = re.search(rf"^\s+{op}\s+(.*)$", out, re.MULTILINE)
         assert row, op
-        assert row.group(1).split() == ["x" if table[n][op] else "-" for n in names]
+        cells = []
+        for n in names:
+            be = backends.get(n)
+            reused = be.reused_from(op)
+            cells.append("-" if not be.implements(op) else f"={reused}" if reused else "x")
+        assert row.group(1).split() == cells
+    assert re.search(r"^\s+dense_forward\s+.*=reference", out, re.MULTILINE)
     for setting in ("os.cpu_count()", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                     "OPENBLAS_NUM_THREADS"):
         assert setting in out

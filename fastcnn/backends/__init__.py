@@ -21,61 +21,7 @@ a backend keeps between a forward and its backward; it is opaque to callers and 
 ever handed back to the SAME backend's matching backward. A kernel never modifies its
 inputs (``dy`` included) and never returns an array that aliases one of them.
 
-=============================================  ====================================
-``conv2d_forward(x, w, b, stride, pad)``        ``-> (y, ctx)``; ``b`` may be None
-``conv2d_backward(dy, ctx, need_dx=True)``      ``-> (dx, dw, db)``; db None if b was;
-                                                dx None when need_dx is False (a
-                                                first layer: skip that work)
-``depthwise_conv2d_forward(x, w, b, stride,     ``-> (y, ctx)``; w ``(kh, kw, C,
-pad)``                                          M)`` (Keras's depthwise kernel, M the
-                                                depth multiplier), y has ``C*M``
-                                                channels, output channel ``c*M + m``
-                                                is input channel c convolved with
-                                                ``w[:, :, c, m]``; b ``(C*M,)`` or None
-``depthwise_conv2d_backward(dy, ctx,            ``-> (dx, dw, db)`` as conv2d_backward
-need_dx=True)``
-``maxpool2d_forward(x, pool, stride, pad)``     ``-> (y, ctx)``; pads with -inf; the
-                                                FIRST max in row-major window order
-                                                takes the gradient
-``maxpool2d_backward(dy, ctx)``                 ``-> dx``
-``avgpool2d_forward(x, pool, stride, pad)``     ``-> (y, ctx)``; divides by the number
-                                                of real (unpadded) elements
-``avgpool2d_backward(dy, ctx)``                 ``-> dx``
-``dense_forward(x, w, b)``                      ``-> (y, ctx)``; x (N, D), w (D, U)
-``dense_backward(dy, ctx)``                     ``-> (dx, dw, db)``
-``relu_forward(x)`` / ``relu_backward(dy, ctx)``     derivative 0 at x == 0
-``sigmoid_forward`` / ``sigmoid_backward``
-``tanh_forward`` / ``tanh_backward``
-``softmax_forward(x)`` / ``softmax_backward``   softmax over the last axis
-``relu_general_forward(x, negative_slope=0.0,   Keras's ``relu`` with its arguments:
-max_value=None, threshold=0.0)``                 ``x`` above ``threshold`` (else 0),
-                                                clipped to ``[0, max_value]``, minus
-                                                ``negative_slope * max(threshold - x,
-                                                0)``; derivative ``negative_slope`` at
-                                                and below the threshold
-``relu6_forward(x)``                            ``min(max(x, 0), 6)``
-``leaky_relu_forward(x, negative_slope=0.2)``   ``x`` if ``x > 0`` else ``slope * x``
-``elu_forward(x, alpha=1.0)``                   ``alpha * (exp(x) - 1)`` for ``x <= 0``
-``selu_forward``, ``gelu_forward`` (erf form),  the Keras 3 / TensorFlow formulas
-``gelu_approximate_forward`` (tanh form),       (fastcnn/backends/_activations.py lists
-``silu_forward``, ``softplus_forward``,         them with their derivatives); each
-``softsign_forward``, ``hard_sigmoid_forward``  ``<name>_forward(x) -> (y, ctx)`` has its
-(``relu6(x + 3) / 6``), ``hard_silu_forward``,  ``<name>_backward(dy, ctx) -> dx``
-``exponential_forward``
-``log_softmax_forward(x)``                      ``x - logsumexp(x)`` over the last axis
-``prelu_forward(x, alpha)``                     ``x`` if ``x > 0`` else ``alpha * x``;
-                                                alpha is x's shape without the batch,
-                                                1 along shared axes
-``prelu_backward(dy, ctx)``                     ``-> (dx, dalpha)``; dalpha summed over
-                                                the batch and the shared axes
-``softmax_cross_entropy(logits, targets)``      ``-> (loss, dlogits)``; targets (N, K)
-                                                rows of probabilities; loss is the
-                                                batch mean; dlogits = (softmax*sum(t)
-                                                - t) / N
-``sparse_softmax_cross_entropy(logits, labels)`` same with int labels (N,)
-``sigmoid_cross_entropy(logits, targets)``      ``-> (loss, dlogits)``; mean over all
-                                                elements, stable for any logit
-=============================================  ====================================
+{contract}
 
 Losses return ``loss`` as a 0-d array (or Python float) of the input dtype.
 
@@ -84,16 +30,24 @@ computes, in fewer passes, and return ``None`` for any shape they do not fuse; a
 then runs the ops one by one on the same backend (that is the definition, not a fallback
 to another backend). ``backend.implements(op)`` tells whether a backend has one at all.
 
-=============================================  ====================================
-``conv2d_maxpool2d_forward(x, w, b, stride,     ``-> (y, conv_ctx, pool_ctx)`` or None:
-pad, pool, pool_stride, pool_pad)``             ``y`` is maxpool2d_forward's output on
-                                                conv2d_forward's output, bitwise; the
-                                                contexts go to this backend's
-                                                conv2d_backward / maxpool2d_backward
-=============================================  ====================================
+{fused}
 
 A backend that lacks an op raises :class:`NotImplementedError` naming the op and the
 backend when the op is called: nothing ever falls back silently to another backend.
+
+The ops are declared once, as specs in :mod:`fastcnn.backends._specs` (signature, argument
+check, ``auto``'s routing family); the tables above, :data:`OPS`, :data:`FUSED_OPS`, the
+capability table and ``auto``'s routing are derived from them.
+
+Reusing another backend's kernels
+---------------------------------
+A backend module may declare that an op of the contract is another backend's, e.g.
+``REUSES = {"dense": "reference"}`` (keys: spec names, so a forward and its backward
+always come from one backend): the registry binds that backend's functions themselves
+(the same objects). Such an op counts as implemented and ``fastcnn info`` shows it as
+``= reference``; a module that both defines and reuses an op, or names an unknown op or
+backend, does not load (:func:`unavailable` says why). Where the other backend cannot
+load here, the op is missing, and calling it says so.
 """
 from __future__ import annotations
 
@@ -102,66 +56,15 @@ import contextvars
 import importlib
 import threading
 
-OPS = (
-    "conv2d_forward",
-    "conv2d_backward",
-    "depthwise_conv2d_forward",
-    "depthwise_conv2d_backward",
-    "maxpool2d_forward",
-    "maxpool2d_backward",
-    "avgpool2d_forward",
-    "avgpool2d_backward",
-    "dense_forward",
-    "dense_backward",
-    "relu_forward",
-    "relu_backward",
-    "sigmoid_forward",
-    "sigmoid_backward",
-    "tanh_forward",
-    "tanh_backward",
-    "softmax_forward",
-    "softmax_backward",
-    # The other activations of fastcnn.activations (one pair per canonical name, plus
-    # relu_general for Keras's relu(x, negative_slope, max_value, threshold)).
-    "relu_general_forward",
-    "relu_general_backward",
-    "relu6_forward",
-    "relu6_backward",
-    "leaky_relu_forward",
-    "leaky_relu_backward",
-    "elu_forward",
-    "elu_backward",
-    "selu_forward",
-    "selu_backward",
-    "gelu_forward",
-    "gelu_backward",
-    "gelu_approximate_forward",
-    "gelu_approximate_backward",
-    "silu_forward",
-    "silu_backward",
-    "softplus_forward",
-    "softplus_backward",
-    "softsign_forward",
-    "softsign_backward",
-    "hard_sigmoid_forward",
-    "hard_sigmoid_backward",
-    "hard_silu_forward",
-    "hard_silu_backward",
-    "exponential_forward",
-    "exponential_backward",
-    "log_softmax_forward",
-    "log_softmax_backward",
-    "prelu_forward",
-    "prelu_backward",
-    "softmax_cross_entropy",
-    "sparse_softmax_cross_entropy",
-    "sigmoid_cross_entropy",
-)
+from . import _specs
 
+__doc__ = (__doc__.replace("{contract}", _specs.contract_table())
+           .replace("{fused}", _specs.contract_table(fused=True)))
 
-FUSED_OPS = (
-    "conv2d_maxpool2d_forward",
-)
+#: Every op of the kernel contract, in contract order (derived from the specs).
+OPS: tuple[str, ...] = _specs.ops()
+#: The optional fused ops (derived from the specs).
+FUSED_OPS: tuple[str, ...] = _specs.ops(fused=True)
 
 
 def _not_fused(*args, **kwargs):
@@ -169,10 +72,10 @@ def _not_fused(*args, **kwargs):
     return None
 
 
-def _missing(backend_name: str, op: str):
+def _missing(backend_name: str, op: str, why: str = ""):
     def missing(*args, **kwargs):
         raise NotImplementedError(
-            f"backend {backend_name!r} does not implement {op!r}; "
+            f"backend {backend_name!r} does not implement {op!r}{why}; "
             f"choose another backend with fastcnn.set_backend(...) "
             f"(backends implementing it: {[n for n in available() if get(n).implements(op)]})"
         )
@@ -182,21 +85,75 @@ def _missing(backend_name: str, op: str):
 
 
 class Backend:
-    """One loaded backend: its ops are plain attributes (no per-call dispatch cost)."""
+    """One loaded backend: its ops are plain attributes (no per-call dispatch cost), the
+    module's functions themselves, or for an op the module declares in ``REUSES`` the
+    other backend's functions themselves."""
 
     def __init__(self, name: str, module, description: str = ""):
         self.name = name
         self.module = module
         self.description = description or (module.__doc__ or "").strip().splitlines()[0]
-        self._implemented = frozenset(op for op in OPS + FUSED_OPS
-                                      if callable(getattr(module, op, None)))
-        for op in OPS:
-            setattr(self, op, getattr(module, op) if op in self._implemented else _missing(name, op))
-        for op in FUSED_OPS:
-            setattr(self, op, getattr(module, op) if op in self._implemented else _not_fused)
+        self._bind()
+
+    def _reuses(self) -> dict:
+        """``{spec name: backend name}`` as the module declares it (validated)."""
+        reuses = getattr(self.module, "REUSES", None) or {}
+        if not isinstance(reuses, dict):
+            raise ValueError(f"REUSES must be a dict {{op: backend}}, got {reuses!r}")
+        for op, provider in reuses.items():
+            if op not in _specs.SPECS:
+                raise ValueError(f"REUSES names {op!r}, which is not an op of the kernel "
+                                 f"contract (one of {list(_specs.SPECS)})")
+            if provider == self.name or provider not in _REGISTRY:
+                raise ValueError(f"REUSES[{op!r}] = {provider!r} is not another registered "
+                                 f"backend (registered: {list(_REGISTRY)})")
+            defined = [o for o in _specs.SPECS[op].ops if getattr(self.module, o, None)]
+            if defined:
+                raise ValueError(f"the module both defines {defined} and declares "
+                                 f"REUSES[{op!r}] = {provider!r}: keep one")
+        return reuses
+
+    def _resolve(self, op: str):
+        """``(function or None, the backend it is reused from or None, why it is missing)``."""
+        provider = self._reuses().get(_specs.spec_of(op).name)
+        if provider is None:
+            fn = getattr(self.module, op, None)
+            return (fn if callable(fn) else None), None, ""
+        other = _load(provider)
+        if other is None:
+            return None, provider, (f" (it declares REUSES from {provider!r}, which cannot "
+                                    f"load here: {_FAILED.get(provider)})")
+        fn = other._resolve(op)[0]
+        if fn is None:
+            return None, provider, (f" (it declares REUSES from {provider!r}, which does "
+                                    f"not implement it either)")
+        return fn, provider, ""
+
+    def _bind(self):
+        """(Re)binds every op of the contract as a plain attribute."""
+        self._reuses()   # a bad declaration fails the load, whatever the ops
+        implemented, reused = set(), {}
+        for op in OPS + FUSED_OPS:
+            fn, provider, why = self._resolve(op)
+            if provider is not None:
+                reused[op] = provider
+            if fn is not None:
+                implemented.add(op)
+            elif op in FUSED_OPS:
+                fn = _not_fused
+            else:
+                fn = _missing(self.name, op, why)
+            setattr(self, op, fn)
+        self._implemented = frozenset(implemented)
+        self._reused = reused
 
     def implements(self, op: str) -> bool:
         return op in self._implemented
+
+    def reused_from(self, op: str) -> str | None:
+        """The backend whose kernel this op is (declared in the module's ``REUSES``), or None
+        for the backend's own kernel (or a missing one)."""
+        return self._reused.get(op)
 
     def capabilities(self) -> dict:
         return {op: op in self._implemented for op in OPS}
@@ -210,7 +167,8 @@ class Backend:
 _REGISTRY: dict[str, tuple[str, str]] = {}
 _LOADED: dict[str, Backend] = {}
 _FAILED: dict[str, str] = {}
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()   # re-entered: a backend's REUSES loads its provider
+_LOADING: set[str] = set()
 _DEFAULT = "auto"  # per op, the fastest available backend (backends/auto.py)
 _process_default = _DEFAULT   # set_backend: every thread outside a use_backend block
 # use_backend: this thread's / context's own choice for the block (None: the default).
@@ -236,7 +194,10 @@ def _load(name: str) -> Backend | None:
             return _LOADED[name]
         if name in _FAILED:
             return None
+        if name in _LOADING:
+            raise ValueError(f"backend {name!r}: circular REUSES declarations ({sorted(_LOADING)})")
         module_path, description = _REGISTRY[name]
+        _LOADING.add(name)
         try:
             module = importlib.import_module(module_path)
             check = getattr(module, "is_available", None)
@@ -244,10 +205,12 @@ def _load(name: str) -> Backend | None:
                 ok, why = check()
                 if not ok:
                     raise ImportError(why)
-        except ImportError as exc:
+            backend = Backend(name, module, description)
+        except (ImportError, ValueError) as exc:
             _FAILED[name] = str(exc) or type(exc).__name__
             return None
-        backend = Backend(name, module, description)
+        finally:
+            _LOADING.discard(name)
         _LOADED[name] = backend
         return backend
 
@@ -328,8 +291,41 @@ def use_backend(name: str):
 
 
 def capability_table() -> dict[str, dict[str, bool]]:
-    """``{backend: {op: implemented}}`` for every available backend (``fastcnn info``)."""
+    """``{backend: {op: implemented}}`` for every available backend (``fastcnn info``); an
+    op a backend reuses from another (its ``REUSES``) is implemented."""
     return {name: get(name).capabilities() for name in available()}
+
+
+def _derive() -> None:
+    """Re-derives everything the specs determine, after :func:`add_op` / :func:`remove_op`."""
+    global OPS, FUSED_OPS
+    OPS, FUSED_OPS = _specs.ops(), _specs.ops(fused=True)
+    import sys
+
+    auto = sys.modules.get(__name__ + ".auto")
+    if auto is not None:
+        auto._install()
+        auto._resolved.clear()
+    with _LOCK:
+        for backend in list(_LOADED.values()):
+            backend._bind()
+
+
+def add_op(spec: "_specs.OpSpec") -> None:
+    """Adds an op to the contract at run time (its spec): OPS or FUSED_OPS, every loaded
+    backend's attributes, the capability table and ``auto``'s routing follow. The ops
+    fastcnn ships are declared in :mod:`fastcnn.backends._specs`; this is for extensions
+    and tests."""
+    if spec.name in _specs.SPECS:
+        raise ValueError(f"op {spec.name!r} is already declared")
+    _specs.SPECS[spec.name] = spec
+    _derive()
+
+
+def remove_op(name: str) -> None:
+    """Takes back an op :func:`add_op` added."""
+    del _specs.SPECS[name]
+    _derive()
 
 
 register("reference", "fastcnn.backends.reference", "readable NumPy loops: the oracle")

@@ -13,7 +13,7 @@ that made ``ctx``, whatever the table says for the backward's shape.
 from __future__ import annotations
 
 from .. import shapes
-from . import get, available
+from . import _specs, available, get
 
 # Kinds of shape that rank backends differently. Figures: benchmarks/README.md; ms at 1
 # thread on the 2-core AMD EPYC (Zen 4) of 2026-12-04 unless dated otherwise.
@@ -85,25 +85,56 @@ SMALL_CONV_MACS = 300_000  # per image, forward
 _resolved: dict = {}
 
 
-def _pick(family: str, kind: str = "any"):
-    """The first available backend of the table's entry (resolved once per process)."""
-    key = (family, kind)
+def _pick(family: str, kind: str = "any", op: str | None = None):
+    """The first backend of the table's row that is available here and implements the op
+    (spec name ``op``, default the family's own name; for a pair both its forward and
+    backward, for a fused op the pairs that take its contexts). Resolved once per process.
+
+    A row may name a backend that does not (yet) implement an op of its family: that
+    backend is passed over for that op, and ``choices()`` (``fastcnn info``) shows the pick.
+    """
+    key = (family, kind, op)
     backend = _resolved.get(key)
     if backend is None:
+        spec = _specs.SPECS.get(op or family)
+        requires = spec.requires if spec is not None else ()
+        try:
+            row = PREFERENCES[family, kind]
+        except KeyError:
+            raise RuntimeError(
+                f"auto backend: no PREFERENCES row for {(family, kind)} (op {op or family!r}); "
+                f"add one to fastcnn/backends/auto.py") from None
         names = available()
-        for name in PREFERENCES[key]:
-            if name in names:
+        for name in row:
+            if name in names and all(get(name).implements(o) for o in requires):
                 backend = get(name)
                 break
         else:  # im2col is pure NumPy and always loads; reaching here is a table bug
-            raise RuntimeError(f"auto backend: none of {PREFERENCES[key]} is available for {key}")
+            raise RuntimeError(
+                f"auto backend: none of {row} is available and implements {list(requires)} "
+                f"(row {(family, kind)})")
         _resolved[key] = backend
     return backend
 
 
 def choices() -> dict:
-    """``{"conv2d/deep": "numba", ...}``: what 'auto' runs on this machine."""
-    return {f"{family}/{kind}": _pick(family, kind).name for family, kind in PREFERENCES}
+    """``{"conv2d/deep": "numba", ...}``: what 'auto' runs on this machine, per row of the
+    table; where the ops of one family resolve differently (a backend of the row lacks one
+    of them), one entry per op: ``{"relu_general/any relu6": "cython", ...}``."""
+    out = {}
+    for family, kind in PREFERENCES:
+        names = [s.name for s in _specs.SPECS.values() if s.routing_family == family] or [None]
+        picks = {}
+        for name in names:
+            try:
+                picks[name] = _pick(family, kind, name).name
+            except RuntimeError as exc:
+                picks[name] = f"none ({exc})"
+        if len(set(picks.values())) == 1:
+            out[f"{family}/{kind}"] = next(iter(picks.values()))
+        else:
+            out.update({f"{family}/{kind} {name}": pick for name, pick in picks.items()})
+    return out
 
 
 # -- conv ----------------------------------------------------------------------------------
@@ -117,96 +148,80 @@ def conv_kind(x_shape, w_shape, stride, pad) -> str:
     return "small" if ho * wo * kh * kw * c_in * c_out < SMALL_CONV_MACS else "deep"
 
 
-def conv2d_forward(x, w, b, stride, pad):
-    kind = conv_kind(x.shape, w.shape, stride, pad)
-    backend = _pick("conv2d", kind)
-    y, ctx = backend.conv2d_forward(x, w, b, stride, pad)
-    return y, (backend, ctx)
+def _conv2d_kind(x, w, b, stride, pad, *fused_args):
+    return conv_kind(x.shape, w.shape, stride, pad)
 
 
-def conv2d_backward(dy, ctx, need_dx=True):
-    backend, inner = ctx
-    return backend.conv2d_backward(dy, inner, need_dx)
+#: family -> its kind function (called with the forward's arguments): the families whose
+#: PREFERENCES rows differ by kind of shape. The others have one row, kind "any".
+KINDS = {"conv2d": _conv2d_kind}
 
 
-def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
-    """The conv's backend fuses it with the pool when it can; both contexts then go back
-    to that backend (its conv2d_backward and maxpool2d_backward)."""
-    backend = _pick("conv2d", conv_kind(x.shape, w.shape, stride, pad))
-    out = backend.conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad)
-    if out is None:
-        return None
-    y, conv_ctx, pool_ctx = out
-    return y, (backend, conv_ctx), (backend, pool_ctx)
+# -- the routed ops, generated from the specs (fastcnn/backends/_specs.py) -------------------
+#
+# A pair's forward runs on the backend the table picks and returns ``(y, (backend, ctx))``,
+# so that its backward always goes to the backend that made ``ctx``. A fused forward's
+# contexts each go back the same way (to that backend's backwards of the fused pairs); a
+# single op (a loss) just runs on the pick.
 
+def _route(spec):
+    family, name = spec.routing_family, spec.name
+    kind_of = KINDS.get(family)
+    forward_op, backward_op = spec.forward_op, spec.backward_op
+    any_key = (family, "any", name)
 
-def depthwise_conv2d_forward(x, w, b, stride, pad):
-    backend = _pick("depthwise_conv2d")
-    y, ctx = backend.depthwise_conv2d_forward(x, w, b, stride, pad)
-    return y, (backend, ctx)
+    def pick(args, kwargs):
+        if kind_of is None:
+            backend = _resolved.get(any_key)
+            return backend if backend is not None else _pick(family, "any", name)
+        return _pick(family, kind_of(*args, **kwargs), name)
 
+    if spec.fused:
+        def forward(*args, **kwargs):
+            backend = pick(args, kwargs)
+            out = getattr(backend, forward_op)(*args, **kwargs)
+            if out is None:
+                return None
+            return (out[0], *((backend, ctx) for ctx in out[1:]))
+    elif spec.is_pair:
+        def forward(*args, **kwargs):
+            backend = pick(args, kwargs)
+            y, ctx = getattr(backend, forward_op)(*args, **kwargs)
+            return y, (backend, ctx)
+    else:
+        def forward(*args, **kwargs):
+            return getattr(pick(args, kwargs), forward_op)(*args, **kwargs)
 
-def depthwise_conv2d_backward(dy, ctx, need_dx=True):
-    backend, inner = ctx
-    return backend.depthwise_conv2d_backward(dy, inner, need_dx)
-
-
-# -- everything routed by op family alone ------------------------------------------------------
-
-def _routed(family: str, forward_op: str, backward_op: str):
-    def forward(*args, **kwargs):
-        backend = _pick(family)
-        y, ctx = getattr(backend, forward_op)(*args, **kwargs)
-        return y, (backend, ctx)
-
-    def backward(dy, ctx):
-        backend, inner = ctx
-        return getattr(backend, backward_op)(dy, inner)
-
-    forward.__name__, backward.__name__ = forward_op, backward_op
+    forward.__name__ = forward.__qualname__ = forward_op
+    forward.__signature__ = spec.signature()
     forward.__doc__ = f"``{forward_op}`` on the backend the table picks for {family}."
+    if not spec.is_pair:
+        return {forward_op: forward}
+
+    def backward(dy, ctx, *args, **kwargs):
+        backend, inner = ctx
+        return getattr(backend, backward_op)(dy, inner, *args, **kwargs)
+
+    backward.__name__ = backward.__qualname__ = backward_op
+    backward.__signature__ = spec.signature(backward=True)
     backward.__doc__ = f"``{backward_op}`` on the backend that ran the forward."
-    return forward, backward
+    return {forward_op: forward, backward_op: backward}
 
 
-maxpool2d_forward, maxpool2d_backward = _routed("maxpool2d", "maxpool2d_forward", "maxpool2d_backward")
-avgpool2d_forward, avgpool2d_backward = _routed("avgpool2d", "avgpool2d_forward", "avgpool2d_backward")
-dense_forward, dense_backward = _routed("dense", "dense_forward", "dense_backward")
-relu_forward, relu_backward = _routed("relu", "relu_forward", "relu_backward")
-sigmoid_forward, sigmoid_backward = _routed("sigmoid", "sigmoid_forward", "sigmoid_backward")
-tanh_forward, tanh_backward = _routed("tanh", "tanh_forward", "tanh_backward")
-softmax_forward, softmax_backward = _routed("softmax", "softmax_forward", "softmax_backward")
+_GENERATED: set = set()
 
 
-def _activation(family: str, name: str):
-    return _routed(family, f"{name}_forward", f"{name}_backward")
+def _install():
+    """(Re)generates this module's op functions from the specs (fastcnn.backends.add_op
+    calls it again)."""
+    module = globals()
+    for op in _GENERATED:
+        module.pop(op, None)
+    _GENERATED.clear()
+    for spec in _specs.SPECS.values():
+        functions = _route(spec)
+        module.update(functions)
+        _GENERATED.update(functions)
 
 
-relu_general_forward, relu_general_backward = _activation("relu_general", "relu_general")
-relu6_forward, relu6_backward = _activation("relu_general", "relu6")
-leaky_relu_forward, leaky_relu_backward = _activation("relu_general", "leaky_relu")
-hard_sigmoid_forward, hard_sigmoid_backward = _activation("hard_sigmoid", "hard_sigmoid")
-hard_silu_forward, hard_silu_backward = _activation("hard_silu", "hard_silu")
-gelu_forward, gelu_backward = _activation("gelu", "gelu")
-elu_forward, elu_backward = _activation("numpy_activation", "elu")
-selu_forward, selu_backward = _activation("numpy_activation", "selu")
-gelu_approximate_forward, gelu_approximate_backward = _activation("numpy_activation",
-                                                                  "gelu_approximate")
-silu_forward, silu_backward = _activation("numpy_activation", "silu")
-softplus_forward, softplus_backward = _activation("numpy_activation", "softplus")
-softsign_forward, softsign_backward = _activation("numpy_activation", "softsign")
-exponential_forward, exponential_backward = _activation("numpy_activation", "exponential")
-log_softmax_forward, log_softmax_backward = _activation("numpy_activation", "log_softmax")
-prelu_forward, prelu_backward = _activation("numpy_activation", "prelu")
-
-
-def softmax_cross_entropy(logits, targets):
-    return _pick("softmax_cross_entropy").softmax_cross_entropy(logits, targets)
-
-
-def sparse_softmax_cross_entropy(logits, labels):
-    return _pick("sparse_softmax_cross_entropy").sparse_softmax_cross_entropy(logits, labels)
-
-
-def sigmoid_cross_entropy(logits, targets):
-    return _pick("sigmoid_cross_entropy").sigmoid_cross_entropy(logits, targets)
+_install()

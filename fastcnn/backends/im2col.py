@@ -42,7 +42,6 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._checks import (
-    check_dense_args as _check_dense_args,
     check_conv_args as _check_conv_args,
     check_depthwise_args as _check_depthwise_args,
     output_shape as _output_shape,
@@ -229,17 +228,9 @@ def avgpool2d_backward(dy, ctx):
 # ----------------------------------------------------------------------------------------
 
 
-def dense_forward(x, w, b):
-    _check_dense_args(x, w, b)
-    y = x @ w
-    if b is not None:
-        y += b
-    return y, (x, w, b is not None)
-
-
-def dense_backward(dy, ctx):
-    x, w, has_bias = ctx
-    return dy @ w.T, x.T @ dy, (dy.sum(axis=0) if has_bias else None)
+# One BLAS GEMM (x @ w, its transposes for the backward), as in the reference: the
+# registry binds the reference's dense_forward / dense_backward here (fastcnn info: "=reference").
+REUSES = {"dense": "reference"}
 
 
 # ----------------------------------------------------------------------------------------

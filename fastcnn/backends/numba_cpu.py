@@ -32,7 +32,6 @@ import numpy as np
 from ..shapes import padded_output_shape
 from . import _conv_phases
 from ._checks import (
-    check_dense_args as _check_dense_args,
     check_conv_args as _check_conv_args,
     check_depthwise_args as _check_depthwise_args,
     output_shape as _output_shape,
@@ -413,21 +412,9 @@ def _check_pool_dy(dy, y_shape):
 # kernels win): BLAS is as fast or faster on every standard dense shape.
 
 
-def dense_forward(x, w, b):
-    _check_dense_args(x, w, b)
-    y = x @ w
-    if b is not None:
-        y += b
-    return y, (x, w, b is not None)
-
-
-def dense_backward(dy, ctx):
-    x, w, has_bias = ctx
-    _check_same_dtype("dy", dy, x)
-    if dy.shape != (x.shape[0], w.shape[1]):
-        raise ValueError(f"dy must have the forward output's shape "
-                         f"{(x.shape[0], w.shape[1])}, got {dy.shape}")
-    return dy @ w.T, x.T @ dy, (dy.sum(axis=0) if has_bias else None)
+# One BLAS GEMM (x @ w, its transposes for the backward), as in the reference: the
+# registry binds the reference's dense_forward / dense_backward here (fastcnn info: "=reference").
+REUSES = {"dense": "reference"}
 
 
 # ----------------------------------------------------------------------------------------
