@@ -1,7 +1,8 @@
-"""ZeroPadding2D and Reshape (Keras's reshaping layers), NHWC.
+"""ZeroPadding2D, Cropping2D, UpSampling2D and Reshape (Keras's reshaping layers), NHWC.
 
-Pure data movement, written in NumPy at the layer level: no arithmetic for a backend
-kernel to speed up, so they run unchanged on every backend.
+Data movement (and UpSampling2D's bilinear weights), written in NumPy at the layer level:
+no kernel op behind them, so they run unchanged on every CPU backend; ZeroPadding2D,
+Cropping2D and UpSampling2D do not run on device arrays (``runs_on_device`` False).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from .. import _device
+from .. import _device, shapes
 from .base import Layer, format_shape
 from .conv import check_data_format, check_rank4
 
@@ -19,24 +20,32 @@ def _is_int(v):
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def normalize_padding2d(padding):
-    """``((top, bottom), (left, right))`` from an int, ``(sym_h, sym_w)`` or the full form."""
+def normalize_padding2d(padding, argument="padding"):
+    """``((top, bottom), (left, right))`` from an int, ``(sym_h, sym_w)``, the full form, or
+    (as Keras) a mix such as ``((1, 2), 3)``."""
     expected = ("an int, a tuple (symmetric_height_pad, symmetric_width_pad) or "
                 "((top_pad, bottom_pad), (left_pad, right_pad)) of ints >= 0")
+    if argument != "padding":
+        expected = expected.replace("_pad", "_crop")
+
+    def pair(p):
+        if _is_int(p):
+            return (p, p)
+        if isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(v) for v in p):
+            return tuple(p)
+        return None
+
     if _is_int(padding):
         pads = ((padding, padding), (padding, padding))
     elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
-            _is_int(p) for p in padding):
-        pads = ((padding[0], padding[0]), (padding[1], padding[1]))
-    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
-            isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(v) for v in p)
-            for p in padding):
-        pads = (tuple(padding[0]), tuple(padding[1]))
+            pair(p) is not None for p in padding):
+        pads = (pair(padding[0]), pair(padding[1]))
     else:
-        raise ValueError(f"padding must be {expected}, got {padding!r}")
-    if any(v < 0 for pair in pads for v in pair):
-        raise ValueError(f"padding must not be negative: expected {expected}, got {padding!r}")
-    return tuple(tuple(int(v) for v in pair) for pair in pads)
+        raise ValueError(f"{argument} must be {expected}, got {padding!r}")
+    if any(v < 0 for pair_ in pads for v in pair_):
+        raise ValueError(f"{argument} must not be negative: expected {expected}, got "
+                         f"{padding!r}")
+    return tuple(tuple(int(v) for v in pair_) for pair_ in pads)
 
 
 class ZeroPadding2D(Layer):
@@ -123,3 +132,128 @@ class Reshape(Layer):
 
     def get_config(self):
         return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+
+class Cropping2D(Layer):
+    """Removes rows and columns at the borders of each image (Keras's ``Cropping2D``):
+    ``cropping`` is an int, ``(symmetric_height_crop, symmetric_width_crop)`` or
+    ``((top_crop, bottom_crop), (left_crop, right_crop))``. NumPy at the layer level."""
+
+    def __init__(self, cropping=((0, 0), (0, 0)), data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.cropping = normalize_padding2d(cropping, argument="cropping")
+        check_data_format(data_format)
+
+    def _build(self, input_shape, dtype):
+        check_rank4(input_shape, "Cropping2D")
+        n, h, w, c = input_shape
+        (top, bottom), (left, right) = self.cropping
+        if (h is not None and top + bottom >= h) or (w is not None and left + right >= w):
+            raise ValueError(
+                f"Values in `cropping` argument should be smaller than the corresponding "
+                f"spatial dimension of the input. Received: input_shape="
+                f"{format_shape(input_shape)}, cropping={self.cropping}")
+        return (n, None if h is None else h - top - bottom,
+                None if w is None else w - left - right, c)
+
+    def forward(self, x, training=False):
+        _, h, w, _ = x.shape
+        (top, bottom), (left, right) = self.cropping
+        # A copy: kernels want C-contiguous input.
+        return np.ascontiguousarray(x[:, top:h - bottom, left:w - right, :]), x.shape
+
+    def backward(self, dy, ctx, need_dx=True):
+        if not need_dx:
+            return None, ()
+        (top, bottom), (left, right) = self.cropping
+        dx = np.zeros(ctx, dtype=dy.dtype)
+        dx[:, top:ctx[1] - bottom, left:ctx[2] - right, :] = dy
+        return dx, ()
+
+    def get_config(self):
+        return {**super().get_config(), "cropping": [list(p) for p in self.cropping],
+                "data_format": "channels_last"}
+
+
+def _bilinear_taps(n_in, n_out):
+    """TensorFlow's half-pixel bilinear sampling (``tf.image.resize``, antialias off) along
+    one axis: output ``o`` reads ``(o + 0.5) * n_in / n_out - 0.5``, between the rows
+    ``lower = max(floor(.), 0)`` and ``upper = min(ceil(.), n_in - 1)`` with weight
+    ``frac = . - floor(.)`` on the upper one."""
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    floor = np.floor(src)
+    lower = np.maximum(floor, 0).astype(np.intp)
+    upper = np.minimum(np.ceil(src), n_in - 1).astype(np.intp)
+    return lower, upper, src - floor
+
+
+def _lerp_axis(x, axis, lower, upper, frac):
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    frac = frac.reshape(shape).astype(x.dtype)
+    lo = np.take(x, lower, axis=axis)
+    return lo + (np.take(x, upper, axis=axis) - lo) * frac
+
+
+def _lerp_axis_backward(dy, axis, n_in, lower, upper, frac):
+    shape = list(dy.shape)
+    shape[axis] = n_in
+    dx = np.zeros(shape, dtype=dy.dtype)
+    moved = np.moveaxis(dx, axis, 0)              # a view: writes land in dx
+    g = np.moveaxis(dy, axis, 0)
+    f = frac.astype(dy.dtype)
+    for o in range(g.shape[0]):                   # out rows; vector ops on the rest
+        moved[lower[o]] += g[o] * (1 - f[o])
+        moved[upper[o]] += g[o] * f[o]
+    return dx
+
+
+class UpSampling2D(Layer):
+    """Repeats rows and columns (Keras's ``UpSampling2D(size=(2, 2), data_format=None,
+    interpolation='nearest')``); ``interpolation='bilinear'`` resizes as Keras 3 does
+    (``ops.image.resize``: half-pixel centers, no antialiasing). NumPy at the layer level."""
+
+    INTERPOLATIONS = ("nearest", "bilinear")
+
+    def __init__(self, size=(2, 2), data_format=None, interpolation="nearest", **kwargs):
+        super().__init__(**kwargs)
+        self.size = shapes.normalize_tuple(size, 2, "size")
+        check_data_format(data_format)
+        if not isinstance(interpolation, str) or \
+                interpolation.lower() not in self.INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {list(self.INTERPOLATIONS)} (fastcnn has no "
+                f"other resize methods yet), got {interpolation!r}")
+        self.interpolation = interpolation.lower()
+
+    def _build(self, input_shape, dtype):
+        check_rank4(input_shape, "UpSampling2D")
+        n, h, w, c = input_shape
+        return (n, None if h is None else h * self.size[0],
+                None if w is None else w * self.size[1], c)
+
+    def forward(self, x, training=False):
+        sh, sw = self.size
+        n, h, w, c = x.shape
+        if self.interpolation == "nearest":
+            y = np.broadcast_to(x[:, :, None, :, None, :], (n, h, sh, w, sw, c))
+            return np.ascontiguousarray(y).reshape(n, h * sh, w * sw, c), x.shape
+        rows, cols = _bilinear_taps(h, h * sh), _bilinear_taps(w, w * sw)
+        # Along the width first, then the height: TensorFlow's order of the two lerps.
+        y = _lerp_axis(_lerp_axis(x, 2, *cols), 1, *rows)
+        return np.ascontiguousarray(y), (x.shape, rows, cols)
+
+    def backward(self, dy, ctx, need_dx=True):
+        if not need_dx:
+            return None, ()
+        sh, sw = self.size
+        if self.interpolation == "nearest":
+            n, h, w, c = ctx
+            return np.ascontiguousarray(dy.reshape(n, h, sh, w, sw, c).sum(axis=(2, 4))), ()
+        (n, h, w, c), rows, cols = ctx
+        dx = _lerp_axis_backward(dy, 1, h, *rows)
+        return _lerp_axis_backward(dx, 2, w, *cols), ()
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "data_format": "channels_last",
+                "interpolation": self.interpolation}

@@ -1,0 +1,156 @@
+"""Conv2DTranspose (Keras 3's ``keras.layers.Conv2DTranspose``), NHWC, on the conv kernel ops.
+
+Keras's kernel is ``(kh, kw, filters, C)``: read as an HWIO kernel it maps ``filters``
+channels to ``C``, i.e. it is the kernel of the *forward* conv from the output space
+(``filters`` channels, size ``O``) to the input space (``C`` channels, size ``I``). The
+transpose conv is that conv's input gradient (TensorFlow's ``conv2d_backprop_input``), with
+the forward conv's padding computed from ``O`` by TensorFlow's rule.
+
+Derivation along one axis (stride ``s``, effective kernel ``k``, the forward conv's padding
+``pb`` before): the forward conv is ``x[i] = sum_a ypad[i*s + a] W[a]`` with
+``ypad[t] = y[t - pb]``, so its transpose is ``y[t] = sum_{i, a: i*s + a = t + pb} x[i] W[a]^T``.
+With ``xz`` = x with ``s - 1`` zeros inserted between samples (``xz[i*s] = x[i]``) that is
+``y[t] = sum_a xz[t + pb - a] W[a]^T``; substituting ``a' = k - 1 - a`` gives an ordinary
+stride-1 conv of ``xz`` padded by ``L = k - 1 - pb`` before and
+``R = O - 1 + pb - (I - 1)*s`` after, with the spatially flipped kernel with its last two
+axes swapped (``(kh, kw, C, filters)``). The forward runs exactly that.
+
+The backward needs no zero-inserted buffers: ``dx`` is the forward conv of ``dy`` (stride
+``s``, padding ``pb``) with Keras's kernel as it is, and ``dkernel`` is that conv's kernel
+gradient with ``x`` as the upstream gradient (``conv2d_backward(x, ctx)``, no dx); ``dbias``
+sums ``dy``. Dilation (only with stride 1, as Keras) goes through
+:mod:`fastcnn.layers._dilation` in both directions.
+
+The zero insertion, flip and pads are NumPy at the layer level: the layer does not run on
+device arrays (``runs_on_device`` False).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import shapes
+from . import _dilation
+from .base import positive_int
+from .conv import check_data_format, check_strides_dilation
+from .depthwise import _known_spatial, check_activity_regularizer
+from .kernel_layer import KernelLayer
+
+
+def deconv_output_length(length, kernel, stride, padding, output_padding, dilation):
+    """Keras's ``_get_output_shape_given_tf_padding`` (the transpose conv's output size)."""
+    kernel = (kernel - 1) * dilation + 1
+    if padding == "valid":
+        if output_padding is None:
+            output_padding = max(kernel, stride) - kernel
+        return (length - 1) * stride + kernel + output_padding
+    if output_padding is None:
+        return length * stride
+    return (length - 1) * stride + kernel % 2 + output_padding
+
+
+class Conv2DTranspose(KernelLayer):
+    """Transposed 2-D convolution ("deconvolution", ``keras.layers.Conv2DTranspose``).
+
+    Input ``(batch, H, W, C)``, output ``(batch, H', W', filters)`` with Keras's sizes:
+    'valid' ``(H - 1) * s + max(k, s)``, 'same' ``H * s`` (without ``output_padding``), or
+    'valid' ``(H - 1) * s + k + output_padding``, 'same' ``(H - 1) * s + k % 2 +
+    output_padding``. The kernel is ``(kh, kw, filters, C)``, as Keras stores it.
+
+    Args:
+        filters, kernel_size, strides, padding, activation, use_bias, kernel_initializer,
+        bias_initializer, kernel_regularizer, bias_regularizer, kernel_constraint,
+        bias_constraint: as Conv2D.
+        output_padding: None, an int or ``(ph, pw)``, each below the stride: extra rows and
+            columns at the bottom/right of the output.
+        data_format: None or ``'channels_last'``.
+        dilation_rate: an int or ``(dh, dw)``; not with strides > 1 (Keras refuses it too).
+        activity_regularizer: only None.
+    """
+
+    runs_on_device = False  # zero insertion and kernel flip in NumPy (module doc)
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid",
+                 output_padding=None, data_format=None, dilation_rate=(1, 1), activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, **kwargs):
+        check_activity_regularizer(activity_regularizer)
+        super().__init__(activation, use_bias, kernel_initializer, bias_initializer,
+                         kernel_regularizer, bias_regularizer, kernel_constraint,
+                         bias_constraint, **kwargs)
+        self.filters = positive_int(filters, "filters")
+        self.kernel_size = shapes.normalize_tuple(kernel_size, 2, "kernel_size")
+        self.strides = shapes.normalize_tuple(strides, 2, "strides")
+        self.padding = shapes.normalize_padding(padding)
+        check_data_format(data_format)
+        self.dilation_rate = shapes.normalize_tuple(dilation_rate, 2, "dilation_rate")
+        if output_padding is None:
+            self.output_padding = None
+        else:
+            self.output_padding = shapes.normalize_tuple(output_padding, 2, "output_padding",
+                                                         minimum=0)
+            for i, (op, s) in enumerate(zip(self.output_padding, self.strides)):
+                if op >= s:
+                    raise ValueError(
+                        f"`output_padding` must be strictly less than `strides` for all "
+                        f"dimensions. At dimension {i}, `output_padding` is {op} but "
+                        f"`strides` is {s}. Received: output_padding={self.output_padding}, "
+                        f"strides={self.strides}")
+        check_strides_dilation(self.strides, self.dilation_rate)
+
+    def _build(self, input_shape, dtype):
+        h, w, c = _known_spatial(input_shape, "Conv2DTranspose")
+        ops = self.output_padding or (None, None)
+        out = tuple(deconv_output_length(n, k, s, self.padding, op, d) for n, k, s, op, d in zip(
+            (h, w), self.kernel_size, self.strides, ops, self.dilation_rate))
+        # The forward conv from the output space back to the input: its padding, and its
+        # output size, which must be the input's (TensorFlow refuses the call otherwise).
+        back, self._pad = _dilation.output_shape_and_pad(
+            out, self.kernel_size, self.strides, self.padding, self.dilation_rate)
+        if back != (h, w):
+            raise ValueError(
+                f"Conv2DTranspose: an output of spatial size {out} (kernel_size="
+                f"{self.kernel_size}, strides={self.strides}, padding={self.padding!r}, "
+                f"output_padding={self.output_padding}) does not convolve back to the input's "
+                f"size {(h, w)} (it gives {back}); TensorFlow refuses this too: choose another "
+                f"output_padding")
+        keff = _dilation.effective_kernel(self.kernel_size, self.dilation_rate)
+        # The stride-1 conv on the zero-inserted input: padding (L, R) per axis (module doc).
+        self._zpad = tuple(
+            (k - 1 - pb, o - 1 + pb - (n - 1) * s)
+            for k, (pb, _), o, n, s in zip(keff, self._pad, out, (h, w), self.strides))
+        kh, kw = self.kernel_size
+        self.kernel = self.add_weight((kh, kw, self.filters, c), self.kernel_initializer, dtype,
+                                      name="kernel", constraint=self.kernel_constraint)
+        if self.use_bias:
+            self.bias = self.add_weight((self.filters,), self.bias_initializer, dtype,
+                                        name="bias", constraint=self.bias_constraint)
+        return (input_shape[0],) + out + (self.filters,)
+
+    def _op_forward(self, backend, x):
+        sh, sw = self.strides
+        n, h, w, c = x.shape
+        if (sh, sw) != (1, 1):
+            xz = np.zeros((n, (h - 1) * sh + 1, (w - 1) * sw + 1, c), dtype=x.dtype)
+            xz[:, ::sh, ::sw, :] = x
+        else:
+            xz = x
+        flipped = np.ascontiguousarray(self.kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+        y, _ = _dilation.conv_forward(backend, xz, flipped, self.bias, (1, 1), self._zpad,
+                                      self.dilation_rate)
+        return y, (x, self.kernel)
+
+    def _op_backward(self, backend, dy, ctx, need_dx):
+        x, kernel = ctx
+        dx, conv_ctx = _dilation.conv_forward(backend, np.ascontiguousarray(dy), kernel, None,
+                                              self.strides, self._pad, self.dilation_rate)
+        _, dkernel, _ = _dilation.conv_backward(backend, x, conv_ctx, need_dx=False)
+        db = dy.sum(axis=(0, 1, 2)) if self.use_bias else None
+        return (dx if need_dx else None), dkernel, db
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "padding": self.padding, "output_padding": self.output_padding,
+                "data_format": "channels_last", "dilation_rate": self.dilation_rate,
+                "activity_regularizer": None}
