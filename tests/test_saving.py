@@ -215,6 +215,15 @@ def test_every_layer_class_of_fastcnn_rebuilds_from_its_config(tmp_path):
         "RandomCrop": lambda: layers.RandomCrop(4, 5, seed=9),
         "CenterCrop": lambda: layers.CenterCrop(5, 3),
         "Resizing": lambda: layers.Resizing(4, 7, "bicubic", crop_to_aspect_ratio=True),
+        "DepthwiseConv2D": lambda: layers.DepthwiseConv2D(
+            3, padding="same", depth_multiplier=2, dilation_rate=2, activation="relu",
+            depthwise_initializer="he_normal", bias_initializer="ones"),
+        "SeparableConv2D": lambda: layers.SeparableConv2D(
+            3, (3, 2), strides=2, depth_multiplier=2, pointwise_initializer="he_uniform"),
+        "Conv2DTranspose": lambda: layers.Conv2DTranspose(
+            3, 3, strides=2, padding="same", output_padding=1, activation="tanh"),
+        "Cropping2D": lambda: layers.Cropping2D(((1, 0), (2, 1))),
+        "UpSampling2D": lambda: layers.UpSampling2D((2, 3), interpolation="bilinear"),
     }
     registry = saving.layer_registry()
     assert {"Conv2D", "Dense", "Flatten", "MaxPooling2D", "AveragePooling2D", "Dropout",
