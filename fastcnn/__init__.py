@@ -29,6 +29,7 @@ from .model import Model, Sequential
 from .layers import Input
 from . import executor, graph
 from .saving import load_model
+from .onnx_io import load_onnx   # needs the optional onnx package only when called
 from .utils import set_random_seed
 from . import models   # after .model: models builds on Sequential
 
@@ -46,6 +47,7 @@ __all__ = [
     "ops",
     "nn",
     "load_model",
+    "load_onnx",
     "HAVE_CYTHON",
     "ExtensionWarning",
     "ThreadSettingWarning",

@@ -1,0 +1,368 @@
+"""ONNX interchange (fastcnn.onnx_io): model.export_onnx and fastcnn.load_onnx.
+
+Optional: skipped (with the reason) without the onnx and onnxruntime packages
+(``pip install fastcnn[onnx]``). The PyTorch-exported fixtures come from
+tests/fixtures/onnx/make_torch_cnn.py (torch is not needed to run these tests).
+"""
+import os
+import sys
+
+import fastcnn
+import numpy as np
+import pytest
+
+from fastcnn import layers as L
+from fastcnn.onnx_io import OnnxExportError, OnnxImportError
+
+onnx = pytest.importorskip("onnx", reason="the optional onnx package is not installed "
+                                          "(pip install fastcnn[onnx])")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed "
+                                                "(pip install fastcnn[onnx])")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "fixtures", "onnx")
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+
+
+def _session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _ort_predict(path, x):
+    s = _session(path)
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def _export_and_compare(model, tmp_path, x, *, roundtrip=True, name="m.onnx"):
+    path = tmp_path / name
+    assert model.export_onnx(path) == str(path)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    expected = model.predict(x, verbose=0)
+    got = _ort_predict(path, x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-6)
+    if roundtrip:
+        back = fastcnn.load_onnx(path)
+        np.testing.assert_allclose(back.predict(x, verbose=0), expected, rtol=1e-5, atol=2e-6)
+    return path, proto
+
+
+def _x(shape, n=3, seed=0):
+    return np.random.default_rng(seed).standard_normal((n,) + tuple(shape)).astype(np.float32)
+
+
+# ------------------------------------------------------------------ export
+@pytest.mark.parametrize("case", ["scratch", "lenet5", "fashion", "catsdogs"])
+def test_standard_models_export_run_and_round_trip(case, tmp_path):
+    from _cases import MODELS, build_fastcnn
+    spec = MODELS[case]
+    model = build_fastcnn(spec)
+    x = _x(spec.input_shape, n=2)
+    path, proto = _export_and_compare(model, tmp_path, x)
+    # NHWC input, a dynamic batch: ONNX Runtime takes batch 1 and batch 5 alike.
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == list(spec.input_shape)
+    x5 = _x(spec.input_shape, n=5, seed=1)
+    np.testing.assert_allclose(_ort_predict(path, x5[:1]), model.predict(x5[:1], verbose=0),
+                               rtol=1e-5, atol=2e-6)
+    if case != "catsdogs":
+        np.testing.assert_allclose(_ort_predict(path, x5), model.predict(x5, verbose=0),
+                                   rtol=1e-5, atol=2e-6)
+    # One Transpose into NCHW (before the first conv) and one back before Flatten.
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Transpose") == 2 and ops.index("Transpose") == 0
+
+
+def _bn(layer, channels, seed):
+    rng = np.random.default_rng(seed)
+    weights = [rng.uniform(0.5, 1.5, channels), rng.uniform(-0.3, 0.3, channels),
+               rng.uniform(-0.5, 0.5, channels), rng.uniform(0.5, 2.0, channels)]
+    layer.set_weights([w.astype(np.float32) for w in weights])
+
+
+def test_functional_residual_model(tmp_path):
+    fastcnn.set_random_seed(1)
+    inp = fastcnn.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    bn = L.BatchNormalization()
+    x = bn(x)
+    y = L.Conv2D(8, 3, padding="same")(x)
+    y = L.ReLU(max_value=6.0)(y)
+    x = L.Add()([x, y])                                     # the residual connection
+    x = L.ZeroPadding2D(((1, 0), (2, 1)))(x)
+    x = L.AveragePooling2D(3, strides=2, padding="same")(x)
+    z = L.Conv2D(4, 1, strides=2, padding="same", activation="elu")(x)
+    x = L.Concatenate()([L.MaxPooling2D(2, padding="same")(x), z])
+    g = L.GlobalAveragePooling2D()(x)
+    x = L.Flatten()(x)
+    x = L.Dropout(0.5)(x)
+    x = L.Dense(16, activation="tanh")(x)
+    x = L.Concatenate()([x, g])
+    x = L.Reshape((4, 7))(x)
+    x = L.Dense(3)(x)                                       # Dense on 3-D input
+    x = L.Flatten()(x)
+    out = L.Dense(5, activation="softmax")(x)
+    model = fastcnn.Model(inp, out)
+    _bn(bn, 8, 0)
+    _, proto = _export_and_compare(model, tmp_path, _x((16, 16, 3)))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "BatchNormalization" in ops and "Pad" in ops and "Concat" in ops
+
+
+def test_layouts_two_outputs_and_nested_model(tmp_path):
+    """4-D outputs come back NHWC; Dense and Softmax on 4-D NHWC tensors; a nested
+    Sequential; GlobalMaxPooling2D(keepdims); Average/Maximum/Subtract/Multiply merges."""
+    fastcnn.set_random_seed(2)
+    inp = fastcnn.Input((9, 9, 2))
+    block = fastcnn.Sequential([L.Conv2D(6, 3, padding="same", activation="relu"),
+                                L.BatchNormalization()])
+    a = block(inp)
+    _bn(block.layers[1], 6, 3)
+    b = L.Conv2D(6, 3, strides=2, padding="same")(inp)
+    b = L.UpSampling2D(2)(b) if hasattr(L, "UpSampling2D") else L.Conv2D(6, 1)(a)
+    b = L.Cropping2D(((0, 1), (0, 1)))(b) if hasattr(L, "Cropping2D") and b.shape[1] == 10 \
+        else b
+    m = L.Average()([a, b])
+    m = L.Maximum()([m, L.Subtract()([a, b])])
+    m = L.Multiply()([m, L.Activation("sigmoid")(a)])
+    d = L.Dense(4)(m)                                        # per position, NHWC
+    s = L.Softmax(axis=-1)(d)
+    gm = L.GlobalMaxPooling2D(keepdims=True)(m)
+    model = fastcnn.Model(inp, [s, gm])
+    x = _x((9, 9, 2))
+    path = tmp_path / "two.onnx"
+    model.export_onnx(path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    sess = _session(path)
+    got = sess.run(None, {sess.get_inputs()[0].name: x})
+    want = model.predict(x, verbose=0)
+    assert [g.shape for g in got] == [(3, 9, 9, 4), (3, 1, 1, 6)]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-6)
+
+
+ACTIVATIONS = ["relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "gelu_approximate",
+               "silu", "softplus", "softsign", "hard_sigmoid", "hard_silu", "exponential",
+               "sigmoid", "tanh", "softmax", "log_softmax", "linear"]
+
+
+def test_activations_export(tmp_path):
+    fastcnn.set_random_seed(3)
+    inp = fastcnn.Input((6,))
+    outs = [L.Dense(4, activation=a, name=f"d_{a}")(inp) for a in ACTIVATIONS]
+    conv_in = L.Reshape((2, 3, 1))(inp)
+    c = L.Conv2D(3, 2, padding="same", activation="softmax")(conv_in)   # channel softmax
+    outs.append(c)
+    h = L.Dense(5)(inp)
+    outs += [L.ReLU()(h), L.ReLU(max_value=6)(h), L.ReLU(negative_slope=0.1)(h),
+             L.ReLU(max_value=2.5, negative_slope=0.1, threshold=0.3)(h),
+             L.LeakyReLU(0.3)(h), L.ELU(0.5)(h), L.Softmax()(h),
+             L.Rescaling(0.5, offset=-1.0)(h)]
+    p = L.PReLU()
+    outs.append(p(h))
+    pc = L.PReLU(shared_axes=[1, 2])
+    outs.append(pc(c))
+    model = fastcnn.Model(inp, outs)
+    p.set_weights([np.linspace(-0.5, 0.5, 5, dtype=np.float32)])
+    pc.set_weights([np.full((1, 1, 3), 0.25, np.float32)])
+    x = _x((6,), n=4) * 3
+    path = tmp_path / "acts.onnx"
+    model.export_onnx(path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    sess = _session(path)
+    got = sess.run(None, {sess.get_inputs()[0].name: x})
+    want = model.predict(x, verbose=0)
+    for name, g, w in zip([o.name for o in sess.get_outputs()], got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6, err_msg=name)
+
+
+def test_fixed_batch_and_opset(tmp_path):
+    from _cases import MODELS, build_fastcnn
+    model = build_fastcnn(MODELS["scratch"])
+    path = tmp_path / "b2.onnx"
+    model.export_onnx(path, batch_size=2, opset=13)
+    proto = onnx.load(str(path))
+    assert proto.opset_import[0].version == 13
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    x = _x((28, 28, 1), n=2)
+    np.testing.assert_allclose(_ort_predict(path, x), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=2e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.export_onnx(tmp_path / "bad.onnx", batch_size=0)
+    with pytest.raises(ValueError, match="opset"):
+        model.export_onnx(tmp_path / "bad.onnx", opset=9)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+# ------------------------------------------------------------------ import
+@pytest.mark.parametrize("case", ["cnn", "resnet"])
+def test_pytorch_exported_nchw_models(case):
+    """torch.onnx.export'ed NCHW CNNs (fixtures) become NHWC fastcnn models with
+    PyTorch's predictions: BatchNorm, explicit (non-'same') pads, a counted-padding
+    average pool, a Flatten of NCHW features before Linear (permuted Dense rows), the
+    residual Add, Clip (ReLU6), LeakyReLU, Concat and x.view(x.size(0), -1)."""
+    data = np.load(os.path.join(FIXTURES, "torch_cases.npz"))
+    model = fastcnn.load_onnx(os.path.join(FIXTURES, f"torch_{case}.onnx"))
+    x_nchw = data[f"{case}_x"]
+    assert model.input_shape == (None,) + x_nchw.shape[2:] + x_nchw.shape[1:2]
+    got = model.predict(np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1)), verbose=0)
+    np.testing.assert_allclose(got, data[f"{case}_y"], rtol=1e-5, atol=1e-6)
+
+
+def test_pytorch_model_round_trips_through_fastcnn_export(tmp_path):
+    """NCHW file -> fastcnn (NHWC) -> exported again -> ONNX Runtime: the same numbers."""
+    data = np.load(os.path.join(FIXTURES, "torch_cases.npz"))
+    model = fastcnn.load_onnx(os.path.join(FIXTURES, "torch_cnn.onnx"))
+    path = tmp_path / "again.onnx"
+    model.export_onnx(path)
+    x = np.ascontiguousarray(data["cnn_x"].transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(_ort_predict(path, x), data["cnn_y"], rtol=1e-5, atol=1e-6)
+
+
+def test_round_trip_keeps_layers_and_weights(tmp_path):
+    from _cases import MODELS, build_fastcnn
+    model = build_fastcnn(MODELS["lenet5"])
+    path = tmp_path / "lenet.onnx"
+    model.export_onnx(path)
+    back = fastcnn.load_onnx(path)
+    kinds = [type(layer).__name__ for layer in back.layers]
+    assert kinds == ["InputLayer"] + [type(layer).__name__ for layer in model.layers]
+    assert back.input_shape == model.input_shape
+    for a, b in zip(model.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = _x((28, 28, 1), n=2)
+    np.testing.assert_array_equal(back.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+# --------------------------------------------------------------- bad input
+def _graph_file(tmp_path, nodes, inits=(), name="g.onnx", shape=(None, 3, 4, 4)):
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                      ["N" if d is None else d for d in shape])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=list(inits))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    path = tmp_path / name
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_unknown_operator_names_type_and_node(tmp_path):
+    from onnx import helper
+    path = _graph_file(tmp_path, [
+        helper.make_node("Relu", ["x"], ["r"], name="first_relu"),
+        helper.make_node("LRN", ["r"], ["y"], name="my_lrn_node", size=3)])
+    with pytest.raises(OnnxImportError, match=r"'LRN'.*'my_lrn_node'"):
+        fastcnn.load_onnx(path)
+
+
+def test_unsupported_attribute_names_node(tmp_path):
+    from onnx import helper, numpy_helper
+    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
+    path = _graph_file(tmp_path, [helper.make_node("Conv", ["x", "w"], ["y"], name="grouped",
+                                                   group=3, kernel_shape=[3, 3])], [w],
+                       shape=(None, 3, 5, 5))
+    with pytest.raises(OnnxImportError, match=r"'Conv'.*'grouped'.*group"):
+        fastcnn.load_onnx(path)
+    path = _graph_file(tmp_path, [helper.make_node("MaxPool", ["x"], ["y"], name="mp",
+                                                   kernel_shape=[3, 3], strides=[2, 2],
+                                                   pads=[1, 1, 1, 1])], name="mp.onnx",
+                       shape=(None, 3, 8, 8))
+    with pytest.raises(OnnxImportError, match=r"'MaxPool'.*'mp'.*padding"):
+        fastcnn.load_onnx(path)
+
+
+def test_truncated_empty_and_foreign_files(tmp_path):
+    from _cases import MODELS, build_fastcnn
+    good = tmp_path / "good.onnx"
+    build_fastcnn(MODELS["scratch"]).export_onnx(good)
+    data = good.read_bytes()
+    for i, cut in enumerate((len(data) // 2, len(data) - 7, 40)):
+        bad = tmp_path / f"cut{i}.onnx"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(OnnxImportError, match="truncated|corrupt"):
+            fastcnn.load_onnx(bad)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(OnnxImportError, match="empty"):
+        fastcnn.load_onnx(empty)
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(b"PK\x03\x04 this is a zip, not a model" * 10)
+    with pytest.raises(OnnxImportError):
+        fastcnn.load_onnx(foreign)
+    with pytest.raises(OnnxImportError, match="max_bytes"):
+        fastcnn.load_onnx(good, max_bytes=100)
+    with pytest.raises(FileNotFoundError):
+        fastcnn.load_onnx(tmp_path / "missing.onnx")
+
+
+def test_initializer_sizes_are_checked(tmp_path):
+    """A tensor declaring more values than it holds is refused before any allocation."""
+    from onnx import TensorProto, helper
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4096, 4096],
+                    raw_data=b"\0" * 16)
+    path = _graph_file(tmp_path, [helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")],
+                       [w], shape=(None, 4096))
+    with pytest.raises(OnnxImportError, match=r"'w'.*\[4096, 4096\].*holds 16 bytes"):
+        fastcnn.load_onnx(path)
+    ext = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 2],
+                      data_location=TensorProto.EXTERNAL)
+    ext.external_data.add(key="location", value="../../etc/passwd")
+    path = _graph_file(tmp_path, [helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")],
+                       [ext], name="ext.onnx", shape=(None, 4))
+    with pytest.raises(OnnxImportError, match="external"):
+        fastcnn.load_onnx(path)
+
+
+def test_unsupported_layer_on_export_writes_nothing(tmp_path):
+    inp = fastcnn.Input((8, 8, 3))
+    x = L.Conv2D(4, 3)(inp)
+    x = L.Resizing(4, 4, name="shrink")(x)
+    model = fastcnn.Model(inp, L.Flatten()(x))
+    path = tmp_path / "model.onnx"
+    with pytest.raises(OnnxExportError, match=r"'shrink' \(Resizing\)"):
+        model.export_onnx(path)
+    assert os.listdir(tmp_path) == []
+    path.write_bytes(b"old")                         # an existing file stays as it was
+    with pytest.raises(OnnxExportError):
+        model.export_onnx(path)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.onnx"]
+
+    custom = fastcnn.Sequential([L.Dense(3, activation=lambda t: t * 2.0, name="cust",
+                                         input_shape=(4,))])
+    with pytest.raises(OnnxExportError, match=r"'cust' \(Dense\).*custom activation"):
+        custom.export_onnx(tmp_path / "c.onnx")
+    assert not (tmp_path / "c.onnx").exists()
+
+
+def test_subclassed_and_unbuilt_models_are_refused(tmp_path):
+    class Net(fastcnn.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net.build((None, 3))
+    with pytest.raises(ValueError, match="subclassed"):
+        net.export_onnx(tmp_path / "n.onnx")
+    with pytest.raises(ValueError, match="not built"):
+        fastcnn.Sequential([L.Dense(2)]).export_onnx(tmp_path / "n.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_onnx_package_names_the_extra(monkeypatch, tmp_path):
+    from _cases import MODELS, build_fastcnn
+    model = build_fastcnn(MODELS["scratch"])
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"pip install fastcnn\[onnx\]"):
+        model.export_onnx(tmp_path / "m.onnx")
+    with pytest.raises(ImportError, match=r"pip install fastcnn\[onnx\]"):
+        fastcnn.load_onnx(tmp_path / "m.onnx")
