@@ -633,6 +633,14 @@ class Model(Trainer, Layer):
         from . import saving
         saving.load_weights(self, filepath)
 
+    def export_onnx(self, path, batch_size=None, opset=None):
+        """Writes the model as ONNX (NHWC input; ONNX Runtime gives the same predictions);
+        ``batch_size`` None: a dynamic batch. Needs ``pip install fastcnn[onnx]``; see
+        :func:`fastcnn.onnx_io.export_onnx`."""
+        from . import onnx_io
+        return onnx_io.export_onnx(self, path, batch_size=batch_size,
+                                   opset=onnx_io.DEFAULT_OPSET if opset is None else opset)
+
     def get_config(self) -> dict:
         """The architecture as a JSON-able dict (graph models)."""
         from . import saving
