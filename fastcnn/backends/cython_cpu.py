@@ -51,6 +51,7 @@ _conv = _extensions.modules.get("conv", _Unavailable())
 _pool = _extensions.modules.get("pool", _Unavailable())
 _elt = _extensions.modules.get("elementwise", _Unavailable())
 _simd = _extensions.modules.get("simd", _Unavailable())
+_dwc = _extensions.modules.get("depthwise", _Unavailable())
 _ACT_NONE = 0
 # A float32 conv takes the direct path unless it has both few input channels and few
 # filters (a first layer such as LeNet-5's 1 -> 6): the kernel's blocks are 16 filters wide
@@ -319,6 +320,42 @@ def _direct_backward(dy, ctx, need_dx):
         (n_a, n_b), (grid_u, grid_v) = phase.taps, phase.grid
         _simd.gather(dy, _padded_columns(phase.w_sub), None, dx, n_a, n_b, grid_u, grid_v,
                      *phase.base, *phase.dest)
+    return dx, dw, db
+
+
+# --- depthwise convolution ------------------------------------------------------------------
+# csrc/depthwise.h: C SIMD over the C*M output channels (float32 and float64), parallel
+# over output rows; dx a gather per stride phase; dW and db as partial sums over a fixed
+# number of row blocks, added here in block order (thread-count independent).
+
+
+def depthwise_conv2d_forward(x, w, b, stride, pad):
+    _checks.check_depthwise_args(x, w, b)
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w)
+    kh, kw, c, m = w.shape
+    b = None if b is None else np.ascontiguousarray(b)
+    geometry = _geometry(x.shape, (kh, kw), stride, pad, "kernel size")
+    kh, kw, sh, sw, pt, pl, ho, wo = geometry
+    y = np.empty((x.shape[0], ho, wo, c * m), dtype=x.dtype)
+    _dwc.forward(x, w.reshape(kh * kw, c * m), b, y, kh, kw, sh, sw, pt, pl, m)
+    return y, (x, w, b is not None, geometry)
+
+
+def depthwise_conv2d_backward(dy, ctx, need_dx=True):
+    x, w, has_bias, geometry = ctx
+    kh, kw, sh, sw, pt, pl, ho, wo = geometry
+    c, m = w.shape[2], w.shape[3]
+    dy = _float_array(dy, "dy", x.dtype)
+    _check_shape(dy, (x.shape[0], ho, wo, c * m), "dy")
+    part = _dwc.dw_partials(x, dy, kh, kw, sh, sw, pt, pl, m, has_bias)
+    total = part[0] if part.shape[0] == 1 else np.add.reduce(part, axis=0)
+    dw = total[: kh * kw].reshape(w.shape)
+    db = total[kh * kw] if has_bias else None
+    if not need_dx:
+        return None, dw, db
+    dx = np.empty(x.shape, dtype=x.dtype)
+    _dwc.dx(dy, w.reshape(kh * kw, c * m), dx, kh, kw, sh, sw, pt, pl, m)
     return dx, dw, db
 
 

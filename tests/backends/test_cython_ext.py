@@ -44,6 +44,7 @@ def test_extension_imports_when_required():
     assert _extensions.HAVE_CYTHON, _extensions.IMPORT_ERROR
     assert _extensions.IMPORT_ERROR is None
     assert set(_extensions.modules) == set(_extensions.EXTENSIONS)
+    assert "depthwise" in _extensions.EXTENSIONS  # csrc/depthwise.pyx (issue 14)
     for module in _extensions.modules.values():
         assert module.ABI_VERSION == _extensions.ABI_VERSION
     assert "cython" in backends.available()

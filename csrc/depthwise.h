@@ -1,0 +1,211 @@
+/* The depthwise convolution of fastcnn._ext_depthwise (csrc/depthwise.pyx): NHWC
+ * activations, Keras's depthwise kernel (kh, kw, C, M) seen as (kh*kw, C*M), float32 and
+ * float64, compiled for AVX-512, AVX2 + FMA and the baseline (SSE2 / NEON) as simd.h does
+ * for the dense convolution, with a run-time choice of instruction set.
+ *
+ * Why this shape of kernel. A depthwise conv does kh*kw multiply-adds per output value
+ * (a dense conv kh*kw*C), so it is bound by memory, not by FLOPs: the aim is to read x and
+ * write y once, at the machine's copy bandwidth. NHWC keeps the channels of a pixel
+ * contiguous, and output channel o = c*M + m only ever reads input channel c, so the vector
+ * axis is the C*M output channels: one output vector is kh*kw vector loads of the input,
+ * kh*kw loads of the weight rows w[tap, o..] (L1-resident) and kh*kw fused multiply-adds,
+ * with the bias as the accumulator's start and a single store. No im2col, no padded copy:
+ *
+ * - ROW KERNEL (depthwise_kernels.h, row): out[q] = bias + sum_k src_k[q*ssx + d_k] * w_k
+ *   over a list of taps k, each a source row, a column shift d_k and a weight row. Columns
+ *   q whose every tap lies inside the source row (the interior) run 4 pixels at a time
+ *   with no bounds test at all (each weight vector is loaded once for the 4); only the few
+ *   border columns test each tap. Image rows outside the input are simply not in the list.
+ * - FORWARD: one row job per output row (n, i): the taps (a, b) of the rows a that are
+ *   inside the image, d = b - left pad, ssx = the column stride.
+ * - dx, a GATHER (no scatter, no zero fill): one row job per stride phase p of each dx row
+ *   (n, y): dx columns p, p + sw, ... take the taps (a, b) with (y + top - a) divisible by
+ *   sh and b = p + left - sw*d, i.e. the correlation of dy with the flipped kernel, and
+ *   every dx element is written exactly once. With M > 1 the row is formed in C*M channel
+ *   space in a thread-private buffer and summed over m.
+ * - dW and db: the (n, i) rows are cut into FIXED blocks (their count depends on the
+ *   shape only); each block sums its rows into its own partial (kh*kw + 1, C*M) array (per
+ *   row, per tap, a register reduction over the row's pixels), and the caller adds the
+ *   partials in block order. So the result is the same for any thread count.
+ * - M > 1: the input rows a job reads are first expanded to C*M channels (x[.., c]
+ *   repeated M times) in a thread-private buffer, then the M = 1 code runs. MobileNet's
+ *   depthwise layers (M = 1) never take this path.
+ *
+ * Determinism: every output element is written by one call, in an order fixed by the
+ * shapes; results are bitwise equal for any thread count (they differ in the last bits
+ * between instruction sets: FMA contracts a multiply-add into one rounding).
+ */
+#ifndef FASTCNN_DEPTHWISE_H
+#define FASTCNN_DEPTHWISE_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if !defined(__GNUC__)
+#error "fastcnn's SIMD kernels need GCC or Clang (GNU C vector extensions)"
+#endif
+
+/* One depthwise job (pointers are float or double, the instantiation's type). */
+typedef struct {
+    const void *x;     /* (n, h, w, c) */
+    const void *wt;    /* (kh*kw, cm): the kernel (kh, kw, c, m), reshaped */
+    const void *bias;  /* (cm,) or NULL */
+    const void *dy;    /* (n, ho, wo, cm) */
+    void *y;           /* (n, ho, wo, cm) */
+    void *dx;          /* (n, h, w, c) */
+    void *part;        /* dW partials: (nblocks, kh*kw + 1, cm); the last row is db's */
+    ptrdiff_t n, h, w, c, m, cm, ho, wo, kh, kw, sh, sw, pt, pl;
+    ptrdiff_t block_rows; /* dW: (n, i) rows per partial block */
+    int with_db;
+} dwc_job;
+
+/* Taps per row job; a longer list (kernels above 8x8) runs in several passes, the later
+ * ones adding to what the first stored. */
+#define DWC_MAX_TAPS 64
+
+enum { DWC_ISA_GENERIC = 0, DWC_ISA_AVX2 = 1, DWC_ISA_AVX512 = 2 };
+
+#define DWC_INLINE static inline __attribute__((always_inline))
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+/* --- the compilations: two types x three instruction sets ----------------------------- */
+
+#define DW_T float
+#define DW_SFX f32_generic
+#define DW_VBYTES 16
+#include "depthwise_kernels.h"
+#define DW_T double
+#define DW_SFX f64_generic
+#define DW_VBYTES 16
+#include "depthwise_kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define DWC_HAVE_X86 1
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define DW_T float
+#define DW_SFX f32_avx2
+#define DW_VBYTES 32
+#include "depthwise_kernels.h"
+#define DW_T double
+#define DW_SFX f64_avx2
+#define DW_VBYTES 32
+#include "depthwise_kernels.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
+#endif
+#define DW_T float
+#define DW_SFX f32_avx512
+#define DW_VBYTES 64
+#include "depthwise_kernels.h"
+#define DW_T double
+#define DW_SFX f64_avx512
+#define DW_VBYTES 64
+#include "depthwise_kernels.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else
+#define DWC_HAVE_X86 0
+#endif
+
+/* --- run-time dispatch (as simd.h's, with its own state: set_isa is per module) -------- */
+
+static int dwc_isa = -1;
+
+static int dwc_isa_supported(int isa)
+{
+    if (isa == DWC_ISA_GENERIC)
+        return 1;
+#if DWC_HAVE_X86
+    __builtin_cpu_init();
+    if (isa == DWC_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == DWC_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
+            && dwc_isa_supported(DWC_ISA_AVX2);
+#endif
+    return 0;
+}
+
+/* Not thread-safe: called with the GIL held, never while a kernel runs (depthwise.pyx
+ * calls dwc_get_isa() once at import, so kernels only read dwc_isa). */
+static void dwc_set_isa(int isa) { dwc_isa = isa; }
+
+static int dwc_get_isa(void)
+{
+    if (dwc_isa < 0) {
+        if (dwc_isa_supported(DWC_ISA_AVX512))
+            dwc_isa = DWC_ISA_AVX512;
+        else if (dwc_isa_supported(DWC_ISA_AVX2))
+            dwc_isa = DWC_ISA_AVX2;
+        else
+            dwc_isa = DWC_ISA_GENERIC;
+    }
+    return dwc_isa;
+}
+
+/* The vector axis is the cm output channels: with fewer than a wide register holds (or
+ * a ragged tail that would be a large share of the work) a narrower build runs, as
+ * simd.h's pools do. vl is the AVX-512 build's lanes for the type (16 or 8). */
+#if DWC_HAVE_X86
+#define DWC_DISPATCH(name, ty, vl, ...)                                                     \
+    {                                                                                       \
+        const int isa_ = dwc_get_isa();                                                     \
+        const ptrdiff_t cm_ = g->cm;                                                        \
+        if (isa_ == DWC_ISA_AVX512 && (cm_ % (vl) == 0 || cm_ >= 3 * (vl)))                 \
+            name##_##ty##_avx512(__VA_ARGS__);                                              \
+        else if (isa_ >= DWC_ISA_AVX2 && cm_ >= (vl) / 2)                                   \
+            name##_##ty##_avx2(__VA_ARGS__);                                                \
+        else                                                                                \
+            name##_##ty##_generic(__VA_ARGS__);                                             \
+    }
+#else
+#define DWC_DISPATCH(name, ty, vl, ...) name##_##ty##_generic(__VA_ARGS__);
+#endif
+
+#define DWC_ENTRY(name, ty, vl)                                                             \
+    static void name##_##ty(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *scratch)     \
+    {                                                                                       \
+        DWC_DISPATCH(name, ty, vl, g, lo, hi, scratch)                                      \
+    }
+DWC_ENTRY(dwc_forward_rows, f32, 16)
+DWC_ENTRY(dwc_forward_rows, f64, 8)
+DWC_ENTRY(dwc_dx_rows, f32, 16)
+DWC_ENTRY(dwc_dx_rows, f64, 8)
+DWC_ENTRY(dwc_dw_blocks, f32, 16)
+DWC_ENTRY(dwc_dw_blocks, f64, 8)
+#undef DWC_ENTRY
+
+/* Scratch elements one thread needs (0 for M = 1): kh expanded input rows for the
+ * forward and dW, one C*M-wide dx row for dx. */
+static ptrdiff_t dwc_scratch_forward(const dwc_job *g)
+{
+    return g->m == 1 ? 0 : g->kh * g->w * g->cm;
+}
+
+static ptrdiff_t dwc_scratch_dx(const dwc_job *g)
+{
+    return g->m == 1 ? 0 : g->w * g->cm;
+}
+
+#endif /* FASTCNN_DEPTHWISE_H */

@@ -1,0 +1,417 @@
+/* The depthwise convolution kernels (design: depthwise.h), included once per element type
+ * and instruction set with
+ *
+ *   DW_T       float or double,
+ *   DW_SFX     the suffix of every function name (f32_avx512, f64_generic, ...),
+ *   DW_VBYTES  bytes per vector register (16, 32 or 64),
+ *
+ * which are undefined at the end for the next inclusion. No include guard, on purpose.
+ */
+
+#define DW_CAT_(a, b) a##_##b
+#define DW_CAT(a, b) DW_CAT_(a, b)
+#define DW_FN(name) DW_CAT(dwc_##name, DW_SFX)
+#define DW_VL ((ptrdiff_t)(DW_VBYTES / sizeof(DW_T)))
+
+typedef DW_T DW_FN(vec) __attribute__((vector_size(DW_VBYTES)));
+#define DW_VEC DW_FN(vec)
+
+DWC_INLINE DW_VEC DW_FN(load)(const DW_T *p)
+{
+    DW_VEC v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+DWC_INLINE void DW_FN(store)(DW_T *p, DW_VEC v) { memcpy(p, &v, sizeof v); }
+
+/* The first k < DW_VL lanes (the ragged end of a row of channels), the others zero. */
+DWC_INLINE DW_VEC DW_FN(load_part)(const DW_T *p, ptrdiff_t k)
+{
+    DW_VEC v = {0};
+    memcpy(&v, p, (size_t)k * sizeof(DW_T));
+    return v;
+}
+
+DWC_INLINE void DW_FN(store_part)(DW_T *p, DW_VEC v, ptrdiff_t k)
+{
+    memcpy(p, &v, (size_t)k * sizeof(DW_T));
+}
+
+/* A row job's taps: out[q] (+)= sum_k row[k][(q*ssx + d[k])*cm ..] * wt[k][..]. */
+typedef struct {
+    int n;        /* taps listed */
+    int passes;   /* row passes already stored (the next one adds to them) */
+    const DW_T *row[DWC_MAX_TAPS];
+    ptrdiff_t d[DWC_MAX_TAPS];
+    const DW_T *wt[DWC_MAX_TAPS];
+} DW_FN(taps);
+
+/* Pixels per interior block: accumulators + the weight vector in registers (AVX-512 has
+ * 32 vector registers, the others 16). */
+#define DW_NP (DW_VBYTES == 64 ? 8 : 4)
+
+/* NP output pixels q .. q+NP-1, channels [o, o + lanes) (lanes == DW_VL: whole vectors),
+ * from the taps' first-pixel pointers pk[k] (interior pixels: every tap inside its row).
+ * ACC: add to out (a later pass of a long tap list) instead of starting from the bias. */
+DWC_INLINE void DW_FN(pixels)(const DW_FN(taps) *t, const DW_T *const *pk, ptrdiff_t step,
+                              const DW_T *bias, DW_T *out, ptrdiff_t ostep, ptrdiff_t o,
+                              ptrdiff_t lanes, const int NP, const int ACC)
+{
+    const int full = lanes == DW_VL;
+    DW_VEC acc[8];
+    for (int i = 0; i < NP; i++) {
+        DW_T *dst = out + i * ostep + o;
+        if (ACC)
+            acc[i] = full ? DW_FN(load)(dst) : DW_FN(load_part)(dst, lanes);
+        else if (bias)
+            acc[i] = full ? DW_FN(load)(bias + o) : DW_FN(load_part)(bias + o, lanes);
+        else
+            acc[i] = (DW_VEC){0};
+    }
+    const int nt = t->n;
+    for (int k = 0; k < nt; k++) {
+        const DW_VEC wv = full ? DW_FN(load)(t->wt[k] + o) : DW_FN(load_part)(t->wt[k] + o, lanes);
+        const DW_T *p = pk[k] + o;
+        for (int i = 0; i < NP; i++)
+            acc[i] += (full ? DW_FN(load)(p + i * step) : DW_FN(load_part)(p + i * step, lanes)) * wv;
+    }
+    for (int i = 0; i < NP; i++) {
+        DW_T *dst = out + i * ostep + o;
+        if (full)
+            DW_FN(store)(dst, acc[i]);
+        else
+            DW_FN(store_part)(dst, acc[i], lanes);
+    }
+}
+
+/* Every channel of NP interior pixels from q. */
+DWC_INLINE void DW_FN(pixels_all)(const DW_FN(taps) *t, ptrdiff_t ssx, ptrdiff_t cm,
+                                  const DW_T *bias, DW_T *out, ptrdiff_t osx, ptrdiff_t q,
+                                  const int NP, const int ACC)
+{
+    const DW_T *pk[DWC_MAX_TAPS];
+    for (int k = 0; k < t->n; k++)
+        pk[k] = t->row[k] + (q * ssx + t->d[k]) * cm;
+    DW_T *dst = out + q * osx * cm;
+    const ptrdiff_t step = ssx * cm, ostep = osx * cm;
+    ptrdiff_t o = 0;
+    for (; o + DW_VL <= cm; o += DW_VL)
+        DW_FN(pixels)(t, pk, step, bias, dst, ostep, o, DW_VL, NP, ACC);
+    if (o < cm)
+        DW_FN(pixels)(t, pk, step, bias, dst, ostep, o, cm - o, NP, ACC);
+}
+
+/* One border pixel q: the taps whose column lies inside [0, ws) only. */
+static void DW_FN(border_pixel)(const DW_FN(taps) *t, ptrdiff_t ws, ptrdiff_t ssx,
+                                ptrdiff_t cm, const DW_T *bias, DW_T *out, ptrdiff_t osx,
+                                ptrdiff_t q, int acc_in)
+{
+    DW_FN(taps) in;
+    in.n = 0;
+    in.passes = 0;
+    for (int k = 0; k < t->n; k++) {
+        const ptrdiff_t col = q * ssx + t->d[k];
+        if (col >= 0 && col < ws) {
+            in.row[in.n] = t->row[k];
+            in.d[in.n] = t->d[k];
+            in.wt[in.n] = t->wt[k];
+            in.n++;
+        }
+    }
+    if (acc_in)
+        DW_FN(pixels_all)(&in, ssx, cm, bias, out, osx, q, 1, 1);
+    else
+        DW_FN(pixels_all)(&in, ssx, cm, bias, out, osx, q, 1, 0);
+}
+
+/* One pass of the row kernel over output pixels [0, nq) (out: pixel 0, pixels osx apart). */
+static void DW_FN(row_pass)(const DW_FN(taps) *t, ptrdiff_t ws, ptrdiff_t ssx, ptrdiff_t cm,
+                            const DW_T *bias, DW_T *out, ptrdiff_t osx, ptrdiff_t nq, int acc_in)
+{
+    /* The interior [q_lo, q_hi): every tap's column inside [0, ws). */
+    ptrdiff_t dmin = 0, dmax = 0;
+    for (int k = 0; k < t->n; k++) {
+        if (k == 0 || t->d[k] < dmin)
+            dmin = t->d[k];
+        if (k == 0 || t->d[k] > dmax)
+            dmax = t->d[k];
+    }
+    ptrdiff_t q_lo = dmin >= 0 ? 0 : (-dmin + ssx - 1) / ssx;
+    ptrdiff_t q_hi = ws - 1 - dmax < 0 ? 0 : (ws - 1 - dmax) / ssx + 1;
+    if (q_hi > nq)
+        q_hi = nq;
+    if (q_lo > nq)
+        q_lo = nq;
+    if (q_hi < q_lo)
+        q_hi = q_lo;
+    for (ptrdiff_t q = 0; q < q_lo; q++)
+        DW_FN(border_pixel)(t, ws, ssx, cm, bias, out, osx, q, acc_in);
+    ptrdiff_t q = q_lo;
+    if (acc_in) {
+        for (; q + DW_NP <= q_hi; q += DW_NP)
+            DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, DW_NP, 1);
+        for (; q < q_hi; q++)
+            DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, 1, 1);
+    } else {
+        for (; q + DW_NP <= q_hi; q += DW_NP)
+            DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, DW_NP, 0);
+        for (; q < q_hi; q++)
+            DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, 1, 0);
+    }
+    for (q = q_hi; q < nq; q++)
+        DW_FN(border_pixel)(t, ws, ssx, cm, bias, out, osx, q, acc_in);
+}
+
+/* The row job's geometry, shared by the passes of one row. */
+typedef struct {
+    ptrdiff_t ws, ssx, cm, osx, nq;
+    const DW_T *bias;
+    DW_T *out;
+} DW_FN(rowgeo);
+
+/* Runs the listed taps (a full list mid-row, or the last ones) and empties the list. */
+static void DW_FN(flush)(DW_FN(taps) *t, const DW_FN(rowgeo) *r)
+{
+    DW_FN(row_pass)(t, r->ws, r->ssx, r->cm, t->passes ? NULL : r->bias, r->out, r->osx,
+                    r->nq, t->passes > 0);
+    t->passes++;
+    t->n = 0;
+}
+
+DWC_INLINE void DW_FN(add_tap)(DW_FN(taps) *t, const DW_FN(rowgeo) *r, const DW_T *row,
+                               ptrdiff_t d, const DW_T *wt)
+{
+    if (t->n == DWC_MAX_TAPS)
+        DW_FN(flush)(t, r);
+    t->row[t->n] = row;
+    t->d[t->n] = d;
+    t->wt[t->n] = wt;
+    t->n++;
+}
+
+/* Ends a row job: runs what is left (or writes bias / zeros when no tap was listed). */
+DWC_INLINE void DW_FN(finish)(DW_FN(taps) *t, const DW_FN(rowgeo) *r)
+{
+    if (t->n > 0 || t->passes == 0)
+        DW_FN(flush)(t, r);
+}
+
+/* x row (n, yy) with every channel repeated m times: (w, c*m) into buf. */
+DWC_INLINE void DW_FN(expand_row)(const dwc_job *g, ptrdiff_t n, ptrdiff_t yy, DW_T *buf)
+{
+    const DW_T *src = (const DW_T *)g->x + (n * g->h + yy) * g->w * g->c;
+    const ptrdiff_t c = g->c, m = g->m;
+    for (ptrdiff_t px = 0; px < g->w; px++)
+        for (ptrdiff_t ch = 0; ch < c; ch++) {
+            const DW_T v = src[px * c + ch];
+            for (ptrdiff_t k = 0; k < m; k++)
+                buf[(px * c + ch) * m + k] = v;
+        }
+}
+
+/* --- forward: output rows [lo, hi) of the flattened (n, i) axis -------------------------- */
+
+static void DW_FN(forward_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *scratch)
+{
+    const DW_T *x = (const DW_T *)g->x, *wt = (const DW_T *)g->wt;
+    const ptrdiff_t cm = g->cm;
+    DW_FN(taps) t;
+    DW_FN(rowgeo) r;
+    r.ws = g->w;
+    r.ssx = g->sw;
+    r.cm = cm;
+    r.osx = 1;
+    r.nq = g->wo;
+    r.bias = (const DW_T *)g->bias;
+    for (ptrdiff_t rr = lo; rr < hi; rr++) {
+        const ptrdiff_t n = rr / g->ho, i = rr - n * g->ho;
+        r.out = (DW_T *)g->y + rr * g->wo * cm;
+        t.n = 0;
+        t.passes = 0;
+        for (ptrdiff_t a = 0; a < g->kh; a++) {
+            const ptrdiff_t yy = i * g->sh - g->pt + a;
+            if (yy < 0 || yy >= g->h)
+                continue;
+            const DW_T *row;
+            if (g->m == 1) {
+                row = x + (n * g->h + yy) * g->w * cm;
+            } else {
+                DW_T *buf = (DW_T *)scratch + a * g->w * cm;
+                DW_FN(expand_row)(g, n, yy, buf);
+                row = buf;
+            }
+            for (ptrdiff_t b = 0; b < g->kw; b++)
+                DW_FN(add_tap)(&t, &r, row, b - g->pl, wt + (a * g->kw + b) * cm);
+        }
+        DW_FN(finish)(&t, &r);
+    }
+}
+
+/* --- dx: dx rows [lo, hi) of the flattened (n, y) axis, one gather per stride phase ----- */
+
+static void DW_FN(dx_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *scratch)
+{
+    const DW_T *dy = (const DW_T *)g->dy, *wt = (const DW_T *)g->wt;
+    const ptrdiff_t cm = g->cm, c = g->c, m = g->m, sw = g->sw;
+    DW_FN(taps) t;
+    DW_FN(rowgeo) r;
+    r.ws = g->wo;
+    r.ssx = 1;
+    r.cm = cm;
+    r.osx = sw;
+    r.bias = NULL;
+    for (ptrdiff_t rr = lo; rr < hi; rr++) {
+        const ptrdiff_t n = rr / g->h, yy = rr - n * g->h;
+        DW_T *dst = m == 1 ? (DW_T *)g->dx + rr * g->w * c : (DW_T *)scratch;
+        for (ptrdiff_t p = 0; p < sw && p < g->w; p++) {
+            /* dx column p + sw*q takes dy column q + (p + left - b)/sw through tap b, for
+             * the b with p + left - b divisible by sw. */
+            r.out = dst + p * cm;
+            r.nq = (g->w - p + sw - 1) / sw;
+            t.n = 0;
+            t.passes = 0;
+            for (ptrdiff_t a = 0; a < g->kh; a++) {
+                const ptrdiff_t s = yy + g->pt - a;
+                if (s < 0 || s % g->sh != 0 || s / g->sh >= g->ho)
+                    continue;
+                const DW_T *row = dy + (n * g->ho + s / g->sh) * g->wo * cm;
+                ptrdiff_t b0 = (p + g->pl) % sw;
+                for (ptrdiff_t b = b0; b < g->kw; b += sw)
+                    DW_FN(add_tap)(&t, &r, row, (p + g->pl - b) / sw, wt + (a * g->kw + b) * cm);
+            }
+            DW_FN(finish)(&t, &r);
+        }
+        if (m != 1) {
+            /* dx[.., ch] = sum over m of the row's C*M-channel gradient. */
+            DW_T *out = (DW_T *)g->dx + rr * g->w * c;
+            for (ptrdiff_t px = 0; px < g->w; px++)
+                for (ptrdiff_t ch = 0; ch < c; ch++) {
+                    const DW_T *s = dst + (px * c + ch) * m;
+                    DW_T v = s[0];
+                    for (ptrdiff_t k = 1; k < m; k++)
+                        v += s[k];
+                    out[px * c + ch] = v;
+                }
+        }
+    }
+}
+
+/* --- dW and db: partial blocks [lo, hi) ----------------------------------------------------
+ * sum over j in [0, count) of xs0[j*ss*cm + o..] * dy0[j*cm + o..], for one vector of
+ * channels, in 4 independent accumulators (the FMA latency), added in a fixed order. */
+DWC_INLINE DW_VEC DW_FN(dot_cols)(const DW_T *xs0, ptrdiff_t ss, const DW_T *dy0,
+                                  ptrdiff_t cm, ptrdiff_t jhi, ptrdiff_t o, ptrdiff_t lanes)
+{
+    DW_VEC a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    const ptrdiff_t xs = ss * cm;
+    const DW_T *xp = xs0 + o, *dp = dy0 + o;
+    ptrdiff_t j = 0;
+    if (lanes == DW_VL) {
+        for (; j + 4 <= jhi; j += 4) {
+            a0 += DW_FN(load)(xp) * DW_FN(load)(dp);
+            a1 += DW_FN(load)(xp + xs) * DW_FN(load)(dp + cm);
+            a2 += DW_FN(load)(xp + 2 * xs) * DW_FN(load)(dp + 2 * cm);
+            a3 += DW_FN(load)(xp + 3 * xs) * DW_FN(load)(dp + 3 * cm);
+            xp += 4 * xs;
+            dp += 4 * cm;
+        }
+        for (; j < jhi; j++) {
+            a0 += DW_FN(load)(xp) * DW_FN(load)(dp);
+            xp += xs;
+            dp += cm;
+        }
+    } else {
+        for (; j < jhi; j++) {
+            a0 += DW_FN(load_part)(xp, lanes) * DW_FN(load_part)(dp, lanes);
+            xp += xs;
+            dp += cm;
+        }
+    }
+    return (a0 + a1) + (a2 + a3);
+}
+
+DWC_INLINE void DW_FN(add_to)(DW_T *p, DW_VEC v, ptrdiff_t lanes)
+{
+    if (lanes == DW_VL)
+        DW_FN(store)(p, DW_FN(load)(p) + v);
+    else
+        DW_FN(store_part)(p, DW_FN(load_part)(p, lanes) + v, lanes);
+}
+
+static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *scratch)
+{
+    const DW_T *x = (const DW_T *)g->x, *dy = (const DW_T *)g->dy;
+    const ptrdiff_t cm = g->cm, rows = g->n * g->ho, ntap = g->kh * g->kw;
+    for (ptrdiff_t blk = lo; blk < hi; blk++) {
+        DW_T *part = (DW_T *)g->part + blk * (ntap + 1) * cm;
+        memset(part, 0, (size_t)((ntap + 1) * cm) * sizeof(DW_T));
+        const ptrdiff_t r1 = (blk + 1) * g->block_rows < rows ? (blk + 1) * g->block_rows : rows;
+        for (ptrdiff_t rr = blk * g->block_rows; rr < r1; rr++) {
+            const ptrdiff_t n = rr / g->ho, i = rr - n * g->ho;
+            const DW_T *dyr = dy + rr * g->wo * cm;
+            for (ptrdiff_t o = 0; o < cm; o += DW_VL) {
+                const ptrdiff_t lanes = cm - o < DW_VL ? cm - o : DW_VL;
+                if (g->with_db) {
+                    /* db: the row's dy summed, as a product with ones. */
+                    DW_VEC s = {0}, s1 = {0};
+                    ptrdiff_t j = 0;
+                    if (lanes == DW_VL) {
+                        for (; j + 2 <= g->wo; j += 2) {
+                            s += DW_FN(load)(dyr + j * cm + o);
+                            s1 += DW_FN(load)(dyr + (j + 1) * cm + o);
+                        }
+                        for (; j < g->wo; j++)
+                            s += DW_FN(load)(dyr + j * cm + o);
+                    } else {
+                        for (; j < g->wo; j++)
+                            s += DW_FN(load_part)(dyr + j * cm + o, lanes);
+                    }
+                    DW_FN(add_to)(part + ntap * cm + o, s + s1, lanes);
+                }
+            }
+            for (ptrdiff_t a = 0; a < g->kh; a++) {
+                const ptrdiff_t yy = i * g->sh - g->pt + a;
+                if (yy < 0 || yy >= g->h)
+                    continue;
+                const DW_T *row;
+                if (g->m == 1) {
+                    row = x + (n * g->h + yy) * g->w * cm;
+                } else {
+                    DW_T *buf = (DW_T *)scratch;
+                    DW_FN(expand_row)(g, n, yy, buf);
+                    row = buf;
+                }
+                for (ptrdiff_t b = 0; b < g->kw; b++) {
+                    /* Output column j reads x column j*sw - left + b: inside the row for
+                     * j in [jlo, jhi). */
+                    const ptrdiff_t shift = g->pl - b;
+                    const ptrdiff_t jlo = shift > 0 ? (shift + g->sw - 1) / g->sw : 0;
+                    ptrdiff_t jhi = g->w - 1 + shift >= 0 ? (g->w - 1 + shift) / g->sw + 1 : 0;
+                    if (jhi > g->wo)
+                        jhi = g->wo;
+                    if (jlo >= jhi)
+                        continue;
+                    const DW_T *x0 = row + (jlo * g->sw - shift) * cm, *dy0 = dyr + jlo * cm;
+                    DW_T *pw = part + (a * g->kw + b) * cm;
+                    for (ptrdiff_t o = 0; o < cm; o += DW_VL) {
+                        const ptrdiff_t lanes = cm - o < DW_VL ? cm - o : DW_VL;
+                        DW_FN(add_to)(pw + o,
+                                      DW_FN(dot_cols)(x0, g->sw, dy0, cm, jhi - jlo, o, lanes),
+                                      lanes);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#undef DW_VEC
+#undef DW_NP
+#undef DW_VL
+#undef DW_FN
+#undef DW_CAT
+#undef DW_CAT_
+#undef DW_T
+#undef DW_SFX
+#undef DW_VBYTES
