@@ -51,7 +51,7 @@ def normalize_padding2d(padding, argument="padding"):
 class ZeroPadding2D(Layer):
     """Adds rows and columns of zeros around each image (N, H, W, C)."""
 
-    def __init__(self, padding=(1, 1), *, data_format=None, **kwargs):
+    def __init__(self, padding=(1, 1), data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.padding = normalize_padding2d(padding)
         check_data_format(data_format)

@@ -7,6 +7,7 @@ by make_layers14.py with TensorFlow's GradientTape) on every CPU backend; float6
 checks over the input and every weight; weight names, shapes, order and parameter counts as
 Keras's; configs through JSON and a saved model; Keras's error messages for bad arguments.
 """
+import inspect
 import json
 import os
 
@@ -86,6 +87,14 @@ def test_summary_totals_equal_keras(case):
     out = "\n".join(lines)
     assert f"Total params: {meta['count_params']:,}" in out, out
     assert str(tuple(meta["output_shape"])).replace("None", "None") in out, out
+
+
+@pytest.mark.parametrize("cls", sorted(META["signatures"]))
+def test_constructor_signature_equals_keras(cls):
+    params = list(inspect.signature(getattr(layers, cls).__init__).parameters.values())
+    ours = [[p.name, None if p.default is inspect.Parameter.empty else repr(p.default)]
+            for p in params[1:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    assert ours == META["signatures"][cls]
 
 
 def test_keras_fans_of_the_new_kernel_shapes():
