@@ -459,6 +459,10 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True) -> None:
     if not distributed.current().is_primary:   # under MPI: rank 0 writes the one file
         return
     path = _check_save_path(filepath)
+    from . import keras_files
+    if keras_files.is_keras_save_path(path):   # .keras / .h5 / .hdf5: Keras's formats
+        keras_files.save_model(model, path, overwrite=overwrite)
+        return
     weights_index, arrays = _weight_entries(model)
     meta = _meta("model")
     meta["model"] = model_to_config(model)
@@ -485,6 +489,13 @@ def save_weights(model, filepath, overwrite=True) -> None:
     if not distributed.current().is_primary:   # under MPI: rank 0 writes the one file
         return
     path = _check_save_path(filepath)
+    from . import keras_files
+    if keras_files.is_keras_save_path(path):   # .weights.h5 / .h5: Keras's weight layouts
+        if path.lower().endswith(".keras"):
+            raise ValueError(f"cannot save weights to {path!r}: a .keras file holds a whole "
+                             f"model (model.save); Keras's weights files end in .weights.h5")
+        keras_files.save_weights(model, path, overwrite=overwrite)
+        return
     weights_index, arrays = _weight_entries(model)
     meta = _meta("weights")
     meta["weights"] = weights_index
@@ -612,6 +623,19 @@ def _new_temp(folder, base):
 
 def _atomic_write(path, meta, arrays, overwrite):
     meta_bytes = json.dumps(meta, indent=1, allow_nan=False).encode("utf-8")
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr(META_NAME, meta_bytes)
+            for name, array in arrays:
+                _write_array(zf, name, array)
+
+    _atomic_write_with(path, write, overwrite)
+
+
+def _atomic_write_with(path, write, overwrite):
+    """``write(f)`` fills a temporary file beside ``path``, which is then renamed over
+    ``path`` (fastcnn.keras_files writes Keras's files through this too)."""
     if not overwrite and os.path.lexists(path):
         raise FileExistsError(f"{path!r} exists and overwrite=False; not overwritten")
     folder = os.path.dirname(os.path.abspath(path))
@@ -622,10 +646,7 @@ def _atomic_write(path, meta, arrays, overwrite):
     f = os.fdopen(fd, "wb")   # open (and locked) until after the rename
     try:
         try:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
-                zf.writestr(META_NAME, meta_bytes)
-                for name, array in arrays:
-                    _write_array(zf, name, array)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
             os.chmod(tmp, mode)
@@ -937,6 +958,9 @@ def load_model(filepath, compile=True, custom_objects=None):
     Raises :class:`ModelFileError` for a file that is not a valid fastcnn model.
     """
     layer_registry(custom_objects)  # a bad custom_objects is the caller's error, not the file's
+    if _keras_kind(filepath):   # a Keras file (.keras archive, .h5): fastcnn.keras_files
+        from . import keras_files
+        return keras_files.load_model(filepath, compile=compile, custom_objects=custom_objects)
     with _open(filepath) as archive:
         meta = archive.read_meta()
         if meta["kind"] != "model":
@@ -959,7 +983,13 @@ def load_model(filepath, compile=True, custom_objects=None):
     return model
 
 
-def load_weights(model, filepath) -> None:
+def _keras_kind(filepath):
+    """'keras' / 'hdf5' for a file Keras wrote (by its content), else None."""
+    from . import keras_files
+    return keras_files.sniff(filepath)
+
+
+def load_weights(model, filepath, skip_mismatch=False, by_name=False) -> None:
     """Sets ``model``'s weights from a file of :func:`save_weights` or :func:`save_model`.
 
     The model must be built with the same architecture: the layers that hold weights must
@@ -973,6 +1003,13 @@ def load_weights(model, filepath) -> None:
         raise ValueError(
             f"model {model.name!r} is not built yet; build it (input_shape=..., Input(...) or "
             f"model.build((None, ...))) before load_weights")
+    if _keras_kind(filepath):   # Keras's .weights.h5 / legacy .h5 / .keras
+        from . import keras_files
+        keras_files.load_weights(model, filepath, skip_mismatch=skip_mismatch, by_name=by_name)
+        return
+    if skip_mismatch or by_name:
+        raise ValueError("skip_mismatch and by_name apply to Keras's weight files (.h5, "
+                         ".weights.h5, .keras); a fastcnn file's layers must all match")
     with _open(filepath) as archive:
         meta = archive.read_meta()
         _load_weights_into(archive, meta, model, strict=False)
