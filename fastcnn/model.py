@@ -627,11 +627,13 @@ class Model(Trainer, Layer):
         from . import saving
         saving.save_weights(self, filepath, overwrite=overwrite)
 
-    def load_weights(self, filepath):
+    def load_weights(self, filepath, skip_mismatch=False, by_name=False):
         """Sets the weights from a file of :meth:`save_weights` or :meth:`save`; the
-        architecture must match (ValueError naming the first layer that differs)."""
+        architecture must match (ValueError naming the first layer that differs). Keras's
+        files (.weights.h5, legacy .h5, .keras) are read too, with Keras's
+        ``skip_mismatch`` and (legacy .h5) ``by_name``."""
         from . import saving
-        saving.load_weights(self, filepath)
+        saving.load_weights(self, filepath, skip_mismatch=skip_mismatch, by_name=by_name)
 
     def export_onnx(self, path, batch_size=None, opset=None):
         """Writes the model as ONNX (NHWC input; ONNX Runtime gives the same predictions);
