@@ -575,8 +575,8 @@ def test_saved_model_resumes_training_exactly(cls, kwargs, sched, tmp_path):
     y = rng.standard_normal((8, 2)).astype(np.float32)
     m = model()
     m.fit(x, y, epochs=2, batch_size=4, verbose=0, shuffle=False)
-    m.save(tmp_path / "m.keras")
-    m2 = fastcnn.load_model(tmp_path / "m.keras")
+    m.save(tmp_path / "m.fcnn")
+    m2 = fastcnn.load_model(tmp_path / "m.fcnn")
     assert type(m2.optimizer) is type(m.optimizer)
     assert m2.optimizer.get_config() == m.optimizer.get_config()
     assert m2.optimizer.iterations == m.optimizer.iterations == 4
@@ -594,7 +594,7 @@ def test_a_plain_callable_rate_cannot_be_saved(tmp_path):
     m.add(Dense(2, input_shape=(3,)))
     m.compile(optimizer=optimizers.SGD(lambda: 0.1), loss="mse")
     with pytest.raises(ValueError, match="plain callable"):
-        m.save(tmp_path / "m.keras")
+        m.save(tmp_path / "m.fcnn")
 
 
 def test_apply_gradients_with_mismatched_lists_says_so_before_binding():
