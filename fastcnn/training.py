@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 
 from . import _device, autodiff, backends, callbacks as callbacks_module, distributed
-from . import executor, losses, metrics as metrics_module, optimizers
+from . import executor, inference_plan, losses, metrics as metrics_module, optimizers
 from .layers.base import Layer, format_shape
 from .layers.kernel_layer import KernelLayer
 
@@ -870,6 +870,10 @@ class Trainer:
 
     def _infer(self, xs):
         """The outputs (a list of NumPy arrays) of the model on ``xs``, inference mode."""
+        if self._graph is not None:   # the compiled inference plan, where it applies
+            outs = inference_plan.infer(self, xs)
+            if outs is not None:
+                return outs
         xs = [_device.put(self, x) for x in xs]
         if self._graph is not None:
             outs, _ = self._program().forward(xs, False, keep=False)
@@ -1511,6 +1515,11 @@ class Trainer:
         with _device.scope(self):
             loss, _, parts = self._test_step(plan, xs, ys, sw)
         return self._result(plan.logs(loss, parts), return_dict)
+
+    def compile_inference(self, batch_size=None, runner="auto"):
+        """A compiled inference plan of this model (fastcnn.inference_plan): ``plan(x)``
+        returns the outputs as a list of arrays. predict uses one automatically."""
+        return inference_plan.compile_inference(self, batch_size, runner)
 
     def predict_on_batch(self, x):
         xs = self._check_x(x)

@@ -1,0 +1,1074 @@
+"""Compiled inference plans: a model's whole forward with no Python per layer where possible.
+
+``model.compile_inference(batch_size=None)`` returns an :class:`InferencePlan`; ``plan(x)``
+returns the model's outputs as NumPy arrays (what ``predict_on_batch`` returns).
+``predict``, ``predict_on_batch`` and ``model(x)`` in inference use a plan automatically
+when nothing prevents it (:func:`infer`, called by ``Trainer._infer``).
+
+What compiling does, once per model and batch size:
+
+* **Lowering** (batch-free): the graph's nodes become *ops*. Dropout and other layers that
+  are the identity at inference disappear; Flatten and Reshape become views (no copy);
+  BatchNormalization right after a Conv2D or Dense (that feeds only it, with a linear
+  activation) is folded into that layer's weights: ``w' = w * s``, ``b' = (b - mean) * s +
+  beta`` with ``s = gamma / sqrt(var + eps)``; an Activation (or a default ReLU layer)
+  right after a Conv2D / Dense is merged into it; a Conv2D (linear, ReLU or ReLU6) feeding
+  only a 2x2, stride-2, unpadded MaxPooling2D becomes one fused conv+pool kernel, the
+  activation applied on the pooled values (exact: see :mod:`fastcnn.layers.fusion`).
+* **Binding** (per batch size): every intermediate value gets a region of one *arena*
+  (allocated once, regions reused once their last reader has run) and every op becomes a
+  prebound kernel call on those regions (no argument checks, no allocation). Weights are
+  packed in the layouts the kernels want (conv kernels as ``(kh*kw*C, F)`` with F padded
+  to a multiple of 16, bias padded alike; a view when no padding is needed).
+* **Runner**: on float32 with the compiled (Cython + C SIMD) kernels and a model whose ops
+  all have a C implementation, the whole forward is ONE call into compiled code
+  (``fastcnn._ext_plan``, csrc/plan.pyx + csrc/plan.h): an array of step descriptors run
+  from C. Otherwise the *Python plan* runs the prebound calls in a loop (any backend,
+  float32 and float64).
+
+Guarantees:
+
+* The outputs are fresh arrays, never views of the arena (copied out), so a later call
+  does not change an earlier result.
+* A plan is for one batch size. ``compile_inference(batch_size=None)`` returns a plan that
+  specialises itself per batch size (and caches each); a plan compiled for a fixed size
+  raises ValueError on another one (never a wrong answer).
+* Weights: the plan checks, per call, that each weight array is the one it was compiled
+  from (identity), and that the weights it had to copy (BatchNormalization folding,
+  padding) still hold the values it copied (a byte compare of those few arrays). Any
+  change (``set_weights``, ``fit``, ``load_weights``, an optimizer step, an assignment)
+  recompiles the plan before it runs. Weights used in place (no copy) are read live.
+* A model with a layer the plan cannot hold (a nested model, a custom layer, a
+  preprocessing layer that is not the identity at inference, ...): ``compile_inference``
+  raises :class:`InferencePlanError` naming the layer; ``predict`` keeps working layer by
+  layer (it remembers the refusal until the model changes).
+* Results equal the layer-by-layer forward within float32 rounding (BatchNormalization
+  folding and the C runner's own dense kernel change the rounding, not the math).
+
+Environment: ``FASTCNN_INFERENCE_PLAN=0`` turns the automatic use off (``predict`` then
+always runs layer by layer); ``compile_inference`` still works.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+import numpy as np
+
+from . import activations, backends
+from ._extensions import modules as _ext_modules
+
+__all__ = ["InferencePlan", "InferencePlanError", "compile_inference", "infer"]
+
+_simd = _ext_modules.get("simd")
+
+
+def _load_plan_ext():
+    """fastcnn._ext_plan (csrc/plan.pyx), or None: optional (the Python plan runs
+    without it), and refused when built from other sources."""
+    if _simd is None:
+        return None
+    from . import _extensions
+    module, _ = _extensions._probe("fastcnn._ext_plan")
+    return module
+
+
+_plan_ext = _load_plan_ext()
+_conv = _ext_modules.get("conv")
+_pool = _ext_modules.get("pool")
+_elt = _ext_modules.get("elementwise")
+
+#: Backends whose plan may run the compiled kernels directly ('auto' prefers them).
+_COMPILED_BACKENDS = ("auto", "cython")
+_ACT_CODES = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+#: Activations the C runner applies itself (plan.h's FP_ACT_*).
+C_ACTS = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "relu6": 4, "softmax": 5}
+_POOL_FUSABLE = ("linear", "relu", "relu6")
+
+
+class InferencePlanError(ValueError):
+    """The model has something an inference plan cannot hold (the message names it)."""
+
+
+def _enabled() -> bool:
+    return os.environ.get("FASTCNN_INFERENCE_PLAN", "1") != "0"
+
+
+# =========================================================================== lowering
+class _Op:
+    """One step of a lowered model (batch-free). ``kind`` is one of: conv, dense, maxpool,
+    avgpool, gap, gmp, act, softmax, affine, add, view, layer (an opaque layer forward)."""
+
+    __slots__ = ("kind", "ins", "out", "shape", "layer", "attrs")
+
+    def __init__(self, kind, ins, out, shape, layer, **attrs):
+        self.kind, self.ins, self.out, self.shape, self.layer = kind, ins, out, shape, layer
+        self.attrs = attrs
+
+    def __repr__(self):
+        return f"_Op({self.kind}, {self.ins} -> {self.out}, {self.shape})"
+
+
+def _identity_layer(layer) -> bool:
+    from .layers import Activation, Dropout
+    if isinstance(layer, Dropout):
+        return True
+    return isinstance(layer, Activation) and layer.activation == "linear"
+
+
+def _relu_name(layer):
+    """The activation name of a ReLU layer with default arguments ('relu'), or of its
+    relu6 case; None for any other ReLU."""
+    if layer.negative_slope == 0.0 and layer.threshold == 0.0:
+        if layer.max_value is None:
+            return "relu"
+        if layer.max_value == 6.0:
+            return "relu6"
+    return None
+
+
+def _lower(model):
+    """``(ops, input_ids, output_ids, weight_refs)`` for ``model`` or InferencePlanError."""
+    from .layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense,
+                         Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, InputLayer,
+                         MaxPooling2D, ReLU, Reshape, Softmax)
+    from .layers import (ELU, Add, Average, Concatenate, LeakyReLU, Maximum, Minimum,
+                         Multiply, PReLU, Rescaling, Subtract, ZeroPadding2D)
+    from .layers.base import Layer
+    opaque_ok = (ELU, LeakyReLU, PReLU, Rescaling, ZeroPadding2D, Concatenate, Subtract,
+                 Average, Maximum, Minimum, Multiply)
+    graph = getattr(model, "_graph", None)
+    if graph is None:
+        what = "is not built" if not model.built else \
+            "is a subclassed model (its call() is Python code, not a graph of layers)"
+        raise InferencePlanError(f"compile_inference: model {model.name!r} {what}; an "
+                                 f"inference plan needs a built Sequential or Functional model")
+    nodes, ins, outs = graph
+    vid = {}
+
+    def value(t):
+        return vid.setdefault(id(t), len(vid))
+
+    input_ids = [value(t) for t in ins]
+    output_ids = [value(t) for t in outs]
+    input_set = {id(t) for t in ins}
+    body = [n for n in nodes if not all(id(t) in input_set for t in n.outputs)]
+    ops = []
+    refused = []
+    for n in body:
+        layer = n.layer
+        if len(n.outputs) != 1:
+            refused.append(f"{layer.name!r} ({type(layer).__name__}: {len(n.outputs)} outputs)")
+            continue
+        o = value(n.outputs[0])
+        shape = tuple(n.outputs[0].shape[1:])
+        i = [value(t) for t in n.inputs]
+        if isinstance(layer, InputLayer) or _identity_layer(layer):
+            ops.append(_Op("view", i, o, shape, layer))
+        elif isinstance(layer, (Flatten, Reshape)):
+            ops.append(_Op("view", i, o, shape, layer))
+        elif isinstance(layer, Conv2D) and type(layer) is Conv2D:
+            ops.append(_Op("conv", i, o, shape, layer, w=layer.kernel, b=layer.bias,
+                           act=layer.activation, strides=layer.strides, pad=layer._pad,
+                           pool=None, fold=None))
+        elif isinstance(layer, Dense) and type(layer) is Dense and len(shape) == 1:
+            ops.append(_Op("dense", i, o, shape, layer, w=layer.kernel, b=layer.bias,
+                           act=layer.activation, fold=None))
+        elif isinstance(layer, (MaxPooling2D, AveragePooling2D)):
+            kind = "maxpool" if isinstance(layer, MaxPooling2D) else "avgpool"
+            ops.append(_Op(kind, i, o, shape, layer, pool=layer.pool_size,
+                           strides=layer.strides, pad=layer._pad))
+        elif isinstance(layer, GlobalAveragePooling2D):
+            ops.append(_Op("gap", i, o, shape, layer))
+        elif isinstance(layer, Activation) and not callable(layer.activation):
+            ops.append(_Op("act", i, o, shape, layer, act=layer.activation))
+        elif isinstance(layer, ReLU) and _relu_name(layer) is not None:
+            ops.append(_Op("act", i, o, shape, layer, act=_relu_name(layer)))
+        elif isinstance(layer, Softmax) and layer.activation == "softmax":
+            ops.append(_Op("act", i, o, shape, layer, act="softmax"))
+        elif isinstance(layer, BatchNormalization):
+            ops.append(_Op("affine", i, o, shape, layer, bn=layer))
+        elif isinstance(layer, Add) and len(i) == 2:
+            ops.append(_Op("add", i, o, shape, layer))
+        elif isinstance(layer, opaque_ok + (GlobalMaxPooling2D, Softmax, ReLU)) and \
+                type(layer).__module__.startswith("fastcnn."):
+            ops.append(_Op("layer", i, o, shape, layer, multiple=n.multiple_inputs))
+        else:
+            why = "a nested model" if hasattr(layer, "_graph") else \
+                "no inference kernel in the plan" if isinstance(layer, Layer) else "unknown"
+            refused.append(f"{layer.name!r} ({type(layer).__name__}: {why})")
+    if refused:
+        raise InferencePlanError(
+            f"compile_inference: model {model.name!r} has layer(s) an inference plan cannot "
+            f"hold: {', '.join(refused)}; predict runs such a model layer by layer")
+    for op in ops:
+        if op.kind in ("conv", "dense") and callable(op.attrs["act"]):
+            raise InferencePlanError(
+                f"compile_inference: layer {op.layer.name!r} has a Python-callable activation "
+                f"({op.attrs['act']!r}); an inference plan holds named activations only")
+    ops = _fuse(ops, output_ids)
+    return ops, input_ids, output_ids
+
+
+def _readers(ops):
+    count = {}
+    for op in ops:
+        for v in op.ins:
+            count[v] = count.get(v, 0) + 1
+    return count
+
+
+def _fuse(ops, output_ids):
+    """Folds BatchNormalization / activations into their producers, fuses conv + pool."""
+    keep = set(output_ids)
+    changed = True
+    while changed:
+        changed = False
+        readers = _readers(ops)
+        producer = {op.out: op for op in ops}
+        for k, op in enumerate(ops):
+            if len(op.ins) != 1:
+                continue
+            src = producer.get(op.ins[0])
+            if src is None or src.kind not in ("conv", "dense") or readers[op.ins[0]] != 1 \
+                    or op.ins[0] in keep:
+                continue
+            a = src.attrs
+            merged = False
+            if op.kind == "affine" and a["act"] == "linear" and a.get("pool") is None:
+                bn = op.attrs["bn"]
+                a["fold"] = (a["fold"] or []) + [bn]
+                merged = True
+            elif op.kind == "act" and a["act"] == "linear" and a.get("pool") is None:
+                a["act"] = op.attrs["act"]
+                merged = True
+            elif (op.kind == "maxpool" and src.kind == "conv" and a["pool"] is None
+                  and a["act"] in _POOL_FUSABLE and tuple(op.attrs["pool"]) == (2, 2)
+                  and tuple(op.attrs["strides"]) == (2, 2)
+                  and tuple(map(tuple, op.attrs["pad"])) == ((0, 0), (0, 0))
+                  and src.shape[0] >= 2 and src.shape[1] >= 2):
+                a["pool"] = op.layer
+                src.shape = op.shape
+                merged = True
+            if merged:
+                src.out = op.out
+                if op.kind != "maxpool":
+                    src.shape = op.shape
+                del ops[k]
+                changed = True
+                break
+    return ops
+
+
+# =========================================================================== weights
+def _folded(op, dtype):
+    """``(w, b, copied)``: the op's kernel and bias with its BatchNormalizations folded
+    in; ``copied`` lists the source arrays whose values were copied (the plan re-checks
+    them per call)."""
+    a = op.attrs
+    w, b = a["w"], a["b"]
+    if not a["fold"]:
+        return w, b, []
+    copied = [w] + ([b] if b is not None else [])
+    w = np.array(w, dtype=np.float64)
+    f = w.shape[-1]
+    b = np.zeros(f) if b is None else np.array(b, dtype=np.float64)
+    for bn in a["fold"]:
+        mean = np.asarray(bn.moving_mean, np.float64)
+        var = np.asarray(bn.moving_variance, np.float64)
+        s = 1.0 / np.sqrt(var + bn.epsilon)
+        if bn.gamma is not None:
+            s = s * np.asarray(bn.gamma, np.float64)
+        w = w * s
+        b = (b - mean) * s
+        if bn.beta is not None:
+            b = b + np.asarray(bn.beta, np.float64)
+        copied += [x for x in (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)
+                   if x is not None]
+    return np.ascontiguousarray(w, dtype), np.ascontiguousarray(b, dtype), copied
+
+
+def _affine(bn, dtype):
+    s = 1.0 / np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
+    if bn.gamma is not None:
+        s = s * np.asarray(bn.gamma, np.float64)
+    t = -np.asarray(bn.moving_mean, np.float64) * s
+    if bn.beta is not None:
+        t = t + np.asarray(bn.beta, np.float64)
+    copied = [x for x in (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)
+              if x is not None]
+    return np.ascontiguousarray(s, dtype), np.ascontiguousarray(t, dtype), copied
+
+
+def _pad16(a2d):
+    """``a2d`` (rows, k) with its columns zero-padded to a multiple of 16 (a view when
+    they already are)."""
+    k = a2d.shape[1]
+    k16 = -(-k // 16) * 16
+    if k16 == k:
+        return np.ascontiguousarray(a2d)
+    out = np.zeros((a2d.shape[0], k16), dtype=a2d.dtype)
+    out[:, :k] = a2d
+    return out
+
+
+class _WeightGuard:
+    """Detects a weight change since compiling: every weight array of the model must be
+    the same object, and the arrays whose values were copied must hold the same bytes."""
+
+    def __init__(self, model):
+        self.slots = [(layer._weights, i, w) for layer in model._leaf_layers()
+                      for i, w in enumerate(layer._weights)]
+        self.copies = []
+
+    def copied(self, arrays):
+        for a in arrays:
+            if not any(a is s for s, _ in self.copies):
+                self.copies.append((a, np.array(a, copy=True)))
+
+    def fresh(self) -> bool:
+        for holder, i, w in self.slots:
+            if holder[i] is not w:
+                return False
+        same = _plan_ext.same_bytes if _plan_ext is not None else _same_numpy
+        for a, snap in self.copies:
+            if not same(a, snap):
+                return False
+        return True
+
+
+def _same_numpy(a, b):
+    return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+# =========================================================================== arena
+class _Arena:
+    """Regions of one float buffer for the values, reused after their last reader."""
+
+    ALIGN = 16  # floats: every region starts on a 64-byte boundary
+
+    def __init__(self):
+        self.size = 0
+        self.free = []   # (offset, size)
+
+    def alloc(self, n):
+        n = max(-(-n // self.ALIGN) * self.ALIGN, self.ALIGN)
+        best = None
+        for k, (off, size) in enumerate(self.free):
+            if size >= n and (best is None or size < self.free[best][1]):
+                best = k
+        if best is not None:
+            off, size = self.free.pop(best)
+            if size > n:
+                self.free.append((off + n, size - n))
+            return off
+        off = self.size
+        self.size += n
+        return off
+
+    def release(self, off, n):
+        n = max(-(-n // self.ALIGN) * self.ALIGN, self.ALIGN)
+        self.free.append((off, n))
+
+
+# =========================================================================== binding
+class _Bound:
+    """One op bound to a batch size: its buffers (arena offsets) and packed weights."""
+
+    __slots__ = ("op", "kind", "ins", "out", "in_shapes", "out_shape", "w", "b", "extra",
+                 "fn")
+
+    def __init__(self, op):
+        self.op, self.kind = op, op.kind
+        self.extra = {}
+        self.fn = None
+
+
+class InferencePlan:
+    """A model's forward for one batch size (or, compiled with ``batch_size=None``, a
+    dispatcher that builds and caches one per batch size). Call it on an array (a list
+    for several inputs): ``plan(x)`` returns the outputs, a list of fresh NumPy arrays.
+
+    Attributes: ``batch_size`` (None for the dispatcher), ``runner`` ('c' or 'python'),
+    ``steps`` (a description of the bound steps), ``arena_bytes``.
+    """
+
+    def __init__(self, model, batch_size, backend, runner="auto", weak=False):
+        # The automatic plans (infer's cache, keyed weakly by the model) hold the model
+        # weakly, or the cache would keep every model alive; a user's plan holds it.
+        self._model_ref = weakref.ref(model)
+        self._model_strong = None if weak else model
+        self._weak = weak
+        self._lock = threading.Lock()   # one call at a time: the arena is shared state
+        self.batch_size = batch_size
+        self.backend = backend
+        self._want = runner
+        self._graph = model._graph
+        self._by_size = {}
+        self._compile()
+
+    @property
+    def model(self):
+        """The model the plan was compiled from."""
+        model = self._model_ref()
+        if model is None:
+            raise ReferenceError("the model of this inference plan no longer exists")
+        return model
+
+    # -------------------------------------------------------------- compiling
+    def _compile(self):
+        model = self.model
+        self.dtype = np.dtype(model._dtype)
+        ops, self.input_ids, self.output_ids = _lower(model)
+        self.ops = ops
+        self.guard = _WeightGuard(model)
+        self.runner = None
+        self.steps = []
+        self.arena_bytes = 0
+        if self.batch_size is not None:
+            self._bind(self.batch_size)
+
+    def _compiled_kernels(self) -> bool:
+        return (self.backend.name in _COMPILED_BACKENDS and _simd is not None
+                and _elt is not None and self.dtype in (np.float32, np.float64))
+
+    def _bind(self, n):
+        dtype = self.dtype
+        compiled = self._compiled_kernels()
+        use_c = (self._want in ("auto", "c") and compiled and dtype == np.float32
+                 and _plan_ext is not None and all(_c_ok(op) for op in self.ops))
+        if self._want == "c" and not use_c:
+            raise InferencePlanError(
+                "compile_inference(runner='c'): the C runner needs float32, the compiled "
+                "kernels (cython or auto backend) and ops it implements: "
+                + ", ".join(sorted({op.kind for op in self.ops if not _c_ok(op)}) or ["-"]))
+        shapes = {}
+        model = self.model
+        for v, spec in zip(self.input_ids, model._input_specs):
+            shapes[v] = (n,) + tuple(spec[1:])
+        alias = {}     # value -> the value whose buffer it views (its root)
+        for op in self.ops:
+            if op.kind == "view":
+                alias[op.out] = alias.get(op.ins[0], op.ins[0])
+        last = {}      # root value -> index of the last op reading it
+        for k, op in enumerate(self.ops):
+            for v in op.ins:
+                last[alias.get(v, v)] = k
+        for v in self.output_ids:
+            last[alias.get(v, v)] = len(self.ops)   # outputs live to the end
+        arena = _Arena()
+        placed = {}    # value -> arena offset (every value ever placed)
+        live = {}      # root value -> (offset, size) while in use
+        int_scratch = float_scratch = 0
+        bound = []
+        for k, op in enumerate(self.ops):
+            b = _Bound(op)
+            b.ins = list(op.ins)
+            b.in_shapes = [shapes[v] for v in op.ins]
+            b.out_shape = (n,) + tuple(op.shape)
+            shapes[op.out] = b.out_shape
+            size = int(np.prod(b.out_shape))
+            b.out = op.out
+            if op.kind != "view" and op.kind != "layer" and compiled:
+                off = arena.alloc(size)
+                placed[op.out] = off
+                live[op.out] = (off, size)
+            if op.kind in ("conv", "dense"):
+                self._pack(b, compiled, use_c)
+                if op.kind == "conv" and compiled and not b.extra.get("direct"):
+                    kh, kw = op.attrs["w"].shape[:2]
+                    ho, wo = b.extra["conv_hw"]
+                    float_scratch = max(float_scratch,
+                                        n * ho * wo * kh * kw * b.in_shapes[0][3])
+                if op.attrs.get("pool") is not None:
+                    int_scratch = max(int_scratch, size)
+            elif op.kind == "maxpool":
+                int_scratch = max(int_scratch, size)
+            elif op.kind == "affine":
+                s, t, copied = _affine(op.attrs["bn"], dtype)
+                self.guard.copied(copied)
+                b.w, b.b = s, t
+            bound.append(b)
+            for v in set(op.ins) | {op.out}:
+                r = alias.get(v, v)
+                if r in live and last.get(r, -1) <= k:
+                    arena.release(*live.pop(r))
+        self._placed = placed
+        self.arena = np.empty(max(arena.size, 16), dtype=dtype) if compiled else None
+        self.iscratch = np.empty(max(int_scratch, 1), dtype=np.int32)
+        self.fscratch = np.empty(max(float_scratch, 1), dtype=dtype)
+        self.arena_bytes = 0 if self.arena is None else self.arena.nbytes
+        self._shapes, self._alias = shapes, alias
+        self._bound = bound
+        self.n = n
+        self.runner = "c" if use_c else "python"
+        self.steps = [_describe_step(b, placed, alias) for b in bound
+                      if not (b.kind == "view" and alias.get(b.out) in placed)]
+        if use_c:
+            self._placed_for_c = placed
+            self._c = _c_plan(self)
+        else:
+            self._c = None
+            self._fns = _python_steps(self, compiled)
+
+    def _pack(self, b, compiled, use_c):
+        op, a = b.op, b.op.attrs
+        w, bias, copied = _folded(op, self.dtype)
+        self.guard.copied(copied)
+        f = w.shape[-1]
+        b.extra["f"] = f
+        if op.kind == "dense":
+            if use_c:   # the C kernels read whole vectors of 16 columns
+                w = _pad16(w)
+                if w.base is None and w is not b.op.attrs["w"]:
+                    self.guard.copied([b.op.attrs["w"]])
+                if bias is not None:
+                    bias = _pad16(bias.reshape(1, f))[0]
+                    if bias.base is None and bias is not b.op.attrs["b"]:
+                        self.guard.copied([b.op.attrs["b"]])
+            b.w, b.b = w, bias
+            return
+        from .backends import cython_cpu
+        x_shape = b.in_shapes[0]
+        kh, kw, sh, sw, pt, pl, ho, wo = cython_cpu._geometry(
+            x_shape, w.shape[:2], a["strides"], a["pad"], "kernel size") if compiled else \
+            (None,) * 8
+        b.extra["geom"] = (kh, kw, sh, sw, pt, pl, ho, wo)
+        b.extra["conv_hw"] = (ho, wo)
+        direct = compiled and (use_c or cython_cpu._direct(self.dtype, x_shape[3], f))
+        b.extra["direct"] = direct
+        if a["pool"] is not None and not direct:
+            a_pool = a["pool"]
+            b.extra["unfused_pool"] = a_pool
+        if direct:
+            w2d = _pad16(w.reshape(-1, f))
+            if w2d.base is None and w2d is not w:   # a padded copy
+                self.guard.copied([a["w"]])
+            b.w = w2d
+            b.b = None if bias is None else _pad16(bias.reshape(1, f))[0]
+        else:
+            b.w, b.b = w, bias
+
+
+def _describe_step(b, placed, alias):
+    a = b.op.attrs
+    text = b.kind
+    if a.get("fold"):
+        text += "+bn"
+    if b.kind == "conv" and a.get("pool") is not None:
+        text += "+pool"
+    if a.get("act") not in (None, "linear") and b.kind != "act":
+        text += "+" + a["act"]
+    elif b.kind == "act":
+        text += ":" + a["act"]
+    return f"{text} {b.op.layer.name} -> {b.out_shape}"
+
+
+def _c_ok(op) -> bool:
+    a = op.attrs
+    if op.kind in ("conv", "dense"):
+        return a["act"] in C_ACTS and (op.kind == "dense" or a["act"] != "softmax")
+    if op.kind == "act":
+        return a["act"] in C_ACTS
+    if op.kind in ("maxpool", "avgpool"):
+        return True
+    return op.kind in ("view", "add", "affine", "gap")
+
+
+# =========================================================================== C runner
+def _c_plan(plan):
+    """The C runner (fastcnn._ext_plan.CPlan) of a bound float32 plan."""
+    input_index = {v: k for k, v in enumerate(plan.input_ids)}
+
+    def off(v):
+        r = plan._alias.get(v, v)
+        if r in input_index:
+            return -1 - input_index[r]
+        return plan._placed[r]
+
+    descs = []
+    zeros = 16
+    for b in plan._bound:
+        op, a = b.op, b.op.attrs
+        if op.kind == "view":
+            continue
+        rows = int(np.prod(b.out_shape[:-1]))
+        cols = int(b.out_shape[-1])
+        d = {"in0": off(b.ins[0]), "out": off(b.out), "rows": rows, "cols": cols,
+             "act": C_ACTS.get(a.get("act") or "linear", 0)}
+        if op.kind == "conv":
+            n, hs, ws, cs = b.in_shapes[0]
+            kh, kw, sh, sw, pt, pl, ho, wo = b.extra["geom"]
+            pooled = a["pool"] is not None
+            gu, gv = b.out_shape[1], b.out_shape[2]
+            last_x = -pl + ((2 * gv - 1) if pooled else (gv - 1)) * sw
+            run = kw * cs if (-pl >= 0 and last_x + kw <= ws) else cs
+            zeros = max(zeros, run)
+            f = b.extra["f"]
+            d.update(op="conv_pool" if pooled else "conv", w=b.w, b=b.b,
+                     units=n * gu * gv, work=n * gu * gv * (4 if pooled else 1) * kh * kw * cs * f,
+                     g=dict(n_img=n, hs=hs, ws=ws, cs=cs, run=run, nth=kh, ntw=kw, co=f,
+                            co_pad=b.w.shape[1], ho=gu, wo=gv, grid_u=gu, grid_v=gv,
+                            by0=-pt, bsy=sh, bx0=-pl, bsx=sw, conv_wo=(wo // 2 * 2)))
+        elif op.kind == "dense":
+            n, k = b.in_shapes[0]
+            f, f_pad = b.extra["f"], b.w.shape[1]
+            zeros = max(zeros, k)
+            d.update(op="dense", w=b.w, b=b.b, k=k, f=f, f_pad=f_pad, units=n,
+                     work=n * k * f,
+                     g=dict(n_img=n, hs=1, ws=1, cs=k, run=k, nth=1, ntw=1, co=f, co_pad=f_pad,
+                            ho=1, wo=1, grid_u=1, grid_v=1, by0=0, bsy=1, bx0=0, bsx=1))
+        elif op.kind in ("maxpool", "avgpool"):
+            n, h, w, c = b.in_shapes[0]
+            ho, wo = b.out_shape[1:3]
+            (pt, _), (pl, _) = a["pad"]
+            d.update(op=op.kind, units=n * ho, work=n * ho * wo * c * a["pool"][0] * a["pool"][1],
+                     p=dict(n_img=n, h=h, w=w, c=c, ho=ho, wo=wo, ph=a["pool"][0],
+                            pw=a["pool"][1], sh=a["strides"][0], sw=a["strides"][1], pt=pt, pl=pl))
+        elif op.kind == "act":
+            d.update(op="act")
+        elif op.kind == "add":
+            d.update(op="add", in1=off(b.ins[1]))
+        elif op.kind == "affine":
+            d.update(op="affine", w=b.w, b=b.b)
+        elif op.kind == "gap":
+            n, h, w, c = b.in_shapes[0]
+            d.update(op="gap", rows=n, cols=c, hw=h * w)
+        else:
+            raise AssertionError(op.kind)
+        descs.append(d)
+    outputs = [(off(v), plan._shapes[v]) for v in plan.output_ids]
+    sizes = [int(np.prod(plan._shapes[v])) for v in plan.input_ids]
+    return _plan_ext.CPlan(descs, plan.arena, plan.iscratch, zeros, outputs, sizes)
+
+
+# =========================================================================== Python runner
+def _python_steps(plan, compiled):
+    """The prebound step functions: ``fn(vals)`` reads and writes the slot list."""
+    fns = []
+    for b in plan._bound:
+        if b.kind == "view" and plan._alias.get(b.out) in plan._placed:
+            continue   # the template holds the view of the arena buffer
+        fns.append(_bind_compiled(plan, b) if compiled else _bind_generic(plan, b))
+    return fns
+
+
+def _apply_act_inplace(y, act, backend):
+    """Applies ``act`` to ``y`` in place (compiled kernels)."""
+    if act in (None, "linear"):
+        return
+    flat = y.reshape(-1)
+    if act == "relu":
+        _elt.relu_forward(flat, flat)
+    elif act == "softmax":
+        rows = y.reshape(-1, y.shape[-1])
+        _elt.softmax_forward(rows, rows)
+    else:
+        out, _ = activations.forward(backend, act, y)
+        np.copyto(y, out)
+
+
+def _bind_compiled(plan, b):
+    """A step on the compiled kernels (cython_cpu's, called directly) into the arena."""
+    op, a = b.op, b.op.attrs
+    backend = plan.backend
+    f32 = plan.dtype == np.float32
+    i0 = b.ins[0]
+    o = b.out
+    kind = op.kind
+    if kind == "view":
+        shape = b.out_shape
+
+        def run(vals):
+            vals[o] = vals[i0].reshape(shape)
+        return run
+    if kind == "layer":
+        layer = op.layer
+        ins = b.ins
+        if a.get("multiple"):
+            def run(vals):
+                vals[o] = np.ascontiguousarray(layer.forward([vals[i] for i in ins], False)[0])
+        else:
+            def run(vals):
+                vals[o] = np.ascontiguousarray(layer.forward(vals[i0], False)[0])
+        return run
+    out = plan._buffer(o)
+    act = a.get("act")
+    if kind == "conv":
+        kh, kw, sh, sw, pt, pl, ho, wo = b.extra["geom"]
+        w2d, bias = b.w, b.b
+        if b.extra["direct"] and a["pool"] is not None:
+            arg = plan.iscratch[:out.size].reshape(out.shape)
+            hc, wc = ho // 2 * 2, wo // 2 * 2
+            gm = _simd.gather_maxpool
+            if act in ("relu",) and f32:
+                flat = out.reshape(-1)
+                relu = _elt.relu_forward
+
+                def run(vals):
+                    gm(vals[i0], w2d, bias, out, arg, kh, kw, -pt, sh, -pl, sw, hc, wc)
+                    relu(flat, flat)
+            else:
+                def run(vals):
+                    gm(vals[i0], w2d, bias, out, arg, kh, kw, -pt, sh, -pl, sw, hc, wc)
+                    _apply_act_inplace(out, act, backend)
+            return run
+        conv_out = out
+        pool = b.extra.get("unfused_pool")
+        if pool is not None:   # conv, then pool, through a temporary (rare: im2col convs)
+            conv_out = np.empty((plan.n, ho, wo, b.extra["f"]), dtype=plan.dtype)
+        if b.extra["direct"]:
+            g = _simd.gather
+
+            def conv(x):
+                g(x, w2d, bias, conv_out, kh, kw, ho, wo, -pt, sh, -pl, sw, 0, 1, 0, 1)
+        else:
+            n, f = plan.n, b.extra["f"]
+            k = kh * kw * b.in_shapes[0][3]
+            cols = plan.fscratch[:n * ho * wo * k].reshape(n * ho * wo, k)
+            w2 = np.ascontiguousarray(w2d.reshape(k, f))
+            y2 = conv_out.reshape(-1, f)
+            im2col = _conv.im2col
+
+            def conv(x):
+                im2col(x, cols, kh, kw, sh, sw, pt, pl, ho, wo)
+                np.matmul(cols, w2, out=y2)
+                if bias is not None:
+                    _elt.bias_act(y2, bias, 0)
+        if pool is None:
+            code = _ACT_CODES.get(act) if not b.extra["direct"] else None
+
+            def run(vals):
+                conv(vals[i0])
+                _apply_act_inplace(out, act, backend)
+            del code
+            return run
+        arg = plan.iscratch[:out.size].reshape(out.shape)
+        ph, pw = pool.pool_size
+        psh, psw = pool.strides
+        (ppt, _), (ppl, _) = pool._pad
+        mp = _simd.maxpool_forward if f32 else _pool.maxpool_forward
+
+        def run(vals):
+            conv(vals[i0])
+            mp(conv_out, out, arg, ph, pw, psh, psw, ppt, ppl)
+            _apply_act_inplace(out, act, backend)
+        return run
+    if kind == "dense":
+        w, bias = b.w, b.b
+        code = _ACT_CODES.get(act)
+        mm, ba = np.matmul, _elt.bias_act
+        if bias is not None and code is not None:
+            def run(vals):
+                mm(vals[i0], w, out=out)
+                ba(out, bias, code)
+        else:
+            def run(vals):
+                mm(vals[i0], w, out=out)
+                if bias is not None:
+                    ba(out, bias, 0)
+                _apply_act_inplace(out, act, backend)
+        return run
+    if kind == "maxpool":
+        ph, pw = a["pool"]
+        sh, sw = a["strides"]
+        (pt, _), (pl, _) = a["pad"]
+        arg = plan.iscratch[:out.size].reshape(out.shape)
+        mp = _simd.maxpool_forward if f32 else _pool.maxpool_forward
+
+        def run(vals):
+            mp(vals[i0], out, arg, ph, pw, sh, sw, pt, pl)
+        return run
+    if kind == "avgpool":
+        ph, pw = a["pool"]
+        sh, sw = a["strides"]
+        (pt, _), (pl, _) = a["pad"]
+        ap = _pool.avgpool_forward
+
+        def run(vals):
+            ap(vals[i0], out, ph, pw, sh, sw, pt, pl)
+        return run
+    if kind == "gap":
+        def run(vals):
+            np.mean(vals[i0], axis=(1, 2), out=out)
+        return run
+    if kind == "act":
+        if act == "softmax" and len(b.out_shape) >= 2:
+            rows_out = out.reshape(-1, out.shape[-1])
+            sm = _elt.softmax_forward
+
+            def run(vals):
+                sm(vals[i0].reshape(rows_out.shape), rows_out)
+            return run
+
+        def run(vals):
+            y, _ = activations.forward(backend, act, vals[i0])
+            np.copyto(out, y)
+        return run
+    if kind == "affine":
+        s, t = b.w, b.b
+
+        def run(vals):
+            np.multiply(vals[i0], s, out=out)
+            np.add(out, t, out=out)
+        return run
+    if kind == "add":
+        i1 = b.ins[1]
+
+        def run(vals):
+            np.add(vals[i0], vals[i1], out=out)
+        return run
+    raise AssertionError(kind)
+
+
+def _bind_generic(plan, b):
+    """A step on the active backend's ops (any backend): prebound, allocating."""
+    op, a = b.op, b.op.attrs
+    backend = plan.backend
+    i0, o, kind = b.ins[0], b.out, op.kind
+    if kind == "view":
+        shape = b.out_shape
+
+        def run(vals):
+            vals[o] = vals[i0].reshape(shape)
+        return run
+    if kind == "layer":
+        layer, ins = op.layer, b.ins
+        if a.get("multiple"):
+            def run(vals):
+                vals[o] = layer.forward([vals[i] for i in ins], False)[0]
+        else:
+            def run(vals):
+                vals[o] = layer.forward(vals[i0], False)[0]
+        return run
+    act = a.get("act")
+
+    def activate(y):
+        return y if act in (None, "linear") else activations.forward(backend, act, y)[0]
+    if kind == "conv":
+        w, bias, strides, pad = b.w, b.b, a["strides"], a["pad"]
+        pool = a["pool"]
+        if pool is not None:
+            fused = getattr(backend.module, "conv2d_maxpool2d_forward", None)
+
+            def run(vals):
+                got = fused(vals[i0], w, bias, strides, pad, pool.pool_size, pool.strides,
+                            pool._pad) if fused is not None else None
+                if got is None:
+                    y = backend.conv2d_forward(vals[i0], w, bias, strides, pad)[0]
+                    y = backend.maxpool2d_forward(y, pool.pool_size, pool.strides, pool._pad)[0]
+                else:
+                    y = got[0]
+                vals[o] = activate(y)
+            return run
+
+        def run(vals):
+            vals[o] = activate(backend.conv2d_forward(vals[i0], w, bias, strides, pad)[0])
+        return run
+    if kind == "dense":
+        w, bias = b.w, b.b
+
+        def run(vals):
+            vals[o] = activate(backend.dense_forward(vals[i0], w, bias)[0])
+        return run
+    if kind in ("maxpool", "avgpool"):
+        fwd = getattr(backend, "maxpool2d_forward" if kind == "maxpool" else "avgpool2d_forward")
+        pool, strides, pad = a["pool"], a["strides"], a["pad"]
+
+        def run(vals):
+            vals[o] = fwd(vals[i0], pool, strides, pad)[0]
+        return run
+    if kind == "gap":
+        def run(vals):
+            vals[o] = vals[i0].mean(axis=(1, 2))
+        return run
+    if kind == "act":
+        def run(vals):
+            vals[o] = activate(vals[i0])
+        return run
+    if kind == "affine":
+        s, t = b.w, b.b
+
+        def run(vals):
+            vals[o] = vals[i0] * s + t
+        return run
+    if kind == "add":
+        i1 = b.ins[1]
+
+        def run(vals):
+            vals[o] = vals[i0] + vals[i1]
+        return run
+    raise AssertionError(kind)
+
+
+def _plan_buffer(self, v):
+    """The arena view holding value ``v`` (its final offset)."""
+    off = self._placed[v]
+    shape = self._shapes[v]
+    size = int(np.prod(shape))
+    return self.arena[off:off + size].reshape(shape)
+
+
+InferencePlan._buffer = _plan_buffer
+
+
+# =========================================================================== running
+def _as_inputs(x, n_inputs, dtype):
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    if len(xs) != n_inputs:
+        raise ValueError(f"the plan takes {n_inputs} input array(s), got {len(xs)}")
+    out = []
+    for a in xs:
+        a = np.asarray(a)
+        if a.dtype != dtype or not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a, dtype=dtype)
+        out.append(a)
+    return out
+
+
+def _call(self, x, _blocking=True):
+    """The outputs (a list of fresh NumPy arrays) on ``x`` (an array, or a list of
+    arrays for several inputs). Calls from several threads run one at a time (the
+    automatic path of predict does not wait: it runs layer by layer meanwhile)."""
+    xs = _as_inputs(x, len(self.model._input_specs), self.dtype)
+    n = len(xs[0])
+    for a, spec in zip(xs, self.model._input_specs):
+        if a.shape[1:] != tuple(spec[1:]) or len(a) != n:
+            raise ValueError(f"the plan of model {self.model.name!r} takes inputs of shape "
+                             f"(batch,) + {tuple(spec[1:])}, got {a.shape}")
+    if self.batch_size is None:
+        plan = self._by_size.get(n)
+        if plan is None:
+            if len(self._by_size) >= _MAX_SIZES:
+                self._by_size.pop(next(iter(self._by_size)))
+            plan = self._by_size[n] = InferencePlan(self.model, n, self.backend, self._want,
+                                                         self._weak)
+        return plan._run(xs, _blocking)
+    if n != self.batch_size:
+        raise ValueError(f"this inference plan of model {self.model.name!r} was compiled for "
+                         f"batch_size={self.batch_size}, got a batch of {n}; compile another "
+                         f"(model.compile_inference(batch_size={n})) or use "
+                         f"compile_inference(batch_size=None), which plans per batch size")
+    return self._run(xs, _blocking)
+
+
+def _run(self, xs, blocking=True):
+    if not self._lock.acquire(blocking):
+        return None
+    try:
+        return _run_locked(self, xs)
+    finally:
+        self._lock.release()
+
+
+def _run_locked(self, xs):
+    if self.model._graph is not self._graph:
+        self._graph = self.model._graph
+        self._compile()
+    elif not self.guard.fresh():
+        self._compile()
+    if self._c is not None:
+        return self._c.run(xs)
+    vals = list(self._template)
+    for v, a in zip(self.input_ids, xs):
+        vals[v] = a
+    for fn in self._fns:
+        fn(vals)
+    return [np.array(vals[v], copy=True) for v in self.output_ids]
+
+
+def _template(self):
+    n_vals = 1 + max([v for op in self.ops for v in op.ins + [op.out]]
+                     + list(self.input_ids) + list(self.output_ids))
+    vals = [None] * n_vals
+    for v in self._placed:
+        vals[v] = self._buffer(v)
+    for v, r in self._alias.items():
+        if r in self._placed:
+            vals[v] = vals[r].reshape(self._shapes[v])
+    return vals
+
+
+_MAX_SIZES = 8
+InferencePlan.__call__ = _call
+InferencePlan._run = _run
+_orig_bind = InferencePlan._bind
+
+
+def _bind_and_template(self, n):
+    self._placed = {}
+    _orig_bind(self, n)
+    self._template = _template(self)
+
+
+InferencePlan._bind = _bind_and_template
+
+
+def _describe(self):
+    if self.batch_size is None:
+        return (f"<InferencePlan of {self.model.name!r}, per batch size "
+                f"(compiled: {sorted(self._by_size)})>")
+    return (f"<InferencePlan of {self.model.name!r}, batch {self.batch_size}, runner "
+            f"{self.runner!r}, {len(self.steps)} steps, arena {self.arena_bytes} bytes>")
+
+
+InferencePlan.__repr__ = _describe
+
+
+# =========================================================================== entry points
+def compile_inference(model, batch_size=None, runner="auto", _weak=False) -> InferencePlan:
+    """The inference plan of ``model`` (see the module doc) on the active backend.
+
+    ``batch_size``: a positive int (the plan then takes only that batch size) or None (the
+    plan specialises per batch size). ``runner``: 'auto' (the C runner where it applies,
+    else the Python plan), 'c' (InferencePlanError where it does not apply) or 'python'.
+    Raises InferencePlanError (a ValueError) naming what the plan cannot hold, ValueError
+    for a bad argument or an unbuilt model.
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+            batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"compile_inference: batch_size must be a positive int or None, "
+                         f"got {batch_size!r}")
+    if runner not in ("auto", "c", "python"):
+        raise ValueError(f"compile_inference: runner must be 'auto', 'c' or 'python', got "
+                         f"{runner!r}")
+    if not model.built:
+        raise ValueError(f"compile_inference: model {model.name!r} is not built yet; build it "
+                         f"(model.build(input_shape), or call it on data) first")
+    backend = backends.current()
+    if getattr(backend.module, "DEVICE_RESIDENT", False):
+        raise InferencePlanError(
+            f"compile_inference: the {backend.name!r} backend keeps arrays on a device; the "
+            f"inference plan runs on the CPU backends (predict runs layer by layer there)")
+    return InferencePlan(model, None if batch_size is None else int(batch_size), backend,
+                         runner, _weak)
+
+
+_cache = weakref.WeakKeyDictionary()   # model -> (graph, backend name, plan or refusal)
+
+
+def infer(model, xs):
+    """``model``'s outputs on ``xs`` through its cached plan (a list of NumPy arrays), or
+    None when a plan does not apply (the caller then runs layer by layer): the automatic
+    path of predict / predict_on_batch / model(x). A refusal is remembered until the
+    model's graph or the backend changes."""
+    if not _enabled():
+        return None
+    graph = model._graph
+    if graph is None:
+        return None
+    backend = backends.current()
+    entry = _cache.get(model)
+    if entry is None or entry[0] is not graph or entry[1] != backend.name:
+        if getattr(backend.module, "DEVICE_RESIDENT", False):
+            return None
+        try:
+            plan = compile_inference(model, _weak=True)
+        except InferencePlanError as exc:
+            plan = exc
+        entry = _cache[model] = (graph, backend.name, plan)
+    plan = entry[2]
+    if isinstance(plan, Exception):
+        return None
+    return plan.__call__(xs, False)

@@ -1,0 +1,347 @@
+"""The compiled inference plan (fastcnn.inference_plan, csrc/plan.pyx): the same outputs as
+the layer-by-layer forward, weight changes seen, arena never aliased, bad input refused."""
+import os
+
+import fastcnn  # noqa: F401  (before numpy: the thread-runtime defaults)
+import numpy as np
+import pytest
+
+from fastcnn import inference_plan as ip
+from fastcnn import layers as L
+
+HAVE_C = ip._plan_ext is not None and fastcnn.HAVE_CYTHON
+RUNNERS = ["python"] + (["c"] if HAVE_C else [])
+needs_c = pytest.mark.skipif(not HAVE_C, reason="the C runner needs the compiled "
+                                                "extensions (fastcnn._ext_plan)")
+
+# The four standard models of benchmarks/_cases.py (same layers), small enough to test.
+STANDARD = {
+    "scratch": ((28, 28, 1), [("conv", 8, 3, "valid", None, False), ("maxpool",),
+                              ("flatten",), ("dense", 10, "softmax")]),
+    "lenet5": ((28, 28, 1), [("conv", 6, 5, "same", "tanh", True), ("avgpool",),
+                             ("conv", 16, 5, "valid", "tanh", True), ("avgpool",),
+                             ("flatten",), ("dense", 120, "tanh"), ("dense", 84, "tanh"),
+                             ("dense", 10, "softmax")]),
+    "fashion": ((28, 28, 1), [("conv", 64, 3, "valid", "relu", True), ("maxpool",),
+                              ("conv", 64, 3, "valid", "relu", True), ("maxpool",),
+                              ("flatten",), ("dense", 128, "relu"), ("dense", 10, "softmax")]),
+    "catsdogs": ((150, 150, 3), [("conv", 32, 3, "valid", "relu", True), ("maxpool",),
+                                 ("conv", 64, 3, "valid", "relu", True), ("maxpool",),
+                                 ("conv", 128, 3, "valid", "relu", True), ("maxpool",),
+                                 ("flatten",), ("dense", 128, "relu"), ("dense", 512, "relu"),
+                                 ("dense", 1, "sigmoid")]),
+}
+
+
+def standard(name):
+    shape, spec = STANDARD[name]
+    fastcnn.set_random_seed(7)
+    out = []
+    for i, layer in enumerate(spec):
+        kw = {"input_shape": shape} if i == 0 else {}
+        if layer[0] == "conv":
+            _, f, k, pad, act, bias = layer
+            out.append(L.Conv2D(f, k, padding=pad, activation=act, use_bias=bias, **kw))
+        elif layer[0] == "maxpool":
+            out.append(L.MaxPooling2D(2))
+        elif layer[0] == "avgpool":
+            out.append(L.AveragePooling2D(2))
+        elif layer[0] == "flatten":
+            out.append(L.Flatten())
+        else:
+            out.append(L.Dense(layer[1], activation=layer[2]))
+    model = fastcnn.Sequential(out, name=name)
+    # non-zero biases, so that a lost bias would show
+    for layer in model.layers:
+        if getattr(layer, "bias", None) is not None:
+            layer.bias[...] = np.linspace(-0.3, 0.3, layer.bias.shape[0])
+    return model
+
+
+def layer_by_layer(model, x):
+    xs = x if isinstance(x, list) else [x]
+    return [np.asarray(o) for o in model._program().forward(xs, False, keep=False)[0]]
+
+
+def data(model, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n,) + tuple(model.input_shape[1:]), dtype=np.float32)
+
+
+def close(a, b, dtype=np.float32):
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------------- same numbers
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("name", sorted(STANDARD))
+def test_standard_models_match_layer_by_layer(name, runner):
+    model = standard(name)
+    x = data(model, 2 if name == "catsdogs" else 3)
+    plan = model.compile_inference(len(x), runner=runner)
+    assert plan.runner == runner
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+
+
+def test_fashion_plan_fuses_conv_pool_relu_and_removes_flatten():
+    model = standard("fashion")
+    plan = model.compile_inference(2)
+    kinds = [s.split()[0] for s in plan.steps]
+    assert kinds == ["conv+pool+relu", "conv+pool+relu", "dense+relu", "dense+softmax"]
+    if HAVE_C:
+        assert plan.runner == "c"
+
+
+def residual_bn_model(dtype="float32"):
+    fastcnn.set_random_seed(3)
+    inp = fastcnn.Input((12, 12, 3), dtype=dtype)
+    a = L.Conv2D(16, 3, padding="same", use_bias=False)(inp)
+    a = L.BatchNormalization()(a)
+    a = L.Activation("relu")(a)
+    b = L.Conv2D(16, 3, padding="same")(a)
+    b = L.BatchNormalization()(b)
+    c = L.Add()([a, b])
+    c = L.ReLU()(c)
+    c = L.Dropout(0.5)(c)
+    c = L.MaxPooling2D(2)(c)
+    c = L.BatchNormalization()(c)          # not after a conv: a standalone affine step
+    g = L.GlobalAveragePooling2D()(c)
+    out = L.Dense(5, activation="softmax")(g)
+    model = fastcnn.Model(inp, out, name="residual_bn")
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            ch = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, ch), rng.normal(0, 0.2, ch),
+                               rng.normal(0, 0.3, ch), rng.uniform(0.5, 2.0, ch)])
+    return model
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_functional_residual_model_with_batchnorm(runner):
+    model = residual_bn_model()
+    x = data(model, 4)
+    plan = model.compile_inference(4, runner=runner)
+    text = " ".join(plan.steps)
+    assert "+bn" in text and "dropout" not in text and "affine" in text
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+
+
+def test_float64_runs_the_python_plan():
+    model = residual_bn_model("float64")
+    x = data(model, 3).astype(np.float64)
+    plan = model.compile_inference(3)
+    assert plan.runner == "python"
+    out = plan(x)[0]
+    assert out.dtype == np.float64
+    close(out, layer_by_layer(model, x)[0], np.float64)
+    if HAVE_C:
+        with pytest.raises(ip.InferencePlanError, match="float32"):
+            model.compile_inference(3, runner="c")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_several_outputs(runner):
+    fastcnn.set_random_seed(5)
+    inp = fastcnn.Input((10, 10, 2))
+    h = L.Conv2D(16, 3, activation="relu")(inp)
+    h = L.MaxPooling2D(2)(h)
+    f = L.Flatten()(h)
+    out1 = L.Dense(4, activation="softmax", name="cls")(f)
+    out2 = L.Dense(1, activation="sigmoid", name="bin")(f)
+    model = fastcnn.Model(inp, [out1, out2, h])   # an inner tensor as an output too
+    x = data(model, 3)
+    got = model.compile_inference(3, runner=runner)(x)
+    want = layer_by_layer(model, x)
+    assert len(got) == 3
+    for g, w in zip(got, want):
+        close(g, w)
+    pred = model.predict(x)
+    for g, w in zip(pred, want):
+        close(g, w)
+
+
+def test_other_backends_run_prebound_ops():
+    model = standard("scratch")
+    x = data(model, 2)
+    want = layer_by_layer(model, x)[0]
+    with fastcnn.use_backend("im2col"):
+        plan = model.compile_inference(2)
+        assert plan.runner == "python" and plan.arena_bytes == 0
+        close(plan(x)[0], want)
+        close(model.predict_on_batch(x), want)
+
+
+# ------------------------------------------------------------------ automatic use
+def test_predict_uses_the_plan_per_batch_size(monkeypatch):
+    model = standard("fashion")
+    x = data(model, 10)
+    want = layer_by_layer(model, x)[0]
+    calls = []
+    real = ip.InferencePlan._run
+    monkeypatch.setattr(ip.InferencePlan, "_run", lambda self, xs, blocking=True: calls.append(
+        self.batch_size) or real(self, xs, blocking))
+    close(model.predict(x, batch_size=4), want)
+    assert calls == [4, 4, 2]
+    close(model.predict_on_batch(x[:1]), want[:1])
+    close(np.asarray(model(x[:3])), want[:3])
+    assert calls[-2:] == [1, 3]
+    monkeypatch.setenv("FASTCNN_INFERENCE_PLAN", "0")
+    calls.clear()
+    close(model.predict_on_batch(x[:2]), want[:2])
+    assert calls == []
+
+
+def test_a_busy_plan_lets_predict_run_layer_by_layer():
+    model = standard("scratch")
+    x = data(model, 2)
+    want = layer_by_layer(model, x)[0]
+    close(model.predict_on_batch(x), want)
+    plan = ip._cache[model][2]._by_size[2]
+    with plan._lock:    # as if another thread were running it
+        assert plan.__call__(x, False) is None
+        close(model.predict_on_batch(x), want)
+
+
+def test_outputs_never_alias_the_arena():
+    model = standard("fashion")
+    plan = model.compile_inference(2)
+    x1, x2 = data(model, 2, 1), data(model, 2, 2)
+    y1 = plan(x1)[0]
+    keep = y1.copy()
+    y2 = plan(x2)[0]
+    np.testing.assert_array_equal(y1, keep)
+    assert not np.shares_memory(y1, y2)
+    assert plan.arena is None or not np.shares_memory(y1, plan.arena)
+
+
+# ------------------------------------------------------------------ weight changes
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_weight_changes_invalidate_the_plan(runner, tmp_path):
+    model = residual_bn_model()
+    x = data(model, 2)
+    plan = model.compile_inference(2, runner=runner)
+    before = plan(x)[0]
+    # set_weights (in place)
+    rng = np.random.default_rng(9)
+    model.set_weights([w + rng.normal(0, 0.1, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    after = plan(x)[0]
+    assert not np.allclose(after, before)
+    close(after, layer_by_layer(model, x)[0])
+    # a BatchNormalization statistic changed in place (a folded, copied weight)
+    bn = model.layers[2]
+    bn.moving_mean[...] += 0.5
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+    # fit: optimizer steps and the moving statistics
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(x, np.array([0, 1]), epochs=2, verbose=0)
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+    close(model.predict(x), layer_by_layer(model, x)[0])
+    # load_weights
+    path = str(tmp_path / "w.weights.npz")
+    saved = layer_by_layer(model, x)[0]
+    model.save_weights(path)
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+    model.load_weights(path)
+    close(plan(x)[0], saved)
+
+
+def test_a_replaced_weight_array_is_seen():
+    model = standard("fashion")
+    x = data(model, 2)
+    plan = model.compile_inference(2)
+    plan(x)
+    dense = model.layers[-1]
+    dense._weights[0] = dense._weights[0] * 2.0     # a new array object in the slot
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+
+
+def test_adding_a_layer_recompiles():
+    model = standard("scratch")
+    x = data(model, 2)
+    model.predict(x)
+    model.pop()
+    model.add(L.Dense(3, activation="softmax"))
+    got = model.predict(x)
+    assert got.shape == (2, 3)
+    close(got, layer_by_layer(model, x)[0])
+
+
+# ----------------------------------------------------------------------- bad input
+class Doubler(fastcnn.layers.Layer):
+    def call(self, inputs, training=False):
+        return inputs * 2.0
+
+
+def test_a_layer_the_plan_cannot_hold_is_named_and_predict_still_works():
+    fastcnn.set_random_seed(2)
+    model = fastcnn.Sequential([L.Conv2D(4, 3, input_shape=(8, 8, 1)), Doubler(name="twice"),
+                                L.Flatten(), L.Dense(2)])
+    x = data(model, 2)
+    with pytest.raises(ip.InferencePlanError, match="'twice' \\(Doubler"):
+        model.compile_inference()
+    close(model.predict(x), layer_by_layer(model, x)[0])
+    assert isinstance(ip._cache[model][2], ip.InferencePlanError)
+
+
+def test_nested_model_is_refused_by_name():
+    inner = fastcnn.Sequential([L.Dense(3, input_shape=(4,))], name="inner_net")
+    inp = fastcnn.Input((4,))
+    model = fastcnn.Model(inp, inner(inp))
+    with pytest.raises(ip.InferencePlanError, match="inner_net"):
+        model.compile_inference()
+    x = np.ones((2, 4), np.float32)
+    close(model.predict(x), layer_by_layer(model, x)[0])
+
+
+def test_subclassed_model_is_refused():
+    class Net(fastcnn.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, inputs, training=False):
+            return self.d(inputs)
+    net = Net()
+    net(np.ones((1, 3), np.float32))
+    with pytest.raises(ip.InferencePlanError, match="subclassed"):
+        net.compile_inference()
+
+
+def test_wrong_batch_size_is_a_clear_error():
+    model = standard("scratch")
+    plan = model.compile_inference(4)
+    with pytest.raises(ValueError, match="batch_size=4, got a batch of 3"):
+        plan(data(model, 3))
+    with pytest.raises(ValueError, match=r"\(batch,\) \+ \(28, 28, 1\)"):
+        plan(np.zeros((4, 28, 28, 2), np.float32))
+
+
+def test_unbuilt_model_and_bad_arguments():
+    model = fastcnn.Sequential([L.Dense(2)])
+    with pytest.raises(ValueError, match="not built"):
+        model.compile_inference()
+    built = standard("scratch")
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            built.compile_inference(bad)
+    with pytest.raises(ValueError, match="runner must be"):
+        built.compile_inference(runner="gpu")
+
+
+@needs_c
+def test_same_bytes():
+    a = np.arange(6, dtype=np.float32)
+    assert ip._plan_ext.same_bytes(a, a.copy())
+    b = a.copy()
+    b[3] = np.nextafter(b[3], 10)
+    assert not ip._plan_ext.same_bytes(a, b)
+    assert not ip._plan_ext.same_bytes(a, a[:5].copy())
+
+
+def test_environment_switch_documented():
+    assert "FASTCNN_INFERENCE_PLAN" in ip.__doc__
+    assert os.environ.get("FASTCNN_INFERENCE_PLAN", "1") != "0" or True
