@@ -175,36 +175,54 @@ class Cropping2D(Layer):
                 "data_format": "channels_last"}
 
 
-def _bilinear_taps(n_in, n_out):
-    """TensorFlow's half-pixel bilinear sampling (``tf.image.resize``, antialias off) along
-    one axis: output ``o`` reads ``(o + 0.5) * n_in / n_out - 0.5``, between the rows
-    ``lower = max(floor(.), 0)`` and ``upper = min(ceil(.), n_in - 1)`` with weight
-    ``frac = . - floor(.)`` on the upper one."""
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    floor = np.floor(src)
-    lower = np.maximum(floor, 0).astype(np.intp)
-    upper = np.minimum(np.ceil(src), n_in - 1).astype(np.intp)
-    return lower, upper, src - floor
+def _phase_weights(factor):
+    """TensorFlow's half-pixel bilinear sampling (``tf.image.resize``, antialias off) for an
+    integer upscaling ``factor``, per output phase ``r``: output ``o = q*factor + r`` reads
+    ``src = (o + 0.5) / factor - 0.5 = q + c_r``, ``c_r = (r + 0.5) / factor - 0.5``, so it
+    lies between rows ``q + off_r`` and ``q + off_r + 1`` (``off_r = floor(c_r)``, 0 or -1)
+    with weight ``frac_r = c_r - off_r`` on the upper one: the same for every ``q``.
+    TensorFlow clamps the two rows into the image; with the image's first and last rows
+    repeated once at each end (edge padding) the same slices do that."""
+    out = []
+    for r in range(factor):
+        c = (r + 0.5) / factor - 0.5
+        off = math.floor(c)
+        out.append((off, c - off))
+    return out
 
 
-def _lerp_axis(x, axis, lower, upper, frac):
-    shape = [1] * x.ndim
-    shape[axis] = -1
-    frac = frac.reshape(shape).astype(x.dtype)
-    lo = np.take(x, lower, axis=axis)
-    return lo + (np.take(x, upper, axis=axis) - lo) * frac
+def _index(axis, sl):
+    return (slice(None),) * axis + (sl,)
 
 
-def _lerp_axis_backward(dy, axis, n_in, lower, upper, frac):
-    shape = list(dy.shape)
-    shape[axis] = n_in
-    dx = np.zeros(shape, dtype=dy.dtype)
-    moved = np.moveaxis(dx, axis, 0)              # a view: writes land in dx
-    g = np.moveaxis(dy, axis, 0)
-    f = frac.astype(dy.dtype)
-    for o in range(g.shape[0]):                   # out rows; vector ops on the rest
-        moved[lower[o]] += g[o] * (1 - f[o])
-        moved[upper[o]] += g[o] * f[o]
+def _upsample_axis(x, axis, factor):
+    """Bilinear upscaling of ``x`` by ``factor`` along ``axis`` (slices, no gather)."""
+    n = x.shape[axis]
+    xe = np.concatenate([x[_index(axis, slice(0, 1))], x, x[_index(axis, slice(n - 1, n))]],
+                        axis=axis)                         # edge padded: n + 2 rows
+    out = np.empty(x.shape[:axis] + (n, factor) + x.shape[axis + 1:], dtype=x.dtype)
+    for r, (off, frac) in enumerate(_phase_weights(factor)):
+        lo = xe[_index(axis, slice(1 + off, 1 + off + n))]
+        hi = xe[_index(axis, slice(2 + off, 2 + off + n))]
+        o = out[_index(axis + 1, r)]
+        np.subtract(hi, lo, out=o)                         # lo + (hi - lo) * frac, TF's form
+        o *= x.dtype.type(frac)
+        o += lo
+    return out.reshape(x.shape[:axis] + (n * factor,) + x.shape[axis + 1:])
+
+
+def _upsample_axis_backward(dy, axis, factor):
+    n = dy.shape[axis] // factor
+    g = dy.reshape(dy.shape[:axis] + (n, factor) + dy.shape[axis + 1:])
+    dxe = np.zeros(dy.shape[:axis] + (n + 2,) + dy.shape[axis + 1:], dtype=dy.dtype)
+    for r, (off, frac) in enumerate(_phase_weights(factor)):
+        gr = g[_index(axis + 1, r)]
+        f = dy.dtype.type(frac)
+        dxe[_index(axis, slice(1 + off, 1 + off + n))] += gr * (1 - f)
+        dxe[_index(axis, slice(2 + off, 2 + off + n))] += gr * f
+    dx = np.ascontiguousarray(dxe[_index(axis, slice(1, n + 1))])
+    dx[_index(axis, slice(0, 1))] += dxe[_index(axis, slice(0, 1))]      # the edge pads
+    dx[_index(axis, slice(n - 1, n))] += dxe[_index(axis, slice(n + 1, n + 2))]
     return dx
 
 
@@ -238,10 +256,8 @@ class UpSampling2D(Layer):
         if self.interpolation == "nearest":
             y = np.broadcast_to(x[:, :, None, :, None, :], (n, h, sh, w, sw, c))
             return np.ascontiguousarray(y).reshape(n, h * sh, w * sw, c), x.shape
-        rows, cols = _bilinear_taps(h, h * sh), _bilinear_taps(w, w * sw)
         # Along the width first, then the height: TensorFlow's order of the two lerps.
-        y = _lerp_axis(_lerp_axis(x, 2, *cols), 1, *rows)
-        return np.ascontiguousarray(y), (x.shape, rows, cols)
+        return _upsample_axis(_upsample_axis(x, 2, sw), 1, sh), x.shape
 
     def backward(self, dy, ctx, need_dx=True):
         if not need_dx:
@@ -250,9 +266,7 @@ class UpSampling2D(Layer):
         if self.interpolation == "nearest":
             n, h, w, c = ctx
             return np.ascontiguousarray(dy.reshape(n, h, sh, w, sw, c).sum(axis=(2, 4))), ()
-        (n, h, w, c), rows, cols = ctx
-        dx = _lerp_axis_backward(dy, 1, h, *rows)
-        return _lerp_axis_backward(dx, 2, w, *cols), ()
+        return _upsample_axis_backward(_upsample_axis_backward(dy, 1, sh), 2, sw), ()
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "data_format": "channels_last",
