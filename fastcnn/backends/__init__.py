@@ -144,6 +144,10 @@ class Backend:
             else:
                 fn = _missing(self.name, op, why)
             setattr(self, op, fn)
+        for op in getattr(self, "_bound", ()):   # an op remove_op took back
+            if op not in OPS and op not in FUSED_OPS:
+                delattr(self, op)
+        self._bound = OPS + FUSED_OPS
         self._implemented = frozenset(implemented)
         self._reused = reused
 

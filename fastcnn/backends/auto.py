@@ -162,50 +162,62 @@ KINDS = {"conv2d": _conv2d_kind}
 # A pair's forward runs on the backend the table picks and returns ``(y, (backend, ctx))``,
 # so that its backward always goes to the backend that made ``ctx``. A fused forward's
 # contexts each go back the same way (to that backend's backwards of the fused pairs); a
-# single op (a loss) just runs on the pick.
+# single op (a loss) just runs on the pick. Each function is written out with its spec's
+# own parameters (help() shows them; no *args packing: these run once per layer call), the
+# pick being one dict lookup after the first call of its key.
 
-def _route(spec):
-    family, name = spec.routing_family, spec.name
-    kind_of = KINDS.get(family)
-    forward_op, backward_op = spec.forward_op, spec.backward_op
-    any_key = (family, "any", name)
+_PICK = {
+    False: """\
+    backend = _resolved.get({any_key!r})
+    if backend is None:
+        backend = _pick({family!r}, "any", {name!r})
+""",
+    True: """\
+    kind = KINDS[{family!r}]({call})
+    backend = _resolved.get(({family!r}, kind, {name!r}))
+    if backend is None:
+        backend = _pick({family!r}, kind, {name!r})
+""",
+}
 
-    def pick(args, kwargs):
-        if kind_of is None:
-            backend = _resolved.get(any_key)
-            return backend if backend is not None else _pick(family, "any", name)
-        return _pick(family, kind_of(*args, **kwargs), name)
+_BODY = {
+    "pair": """\
+    y, ctx = backend.{forward_op}({call})
+    return y, (backend, ctx)
+""",
+    "single": """\
+    return backend.{forward_op}({call})
+""",
+    "fused": """\
+    out = backend.{forward_op}({call})
+    if out is None:
+        return None
+    return (out[0], *((backend, ctx) for ctx in out[1:]))
+""",
+}
 
-    if spec.fused:
-        def forward(*args, **kwargs):
-            backend = pick(args, kwargs)
-            out = getattr(backend, forward_op)(*args, **kwargs)
-            if out is None:
-                return None
-            return (out[0], *((backend, ctx) for ctx in out[1:]))
-    elif spec.is_pair:
-        def forward(*args, **kwargs):
-            backend = pick(args, kwargs)
-            y, ctx = getattr(backend, forward_op)(*args, **kwargs)
-            return y, (backend, ctx)
-    else:
-        def forward(*args, **kwargs):
-            return getattr(pick(args, kwargs), forward_op)(*args, **kwargs)
+_BACKWARD = """\
+def {backward_op}({backward}):
+    backend, inner = ctx
+    return backend.{backward_op}(dy, inner{rest})
+"""
 
-    forward.__name__ = forward.__qualname__ = forward_op
-    forward.__signature__ = spec.signature()
-    forward.__doc__ = f"``{forward_op}`` on the backend the table picks for {family}."
-    if not spec.is_pair:
-        return {forward_op: forward}
 
-    def backward(dy, ctx, *args, **kwargs):
-        backend, inner = ctx
-        return getattr(backend, backward_op)(dy, inner, *args, **kwargs)
-
-    backward.__name__ = backward.__qualname__ = backward_op
-    backward.__signature__ = spec.signature(backward=True)
-    backward.__doc__ = f"``{backward_op}`` on the backend that ran the forward."
-    return {forward_op: forward, backward_op: backward}
+def _route(spec) -> str:
+    """The source of the spec's routed function(s)."""
+    family = spec.routing_family
+    fields = dict(name=spec.name, family=family, any_key=(family, "any", spec.name),
+                  forward_op=spec.forward_op, backward_op=spec.backward_op,
+                  args=spec.args, backward=spec.backward,
+                  call=", ".join(spec.signature().parameters))
+    shape = "fused" if spec.fused else "pair" if spec.is_pair else "single"
+    source = (f"def {spec.forward_op}({spec.args}):\n"
+              f'    """``{spec.forward_op}`` on the backend the table picks for {family}."""\n'
+              + _PICK[family in KINDS] + _BODY[shape]).format(**fields)
+    if spec.is_pair:
+        rest = "".join(f", {p}" for p in list(spec.signature(backward=True).parameters)[2:])
+        source += "\n\n" + _BACKWARD.format(rest=rest, **fields)
+    return source
 
 
 _GENERATED: set = set()
@@ -219,9 +231,12 @@ def _install():
         module.pop(op, None)
     _GENERATED.clear()
     for spec in _specs.SPECS.values():
-        functions = _route(spec)
-        module.update(functions)
-        _GENERATED.update(functions)
+        namespace = {}
+        exec(compile(_route(spec), f"<auto: {spec.name}>", "exec"), module, namespace)  # noqa: S102
+        for fn in namespace.values():
+            fn.__module__ = __name__
+        module.update(namespace)
+        _GENERATED.update(namespace)
 
 
 _install()
