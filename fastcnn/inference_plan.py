@@ -915,6 +915,8 @@ InferencePlan._buffer = _plan_buffer
 
 # =========================================================================== running
 def _as_inputs(x, n_inputs, dtype):
+    if type(x) is np.ndarray and n_inputs == 1 and x.dtype == dtype and x.flags.c_contiguous:
+        return [x]   # the common case, without a copy or a conversion
     xs = list(x) if isinstance(x, (list, tuple)) else [x]
     if len(xs) != n_inputs:
         raise ValueError(f"the plan takes {n_inputs} input array(s), got {len(xs)}")
@@ -931,9 +933,10 @@ def _call(self, x, _blocking=True):
     """The outputs (a list of fresh NumPy arrays) on ``x`` (an array, or a list of
     arrays for several inputs). Calls from several threads run one at a time (the
     automatic path of predict does not wait: it runs layer by layer meanwhile)."""
-    xs = _as_inputs(x, len(self.model._input_specs), self.dtype)
+    specs = self.model._input_specs
+    xs = _as_inputs(x, len(specs), self.dtype)
     n = len(xs[0])
-    for a, spec in zip(xs, self.model._input_specs):
+    for a, spec in zip(xs, specs):
         if a.shape[1:] != tuple(spec[1:]) or len(a) != n:
             raise ValueError(f"the plan of model {self.model.name!r} takes inputs of shape "
                              f"(batch,) + {tuple(spec[1:])}, got {a.shape}")

@@ -162,6 +162,41 @@ def test_several_outputs(runner):
         close(g, w)
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_two_inputs_and_a_residual_add(runner):
+    fastcnn.set_random_seed(11)
+    a, b = fastcnn.Input((6, 6, 4)), fastcnn.Input((6, 6, 4))
+    s = L.Add()([a, b])                                     # reads both plan inputs
+    h = L.Conv2D(16, 3, padding="same", activation="relu")(s)
+    h = L.AveragePooling2D(2, padding="same")(h)
+    out = L.Dense(3)(L.Flatten()(h))
+    model = fastcnn.Model([a, b], out)
+    xa, xb = (
+        np.random.default_rng(1).random((2, 6, 6, 4), dtype=np.float32),
+        np.random.default_rng(2).random((2, 6, 6, 4), dtype=np.float32))
+    got = model.compile_inference(2, runner=runner)([xa, xb])[0]
+    close(got, layer_by_layer(model, [xa, xb])[0])
+
+
+def test_layers_run_by_their_own_forward_inside_the_python_plan():
+    fastcnn.set_random_seed(4)
+    inp = fastcnn.Input((8, 8, 2))
+    h = L.ZeroPadding2D(1)(inp)
+    h = L.Conv2D(16, 3)(h)
+    h = L.LeakyReLU(0.1)(h)
+    h = L.Concatenate()([h, L.Conv2D(4, 3, padding="same")(h)])
+    out = L.Dense(2, activation="softmax")(L.GlobalMaxPooling2D()(h))
+    model = fastcnn.Model(inp, out)
+    x = data(model, 3)
+    plan = model.compile_inference(3)
+    assert plan.runner == "python"
+    assert any(s.startswith("layer ") for s in plan.steps)
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+    if HAVE_C:
+        with pytest.raises(ip.InferencePlanError, match="the C runner"):
+            model.compile_inference(3, runner="c")
+
+
 def test_other_backends_run_prebound_ops():
     model = standard("scratch")
     x = data(model, 2)
