@@ -14,7 +14,7 @@ No float32 array is ever upcast.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, log, logf, log1p, log1pf, tanh, tanhf, fabs, fabsf
-from libc.math cimport erfc, erfcf, INFINITY
+from libc.math cimport erfc, erfcf, sqrt, sqrtf, INFINITY
 from libc.stdlib cimport malloc, free
 
 from omp_guard cimport FASTCNN_OMP, fastcnn_max_threads, fastcnn_set_num_threads, threads_for
@@ -565,3 +565,43 @@ def gelu_backward(const floating[::1] dy not None, const floating[::1] x not Non
     cdef int nt = threads_for(n)
     for i in prange(n, nogil=True, schedule="static", num_threads=nt):
         dx[i] = _gelu_grad(dy[i], x[i])
+
+
+# --- optimizer updates -----------------------------------------------------------------------
+
+cdef extern from "optimizer_kernels.h" nogil:
+    void fastcnn_adam_f32(float* w, const float* g, float* m, float* v, Py_ssize_t n,
+                          float c1, float c2, float eps, float alpha)
+    void fastcnn_adam_f64(double* w, const double* g, double* m, double* v, Py_ssize_t n,
+                          double c1, double c2, double eps, double alpha)
+
+cdef enum:
+    UPDATE_BLOCK = 16384   # elements per parallel chunk of an optimizer update
+
+
+def adam_update(floating[::1] w not None, const floating[::1] g not None,
+                floating[::1] m not None, floating[::1] v not None,
+                double one_minus_beta_1, double one_minus_beta_2, double epsilon,
+                floating alpha):
+    """Keras's Adam step in one vectorised pass over ``w, g, m, v``
+    (csrc/optimizer_kernels.h; fastcnn.optimizers.Adam._update's NumPy lines are the
+    definition, ten passes). Bitwise NumPy's result: the scalars are rounded to the data
+    type here as NumPy rounds a Python float against a float32 array."""
+    cdef Py_ssize_t n = w.shape[0], b, lo, nb
+    _check_same(g.shape[0], n, "adam_update: g vs w")
+    _check_same(m.shape[0], n, "adam_update: m vs w")
+    _check_same(v.shape[0], n, "adam_update: v vs w")
+    if n == 0:
+        return
+    cdef floating c1 = <floating>one_minus_beta_1, c2 = <floating>one_minus_beta_2
+    cdef floating eps = <floating>epsilon
+    nb = (n + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef int nt = threads_for(n)
+    for b in prange(nb, nogil=True, schedule="static", num_threads=nt):
+        lo = b * UPDATE_BLOCK
+        if floating is float:
+            fastcnn_adam_f32(&w[lo], &g[lo], &m[lo], &v[lo], min(UPDATE_BLOCK, n - lo),
+                             c1, c2, eps, alpha)
+        else:
+            fastcnn_adam_f64(&w[lo], &g[lo], &m[lo], &v[lo], min(UPDATE_BLOCK, n - lo),
+                             c1, c2, eps, alpha)

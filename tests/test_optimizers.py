@@ -609,3 +609,30 @@ def test_apply_gradients_with_mismatched_lists_says_so_before_binding():
     assert opt.iterations == 0 and opt._variables is None
     opt.apply([np.ones(3), np.ones(2)], v)
     np.testing.assert_allclose(np.asarray(v[1]), 0.99)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_adam_step_is_bitwise_the_numpy_definition(dtype, monkeypatch):
+    """Adam's host step runs one compiled pass (csrc/optimizer_kernels.h) where the Cython
+    extension is built; the NumPy lines of Adam._update define it: same bits, over many
+    steps, gradients spanning seven orders of magnitude, odd sizes (vector tails)."""
+    from fastcnn import _extensions
+    if "elementwise" not in _extensions.modules:
+        pytest.skip(f"the Cython extensions are not built: {_extensions.IMPORT_ERROR}")
+    assert optimizers._fused_adam is not None   # built: the compiled step must be there
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(s).astype(dtype) for s in [(3, 3, 1, 8), (1352, 10), (7,),
+                                                            (40000,)]]
+    results = []
+    for fused in (optimizers._fused_adam, None):
+        monkeypatch.setattr(optimizers, "_fused_adam", fused)
+        ws = [a.copy() for a in start]
+        opt = optimizers.Adam(learning_rate=1e-2)
+        grads_rng = np.random.default_rng(1)
+        for _ in range(12):
+            grads = [(grads_rng.standard_normal(a.shape)
+                      * 10.0 ** int(grads_rng.integers(-4, 3))).astype(dtype) for a in ws]
+            opt.apply(grads, ws)
+        results.append(ws)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
