@@ -3,9 +3,14 @@
 This is the default backend. It owns no kernels: each op is routed to one of the other
 backends by the small table :data:`PREFERENCES` below, which is refreshed by hand from
 ``benchmarks/`` runs (see benchmarks/README.md for the figures behind it). Each entry lists
-backends fastest first; the first one that is available on this machine is used, so a
-machine without a C compiler or without Numba still gets the best of what it has.
-``fastcnn info`` prints the resolved choice.
+backends fastest first; for each op of the row's family, the first one that is available on
+this machine AND implements the op is used, so a machine without a C compiler or without
+Numba still gets the best of what it has, and a row may name a backend before its kernels
+for an op land. ``fastcnn info`` prints the resolved choices.
+
+Which ops a family holds comes from the op specs (fastcnn/backends/_specs.py, ``family``);
+this module's op functions are generated from them (bottom of the file). A new op joins an
+existing family's row, or needs a row here (a test fails until it has one).
 
 A forward returns ``(y, (backend, ctx))`` so that its backward always goes to the backend
 that made ``ctx``, whatever the table says for the backward's shape.
