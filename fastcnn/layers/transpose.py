@@ -13,7 +13,16 @@ With ``xz`` = x with ``s - 1`` zeros inserted between samples (``xz[i*s] = x[i]`
 ``y[t] = sum_a xz[t + pb - a] W[a]^T``; substituting ``a' = k - 1 - a`` gives an ordinary
 stride-1 conv of ``xz`` padded by ``L = k - 1 - pb`` before and
 ``R = O - 1 + pb - (I - 1)*s`` after, with the spatially flipped kernel with its last two
-axes swapped (``(kh, kw, C, filters)``). The forward runs exactly that.
+axes swapped (``(kh, kw, C, filters)``). With a dilation (stride 1 then) the forward runs
+exactly that.
+
+Without dilation the forward skips the zeros (``s*s`` times less work for stride ``s``):
+output ``t`` with ``t + pb = q*s + r`` only meets the taps ``a = r + j*s``, and
+``y[q*s + r - pb] = sum_j x[q - j] W[r + j*s]^T``: per phase ``r`` an ordinary stride-1 conv
+of ``x`` with the flipped sub-kernel ``W[r::s][::-1]`` (transposed to ``(kh', kw', C,
+filters)``), its padding chosen so that its outputs are the phase's ``q`` range
+(:func:`_phase_plan`); ``sh*sw`` kernel calls, whose outputs are written into ``y[:, t0::sh,
+t1::sw]``. A phase no tap reaches (stride > kernel) holds the bias only.
 
 The backward needs no zero-inserted buffers: ``dx`` is the forward conv of ``dy`` (stride
 ``s``, padding ``pb``) with Keras's kernel as it is, and ``dkernel`` is that conv's kernel
@@ -46,6 +55,29 @@ def deconv_output_length(length, kernel, stride, padding, output_padding, dilati
     if output_padding is None:
         return length * stride
     return (length - 1) * stride + kernel % 2 + output_padding
+
+
+def _phase_plan(n_in, n_out, k, s, pb):
+    """Per phase ``r`` along one axis: ``(r, t0, count, lo, hi, pad)``: output rows
+    ``t0, t0 + s, ...`` (``count`` of them) are the stride-1 'valid' conv of ``x[lo:hi]`` padded
+    by ``pad = (before, after)`` with the flipped taps ``r, r + s, ...`` (module doc)."""
+    plans = []
+    for r in range(s):
+        kr = len(range(r, k, s))
+        q0 = -((r - pb) // s)                      # ceil((pb - r) / s)
+        q1 = (n_out - 1 + pb - r) // s
+        count = q1 - q0 + 1
+        if count <= 0:
+            continue
+        t0 = q0 * s + r - pb
+        if kr == 0:
+            plans.append((r, t0, count, None, None, None))
+            continue
+        before = kr - 1 - q0
+        after = count + kr - 1 - before - n_in
+        lo, hi = max(-before, 0), n_in - max(-after, 0)
+        plans.append((r, t0, count, lo, hi, (max(before, 0), max(after, 0))))
+    return plans
 
 
 class Conv2DTranspose(KernelLayer):
@@ -103,6 +135,12 @@ class Conv2DTranspose(KernelLayer):
         ops = self.output_padding or (None, None)
         out = tuple(deconv_output_length(n, k, s, self.padding, op, d) for n, k, s, op, d in zip(
             (h, w), self.kernel_size, self.strides, ops, self.dilation_rate))
+        if min(out) < 1:
+            raise ValueError(
+                f"Conv2DTranspose: the output would have spatial size {out} for an input of "
+                f"{(h, w)} (kernel_size={self.kernel_size}, strides={self.strides}, padding="
+                f"{self.padding!r}, output_padding={self.output_padding}); choose another "
+                f"output_padding")
         # The forward conv from the output space back to the input: its padding, and its
         # output size, which must be the input's (TensorFlow refuses the call otherwise).
         back, self._pad = _dilation.output_shape_and_pad(
@@ -128,6 +166,33 @@ class Conv2DTranspose(KernelLayer):
         return (input_shape[0],) + out + (self.filters,)
 
     def _op_forward(self, backend, x):
+        if self.dilation_rate == (1, 1):
+            return self._phase_forward(backend, x), (x, self.kernel)
+        return self._zero_insert_forward(backend, x), (x, self.kernel)
+
+    def _phase_forward(self, backend, x):
+        n, h, w, _ = x.shape
+        _, oh, ow, _ = self._output_shape
+        sh, sw = self.strides
+        kh, kw = self.kernel_size
+        rows = _phase_plan(h, oh, kh, sh, self._pad[0][0])
+        cols = _phase_plan(w, ow, kw, sw, self._pad[1][0])
+        y = np.empty((n, oh, ow, self.filters), dtype=x.dtype)
+        for rh, th, ch, lo_h, hi_h, pad_h in rows:
+            for rw, tw, cw, lo_w, hi_w, pad_w in cols:
+                target = y[:, th::sh, tw::sw, :][:, :ch, :cw, :]
+                if pad_h is None or pad_w is None:         # no tap reaches these rows
+                    target[...] = 0 if self.bias is None else self.bias
+                    continue
+                sub = self.kernel[rh::sh, rw::sw][::-1, ::-1].transpose(0, 1, 3, 2)
+                xs = x[:, lo_h:hi_h, lo_w:hi_w, :]
+                z, _ = backend.conv2d_forward(np.ascontiguousarray(xs),
+                                              np.ascontiguousarray(sub), self.bias, (1, 1),
+                                              (pad_h, pad_w))
+                target[...] = z
+        return y
+
+    def _zero_insert_forward(self, backend, x):
         sh, sw = self.strides
         n, h, w, c = x.shape
         if (sh, sw) != (1, 1):
@@ -138,7 +203,7 @@ class Conv2DTranspose(KernelLayer):
         flipped = np.ascontiguousarray(self.kernel[::-1, ::-1].transpose(0, 1, 3, 2))
         y, _ = _dilation.conv_forward(backend, xz, flipped, self.bias, (1, 1), self._zpad,
                                       self.dilation_rate)
-        return y, (x, self.kernel)
+        return y
 
     def _op_backward(self, backend, dy, ctx, need_dx):
         x, kernel = ctx
