@@ -41,6 +41,7 @@ import numpy as np
 from ..shapes import padded_output_shape
 from ._checks import (
     check_conv_args as _check_conv_args,
+    check_depthwise_args as _check_depthwise_args,
     check_dense_args as _check_dense_args,
     check_float as _check_float,
     check_labels as _check_labels,
@@ -67,6 +68,7 @@ except ImportError as exc:  # numba / numba-cuda are an optional extra
 else:
     _IMPORT_ERROR = None
     from ._cuda import conv as _kconv
+    from ._cuda import depthwise as _kdw
     from ._cuda import elementwise as _kelem
     from ._cuda import losses as _kloss
     from ._cuda import optim as _kopt
@@ -312,6 +314,74 @@ def conv2d_backward(dy, ctx, need_dx=True):
     (sh, sw), ((pt, _), (pl, _)) = stride, pad
     dx = _empty(xd.shape, xd.dtype, "a conv input gradient", n)
     _launch_1d(_kconv.conv_dx, xd.dtype, dx.size, dyd, wdv, dx, sh, sw, pt, pl)
+    return _deliver(dx, on_device), dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# Depthwise convolution (kernels: _cuda/depthwise.py)
+# ----------------------------------------------------------------------------------------
+
+# dW's sum over the N*Ho*Wo output pixels is cut into fixed chunks (one thread per chunk,
+# tap and channel), at least this many pixels each; the chunking depends on the shapes
+# only, and the partials are added in chunk order: deterministic, no float atomics.
+_DEPTHWISE_DW_THREADS = 1 << 16
+_DEPTHWISE_DW_MIN_ROWS = 256
+
+
+def _depthwise_splits(m, k_ext, f):
+    """``(chunks, pixels per chunk)`` for dW's reduction over ``m`` output pixels."""
+    wanted = max(1, -(-_DEPTHWISE_DW_THREADS // (k_ext * f)))
+    rows = max(_DEPTHWISE_DW_MIN_ROWS, -(-m // wanted))
+    return -(-m // rows), rows
+
+
+def depthwise_conv2d_forward(x, w, b, stride, pad):
+    _check_depthwise_args(_meta(x), _meta(w), _meta(b))
+    on_device = _any_device(x, w, b)
+    n, h, wd, c = x.shape
+    kh, kw, _, m = w.shape
+    ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
+    stride = tuple(int(s) for s in stride)
+    pad = tuple((int(p), int(q)) for p, q in pad)
+    xd = to_device(x, "x", batch=n)
+    wdv = to_device(w, "w")
+    bd = to_device(b, "b") if b is not None else None
+    y = _empty((n, ho, wo, c * m), x.dtype, "a depthwise conv output", n)
+    (sh, sw), ((pt, _), (pl, _)) = stride, pad
+    _launch_1d(_kdw.depthwise_forward, x.dtype, y.size, xd, wdv,
+               bd if bd is not None else _flat(wdv), y, b is not None, sh, sw, pt, pl)
+    return _deliver(y, on_device), (xd, wdv, b is not None, stride, pad)
+
+
+def depthwise_conv2d_backward(dy, ctx, need_dx=True):
+    xd, wdv, has_bias, stride, pad = ctx
+    n, h, wd, c = xd.shape
+    kh, kw, _, m = wdv.shape
+    f, k = c * m, kh * kw
+    ho, wo = padded_output_shape((h, wd), (kh, kw), stride, pad)
+    _check_like("dy", dy, (n, ho, wo, f), xd.dtype)
+    on_device = _any_device(dy)
+    dtype = xd.dtype
+    dyd = to_device(dy, "dy", batch=n)
+    (sh, sw), ((pt, _), (pl, _)) = stride, pad
+    pixels = n * ho * wo
+    if pixels == 0 or f == 0:  # nothing to sum
+        dw2, db = zeros((k, f), dtype), (zeros((f,), dtype) if has_bias else None)
+    else:
+        dw2 = _empty((k, f), dtype, "a weight gradient")
+        db = _empty((f,), dtype, "a bias gradient") if has_bias else None
+        splits, rows = _depthwise_splits(pixels, k + 1, f)
+        partial = _empty((splits, k + 1, f), dtype, "the partial sums of a weight gradient", n)
+        _launch_1d(_kdw.depthwise_dw, dtype, partial.size, xd, dyd, partial,
+                   kh, kw, sh, sw, pt, pl, rows)
+        _launch_1d(_kconv.reduce_splits, dtype, (k + 1) * f,
+                   partial, dw2, db if has_bias else _flat(dw2), has_bias)
+    dw = _deliver(dw2.reshape(kh, kw, c, m), on_device)
+    db = _deliver(db, on_device) if has_bias else None
+    if not need_dx:
+        return None, dw, db
+    dx = _empty(xd.shape, dtype, "a depthwise conv input gradient", n)
+    _launch_1d(_kdw.depthwise_dx, dtype, dx.size, dyd, wdv, dx, sh, sw, pt, pl)
     return _deliver(dx, on_device), dw, db
 
 
