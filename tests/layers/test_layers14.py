@@ -351,6 +351,31 @@ def test_model_with_the_new_layers_saves_loads_and_trains(tmp_path, rng):
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("make_layer", [
+    lambda act: layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation=act),
+    lambda act: layers.SeparableConv2D(4, 3, padding="same", activation=act),
+    lambda act: layers.Conv2D(4, 3, padding="same", dilation_rate=2, activation=act),
+    lambda act: layers.Conv2DTranspose(4, 3, strides=2, padding="same", activation=act),
+], ids=["depthwise", "separable", "dilated", "transpose"])
+def test_relu_then_max_pool_fusion_changes_nothing(make_layer, rng):
+    """A ReLU producer feeding a MaxPooling2D is fused (fastcnn.layers.fusion); the same
+    model with the ReLU as its own layer after the pool is not: one SGD step, same weights."""
+    def model(fused):
+        stack = [layers.Input((6, 6, 2)), make_layer("relu" if fused else None)]
+        stack += [layers.MaxPooling2D()] + ([] if fused else [layers.ReLU()])
+        m = fastcnn.Sequential(stack + [layers.Flatten(), layers.Dense(3)])
+        m.compile(fastcnn.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        return m
+    a, b = model(True), model(False)
+    b.set_weights(a.get_weights())
+    x = rng.standard_normal((4, 6, 6, 2)).astype(np.float32)
+    labels = np.array([0, 1, 2, 1])
+    a.train_on_batch(x, labels)
+    b.train_on_batch(x, labels)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+
+
 def test_runs_on_device_flags():
     assert layers.DepthwiseConv2D(3).runs_on_device
     assert layers.SeparableConv2D(2, 3).runs_on_device
