@@ -479,6 +479,13 @@ def keras_layer_order(model):
                   key=lambda l: (-layer_depth[id(l)], first_seen[id(l)]))
 
 
+def _keras_class_name(layer):
+    from ..model import Model, Sequential
+    if isinstance(layer, Sequential):
+        return "Sequential"
+    return "Functional" if isinstance(layer, Model) else type(layer).__name__
+
+
 def _tensor_entry(t, ref):
     return {"class_name": "__keras_tensor__",
             "config": {"shape": _shape(t.shape), "dtype": t.dtype, "keras_history": ref}}
@@ -496,7 +503,8 @@ def keras_model_config(model, layer_entry):
         input_entry = {"module": "keras.layers", "class_name": "InputLayer",
                        "config": {"batch_shape": batch_shape, "dtype": model.dtype,
                                   "sparse": False, "ragged": False,
-                                  "name": f"{model.name}_input", "optional": False},
+                                  "name": getattr(model._input_layer, "name", None)
+                                  or "input_layer", "optional": False},
                        "registered_name": None}
         layers = [input_entry] + [layer_entry(layer) for layer in model.layers]
         return {"module": "keras", "class_name": "Sequential",
@@ -517,7 +525,9 @@ def keras_model_config(model, layer_entry):
         calls[id(node.layer)] = k + 1
         tensors = [_tensor_entry(t, ref[id(t)]) for t in node.inputs]
         args = [tensors] if (node.multiple_inputs or len(tensors) > 1) else tensors
-        inbound.setdefault(id(node.layer), []).append({"args": args, "kwargs": {}})
+        kwargs = {"mask": None} if _keras_class_name(node.layer) in \
+            keras_table().get("call_mask", ()) else {}
+        inbound.setdefault(id(node.layer), []).append({"args": args, "kwargs": kwargs})
         for j, t in enumerate(node.outputs):
             ref[id(t)] = [node.layer.name, k, j]
     entries = []

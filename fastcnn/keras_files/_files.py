@@ -563,8 +563,8 @@ def _fill_legacy_weights(group, model):
     for layer in sorted(layers, key=lambda l: l.name):
         layer_group = group.create_group(layer.name)
         names = _legacy_weight_names(layer)
-        layer_group.attrs["weight_names"] = [n.encode("utf8") for n in names] or \
-            np.array([], dtype=np.float64)
+        layer_group.attrs["weight_names"] = [n.encode("utf8") for n in names] \
+            if names else np.array([], dtype=np.float64)
         for name, w in zip(names, _legacy_vars(layer)):
             layer_group.create_dataset(name, data=np.asarray(_device.to_host(w)))
     top = group.create_group("top_level_model_weights")

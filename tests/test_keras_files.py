@@ -1,0 +1,354 @@
+"""Keras's model and weight files (issue 14 §1): files written by Keras 3.15
+(tests/fixtures/keras/make_keras_files.py) load into fastcnn and predict as Keras did, and
+fastcnn writes files with Keras's exact layout (Keras itself reads them: the optional test
+at the end, where Keras is installed)."""
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import fastcnn
+import numpy as np
+import pytest
+
+from fastcnn import layers, saving
+
+h5py = pytest.importorskip(
+    "h5py", reason="h5py is not installed: Keras's files need `pip install fastcnn[keras]`")
+
+D = Path(__file__).parent / "fixtures" / "keras" / "keras_files"
+EXPECTED = np.load(D / "expected.npz")
+MODELS = ("seq", "fun", "nested")
+
+
+def outputs(model, name):
+    ys = model.predict(EXPECTED[f"{name}_x"], verbose=0)
+    return ys if isinstance(ys, list) else [ys]
+
+
+def assert_keras_predictions(model, name):
+    ys = outputs(model, name)
+    assert len(ys) == sum(1 for k in EXPECTED.files if k.startswith(f"{name}_y"))
+    for k, y in enumerate(ys):
+        np.testing.assert_allclose(y, EXPECTED[f"{name}_y{k}"], rtol=1e-5, atol=2e-6)
+
+
+def zeroed(model):
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    return model
+
+
+def h5_paths(source):
+    out = []
+    with h5py.File(source, "r") as f:
+        f.visititems(lambda n, o: out.append(
+            (n, tuple(o.shape) if isinstance(o, h5py.Dataset) else None)))
+    return sorted(out)
+
+
+def keras_member_paths(path):
+    import io
+    with zipfile.ZipFile(path) as zf:
+        return h5_paths(io.BytesIO(zf.read("model.weights.h5")))
+
+
+# ------------------------------------------------------------------ fastcnn models in code
+def seq_in_code(last_units=3):
+    return fastcnn.Sequential([
+        layers.Input((10, 10, 3)),
+        layers.Conv2D(4, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(),
+        layers.BatchNormalization(),
+        layers.Conv2D(5, (3, 2)),
+        layers.Dropout(0.3),
+        layers.Flatten(),
+        layers.Dense(8, activation="relu"),
+        layers.Dense(last_units, activation="softmax"),
+    ])
+
+
+def fun_in_code():
+    i = layers.Input((8, 8, 3))
+    c1 = layers.Conv2D(4, 3, padding="same")(i)
+    c2 = layers.Conv2D(4, 1, activation="relu")(i)
+    b = layers.BatchNormalization(center=False)(layers.Add()([c1, c2]))
+    g = layers.GlobalAveragePooling2D()(layers.Concatenate()([b, c1]))
+    p = layers.Flatten()(layers.MaxPooling2D(4)(c2))
+    o1 = layers.Dense(3, activation="softmax")(g)
+    o2 = layers.Dense(1, activation="sigmoid")(layers.Concatenate()([g, p]))
+    return fastcnn.Model(i, [o1, o2])
+
+
+def nested_in_code():
+    inner = fastcnn.Sequential([layers.Input((6, 6, 2)), layers.Conv2D(3, 3, padding="same"),
+                                layers.BatchNormalization()])
+    j = layers.Input((6, 6, 2))
+    inner_fun = fastcnn.Model(j, layers.ReLU()(layers.Conv2D(3, 1)(j)))
+    i = layers.Input((6, 6, 2))
+    z = layers.Add()([inner(i), inner_fun(i)])
+    return fastcnn.Model(i, layers.Dense(2)(layers.Flatten()(z)))
+
+
+IN_CODE = {"seq": seq_in_code, "fun": fun_in_code, "nested": nested_in_code}
+
+
+# ------------------------------------------------------------------------- load_model
+@pytest.mark.parametrize("file,name", [
+    ("seq.keras", "seq"), ("seq.h5", "seq"), ("fun.keras", "fun"), ("fun.h5", "fun"),
+    ("nested.keras", "nested"), ("nested.h5", "nested"),
+    ("keras2_seq.h5", "seq"), ("keras2_fun.h5", "fun")])
+def test_load_model_reads_keras_files_and_predicts_as_keras(file, name):
+    model = fastcnn.load_model(D / file)
+    assert_keras_predictions(model, name)
+
+
+def test_loaded_sequential_has_keras_names_layers_and_arguments():
+    model = fastcnn.load_model(D / "seq.keras")
+    assert isinstance(model, fastcnn.Sequential) and model.name == "seq_cnn"
+    assert [type(l).__name__ for l in model.layers] == [
+        "Conv2D", "MaxPooling2D", "BatchNormalization", "Conv2D", "Dropout", "Flatten",
+        "Dense", "Dense"]
+    assert [l.name for l in model.layers][:3] == ["conv2d", "max_pooling2d",
+                                                  "batch_normalization"]
+    conv, bn = model.layers[3], model.layers[2]
+    assert conv.kernel.shape == (3, 2, 4, 5) and conv.kernel_size == (3, 2)
+    assert type(conv.kernel_regularizer).__name__ == "L2"
+    assert conv.kernel_regularizer.l2 == pytest.approx(1e-4)
+    assert type(model.layers[6].kernel_initializer).__name__ == "HeNormal"
+    assert model.layers[4].rate == pytest.approx(0.3)
+    # BatchNormalization's four arrays in Keras's order: gamma, beta, mean, variance
+    with h5py.File(D / "seq.weights.h5") as f:
+        for i, w in enumerate(bn.weights):
+            np.testing.assert_array_equal(w, f[f"layers/batch_normalization/vars/{i}"][()])
+
+
+def test_loaded_functional_keeps_the_graph_names_and_two_outputs():
+    model = fastcnn.load_model(D / "fun.keras")
+    assert model.name == "two_heads" and model.output_names == ["cls", "score"]
+    bn = model.get_layer("bn")
+    assert not bn.center and len(bn.weights) == 3   # gamma, moving mean, moving variance
+    assert type(model.get_layer("cat")).__name__ == "Concatenate"
+
+
+def test_keras_layer_order_matches_the_order_keras_wrote():
+    from fastcnn.keras_files._config import keras_layer_order
+    for name in ("fun", "nested"):
+        with zipfile.ZipFile(D / f"{name}.keras") as zf:
+            config = json.loads(zf.read("config.json"))
+        model = fastcnn.load_model(D / f"{name}.keras")
+        assert [l.name for l in keras_layer_order(model)] == \
+            [e["name"] for e in config["config"]["layers"]]
+
+
+# ----------------------------------------------------------------------- load_weights
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("suffix", [".weights.h5", "_legacy.weights.h5", ".keras", ".h5"])
+def test_load_weights_into_a_model_built_in_code(name, suffix):
+    model = zeroed(IN_CODE[name]())
+    model.load_weights(D / f"{name}{suffix}")
+    assert_keras_predictions(model, name)
+
+
+def test_load_weights_by_name_matches_layer_names():
+    keras_model = fastcnn.load_model(D / "seq.keras")
+    model = seq_in_code()
+    for ours, theirs in zip(model.layers, keras_model.layers):
+        ours.name = theirs.name
+    # reversed names would break the by-position match, not the by-name one
+    zeroed(model)
+    model.load_weights(D / "seq_legacy.weights.h5", by_name=True)
+    assert_keras_predictions(model, "seq")
+    other = zeroed(seq_in_code())     # no name in common: nothing is loaded
+    other.load_weights(D / "seq_legacy.weights.h5", by_name=True)
+    assert all(not w.any() for w in other.get_weights())
+
+
+@pytest.mark.parametrize("file", ["seq.weights.h5", "seq_legacy.weights.h5"])
+def test_another_architecture_names_the_first_layer_and_both_shapes(file):
+    model = seq_in_code(last_units=4)
+    before = model.get_weights()
+    with pytest.raises(ValueError) as info:
+        model.load_weights(D / file)
+    message = str(info.value)
+    assert "seq" in message and file in message
+    assert "(8, 4)" in message and "(8, 3)" in message and "dense" in message
+    for a, b in zip(before, model.get_weights()):   # nothing assigned
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("file", ["seq.weights.h5", "seq_legacy.weights.h5"])
+def test_skip_mismatch_skips_the_differing_layer_with_a_warning(file):
+    model = seq_in_code(last_units=4)
+    last = [w.copy() for w in model.layers[-1].weights]
+    with pytest.warns(UserWarning, match="skipping"):
+        model.load_weights(D / file, skip_mismatch=True)
+    np.testing.assert_array_equal(model.layers[-1].weights[0], last[0])
+    with h5py.File(D / "seq.weights.h5") as f:
+        np.testing.assert_array_equal(model.layers[0].kernel, f["layers/conv2d/vars/0"][()])
+
+
+def test_legacy_layer_count_mismatch_is_an_error_naming_the_first_difference():
+    model = fastcnn.Sequential([layers.Input((10, 10, 3)), layers.Conv2D(4, 3)])
+    with pytest.raises(ValueError, match="layers with weights"):
+        model.load_weights(D / "seq_legacy.weights.h5")
+
+
+def test_by_name_is_for_legacy_files_and_fastcnn_files_refuse_keras_options(tmp_path):
+    model = seq_in_code()
+    with pytest.raises(ValueError, match="by_name"):
+        model.load_weights(D / "seq.weights.h5", by_name=True)
+    model.save_weights(tmp_path / "w.fcnn")
+    with pytest.raises(ValueError, match="skip_mismatch"):
+        model.load_weights(tmp_path / "w.fcnn", skip_mismatch=True)
+
+
+# ------------------------------------------------------------------------------ writing
+@pytest.mark.parametrize("name", MODELS)
+def test_saved_keras_archive_has_keras_structure_and_reloads(name, tmp_path):
+    model = fastcnn.load_model(D / f"{name}.keras")
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as ours, zipfile.ZipFile(D / f"{name}.keras") as theirs:
+        assert ours.namelist() == theirs.namelist() == \
+            ["metadata.json", "config.json", "model.weights.h5"]
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in ours.infolist())
+        c_ours = json.loads(ours.read("config.json"))
+        c_theirs = json.loads(theirs.read("config.json"))
+    assert c_ours["class_name"] == c_theirs["class_name"]
+    assert c_ours["module"] == c_theirs["module"]
+
+    def layer_classes(config):
+        # (a Sequential's InputLayer name is fastcnn's own: it is no layer of the model)
+        return [(e["class_name"], e.get("module"), e.get("name", e["config"].get("name"))
+                 if e["class_name"] != "InputLayer" or "inbound_nodes" in e else None)
+                for e in config["config"]["layers"]]
+    assert layer_classes(c_ours) == layer_classes(c_theirs)
+    # every Keras argument fastcnn writes is one Keras wrote, with the same value
+    for e_ours, e_theirs in zip(c_ours["config"]["layers"], c_theirs["config"]["layers"]):
+        if e_ours["class_name"] in ("Sequential", "Functional"):
+            continue
+        for key, value in e_ours["config"].items():
+            assert key in e_theirs["config"], (e_ours["class_name"], key)
+            if key not in ("dtype",) and not key.endswith("_initializer") and \
+                    e_ours["class_name"] != "InputLayer":
+                assert json.dumps(value) == json.dumps(e_theirs["config"][key]), key
+        if "inbound_nodes" in e_theirs:
+            assert json.dumps(e_ours["inbound_nodes"]) == json.dumps(e_theirs["inbound_nodes"])
+    if "input_layers" in c_theirs["config"]:
+        for key in ("input_layers", "output_layers"):
+            assert c_ours["config"][key] == c_theirs["config"][key]
+    assert keras_member_paths(path) == keras_member_paths(D / f"{name}.keras")
+    assert_keras_predictions(fastcnn.load_model(path), name)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_saved_weights_have_keras_group_paths(name, tmp_path):
+    model = fastcnn.load_model(D / f"{name}.keras")
+    model.save_weights(tmp_path / "w.weights.h5")
+    assert h5_paths(tmp_path / "w.weights.h5") == h5_paths(D / f"{name}.weights.h5")
+    model.save_weights(tmp_path / "w.h5")      # Keras's legacy layout
+    with h5py.File(tmp_path / "w.h5") as ours, \
+            h5py.File(D / f"{name}_legacy.weights.h5") as theirs:
+        names = list(ours.attrs["layer_names"])
+        assert names == list(theirs.attrs["layer_names"])
+        for n in names:
+            assert len(ours[n].attrs["weight_names"]) == len(theirs[n].attrs["weight_names"])
+    for file in ("w.weights.h5", "w.h5"):
+        other = zeroed(IN_CODE[name]())
+        other.load_weights(tmp_path / file)
+        assert_keras_predictions(other, name)
+
+
+def test_saved_legacy_h5_model_reloads(tmp_path):
+    model = fastcnn.load_model(D / "fun.keras")
+    model.save(tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5") as f:
+        assert json.loads(f.attrs["model_config"])["class_name"] == "Functional"
+        assert "model_weights" in f
+    assert_keras_predictions(fastcnn.load_model(tmp_path / "m.h5"), "fun")
+
+
+def test_a_model_built_in_fastcnn_round_trips_through_keras_files(tmp_path):
+    fastcnn.utils.set_random_seed(5)
+    model = seq_in_code()
+    x = np.random.default_rng(1).standard_normal((2, 10, 10, 3)).astype(np.float32)
+    y = model.predict(x, verbose=0)
+    for file in ("m.keras", "m.h5"):
+        model.save(tmp_path / file)
+        again = fastcnn.load_model(tmp_path / file)
+        assert [type(l).__name__ for l in again.layers] == \
+            [type(l).__name__ for l in model.layers]
+        np.testing.assert_array_equal(again.predict(x, verbose=0), y)
+
+
+def test_native_format_stays_the_default_for_other_paths(tmp_path):
+    model = seq_in_code()
+    model.save(tmp_path / "m.fcnn")
+    with zipfile.ZipFile(tmp_path / "m.fcnn") as zf:
+        assert saving.META_NAME in zf.namelist() and "config.json" not in zf.namelist()
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+        assert "config.json" in zf.namelist() and saving.META_NAME not in zf.namelist()
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        model.save_weights(tmp_path / "w.keras")
+
+
+def test_a_layer_keras_cannot_represent_is_named_and_nothing_is_written(tmp_path):
+    model = fastcnn.Sequential([layers.Input((4,)), layers.Dense(3, name="odd",
+                                                                 activation="gelu_approximate")])
+    for file in ("m.keras", "m.h5"):
+        with pytest.raises(ValueError, match=r"'odd'.*gelu_approximate"):
+            model.save(tmp_path / file)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_custom_layer_class_is_named_and_nothing_is_written(tmp_path):
+    class Twice(layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    model = fastcnn.Sequential([layers.Input((4,)), Twice(name="twice"), layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"'twice' \(Twice\).*Keras has no layer class"):
+        model.save(tmp_path / "m.keras")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_replaces_an_existing_file_atomically(tmp_path):
+    model = seq_in_code()
+    path = tmp_path / "m.keras"
+    path.write_bytes(b"old")
+    model.save(path)
+    assert zipfile.is_zipfile(path)
+    with pytest.raises(FileExistsError):
+        model.save(path, overwrite=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
+
+
+def test_without_h5py_the_error_says_how_to_install_it(monkeypatch, tmp_path):
+    from fastcnn.keras_files import _h5
+    monkeypatch.setattr(_h5, "h5py", None)
+    with pytest.raises(ImportError, match=r"pip install fastcnn\[keras\]"):
+        fastcnn.load_model(D / "seq.keras")
+    model = seq_in_code()
+    with pytest.raises(ImportError, match=r"pip install fastcnn\[keras\]"):
+        model.load_weights(D / "seq.weights.h5")
+    with pytest.raises(ImportError, match=r"pip install fastcnn\[keras\]"):
+        model.save(tmp_path / "m.keras")
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------- Keras itself (optional peer check)
+def test_keras_reads_what_fastcnn_writes(tmp_path):
+    keras = pytest.importorskip(
+        "keras", reason="Keras is not installed here (an optional cross-check; "
+                        "tests/fixtures/keras/make_keras_files.py's Keras runs it)")
+    for name in MODELS:
+        model = fastcnn.load_model(D / f"{name}.keras")
+        model.save(tmp_path / f"{name}.keras")
+        model.save_weights(tmp_path / f"{name}.weights.h5")
+        k = keras.saving.load_model(tmp_path / f"{name}.keras", compile=False)
+        ys = k.predict(EXPECTED[f"{name}_x"], verbose=0)
+        for y, e in zip(ys if isinstance(ys, list) else [ys], outputs(model, name)):
+            np.testing.assert_allclose(y, e, rtol=1e-5, atol=2e-6)
+        k.load_weights(tmp_path / f"{name}.weights.h5")
