@@ -273,6 +273,12 @@ class _Exporter:
         depthwise = getattr(L, "DepthwiseConv2D", None)
         if depthwise is not None and isinstance(layer, depthwise):
             return self.depthwise(layer, x, base)
+        separable = getattr(L, "SeparableConv2D", None)
+        if separable is not None and isinstance(layer, separable):
+            return self.separable(layer, x, base)
+        transpose = getattr(L, "Conv2DTranspose", None)
+        if transpose is not None and isinstance(layer, transpose):
+            return self.conv_transpose(layer, x, base, node)
         if isinstance(layer, L.Dense):
             return self.dense(layer, x, base)
         if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
@@ -389,6 +395,49 @@ class _Exporter:
                     dilations=list(getattr(layer, "dilation_rate", (1, 1))), group=c)
         return _Value(self.activation(y, act, 4, True, base, layer), 4, True)
 
+    def separable(self, layer, x, base):
+        """A depthwise Conv (group = channels, no bias), then the 1x1 pointwise Conv."""
+        (top, bottom), (left, right) = layer._pad
+        w = layer.get_weights()
+        kh, kw, c, dm = w[0].shape
+        depth = w[0].transpose(2, 3, 0, 1).reshape(c * dm, 1, kh, kw)
+        z = self.op("Conv", [self.nchw(x), self.const(f"{base}_depthwise_kernel", depth)],
+                    f"{base}_depthwise", kernel_shape=[kh, kw], strides=list(layer.strides),
+                    pads=[top, left, bottom, right], dilations=list(layer.dilation_rate),
+                    group=c)
+        inputs = [z, self.const(f"{base}_pointwise_kernel", w[1].transpose(3, 2, 0, 1))]
+        if layer.use_bias:
+            inputs.append(self.const(f"{base}_bias", w[2]))
+        y = self.op("Conv", inputs, base if layer.activation == "linear" else f"{base}_conv",
+                    kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0], group=1)
+        return _Value(self.activation(y, layer.activation, 4, True, base, layer), 4, True)
+
+    def conv_transpose(self, layer, x, base, node):
+        """ONNX's ConvTranspose is the gradient of a Conv, as Keras's: the forward conv's
+        pads, and the rows/columns that conv would not reach as output_padding."""
+        (top, bottom), (left, right) = layer._pad
+        w = layer.get_weights()
+        kh, kw, filters, c = w[0].shape
+        kernel = w[0].transpose(3, 2, 0, 1)                      # (kh, kw, F, C) -> (C, F, kh, kw)
+        inputs = [self.nchw(x), self.const(f"{base}_kernel", kernel)]
+        if layer.use_bias:
+            inputs.append(self.const(f"{base}_bias", w[1]))
+        h, wd = node.inputs[0].shape[1:3]
+        ho, wo = node.outputs[0].shape[1:3]
+        dil = list(layer.dilation_rate)
+        extra = []
+        for n, o, k, s, d, (pb, pe) in ((h, ho, kh, layer.strides[0], dil[0], (top, bottom)),
+                                        (wd, wo, kw, layer.strides[1], dil[1], (left, right))):
+            extra.append(o - (s * (n - 1) + (k - 1) * d + 1 - pb - pe))
+        if any(e < 0 for e in extra):
+            raise self.unsupported(layer, f"output padding {extra} (negative)")
+        y = self.op("ConvTranspose", inputs,
+                    base if layer.activation == "linear" else f"{base}_convt",
+                    kernel_shape=[kh, kw], strides=list(layer.strides),
+                    pads=[top, left, bottom, right], dilations=dil, group=1,
+                    output_padding=extra)
+        return _Value(self.activation(y, layer.activation, 4, True, base, layer), 4, True)
+
     def dense(self, layer, x, base):
         w = layer.get_weights()
         linear = layer.activation == "linear"
@@ -462,20 +511,24 @@ class _Exporter:
     def upsampling(self, layer, x, base):
         size = tuple(getattr(layer, "size", (2, 2)))
         interp = getattr(layer, "interpolation", "nearest")
-        if interp != "nearest":
-            raise self.unsupported(layer, f"interpolation {interp!r} (only 'nearest' is "
-                                          f"exported)")
         scales = self.const(f"{base}_scales", [1.0, 1.0, float(size[0]), float(size[1])],
                             dtype=np.float32)
-        y = self.op("Resize", [self.nchw(x), "", scales], base, mode="nearest",
-                    coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        if interp == "nearest":
+            y = self.op("Resize", [self.nchw(x), "", scales], base, mode="nearest",
+                        coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        elif interp == "bilinear":      # TensorFlow's half-pixel centres, edges clamped
+            y = self.op("Resize", [self.nchw(x), "", scales], base, mode="linear",
+                        coordinate_transformation_mode="half_pixel")
+        else:
+            raise self.unsupported(layer, f"interpolation {interp!r}")
         return _Value(y, 4, True)
 
     def cropping(self, layer, x, base):
         (top, bottom), (left, right) = layer.cropping
-        h, w = layer._input_shape[1], layer._input_shape[2]
+        big = np.iinfo(np.int64).max
         starts = self.const(f"{base}_starts", [top, left], dtype=np.int64)
-        ends = self.const(f"{base}_ends", [h - bottom, w - right], dtype=np.int64)
+        ends = self.const(f"{base}_ends", [-bottom if bottom else big, -right if right else big],
+                          dtype=np.int64)
         axes = self.const(f"{base}_axes", [2, 3], dtype=np.int64)
         return _Value(self.op("Slice", [self.nchw(x), starts, ends, axes], base), 4, True)
 

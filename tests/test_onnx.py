@@ -180,6 +180,46 @@ def test_activations_export(tmp_path):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6, err_msg=name)
 
 
+def _issue14_layers():
+    """The issue-14 layers that this fastcnn has (name, layer factory)."""
+    cases = [
+        ("depthwise_same_s2", "DepthwiseConv2D", dict(kernel_size=3, strides=2, padding="same",
+                                                      depth_multiplier=2, activation="relu")),
+        ("depthwise_dilated", "DepthwiseConv2D", dict(kernel_size=3, padding="same",
+                                                      dilation_rate=2)),
+        ("separable", "SeparableConv2D", dict(filters=5, kernel_size=3, strides=2,
+                                              padding="same", depth_multiplier=2,
+                                              activation="relu6")),
+        ("conv_dilated", "Conv2D", dict(filters=4, kernel_size=3, padding="same",
+                                        dilation_rate=(2, 3))),
+        ("transpose_same_s2", "Conv2DTranspose", dict(filters=4, kernel_size=3, strides=2,
+                                                      padding="same")),
+        ("transpose_valid_s2", "Conv2DTranspose", dict(filters=4, kernel_size=3, strides=2,
+                                                       padding="valid", activation="relu")),
+        ("transpose_output_padding", "Conv2DTranspose", dict(filters=4, kernel_size=4,
+                                                             strides=3, padding="same",
+                                                             output_padding=1)),
+        ("upsampling_nearest", "UpSampling2D", dict(size=(2, 3))),
+        ("upsampling_bilinear", "UpSampling2D", dict(size=2, interpolation="bilinear")),
+        ("cropping", "Cropping2D", dict(cropping=((1, 2), (0, 3)))),
+    ]
+    return [pytest.param(cls, kw, id=name) for name, cls, kw in cases]
+
+
+@pytest.mark.parametrize("cls,kwargs", _issue14_layers())
+def test_issue14_layers_export(cls, kwargs, tmp_path):
+    if not hasattr(L, cls):
+        pytest.skip(f"this fastcnn has no layers.{cls}")
+    try:
+        layer = getattr(L, cls)(**kwargs)
+    except TypeError as exc:
+        pytest.skip(f"layers.{cls} lacks an argument of this case: {exc}")
+    fastcnn.set_random_seed(5)
+    model = fastcnn.Sequential([fastcnn.Input((11, 10, 3)), layer, L.Conv2D(2, 1)])
+    roundtrip = cls in ("DepthwiseConv2D", "SeparableConv2D", "Conv2D")
+    _export_and_compare(model, tmp_path, _x((11, 10, 3), n=2), roundtrip=roundtrip)
+
+
 def test_fixed_batch_and_opset(tmp_path):
     from _cases import MODELS, build_fastcnn
     model = build_fastcnn(MODELS["scratch"])
