@@ -32,6 +32,7 @@ from .saving import load_model
 from .onnx_io import load_onnx   # needs the optional onnx package only when called
 from .utils import set_random_seed
 from . import models   # after .model: models builds on Sequential
+from . import applications   # Keras's ImageNet architectures (after .model)
 
 # pip hides build warnings, so a missing compiled backend explains itself here (once).
 _extensions.warn_if_missing()
@@ -76,4 +77,5 @@ __all__ = [
     "preprocessing",
     "distributed",
     "models",
+    "applications",
 ]
