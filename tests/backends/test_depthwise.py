@@ -246,3 +246,37 @@ def test_every_cpu_backend_here_implements_it():
     for name in ("reference", "im2col", "numba"):
         if name in backends.available():
             assert backends.get(name).implements(FWD) and backends.get(name).implements(BWD)
+
+
+# ------------------------------------------------------------------- numba's threads
+
+@pytest.mark.skipif("numba" not in backends.available(), reason="numba is not installed here")
+@pytest.mark.parametrize("mult", [1, 2])
+def test_numba_one_and_two_threads_agree_bitwise(mult):
+    """No race and no thread-dependent sum: the forward and dx are written by one thread
+    per value, dW/db partials belong to FIXED chunks of rows summed in chunk order. Run
+    several times at 2 threads (a shared '+=' in a prange shows up as a varying result)."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba was started with 1 thread (NUMBA_NUM_THREADS=1)")
+    be = backends.get("numba")
+    rng = np.random.default_rng(7)
+    x, w, b = make_inputs(rng, 3, (17, 15), 8, mult, (3, 3), True, np.float32)
+    pad = pad_for((17, 15), (3, 3), (2, 2), "same")
+    dy = rng.standard_normal((3, 9, 8, 8 * mult)).astype(np.float32)
+
+    def run():
+        y, ctx = be.depthwise_conv2d_forward(x, w, b, (2, 2), pad)
+        return (y, *be.depthwise_conv2d_backward(dy, ctx))
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+        numba.set_num_threads(2)
+        for _ in range(3):
+            for name, a, c in zip(("y", "dx", "dw", "db"), one, run()):
+                np.testing.assert_array_equal(a, c, err_msg=name)
+    finally:
+        numba.set_num_threads(before)
