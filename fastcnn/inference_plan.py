@@ -1048,30 +1048,44 @@ def compile_inference(model, batch_size=None, runner="auto", _weak=False) -> Inf
                          runner, _weak)
 
 
-_cache = weakref.WeakKeyDictionary()   # model -> (graph, backend name, plan or refusal)
+_cache = {}   # id(model) -> (weakref to the model, graph, backend name, plan or refusal)
+
+
+def _forget(_, key, cache=_cache):
+    cache.pop(key, None)
 
 
 def infer(model, xs):
-    """``model``'s outputs on ``xs`` through its cached plan (a list of NumPy arrays), or
-    None when a plan does not apply (the caller then runs layer by layer): the automatic
-    path of predict / predict_on_batch / model(x). A refusal is remembered until the
-    model's graph or the backend changes."""
+    """``model``'s outputs on ``xs`` (the list of input arrays predict checked) through its
+    cached plan (a list of NumPy arrays), or None when a plan does not apply (the caller
+    then runs layer by layer): the automatic path of predict / predict_on_batch /
+    model(x). A refusal is remembered until the model's graph or the backend changes;
+    the cache holds models weakly."""
     if not _enabled():
         return None
     graph = model._graph
     if graph is None:
         return None
     backend = backends.current()
-    entry = _cache.get(model)
-    if entry is None or entry[0] is not graph or entry[1] != backend.name:
+    key = id(model)
+    entry = _cache.get(key)
+    if entry is None or entry[0]() is not model or entry[1] is not graph \
+            or entry[2] != backend.name:
         if getattr(backend.module, "DEVICE_RESIDENT", False):
             return None
         try:
             plan = compile_inference(model, _weak=True)
         except InferencePlanError as exc:
             plan = exc
-        entry = _cache[model] = (graph, backend.name, plan)
-    plan = entry[2]
+        entry = _cache[key] = (weakref.ref(model, lambda r, k=key: _forget(r, k)), graph,
+                               backend.name, plan)
+    plan = entry[3]
     if isinstance(plan, Exception):
         return None
+    x0 = xs[0]
+    if len(xs) == 1 and type(x0) is np.ndarray and x0.dtype == plan.dtype \
+            and x0.flags.c_contiguous:
+        sub = plan._by_size.get(len(x0))
+        if sub is not None:   # the steady state: no conversion, no dispatch
+            return sub._run(xs, False)
     return plan.__call__(xs, False)
