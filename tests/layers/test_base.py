@@ -46,8 +46,8 @@ def test_every_layer_takes_the_common_kwargs_and_rejects_unknown_ones(make):
 
 
 def test_unknown_kwarg_message_names_every_unknown_one():
-    with pytest.raises(TypeError, match=r"\['dilation_rate', 'groups'\]"):
-        Conv2D(4, 3, dilation_rate=2, groups=2)
+    with pytest.raises(TypeError, match=r"\['groups', 'lora_rank'\]"):
+        Conv2D(4, 3, lora_rank=2, groups=2)
 
 
 def test_weights_order_get_and_set():
