@@ -44,9 +44,12 @@ def is_keras_weights_path(filepath):
 
 
 def sniff(filepath):
-    """``'hdf5'``, ``'keras'`` (a zip holding config.json and no fastcnn.json) or None
-    (anything else, including a file that cannot be opened: fastcnn's own reader then
-    reports it)."""
+    """``'hdf5'`` or ``'keras'`` for a file Keras's readers take, else None (fastcnn's own
+    reader then takes it, and reports what is wrong with it).
+
+    By content first (an HDF5 signature; a zip holding config.json and no fastcnn.json),
+    so that a fastcnn file of any name keeps loading; a file whose content is neither
+    (truncated, damaged) is Keras's by its suffix (.keras, .h5, .hdf5)."""
     try:
         path = saving._fspath(filepath)
         with saving._open_regular(path) as f:
@@ -54,22 +57,31 @@ def sniff(filepath):
             if is_hdf5(head):
                 return "hdf5"
             if head.startswith(b"PK"):
-                f.seek(0)
-                with zipfile.ZipFile(f) as zf:
-                    names = set(zf.namelist())
-                if CONFIG_NAME in names and saving.META_NAME not in names:
+                try:
+                    f.seek(0)
+                    with zipfile.ZipFile(f) as zf:
+                        names = set(zf.namelist())
+                except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+                    names = set()
+                if saving.META_NAME in names:
+                    return None
+                if CONFIG_NAME in names:
                     return "keras"
             # An HDF5 file with a user block keeps its signature at 512, 1024, ...
-            f.seek(0, 2)
-            size = f.tell()
+            size = f.seek(0, 2)
             offset = 512
             while offset + 8 <= size:
                 f.seek(offset)
                 if is_hdf5(f.read(8)):
                     return "hdf5"
                 offset *= 2
-    except Exception:   # noqa: BLE001 - fastcnn's reader reports whatever this was
+    except Exception:   # noqa: BLE001 - a missing file, a FIFO...: fastcnn's reader says so
         return None
+    lower = path.lower()
+    if lower.endswith(".keras"):
+        return "keras"
+    if lower.endswith((".h5", ".hdf5")):
+        return "hdf5"
     return None
 
 
@@ -107,7 +119,14 @@ class _Source:
         return self
 
     def _open_archive(self):
-        self.archive = saving._Archive(self.path)
+        try:
+            self.archive = saving._Archive(self.path)
+        except ModelFileError as exc:
+            detail = str(exc).split(": ", 1)[-1]
+            if "not a readable zip archive: " in detail:
+                detail = detail.split("not a readable zip archive: ", 1)[1].rstrip(")")
+            raise self.error(f"is not a readable Keras archive (a .keras file is a zip "
+                             f"archive; here: {detail})") from None
         raw = self._read_member(CONFIG_NAME, _MAX_CONFIG_BYTES)
         try:
             self.config = json.loads(raw.decode("utf-8"))
