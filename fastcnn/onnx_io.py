@@ -785,6 +785,15 @@ class _Importer:
     def sole_use(self, name):
         return self.uses.get(name, 0) == 1
 
+    def bias_follows(self, name):
+        """True when ``name``'s only reader is an Add of a constant (a bias that
+        _fold_bias puts into the producing layer, which must then have a bias weight)."""
+        readers = self.readers.get(name, [])
+        if not self.sole_use(name) or len(readers) != 1 or readers[0].op_type != "Add":
+            return False
+        other = [n for n in readers[0].input if n != name]
+        return len(other) == 1 and other[0] in self.consts
+
     def attrs(self, node):
         from onnx import helper
         return {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -804,9 +813,11 @@ class _Importer:
         from .layers import Input
         from .model import Model
         g = self.graph
+        self.readers = {}
         for node in g.node:
             for name in node.input:
                 self.uses[name] = self.uses.get(name, 0) + 1
+                self.readers.setdefault(name, []).append(node)
         for o in g.output:
             self.uses[o.name] = self.uses.get(o.name, 0) + 1
         inputs = []
@@ -882,7 +893,6 @@ def _imp_identity(im, node):
 
 
 def _imp_constant(im, node):
-    from onnx import numpy_helper
     for a in node.attribute:
         if a.name == "value":
             im.consts[node.output[0]] = im.tensor(a.t, f"Constant node {node.name!r}")
@@ -894,7 +904,6 @@ def _imp_constant(im, node):
             im.consts[node.output[0]] = np.array(list(a.floats) if a.name == "value_floats"
                                                  else list(a.ints))
             return
-    del numpy_helper
     raise im.unsupported(node, "only value / value_float(s) / value_int(s) constants are read")
 
 
@@ -914,7 +923,9 @@ def _imp_transpose(im, node):
 def _pads_choice(im, node, v, kernel, strides, dilations, pads, auto_pad):
     """'same' / 'valid' / explicit ((t, b), (l, r)) for a window op on NCHW input."""
     _, _, h, w = v.onnx_shape
-    if auto_pad in ("SAME_UPPER",):
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode("ascii", "replace")
+    if auto_pad == "SAME_UPPER":
         return "same", None
     if auto_pad == "VALID":
         return "valid", None
@@ -961,8 +972,6 @@ def _imp_conv(im, node):
     c_in = v.onnx_shape[1]
     mode, pads = _pads_choice(im, node, v, kernel, strides, dil,
                               a.get("pads"), a.get("auto_pad", "NOTSET"))
-    if isinstance(mode, bytes):
-        mode = mode.decode()
     if mode == "explicit":
         v = _zero_pad(im, node, v, pads)
         mode = "valid"
@@ -974,6 +983,8 @@ def _imp_conv(im, node):
                                        f"dilation_rate")
         kwargs["dilation_rate"] = tuple(dil)
     name = im.layer_name(node)
+    if bias is None and im.bias_follows(node.output[0]):
+        bias = np.zeros(o, dtype=wt.dtype)        # the following Add folds into it
     if group == 1:
         if i_per_group != c_in:
             raise im.unsupported(node, f"weight {wt.shape} does not match {c_in} input channels")
@@ -1011,9 +1022,8 @@ def _imp_pool(im, node):
     dil = list(a.get("dilations", [1, 1]))
     if dil != [1, 1]:
         raise im.unsupported(node, f"dilations {dil}")
-    auto_pad = a.get("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    mode, pads = _pads_choice(im, node, v, kernel, strides, dil, a.get("pads"), auto_pad)
+    mode, pads = _pads_choice(im, node, v, kernel, strides, dil, a.get("pads"),
+                              a.get("auto_pad", "NOTSET"))
     _, _, h, w = v.onnx_shape
     if a.get("ceil_mode", 0):
         p = pads or ((0, 0), (0, 0))

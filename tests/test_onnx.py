@@ -263,6 +263,58 @@ def test_pytorch_model_round_trips_through_fastcnn_export(tmp_path):
     np.testing.assert_allclose(_ort_predict(path, x), data["cnn_y"], rtol=1e-5, atol=1e-6)
 
 
+def test_hand_written_graph_operators_match_onnxruntime(tmp_path):
+    """Operators PyTorch's small CNNs do not use: auto_pad SAME_UPPER, Pad, a scalar Mul
+    (Rescaling), Clip(0, 6), a bias-free Conv + Add(bias) folded, ReduceMean over H, W,
+    MatMul + Add (Dense), Gemm with transB/alpha/beta, Concat of NCHW features, HardSwish."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(7)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.5,
+                                       name)
+
+    inits = [init("w1", 4, 3, 3, 3), init("w2", 4, 4, 3, 3), init("b2", 1, 4, 1, 1),
+             init("w3", 8, 6), init("b3", 6), init("w4", 5, 6), init("b4", 5),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+             numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 0, 1], np.int64), "pads"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    nodes = [
+        helper.make_node("Mul", ["x", "half"], ["s"], name="scale"),
+        helper.make_node("Conv", ["s", "w1"], ["c1"], name="conv_same", auto_pad="SAME_UPPER",
+                         strides=[2, 2]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6"),
+        helper.make_node("Pad", ["r1", "pads"], ["p1"], name="pad"),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv_nobias"),
+        helper.make_node("Add", ["c2", "b2"], ["c2b"], name="bias"),
+        helper.make_node("HardSwish", ["c2b"], ["h2"], name="hswish"),
+        helper.make_node("Concat", ["h2", "c2b"], ["cat"], name="cat", axis=1),
+        helper.make_node("ReduceMean", ["cat", "axes"], ["gap"], name="gap", keepdims=0),
+        helper.make_node("MatMul", ["gap", "w3"], ["mm"], name="mm"),
+        helper.make_node("Add", ["mm", "b3"], ["fc"], name="fc_bias"),
+        helper.make_node("Tanh", ["fc"], ["t"], name="tanh"),
+        helper.make_node("Gemm", ["t", "w4", "b4"], ["y"], name="gemm", transB=1, alpha=0.7,
+                         beta=1.5),
+    ]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 9, 8])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])
+    proto = helper.make_model(helper.make_graph(nodes, "hand", [x_info], [y_info], inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto, full_check=True)
+    path = tmp_path / "hand.onnx"
+    path.write_bytes(proto.SerializeToString())
+    x = _x((3, 9, 8), n=3)
+    want = _ort_predict(path, x)
+    model = fastcnn.load_onnx(path)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == 2 and "Rescaling" in kinds and "ZeroPadding2D" in kinds
+    got = model.predict(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
 def test_round_trip_keeps_layers_and_weights(tmp_path):
     from _cases import MODELS, build_fastcnn
     model = build_fastcnn(MODELS["lenet5"])
