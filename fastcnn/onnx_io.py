@@ -27,7 +27,9 @@ BatchNormalization, Add / Sub / Mul / Max / Min / Concat, Pad (zeros), Transpose
 layout change), Dropout / Identity. NCHW models (PyTorch's) become NHWC fastcnn models:
 the model takes NHWC input, kernels are transposed, and a Flatten of NCHW features
 permutes the following Dense weights so that predictions match. A 4-D input that the
-graph transposes from NHWC itself (fastcnn's own exports) stays NHWC.
+graph transposes from NHWC itself, or any 4-D input of fastcnn's own exports (marked in
+the file's metadata), stays NHWC. Outputs keep ONNX's values; a 4-D output that the
+graph computes in NCHW comes back NHWC (fastcnn's layout).
 
 An operator fastcnn lacks raises :class:`OnnxImportError` (a ValueError) naming the
 operator type and the node. The file is parsed as protobuf data only (no custom operator
@@ -53,6 +55,8 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 
 _INSTALL = "pip install fastcnn[onnx]"
+#: metadata_props key of fastcnn's exports: the layout of their 4-D inputs ("NHWC").
+_LAYOUT_KEY = "fastcnn.input_layout"
 
 
 class OnnxExportError(ValueError):
@@ -563,6 +567,8 @@ class _Exporter:
                                   producer_version=__version__,
                                   doc_string=f"fastcnn model {model.name!r} (NHWC input)")
         proto.ir_version = helper.find_min_ir_version_for(opsets)
+        # load_onnx reads this: the 4-D inputs are NHWC even where no Transpose follows.
+        helper.set_model_props(proto, {_LAYOUT_KEY: "NHWC"})
         return proto
 
 
@@ -689,6 +695,8 @@ class _Importer:
         self.consts = {}
         self.vals = {}
         self.dtype = np.dtype(np.float32)
+        self.nhwc_inputs = any(p.key == _LAYOUT_KEY and p.value == "NHWC"
+                               for p in proto.metadata_props)
         self.layer_names = set()
         self.uses = {}
 
@@ -838,9 +846,9 @@ class _Importer:
             self.layer_names.add(name)
             if len(dims) == 4:
                 consumers = [n for n in g.node if vi.name in n.input]
-                nhwc = consumers and all(
+                nhwc = self.nhwc_inputs or (consumers and all(
                     n.op_type == "Transpose" and list(self.attrs(n).get("perm", [])) ==
-                    list(_NHWC_TO_NCHW) for n in consumers)
+                    list(_NHWC_TO_NCHW) for n in consumers))
                 if nhwc:
                     kt = Input(shape=tuple(dims[1:]), name=name, dtype=self.dtype)
                     v = _Val(kt)

@@ -330,6 +330,28 @@ def test_round_trip_keeps_layers_and_weights(tmp_path):
     np.testing.assert_array_equal(back.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_two_inputs_and_a_flatten_first_model_round_trip(tmp_path):
+    """Two inputs; a 4-D input read by Flatten first (no Transpose follows it in the file:
+    the file's metadata says fastcnn's inputs are NHWC, so it comes back NHWC)."""
+    fastcnn.set_random_seed(4)
+    img = fastcnn.Input((6, 5, 2), name="img")
+    vec = fastcnn.Input((7,), name="vec")
+    a = L.Dense(4, activation="relu")(L.Flatten()(img))
+    b = L.Dense(4, activation="sigmoid")(vec)
+    model = fastcnn.Model([img, vec], L.Dense(3)(L.Concatenate()([a, b])))
+    path = tmp_path / "two_in.onnx"
+    model.export_onnx(path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    xi, xv = _x((6, 5, 2), n=4), _x((7,), n=4, seed=2)
+    want = model.predict([xi, xv], verbose=0)
+    sess = _session(path)
+    got = sess.run(None, {"img": xi, "vec": xv})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+    back = fastcnn.load_onnx(path)
+    assert back.input_shape == [(None, 6, 5, 2), (None, 7)]
+    np.testing.assert_allclose(back.predict([xi, xv], verbose=0), want, rtol=1e-5, atol=2e-6)
+
+
 # --------------------------------------------------------------- bad input
 def _graph_file(tmp_path, nodes, inits=(), name="g.onnx", shape=(None, 3, 4, 4)):
     from onnx import TensorProto, helper
