@@ -473,5 +473,22 @@ def test_wrong_rank_names_the_layer_and_shape(layer):
 
 def test_channel_mismatch_after_build_is_refused():
     layer = built(layers.DepthwiseConv2D(3), (1, 5, 5, 3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"has shape \(1, 5, 5, 4\), expected \(None, 5, 5, 3\)"):
         layer(np.zeros((1, 5, 5, 4)))
+
+
+@pytest.mark.parametrize("cls", ["DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose"])
+def test_unknown_spatial_size_is_refused_by_the_kernel_layers(cls):
+    layer = getattr(layers, cls)(*([2] if cls != "DepthwiseConv2D" else []), 3)
+    with pytest.raises(ValueError, match=rf"{cls} needs known height, width and channels, "
+                                         rf"got \(None, None, 5, 3\)"):
+        layer.build((None, None, 5, 3))
+
+
+def test_reshaping_layers_take_unknown_spatial_sizes():
+    up = layers.UpSampling2D((2, 3))
+    up.build((None, None, 4, 3))
+    assert up.output_shape == (None, None, 12, 3)
+    crop = layers.Cropping2D(((1, 0), (1, 2)))
+    crop.build((None, 5, None, 3))
+    assert crop.output_shape == (None, 4, None, 3)
