@@ -84,6 +84,11 @@ def _missing(backend_name: str, op: str, why: str = ""):
     return missing
 
 
+class ReuseError(ValueError):
+    """A backend module's ``REUSES`` declaration is wrong: the backend does not load, and
+    :func:`unavailable` gives this message."""
+
+
 class Backend:
     """One loaded backend: its ops are plain attributes (no per-call dispatch cost), the
     module's functions themselves, or for an op the module declares in ``REUSES`` the
@@ -99,17 +104,17 @@ class Backend:
         """``{spec name: backend name}`` as the module declares it (validated)."""
         reuses = getattr(self.module, "REUSES", None) or {}
         if not isinstance(reuses, dict):
-            raise ValueError(f"REUSES must be a dict {{op: backend}}, got {reuses!r}")
+            raise ReuseError(f"REUSES must be a dict {{op: backend}}, got {reuses!r}")
         for op, provider in reuses.items():
             if op not in _specs.SPECS:
-                raise ValueError(f"REUSES names {op!r}, which is not an op of the kernel "
+                raise ReuseError(f"REUSES names {op!r}, which is not an op of the kernel "
                                  f"contract (one of {list(_specs.SPECS)})")
             if provider == self.name or provider not in _REGISTRY:
-                raise ValueError(f"REUSES[{op!r}] = {provider!r} is not another registered "
+                raise ReuseError(f"REUSES[{op!r}] = {provider!r} is not another registered "
                                  f"backend (registered: {list(_REGISTRY)})")
             defined = [o for o in _specs.SPECS[op].ops if getattr(self.module, o, None)]
             if defined:
-                raise ValueError(f"the module both defines {defined} and declares "
+                raise ReuseError(f"the module both defines {defined} and declares "
                                  f"REUSES[{op!r}] = {provider!r}: keep one")
         return reuses
 
@@ -199,7 +204,7 @@ def _load(name: str) -> Backend | None:
         if name in _FAILED:
             return None
         if name in _LOADING:
-            raise ValueError(f"backend {name!r}: circular REUSES declarations ({sorted(_LOADING)})")
+            raise ReuseError(f"backend {name!r}: circular REUSES declarations ({sorted(_LOADING)})")
         module_path, description = _REGISTRY[name]
         _LOADING.add(name)
         try:
@@ -210,7 +215,7 @@ def _load(name: str) -> Backend | None:
                 if not ok:
                     raise ImportError(why)
             backend = Backend(name, module, description)
-        except (ImportError, ValueError) as exc:
+        except (ImportError, ReuseError) as exc:
             _FAILED[name] = str(exc) or type(exc).__name__
             return None
         finally:
