@@ -376,6 +376,27 @@ def test_relu_then_max_pool_fusion_changes_nothing(make_layer, rng):
         np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("make_layer", [
+    lambda: layers.Conv2D(3, 3, padding="same", dilation_rate=2, activation="relu"),
+    lambda: layers.Conv2D(3, (3, 2), dilation_rate=(2, 3)),
+    lambda: layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="relu"),
+    lambda: layers.SeparableConv2D(3, 3, padding="same", activation="relu"),
+    lambda: layers.Conv2DTranspose(3, 3, strides=2, padding="same", activation="relu"),
+    lambda: layers.Cropping2D(((1, 0), (0, 2))),
+    lambda: layers.UpSampling2D(interpolation="bilinear"),
+], ids=["dilated_same", "dilated_valid", "depthwise", "separable", "transpose", "crop",
+        "bilinear"])
+def test_predict_equals_the_layer_by_layer_forward(make_layer, rng):
+    """predict (which may run a compiled inference plan) computes what the layers do."""
+    model = fastcnn.Sequential([layers.Input((10, 10, 2)), make_layer(),
+                                layers.MaxPooling2D(), layers.Flatten(), layers.Dense(2)])
+    x = rng.standard_normal((4, 10, 10, 2)).astype(np.float32)
+    h = x
+    for layer in model.layers:
+        h, _ = layer.forward(h)
+    np.testing.assert_allclose(model.predict(x, verbose=0), h, rtol=1e-5, atol=1e-5)
+
+
 def test_runs_on_device_flags():
     assert layers.DepthwiseConv2D(3).runs_on_device
     assert layers.SeparableConv2D(2, 3).runs_on_device
