@@ -19,7 +19,7 @@ h5py = pytest.importorskip(
 
 D = Path(__file__).parent / "fixtures" / "keras" / "keras_files"
 EXPECTED = np.load(D / "expected.npz")
-MODELS = ("seq", "fun", "nested")
+MODELS = ("seq", "fun", "nested", "layers14")
 
 
 def outputs(model, name):
@@ -90,13 +90,30 @@ def nested_in_code():
     return fastcnn.Model(i, layers.Dense(2)(layers.Flatten()(z)))
 
 
-IN_CODE = {"seq": seq_in_code, "fun": fun_in_code, "nested": nested_in_code}
+def layers14_in_code():
+    i = layers.Input((9, 9, 3))
+    x = layers.ZeroPadding2D(((1, 0), (2, 1)))(i)
+    x = layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same")(x)
+    x = layers.ReLU(max_value=6.0)(layers.BatchNormalization()(x))
+    x = layers.SeparableConv2D(5, (3, 2), strides=2, activation="relu")(x)
+    y = layers.Conv2D(4, 3, dilation_rate=2, padding="same")(x)
+    y = layers.Conv2DTranspose(3, 3, strides=2, padding="same", output_padding=1)(y)
+    y = layers.Cropping2D(((1, 0), (0, 1)))(y)
+    z = layers.UpSampling2D(2, interpolation="bilinear")(layers.Conv2D(3, 1)(x))
+    z = layers.Cropping2D(((1, 0), (0, 1)))(z)
+    out = layers.Dense(2)(layers.GlobalAveragePooling2D()(layers.Concatenate()([y, z])))
+    return fastcnn.Model(i, out)
+
+
+IN_CODE = {"seq": seq_in_code, "fun": fun_in_code, "nested": nested_in_code,
+           "layers14": layers14_in_code}
 
 
 # ------------------------------------------------------------------------- load_model
 @pytest.mark.parametrize("file,name", [
     ("seq.keras", "seq"), ("seq.h5", "seq"), ("fun.keras", "fun"), ("fun.h5", "fun"),
     ("nested.keras", "nested"), ("nested.h5", "nested"),
+    ("layers14.keras", "layers14"), ("layers14.h5", "layers14"),
     ("keras2_seq.h5", "seq"), ("keras2_fun.h5", "fun")])
 def test_load_model_reads_keras_files_and_predicts_as_keras(file, name):
     model = fastcnn.load_model(D / file)
@@ -133,7 +150,7 @@ def test_loaded_functional_keeps_the_graph_names_and_two_outputs():
 
 def test_keras_layer_order_matches_the_order_keras_wrote():
     from fastcnn.keras_files._config import keras_layer_order
-    for name in ("fun", "nested"):
+    for name in ("fun", "nested", "layers14"):
         with zipfile.ZipFile(D / f"{name}.keras") as zf:
             config = json.loads(zf.read("config.json"))
         model = fastcnn.load_model(D / f"{name}.keras")
