@@ -127,7 +127,8 @@ static void DW_FN(border_pixel)(const DW_FN(taps) *t, ptrdiff_t ws, ptrdiff_t ss
 
 /* One pass of the row kernel over output pixels [0, nq) (out: pixel 0, pixels osx apart). */
 static void DW_FN(row_pass)(const DW_FN(taps) *t, ptrdiff_t ws, ptrdiff_t ssx, ptrdiff_t cm,
-                            const DW_T *bias, DW_T *out, ptrdiff_t osx, ptrdiff_t nq, int acc_in)
+                            const DW_T *bias, DW_T *out, ptrdiff_t osx, ptrdiff_t nq, int acc_in,
+                            const DW_T *pf)
 {
     /* The interior [q_lo, q_hi): every tap's column inside [0, ws). */
     ptrdiff_t dmin = 0, dmax = 0;
@@ -148,14 +149,26 @@ static void DW_FN(row_pass)(const DW_FN(taps) *t, ptrdiff_t ws, ptrdiff_t ssx, p
     for (ptrdiff_t q = 0; q < q_lo; q++)
         DW_FN(border_pixel)(t, ws, ssx, cm, bias, out, osx, q, acc_in);
     ptrdiff_t q = q_lo;
+    /* The next row job's new source row comes from memory: its lines are prefetched a
+     * block at a time, as far along as this row has got (ws*cm floats in nq steps). */
+    const ptrdiff_t pf_step = pf ? (ws * cm + nq - 1) / nq * DW_NP : 0;
+    const char *pf_at = (const char *)pf, *pf_end = pf ? (const char *)(pf + ws * cm) : NULL;
     if (acc_in) {
         for (; q + DW_NP <= q_hi; q += DW_NP)
             DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, DW_NP, 1);
         for (; q < q_hi; q++)
             DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, 1, 1);
     } else {
-        for (; q + DW_NP <= q_hi; q += DW_NP)
+        for (; q + DW_NP <= q_hi; q += DW_NP) {
+            if (pf_at) {
+                const char *stop = pf_at + pf_step * (ptrdiff_t)sizeof(DW_T);
+                if (stop > pf_end)
+                    stop = pf_end;
+                for (; pf_at < stop; pf_at += 64)
+                    __builtin_prefetch(pf_at, 0, 2);
+            }
             DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, DW_NP, 0);
+        }
         for (; q < q_hi; q++)
             DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, 1, 0);
     }
@@ -168,13 +181,14 @@ typedef struct {
     ptrdiff_t ws, ssx, cm, osx, nq;
     const DW_T *bias;
     DW_T *out;
+    const DW_T *pf; /* the source row the NEXT row job reads first (or NULL): prefetched */
 } DW_FN(rowgeo);
 
 /* Runs the listed taps (a full list mid-row, or the last ones) and empties the list. */
 static void DW_FN(flush)(DW_FN(taps) *t, const DW_FN(rowgeo) *r)
 {
     DW_FN(row_pass)(t, r->ws, r->ssx, r->cm, t->passes ? NULL : r->bias, r->out, r->osx,
-                    r->nq, t->passes > 0);
+                    r->nq, t->passes > 0, t->passes ? NULL : r->pf);
     t->passes++;
     t->n = 0;
 }
@@ -227,6 +241,14 @@ static void DW_FN(forward_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, vo
     for (ptrdiff_t rr = lo; rr < hi; rr++) {
         const ptrdiff_t n = rr / g->ho, i = rr - n * g->ho;
         r.out = (DW_T *)g->y + rr * g->wo * cm;
+        r.pf = NULL;
+        if (g->m == 1 && rr + 1 < hi) {
+            /* The last kernel row of the next output row: the one no row job read yet. */
+            const ptrdiff_t n1 = (rr + 1) / g->ho, i1 = rr + 1 - n1 * g->ho;
+            const ptrdiff_t y1 = i1 * g->sh - g->pt + g->kh - 1;
+            if (y1 >= 0 && y1 < g->h)
+                r.pf = x + (n1 * g->h + y1) * g->w * cm;
+        }
         t.n = 0;
         t.passes = 0;
         for (ptrdiff_t a = 0; a < g->kh; a++) {
@@ -269,6 +291,13 @@ static void DW_FN(dx_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *s
              * the b with p + left - b divisible by sw. */
             r.out = dst + p * cm;
             r.nq = (g->w - p + sw - 1) / sw;
+            r.pf = NULL;
+            if (p == 0 && rr + 1 < hi) {
+                /* The dy row that dx row rr + 1 reads and this one does not. */
+                const ptrdiff_t s1 = yy + 1 + g->pt;
+                if (yy + 1 < g->h && s1 % g->sh == 0 && s1 / g->sh < g->ho)
+                    r.pf = dy + (n * g->ho + s1 / g->sh) * g->wo * cm;
+            }
             t.n = 0;
             t.passes = 0;
             for (ptrdiff_t a = 0; a < g->kh; a++) {
@@ -339,6 +368,83 @@ DWC_INLINE void DW_FN(add_to)(DW_T *p, DW_VEC v, ptrdiff_t lanes)
         DW_FN(store_part)(p, DW_FN(load_part)(p, lanes) + v, lanes);
 }
 
+/* Column range [*jlo, *jhi) of the output pixels whose tap b reads inside the row. */
+DWC_INLINE void DW_FN(tap_cols)(const dwc_job *g, ptrdiff_t b, ptrdiff_t *jlo, ptrdiff_t *jhi)
+{
+    const ptrdiff_t shift = g->pl - b;
+    *jlo = shift > 0 ? (shift + g->sw - 1) / g->sw : 0;
+    ptrdiff_t hi = g->w - 1 + shift >= 0 ? (g->w - 1 + shift) / g->sw + 1 : 0;
+    *jhi = hi > g->wo ? g->wo : hi;
+}
+
+/* dW rows of NB taps (a, b0 .. b0+NB-1) of one input row, channels [o, o + lanes): over
+ * the pixels where all NB taps are inside the row, one dy load feeds NB multiply-adds
+ * into accumulators held in registers for the whole row (two sets: the FMA latency); the
+ * few border pixels of each tap follow, then the sums are added to the partial. */
+DWC_INLINE void DW_FN(dw_taps)(const dwc_job *g, const DW_T *row, const DW_T *dyr,
+                               ptrdiff_t b0, DW_T *pw, ptrdiff_t o, ptrdiff_t lanes,
+                               const int NB)
+{
+    const ptrdiff_t cm = g->cm, xs = g->sw * cm;
+    const int full = lanes == DW_VL;
+    ptrdiff_t lo_t[4], hi_t[4], jlo = 0, jhi = g->wo;
+    for (int t = 0; t < NB; t++) {
+        DW_FN(tap_cols)(g, b0 + t, &lo_t[t], &hi_t[t]);
+        jlo = lo_t[t] > jlo ? lo_t[t] : jlo;
+        jhi = hi_t[t] < jhi ? hi_t[t] : jhi;
+    }
+    if (jhi < jlo)
+        jhi = jlo;
+    DW_VEC acc0[4], acc1[4];
+    for (int t = 0; t < NB; t++)
+        acc0[t] = acc1[t] = (DW_VEC){0};
+    ptrdiff_t j = jlo;
+    if (j < jhi) {
+        const DW_T *xp = row + (jlo * g->sw - (g->pl - b0)) * cm + o, *dp = dyr + jlo * cm + o;
+        for (; j + 2 <= jhi; j += 2) {
+            const DW_VEC d0 = full ? DW_FN(load)(dp) : DW_FN(load_part)(dp, lanes);
+            const DW_VEC d1 = full ? DW_FN(load)(dp + cm) : DW_FN(load_part)(dp + cm, lanes);
+            for (int t = 0; t < NB; t++) {
+                acc0[t] += (full ? DW_FN(load)(xp + t * cm) : DW_FN(load_part)(xp + t * cm, lanes)) * d0;
+                acc1[t] += (full ? DW_FN(load)(xp + xs + t * cm)
+                                 : DW_FN(load_part)(xp + xs + t * cm, lanes)) * d1;
+            }
+            xp += 2 * xs;
+            dp += 2 * cm;
+        }
+        if (j < jhi) {
+            const DW_VEC d0 = full ? DW_FN(load)(dp) : DW_FN(load_part)(dp, lanes);
+            for (int t = 0; t < NB; t++)
+                acc0[t] += (full ? DW_FN(load)(xp + t * cm) : DW_FN(load_part)(xp + t * cm, lanes)) * d0;
+        }
+    }
+    for (int t = 0; t < NB; t++) {
+        DW_VEC sum = acc0[t] + acc1[t];
+        const ptrdiff_t shift = g->pl - b0 - t;
+        /* Border pixels of this tap: [lo_t, jlo) and [jhi, hi_t) within its own range. */
+        const ptrdiff_t e1 = jlo < hi_t[t] ? jlo : hi_t[t];
+        if (lo_t[t] < e1)
+            sum += DW_FN(dot_cols)(row + (lo_t[t] * g->sw - shift) * cm, g->sw,
+                                   dyr + lo_t[t] * cm, cm, e1 - lo_t[t], o, lanes);
+        const ptrdiff_t s2 = jhi > lo_t[t] ? jhi : lo_t[t];
+        if (s2 < hi_t[t])
+            sum += DW_FN(dot_cols)(row + (s2 * g->sw - shift) * cm, g->sw, dyr + s2 * cm, cm,
+                                   hi_t[t] - s2, o, lanes);
+        DW_FN(add_to)(pw + t * cm + o, sum, lanes);
+    }
+}
+
+DWC_INLINE void DW_FN(dw_taps_all)(const dwc_job *g, const DW_T *row, const DW_T *dyr,
+                                   ptrdiff_t b0, DW_T *pw, const int NB)
+{
+    const ptrdiff_t cm = g->cm;
+    ptrdiff_t o = 0;
+    for (; o + DW_VL <= cm; o += DW_VL)
+        DW_FN(dw_taps)(g, row, dyr, b0, pw, o, DW_VL, NB);
+    if (o < cm)
+        DW_FN(dw_taps)(g, row, dyr, b0, pw, o, cm - o, NB);
+}
+
 static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *scratch)
 {
     const DW_T *x = (const DW_T *)g->x, *dy = (const DW_T *)g->dy;
@@ -350,10 +456,21 @@ static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void 
         for (ptrdiff_t rr = blk * g->block_rows; rr < r1; rr++) {
             const ptrdiff_t n = rr / g->ho, i = rr - n * g->ho;
             const DW_T *dyr = dy + rr * g->wo * cm;
-            for (ptrdiff_t o = 0; o < cm; o += DW_VL) {
-                const ptrdiff_t lanes = cm - o < DW_VL ? cm - o : DW_VL;
-                if (g->with_db) {
-                    /* db: the row's dy summed, as a product with ones. */
+            if (g->m == 1 && rr + 1 < r1) {
+                /* The x row that output row rr + 1 reads first: prefetched now. */
+                const ptrdiff_t y1 = (i + 1 < g->ho ? i + 1 : 0) * g->sh - g->pt + g->kh - 1;
+                const ptrdiff_t n1 = i + 1 < g->ho ? n : n + 1;
+                if (y1 >= 0 && y1 < g->h) {
+                    const char *p = (const char *)(x + (n1 * g->h + y1) * g->w * cm);
+                    const char *e = (const char *)(x + (n1 * g->h + y1 + 1) * g->w * cm);
+                    for (; p < e; p += 64)
+                        __builtin_prefetch(p, 0, 2);
+                }
+            }
+            if (g->with_db) {
+                /* db: the row's dy summed. */
+                for (ptrdiff_t o = 0; o < cm; o += DW_VL) {
+                    const ptrdiff_t lanes = cm - o < DW_VL ? cm - o : DW_VL;
                     DW_VEC s = {0}, s1 = {0};
                     ptrdiff_t j = 0;
                     if (lanes == DW_VL) {
@@ -382,24 +499,18 @@ static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void 
                     DW_FN(expand_row)(g, n, yy, buf);
                     row = buf;
                 }
-                for (ptrdiff_t b = 0; b < g->kw; b++) {
-                    /* Output column j reads x column j*sw - left + b: inside the row for
-                     * j in [jlo, jhi). */
-                    const ptrdiff_t shift = g->pl - b;
-                    const ptrdiff_t jlo = shift > 0 ? (shift + g->sw - 1) / g->sw : 0;
-                    ptrdiff_t jhi = g->w - 1 + shift >= 0 ? (g->w - 1 + shift) / g->sw + 1 : 0;
-                    if (jhi > g->wo)
-                        jhi = g->wo;
-                    if (jlo >= jhi)
-                        continue;
-                    const DW_T *x0 = row + (jlo * g->sw - shift) * cm, *dy0 = dyr + jlo * cm;
-                    DW_T *pw = part + (a * g->kw + b) * cm;
-                    for (ptrdiff_t o = 0; o < cm; o += DW_VL) {
-                        const ptrdiff_t lanes = cm - o < DW_VL ? cm - o : DW_VL;
-                        DW_FN(add_to)(pw + o,
-                                      DW_FN(dot_cols)(x0, g->sw, dy0, cm, jhi - jlo, o, lanes),
-                                      lanes);
-                    }
+                DW_T *pa = part + a * g->kw * cm;
+                /* The kernel row's taps in groups of up to 4 (kw = 3: one group of 3). */
+                for (ptrdiff_t b0 = 0; b0 < g->kw; b0 += 4) {
+                    const ptrdiff_t nb = g->kw - b0 < 4 ? g->kw - b0 : 4;
+                    if (nb == 4)
+                        DW_FN(dw_taps_all)(g, row, dyr, b0, pa + b0 * cm, 4);
+                    else if (nb == 3)
+                        DW_FN(dw_taps_all)(g, row, dyr, b0, pa + b0 * cm, 3);
+                    else if (nb == 2)
+                        DW_FN(dw_taps_all)(g, row, dyr, b0, pa + b0 * cm, 2);
+                    else
+                        DW_FN(dw_taps_all)(g, row, dyr, b0, pa + b0 * cm, 1);
                 }
             }
         }
