@@ -1,6 +1,8 @@
 /* The C runner of fastcnn's inference plans (fastcnn/inference_plan.py, csrc/plan.pyx):
  * a model's whole forward as an array of step descriptors, run from C in one call.
  *
+ * Returns 0, or -1 when a scratch allocation failed.
+ *
  * Each step reads and writes regions of one float arena (offsets in floats; a negative
  * offset -1-k names the plan's input k). The kernels are simd.h's (the direct conv, the
  * conv fused with a 2x2 max pool, max pooling: compiled per instruction set, picked at run
@@ -18,6 +20,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -38,7 +41,8 @@ enum {
     FP_ADD = 6,        /* out = in0 + in1 */
     FP_AFFINE = 7,     /* out[r, c] = in[r, c] * w[c] + b[c] */
     FP_GAP = 8,        /* out[n, c] = mean over hw of in[n, :, c] */
-    FP_AVGPOOL = 9     /* average over each window's real (unpadded) elements: pool.pyx's */
+    FP_AVGPOOL = 9,    /* average over each window's real (unpadded) elements: pool.pyx's */
+    FP_WINO_POOL = 10  /* 3x3 stride-1 conv + 2x2 max pool by Winograd F(2x2, 3x3): plan_wino.h */
 };
 
 enum { FP_LINEAR = 0, FP_RELU = 1, FP_SIGMOID = 2, FP_TANH = 3, FP_RELU6 = 4, FP_SOFTMAX = 5 };
@@ -130,6 +134,42 @@ static void fp_gemv(const float *x, const float *w, const float *b, float *y, pt
                     ptrdiff_t f, ptrdiff_t f_pad)
 {
     FC_DISPATCH(fp_gemv, x, w, b, y, k, f, f_pad)
+}
+
+/* --- Winograd F(2x2, 3x3) conv + 2x2 max pool, per instruction set (plan_wino.h) ------- */
+
+#define FP_WMR_MAX 6
+#define FP_ISA generic
+#define FP_VL 4
+#define FP_WMR 3
+#include "plan_wino.h"
+#if FC_HAVE_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FP_ISA avx2
+#define FP_VL 8
+#define FP_WMR 3
+#include "plan_wino.h"
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
+#define FP_ISA avx512
+#define FP_VL 16
+#define FP_WMR 6
+#include "plan_wino.h"
+#pragma GCC pop_options
+#endif
+
+/* Floats of scratch one thread of fp_wino_pool_range needs. */
+static ptrdiff_t fp_wino_scratch_floats(ptrdiff_t cs)
+{
+    return 16 * FP_WMR_MAX * (cs + 4 * 16);
+}
+
+static void fp_wino_pool_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
+                               float *scratch)
+{
+    FC_DISPATCH(fp_wino_pool_range, g, q_lo, q_hi, scratch)
 }
 
 /* --- element-wise epilogues -------------------------------------------------------------- */
@@ -249,8 +289,8 @@ static void fp_avgpool_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
 
 /* Runs the steps in order. arena: the values; inputs: the plan's inputs; iscratch: the
  * argmax scratch of the max pools (never read); zeros: what taps outside an image read. */
-static void fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
-                   const float *const *inputs, int *iscratch, const float *zeros)
+static int fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
+                  const float *const *inputs, int *iscratch, const float *zeros)
 {
     for (ptrdiff_t s = 0; s < nsteps; s++) {
         const fp_step *st = steps + s;
@@ -265,6 +305,39 @@ static void fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
             g.zeros = zeros;
             g.arg = st->op == FP_CONV_POOL ? iscratch : NULL;
             fp_gather(&g, st->units, st->op == FP_CONV_POOL, st->work);
+            fp_activate(out, st->rows, st->cols, st->act);
+            break;
+        }
+        case FP_WINO_POOL: {
+            fc_gather g = st->g;
+            g.src = in0;
+            g.out = out;
+            g.zeros = zeros;
+            g.arg = NULL;
+            const ptrdiff_t total = st->units, per = fp_wino_scratch_floats(g.cs);
+            const int nt = fp_threads(st->work, total / FP_RANGE_QUANTUM);
+            float *scratch = (float *)malloc((size_t)(nt * per) * sizeof(float));
+            if (scratch == NULL)
+                return -1;
+            if (nt == 1) {
+                fp_wino_pool_range(&g, 0, total, scratch);
+            } else {
+                ptrdiff_t step = (total + 4 * nt - 1) / (4 * nt);
+                step = (step + FP_RANGE_QUANTUM - 1) / FP_RANGE_QUANTUM * FP_RANGE_QUANTUM;
+                const ptrdiff_t nranges = (total + step - 1) / step;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
+#endif
+                for (ptrdiff_t r = 0; r < nranges; r++) {
+                    float *mine = scratch;
+#ifdef _OPENMP
+                    mine += omp_get_thread_num() * per;
+#endif
+                    fp_wino_pool_range(&g, r * step, (r + 1) * step < total ? (r + 1) * step : total,
+                                       mine);
+                }
+            }
+            free(scratch);
             fp_activate(out, st->rows, st->cols, st->act);
             break;
         }
@@ -353,6 +426,7 @@ static void fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
             break;
         }
     }
+    return 0;
 }
 
 #undef FP_PTR

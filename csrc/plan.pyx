@@ -59,15 +59,16 @@ cdef extern from "plan.h" nogil:
         Py_ssize_t work
         Py_ssize_t units
 
-    int FP_CONV, FP_CONV_POOL, FP_DENSE, FP_MAXPOOL, FP_ACT, FP_ADD, FP_AFFINE, FP_GAP, FP_AVGPOOL
-    void fp_run(const fp_step *steps, Py_ssize_t nsteps, float *arena,
-                const float *const *inputs, int *iscratch, const float *zeros)
+    int FP_CONV, FP_CONV_POOL, FP_DENSE, FP_MAXPOOL, FP_ACT, FP_ADD, FP_AFFINE, FP_GAP, FP_AVGPOOL, FP_WINO_POOL
+    int fp_run(const fp_step *steps, Py_ssize_t nsteps, float *arena,
+               const float *const *inputs, int *iscratch, const float *zeros)
     int fc_get_isa()
 
 fc_get_isa()   # choose the instruction set now, with the GIL held (as simd.pyx does)
 
 OPS = {"conv": FP_CONV, "conv_pool": FP_CONV_POOL, "dense": FP_DENSE, "maxpool": FP_MAXPOOL,
-       "act": FP_ACT, "add": FP_ADD, "affine": FP_AFFINE, "gap": FP_GAP, "avgpool": FP_AVGPOOL}
+       "act": FP_ACT, "add": FP_ADD, "affine": FP_AFFINE, "gap": FP_GAP, "avgpool": FP_AVGPOOL,
+       "wino_pool": FP_WINO_POOL}
 
 
 cdef const float *_fptr(a) except? NULL:
@@ -173,8 +174,11 @@ cdef class CPlan:
             ins[i] = <const float *>cnp.PyArray_DATA(a)
         cdef float *arena = <float *>cnp.PyArray_DATA(self.arena)
         cdef int *iscratch = <int *>cnp.PyArray_DATA(self.iscratch)
+        cdef int status
         with nogil:
-            fp_run(self.steps, self.nsteps, arena, ins, iscratch, self.zeros)
+            status = fp_run(self.steps, self.nsteps, arena, ins, iscratch, self.zeros)
+        if status != 0:
+            raise MemoryError("plan: a scratch allocation failed")
         outs = []
         cdef Py_ssize_t off, size
         cdef cnp.ndarray y

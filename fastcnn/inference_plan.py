@@ -20,6 +20,12 @@ What compiling does, once per model and batch size:
   prebound kernel call on those regions (no argument checks, no allocation). Weights are
   packed in the layouts the kernels want (conv kernels as ``(kh*kw*C, F)`` with F padded
   to a multiple of 16, bias padded alike; a view when no padding is needed).
+* **Winograd** (C runner): a 3x3, stride-1 conv on 8+ channels fused with a 2x2 max pool
+  runs as Winograd F(2x2, 3x3) (csrc/plan_wino.h): each 2x2 output tile is one pool
+  window, computed with 16 multiplies per (channel, filter) instead of 36; the kernel's
+  transform is packed at compile time. Rounding differs from the direct conv in the last
+  bits (tested within float32 tolerance); an infinite input can give NaN where the
+  direct conv gives an infinity. ``FASTCNN_PLAN_WINOGRAD=0`` keeps the direct conv.
 * **Runner**: on float32 with the compiled (Cython + C SIMD) kernels and a model whose ops
   all have a C implementation, the whole forward is ONE call into compiled code
   (``fastcnn._ext_plan``, csrc/plan.pyx + csrc/plan.h): an array of step descriptors run
@@ -541,6 +547,19 @@ class InferencePlan:
         if a["pool"] is not None and not direct:
             a_pool = a["pool"]
             b.extra["unfused_pool"] = a_pool
+        if use_c and _winograd_ok(op, x_shape, w):
+            # U = G g G^T per (channel, filter), laid out (16, C, F padded to 16): a copy
+            g64 = np.asarray(w, np.float64)
+            u = np.einsum("ai,ijcf,bj->abcf", _WINO_G, g64, _WINO_G)
+            u = u.reshape(16, x_shape[3], f)
+            fp = -(-f // 16) * 16
+            packed = np.zeros((16, x_shape[3], fp), np.float32)
+            packed[:, :, :f] = u
+            self.guard.copied([a["w"]])
+            b.extra["wino"] = True
+            b.w = packed
+            b.b = None if bias is None else _pad16(bias.reshape(1, f))[0]
+            return
         if direct:
             w2d = _pad16(w.reshape(-1, f))
             if w2d.base is None and w2d is not w:   # a padded copy
@@ -551,13 +570,27 @@ class InferencePlan:
             b.w, b.b = w, bias
 
 
+#: Winograd F(2x2, 3x3)'s kernel transform.
+_WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def _winograd_ok(op, x_shape, w) -> bool:
+    """Whether the C runner computes this conv + 2x2 pool by Winograd F(2x2, 3x3)
+    (csrc/plan_wino.h): a 3x3 kernel, stride 1, on 8+ channels (fewer: the transforms
+    cost more than the multiplies they save). FASTCNN_PLAN_WINOGRAD=0 turns it off."""
+    a = op.attrs
+    return (os.environ.get("FASTCNN_PLAN_WINOGRAD", "1") != "0" and a["pool"] is not None
+            and tuple(w.shape[:2]) == (3, 3) and tuple(a["strides"]) == (1, 1)
+            and x_shape[3] >= 8)
+
+
 def _describe_step(b, placed, alias):
     a = b.op.attrs
     text = b.kind
     if a.get("fold"):
         text += "+bn"
     if b.kind == "conv" and a.get("pool") is not None:
-        text += "+pool"
+        text += "+pool(winograd)" if b.extra.get("wino") else "+pool"
     if a.get("act") not in (None, "linear") and b.kind != "act":
         text += "+" + a["act"]
     elif b.kind == "act":
@@ -606,6 +639,15 @@ def _c_plan(plan):
             run = kw * cs if (-pl >= 0 and last_x + kw <= ws) else cs
             zeros = max(zeros, run)
             f = b.extra["f"]
+            if b.extra.get("wino"):
+                zeros = max(zeros, cs)
+                d.update(op="wino_pool", w=b.w, b=b.b, units=n * gu * gv,
+                         work=n * gu * gv * 16 * cs * f,
+                         g=dict(n_img=n, hs=hs, ws=ws, cs=cs, run=cs, nth=3, ntw=3, co=f,
+                                co_pad=b.w.shape[2], ho=gu, wo=gv, grid_u=gu, grid_v=gv,
+                                by0=-pt, bsy=1, bx0=-pl, bsx=1))
+                descs.append(d)
+                continue
             d.update(op="conv_pool" if pooled else "conv", w=b.w, b=b.b,
                      units=n * gu * gv, work=n * gu * gv * (4 if pooled else 1) * kh * kw * cs * f,
                      g=dict(n_img=n, hs=hs, ws=ws, cs=cs, run=run, nth=kh, ntw=kw, co=f,

@@ -88,9 +88,33 @@ def test_fashion_plan_fuses_conv_pool_relu_and_removes_flatten():
     model = standard("fashion")
     plan = model.compile_inference(2)
     kinds = [s.split()[0] for s in plan.steps]
-    assert kinds == ["conv+pool+relu", "conv+pool+relu", "dense+relu", "dense+softmax"]
+    second = "conv+pool(winograd)+relu" if HAVE_C else "conv+pool+relu"
+    assert kinds == ["conv+pool+relu", second, "dense+relu", "dense+softmax"]
     if HAVE_C:
         assert plan.runner == "c"
+
+
+@needs_c
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_winograd_conv_pool_matches_the_direct_conv(padding, monkeypatch):
+    fastcnn.set_random_seed(8)
+    inp = fastcnn.Input((11, 13, 24))
+    h = L.Conv2D(40, 3, padding=padding, activation="relu")(inp)   # 40: a ragged vector
+    out = L.MaxPooling2D(2)(h)
+    model = fastcnn.Model(inp, out)
+    x = np.random.default_rng(3).standard_normal((7, 11, 13, 24)).astype(np.float32)
+    x[0, 2, 3, 5] = np.nan                     # a NaN propagates to its windows
+    want = layer_by_layer(model, x)[0]
+    plan = model.compile_inference(7, runner="c")
+    assert "winograd" in plan.steps[0]
+    got = plan(x)[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got).any()
+    close(np.nan_to_num(got), np.nan_to_num(want))
+    monkeypatch.setenv("FASTCNN_PLAN_WINOGRAD", "0")
+    direct = model.compile_inference(7, runner="c")
+    assert "winograd" not in direct.steps[0]
+    close(np.nan_to_num(direct(x)[0]), np.nan_to_num(want))
 
 
 def residual_bn_model(dtype="float32"):
