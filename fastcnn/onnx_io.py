@@ -695,6 +695,7 @@ class _Importer:
         self.consts = {}
         self.vals = {}
         self.dtype = np.dtype(np.float32)
+        self.file_size = proto.ByteSize()
         self.nhwc_inputs = any(p.key == _LAYOUT_KEY and p.value == "NHWC"
                                for p in proto.metadata_props)
         self.layer_names = set()
@@ -1093,9 +1094,17 @@ def _flatten_val(im, node, v):
         return _Val(v.kt, producer=v.producer)
     if v.cols is not None:
         raise im.unsupported(node, "a flatten of a permuted flattened tensor")
-    kt = im.call(Flatten(name=im.layer_name(node)), v.kt)
     shape = v.kt.shape[1:]
-    idx = np.arange(math.prod(shape)).reshape(shape)
+    count = math.prod(shape)
+    moved = [d for p, d in zip(v.perm[1:], v.onnx_shape[1:]) if d != 1]
+    if moved != [d for d in shape if d != 1] and count > max(im.file_size // 4, 1 << 16):
+        # The column order costs 8 bytes per feature, and a Dense reading them needs 4
+        # bytes of weights per feature in the file: a declared input shape cannot make
+        # this allocate more than the file justifies.
+        raise im.unsupported(node, f"a flatten of {count} NCHW features, more than the "
+                                   f"{im.file_size}-byte file holds weights for")
+    kt = im.call(Flatten(name=im.layer_name(node)), v.kt)
+    idx = np.arange(count).reshape(shape)
     order = idx.transpose([p - 1 for p in v.perm[1:]]).ravel()
     cols = None if np.array_equal(order, np.arange(order.size)) else order
     return _Val(kt, cols=cols)

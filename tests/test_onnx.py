@@ -431,6 +431,12 @@ def test_initializer_sizes_are_checked(tmp_path):
                        [ext], name="ext.onnx", shape=(None, 4))
     with pytest.raises(OnnxImportError, match="external"):
         fastcnn.load_onnx(path)
+    # A declared input shape cannot make the loader allocate what the file does not hold:
+    # a Flatten of 3 x 8192 x 8192 NCHW features (the Dense row order) is refused.
+    path = _graph_file(tmp_path, [helper.make_node("Flatten", ["x"], ["y"], name="flat")],
+                       name="huge.onnx", shape=(None, 3, 8192, 8192))
+    with pytest.raises(OnnxImportError, match=r"'Flatten'.*'flat'.*201326592 NCHW features"):
+        fastcnn.load_onnx(path)
 
 
 def test_unsupported_layer_on_export_writes_nothing(tmp_path):
