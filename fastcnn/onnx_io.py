@@ -206,6 +206,9 @@ class _Exporter:
         if act == "silu":
             s = self.op("Sigmoid", [x], f"{base}_sigmoid")
             return self.op("Mul", [x, s], base)
+        if act in ("gelu", "gelu_approximate") and self.opset >= 20:
+            return self.op("Gelu", [x], base,
+                           approximate="tanh" if act == "gelu_approximate" else "none")
         if act == "gelu":            # x * Phi(x) = x/2 * (1 + erf(x / sqrt 2))
             u = self.op("Div", [x, self.scalar("sqrt2", math.sqrt(2.0))], f"{base}_u")
             e = self.op("Erf", [u], f"{base}_erf")

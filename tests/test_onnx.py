@@ -220,6 +220,32 @@ def test_issue14_layers_export(cls, kwargs, tmp_path):
     _export_and_compare(model, tmp_path, _x((11, 10, 3), n=2), roundtrip=roundtrip)
 
 
+def test_activation_layers_round_trip_at_opset_20(tmp_path):
+    """PReLU (shared axes), LeakyReLU, ELU, Softmax, gelu (ONNX's Gelu from opset 20),
+    selu, hard_sigmoid: export -> load_onnx -> the same numbers; ONNX Runtime agrees."""
+    fastcnn.set_random_seed(1)
+    inp = fastcnn.Input((5, 4, 3))
+    prelu = L.PReLU(shared_axes=[1, 2])
+    y = prelu(L.Conv2D(3, 3, padding="same")(inp))
+    y = L.Softmax(axis=-1)(L.ELU(0.5)(L.LeakyReLU(0.3)(y)))
+    y = L.Activation("gelu")(L.Conv2D(2, 1)(y))
+    d = L.Activation("hard_sigmoid")(L.Dense(3, activation="selu")(L.Flatten()(y)))
+    e = L.Dense(3, activation="gelu_approximate")(L.Flatten()(y))
+    model = fastcnn.Model(inp, [d, y, e])
+    prelu.set_weights([np.array([[[0.1, -0.2, 0.3]]], np.float32)])
+    path = tmp_path / "acts20.onnx"
+    model.export_onnx(path, opset=20)
+    assert "Gelu" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    x = _x((5, 4, 3), n=2)
+    want = model.predict(x, verbose=0)
+    sess = _session(path)
+    back = fastcnn.load_onnx(path)
+    for w, o, b in zip(want, sess.run(None, {sess.get_inputs()[0].name: x}),
+                       back.predict(x, verbose=0)):
+        np.testing.assert_allclose(o, w, rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(b, w, rtol=1e-6, atol=1e-7)
+
+
 def test_fixed_batch_and_opset(tmp_path):
     from _cases import MODELS, build_fastcnn
     model = build_fastcnn(MODELS["scratch"])
