@@ -79,7 +79,8 @@ class ZeroPadding2D(Layer):
         return np.ascontiguousarray(dy[:, top:top + h, left:left + w, :]), ()
 
     def get_config(self):
-        return {**super().get_config(), "padding": [list(p) for p in self.padding]}
+        return {**super().get_config(), "padding": [list(p) for p in self.padding],
+                "data_format": "channels_last"}
 
 
 class Reshape(Layer):
