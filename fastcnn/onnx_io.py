@@ -653,13 +653,14 @@ class _Val:
     column ``cols[j]`` (a Flatten of NCHW features); ``producer``: the Conv2D/Dense layer
     that made it (an activation or bias may fold into it)."""
 
-    __slots__ = ("kt", "perm", "cols", "producer")
+    __slots__ = ("kt", "perm", "cols", "producer", "trail")
 
-    def __init__(self, kt, perm=None, cols=None, producer=None):
+    def __init__(self, kt, perm=None, cols=None, producer=None, trail=0):
         self.kt = kt
         self.perm = tuple(range(len(kt.shape))) if perm is None else tuple(perm)
         self.cols = cols
         self.producer = producer
+        self.trail = trail      # ONNX's shape has this many trailing 1s that kt lacks
 
     @property
     def rank(self):
@@ -667,7 +668,7 @@ class _Val:
 
     @property
     def onnx_shape(self):
-        return tuple(self.kt.shape[p] for p in self.perm)
+        return tuple(self.kt.shape[p] for p in self.perm) + (1,) * self.trail
 
     @property
     def identity(self):
@@ -1069,9 +1070,20 @@ def _imp_global_pool(im, node, keepdims=True):
     im.need_nchw(node, v)
     cls = L.GlobalMaxPooling2D if node.op_type in ("GlobalMaxPool", "ReduceMax") \
         else L.GlobalAveragePooling2D
+    out = node.output[0]
+    trail = 0
+    if keepdims:
+        # (N, C, 1, 1) read only to be flattened (PyTorch's adaptive pool + flatten): the
+        # fastcnn layer drops the two axes itself, and the flatten becomes nothing.
+        readers = im.readers.get(out, [])
+        data = [n for n in readers if n.op_type != "Shape"]
+        if im.uses.get(out, 0) == len(readers) and len(data) == 1 and (
+                (data[0].op_type == "Flatten" and im.attrs(data[0]).get("axis", 1) == 1)
+                or data[0].op_type in ("Reshape", "Squeeze")):
+            keepdims, trail = False, 2
     layer = cls(keepdims=keepdims, name=im.layer_name(node))
     kt = im.call(layer, v.kt)
-    im.vals[node.output[0]] = _Val(kt, _NHWC_TO_NCHW) if keepdims else _Val(kt)
+    im.vals[out] = _Val(kt, _NHWC_TO_NCHW) if keepdims else _Val(kt, trail=trail)
 
 
 def _imp_reduce(im, node):
@@ -1502,7 +1514,7 @@ def _imp_unsqueeze(im, node):
 def _imp_squeeze(im, node):
     if node.input[0] not in im.consts:
         v = im.val(node, 0)
-        if v.nchw and v.kt.shape[1:3] == (1, 1):       # (N, C, 1, 1) -> (N, C)
+        if (v.nchw and v.kt.shape[1:3] == (1, 1)) or v.trail == 2:   # (N, C, 1, 1) -> (N, C)
             axes = im.attrs(node).get("axes")
             if axes is None and len(node.input) > 1 and node.input[1]:
                 axes = im.need_const(node, 1, "axes").tolist()
