@@ -287,6 +287,24 @@ def test_weights_path_calls_load_weights(tmp_path):
         np.testing.assert_array_equal(wa, wb)
 
 
+@pytest.mark.parametrize("suffix", [".fcnn", ".weights.h5"])
+def test_weights_file_of_another_architecture_is_named(suffix, tmp_path):
+    if suffix.endswith(".h5"):
+        pytest.importorskip("h5py", reason="Keras's .h5 files need the optional h5py")
+    if not HAVE_DEPTHWISE:
+        pytest.skip("MobileNetV2 needs layers.DepthwiseConv2D, not in this checkout yet")
+    utils.clear_session()
+    other = applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                     alpha=0.35)
+    path = tmp_path / f"mobilenet{suffix}"
+    other.save_weights(str(path))
+    utils.clear_session()
+    with pytest.raises(ValueError) as info:
+        applications.VGG16(include_top=False, weights=str(path), input_shape=(32, 32, 3))
+    message = str(info.value)
+    assert str(path) in message and "block1_conv1" in message
+
+
 # ------------------------------------------------------------------ preprocess / decode
 def test_preprocess_input_modes():
     rng = np.random.default_rng(0)
