@@ -598,6 +598,9 @@ def export_onnx(model, path, batch_size=None, opset=DEFAULT_OPSET):
         batch_size: None (default: a dynamic batch dimension) or a positive int.
         opset: the ONNX opset (default :data:`DEFAULT_OPSET`; at least :data:`MIN_OPSET`).
 
+    The tensors have the model's dtype: a float64 model is written as DOUBLE, valid ONNX
+    that load_onnx reads back, but ONNX Runtime's CPU provider has no double Conv.
+
     Returns the path. Raises :class:`OnnxExportError` (a ValueError) naming the first layer
     that has no ONNX mapping, ImportError (naming ``pip install fastcnn[onnx]``) without
     the onnx package.
