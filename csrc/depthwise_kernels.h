@@ -128,7 +128,7 @@ static void DW_FN(border_pixel)(const DW_FN(taps) *t, ptrdiff_t ws, ptrdiff_t ss
 /* One pass of the row kernel over output pixels [0, nq) (out: pixel 0, pixels osx apart). */
 static void DW_FN(row_pass)(const DW_FN(taps) *t, ptrdiff_t ws, ptrdiff_t ssx, ptrdiff_t cm,
                             const DW_T *bias, DW_T *out, ptrdiff_t osx, ptrdiff_t nq, int acc_in,
-                            const DW_T *pf)
+                            const DW_T *pf, ptrdiff_t pf_len)
 {
     /* The interior [q_lo, q_hi): every tap's column inside [0, ws). */
     ptrdiff_t dmin = 0, dmax = 0;
@@ -149,13 +149,17 @@ static void DW_FN(row_pass)(const DW_FN(taps) *t, ptrdiff_t ws, ptrdiff_t ssx, p
     for (ptrdiff_t q = 0; q < q_lo; q++)
         DW_FN(border_pixel)(t, ws, ssx, cm, bias, out, osx, q, acc_in);
     ptrdiff_t q = q_lo;
-    /* The next row job's new source row comes from memory: its lines are prefetched a
-     * block at a time, as far along as this row has got (ws*cm floats in nq steps). */
-    const ptrdiff_t pf_step = pf ? (ws * cm + nq - 1) / nq * DW_NP : 0;
-    const char *pf_at = (const char *)pf, *pf_end = pf ? (const char *)(pf + ws * cm) : NULL;
+    /* The next row job's new source rows come from memory: their lines are prefetched a
+     * block at a time, as far along as this row has got (pf_len elements in nq steps). */
+    const ptrdiff_t pf_step = pf ? (pf_len + nq - 1) / nq * DW_NP : 0;
+    const char *pf_at = (const char *)pf, *pf_end = pf ? (const char *)(pf + pf_len) : NULL;
     if (acc_in) {
         for (; q + DW_NP <= q_hi; q += DW_NP)
             DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, DW_NP, 1);
+        if (DW_NP > 4 && q + 4 <= q_hi) {
+            DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, 4, 1);
+            q += 4;
+        }
         for (; q < q_hi; q++)
             DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, 1, 1);
     } else {
@@ -169,6 +173,10 @@ static void DW_FN(row_pass)(const DW_FN(taps) *t, ptrdiff_t ws, ptrdiff_t ssx, p
             }
             DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, DW_NP, 0);
         }
+        if (DW_NP > 4 && q + 4 <= q_hi) {
+            DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, 4, 0);
+            q += 4;
+        }
         for (; q < q_hi; q++)
             DW_FN(pixels_all)(t, ssx, cm, bias, out, osx, q, 1, 0);
     }
@@ -181,14 +189,15 @@ typedef struct {
     ptrdiff_t ws, ssx, cm, osx, nq;
     const DW_T *bias;
     DW_T *out;
-    const DW_T *pf; /* the source row the NEXT row job reads first (or NULL): prefetched */
+    const DW_T *pf; /* the source rows the NEXT row job reads first (or NULL): prefetched */
+    ptrdiff_t pf_len; /* their length in elements (consecutive rows of one image) */
 } DW_FN(rowgeo);
 
 /* Runs the listed taps (a full list mid-row, or the last ones) and empties the list. */
 static void DW_FN(flush)(DW_FN(taps) *t, const DW_FN(rowgeo) *r)
 {
     DW_FN(row_pass)(t, r->ws, r->ssx, r->cm, t->passes ? NULL : r->bias, r->out, r->osx,
-                    r->nq, t->passes > 0, t->passes ? NULL : r->pf);
+                    r->nq, t->passes > 0, t->passes ? NULL : r->pf, r->pf_len);
     t->passes++;
     t->n = 0;
 }
@@ -242,12 +251,19 @@ static void DW_FN(forward_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, vo
         const ptrdiff_t n = rr / g->ho, i = rr - n * g->ho;
         r.out = (DW_T *)g->y + rr * g->wo * cm;
         r.pf = NULL;
+        r.pf_len = 0;
         if (g->m == 1 && rr + 1 < hi) {
-            /* The last kernel row of the next output row: the one no row job read yet. */
+            /* The last sh kernel rows of the next output row: the ones no row job read
+             * yet (clipped to the image; consecutive rows are consecutive in memory). */
             const ptrdiff_t n1 = (rr + 1) / g->ho, i1 = rr + 1 - n1 * g->ho;
-            const ptrdiff_t y1 = i1 * g->sh - g->pt + g->kh - 1;
-            if (y1 >= 0 && y1 < g->h)
-                r.pf = x + (n1 * g->h + y1) * g->w * cm;
+            ptrdiff_t y1 = i1 * g->sh - g->pt + g->kh - 1;
+            ptrdiff_t y0 = y1 - (g->sh < g->kh ? g->sh : g->kh) + 1;
+            y0 = y0 < 0 ? 0 : y0;
+            y1 = y1 >= g->h ? g->h - 1 : y1;
+            if (y0 <= y1) {
+                r.pf = x + (n1 * g->h + y0) * g->w * cm;
+                r.pf_len = (y1 - y0 + 1) * g->w * cm;
+            }
         }
         t.n = 0;
         t.passes = 0;
@@ -292,11 +308,14 @@ static void DW_FN(dx_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *s
             r.out = dst + p * cm;
             r.nq = (g->w - p + sw - 1) / sw;
             r.pf = NULL;
+            r.pf_len = 0;
             if (p == 0 && rr + 1 < hi) {
                 /* The dy row that dx row rr + 1 reads and this one does not. */
                 const ptrdiff_t s1 = yy + 1 + g->pt;
-                if (yy + 1 < g->h && s1 % g->sh == 0 && s1 / g->sh < g->ho)
+                if (yy + 1 < g->h && s1 % g->sh == 0 && s1 / g->sh < g->ho) {
                     r.pf = dy + (n * g->ho + s1 / g->sh) * g->wo * cm;
+                    r.pf_len = g->wo * cm;
+                }
             }
             t.n = 0;
             t.passes = 0;
@@ -458,10 +477,13 @@ static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void 
             const DW_T *dyr = dy + rr * g->wo * cm;
             if (g->m == 1 && rr + 1 < r1) {
                 /* The x row that output row rr + 1 reads first: prefetched now. */
-                const ptrdiff_t y1 = (i + 1 < g->ho ? i + 1 : 0) * g->sh - g->pt + g->kh - 1;
+                ptrdiff_t y1 = (i + 1 < g->ho ? i + 1 : 0) * g->sh - g->pt + g->kh - 1;
+                ptrdiff_t y0 = y1 - (g->sh < g->kh ? g->sh : g->kh) + 1;
                 const ptrdiff_t n1 = i + 1 < g->ho ? n : n + 1;
-                if (y1 >= 0 && y1 < g->h) {
-                    const char *p = (const char *)(x + (n1 * g->h + y1) * g->w * cm);
+                y0 = y0 < 0 ? 0 : y0;
+                y1 = y1 >= g->h ? g->h - 1 : y1;
+                if (y0 <= y1) {
+                    const char *p = (const char *)(x + (n1 * g->h + y0) * g->w * cm);
                     const char *e = (const char *)(x + (n1 * g->h + y1 + 1) * g->w * cm);
                     for (; p < e; p += 64)
                         __builtin_prefetch(p, 0, 2);
