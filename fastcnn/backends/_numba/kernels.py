@@ -840,18 +840,51 @@ def sum_image_partials(partial, db_partial):
 # ----------------------------------------------------------------------------------------
 
 
+@njit(**_INLINE)
+def _taps9(out, start, s0, s1, s2, s3, s4, s5, s6, s7, s8,
+           w0, w1, w2, w3, w4, w5, w6, w7, w8, n):
+    """``out = start + sum_k s_k * w_k`` over 9 taps (a 3x3 window's), element-wise: one
+    pass that reads each source once and writes ``out`` once, 9 FMAs per vector."""
+    for c in range(n):
+        out[c] = (start[c] + s0[c] * w0[c] + s1[c] * w1[c] + s2[c] * w2[c]
+                  + s3[c] * w3[c] + s4[c] * w4[c] + s5[c] * w5[c]
+                  + s6[c] * w6[c] + s7[c] * w7[c] + s8[c] * w8[c])
+
+
 @njit(**_PARALLEL)
 def depthwise_forward(x, wk, bias, y, kh, kw, mult, sh, sw, pt, pl):
-    """``y`` = bias + the taps' products, per output pixel; parallel over output rows."""
+    """``y`` = bias + the taps' products, per output pixel; parallel over output rows.
+
+    3x3 kernels with M = 1 (MobileNet's) take :func:`_taps9` on the pixels whose window
+    lies inside the image: one pass per pixel instead of 9 read-modify-write passes
+    over its output channels (measured 2x at 112x112x32). Border pixels and other
+    kernels take the general loop, one tap at a time, skipping padded taps."""
     n_img, h, w, c_in = x.shape
     _, ho, wo, q_total = y.shape
+    fast3 = kh == 3 and kw == 3 and mult == 1
     for r in prange(n_img * ho):
         n = r // ho
         i = r - n * ho
         h0 = i * sh - pt
         a0 = max(0, -h0)
         a1 = min(kh, h - h0)
+        if fast3 and a0 == 0 and a1 == 3:
+            xa, xb, xc = x[n, h0], x[n, h0 + 1], x[n, h0 + 2]
+            # the pixels j whose 3 columns j*sw - pl + (0, 1, 2) all lie in [0, w)
+            j0 = min(wo, -(-pl // sw))
+            j1 = max(j0, min(wo, (w - 3 + pl) // sw + 1))
+            for j in range(j0, j1):
+                w0 = j * sw - pl
+                _taps9(y[n, i, j], bias,
+                       xa[w0], xa[w0 + 1], xa[w0 + 2], xb[w0], xb[w0 + 1], xb[w0 + 2],
+                       xc[w0], xc[w0 + 1], xc[w0 + 2],
+                       wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[6], wk[7], wk[8],
+                       q_total)
+        else:
+            j0 = j1 = 0
         for j in range(wo):
+            if j0 <= j < j1:
+                continue
             w0 = j * sw - pl
             b0 = max(0, -w0)
             b1 = min(kw, w - w0)
@@ -883,10 +916,31 @@ def depthwise_dx(dy, wk, dx, kh, kw, mult, sh, sw, pt, pl):
     n_img, h, w, c_in = dx.shape
     _, ho, wo, q_total = dy.shape
     zero = dx.dtype.type(0)
+    # Stride 1, 3x3, M = 1: a dx pixel whose 9 taps all land on dy is one _taps9 pass
+    # (the correlation of dy with the flipped kernel), as in depthwise_forward.
+    fast3 = kh == 3 and kw == 3 and mult == 1 and sh == 1 and sw == 1
+    zeros = np.zeros(c_in, dtype=dx.dtype)
     for r in prange(n_img * h):
         n = r // h
         ih = r - n * h
+        i0 = ih + pt   # dy row of tap a is i0 - a
+        if fast3 and i0 >= 2 and i0 < ho:
+            da, db, dc = dy[n, i0 - 2], dy[n, i0 - 1], dy[n, i0]
+            # dx columns iw whose dy columns iw + pl - (0, 1, 2) all lie in [0, wo)
+            j0 = min(w, max(0, 2 - pl))
+            j1 = max(j0, min(w, wo - pl))
+            for iw in range(j0, j1):
+                u = iw + pl
+                _taps9(dx[n, ih, iw], zeros,
+                       dc[u], dc[u - 1], dc[u - 2], db[u], db[u - 1], db[u - 2],
+                       da[u], da[u - 1], da[u - 2],
+                       wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[6], wk[7], wk[8],
+                       c_in)
+        else:
+            j0 = j1 = 0
         for iw in range(w):
+            if j0 <= iw < j1:
+                continue
             dxr = dx[n, ih, iw]
             for c in range(c_in):
                 dxr[c] = zero
