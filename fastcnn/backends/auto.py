@@ -57,8 +57,16 @@ PREFERENCES = {
     # 240k, the digits model's 4x4x16 -> 32 3x3 74k), where per-call overheads weigh more;
     # the direct kernel leads there too (2026-11-25 before it: cython's im2col).
     ("conv2d", "small"): ("cython", "numba", "im2col"),
-    # Depthwise convs (MobileNetV2's): a first ordering, to be measured (issue 14).
-    ("depthwise_conv2d", "any"): ("numba", "im2col"),
+    # Depthwise convs (issue 14), MobileNetV2's six 3x3 'same' M=1 shapes at batch 8,
+    # float32, 1 thread, process CPU time (min of 9; a shared 2-core AMD EPYC, AVX-512),
+    # fwd / bwd ms, cython (csrc/depthwise.h) | numba | PyTorch conv2d(groups=C,
+    # channels_last): 112x112x32 s1 2.41/5.33 | 3.82/10.25 | 2.24/6.07; 112x112x96 s2
+    # 4.96/12.60 | 3.55/13.78 | 27.8/55.3; 56x56x144 3.63/8.29 | 3.59/8.97 | 4.72/11.12;
+    # 28x28x192 0.61/2.12 | 0.86/3.10 | 1.14/3.75; 14x14x384 0.28/0.96 | 0.45/1.14 |
+    # 0.23/1.08; 7x7x960 0.24/0.78 | 0.32/0.70 | 0.16/0.76. Sum fwd+bwd: cython 42.2,
+    # numba 50.5, PyTorch 114 ms; against a copy of the same bytes cython's forward runs
+    # at 15-38% of copy bandwidth, its backward at 9-32% (2026-12-06).
+    ("depthwise_conv2d", "any"): ("cython", "numba", "im2col"),
     ("maxpool2d", "any"): ("cython", "numba", "im2col"),
     ("avgpool2d", "any"): ("numba", "cython", "im2col"),
     ("dense", "any"): ("cython", "im2col"),
