@@ -369,3 +369,46 @@ def test_keras_reads_what_fastcnn_writes(tmp_path):
         for y, e in zip(ys if isinstance(ys, list) else [ys], outputs(model, name)):
             np.testing.assert_allclose(y, e, rtol=1e-5, atol=2e-6)
         k.load_weights(tmp_path / f"{name}.weights.h5")
+
+
+# ------------------------------------------------------------------- compile configs
+@pytest.mark.parametrize("file", ["seq_compiled.keras", "seq_compiled.h5"])
+def test_keras_compile_config_is_restored(file):
+    model = fastcnn.load_model(D / file)
+    assert_keras_predictions(model, "seq_compiled")
+    assert model.compiled and type(model.optimizer).__name__ == "SGD"
+    config = model.optimizer.get_config()
+    assert config["learning_rate"] == pytest.approx(0.05)
+    assert config["momentum"] == pytest.approx(0.9)
+    assert type(model.loss).__name__ == "CategoricalCrossentropy"
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+    x = EXPECTED["seq_x"]
+    y = np.eye(3, dtype=np.float32)[[0, 2]]
+    history = model.fit(x, y, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and "accuracy" in history.history
+    assert not fastcnn.load_model(D / file, compile=False).compiled
+
+
+def test_augmentation_front_and_activation_layers_load_compiled():
+    model = fastcnn.load_model(D / "aug.keras")
+    assert [type(l).__name__ for l in model.layers][:3] == ["Rescaling", "RandomFlip",
+                                                            "RandomRotation"]
+    assert_keras_predictions(model, "aug")   # inference: the random layers are identities
+    assert type(model.optimizer).__name__ == "Adam"
+    assert model.optimizer.get_config()["learning_rate"] == pytest.approx(2e-3)
+
+
+def test_a_compile_config_fastcnn_cannot_rebuild_warns_and_loads_uncompiled(tmp_path):
+    with zipfile.ZipFile(D / "seq_compiled.keras") as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    config = json.loads(entries["config.json"])
+    config["compile_config"]["loss"] = {"module": "my_losses", "class_name": "Mine",
+                                        "config": {}, "registered_name": "Mine"}
+    entries["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "m.keras", "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    with pytest.warns(UserWarning, match="compile config was not restored.*Mine"):
+        model = fastcnn.load_model(tmp_path / "m.keras")
+    assert not model.compiled
+    assert_keras_predictions(model, "seq_compiled")

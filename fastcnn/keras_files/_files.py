@@ -471,9 +471,66 @@ def _build(source, model_config, custom_objects):
             raise source.error(f"the architecture cannot be rebuilt: {exc}") from None
 
 
+def _plain(value, what):
+    """A serialized Keras object -> ``{"class_name", "config"}`` (Keras's own only)."""
+    if isinstance(value, dict) and "class_name" in value:
+        module = value.get("module")
+        if module is not None and not _config._KERAS_MODULE.match(str(module)):
+            raise ValueError(f"{what} {value.get('class_name')!r} is a custom object "
+                             f"(module {module!r})")
+        return {"class_name": value["class_name"], "config": value.get("config") or {}}
+    return value
+
+
+def _restore_compile(model, compile_config, path):
+    """Keras's compile config (optimizer, loss, metrics, loss_weights) -> model.compile.
+    What fastcnn cannot rebuild leaves the model uncompiled, with a warning (as Keras
+    does); the optimizer's state (Keras's optimizer/vars) is not read."""
+    from .. import losses, optimizers
+    try:
+        if not isinstance(compile_config, dict):
+            raise ValueError(f"the compile config is not a JSON object ({compile_config!r})")
+        opt = compile_config.get("optimizer", compile_config.get("optimizer_config"))
+        if opt is None:
+            return
+        optimizer = optimizers.get(_plain(opt, "optimizer"))
+
+        def loss_of(value):
+            value = _plain(value, "loss")
+            if isinstance(value, dict) and "class_name" in value:
+                return saving._deserialize_object(value, saving._classes_of(losses), "loss")
+            if isinstance(value, dict):
+                return {k: loss_of(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [loss_of(v) for v in value]
+            return value
+
+        def metric_of(value):
+            value = _plain(value, "metric")
+            if isinstance(value, dict) and "class_name" in value:
+                return saving._deserialize_object(value, saving._metric_classes(), "metric")
+            if isinstance(value, dict):
+                return {k: metric_of(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [metric_of(v) for v in value]
+            return value
+
+        kwargs = {}
+        if compile_config.get("loss_weights") is not None:
+            kwargs["loss_weights"] = compile_config["loss_weights"]
+        model.compile(optimizer=optimizer, loss=loss_of(compile_config.get("loss")),
+                      metrics=metric_of(compile_config.get("metrics")), **kwargs)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        warnings.warn(f"{path!r}: Keras's compile config was not restored ({exc}); the "
+                      f"model is returned uncompiled: call model.compile(...) before fit",
+                      stacklevel=3)
+
+
 def load_model(filepath, compile=True, custom_objects=None):
     """A fastcnn model from a Keras 3 ``.keras`` archive or a legacy full-model ``.h5``
-    file (weights included; Keras's compile config and optimizer state are not read)."""
+    file, weights included; with ``compile`` Keras's compile config (optimizer, loss,
+    metrics) is restored where fastcnn has them (else a warning); the optimizer's state
+    is not read."""
     saving.layer_registry(custom_objects)
     path = saving._fspath(filepath)
     with _Source.open(path) as source:
@@ -481,6 +538,8 @@ def load_model(filepath, compile=True, custom_objects=None):
             model = _build(source, source.config, custom_objects)
             _plan_keras3(source, model, skip_mismatch=False, strict=True,
                          orders=_config_orders(model, source.config)).run()
+            if compile and source.config.get("compile_config"):
+                _restore_compile(model, source.config["compile_config"], path)
             return model
         text = source.h5.attr_text(source.h5.file, "model_config", "the file")
         if text is None:
@@ -492,6 +551,14 @@ def load_model(filepath, compile=True, custom_objects=None):
             raise source.error(f"model_config is not valid JSON ({exc})") from None
         model = _build(source, model_config, custom_objects)
         _plan_legacy(source, model, by_name=True, skip_mismatch=False, strict=True).run()
+        training = source.h5.attr_text(source.h5.file, "training_config", "the file") \
+            if compile else None
+        if training:
+            try:
+                training = json.loads(training)
+            except ValueError as exc:
+                raise source.error(f"training_config is not valid JSON ({exc})") from None
+            _restore_compile(model, training, path)
         return model
 
 
