@@ -128,3 +128,20 @@ def test_fashion_resnet_learns_from_2048_images(capsys):
     history = result["history"]
     assert history["loss"][1] < history["loss"][0], history
     assert history["accuracy"][1] > 0.4, history
+
+
+def test_transfer_learning_runs_from_random_weights_and_says_so(capsys):
+    """The InceptionV3 tutorial (frozen base cut at 'mixed7'), 2 batches of 4: without
+    --weights it says the base is random; the parameter counts are the tutorial's."""
+    _need("cats-vs-dogs")
+    module = _load_example("transfer_learning")
+    result = module.main(["--epochs", "1", "--limit", "2", "--batch-size", "4", "--seed", "0"])
+    out = capsys.readouterr().out
+    assert "RANDOM initial weights" in out and "[random base]" in out, out
+    assert "47,512,481 total, 38,537,217 trainable, 8,975,264 frozen" in out, out
+    assert re.search(r"^2/2 - .* - loss: [\d.]+ - accuracy: [\d.e+-]+ - "
+                     r"val_loss: [\d.]+ - val_accuracy: [\d.e+-]+$", out, re.M), out
+    assert result["epochs"] == 1 and not result["pretrained"]
+    assert math.isfinite(result["loss"]), result
+    with pytest.raises(SystemExit, match="no such file"):
+        module.main(["--weights", os.path.join(DATA, "no_such_weights.h5")])
