@@ -337,8 +337,11 @@ def test_decode_predictions(tmp_path, offline):
     assert [r[:2] for r in out[0]] == [("n00000007", "class_7"), ("n00000009", "class_9")]
     assert out[1][0][:2] == ("n00000999", "class_999") and out[1][0][2] == 1.0
     # From the cache folder (where the error below says to put it).
-    with pytest.raises(imagenet_utils.WeightsFileError, match="imagenet_class_index.json"):
+    with pytest.raises(imagenet_utils.WeightsFileError) as info:
         applications.resnet50.decode_predictions(preds)
+    message = str(info.value)
+    assert "imagenet_class_index.json" in message and str(tmp_path / "cache" / "models") in message
+    assert "class_index='/path/to/imagenet_class_index.json'" in message
     with pytest.raises(ValueError, match=r"shape \(samples, 1000\)"):
         applications.vgg16.decode_predictions(np.zeros((2, 10)))
 

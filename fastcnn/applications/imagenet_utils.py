@@ -266,13 +266,17 @@ def _verify(path: Path, md5: str | None, name: str) -> None:
             f"the published file there).")
 
 
-def get_file(fname: str, origin: str, md5: str | None = None, what: str = "weights file") -> Path:
+def get_file(fname: str, origin: str, md5: str | None = None, what: str = "weights file",
+             pass_path: str | None = None) -> Path:
     """The path of the published file ``fname``: from fastcnn's or Keras's cache, else
     downloaded from ``origin`` into fastcnn's cache (MD5-checked when ``md5`` is given).
 
     Raises :class:`WeightsFileError` when the file cannot be found or fetched (the message
-    names the file, its URL and the folder to put it in) or its MD5 differs.
+    names the file, its URL and the folder to put it in) or its MD5 differs. ``pass_path``:
+    how else the caller accepts the file (default: ``weights='/path/to/<fname>'``).
     """
+    if pass_path is None:
+        pass_path = f"pass its path as weights='/path/to/{fname}'"
     folder = cache_dir()
     for candidate in (folder / fname, keras_cache_dir() / fname):
         if candidate.is_file():
@@ -295,7 +299,7 @@ def get_file(fname: str, origin: str, md5: str | None = None, what: str = "weigh
             f"({_files._describe(exc)}). Without internet access, copy the file "
             f"{fname} (from {origin}) into {str(folder)}{os.sep} (or set "
             f"{_files.CACHE_ENV}=DIR and put it in DIR{os.sep}{CACHE_SUBDIR}{os.sep}), or "
-            f"pass its path as weights='/path/to/{fname}'.") from exc
+            f"{pass_path}.") from exc
     return dest
 
 
@@ -335,7 +339,9 @@ def _load_class_index(class_index):
         if CLASS_INDEX is not None:
             return CLASS_INDEX
         path = get_file(CLASS_INDEX_FILE, CLASS_INDEX_URL, CLASS_INDEX_MD5,
-                        what="ImageNet class index")
+                        what="ImageNet class index",
+                        pass_path=f"pass its path as decode_predictions(preds, "
+                                  f"class_index='/path/to/{CLASS_INDEX_FILE}')")
         with open(path, encoding="utf-8") as f:
             index = json.load(f)
     if (not isinstance(index, dict) or len(index) != 1000
