@@ -174,6 +174,10 @@ def _lower(model):
             ops.append(_Op("view", i, o, shape, layer))
         elif isinstance(layer, (Flatten, Reshape)):
             ops.append(_Op("view", i, o, shape, layer))
+        elif type(layer) in (Conv2D, Dense, BatchNormalization) and not _plain(layer):
+            # an argument the plan's kernels do not implement (a dilated conv, ...): the
+            # layer's own forward, inside the Python plan
+            ops.append(_Op("layer", i, o, shape, layer, multiple=False))
         elif isinstance(layer, Conv2D) and type(layer) is Conv2D:
             ops.append(_Op("conv", i, o, shape, layer, w=layer.kernel, b=layer.bias,
                            act=layer.activation, strides=layer.strides, pad=layer._pad,
@@ -215,6 +219,36 @@ def _lower(model):
                 f"({op.attrs['act']!r}); an inference plan holds named activations only")
     ops = _fuse(ops, output_ids)
     return ops, input_ids, output_ids
+
+
+#: The config keys of the layers the plan lowers itself, and the values it requires where
+#: it implements only one: a layer with another key (an argument added later) or value
+#: runs its own forward instead.
+_CONV_KEYS = {"activation", "bias_constraint", "bias_initializer", "bias_regularizer",
+              "dilation_rate", "dtype", "filters", "kernel_constraint", "kernel_initializer",
+              "kernel_regularizer", "kernel_size", "name", "padding", "strides", "trainable",
+              "use_bias"}
+_DENSE_KEYS = _CONV_KEYS - {"dilation_rate", "filters", "kernel_size", "padding",
+                            "strides"} | {"units"}
+_BN_KEYS = {"axis", "beta_initializer", "center", "dtype", "epsilon", "gamma_initializer",
+            "momentum", "moving_mean_initializer", "moving_variance_initializer", "name",
+            "scale", "trainable", "beta_regularizer", "gamma_regularizer", "beta_constraint",
+            "gamma_constraint"}
+
+
+def _plain(layer) -> bool:
+    """Whether a Conv2D / Dense / BatchNormalization has only arguments the plan implements."""
+    from .layers import BatchNormalization, Conv2D
+    cfg = layer.get_config()
+    if isinstance(layer, Conv2D):
+        keys = _CONV_KEYS
+        if tuple(np.ravel(cfg.get("dilation_rate", (1, 1)))) not in ((1, 1), (1,)):
+            return False
+    elif isinstance(layer, BatchNormalization):
+        keys = _BN_KEYS
+    else:
+        keys = _DENSE_KEYS
+    return not set(cfg) - keys - {"input_shape"}
 
 
 def _readers(ops):

@@ -221,6 +221,18 @@ def test_layers_run_by_their_own_forward_inside_the_python_plan():
             model.compile_inference(3, runner="c")
 
 
+def test_a_dilated_conv_runs_its_own_forward():
+    fastcnn.set_random_seed(6)
+    model = fastcnn.Sequential([L.Conv2D(16, 3, dilation_rate=2, activation="relu",
+                                         input_shape=(12, 12, 3)),
+                                L.MaxPooling2D(2), L.Flatten(), L.Dense(3)])
+    x = data(model, 2)
+    plan = model.compile_inference(2)
+    assert plan.steps[0].startswith("layer ") and plan.runner == "python"
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+    close(model.predict(x), layer_by_layer(model, x)[0])
+
+
 def test_other_backends_run_prebound_ops():
     model = standard("scratch")
     x = data(model, 2)
