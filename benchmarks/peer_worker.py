@@ -421,13 +421,42 @@ RUNNERS = {
 }
 
 
+def rss_mb():
+    """This process's resident memory now (Linux /proc), in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb():
+    """The process's peak resident memory (VmHWM), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak():
+    """Linux: the peak (VmHWM) restarts from the current RSS (clear_refs value 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def main():
     check, step, version = RUNNERS[JOB["system"]]()
+    peak = peak_rss_mb()   # imports, model building, the check's first run
+    before = rss_mb()      # library, model, weights and batch in memory
+    reset_peak()
     times = timed(step, int(JOB["rounds"]), int(JOB.get("warmup", 3)))
+    steps_peak = peak_rss_mb()
     if isinstance(check, np.ndarray):
         check = np.asarray(check, np.float64).tolist()
     print(json.dumps({"check": check, "times_ms": times, "threads": THREADS,
-                      "version": version}))
+                      "version": version, "peak_mb": max(peak, steps_peak),
+                      "step_mb": max(0.0, steps_peak - before)}))
 
 
 if __name__ == "__main__":

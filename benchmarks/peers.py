@@ -164,7 +164,7 @@ def main(argv=None):
                 for system in systems:
                     if system == "onnxruntime" and case[3] != "infer":
                         continue
-                    ours, theirs, status = [], [], ""
+                    ours, theirs, status, mem = [], [], "", [0.0, 0.0, 0.0, 0.0]
                     try:
                         for _ in range(args.turns):
                             a = run_worker("fastcnn", job, threads, rounds, args, workdir)
@@ -175,12 +175,14 @@ def main(argv=None):
                                 break
                             ours.append(statistics.median(a["times_ms"]))
                             theirs.append(statistics.median(b["times_ms"]))
+                            mem = [max(mem[0], a["peak_mb"]), max(mem[1], b["peak_mb"]),
+                                   max(mem[2], a["step_mb"]), max(mem[3], b["step_mb"])]
                     except RuntimeError as exc:
                         status = str(exc).splitlines()[0][:120]
                     row = {"case": case[0], "threads": threads, "peer": system,
                            "fastcnn_ms": statistics.median(ours) if ours else None,
                            "peer_ms": statistics.median(theirs) if theirs else None,
-                           "status": status}
+                           "status": status, "mem": mem}
                     rows.append(row)
                     print(format_row(row), flush=True)
     table = render(rows, skipped, versions, started, args)
@@ -209,6 +211,16 @@ def render(rows, skipped, versions, started, args):
             key = (r["case"], r["threads"])
             if key not in best or r["peer_ms"] < best[key]["peer_ms"]:
                 best[key] = r
+    measured = [r for r in rows if not r["status"]]
+    if measured:
+        out += ["", "Peak memory (MB: the process's peak RSS, and 'steps': the peak while "
+                "the steps ran above the RSS of the loaded library, model and batch):", "",
+                "| case | threads | peer | fastcnn peak | peer peak | fastcnn steps | "
+                "peer steps |", "|---|---|---|---|---|---|---|"]
+        for r in measured:
+            a, b, sa, sb = r["mem"]
+            out.append(f"| {r['case']} | {r['threads']} | {TITLES[r['peer']]} | {a:.0f} | "
+                       f"{b:.0f} | {sa:.1f} | {sb:.1f} |")
     if best:
         out += ["", "Against the fastest peer per case:", "",
                 "| case | threads | fastest peer | its ms | fastcnn ms | ratio |",
