@@ -1024,6 +1024,112 @@ def _imp_conv(im, node):
     im.vals[node.output[0]] = _Val(kt, _NHWC_TO_NCHW, producer=layer)
 
 
+def _imp_conv_transpose(im, node):
+    """ConvTranspose -> Conv2DTranspose: the 'valid'/'same' padding and output_padding
+    whose forward conv has ONNX's pads (Keras's layer is the gradient of that conv, as
+    ONNX's operator is)."""
+    from . import layers as L
+    from .layers import _dilation
+    from .layers.transpose import deconv_output_length
+    cls = getattr(L, "Conv2DTranspose", None)
+    if cls is None:
+        raise im.unsupported(node, "this fastcnn has no Conv2DTranspose layer")
+    v = im.val(node, 0)
+    im.need_nchw(node, v)
+    wt = im.need_const(node, 1, "weight")
+    bias = im.need_const(node, 2, "bias")
+    a = im.attrs(node)
+    if wt.ndim != 4 or int(a.get("group", 1)) != 1:
+        raise im.unsupported(node, f"weight {wt.shape}, group {a.get('group', 1)} (2-D, "
+                                   f"group 1 only)")
+    c_in, filters, kh, kw = wt.shape
+    _, c, h, w = v.onnx_shape
+    if c_in != c:
+        raise im.unsupported(node, f"weight {wt.shape} does not match {c} input channels")
+    strides = list(a.get("strides", [1, 1]))
+    dil = list(a.get("dilations", [1, 1]))
+    out_pad = list(a.get("output_padding", [0, 0]))
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if a.get("output_shape") is not None or auto_pad not in ("NOTSET", ""):
+        raise im.unsupported(node, "output_shape / auto_pad (give explicit pads)")
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    sizes = (h, w)
+    want_pads = ((pads[0], pads[2]), (pads[1], pads[3]))
+    want_out = tuple(s_ * (n - 1) + op + (k - 1) * d + 1 - pb - pe for n, k, s_, d, op, (pb, pe)
+                     in zip(sizes, (kh, kw), strides, dil, out_pad, want_pads))
+    choice = None
+    for padding in ("same", "valid"):
+        ops = []
+        for n, k, s_, d, o in zip(sizes, (kh, kw), strides, dil, want_out):
+            fits = [op for op in [None] + list(range(max(s_, d)))
+                    if deconv_output_length(n, k, s_, padding, op, d) == o]
+            ops.append(fits[0] if fits else "none")
+        if "none" in ops:
+            continue
+        back, fwd_pads = _dilation.output_shape_and_pad(want_out, (kh, kw), tuple(strides),
+                                                        padding, tuple(dil))
+        if tuple(back) == sizes and tuple(map(tuple, fwd_pads)) == want_pads:
+            choice = (padding, None if ops == [None, None] else tuple(
+                op if op is not None else max(k, s_) - k if padding == "valid" else 0
+                for op, k, s_ in zip(ops, (kh, kw), strides)))
+            break
+    if choice is None:
+        raise im.unsupported(node, f"pads {pads} with strides {strides} and output_padding "
+                                   f"{out_pad}: neither 'valid' nor 'same' (TensorFlow's rule) "
+                                   f"gives them")
+    padding, output_padding = choice
+    kwargs = {"output_padding": output_padding} if output_padding is not None else {}
+    layer = cls(filters, (kh, kw), strides=tuple(strides), padding=padding,
+                dilation_rate=tuple(dil), use_bias=bias is not None,
+                name=im.layer_name(node), **kwargs)
+    weights = [wt.transpose(2, 3, 1, 0)] + ([bias] if bias is not None else [])
+    kt = im.call(layer, v.kt, weights)
+    if tuple(kt.shape[1:3]) != want_out:
+        raise im.unsupported(node, f"fastcnn's layer gives spatial size {kt.shape[1:3]}, "
+                                   f"ONNX {want_out}")
+    im.vals[node.output[0]] = _Val(kt, _NHWC_TO_NCHW, producer=layer)
+
+
+def _imp_resize(im, node):
+    """Resize by integer factors of H and W -> UpSampling2D (nearest: ONNX's asymmetric /
+    floor or half-pixel rounding, which repeat each pixel; linear: half-pixel, TensorFlow's
+    bilinear)."""
+    from . import layers as L
+    v = im.val(node, 0)
+    im.need_nchw(node, v)
+    a = im.attrs(node)
+    dec = (lambda x: x.decode() if isinstance(x, bytes) else x)
+    mode = dec(a.get("mode", "nearest"))
+    ctm = dec(a.get("coordinate_transformation_mode", "half_pixel"))
+    nearest = dec(a.get("nearest_mode", "round_prefer_floor"))
+    scales = im.need_const(node, 2, "scales") if len(node.input) > 2 and node.input[2] else None
+    sizes = im.need_const(node, 3, "sizes") if len(node.input) > 3 and node.input[3] else None
+    _, _, h, w = v.onnx_shape
+    if scales is not None and np.asarray(scales).size == 4:
+        factors = [float(x) for x in np.asarray(scales).reshape(-1)]
+    elif sizes is not None and np.asarray(sizes).size == 4:
+        sz = [int(x) for x in np.asarray(sizes).reshape(-1)]
+        factors = [1.0, 1.0, sz[2] / h, sz[3] / w]
+    else:
+        raise im.unsupported(node, "scales or sizes for the 4 axes are needed")
+    if factors[:2] != [1.0, 1.0] or any(f < 1 or f != int(f) for f in factors[2:]) or \
+            a.get("antialias", 0) or a.get("axes") is not None:
+        raise im.unsupported(node, f"scales {factors}: fastcnn upsamples H and W by whole "
+                                   f"factors (UpSampling2D)")
+    if mode == "nearest" and ((ctm == "asymmetric" and nearest == "floor") or (
+            ctm in ("half_pixel", "pytorch_half_pixel") and nearest.startswith("round"))):
+        interpolation = "nearest"
+    elif mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel"):
+        interpolation = "bilinear"
+    else:
+        raise im.unsupported(node, f"mode {mode!r} with coordinate_transformation_mode {ctm!r} "
+                                   f"(nearest_mode {nearest!r})")
+    layer = L.UpSampling2D((int(factors[2]), int(factors[3])), interpolation=interpolation,
+                           name=im.layer_name(node))
+    im.vals[node.output[0]] = _Val(im.call(layer, v.kt), _NHWC_TO_NCHW)
+
+
 def _imp_pool(im, node):
     from . import layers as L
     v = im.val(node, 0)
@@ -1550,7 +1656,7 @@ _IMPORTERS = {
     "LogSoftmax": lambda im, node: _imp_softmax(im, node, log=True),
     "BatchNormalization": _imp_batchnorm, "Pad": _imp_pad, "Cast": _imp_cast,
     "Shape": _imp_shape, "Gather": _imp_gather, "Unsqueeze": _imp_unsqueeze,
-    "Squeeze": _imp_squeeze,
+    "Squeeze": _imp_squeeze, "ConvTranspose": _imp_conv_transpose, "Resize": _imp_resize,
 }
 
 
