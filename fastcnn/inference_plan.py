@@ -142,8 +142,11 @@ def _lower(model):
     from .layers import (ELU, Add, Average, Concatenate, LeakyReLU, Maximum, Minimum,
                          Multiply, PReLU, Rescaling, Subtract, ZeroPadding2D)
     from .layers.base import Layer
+    # fastcnn layers whose inference forward is a pure function of the input: where the
+    # plan has no kernel of its own for a case, the layer's forward runs as one step
     opaque_ok = (ELU, LeakyReLU, PReLU, Rescaling, ZeroPadding2D, Concatenate, Subtract,
-                 Average, Maximum, Minimum, Multiply)
+                 Average, Maximum, Minimum, Multiply, Add, Activation, Dense, Conv2D,
+                 MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape)
     graph = getattr(model, "_graph", None)
     if graph is None:
         what = "is not built" if not model.built else \
@@ -185,11 +188,11 @@ def _lower(model):
         elif isinstance(layer, Dense) and type(layer) is Dense and len(shape) == 1:
             ops.append(_Op("dense", i, o, shape, layer, w=layer.kernel, b=layer.bias,
                            act=layer.activation, fold=None))
-        elif isinstance(layer, (MaxPooling2D, AveragePooling2D)):
+        elif type(layer) in (MaxPooling2D, AveragePooling2D):
             kind = "maxpool" if isinstance(layer, MaxPooling2D) else "avgpool"
             ops.append(_Op(kind, i, o, shape, layer, pool=layer.pool_size,
                            strides=layer.strides, pad=layer._pad))
-        elif isinstance(layer, GlobalAveragePooling2D):
+        elif type(layer) is GlobalAveragePooling2D:
             ops.append(_Op("gap", i, o, shape, layer))
         elif isinstance(layer, Activation) and not callable(layer.activation):
             ops.append(_Op("act", i, o, shape, layer, act=layer.activation))
@@ -866,8 +869,10 @@ def _bind_compiled(plan, b):
             ap(vals[i0], out, ph, pw, sh, sw, pt, pl)
         return run
     if kind == "gap":
+        rows = out.reshape(out.shape[0], -1)   # (N, C), also under keepdims
+
         def run(vals):
-            np.mean(vals[i0], axis=(1, 2), out=out)
+            np.mean(vals[i0], axis=(1, 2), out=rows)
         return run
     if kind == "act":
         if act == "softmax" and len(b.out_shape) >= 2:
@@ -956,8 +961,10 @@ def _bind_generic(plan, b):
             vals[o] = fwd(vals[i0], pool, strides, pad)[0]
         return run
     if kind == "gap":
+        shape = b.out_shape
+
         def run(vals):
-            vals[o] = vals[i0].mean(axis=(1, 2))
+            vals[o] = vals[i0].mean(axis=(1, 2)).reshape(shape)
         return run
     if kind == "act":
         def run(vals):

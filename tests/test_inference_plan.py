@@ -221,6 +221,23 @@ def test_layers_run_by_their_own_forward_inside_the_python_plan():
             model.compile_inference(3, runner="c")
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_keepdims_pooling_dense_on_4d_and_three_way_add(runner):
+    fastcnn.set_random_seed(12)
+    inp = fastcnn.Input((6, 6, 3))
+    a = L.Conv2D(8, 1)(inp)
+    s = L.Add()([a, a, L.Conv2D(8, 3, padding="same")(inp)])   # three inputs: own forward
+    g = L.GlobalAveragePooling2D(keepdims=True)(s)              # (N, 1, 1, 8)
+    out = L.Dense(4)(g)                                         # Dense on a 4-D tensor
+    model = fastcnn.Model(inp, out)
+    x = data(model, 3)
+    want = layer_by_layer(model, x)[0]
+    assert want.shape == (3, 1, 1, 4)
+    plan = model.compile_inference(3, runner="python" if runner == "python" else "auto")
+    close(plan(x)[0], want)
+    close(model.predict(x), want)
+
+
 def test_a_dilated_conv_runs_its_own_forward():
     fastcnn.set_random_seed(6)
     model = fastcnn.Sequential([L.Conv2D(16, 3, dilation_rate=2, activation="relu",
