@@ -362,11 +362,13 @@ def test_sequential_with_flip_trains_and_predicts_deterministically(rng):
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     p1, p2 = model.predict(x, verbose=0), model.predict(x, verbose=0)
     np.testing.assert_array_equal(p1, p2)
-    # predict is inference: the augmentation layers are the identity there.
+    # predict is inference: the augmentation layers are the identity there. The plain
+    # model's predict runs the compiled inference plan (other kernels than the layer by
+    # layer forward of the augmented one): equal within float32 rounding.
     plain = fastcnn.Sequential([Conv2D(4, 3, activation="relu", input_shape=(6, 6, 1)),
                                 Flatten(), Dense(2, activation="softmax")])
     plain.set_weights(model.get_weights())
-    np.testing.assert_allclose(p1, plain.predict(x, verbose=0), rtol=1e-12)
+    np.testing.assert_allclose(p1, plain.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_fit_passes_training_to_the_augmentation_layers(rng):
