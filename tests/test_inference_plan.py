@@ -292,6 +292,24 @@ def test_a_busy_plan_lets_predict_run_layer_by_layer():
         close(model.predict_on_batch(x), want)
 
 
+@needs_c
+def test_c_runner_gives_the_same_bits_on_one_and_two_threads():
+    from fastcnn import _extensions
+    model = standard("fashion")
+    x = data(model, 48)
+    plan = model.compile_inference(48, runner="c")
+    before = _extensions.openmp_info()[1]
+    try:
+        _extensions.set_num_threads(1)
+        one = plan(x)[0]
+        _extensions.set_num_threads(2)
+        two = plan(x)[0]
+    finally:
+        _extensions.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
+    close(one, layer_by_layer(model, x)[0])
+
+
 def test_outputs_never_alias_the_arena():
     model = standard("fashion")
     plan = model.compile_inference(2)
