@@ -19,19 +19,36 @@ h5py = pytest.importorskip(
 
 D = Path(__file__).parent / "fixtures" / "keras" / "keras_files"
 EXPECTED = np.load(D / "expected.npz")
-MODELS = ("seq", "fun", "nested", "layers14")
+MODELS = ("seq", "fun", "nested", "layers14", "shared")
+
+
+def inputs_of(name):
+    if f"{name}_x" in EXPECTED.files:
+        return EXPECTED[f"{name}_x"]
+    prefix = f"{name}_x_"   # named inputs (a dict)
+    return {k[len(prefix):]: EXPECTED[k] for k in EXPECTED.files if k.startswith(prefix)}
 
 
 def outputs(model, name):
-    ys = model.predict(EXPECTED[f"{name}_x"], verbose=0)
+    ys = model.predict(inputs_of(name), verbose=0)
+    if isinstance(ys, dict):
+        return [ys[k] for k in sorted(ys)]
     return ys if isinstance(ys, list) else [ys]
 
 
+def expected_outputs(name):
+    keys = sorted(k for k in EXPECTED.files if k.startswith(f"{name}_y_"))
+    if keys:   # named outputs, in the order of their sorted names
+        return [EXPECTED[k] for k in keys]
+    return [EXPECTED[f"{name}_y{k}"]
+            for k in range(sum(1 for f in EXPECTED.files if f.startswith(f"{name}_y")))]
+
+
 def assert_keras_predictions(model, name):
-    ys = outputs(model, name)
-    assert len(ys) == sum(1 for k in EXPECTED.files if k.startswith(f"{name}_y"))
-    for k, y in enumerate(ys):
-        np.testing.assert_allclose(y, EXPECTED[f"{name}_y{k}"], rtol=1e-5, atol=2e-6)
+    ys, expected = outputs(model, name), expected_outputs(name)
+    assert len(ys) == len(expected)
+    for y, e in zip(ys, expected):
+        np.testing.assert_allclose(y, e, rtol=1e-5, atol=2e-6)
 
 
 def zeroed(model):
@@ -105,8 +122,17 @@ def layers14_in_code():
     return fastcnn.Model(i, out)
 
 
+def shared_in_code():
+    a, b = layers.Input((5,), name="a"), layers.Input((5,), name="b")
+    shared = layers.Dense(4, activation="relu")
+    u, v = shared(a), shared(b)
+    w = shared(layers.Dense(5)(layers.Add()([u, v])))
+    return fastcnn.Model({"a": a, "b": b}, {"out": layers.Dense(2)(w),
+                                            "aux": layers.Dense(1)(v)})
+
+
 IN_CODE = {"seq": seq_in_code, "fun": fun_in_code, "nested": nested_in_code,
-           "layers14": layers14_in_code}
+           "layers14": layers14_in_code, "shared": shared_in_code}
 
 
 # ------------------------------------------------------------------------- load_model
@@ -114,6 +140,7 @@ IN_CODE = {"seq": seq_in_code, "fun": fun_in_code, "nested": nested_in_code,
     ("seq.keras", "seq"), ("seq.h5", "seq"), ("fun.keras", "fun"), ("fun.h5", "fun"),
     ("nested.keras", "nested"), ("nested.h5", "nested"),
     ("layers14.keras", "layers14"), ("layers14.h5", "layers14"),
+    ("shared.keras", "shared"), ("shared.h5", "shared"),
     ("keras2_seq.h5", "seq"), ("keras2_fun.h5", "fun")])
 def test_load_model_reads_keras_files_and_predicts_as_keras(file, name):
     model = fastcnn.load_model(D / file)
@@ -150,7 +177,7 @@ def test_loaded_functional_keeps_the_graph_names_and_two_outputs():
 
 def test_keras_layer_order_matches_the_order_keras_wrote():
     from fastcnn.keras_files._config import keras_layer_order
-    for name in ("fun", "nested", "layers14"):
+    for name in ("fun", "nested", "layers14", "shared"):
         with zipfile.ZipFile(D / f"{name}.keras") as zf:
             config = json.loads(zf.read("config.json"))
         model = fastcnn.load_model(D / f"{name}.keras")
@@ -365,8 +392,10 @@ def test_keras_reads_what_fastcnn_writes(tmp_path):
         model.save(tmp_path / f"{name}.keras")
         model.save_weights(tmp_path / f"{name}.weights.h5")
         k = keras.saving.load_model(tmp_path / f"{name}.keras", compile=False)
-        ys = k.predict(EXPECTED[f"{name}_x"], verbose=0)
-        for y, e in zip(ys if isinstance(ys, list) else [ys], outputs(model, name)):
+        ys = k.predict(inputs_of(name), verbose=0)
+        ys = [ys[key] for key in sorted(ys)] if isinstance(ys, dict) else \
+            ys if isinstance(ys, list) else [ys]
+        for y, e in zip(ys, outputs(model, name)):
             np.testing.assert_allclose(y, e, rtol=1e-5, atol=2e-6)
         k.load_weights(tmp_path / f"{name}.weights.h5")
 

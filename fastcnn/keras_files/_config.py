@@ -443,6 +443,14 @@ def keras_layer_order(model):
     if isinstance(model, Sequential) or model._graph is None:
         return list(model.layers)
     _, ins, outs = model._graph
+    # Keras walks its flattened outputs: a dict's values in the order of its sorted keys
+    # (keras.tree.flatten), a list's in order.
+    kind, keys = model._output_kind
+    if kind == "dict" and keys is not None:
+        outs = [t for _, t in sorted(zip(keys, outs), key=lambda kt: kt[0])]
+    kind, keys = model._input_kind
+    if kind == "dict" and keys is not None:
+        ins = [t for _, t in sorted(zip(keys, ins), key=lambda kt: kt[0])]
     finished, order, first_seen = set(), [], {}
     for out in outs:
         stack = [(out.node, False)]
