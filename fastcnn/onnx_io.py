@@ -754,8 +754,9 @@ class _Importer:
 
     # --------------------------------------------------------------- layers
     def layer_name(self, node, suffix=""):
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", node.name or node.op_type.lower()).strip("_")
-        base = (base or node.op_type.lower()) + suffix
+        op = _text(node.op_type).lower() or "node"
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", _text(node.name) or op).strip("_")
+        base = (base or op) + suffix
         name, k = base, 1
         while name in self.layer_names:
             k += 1
@@ -850,7 +851,11 @@ class _Importer:
             if len(dims) < 2 or any(d is None for d in dims[1:]):
                 raise self.error(f"input {vi.name!r} has shape {_fmt(dims)}: fastcnn needs a "
                                  f"batch axis and known sizes for the others")
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", vi.name).strip("_") or "input"
+            base = re.sub(r"[^A-Za-z0-9_.-]+", "_", _text(vi.name)).strip("_") or "input"
+            name, k = base, 1
+            while name in self.layer_names:
+                k += 1
+                name = f"{base}_{k}"
             self.layer_names.add(name)
             if len(dims) == 4:
                 consumers = [n for n in g.node if vi.name in n.input]
@@ -890,9 +895,16 @@ class _Importer:
             outputs.append(v.kt)
         if len({id(k) for k in outputs}) != len(outputs):
             raise self.error("two outputs are the same tensor")
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", g.name).strip("_") or None
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", _text(g.name)).strip("_") or None
         return Model(inputs if len(inputs) > 1 else inputs[0],
                      outputs if len(outputs) > 1 else outputs[0], name=name)
+
+
+def _text(value):
+    """A name from the file as str (protobuf hands back bytes for invalid UTF-8)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def _fmt(shape):
@@ -1701,4 +1713,12 @@ def load_onnx(path, max_bytes=DEFAULT_MAX_BYTES):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxImportError(f"{path}: the ONNX checker rejects the file (truncated or "
                               f"corrupt?): {first}") from None
-    return importer.build()
+    try:
+        return importer.build()
+    except OnnxImportError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        # A file the checker accepts but whose values fastcnn's layers refuse (a shape
+        # that does not fit, an attribute of the wrong kind): one error type for callers.
+        raise OnnxImportError(f"{path}: fastcnn cannot build a model from this file: "
+                              f"{type(exc).__name__}: {exc}") from exc

@@ -448,6 +448,35 @@ def test_truncated_empty_and_foreign_files(tmp_path):
         fastcnn.load_onnx(tmp_path / "missing.onnx")
 
 
+def test_damaged_files_raise_onnx_import_error_only(tmp_path):
+    """Every prefix of a small exported file and random byte changes: a model or an
+    OnnxImportError, never another exception (found by fuzzing: names that are not UTF-8
+    came back from protobuf as bytes)."""
+    fastcnn.set_random_seed(0)
+    model = fastcnn.Sequential([fastcnn.Input((6, 6, 1)), L.Conv2D(2, 3, activation="relu"),
+                                L.MaxPooling2D(2), L.Flatten(), L.Dense(3)])
+    good = tmp_path / "small.onnx"
+    model.export_onnx(good)
+    data = good.read_bytes()
+    rng = np.random.default_rng(0)
+    cases = [data[:k] for k in range(1, len(data), 23)]
+    for _ in range(120):
+        b = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            b[int(rng.integers(len(b)))] = int(rng.integers(256))
+        cases.append(bytes(b))
+    bad = tmp_path / "bad.onnx"
+    loaded = 0
+    for case in cases:
+        bad.write_bytes(case)
+        try:
+            fastcnn.load_onnx(bad)
+            loaded += 1
+        except OnnxImportError:
+            pass
+    assert 0 < loaded < len(cases)
+
+
 def test_initializer_sizes_are_checked(tmp_path):
     """A tensor declaring more values than it holds is refused before any allocation."""
     from onnx import TensorProto, helper
