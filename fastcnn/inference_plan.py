@@ -358,27 +358,40 @@ def _pad16(a2d):
 
 class _WeightGuard:
     """Detects a weight change since compiling: every weight array of the model must be
-    the same object, and the arrays whose values were copied must hold the same bytes."""
+    the same object, and the weights whose values were copied (folded, transformed,
+    padded) must hold the same bytes as when they were copied."""
 
     def __init__(self, model):
         self.slots = [(layer._weights, i, w) for layer in model._leaf_layers()
                       for i, w in enumerate(layer._weights)]
-        self.copies = []
+        self.copies = []   # (holder, index, snapshot)
 
     def copied(self, arrays):
         for a in arrays:
-            if not any(a is s for s, _ in self.copies):
-                self.copies.append((a, np.array(a, copy=True)))
+            for holder, i, w in self.slots:
+                if w is a:
+                    if not any(h is holder and j == i for h, j, _ in self.copies):
+                        self.copies.append((holder, i, np.array(a, copy=True)))
+                    break
+            else:   # not a layer weight slot (never happens for the layers lowered)
+                self.copies.append(([a], 0, np.array(a, copy=True)))
 
     def fresh(self) -> bool:
         for holder, i, w in self.slots:
             if holder[i] is not w:
                 return False
         same = _plan_ext.same_bytes if _plan_ext is not None else _same_numpy
-        for a, snap in self.copies:
-            if not same(a, snap):
+        for holder, i, snap in self.copies:
+            if not same(holder[i], snap):
                 return False
         return True
+
+    def resnap(self):
+        """Takes the current weights as the reference (the plan itself is then stale:
+        the caller recompiles before running it)."""
+        self.slots = [(holder, i, holder[i]) for holder, i, _ in self.slots]
+        self.copies = [(holder, i, np.array(holder[i], copy=True))
+                       for holder, i, _ in self.copies]
 
 
 def _same_numpy(a, b):
@@ -444,6 +457,7 @@ class InferencePlan:
         self._model_strong = None if weak else model
         self._weak = weak
         self._lock = threading.Lock()   # one call at a time: the arena is shared state
+        self._pending = False           # weights changed: recompile before the next run
         self.batch_size = batch_size
         self.backend = backend
         self._want = runner
@@ -1043,17 +1057,30 @@ def _run(self, xs, blocking=True):
     if not self._lock.acquire(blocking):
         return None
     try:
-        return _run_locked(self, xs)
+        return _run_locked(self, xs, not blocking)
     finally:
         self._lock.release()
 
 
-def _run_locked(self, xs):
+def _run_locked(self, xs, auto):
     if self.model._graph is not self._graph:
         self._graph = self.model._graph
         self._compile()
+        self._pending = False
     elif not self.guard.fresh():
+        if auto:
+            # The weights changed since the last call. On predict's automatic path the
+            # plan waits until they stay the same for one call before recompiling (a
+            # callback predicting after every optimizer step would otherwise recompile
+            # each time): meanwhile the model runs layer by layer.
+            self.guard.resnap()
+            self._pending = True
+            return None
         self._compile()
+        self._pending = False
+    elif self._pending:
+        self._compile()
+        self._pending = False
     if self._c is not None:
         return self._c.run(xs)
     vals = list(self._template)

@@ -355,6 +355,25 @@ def test_weight_changes_invalidate_the_plan(runner, tmp_path):
     close(plan(x)[0], saved)
 
 
+def test_predict_waits_for_stable_weights_before_recompiling(monkeypatch):
+    model = residual_bn_model()
+    x = data(model, 2)
+    model.predict_on_batch(x)
+    compiles = []
+    real = ip.InferencePlan._compile
+    monkeypatch.setattr(ip.InferencePlan, "_compile",
+                        lambda self: compiles.append(1) or real(self))
+    conv = model.layers[1]
+    for step in range(3):      # a change before every predict: layer by layer, no compile
+        conv.kernel[...] *= 1.01
+        close(model.predict_on_batch(x), layer_by_layer(model, x)[0])
+    assert compiles == []
+    close(model.predict_on_batch(x), layer_by_layer(model, x)[0])   # stable: compiles
+    assert compiles == [1]
+    close(model.predict_on_batch(x), layer_by_layer(model, x)[0])
+    assert compiles == [1]
+
+
 def test_a_replaced_weight_array_is_seen():
     model = standard("fashion")
     x = data(model, 2)
