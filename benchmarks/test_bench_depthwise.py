@@ -21,6 +21,11 @@ and GB/s per row is printed at the end of the module's run.
 
     FASTCNN_BENCH_THREADS=1 python -m pytest benchmarks/test_bench_depthwise.py \\
         --benchmark-only --benchmark-max-time=0.5
+
+On a shared, busy machine, ``--benchmark-timer=time.process_time`` times this process's
+CPU seconds instead of wall time: at 1 thread that is the op's own work, without the
+time neighbours take the core (the 2026-12-06 figures of issue 14 were taken so, at a load
+average of 8 on 2 cores, where wall medians came out 2-7x the CPU times).
 """
 import os
 from dataclasses import dataclass
