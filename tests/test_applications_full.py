@@ -6,7 +6,8 @@ $FASTCNN_KERAS_PYTHON, e.g. /work/tfvenv/bin/python); skips saying so elsewhere.
 architecture Keras builds the model, sets seeded weights (tests/fixtures/keras/app_weights.py)
 and writes them three ways: a list in model.get_weights() order (.npz), its own
 .weights.h5 (Keras 3) and a legacy .h5 (the layout of the published ImageNet files, with
-Keras 2-style automatic names ending in _1, _2, ...). fastcnn must predict what Keras
+Keras 2-style automatic names ending in _1, _2, ...); models with the top compare logits
+(classifier_activation=None: the softmax of a random ResNet50 saturates to one-hot). fastcnn must predict what Keras
 predicts from each (float32 rounding: within 3e-4 of the output's magnitude), and the three
 loads must give identical predictions.
 
@@ -47,7 +48,7 @@ def test_default_size_matches_keras(arch, size, top, tmp_path):
         import compare_applications as cmp
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    args = [arch, str(size), "--files", "--out", str(tmp_path)] + (["--top"] if top else [])
+    args = [arch, str(size), "--files", "--out", str(tmp_path)] + (["--top", "--logits"] if top else [])
     env = dict(os.environ, PYTHONPATH="")
     done = subprocess.run([KERAS_PYTHON, str(SCRIPT), "keras"] + args, capture_output=True,
                           text=True, timeout=900, env=env)
