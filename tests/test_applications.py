@@ -241,6 +241,17 @@ def test_imagenet_without_network_says_where_to_put_the_file(arch, include_top, 
     assert not list((tmp_path / "cache" / "models").iterdir())   # nothing half-written
 
 
+def test_mobilenetv2_imagenet_other_size_falls_back_to_224_file(offline):
+    if not HAVE_DEPTHWISE:
+        pytest.skip("MobileNetV2 needs layers.DepthwiseConv2D, not in this checkout yet")
+    utils.clear_session()
+    with pytest.warns(UserWarning, match=r"Weights for input shape \(224, 224\)"), \
+            pytest.raises(imagenet_utils.WeightsFileError,
+                          match="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"):
+        applications.MobileNetV2(input_shape=(100, 100, 3), alpha=0.35, weights="imagenet",
+                                 include_top=False)
+
+
 def test_download_into_cache_checks_md5(offline, tmp_path, monkeypatch):
     payload = b"published bytes" * 1000
     good = hashlib.md5(payload).hexdigest()
