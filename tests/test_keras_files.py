@@ -441,3 +441,30 @@ def test_a_compile_config_fastcnn_cannot_rebuild_warns_and_loads_uncompiled(tmp_
         model = fastcnn.load_model(tmp_path / "m.keras")
     assert not model.compiled
     assert_keras_predictions(model, "seq_compiled")
+
+
+def test_a_compiled_fastcnn_model_writes_keras_compile_config(tmp_path):
+    from fastcnn import losses, metrics, optimizers, schedules
+    model = seq_in_code()
+    model.compile(optimizer=optimizers.SGD(schedules.ExponentialDecay(0.1, 100, 0.9),
+                                           momentum=0.9),
+                  loss=losses.CategoricalCrossentropy(label_smoothing=0.1),
+                  metrics=["accuracy", metrics.CategoricalAccuracy(name="cat_acc")])
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+        compile_config = json.loads(zf.read("config.json"))["compile_config"]
+    assert compile_config["optimizer"]["module"] == "keras.optimizers"
+    assert compile_config["optimizer"]["class_name"] == "SGD"
+    assert compile_config["optimizer"]["config"]["learning_rate"]["module"] == \
+        "keras.optimizers.schedules"
+    assert compile_config["loss"]["class_name"] == "CategoricalCrossentropy"
+    assert compile_config["metrics"][0] == "accuracy"
+    assert compile_config["metrics"][1]["class_name"] == "CategoricalAccuracy"
+    again = fastcnn.load_model(tmp_path / "m.keras")
+    assert again.compiled and again.loss.get_config()["label_smoothing"] == 0.1
+    assert again.optimizer.get_config()["learning_rate"]["class_name"] == "ExponentialDecay"
+    model.compile(optimizer="adam", loss=lambda y, p: ((y - p) ** 2).mean())
+    with pytest.warns(UserWarning, match="compile config is not written"):
+        model.save(tmp_path / "plain.keras")
+    with zipfile.ZipFile(tmp_path / "plain.keras") as zf:
+        assert json.loads(zf.read("config.json"))["compile_config"] is None

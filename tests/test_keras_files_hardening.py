@@ -194,6 +194,16 @@ def test_huge_declared_shape_is_refused_before_reading(tmp_path):
     assert peak < 64 * 2**20
 
 
+def test_dataset_whose_data_was_never_written(tmp_path):
+    def edit(f):
+        del f["layers/dense_1/vars/0"]
+        f.create_dataset("layers/dense_1/vars/0", shape=(8, 3), dtype="float32",
+                         chunks=(2, 3))   # no chunk written: HDF5 would return zeros
+    path = h5_copy(tmp_path, "seq.weights.h5", edit)
+    with pytest.raises(ModelFileError, match=r"holds 0 of its 96 bytes"):
+        seq_in_code().load_weights(path)
+
+
 def test_huge_chunks_are_refused(tmp_path):
     def edit(f):
         data = f["layers/dense_1/vars/1"][()]

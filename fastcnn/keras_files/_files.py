@@ -609,8 +609,62 @@ def keras_config(model):
     """config.json's content for ``model`` (ValueError naming a layer Keras cannot hold)."""
     _check_model(model)
     config = _config.keras_model_config(model, _layer_entry)
-    config["compile_config"] = None
+    config["compile_config"] = _keras_compile_config(model)
     return config
+
+
+def _keras_object(obj, module):
+    config = saving._jsonable(obj.get_config(), f"{type(obj).__name__} config")
+    lr = config.get("learning_rate") if isinstance(config, dict) else None
+    if isinstance(lr, dict) and "class_name" in lr:   # a learning-rate schedule
+        config["learning_rate"] = {"module": "keras.optimizers.schedules",
+                                   "class_name": lr["class_name"],
+                                   "config": lr.get("config") or {}, "registered_name": None}
+    return {"module": module, "class_name": type(obj).__name__, "config": config,
+            "registered_name": None}
+
+
+def _keras_compile_config(model):
+    """Keras's compile_config for a compiled fastcnn model (its optimizer, loss and
+    metrics; Keras rebuilds them when it loads the file), None if not compiled. What
+    Keras could not rebuild (a plain Python loss function) is left out with a warning."""
+    if not getattr(model, "compiled", False):
+        return None
+    from .. import losses
+
+    def loss_of(value):
+        if value is None or isinstance(value, str):
+            return value
+        if saving._classes_of(losses).get(type(value).__name__) is type(value):
+            return _keras_object(value, "keras.losses")
+        if isinstance(value, dict):
+            return {k: loss_of(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [loss_of(v) for v in value]
+        raise ValueError(f"the loss {value!r} is not one of Keras's")
+
+    def metric_of(value):
+        if value is None or isinstance(value, str):
+            return value
+        if saving._metric_classes().get(type(value).__name__) is type(value):
+            return _keras_object(value, "keras.metrics")
+        if isinstance(value, dict):
+            return {k: metric_of(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [metric_of(v) for v in value]
+        raise ValueError(f"the metric {value!r} is not one of Keras's")
+
+    try:
+        return {"optimizer": _keras_object(model.optimizer, "keras.optimizers"),
+                "loss": loss_of(model.loss),
+                "loss_weights": saving._jsonable(model._loss_weights, "loss_weights"),
+                "metrics": metric_of(model._metric_specs) or None,
+                "weighted_metrics": None, "run_eagerly": False, "steps_per_execution": 1,
+                "jit_compile": False}
+    except (ValueError, TypeError, AttributeError) as exc:
+        warnings.warn(f"model {model.name!r}: its compile config is not written to the Keras "
+                      f"file ({exc}); Keras will load the model uncompiled", stacklevel=4)
+        return None
 
 
 def _check_model(model):

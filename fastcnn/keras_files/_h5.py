@@ -294,6 +294,17 @@ class H5Reader:
         shape = tuple(int(d) for d in shape)
         if tuple(dset.shape) != shape:
             raise self.error(f"{what} has shape {tuple(dset.shape)}, expected {shape}")
+        try:
+            stored = dset.id.get_storage_size()
+            filtered = bool(dset._filters)
+        except _H5_ERRORS as exc:
+            raise self.error(f"{what} cannot be read ({exc})") from None
+        nbytes = int(np.prod(shape)) * dset.dtype.itemsize if shape else dset.dtype.itemsize
+        if not filtered and stored < nbytes:
+            # Uncompressed data takes its full size; less means never written (HDF5
+            # would hand back its fill value) or cut off.
+            raise self.error(f"{what} holds {stored} of its {nbytes} bytes (never written "
+                             f"or truncated)")
         out = np.empty(shape, dtype=dset.dtype.newbyteorder("="))
         try:
             if out.size:
