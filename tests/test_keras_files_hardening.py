@@ -388,3 +388,76 @@ def test_nothing_is_unpickled_or_evaluated(tmp_path, monkeypatch):
         fastcnn.load_model(D / file)
     seq_in_code().load_weights(D / "seq_legacy.weights.h5")
     assert calls == []
+
+
+# ----------------------------------------- under a 1 GiB address-space limit (POSIX)
+_CHILD = r"""
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+import fastcnn
+from fastcnn import layers
+results = []
+for kind, path in json.loads(sys.argv[1]):
+    try:
+        if kind == "model":
+            fastcnn.load_model(path)
+        else:
+            model = fastcnn.Sequential([
+                layers.Input((10, 10, 3)), layers.Conv2D(4, 3, padding="same"),
+                layers.MaxPooling2D(), layers.BatchNormalization(), layers.Conv2D(5, (3, 2)),
+                layers.Dropout(0.3), layers.Flatten(), layers.Dense(8), layers.Dense(3)])
+            model.load_weights(path)
+        results.append(["loaded", ""])
+    except BaseException as exc:
+        results.append([type(exc).__name__, str(exc)])
+print("RESULTS " + json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "RLIMIT_AS"),
+                    reason="needs resource.RLIMIT_AS (POSIX)")
+def test_crafted_sizes_fail_cleanly_under_a_memory_limit(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def dense_units(config):
+        config["config"]["layers"][-2]["config"]["units"] = 2**28
+    big_config = keras_with(tmp_path, config=edited_config("seq.keras", dense_units))
+
+    def legacy_filters(f):
+        config = json.loads(f.attrs["model_config"])
+        config["config"]["layers"][1]["config"]["filters"] = 2**26
+        f.attrs["model_config"] = json.dumps(config).encode()
+    big_legacy = h5_copy(tmp_path, "seq.h5", legacy_filters, name="big.h5")
+
+    def huge_dataset(f):
+        del f["layers/dense/vars/0"]
+        f.create_dataset("layers/dense/vars/0", shape=(2**24, 2**24), dtype="float64",
+                         chunks=(4096, 4096), compression="gzip")
+    huge = h5_copy(tmp_path, "seq.weights.h5", huge_dataset, name="huge.weights.h5")
+
+    def bomb(f):   # 2**26 zeros gzip to a few kB: a chunk far larger than the dataset
+        del f["layers/dense_1/vars/1"]
+        d = f.create_dataset("layers/dense_1/vars/1", shape=(3,), maxshape=(None,),
+                             dtype="float32", chunks=(2**26,), compression="gzip")
+        d[:] = 0
+    bombed = h5_copy(tmp_path, "seq.weights.h5", bomb, name="bomb.weights.h5")
+    jobs = [["model", str(big_config)], ["model", str(big_legacy)],
+            ["weights", str(huge)], ["weights", str(bombed)]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               NUMBA_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1])] +
+        ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(jobs)],
+                          capture_output=True, text=True, env=env, timeout=180)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert lines, f"the child failed:\n{done.stdout}\n{done.stderr}"
+    results = json.loads(lines[0][len("RESULTS "):])
+    assert results[0][0] == "ModelFileError" and "more weights than the file holds" in \
+        results[0][1]
+    assert results[1][0] == "ModelFileError" and "more weights than the file holds" in \
+        results[1][1]
+    assert results[2][0] == "ValueError" and "(16777216, 16777216)" in results[2][1]
+    assert results[3][0] == "ModelFileError" and "chunks" in results[3][1]
