@@ -4,7 +4,6 @@ fastcnn writes files with Keras's exact layout (Keras itself reads them: the opt
 at the end, where Keras is installed)."""
 import json
 import os
-import warnings
 import zipfile
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """Broken, truncated and crafted Keras files (issue 14 §1 and §5): each gives a clear error
 naming the file and what does not fit, nothing is executed, nothing is allocated for a
 size the file only claims, and nothing is assigned to the model."""
-import io
 import json
 import shutil
 import tracemalloc

@@ -9,8 +9,9 @@ nothing. ``fastcnn.load_model``, ``model.save``, ``model.save_weights`` and
   model.weights.h5); ``fastcnn.load_model('m.h5')``: a legacy full-model HDF5 file
   (``model_config`` attribute + ``model_weights`` group). Sequential and Functional
   models (nested ones too) of the layers fastcnn has; Keras's configs are translated
-  (fastcnn's layers take Keras's names: see ``_config``). The compile config and
-  optimizer state are not read.
+  (fastcnn's layers take Keras's names: see ``_config``). Keras's compile config
+  (optimizer, loss, metrics) is restored where fastcnn has them, else a warning leaves
+  the model uncompiled; the optimizer's state is not read.
 * ``model.load_weights('w.weights.h5')`` (or a ``.keras`` file): Keras 3's layout,
   ``layers/<snake_case class>[_k]/vars/<i>`` in the order Keras gives the model's layers,
   each layer's variables in Keras's order (BatchNormalization: gamma, beta, moving_mean,
@@ -20,7 +21,8 @@ nothing. ``fastcnn.load_model``, ``model.save``, ``model.save_weights`` and
   ``weight_names``): layers with weights matched in order, or by name with
   ``by_name=True``; ``skip_mismatch=True`` skips weights of another shape (a warning).
 * ``model.save('m.keras')`` writes a Keras 3 archive that ``keras.saving.load_model``
-  opens; ``model.save('m.h5')`` a legacy full-model file; ``model.save_weights
+  opens (with a compiled model's compile config, not its optimizer state: Keras warns
+  that it starts the optimizer afresh); ``model.save('m.h5')`` a legacy full-model file; ``model.save_weights
   ('w.weights.h5')`` Keras 3's weights, ``model.save_weights('w.h5')`` the legacy
   layout. A layer Keras cannot represent raises ValueError naming it before anything is
   written, and the file appears whole or not at all (a temporary file renamed).
@@ -33,8 +35,8 @@ checked against the layer's weight before it is read, and a broken, truncated or
 file raises :class:`fastcnn.saving.ModelFileError` naming the file and the first layer or
 variable that does not fit (see ``_h5`` for the HDF5 checks).
 """
-from ._files import (is_keras_save_path, is_keras_weights_path, keras_config, load_model,
-                     load_weights, save_model, save_weights, sniff)
+from ._files import (is_keras_save_path, keras_config, load_model, load_weights, save_model,
+                     save_weights, sniff)
 
 __all__ = ["load_model", "load_weights", "save_model", "save_weights", "keras_config",
-           "sniff", "is_keras_save_path", "is_keras_weights_path"]
+           "sniff", "is_keras_save_path"]

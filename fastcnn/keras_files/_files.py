@@ -39,10 +39,6 @@ def is_keras_save_path(filepath):
     return _suffix(filepath).endswith((".keras", ".h5", ".hdf5"))
 
 
-def is_keras_weights_path(filepath):
-    return _suffix(filepath).endswith((".h5", ".hdf5", ".keras"))
-
-
 def sniff(filepath):
     """``'hdf5'`` or ``'keras'`` for a file Keras's readers take, else None (fastcnn's own
     reader then takes it, and reports what is wrong with it).
@@ -790,4 +786,4 @@ def save_weights(model, path, overwrite=True):
 
 
 __all__ = ["load_model", "load_weights", "save_model", "save_weights", "keras_config",
-           "sniff", "is_keras_save_path", "is_keras_weights_path"]
+           "sniff", "is_keras_save_path"]
