@@ -29,6 +29,7 @@ from .model import Model, Sequential
 from .layers import Input
 from . import executor, graph
 from .saving import load_model
+from . import keras_files   # Keras's .keras/.h5 files (h5py, optional, loaded when used)
 from .onnx_io import load_onnx   # needs the optional onnx package only when called
 from .utils import set_random_seed
 from . import models   # after .model: models builds on Sequential

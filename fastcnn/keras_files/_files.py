@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import __version__, _device, _limits, saving
 from . import _config
-from ._h5 import H5Reader, Window, h5py, is_hdf5, require_h5py
+from ._h5 import H5Reader, Window, is_hdf5, require_h5py
 
 CONFIG_NAME = "config.json"
 METADATA_NAME = "metadata.json"
@@ -179,6 +179,7 @@ def _held_bytes(h5):
     """What the file's float datasets can really hold (a dataset's declared size, but no
     more than its stored bytes allow), so that building the architecture is bounded by
     the file and not by what its config claims."""
+    h5py = require_h5py("reading Keras's HDF5 files")
     total, stack, seen = 0, [h5.file], 0
     while stack:
         group = stack.pop()
@@ -673,7 +674,7 @@ def _check_model(model):
 
 
 def _h5_bytes(fill):
-    require_h5py("writing Keras's HDF5 files")
+    h5py = require_h5py("writing Keras's HDF5 files")
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         fill(f)

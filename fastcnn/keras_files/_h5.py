@@ -25,12 +25,12 @@ import os
 
 import numpy as np
 
-try:  # the optional extra: pip install fastcnn[keras]
-    import h5py
-except ImportError:  # pragma: no cover - exercised where h5py is absent
-    h5py = None
+# h5py, the optional extra (pip install fastcnn[keras]), is imported on first use, so that
+# `import fastcnn` does not pay for it: None once it is known to be missing.
+_UNLOADED = object()
+h5py = _UNLOADED
 
-__all__ = ["h5py", "require_h5py", "H5Reader", "HDF5_SIGNATURE", "is_hdf5"]
+__all__ = ["load_h5py", "require_h5py", "H5Reader", "HDF5_SIGNATURE", "is_hdf5"]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MAX_NAMES = 1_000_000          # names in one layer_names / weight_names attribute
@@ -43,12 +43,25 @@ _H5_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError
               OverflowError, MemoryError, AttributeError, UnicodeDecodeError)
 
 
+def load_h5py():
+    """The h5py module, or None if it is not installed."""
+    global h5py
+    if h5py is _UNLOADED:
+        try:
+            import h5py as module
+        except ImportError:
+            module = None
+        h5py = module
+    return h5py
+
+
 def require_h5py(what):
-    """Raises ImportError naming ``what`` and the extra to install when h5py is missing."""
-    if h5py is None:
+    """h5py; ImportError naming ``what`` and the extra to install when it is missing."""
+    if load_h5py() is None:
         raise ImportError(
             f"{what} needs h5py, which is not installed: it is an optional dependency of "
             f"fastcnn, installed with `pip install fastcnn[keras]` (or `pip install h5py`)")
+    return h5py
 
 
 def is_hdf5(head: bytes) -> bool:
