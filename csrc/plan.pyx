@@ -63,8 +63,26 @@ cdef extern from "plan.h" nogil:
     int fp_run(const fp_step *steps, Py_ssize_t nsteps, float *arena,
                const float *const *inputs, int *iscratch, const float *zeros)
     int fc_get_isa()
+    void fc_set_isa(int isa)
+    int fc_isa_supported(int isa)
 
 fc_get_isa()   # choose the instruction set now, with the GIL held (as simd.pyx does)
+
+#: The instruction sets of this module's kernels (its own copy of simd.h's choice).
+ISAS = ("generic", "avx2", "avx512")
+
+
+def isa():
+    """The instruction set this module's kernels run now."""
+    return ISAS[fc_get_isa()]
+
+
+def set_isa(name):
+    """Runs this module's kernels on ``name`` (for tests): one this CPU supports. Not for
+    use while a plan runs."""
+    if name not in ISAS or not fc_isa_supported(ISAS.index(name)):
+        raise ValueError(f"isa {name!r} is not one this CPU supports")
+    fc_set_isa(ISAS.index(name))
 
 OPS = {"conv": FP_CONV, "conv_pool": FP_CONV_POOL, "dense": FP_DENSE, "maxpool": FP_MAXPOOL,
        "act": FP_ACT, "add": FP_ADD, "affine": FP_AFFINE, "gap": FP_GAP, "avgpool": FP_AVGPOOL,

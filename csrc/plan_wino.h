@@ -148,30 +148,48 @@ static inline __attribute__((always_inline)) void FP_FN(wino_output)(
     }
 }
 
-/* Pooled grid points [q_lo, q_hi). */
+/* One block of MR tiles from q0 (nvalid of them real): the input transform, then per
+ * 4 vectors of filters the 16 GEMMs and the output transform. */
+static inline __attribute__((always_inline)) void FP_FN(wino_block)(
+    const fc_gather *g, ptrdiff_t q0, ptrdiff_t nvalid, float *V, float *M, const int MR)
+{
+    FP_FN(wino_input)(g, q0, MR, nvalid, V);
+    for (ptrdiff_t f0 = 0; f0 < g->co_pad; f0 += 4 * FP_VL) {
+        const ptrdiff_t left = (g->co_pad - f0) / FP_VL;
+        if (left >= 4) {
+            FP_FN(wino_gemm)(g, V, M, f0, MR, 4);
+            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 4);
+        } else if (left == 3) {
+            FP_FN(wino_gemm)(g, V, M, f0, MR, 3);
+            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 3);
+        } else if (left == 2) {
+            FP_FN(wino_gemm)(g, V, M, f0, MR, 2);
+            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 2);
+        } else {
+            FP_FN(wino_gemm)(g, V, M, f0, MR, 1);
+            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 1);
+        }
+    }
+}
+
+/* Pooled grid points [q_lo, q_hi): blocks of FP_WMR tiles, then one block of the rest
+ * (no tile computed twice: at batch 1 the 25 tiles of a 5x5 pool were 30 slots). */
 static void FP_FN(wino_pool_range)(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
                                    float *scratch)
 {
     float *V = scratch, *M = scratch + 16 * FP_WMR * g->cs;
-    for (ptrdiff_t q0 = q_lo; q0 < q_hi; q0 += FP_WMR) {
-        const ptrdiff_t nvalid = q_hi - q0 < FP_WMR ? q_hi - q0 : FP_WMR;
-        FP_FN(wino_input)(g, q0, FP_WMR, nvalid, V);
-        for (ptrdiff_t f0 = 0; f0 < g->co_pad; f0 += 4 * FP_VL) {
-            const ptrdiff_t left = (g->co_pad - f0) / FP_VL;
-            if (left >= 4) {
-                FP_FN(wino_gemm)(g, V, M, f0, FP_WMR, 4);
-                FP_FN(wino_output)(g, M, q0, nvalid, f0, FP_WMR, 4);
-            } else if (left == 3) {
-                FP_FN(wino_gemm)(g, V, M, f0, FP_WMR, 3);
-                FP_FN(wino_output)(g, M, q0, nvalid, f0, FP_WMR, 3);
-            } else if (left == 2) {
-                FP_FN(wino_gemm)(g, V, M, f0, FP_WMR, 2);
-                FP_FN(wino_output)(g, M, q0, nvalid, f0, FP_WMR, 2);
-            } else {
-                FP_FN(wino_gemm)(g, V, M, f0, FP_WMR, 1);
-                FP_FN(wino_output)(g, M, q0, nvalid, f0, FP_WMR, 1);
-            }
-        }
+    ptrdiff_t q0 = q_lo;
+    for (; q0 + FP_WMR <= q_hi; q0 += FP_WMR)
+        FP_FN(wino_block)(g, q0, FP_WMR, V, M, FP_WMR);
+    switch (q_hi - q0) {
+    case 1: FP_FN(wino_block)(g, q0, 1, V, M, 1); break;
+    case 2: FP_FN(wino_block)(g, q0, 2, V, M, 2); break;
+#if FP_WMR > 3
+    case 3: FP_FN(wino_block)(g, q0, 3, V, M, 3); break;
+    case 4: FP_FN(wino_block)(g, q0, 4, V, M, 4); break;
+    case 5: FP_FN(wino_block)(g, q0, 5, V, M, 5); break;
+#endif
+    default: break;
     }
 }
 

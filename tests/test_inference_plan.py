@@ -293,6 +293,30 @@ def test_a_busy_plan_lets_predict_run_layer_by_layer():
 
 
 @needs_c
+def test_every_instruction_set_of_the_c_runner():
+    ext = ip._plan_ext
+    model = residual_bn_model()                     # conv+bn, add, affine, gap, dense
+    fashion = standard("fashion")                   # conv+pool, Winograd, GEMV
+    x, xf = data(model, 3), data(fashion, 7)
+    want, wantf = layer_by_layer(model, x)[0], layer_by_layer(fashion, xf)[0]
+    start = ext.isa()
+    tried = []
+    try:
+        for name in ext.ISAS:
+            try:
+                ext.set_isa(name)
+            except ValueError:
+                continue
+            tried.append(name)
+            close(model.compile_inference(3, runner="c")(x)[0], want)
+            close(fashion.compile_inference(7, runner="c")(xf)[0], wantf)
+            close(fashion.compile_inference(1, runner="c")(xf[:1])[0], wantf[:1])
+    finally:
+        ext.set_isa(start)
+    assert "generic" in tried
+
+
+@needs_c
 def test_c_runner_gives_the_same_bits_on_one_and_two_threads():
     from fastcnn import _extensions
     model = standard("fashion")
