@@ -467,3 +467,14 @@ def test_a_compiled_fastcnn_model_writes_keras_compile_config(tmp_path):
         model.save(tmp_path / "plain.keras")
     with zipfile.ZipFile(tmp_path / "plain.keras") as zf:
         assert json.loads(zf.read("config.json"))["compile_config"] is None
+
+
+def test_tf_keras_2_13_group_names_are_read(tmp_path):
+    # tf.keras 2.13 wrote .weights.h5 groups under "_layer_checkpoint_dependencies"
+    path = tmp_path / "old.weights.h5"
+    with h5py.File(D / "seq.weights.h5") as src, h5py.File(path, "w") as dst:
+        src.copy(src["layers"], dst, name="_layer_checkpoint_dependencies")
+        src.copy(src["vars"], dst, name="vars")
+    model = zeroed(seq_in_code())
+    model.load_weights(path)
+    assert_keras_predictions(model, "seq")

@@ -319,6 +319,7 @@ def _mismatch(source, model, message, skip_mismatch, what="layer"):
 def _plan_keras3(source, model, skip_mismatch, strict=False, orders=None):
     h5 = source.h5
     plan = _Plan(source, model)
+    legacy_213 = h5.group(None, "_layer_checkpoint_dependencies", "the weights") is not None
     for layer, path in _keras3_layer_paths(model, orders=orders):
         if _is_model(layer):
             continue
@@ -326,6 +327,10 @@ def _plan_keras3(source, model, skip_mismatch, strict=False, orders=None):
         names = _keras3_var_names(layer)
         label = f"layer {layer.name!r} ({type(layer).__name__})"
         group = h5.group(None, path + "/vars", f"{label} at {path}/vars")
+        if group is None and legacy_213:
+            # tf.keras 2.13's .keras files: Keras 3 reads "layers" as this (H5IOStore.get)
+            path = path.replace("layers", "_layer_checkpoint_dependencies")
+            group = h5.group(None, path + "/vars", f"{label} at {path}/vars")
         keys = h5.keys(group, f"{path}/vars") if group is not None else []
         if sorted(keys, key=lambda k: (len(k), k)) != [str(i) for i in range(len(keys))]:
             raise source.error(f"{path}/vars holds {sorted(keys)}; Keras names a layer's "
@@ -565,6 +570,7 @@ def load_weights(model, filepath, skip_mismatch=False, by_name=False):
     path = saving._fspath(filepath)
     with _Source.open(path) as source:
         if source.config is not None or source.h5.group(None, "layers", "layers") is not None \
+                or source.h5.group(None, "_layer_checkpoint_dependencies", "layers") is not None \
                 or (source.h5.group(None, "vars", "vars") is not None
                     and source.h5.attr_names(source.h5.file, "layer_names", "the file") is None):
             if by_name:
