@@ -478,3 +478,31 @@ def test_tf_keras_2_13_group_names_are_read(tmp_path):
     model = zeroed(seq_in_code())
     model.load_weights(path)
     assert_keras_predictions(model, "seq")
+
+
+def test_by_name_with_skip_mismatch_skips_a_layer_whose_weight_count_differs():
+    # the file's first Conv2D has a bias; this model's layer of that name has none
+    odd = fastcnn.Sequential([layers.Input((10, 10, 3)),
+                              layers.Conv2D(4, 3, use_bias=False, name="conv2d")])
+    with pytest.raises(ValueError, match=r"'conv2d'.*1 weights.*has 2"):
+        odd.load_weights(D / "seq_legacy.weights.h5", by_name=True)
+    with pytest.warns(UserWarning, match="skipping"):
+        odd.load_weights(D / "seq_legacy.weights.h5", by_name=True, skip_mismatch=True)
+
+
+def test_subclassed_and_unbuilt_models_cannot_be_written(tmp_path):
+    class Mine(fastcnn.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Mine()
+    model(np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match="subclassed"):
+        model.save(tmp_path / "m.keras")
+    with pytest.raises(ValueError, match="not built"):
+        fastcnn.Sequential([layers.Dense(2)]).save(tmp_path / "n.keras")
+    assert os.listdir(tmp_path) == []
