@@ -149,6 +149,12 @@ def _relu_name(layer):
     return None
 
 
+#: Layers of other areas whose inference forward is a pure function of the input, run by
+#: their own forward inside the Python plan (looked up by name: they may be absent).
+_OPAQUE_BY_NAME = ("DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "UpSampling2D",
+                   "Cropping2D")
+
+
 def _lower(model):
     """``(ops, input_ids, output_ids, weight_refs)`` for ``model`` or InferencePlanError."""
     from .layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense,
@@ -159,9 +165,12 @@ def _lower(model):
     from .layers.base import Layer
     # fastcnn layers whose inference forward is a pure function of the input: where the
     # plan has no kernel of its own for a case, the layer's forward runs as one step
+    from . import layers as _layers
     opaque_ok = (ELU, LeakyReLU, PReLU, Rescaling, ZeroPadding2D, Concatenate, Subtract,
                  Average, Maximum, Minimum, Multiply, Add, Activation, Dense, Conv2D,
                  MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape)
+    opaque_ok += tuple(getattr(_layers, name) for name in _OPAQUE_BY_NAME
+                       if hasattr(_layers, name))
     graph = getattr(model, "_graph", None)
     if graph is None:
         what = "is not built" if not model.built else \
@@ -1118,7 +1127,7 @@ def _template(self):
     return vals
 
 
-_MAX_SIZES = 8
+_MAX_SIZES = 4   # per-size plans kept per model (each packs its own weights)
 InferencePlan.__call__ = _call
 InferencePlan._run = _run
 _orig_bind = InferencePlan._bind

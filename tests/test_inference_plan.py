@@ -238,6 +238,19 @@ def test_keepdims_pooling_dense_on_4d_and_three_way_add(runner):
     close(model.predict(x), want)
 
 
+@pytest.mark.skipif(not hasattr(L, "DepthwiseConv2D"), reason="no DepthwiseConv2D layer")
+def test_a_depthwise_conv_runs_its_own_forward_and_the_rest_is_planned():
+    fastcnn.set_random_seed(13)
+    model = fastcnn.Sequential([L.Conv2D(16, 3, input_shape=(10, 10, 3)),
+                                L.BatchNormalization(), L.Activation("relu"),
+                                L.DepthwiseConv2D(3), L.GlobalAveragePooling2D(),
+                                L.Dense(4, activation="softmax")])
+    x = data(model, 2)
+    plan = model.compile_inference(2)
+    assert plan.steps[0].startswith("conv+bn+relu") and plan.steps[1].startswith("layer ")
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+
+
 def test_a_dilated_conv_runs_its_own_forward():
     fastcnn.set_random_seed(6)
     model = fastcnn.Sequential([L.Conv2D(16, 3, dilation_rate=2, activation="relu",
