@@ -506,3 +506,19 @@ def test_subclassed_and_unbuilt_models_cannot_be_written(tmp_path):
     with pytest.raises(ValueError, match="not built"):
         fastcnn.Sequential([layers.Dense(2)]).save(tmp_path / "n.keras")
     assert os.listdir(tmp_path) == []
+
+
+def test_activation_serialized_as_a_keras_function_is_read(tmp_path):
+    with zipfile.ZipFile(D / "seq.keras") as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    config = json.loads(entries["config.json"])
+    config["config"]["layers"][1]["config"]["activation"] = {
+        "module": "keras.activations", "class_name": "function", "config": "relu",
+        "registered_name": "relu"}
+    entries["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "m.keras", "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    model = fastcnn.load_model(tmp_path / "m.keras")
+    assert model.layers[0].activation == "relu"
+    assert_keras_predictions(model, "seq")

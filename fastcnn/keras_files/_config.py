@@ -132,11 +132,12 @@ class Reader:
                 f"layer")
         if class_name in self.custom or registered in self.custom:
             return
-        custom = (module is not None and not (isinstance(module, str)
-                                              and _KERAS_MODULE.match(module)))
-        if isinstance(registered, str) and registered not in (class_name,) and \
-                not registered.startswith("keras"):
-            custom = True
+        # (Nothing is imported by these names: a class comes from fastcnn's allow-lists
+        # or not at all; they only tell a custom object from Keras's own, to say so.)
+        if module is not None:
+            custom = not (isinstance(module, str) and _KERAS_MODULE.match(module))
+        else:
+            custom = isinstance(registered, str) and registered != class_name
         if custom:
             raise self.fail(
                 f"{what} is the custom object {class_name!r} (module {module!r}, "
