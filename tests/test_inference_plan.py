@@ -165,6 +165,18 @@ def test_float64_runs_the_python_plan():
             model.compile_inference(3, runner="c")
 
 
+def test_float64_conv_pool_chain_and_tanh():
+    fastcnn.set_random_seed(1)
+    inp = fastcnn.Input((12, 12, 1), dtype="float64")
+    h = L.MaxPooling2D(2)(L.Conv2D(16, 3, activation="relu")(inp))     # fused on float64
+    h = L.MaxPooling2D(2)(L.Conv2D(8, 3, padding="same", activation="tanh")(h))
+    model = fastcnn.Model(inp, L.Dense(3, activation="softmax")(L.Flatten()(h)))
+    x = np.random.default_rng(0).random((3, 12, 12, 1))
+    plan = model.compile_inference(3)
+    assert plan.steps[0].startswith("conv+pool+relu")
+    close(plan(x)[0], layer_by_layer(model, x)[0], np.float64)
+
+
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_several_outputs(runner):
     fastcnn.set_random_seed(5)
