@@ -128,6 +128,48 @@ def trace(inputs, outputs):
     return order, tensors
 
 
+def keras_layer_order(inputs, outputs) -> list:
+    """The layers between ``inputs`` and ``outputs`` in Keras 3's ``model.layers`` order
+    (keras/src/ops/function.py ``map_graph``): by decreasing depth (the longest distance to
+    an output), ties in the order a depth-first walk from the outputs first meets them.
+
+    Keras's order is what its files, ``get_weights()`` and ``summary()`` follow, so a
+    Functional model lists its layers so too. ``inputs`` and ``outputs`` are flat lists of
+    tensors, a dict's values in the order of its sorted keys (as Keras flattens them).
+    """
+    from .layers.core import InputLayer
+    finished, post_order, first_seen = set(), [], {}
+    for out in outputs:
+        stack = [(out.node, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if id(node) in finished:
+                continue
+            if expanded:
+                finished.add(id(node))
+                post_order.append(node)
+                continue
+            first_seen.setdefault(id(node.layer), len(first_seen))
+            stack.append((node, True))
+            if not isinstance(node.layer, InputLayer):
+                for t in reversed(node.inputs):   # Keras recurses into them in order
+                    if id(t.node) not in finished:
+                        stack.append((t.node, False))
+    node_depth, layer_depth, layers = {}, {}, {}
+    for node in reversed(post_order):
+        depth = max(node_depth.setdefault(id(node), 0), layer_depth.get(id(node.layer), 0))
+        layer_depth[id(node.layer)] = node_depth[id(node)] = depth
+        layers[id(node.layer)] = node.layer
+        for t in node.inputs:
+            node_depth[id(t.node)] = max(depth + 1, node_depth.get(id(t.node), 0))
+    for t in inputs:   # an input no output depends on
+        if id(t.node.layer) not in layer_depth:
+            layer_depth[id(t.node.layer)] = 0
+            first_seen[id(t.node.layer)] = -1
+            layers[id(t.node.layer)] = t.node.layer
+    return sorted(layers.values(), key=lambda l: (-layer_depth[id(l)], first_seen[id(l)]))
+
+
 def _fmt(shape):
     from .layers.base import format_shape
     return format_shape(shape)

@@ -27,6 +27,13 @@ from .training import NonFiniteLossError, Trainer, _restructure, _structure
 __all__ = ["Model", "Sequential", "NonFiniteLossError"]
 
 
+def _keras_flat(leaves, kind, keys):
+    """A structure's tensors as Keras flattens it: a dict's values by sorted key."""
+    if kind == "dict":
+        return [t for _, t in sorted(zip(keys, leaves), key=lambda kt: kt[0])]
+    return list(leaves)
+
+
 class Model(Trainer, Layer):
     """A model (Keras's ``keras.Model``): ``Model(inputs, outputs, name=None)`` for the
     Functional API, or subclass it and define ``call(self, inputs, training=False)``."""
@@ -109,15 +116,10 @@ class Model(Trainer, Layer):
         if len({id(t) for t in in_leaves}) != len(in_leaves):
             raise ValueError("the same Input appears twice in inputs")
         nodes, _ = graph.trace(in_leaves, out_leaves)
-        # Keras's layer order: the inputs' InputLayers, then the layers in topological order.
-        layers, seen = [], set()
-        for t in in_leaves:
-            layers.append(t.node.layer)
-            seen.add(id(t.node.layer))
-        for n in nodes:
-            if id(n.layer) not in seen:
-                seen.add(id(n.layer))
-                layers.append(n.layer)
+        # Keras's layer order (its files, get_weights and summary follow it): Keras flattens
+        # a dict of inputs or outputs in the order of its sorted keys.
+        layers = graph.keras_layer_order(_keras_flat(in_leaves, in_kind, in_keys),
+                                         _keras_flat(out_leaves, out_kind, out_keys))
         names = {}
         for layer in layers:
             if layer.name in names and names[layer.name] is not layer:

@@ -1024,10 +1024,17 @@ def _load_weights_into(archive, meta, model, strict):
     """
     index = _weights_index(archive, meta)
     if strict:
-        pairs = list(zip(index, model.layers))
         if len(index) != len(model.layers):
             raise archive.error(f"the weights index lists {len(index)} layers, the "
                                 f"architecture has {len(model.layers)}")
+        # By name (unique within a model): a file keeps its layers in the order of the
+        # fastcnn that wrote it, which for graphs may differ from today's (Keras's) order.
+        by_name = {layer.name: layer for layer in model.layers}
+        if len(by_name) == len(model.layers) and all(
+                isinstance(e, dict) and e.get("name") in by_name for e in index):
+            pairs = [(e, by_name[e["name"]]) for e in index]
+        else:
+            pairs = list(zip(index, model.layers))
     else:
         file_layers = [e for e in index if e["arrays"]]
         model_layers = [layer for layer in model.layers if layer.weights]

@@ -254,3 +254,22 @@ def test_unbuilt_sequential_models_build_from_data_also_nested():
     assert np.asarray(out).shape == (2, 2) and inner.input_shape == (None, 4)
     alone = fastcnn.Sequential([Dense(3), Dense(2)])
     assert np.asarray(alone(np.ones((5, 7), "float32"))).shape == (5, 2)
+
+
+def test_layers_follow_keras_depth_order_and_round_trip_through_fcnn(tmp_path):
+    """Keras lists a Functional model's layers by decreasing depth (ties: first met walking
+    from the outputs), not in walk order: a short branch read first comes after the long
+    branch's first layer. get_weights() follows; .fcnn files round-trip (weights matched
+    by name, so files written in an older order load too)."""
+    inp = fastcnn.Input((4,), name="x")
+    short = Dense(3, name="short")(inp)
+    long_ = Dense(3, name="long_b")(Dense(5, name="long_a")(inp))
+    out = Concatenate(name="cat")([short, long_])
+    model = fastcnn.Model(inp, out)
+    assert [l.name for l in model.layers] == ["x", "long_a", "short", "long_b", "cat"]
+    shapes = [w.shape for w in model.get_weights()]
+    assert shapes == [(4, 5), (5,), (4, 3), (3,), (5, 3), (3,)]
+    x = np.random.default_rng(0).random((2, 4)).astype(np.float32)
+    model.save(tmp_path / "m.fcnn")
+    again = fastcnn.load_model(tmp_path / "m.fcnn")
+    np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))

@@ -174,13 +174,14 @@ def test_loaded_functional_keeps_the_graph_names_and_two_outputs():
     assert type(model.get_layer("cat")).__name__ == "Concatenate"
 
 
-def test_keras_layer_order_matches_the_order_keras_wrote():
-    from fastcnn.keras_files._config import keras_layer_order
+def test_model_layers_are_in_the_order_keras_wrote():
+    """A Functional model's ``layers`` follow Keras's order (by depth, not the walk
+    order): the order of Keras's files, get_weights() and summary()."""
     for name in ("fun", "nested", "layers14", "shared"):
         with zipfile.ZipFile(D / f"{name}.keras") as zf:
             config = json.loads(zf.read("config.json"))
         model = fastcnn.load_model(D / f"{name}.keras")
-        assert [l.name for l in keras_layer_order(model)] == \
+        assert [l.name for l in model.layers] == \
             [e["name"] for e in config["config"]["layers"]]
 
 

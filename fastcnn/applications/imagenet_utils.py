@@ -387,53 +387,6 @@ def decode_predictions(preds, top=5, class_index=None):
 
 
 # ------------------------------------------------------------------ models
-def keras_layer_order(inputs, outputs):
-    """The layers of the graph from ``inputs`` to ``outputs`` in Keras 3's ``model.layers``
-    order (``keras/src/ops/function.py`` ``map_graph``): by decreasing depth (distance to the
-    outputs), layers of equal depth in the order a depth-first walk from the outputs first
-    reaches them. This is the order of ``get_weights()`` and of Keras's legacy .h5 weight
-    files, so it decides which arrays go where.
-    """
-    input_ids = {id(t) for t in inputs}
-    finished, in_progress = set(), set()
-    post_order, first_seen = [], {}
-
-    def visit(tensor):
-        node = tensor.node
-        if id(node) in finished:
-            return
-        is_input = not node.inputs
-        if not is_input and id(tensor) in input_ids:
-            finished.add(id(node))
-            return
-        if id(node) in in_progress:
-            raise ValueError(f"the graph has a cycle through layer {node.layer.name!r}")
-        first_seen.setdefault(id(node.layer), len(first_seen))
-        in_progress.add(id(node))
-        for parent in node.inputs:
-            visit(parent)
-        finished.add(id(node))
-        in_progress.discard(id(node))
-        post_order.append(node)
-
-    for out in outputs:
-        visit(out)
-    in_graph = {id(n) for n in post_order}
-    node_depth, layer_depth, layers = {}, {}, {}
-    for node in reversed(post_order):
-        depth = node_depth.setdefault(id(node), 0)
-        depth = max(depth, layer_depth.get(id(node.layer), 0))
-        layer_depth[id(node.layer)] = depth
-        layers[id(node.layer)] = node.layer
-        node_depth[id(node)] = depth
-        for parent in node.inputs:
-            pnode = parent.node
-            if id(pnode) in in_graph:
-                node_depth[id(pnode)] = max(depth + 1, node_depth.get(id(pnode), 0))
-    return sorted(layers.values(),
-                  key=lambda layer: (-layer_depth[id(layer)], first_seen[id(layer)]))
-
-
 def source_inputs(tensor):
     """The Input tensors ``tensor`` depends on (Keras's ``get_source_inputs``)."""
     out, seen = [], set()
@@ -467,19 +420,12 @@ def input_tensor_or_new(input_tensor, input_shape):
 
 
 def build_model(img_input, input_tensor, x, name):
-    """``Functional(inputs, x, name=name)`` with Keras's layer order (see
-    :func:`keras_layer_order`): ``model.layers``, ``get_weights()`` and ``summary()`` list
-    the layers as Keras does."""
+    """``Functional(inputs, x, name=name)``; its ``layers`` are in Keras's order (see
+    :func:`fastcnn.graph.keras_layer_order`), so ``get_weights()``, ``summary()`` and
+    Keras's weight files list them as Keras does."""
     from ..model import Model
     inputs = source_inputs(input_tensor) if input_tensor is not None else [img_input]
-    model = Model(inputs[0] if len(inputs) == 1 else inputs, x, name=name)
-    order = keras_layer_order(inputs, [x])
-    current = model._graph_layers
-    if len(order) != len(current) or {id(layer) for layer in order} != {
-            id(layer) for layer in current}:
-        raise AssertionError("applications: Keras's layer order lost or added a layer")
-    model._graph_layers = order
-    return model
+    return Model(inputs[0] if len(inputs) == 1 else inputs, x, name=name)
 
 
 def load_weights(model, weights, fname, origin, md5):

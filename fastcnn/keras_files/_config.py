@@ -436,58 +436,6 @@ def keras_layer_config(layer, config):
     return out
 
 
-def keras_layer_order(model):
-    """The order of ``model.layers`` Keras gives the same graph (Keras's ``map_graph``:
-    by decreasing depth from the outputs, ties in the order a depth-first walk from the
-    outputs first meets them): the order of a Keras file's layers and weight groups."""
-    from ..model import Sequential
-    if isinstance(model, Sequential) or model._graph is None:
-        return list(model.layers)
-    _, ins, outs = model._graph
-    # Keras walks its flattened outputs: a dict's values in the order of its sorted keys
-    # (keras.tree.flatten), a list's in order.
-    kind, keys = model._output_kind
-    if kind == "dict" and keys is not None:
-        outs = [t for _, t in sorted(zip(keys, outs), key=lambda kt: kt[0])]
-    kind, keys = model._input_kind
-    if kind == "dict" and keys is not None:
-        ins = [t for _, t in sorted(zip(keys, ins), key=lambda kt: kt[0])]
-    finished, order, first_seen = set(), [], {}
-    for out in outs:
-        stack = [(out.node, False)]
-        while stack:
-            node, expanded = stack.pop()
-            if id(node) in finished:
-                continue
-            if expanded:
-                finished.add(id(node))
-                order.append(node)
-                continue
-            first_seen.setdefault(id(node.layer), len(first_seen))
-            stack.append((node, True))
-            if not isinstance(node.layer, InputLayer):
-                # Keras walks the inputs in order, recursively: push them reversed.
-                for t in reversed(node.inputs):
-                    if id(t.node) not in finished:
-                        stack.append((t.node, False))
-    node_depth, layer_depth, layers = {}, {}, {}
-    for node in reversed(order):
-        depth = node_depth.setdefault(id(node), 0)
-        depth = max(depth, layer_depth.get(id(node.layer), 0))
-        layer_depth[id(node.layer)] = depth
-        node_depth[id(node)] = depth
-        layers[id(node.layer)] = node.layer
-        for t in node.inputs:
-            node_depth[id(t.node)] = max(depth + 1, node_depth.get(id(t.node), 0))
-    for t in ins:   # an input no output depends on
-        if id(t.node.layer) not in layer_depth:
-            layer_depth[id(t.node.layer)] = 0
-            first_seen[id(t.node.layer)] = -1
-            layers[id(t.node.layer)] = t.node.layer
-    return sorted(layers.values(),
-                  key=lambda l: (-layer_depth[id(l)], first_seen[id(l)]))
-
-
 def _keras_class_name(layer):
     from ..model import Model, Sequential
     if isinstance(layer, Sequential):
@@ -540,7 +488,7 @@ def keras_model_config(model, layer_entry):
         for j, t in enumerate(node.outputs):
             ref[id(t)] = [node.layer.name, k, j]
     entries = []
-    for layer in keras_layer_order(model):
+    for layer in model.layers:
         if isinstance(layer, InputLayer):
             entry = {"module": "keras.layers", "class_name": "InputLayer",
                      "config": {"batch_shape": _shape(layer.batch_shape),
@@ -568,5 +516,5 @@ def keras_model_config(model, layer_entry):
             "build_config": {"input_shape": None}}
 
 
-__all__ = ["Reader", "keras_layer_config", "keras_layer_order", "keras_model_config",
+__all__ = ["Reader", "keras_layer_config", "keras_model_config",
            "snake_case", "keras_table", "accepted_arguments", "is_default"]

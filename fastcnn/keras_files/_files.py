@@ -272,7 +272,7 @@ def _keras3_layer_paths(model, prefix="", orders=None):
     recursed into (Keras's ``_save_container_state`` naming)."""
     out, used = [], {}
     orders = orders or {}
-    layers = orders.get(id(model)) or _config.keras_layer_order(model)
+    layers = orders.get(id(model)) or list(model.layers)
     for layer in layers:
         base = _config.snake_case(_keras_class(layer))
         if base in used:
@@ -418,7 +418,7 @@ def _plan_legacy(source, model, by_name, skip_mismatch, strict=False):
     root, names = _legacy_root(source)
     file_layers = _legacy_file_layers(source, root, names)
     plan = _Plan(source, model)
-    model_layers = _config.keras_layer_order(model)
+    model_layers = list(model.layers)
     if by_name:
         index = {}
         for layer in model_layers:
@@ -699,7 +699,7 @@ def _fill_keras3(f, model):
 
 
 def _fill_legacy_weights(group, model):
-    layers = _config.keras_layer_order(model)
+    layers = list(model.layers)
     group.attrs["layer_names"] = [layer.name.encode("utf8") for layer in layers]
     group.attrs["backend"] = b"tensorflow"
     group.attrs["keras_version"] = KERAS_VERSION.encode("utf8")
