@@ -366,3 +366,15 @@ def test_decode_predictions_reads_the_cached_index(tmp_path, offline, monkeypatc
     preds = np.zeros((1, 1000), np.float32)
     preds[0, 3] = 1
     assert applications.inception_v3.decode_predictions(preds, top=1)[0][0][1] == "class_3"
+
+
+def test_inception_v3_round_trips_through_fastcnns_own_file(tmp_path):
+    """A branched architecture saved as .fcnn loads with every weight in its layer (its
+    layers are in Keras's depth order, not the walk order: matched by name)."""
+    utils.clear_session()
+    model = applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3))
+    x = np.random.default_rng(0).random((1, 75, 75, 3)).astype(np.float32)
+    model.save(tmp_path / "inception.fcnn")
+    again = fastcnn.load_model(tmp_path / "inception.fcnn")
+    assert [l.name for l in again.layers] == [l.name for l in model.layers]
+    np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
