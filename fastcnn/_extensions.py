@@ -21,7 +21,7 @@ import importlib.util
 import warnings
 
 # Every csrc/<name>.pyx: the backend needs all of them.
-EXTENSIONS = ("conv", "pool", "elementwise", "simd", "depthwise")
+EXTENSIONS = ("conv", "pool", "elementwise", "simd", "depthwise", "batchnorm")
 
 # Must equal each extension's ABI_VERSION: a .so built from older sources (an in-place build
 # that was not redone after a `git pull`) is refused instead of failing later with an

@@ -18,7 +18,7 @@ import pytest
 
 import fastcnn
 from fastcnn import _device, backends, optimizers, regularizers
-from fastcnn.layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten,
+from fastcnn.layers import (Conv2D, Cropping2D, Dense, Dropout, Flatten,
                             MaxPooling2D)
 
 pytestmark = pytest.mark.skipif(
@@ -304,11 +304,13 @@ def test_an_exception_inside_the_scope_still_brings_the_state_home(strict):
 
 # ------------------------------------------------------------------------ bad input
 def test_a_layer_without_device_kernels_is_refused_at_entry():
-    model = fastcnn.Sequential([Flatten(input_shape=(4, 2)), BatchNormalization(), Dense(2)])
+    # (BatchNormalization runs on the device since it became kernel ops: Cropping2D still
+    # slices in NumPy at the layer level.)
+    model = fastcnn.Sequential([Cropping2D(1, input_shape=(4, 4, 2)), Flatten(), Dense(2)])
     kernel = model.layers[2].kernel
     with fastcnn.use_backend("cuda"):
         with pytest.raises(NotImplementedError,
-                           match=r"layer 'batch_normalization.*' \(BatchNormalization\) "
+                           match=r"layer 'cropping2d.*' \(Cropping2D\) "
                                  r"cannot run on backend 'cuda'"):
             with _device.scope(model):
                 pass  # pragma: no cover

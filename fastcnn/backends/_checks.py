@@ -117,3 +117,18 @@ def check_bias(b, n_out, like):
         if b.shape != (n_out,):
             raise ValueError(f"b must have shape ({n_out},), got {b.shape}")
 
+
+
+def check_batchnorm_args(x, gamma, beta, mean, var):
+    """x (..., C) of rank >= 2; gamma, beta (None allowed), mean, var (C,) of x's dtype."""
+    check_float("x", x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have rank >= 2 (batch, ..., channels), got shape {x.shape}")
+    c = x.shape[-1]
+    for name, a in (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)):
+        if a is None and name in ("gamma", "beta"):
+            continue
+        check_same_dtype(name, a, x)
+        if a.shape != (c,):
+            raise ValueError(f"{name} must have shape ({c},) (one value per channel of x, "
+                             f"shape {x.shape}), got {a.shape}")

@@ -140,6 +140,14 @@ def _labels(logits, labels):
     _checks.check_labels(labels, logits.shape)
 
 
+def _bn_statistics(x):
+    _checks.check_float("x", x)
+
+
+def _batchnorm(x, gamma, beta, mean, var, *args, **kwargs):
+    _checks.check_batchnorm_args(x, gamma, beta, mean, var)
+
+
 def _elementwise_logits(logits, targets):
     _checks.check_float("logits", logits)
     _checks.check_same_dtype("targets", targets, logits)
@@ -189,6 +197,17 @@ def _ex_labels(rng, dtype):
 
 def _ex_binary(rng, dtype):
     return _a(rng, dtype, 4, 3), (rng.random((4, 3)) < 0.5).astype(dtype)
+
+
+def _ex_bn_statistics(rng, dtype):
+    return (2 + 3 * _a(rng, dtype, 2, 3, 4, 5),)
+
+
+def _ex_batchnorm(rng, dtype):
+    x = 2 + 3 * _a(rng, dtype, 2, 3, 4, 5)
+    mean = x.reshape(-1, 5).mean(axis=0)
+    var = ((x.reshape(-1, 5) - mean) ** 2).mean(axis=0)
+    return x, _a(rng, dtype, 5), _a(rng, dtype, 5), mean, var, 1e-3, True
 
 
 def _ex_conv_pool(rng, dtype):
@@ -256,6 +275,21 @@ SPEC_LIST = (
            "1 along shared axes", backward_returns="``-> (dx, dalpha)``; dalpha summed over "
            "the batch and the shared axes", family="numpy_activation", check=_prelu,
            example=_ex_prelu),
+    # Batch normalisation over the last axis (any rank: rows = every other position). Two
+    # ops of one routing family: the layer needs the batch statistics back to update its
+    # moving ones, and a forward's ctx is opaque (auto wraps it), so training computes them
+    # with the single op first and hands them to the pair.
+    OpSpec("batchnorm_statistics", "x",
+           "``-> (mean, var)`` per channel (the last axis) over all other axes; var biased "
+           "(Keras); x of rank >= 2", backward=None, family="batchnorm",
+           check=_bn_statistics, example=_ex_bn_statistics),
+    OpSpec("batchnorm", "x, gamma, beta, mean, var, epsilon, training",
+           "``-> (y, ctx)``; ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta`` per "
+           "channel (last axis); gamma, beta (C,) or None; training: mean/var are x's "
+           "batchnorm_statistics (the backward differentiates through them), else constants",
+           backward="dy, ctx, need_dx=True", backward_returns="``-> (dx, dgamma, dbeta)``; "
+           "dgamma / dbeta None where gamma / beta was; dx None when need_dx is False",
+           check=_batchnorm, example=_ex_batchnorm),
     OpSpec("softmax_cross_entropy", "logits, targets",
            "``-> (loss, dlogits)``; targets (N, K) rows of probabilities; loss is the batch "
            "mean; dlogits = (softmax*sum(t) - t) / N", backward=None,

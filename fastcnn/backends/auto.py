@@ -86,6 +86,9 @@ PREFERENCES = {
     # The exp / tanh / log1p based ones are the same NumPy code on every CPU backend
     # (fastcnn/backends/_activations.py): NumPy's SIMD math beats numba's scalar libm.
     ("numpy_activation", "any"): ("im2col",),
+    # Batch normalisation (batchnorm_statistics + the batchnorm pair): memory-bound passes
+    # over (rows, C); see fastcnn/backends/reference.py for the maths.
+    ("batchnorm", "any"): ("cython", "reference"),
     ("softmax_cross_entropy", "any"): ("cython", "im2col"),
     ("sparse_softmax_cross_entropy", "any"): ("cython", "im2col"),
     ("sigmoid_cross_entropy", "any"): ("im2col",),

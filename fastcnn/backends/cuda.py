@@ -40,6 +40,7 @@ import numpy as np
 
 from ..shapes import padded_output_shape
 from ._checks import (
+    check_batchnorm_args as _check_batchnorm_args,
     check_conv_args as _check_conv_args,
     check_depthwise_args as _check_depthwise_args,
     check_dense_args as _check_dense_args,
@@ -67,6 +68,7 @@ except ImportError as exc:  # numba / numba-cuda are an optional extra
     )
 else:
     _IMPORT_ERROR = None
+    from ._cuda import batchnorm as _kbn
     from ._cuda import conv as _kconv
     from ._cuda import depthwise as _kdw
     from ._cuda import elementwise as _kelem
@@ -383,6 +385,109 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     dx = _empty(xd.shape, dtype, "a depthwise conv input gradient", n)
     _launch_1d(_kdw.depthwise_dx, dtype, dx.size, dyd, wdv, dx, sh, sw, pt, pl)
     return _deliver(dx, on_device), dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# Batch normalisation (kernels: _cuda/batchnorm.py), x as (rows, C)
+# ----------------------------------------------------------------------------------------
+
+# The per-channel reductions over the rows are cut into fixed chunks (one thread per chunk
+# and channel), at least this many rows each; the chunking depends on the shapes only and
+# the partials are combined in chunk order: deterministic, no float atomics.
+_BN_THREADS = 1 << 16
+_BN_MIN_ROWS = 256
+
+
+def _bn_splits(rows, c):
+    """``(chunks, rows per chunk)`` for a per-channel reduction over ``rows`` rows."""
+    wanted = max(1, -(-_BN_THREADS // max(c, 1)))
+    per = max(_BN_MIN_ROWS, -(-rows // wanted))
+    return -(-rows // per), per
+
+
+def _bn_2d(a):
+    shape = tuple(a.shape)
+    return a.reshape(math.prod(shape[:-1]), shape[-1])
+
+
+def batchnorm_statistics(x):
+    meta = _meta(x)
+    _check_float("x", meta)
+    if meta.ndim < 2:
+        raise ValueError(f"x must have rank >= 2 (batch, ..., channels), got shape {meta.shape}")
+    on_device = _any_device(x)
+    xd = to_device(x, "x", batch=x.shape[0])
+    x2 = _bn_2d(xd)
+    rows, c = x2.shape
+    mean = _empty((c,), x.dtype, "a batch mean")
+    var = _empty((c,), x.dtype, "a batch variance")
+    if rows == 0 or c == 0:
+        nan = to_device(np.full((c,), np.nan, dtype=x.dtype), "a batch statistic")
+        mean, var = nan, to_device(np.full((c,), np.nan, dtype=x.dtype), "a batch statistic")
+    else:
+        chunks, per = _bn_splits(rows, c)
+        partial = _empty((chunks, 2, c), x.dtype, "the partial sums of batch statistics")
+        _launch_1d(_kbn.bn_stats_partials, x.dtype, chunks * c, x2, partial, per)
+        _launch_1d(_kbn.bn_stats_combine, x.dtype, c, partial, per, rows, mean, var)
+    return _deliver(mean, on_device), _deliver(var, on_device)
+
+
+def batchnorm_forward(x, gamma, beta, mean, var, epsilon, training):
+    _check_batchnorm_args(_meta(x), _meta(gamma), _meta(beta), _meta(mean), _meta(var))
+    on_device = _any_device(x, gamma, beta, mean, var)
+    dtype = x.dtype
+    xd = to_device(x, "x", batch=x.shape[0])
+    x2 = _bn_2d(xd)
+    c = x2.shape[1]
+    # Copies of the statistics: ctx must not follow a later in-place moving update.
+    meand = _empty((c,), dtype, "a batch-norm mean")
+    meand.copy_to_device(to_device(mean, "mean"))
+    inv_std = _empty((c,), dtype, "a batch-norm 1/sqrt(var + epsilon)")
+    _launch_1d(_kbn.bn_inv_std, dtype, c, to_device(var, "var"), float(epsilon), inv_std)
+    gd = to_device(gamma, "gamma") if gamma is not None else None
+    bd = to_device(beta, "beta") if beta is not None else None
+    y = _empty(xd.shape, dtype, "a batch-norm output", x.shape[0])
+    _launch_1d(_kbn.bn_normalize, dtype, x2.size, x2, meand, inv_std,
+               gd if gd is not None else inv_std, bd if bd is not None else inv_std,
+               _bn_2d(y), gd is not None, bd is not None)
+    return _deliver(y, on_device), (bool(training), xd, meand, inv_std, gd, bd is not None)
+
+
+def batchnorm_backward(dy, ctx, need_dx=True):
+    training, xd, meand, inv_std, gd, has_beta = ctx
+    _check_like("dy", dy, xd.shape, xd.dtype)
+    on_device = _any_device(dy)
+    dtype = xd.dtype
+    dyd = to_device(dy, "dy", batch=xd.shape[0])
+    x2, dy2 = _bn_2d(xd), _bn_2d(dyd)
+    rows, c = x2.shape
+    if rows == 0 or c == 0:
+        dbeta, dgamma = zeros((c,), dtype), zeros((c,), dtype)
+    else:
+        dbeta = _empty((c,), dtype, "a beta gradient")
+        dgamma = _empty((c,), dtype, "a gamma gradient")
+        chunks, per = _bn_splits(rows, c)
+        partial = _empty((chunks, 2, c), dtype, "the partial sums of batch-norm gradients")
+        _launch_1d(_kbn.bn_grad_partials, dtype, chunks * c, x2, dy2, meand, inv_std,
+                   partial, per)
+        _launch_1d(_kbn.bn_grad_combine, dtype, c, partial, dbeta, dgamma)
+    dx = None
+    if need_dx:
+        dx = _empty(xd.shape, dtype, "a batch-norm input gradient", xd.shape[0])
+        _launch_1d(_kbn.bn_dx, dtype, x2.size, x2, dy2, meand, inv_std,
+                   gd if gd is not None else inv_std, dbeta, dgamma, gd is not None,
+                   training, _bn_2d(dx))
+        dx = _deliver(dx, on_device)
+    return (dx, _deliver(dgamma, on_device) if gd is not None else None,
+            _deliver(dbeta, on_device) if has_beta else None)
+
+
+def batchnorm_moving_update(moving, batch, momentum):
+    """``moving = moving * momentum + batch * (1 - momentum)`` in place on the device
+    (BatchNormalization's moving statistics inside a device scope)."""
+    if moving.size:
+        _launch_1d(_kbn.bn_moving_update, moving.dtype, moving.size, moving,
+                   to_device(batch, "a batch statistic"), float(momentum))
 
 
 # ----------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ _pool = _extensions.modules.get("pool", _Unavailable())
 _elt = _extensions.modules.get("elementwise", _Unavailable())
 _simd = _extensions.modules.get("simd", _Unavailable())
 _dwc = _extensions.modules.get("depthwise", _Unavailable())
+_bn = _extensions.modules.get("batchnorm", _Unavailable())
 _ACT_NONE = 0
 # A float32 conv takes the direct path unless it has both few input channels and few
 # filters (a first layer such as LeNet-5's 1 -> 6): the kernel's blocks are 16 filters wide
@@ -357,6 +358,66 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     dx = np.empty(x.shape, dtype=x.dtype)
     _dwc.dx(dy, w.reshape(kh * kw, c * m), dx, kh, kw, sh, sw, pt, pl, m)
     return dx, dw, db
+
+
+# --- batch normalisation ----------------------------------------------------------------------
+# csrc/batchnorm.pyx: x as (rows, C), loops over the contiguous channels of a row, rows in
+# fixed blocks; the per-channel sums in double, one partial per block, added in block
+# order (thread-count independent). Forward: statistics (one read of x) and normalise;
+# backward: (dbeta, dgamma) sums and dx. ctx keeps x itself (no x_hat array is written).
+
+
+def _bn_rows(x):
+    x = np.ascontiguousarray(x)
+    return x, x.reshape(-1, x.shape[-1])
+
+
+def batchnorm_statistics(x):
+    _checks.check_float("x", x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have rank >= 2 (batch, ..., channels), got shape {x.shape}")
+    _, rows = _bn_rows(x)
+    mean = np.empty(x.shape[-1], dtype=x.dtype)
+    var = np.empty(x.shape[-1], dtype=x.dtype)
+    if rows.shape[0] == 0:   # as NumPy's mean of nothing
+        mean.fill(np.nan)
+        var.fill(np.nan)
+    elif rows.shape[1]:
+        _bn.statistics(rows, mean, var)
+    return mean, var
+
+
+def batchnorm_forward(x, gamma, beta, mean, var, epsilon, training):
+    _checks.check_batchnorm_args(x, gamma, beta, mean, var)
+    x, rows = _bn_rows(x)
+    mean = np.ascontiguousarray(mean).copy()   # ctx must not follow later in-place updates
+    inv_std = 1.0 / np.sqrt(var + epsilon)     # the reference's rounding, in x's dtype
+    gamma = None if gamma is None else np.ascontiguousarray(gamma)
+    beta = None if beta is None else np.ascontiguousarray(beta)
+    y = np.empty(x.shape, dtype=x.dtype)
+    _bn.normalize(rows, mean, inv_std, gamma, beta, y.reshape(rows.shape))
+    return y, (bool(training), rows, mean, inv_std, gamma, beta is not None, x.shape)
+
+
+def batchnorm_backward(dy, ctx, need_dx=True):
+    training, rows, mean, inv_std, gamma, has_beta, shape = ctx
+    dy = _float_array(dy, "dy", rows.dtype)
+    _check_shape(dy, shape, "dy")
+    dy2 = dy.reshape(rows.shape)
+    c = rows.shape[1]
+    dbeta = np.empty(c, dtype=rows.dtype)
+    dgamma = np.empty(c, dtype=rows.dtype)
+    _bn.grad_sums(rows, dy2, mean, inv_std, dbeta, dgamma)
+    grads = (dgamma if gamma is not None else None, dbeta if has_beta else None)
+    if not need_dx:
+        return (None, *grads)
+    scale = inv_std if gamma is None else gamma * inv_std
+    if not training:
+        return (dy2 * scale).reshape(shape), *grads
+    n = rows.shape[0]
+    dx = np.empty(shape, dtype=rows.dtype)
+    _bn.dx_train(rows, dy2, mean, inv_std, scale, dbeta / n, dgamma / n, dx.reshape(rows.shape))
+    return dx, *grads
 
 
 # --- pooling --------------------------------------------------------------------------------

@@ -230,7 +230,7 @@ def avgpool2d_backward(dy, ctx):
 
 # One BLAS GEMM (x @ w, its transposes for the backward), as in the reference: the
 # registry binds the reference's dense_forward / dense_backward here (fastcnn info: "=reference").
-REUSES = {"dense": "reference"}
+REUSES = {"dense": "reference", "batchnorm": "reference", "batchnorm_statistics": "reference"}
 
 
 # ----------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from ._checks import (
     check_same_dtype as _check_same_dtype,
     check_rank as _check_rank,
     check_labels as _check_labels,
+    check_batchnorm_args as _check_batchnorm_args,
 )
 
 # ----------------------------------------------------------------------------------------
@@ -331,6 +332,91 @@ def dense_backward(dy, ctx):
     # dy[n, u]/db[u] = 1, summed over the batch
     db = dy.sum(axis=0) if has_bias else None
     return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# Batch normalisation (channels last, any rank: the rows are every position of every sample)
+# ----------------------------------------------------------------------------------------
+#
+# x is seen as a matrix of R = x.size // C rows (every sample, every pixel) and C channels.
+# Per channel c, with mean m_c and (biased) variance v_c:
+#
+#     x_hat[r, c] = (x[r, c] - m_c) / sqrt(v_c + eps),     y = gamma * x_hat + beta
+#
+# In training the statistics are the batch's own (batchnorm_statistics(x)); in inference
+# they are the layer's moving statistics, constants. These are Keras's numbers: the mean,
+# then the variance as the mean of the squared centred values (two passes, no E[x^2] -
+# E[x]^2 cancellation), 1 / sqrt(v + eps), all in x's dtype.
+
+
+def batchnorm_statistics(x):
+    """``(mean, var)`` per channel (the last axis) over every other axis; var is biased."""
+    _check_float("x", x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have rank >= 2 (batch, ..., channels), got shape {x.shape}")
+    flat = x.reshape(-1, x.shape[-1])
+    mean = flat.mean(axis=0)
+    centered = flat - mean
+    var = np.einsum("ij,ij->j", centered, centered) / flat.shape[0]
+    return mean, var
+
+
+def batchnorm_forward(x, gamma, beta, mean, var, epsilon, training):
+    """``y = gamma * (x - mean) / sqrt(var + epsilon) + beta`` per channel.
+
+    ``training`` says that ``mean`` and ``var`` are x's own batch statistics (then the
+    backward differentiates through them); False: constants (the moving statistics).
+    """
+    _check_batchnorm_args(x, gamma, beta, mean, var)
+    flat = x.reshape(-1, x.shape[-1])
+    inv_std = 1.0 / np.sqrt(var + epsilon)
+    x_hat = flat - mean
+    x_hat *= inv_std
+    if gamma is not None:
+        y = x_hat * gamma
+        if beta is not None:
+            y += beta
+    else:
+        y = x_hat + beta if beta is not None else x_hat.copy()
+    return y.reshape(x.shape), (bool(training), x_hat, inv_std, gamma, beta is not None,
+                                x.shape)
+
+
+def batchnorm_backward(dy, ctx, need_dx=True):
+    """``(dx, dgamma, dbeta)`` of :func:`batchnorm_forward` (dgamma / dbeta None where
+    gamma / beta was None; dx None when need_dx is False).
+
+    y = gamma * x_hat + beta, so ``dbeta = sum_r dy`` and ``dgamma = sum_r dy * x_hat``
+    (each parameter is shared by the R rows of its channel).
+
+    Inference: x_hat = (x - m) * s with s = 1 / sqrt(v + eps) a constant, so the map is
+    affine per channel and ``dx = dy * gamma * s``.
+
+    Training: m and v are functions of every x of the channel. With g = dy * gamma (the
+    gradient with respect to x_hat) and s as above,
+    ``d x_hat[r] / d x[q] = s * (delta_rq - 1/R - x_hat[r] * x_hat[q] / R)``
+    (the mean's derivative is 1/R; the variance's is 2 (x[q] - m) / R, which through
+    s = (v + eps)^(-1/2) becomes -s * x_hat[q] / R after the factors cancel), so
+
+        dx[q] = s * (g[q] - mean_r(g) - x_hat[q] * mean_r(g * x_hat))
+              = gamma * s * (dy[q] - dbeta / R - x_hat[q] * dgamma / R).
+    """
+    training, x_hat, inv_std, gamma, has_beta, shape = ctx
+    dy = dy.reshape(-1, shape[-1])
+    dbeta = dy.sum(axis=0)
+    dgamma = np.einsum("ij,ij->j", dy, x_hat)
+    grads = (dgamma if gamma is not None else None, dbeta if has_beta else None)
+    if not need_dx:
+        return (None, *grads)
+    scale = inv_std if gamma is None else gamma * inv_std
+    if not training:
+        return (dy * scale).reshape(shape), *grads
+    n = dy.shape[0]
+    dx = x_hat * (dgamma / n)
+    np.subtract(dy, dx, out=dx)
+    dx -= dbeta / n
+    dx *= scale
+    return dx.reshape(shape), *grads
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """BatchNormalization (Keras's ``keras.layers.BatchNormalization``), channels last.
 
-Written in NumPy at the layer level, not as a kernel of the backend contract: batch
-normalisation is a few passes of elementwise arithmetic and per-channel sums, bound by
-memory traffic rather than arithmetic, so a JIT or compiled kernel would gain little. The
-layer therefore runs unchanged, with identical results, on every backend.
+The compute is two ops of the kernel contract (fastcnn/backends/_specs.py):
+``batchnorm_statistics`` (the batch's per-channel mean and biased variance, in training)
+and the ``batchnorm_forward`` / ``batchnorm_backward`` pair; the reference backend holds
+the readable NumPy and the maths of the backward. The layer keeps only the moving-statistics
+update (Keras's momentum rule), in place: in NumPy on the host, with the device backend's
+kernel on a device array (so the layer runs on 'cuda' too).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from .. import initializers
+from .. import _device, backends, initializers
 from .base import Layer, format_shape, serialize_initializer
 
 
@@ -32,6 +34,8 @@ class BatchNormalization(Layer):
     moving_variance; the last two are non-trainable weights (saved, counted in
     ``summary()`` as non-trainable, never touched by the optimizer).
     """
+
+    runs_on_device = True  # backend ops only (the moving update: the device's kernel)
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
@@ -88,59 +92,34 @@ class BatchNormalization(Layer):
         return input_shape
 
     def forward(self, x, training=False):
-        channels = x.shape[-1]
-        flat = x.reshape(-1, channels)  # a view of contiguous input: rows = every position
+        backend = backends.current()
         batch_mode = training and self.trainable
         if batch_mode:
-            mean = flat.mean(axis=0)
-            centered = flat - mean
-            var = np.einsum("ij,ij->j", centered, centered) / flat.shape[0]
-            inv_std = 1.0 / np.sqrt(var + self.epsilon)
-            x_hat = centered
-            x_hat *= inv_std
-            # In place: the arrays are the layer's weights (optimizers, saves hold them).
-            m = self.momentum
-            self.moving_mean *= m
-            self.moving_mean += (1.0 - m) * mean
-            self.moving_variance *= m
-            self.moving_variance += (1.0 - m) * var
+            mean, var = backend.batchnorm_statistics(x)
+            self._update_moving(self.moving_mean, mean)
+            self._update_moving(self.moving_variance, var)
         else:
-            inv_std = 1.0 / np.sqrt(self.moving_variance + self.epsilon)
-            x_hat = (flat - self.moving_mean) * inv_std
-        # x_hat is kept for backward: y is a new array unless the layer has no gamma/beta.
-        if self.gamma is not None:
-            y = x_hat * self.gamma
-            if self.beta is not None:
-                y += self.beta
-        else:
-            y = x_hat if self.beta is None else x_hat + self.beta
-        return y.reshape(x.shape), (batch_mode, x_hat, inv_std, x.shape)
+            mean, var = self.moving_mean, self.moving_variance
+        y, ctx = backend.batchnorm_forward(x, self.gamma, self.beta, mean, var, self.epsilon,
+                                           batch_mode)
+        return y, (backend, ctx)
+
+    def _update_moving(self, moving, batch):
+        """``moving = moving * momentum + batch * (1 - momentum)``, in place: the arrays
+        are the layer's weights (optimizers, saves, a device scope hold them)."""
+        m = self.momentum
+        if _device.is_device_array(moving):
+            _device.update_kernels().batchnorm_moving_update(moving, batch, m)
+            return
+        moving *= m
+        moving += (1.0 - m) * batch
 
     def backward(self, dy, ctx, need_dx=True):
-        batch_mode, x_hat, inv_std, shape = ctx
-        dy = dy.reshape(-1, shape[-1])
-        grads = []
-        dbeta = dy.sum(axis=0)
-        dgamma = np.einsum("ij,ij->j", dy, x_hat)
-        if self.gamma is not None:
-            grads.append(dgamma)
-        if self.beta is not None:
-            grads.append(dbeta)
-        grads = tuple(grads)
-        if not need_dx:
-            return None, grads
-        scale = inv_std if self.gamma is None else self.gamma * inv_std
-        if not batch_mode:
-            # The moving statistics are constants: an affine map per channel.
-            return (dy * scale).reshape(shape), grads
-        # The exact batch-norm gradient (the batch mean and variance depend on x):
-        # dx = gamma / sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
-        n = dy.shape[0]
-        dx = x_hat * (dgamma / n)
-        np.subtract(dy, dx, out=dx)
-        dx -= dbeta / n
-        dx *= scale
-        return dx.reshape(shape), grads
+        backend, op_ctx = ctx
+        dx, dgamma, dbeta = backend.batchnorm_backward(dy, op_ctx, need_dx)
+        grads = (() if self.gamma is None else (dgamma,)) + (
+            () if self.beta is None else (dbeta,))
+        return dx, grads
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "momentum": self.momentum,

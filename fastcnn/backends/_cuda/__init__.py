@@ -5,6 +5,7 @@
 * :mod:`.conv`: conv forward as a tiled implicit GEMM in shared memory; dW and db as a
   split, deterministic reduction; dx as a gather; the dense dx GEMM.
 * :mod:`.depthwise`: depthwise conv forward, dx gather, dW/db as split partials.
+* :mod:`.batchnorm`: batch normalisation: chunked per-channel reductions, element-wise passes.
 * :mod:`.pool`: max / average pooling forwards and their gather backwards.
 * :mod:`.elementwise`: activations, softmax, small helpers, the single-block reduction.
 * :mod:`.losses`: the fused softmax / sigmoid cross-entropies.
@@ -21,5 +22,5 @@ checked by compiling to PTX as well as by running in the simulator):
 * no Python objects (lists, dicts) inside kernels;
 * float32 kernels do float32 arithmetic only (every constant is cast to the kernel type).
 """
-from . import conv, depthwise, elementwise, losses, optim, pool  # noqa: F401  (registers the kernels)
+from . import batchnorm, conv, depthwise, elementwise, losses, optim, pool  # noqa: F401  (registers the kernels)
 from ._jit import KERNELS  # noqa: F401
