@@ -7,8 +7,8 @@ when nothing prevents it (:func:`infer`, called by ``Trainer._infer``).
 
 What compiling does, once per model and batch size:
 
-* **Lowering** (batch-free): the graph's nodes become *ops*. Dropout and other layers that
-  are the identity at inference disappear; Flatten and Reshape become views (no copy);
+* **Lowering** (batch-free): the graph's nodes become *ops*. Dropout and a linear
+  Activation disappear; Flatten and Reshape become views (no copy);
   BatchNormalization right after a Conv2D or Dense (that feeds only it, with a linear
   activation) is folded into that layer's weights: ``w' = w * s``, ``b' = (b - mean) * s +
   beta`` with ``s = gamma / sqrt(var + eps)``; an Activation (or a default ReLU layer)
@@ -56,11 +56,11 @@ Guarantees:
   (default arguments or relu6), Softmax (last axis), BatchNormalization, Add (two
   inputs). Other fastcnn layers whose inference forward is a pure function (ELU,
   LeakyReLU, PReLU, Rescaling, ZeroPadding2D, Concatenate and the other merges,
-  GlobalMaxPooling2D, a dilated Conv2D, ...) run their own forward as one step of the
-  Python plan. The C runner holds the lowered kinds (an Add, a standalone
+  GlobalMaxPooling2D, a dilated Conv2D, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
+  UpSampling2D, Cropping2D, ...) run their own forward as one step of the Python plan. The C runner holds the lowered kinds (an Add, a standalone
   BatchNormalization and the activations relu, relu6, sigmoid, tanh, softmax included).
-* A model with a layer the plan cannot hold (a nested model, a custom layer, a
-  preprocessing layer that is not the identity at inference, ...): ``compile_inference``
+* A model with a layer the plan cannot hold (a nested model, a custom layer, the random
+  augmentation layers, Resizing, CenterCrop, ...): ``compile_inference``
   raises :class:`InferencePlanError` naming the layer; ``predict`` keeps working layer by
   layer (it remembers the refusal until the model changes).
 * Results equal the layer-by-layer forward within float32 rounding (BatchNormalization
@@ -1185,8 +1185,11 @@ def compile_inference(model, batch_size=None, runner="auto", _weak=False) -> Inf
 _cache = {}   # id(model) -> (weakref to the model, graph, backend name, plan or refusal)
 
 
-def _forget(_, key, cache=_cache):
-    cache.pop(key, None)
+def _forget(ref, key, cache=_cache):
+    # Only this model's entry: a new model may already reuse the dead one's id.
+    entry = cache.get(key)
+    if entry is not None and entry[0] is ref:
+        del cache[key]
 
 
 def infer(model, xs):
