@@ -57,8 +57,9 @@ Guarantees:
   inputs). Other fastcnn layers whose inference forward is a pure function (ELU,
   LeakyReLU, PReLU, Rescaling, ZeroPadding2D, Concatenate and the other merges,
   GlobalMaxPooling2D, a dilated Conv2D, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose,
-  UpSampling2D, Cropping2D, ...) run their own forward as one step of the Python plan. The C runner holds the lowered kinds (an Add, a standalone
-  BatchNormalization and the activations relu, relu6, sigmoid, tanh, softmax included).
+  UpSampling2D, Cropping2D, ...) run their own forward as one step of the Python plan.
+  The C runner holds the lowered kinds (an Add, a standalone BatchNormalization and the
+  activations relu, relu6, sigmoid, tanh, softmax included).
 * A model with a layer the plan cannot hold (a nested model, a custom layer, the random
   augmentation layers, Resizing, CenterCrop, ...): ``compile_inference``
   raises :class:`InferencePlanError` naming the layer; ``predict`` keeps working layer by

@@ -16,15 +16,17 @@ graph that ONNX Runtime runs with the same predictions (float32 rounding):
 * the batch dimension is dynamic unless ``batch_size`` is given;
 * inference semantics: Dropout and the random augmentation layers are the identity,
   BatchNormalization uses its moving statistics;
-* a layer without an ONNX mapping raises :class:`ValueError` naming the layer and its
-  class, and nothing is written (the file is written to a temporary name and renamed).
+* a layer without an ONNX mapping (Resizing, CenterCrop, RandomCrop, a custom layer, a
+  subclassed model) raises :class:`OnnxExportError` (a ValueError) naming the layer and
+  its class, and nothing is written (the file is written to a temporary name and renamed).
 
 **Import** (:func:`load_onnx`) turns a graph made of the operators fastcnn has into a
-Functional model: Conv (+bias; group 1, or depthwise when fastcnn has DepthwiseConv2D),
-Gemm / MatMul(+Add), Relu / Clip / LeakyRelu / Sigmoid / Tanh / Softmax / Elu / ...,
-MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool, Flatten / Reshape,
-BatchNormalization, Add / Sub / Mul / Max / Min / Concat, Pad (zeros), Transpose (as a
-layout change), Dropout / Identity. NCHW models (PyTorch's) become NHWC fastcnn models:
+Functional model: Conv (+bias; group 1 -> Conv2D, group = channels -> DepthwiseConv2D;
+dilations too), ConvTranspose -> Conv2DTranspose, Gemm / MatMul(+Add), Relu / Clip /
+LeakyRelu / Sigmoid / Tanh / Softmax / Elu / HardSwish / Gelu / ..., MaxPool / AveragePool /
+GlobalAveragePool / GlobalMaxPool, Flatten / Reshape, BatchNormalization, Add / Sub / Mul /
+Div / Max / Min / Concat, Pad (zeros), Resize by whole factors -> UpSampling2D (nearest,
+or half-pixel linear), Transpose (as a layout change), Dropout / Identity. NCHW models (PyTorch's) become NHWC fastcnn models:
 the model takes NHWC input, kernels are transposed, and a Flatten of NCHW features
 permutes the following Dense weights so that predictions match. A 4-D input that the
 graph transposes from NHWC itself, or any 4-D input of fastcnn's own exports (marked in
