@@ -541,7 +541,10 @@ class Trainer:
         return plan
 
     def _program(self, logits=frozenset(), need_input_grad=False):
-        key = (logits, need_input_grad)
+        # A Program fixes which steps run a backward from the trainable flags: freezing or
+        # unfreezing (the tutorials' fine-tuning) needs another one.
+        key = (logits, need_input_grad, self.trainable,
+               tuple(layer.trainable for layer in self._leaf_layers()))
         program = self._programs.get(key)
         if program is None:
             nodes, ins, outs = self._graph

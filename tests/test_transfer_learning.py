@@ -194,11 +194,6 @@ def test_partly_frozen_base_backward_stops_at_its_first_trainable_layer(conv_bac
     assert "c1" not in seen and "bn1" not in seen and "r1" not in seen, seen
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lead (fastcnn/training.py): Trainer._program caches the executor.Program by (logits, "
-    "need_input_grad) only, and the Program fixes which steps run a backward from the "
-    "trainable flags at construction; changing the flags after a first training step "
-    "(the tutorial's fine-tuning: unfreeze, recompile) keeps the stale program"))
 def test_unfreezing_after_training_rebuilds_the_backward(conv_backward_calls):
     base = _small_base()
     _freeze(base)
@@ -216,9 +211,6 @@ def test_unfreezing_after_training_rebuilds_the_backward(conv_backward_calls):
     assert not np.array_equal(kernel, base.get_layer("c1").kernel)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lead (fastcnn/training.py): the same stale Program the other way round: frozen after "
-    "a first training step, the base still runs its backward (wasted work, no update)"))
 def test_freezing_after_training_stops_the_backward(conv_backward_calls):
     base = _small_base()
     model = _head(base)
