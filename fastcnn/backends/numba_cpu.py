@@ -38,6 +38,7 @@ from ._checks import (
     check_float as _check_float,
     check_same_dtype as _check_same_dtype,
     check_rank as _check_rank,
+    check_batchnorm_args as _check_batchnorm_args,
 )
 
 try:
@@ -50,6 +51,7 @@ except ImportError as exc:  # numba is an optional extra
     )
 else:
     _UNAVAILABLE = None
+    from ._numba import batchnorm as _kbn
     from ._numba import kernels as _k
 
     #: The fastmath flags of every kernel (no nnan/ninf: NaN and -inf keep their meaning).
@@ -414,7 +416,78 @@ def _check_pool_dy(dy, y_shape):
 
 # One BLAS GEMM (x @ w, its transposes for the backward), as in the reference: the
 # registry binds the reference's dense_forward / dense_backward here (fastcnn info: "=reference").
-REUSES = {"dense": "reference", "batchnorm": "reference", "batchnorm_statistics": "reference"}
+REUSES = {"dense": "reference"}
+
+
+# ----------------------------------------------------------------------------------------
+# Batch normalisation: _numba/batchnorm.py, the structure of csrc/batchnorm.pyx (rows in
+# fixed blocks, float64 per-block partials combined in block order: thread-count
+# independent). ctx keeps x itself.
+# ----------------------------------------------------------------------------------------
+
+
+def _bn_block(c):
+    return max(8, 4096 // max(c, 1))
+
+
+def batchnorm_statistics(x):
+    _check_float("x", x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have rank >= 2 (batch, ..., channels), got shape {x.shape}")
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    r, c = rows.shape
+    mean = np.empty(c, dtype=x.dtype)
+    var = np.empty(c, dtype=x.dtype)
+    if r == 0:
+        mean.fill(np.nan)
+        var.fill(np.nan)
+    elif c:
+        block = _bn_block(c)
+        part = np.empty(((r + block - 1) // block, 2, c))
+        _kbn.stats_partials(rows, block, part)
+        _kbn.stats_combine(part, block, r, mean, var)
+    return mean, var
+
+
+def batchnorm_forward(x, gamma, beta, mean, var, epsilon, training):
+    _check_batchnorm_args(x, gamma, beta, mean, var)
+    x = np.ascontiguousarray(x)
+    rows = x.reshape(-1, x.shape[-1])
+    mean = np.ascontiguousarray(mean).copy()   # ctx must not follow later in-place updates
+    inv_std = 1.0 / np.sqrt(var + epsilon)     # the reference's rounding, in x's dtype
+    y = np.empty(x.shape, dtype=x.dtype)
+    if rows.size:
+        _kbn.normalize(rows, mean, inv_std, inv_std if gamma is None else gamma,
+                       inv_std if beta is None else beta, gamma is not None,
+                       beta is not None, y.reshape(rows.shape), _bn_block(rows.shape[1]))
+    return y, (bool(training), rows, mean, inv_std, gamma, beta is not None, x.shape)
+
+
+def batchnorm_backward(dy, ctx, need_dx=True):
+    training, rows, mean, inv_std, gamma, has_beta, shape = ctx
+    _check_same_dtype("dy", dy, rows)
+    if dy.shape != shape:
+        raise ValueError(f"dy must have shape {shape}, got {dy.shape}")
+    dy2 = np.ascontiguousarray(dy).reshape(rows.shape)
+    r, c = rows.shape
+    dbeta = np.zeros(c, dtype=rows.dtype)
+    dgamma = np.zeros(c, dtype=rows.dtype)
+    block = _bn_block(c)
+    if r and c:
+        part = np.empty(((r + block - 1) // block, 2, c))
+        _kbn.grad_partials(rows, dy2, mean, inv_std, block, part)
+        _kbn.grad_combine(part, dbeta, dgamma)
+    grads = (dgamma if gamma is not None else None, dbeta if has_beta else None)
+    if not need_dx:
+        return (None, *grads)
+    scale = inv_std if gamma is None else gamma * inv_std
+    if not training:
+        return (dy2 * scale).reshape(shape), *grads
+    dx = np.empty(shape, dtype=rows.dtype)
+    if r and c:
+        _kbn.dx_train(rows, dy2, mean, inv_std, scale, dbeta / r, dgamma / r,
+                      dx.reshape(rows.shape), block)
+    return dx, *grads
 
 
 # ----------------------------------------------------------------------------------------

@@ -140,21 +140,45 @@ def test_bad_arguments_name_the_argument():
 # ------------------------------------------------------------------ cython: threads
 
 
-@pytest.mark.skipif("cython" not in backends.available(), reason="cython backend unavailable")
+def _set_threads(name, n):
+    if name == "cython":
+        from fastcnn import _extensions
+        _extensions.set_num_threads(n)
+    else:
+        import numba
+        numba.set_num_threads(n)
+
+
+def _threaded():
+    out = []
+    for name in ("cython", "numba"):
+        if name in _bn_backends() and not backends.get(name).reused_from("batchnorm_forward"):
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("name", _threaded())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_cython_is_bitwise_equal_at_1_and_2_threads(dtype):
-    from fastcnn import _extensions
-    be = backends.get("cython")
+def test_compiled_kernels_are_bitwise_equal_at_1_and_2_threads(name, dtype):
+    if name == "numba":
+        import numba
+        if numba.config.NUMBA_NUM_THREADS < 2:
+            pytest.skip("numba's thread pool has one thread here (NUMBA_NUM_THREADS)")
+        before = numba.get_num_threads()
+    else:
+        from fastcnn import _extensions
+        before = _extensions.openmp_info()[1]
+    be = backends.get(name)
     rng = np.random.default_rng(7)
-    # 2000 blocks' worth of rows at 16 channels: several reduction blocks per thread.
-    x, gamma, beta, dy = _case(rng, (40, 20, 20, 16), dtype)
+    # 6400 rows of 16 channels: 25 reduction blocks of 256 rows, several per thread.
+    x, gamma, beta, dy = _case(rng, (16, 20, 20, 16), dtype)
     results = []
     try:
         for threads in (1, 2):
-            _extensions.set_num_threads(threads)
+            _set_threads(name, threads)
             results.append(_run(be, x, gamma, beta, dy, True))
     finally:
-        _extensions.set_num_threads(1)
+        _set_threads(name, before)
     for what, a, b in zip(("mean", "var", "y", "dx", "dgamma", "dbeta"), *results):
         np.testing.assert_array_equal(a, b, err_msg=what)
 
