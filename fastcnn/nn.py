@@ -22,8 +22,17 @@ hand-written training loop runs the same kernels as ``fit`` and works on every b
 :func:`fastcnn.autodiff.record`.
 
 Layout is NHWC (``data_format='NHWC'``, the default); filters are HWIO ``(kh, kw, C_in,
-C_out)``. ``padding`` is ``'SAME'`` / ``'VALID'`` (any case: TensorFlow's rule, computed by
-:mod:`fastcnn.shapes`) or explicit ``[[0, 0], [top, bottom], [left, right], [0, 0]]``.
+C_out)`` (``(kh, kw, C, channel_multiplier)`` for depthwise_conv2d, ``(kh, kw, C_out,
+C_in)`` for conv2d_transpose, as TensorFlow). ``padding`` is ``'SAME'`` / ``'VALID'`` (any
+case: TensorFlow's rule, computed by :mod:`fastcnn.shapes`) or explicit ``[[0, 0], [top,
+bottom], [left, right], [0, 0]]``.
+
+Dilated convolutions (``dilations`` > 1) run TensorFlow's space-to-batch around the same
+kernels (:mod:`fastcnn.layers._dilation`), and conv2d_transpose the phase decomposition of
+:mod:`fastcnn.layers.transpose`: that data movement is NumPy, so those two paths take host
+arrays only (a device array of the 'cuda' backend is refused, not copied). ``strides`` > 1
+together with ``dilations`` > 1 is refused, as TensorFlow's tf.nn.convolution and Keras do
+(TensorFlow's raw depthwise op computes something else there and warns).
 
 The cross-entropies return per-example losses, as TensorFlow does. The backends' fused
 kernels return the batch MEAN and its gradient ``dlogits_mean``; the per-example gradient
@@ -42,10 +51,12 @@ import numpy as np
 
 from . import _device, backends, ops, shapes, utils
 from .autodiff import Tensor, record, value_of
+from .layers import _dilation, transpose as _transpose
 from .ops import _kernel_array, _kernel_grad, _match, _refuse_device
 
 __all__ = [
-    "conv2d", "bias_add", "relu", "relu6", "elu", "selu", "gelu", "leaky_relu", "silu",
+    "conv2d", "depthwise_conv2d", "separable_conv2d", "conv2d_transpose", "bias_add",
+    "relu", "relu6", "elu", "selu", "gelu", "leaky_relu", "silu",
     "softplus", "softsign",
     "sigmoid", "tanh", "softmax", "log_softmax", "max_pool2d", "max_pool", "avg_pool2d",
     "avg_pool", "dropout", "softmax_cross_entropy_with_logits",
@@ -100,9 +111,10 @@ def _window_arg(value, argument, op):
     return values
 
 
-def _padding_arg(padding, spatial, window, stride, op, what, explicit=True):
+def _padding_arg(padding, spatial, window, stride, op, what, explicit=True, fit=True):
     """``((top, bottom), (left, right))`` for 'SAME' / 'VALID' (TensorFlow's rule, from
-    :mod:`fastcnn.shapes`) or an explicit NHWC list."""
+    :mod:`fastcnn.shapes`) or an explicit NHWC list (``fit``: checks that the window fits
+    the explicitly padded input)."""
     if isinstance(padding, str):
         if padding.lower() not in shapes.PADDINGS:
             raise ValueError(f"nn.{op}: padding must be 'SAME', 'VALID' or explicit "
@@ -130,7 +142,7 @@ def _padding_arg(padding, spatial, window, stride, op, what, explicit=True):
                          f"axis; expected [[0, 0], [top, bottom], [left, right], [0, 0]]")
     pad = ((int(pairs[1][0]), int(pairs[1][1])), (int(pairs[2][0]), int(pairs[2][1])))
     ho, wo = shapes.padded_output_shape(spatial, window, stride, pad)
-    if ho < 1 or wo < 1:
+    if fit and (ho < 1 or wo < 1):
         raise ValueError(f"nn.{op}: {what} {tuple(window)} does not fit the input "
                          f"{tuple(spatial)} with padding {padding!r}")
     return pad
@@ -165,15 +177,58 @@ def _pair(op, x, y, names):
 # --------------------------------------------------------------------- convolution
 
 
+def _dilation_arg(dilations, strides, stride, op):
+    """``(dh, dw)`` from TensorFlow's forms of ``dilations`` (as ``strides``); None is 1.
+    Refuses ``strides`` > 1 with ``dilations`` > 1 in TensorFlow's words."""
+    if dilations is None:
+        return (1, 1)
+    dilation = _window_arg(dilations, "dilations", op)
+    if dilation != (1, 1) and stride != (1, 1):
+        raise ValueError(
+            f"nn.{op}: `strides > 1` not supported in conjunction with `dilations > 1`: when "
+            f"a dilation is greater than 1, all values of strides must be 1 (TensorFlow's "
+            f"rule). Received: strides={strides!r} and dilations={dilations!r}")
+    return dilation
+
+
+def _host_path(op, why, arrays):
+    if any(_device.is_device_array(a) for a in arrays):
+        raise NotImplementedError(
+            f"nn.{op}: {why} moves data with NumPy around the backend's kernels and does not "
+            f"take device arrays of the 'cuda' backend (nothing is copied to the host "
+            f"silently): copy them explicitly (tensor.numpy())")
+
+
+def _filter_window(w, dilation):
+    return _dilation.effective_kernel(_shape(w)[:2], dilation)
+
+
+def _conv_node(op, kernel_op, input, filters, x, w, stride, pad, dilation):
+    """Records one conv of the backend's ``<kernel_op>_forward/backward`` (dilated through
+    space-to-batch when ``dilation`` > 1); the input gradient only when the tape needs it."""
+    if dilation != (1, 1):
+        _host_path(op, f"dilations={dilation}", (x, w))
+    backend = backends.current()
+    y, ctx = _dilation.conv_forward(backend, x, w, None, stride, pad, dilation, op=kernel_op)
+
+    def backward(dys, needs):
+        dx, dw, _ = _dilation.conv_backward(backend, _kernel_grad(dys[0], y), ctx,
+                                            need_dx=needs[0], op=kernel_op)
+        return _match(dx, input), (_match(dw, filters) if needs[1] else None)
+    return record(op, (input, filters), [y], backward)[0]
+
+
 def conv2d(input, filters, strides, padding, data_format="NHWC", dilations=None,
            name=None):
     """``tf.nn.conv2d``: 2-D cross-correlation of ``input`` (N, H, W, C_in) with
     ``filters`` (kh, kw, C_in, C_out), on the active backend's ``conv2d_forward`` /
-    ``conv2d_backward`` (the input gradient is computed only when the tape needs it)."""
+    ``conv2d_backward`` (the input gradient is computed only when the tape needs it).
+
+    ``dilations``: an int or a list of 1, 2 or 4 ints (``[1, dh, dw, 1]``), as ``strides``;
+    above 1 the filter taps are ``d`` apart (effective size ``(k - 1) * d + 1``), computed
+    exactly by TensorFlow's space-to-batch on the same kernels (host arrays), with strides
+    1 only."""
     _check_data_format(data_format, "conv2d")
-    if dilations is not None and _window_arg(dilations, "dilations", "conv2d") != (1, 1):
-        raise NotImplementedError(f"nn.conv2d: dilations={dilations!r} (dilated convolution) "
-                                  f"is not implemented; only 1")
     x, w = _pair("conv2d", input, filters, ("input", "filters"))
     _rank4(x, "input", "conv2d", "(N, H, W, C_in)")
     _rank4(w, "filters", "conv2d", "(kh, kw, C_in, C_out)")
@@ -182,14 +237,158 @@ def conv2d(input, filters, strides, padding, data_format="NHWC", dilations=None,
                          f"{_shape(w)}) but input has {x.shape[3]} (shape {_shape(x)}); "
                          f"expected filters of shape (kh, kw, {x.shape[3]}, C_out)")
     stride = _window_arg(strides, "strides", "conv2d")
-    pad = _padding_arg(padding, _shape(x)[1:3], _shape(w)[:2], stride, "conv2d", "filters")
+    dilation = _dilation_arg(dilations, strides, stride, "conv2d")
+    pad = _padding_arg(padding, _shape(x)[1:3], _filter_window(w, dilation), stride,
+                       "conv2d", "filters" if dilation == (1, 1) else "dilated filters")
+    return _conv_node("conv2d", "conv2d", input, filters, x, w, stride, pad, dilation)
+
+
+def _depthwise_args(op, input, filter, strides, padding, data_format, dilations,
+                    filter_name="filter"):
+    """Checks ``tf.nn.depthwise_conv2d``'s arguments: ``(x, w, stride, pad, dilation)``."""
+    _check_data_format(data_format, op)
+    x, w = _pair(op, input, filter, ("input", filter_name))
+    _rank4(x, "input", op, "(N, H, W, in_channels)")
+    _rank4(w, filter_name, op, "(kh, kw, in_channels, channel_multiplier)")
+    if w.shape[2] != x.shape[3]:
+        raise ValueError(
+            f"nn.{op}: input and {filter_name} must have the same depth (TensorFlow's rule): "
+            f"input has {x.shape[3]} channels (shape {_shape(x)}) but {filter_name} has "
+            f"{w.shape[2]} (shape {_shape(w)}); expected {filter_name} of shape "
+            f"(kh, kw, {x.shape[3]}, channel_multiplier)")
+    stride = _window_arg(strides, "strides", op)
+    if stride[0] != stride[1]:
+        raise ValueError(
+            f"nn.{op}: strides={strides!r}: TensorFlow's depthwise convolution only supports "
+            f"equal strides in the row and column dimensions; expected [1, s, s, 1]")
+    dilation = _dilation_arg(dilations, strides, stride, op)
+    pad = _padding_arg(padding, _shape(x)[1:3], _filter_window(w, dilation), stride, op,
+                       filter_name if dilation == (1, 1) else f"dilated {filter_name}")
+    return x, w, stride, pad, dilation
+
+
+def depthwise_conv2d(input, filter, strides, padding, data_format=None, dilations=None,
+                     name=None):
+    """``tf.nn.depthwise_conv2d``: each of the ``in_channels`` channels of ``input`` (N, H,
+    W, in_channels) convolved with its own ``channel_multiplier`` filters of ``filter`` (kh,
+    kw, in_channels, channel_multiplier); output channel ``c * channel_multiplier + m``, on
+    the active backend's ``depthwise_conv2d_forward`` / ``_backward``.
+
+    ``strides``: ``[1, s, s, 1]`` (equal row and column strides, as TensorFlow requires;
+    an int or ``[s, s]`` are taken too). ``dilations``: ``[dh, dw]`` (TensorFlow's ``rate``;
+    an int or ``[1, dh, dw, 1]`` too), with strides 1 only (see the module doc)."""
+    x, w, stride, pad, dilation = _depthwise_args(
+        "depthwise_conv2d", input, filter, strides, padding, data_format, dilations)
+    return _conv_node("depthwise_conv2d", "depthwise_conv2d", input, filter, x, w, stride,
+                      pad, dilation)
+
+
+def separable_conv2d(input, depthwise_filter, pointwise_filter, strides, padding,
+                     data_format=None, dilations=None, name=None):
+    """``tf.nn.separable_conv2d``: :func:`depthwise_conv2d` with ``depthwise_filter`` (kh,
+    kw, in_channels, channel_multiplier), ``strides``, ``padding`` and ``dilations``, then a
+    1x1 conv (stride 1) with ``pointwise_filter`` (1, 1, in_channels * channel_multiplier,
+    out_channels): two tape nodes on the backend's depthwise and conv kernels."""
+    op = "separable_conv2d"
+    x, w, stride, pad, dilation = _depthwise_args(
+        op, input, depthwise_filter, strides, padding, data_format, dilations,
+        "depthwise_filter")
+    p = _kernel_array(pointwise_filter, op, "pointwise_filter")
+    _same_dtype(op, x, p, ("input", "pointwise_filter"))
+    _rank4(p, "pointwise_filter", op, "(1, 1, in_channels * channel_multiplier, out_channels)")
+    c, m = w.shape[2], w.shape[3]
+    if _shape(p)[:3] != (1, 1, c * m):
+        raise ValueError(
+            f"nn.{op}: pointwise_filter must have shape (1, 1, in_channels * "
+            f"channel_multiplier, out_channels) = (1, 1, {c} * {m}, out_channels) = "
+            f"(1, 1, {c * m}, out_channels) for depthwise_filter of shape {_shape(w)}, got "
+            f"{_shape(p)}")
+    depthwise = _conv_node("depthwise_conv2d", "depthwise_conv2d", input, depthwise_filter,
+                           x, w, stride, pad, dilation)
+    return _conv_node(op, "conv2d", depthwise, pointwise_filter, depthwise.value, p, (1, 1),
+                      ((0, 0), (0, 0)), (1, 1))
+
+
+def _output_shape_arg(output_shape, x, w, op):
+    """TensorFlow's ``output_shape`` (4 values, or the 2 spatial ones) -> ``(Ho, Wo)``;
+    its batch and channels must be the input's and the filters'."""
+    value = value_of(output_shape)
+    if _device.is_device_array(value):
+        value = _device.host_copy(value)
+    try:
+        items = np.asarray(value)
+    except (TypeError, ValueError):
+        items = None
+    if items is None or items.ndim != 1 or items.size not in (2, 4) or \
+            items.dtype.kind not in "iu":
+        raise ValueError(f"nn.{op}: output_shape must be 4 ints (N, H, W, C_out) or the 2 "
+                         f"spatial ones (H, W), got {output_shape!r}")
+    items = [int(v) for v in items]
+    if len(items) == 4:
+        if items[0] != x.shape[0]:
+            raise ValueError(f"nn.{op}: output_shape {tuple(items)} has batch size {items[0]} "
+                             f"but input has {x.shape[0]} (shape {_shape(x)}); they must be "
+                             f"the same")
+        if items[3] != w.shape[2]:
+            raise ValueError(f"nn.{op}: output_shape {tuple(items)} has {items[3]} channels "
+                             f"but filters give {w.shape[2]} (filters are (kh, kw, C_out, "
+                             f"C_in), shape {_shape(w)}); they must be the same")
+        items = items[1:3]
+    if any(v < 1 for v in items):
+        raise ValueError(f"nn.{op}: output_shape must be >= 1, got {output_shape!r}")
+    return tuple(items)
+
+
+def conv2d_transpose(input, filters, output_shape, strides, padding="SAME",
+                     data_format="NHWC", dilations=None, name=None):
+    """``tf.nn.conv2d_transpose``: the gradient of :func:`conv2d` with respect to its input
+    ("deconvolution"): ``input`` (N, H, W, C_in), ``filters`` (kh, kw, C_out, C_in) as
+    TensorFlow (the kernel of the conv from the output space back to the input), the result
+    of shape ``output_shape`` (N, H', W', C_out); that conv of ``output_shape`` with
+    ``strides``, ``padding`` and ``dilations`` must give exactly (H, W), as TensorFlow
+    requires. On the backend's conv kernels through the phase decomposition of
+    :mod:`fastcnn.layers.transpose` (host arrays); the backward is the conv itself (input
+    gradient) and its filter gradient. ``dilations`` > 1 with strides 1 only (TensorFlow CPU
+    refuses any dilation here; this computes what its GPU kernel does)."""
+    op = "conv2d_transpose"
+    _check_data_format(data_format, op)
+    x, w = _pair(op, input, filters, ("input", "filters"))
+    _rank4(x, "input", op, "(N, H, W, C_in)")
+    _rank4(w, "filters", op, "(kh, kw, C_out, C_in)")
+    if w.shape[3] != x.shape[3]:
+        raise ValueError(f"nn.{op}: filters have {w.shape[3]} input channels (their last "
+                         f"axis; shape {_shape(w)}) but input has {x.shape[3]} (shape "
+                         f"{_shape(x)}); expected filters of shape (kh, kw, C_out, "
+                         f"{x.shape[3]})")
+    out_hw = _output_shape_arg(output_shape, x, w, op)
+    stride = _window_arg(strides, "strides", op)
+    dilation = _dilation_arg(dilations, strides, stride, op)
+    window = _filter_window(w, dilation)
+    # the forward conv from the output space: its padding, and its output size (the input's)
+    if isinstance(padding, str) and padding.lower() in shapes.PADDINGS:
+        back, pad = zip(*(shapes.conv_output_length(o, k, s, padding.lower())
+                          for o, k, s in zip(out_hw, window, stride)))
+    else:
+        pad = _padding_arg(padding, out_hw, window, stride, op, "filters", fit=False)
+        back = shapes.padded_output_shape(out_hw, window, stride, pad)
+    if tuple(back) != _shape(x)[1:3]:
+        raise ValueError(
+            f"nn.{op}: output_shape {output_shape!r} does not fit the input: the conv with "
+            f"these filters ({_shape(w)[0]}, {_shape(w)[1]}), strides={strides!r}, "
+            f"padding={padding!r} and dilations={dilations!r} maps a {out_hw} output back to "
+            f"{tuple(back)}, but input has spatial size {_shape(x)[1:3]}; TensorFlow refuses "
+            f"this too (Conv2DBackpropInput: size of out_backprop doesn't match computed)")
+    _host_path(op, "the transposed convolution", (x, w))
     backend = backends.current()
-    y, ctx = backend.conv2d_forward(x, w, None, stride, pad)
+    y = _transpose.phase_forward(backend, x, w, None, stride, pad, out_hw) \
+        if dilation == (1, 1) else \
+        _transpose.zero_insert_forward(backend, x, w, None, stride, pad, out_hw, dilation)
 
     def backward(dys, needs):
-        dx, dw, _ = backend.conv2d_backward(_kernel_grad(dys[0], y), ctx, need_dx=needs[0])
-        return _match(dx, input), (_match(dw, filters) if needs[1] else None)
-    return record("conv2d", (input, filters), [y], backward)[0]
+        dx, dw = _transpose.transpose_backward(backend, _kernel_grad(dys[0], y), x, w, stride,
+                                               pad, dilation, need_dx=needs[0])
+        return dx, (dw if needs[1] else None)
+    return record(op, (input, filters), [y], backward)[0]
 
 
 def bias_add(value, bias, data_format=None, name=None):

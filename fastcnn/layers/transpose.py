@@ -80,6 +80,66 @@ def _phase_plan(n_in, n_out, k, s, pb):
     return plans
 
 
+def phase_forward(backend, x, kernel, bias, strides, pad, out_hw):
+    """The transpose conv without dilation, per output phase (module doc): ``x`` ``(N, H, W,
+    C)``, ``kernel`` ``(kh, kw, filters, C)`` (Keras's and ``tf.nn.conv2d_transpose``'s
+    layout), ``bias`` ``(filters,)`` or None, ``pad`` the forward conv's ``((t, b), (l, r))``
+    from the output space, ``out_hw`` the output's ``(H', W')``."""
+    n, h, w, _ = x.shape
+    oh, ow = out_hw
+    sh, sw = strides
+    kh, kw, filters, _ = kernel.shape
+    rows = _phase_plan(h, oh, kh, sh, pad[0][0])
+    cols = _phase_plan(w, ow, kw, sw, pad[1][0])
+    y = np.empty((n, oh, ow, filters), dtype=x.dtype)
+    for rh, th, ch, lo_h, hi_h, pad_h in rows:
+        for rw, tw, cw, lo_w, hi_w, pad_w in cols:
+            target = y[:, th::sh, tw::sw, :][:, :ch, :cw, :]
+            if pad_h is None or pad_w is None or hi_h <= lo_h or hi_w <= lo_w:
+                target[...] = 0 if bias is None else bias   # no tap reaches these rows
+                continue
+            sub = kernel[rh::sh, rw::sw][::-1, ::-1].transpose(0, 1, 3, 2)
+            xs = x[:, lo_h:hi_h, lo_w:hi_w, :]
+            z, _ = backend.conv2d_forward(np.ascontiguousarray(xs), np.ascontiguousarray(sub),
+                                          bias, (1, 1), (pad_h, pad_w))
+            target[...] = z
+    return y
+
+
+def zero_insert_forward(backend, x, kernel, bias, strides, pad, out_hw, dilation=(1, 1)):
+    """The transpose conv as a stride-1 conv of the zero-inserted ``x`` with the flipped
+    kernel (module doc; arguments as :func:`phase_forward`), dilated through
+    :mod:`fastcnn.layers._dilation`. An explicit padding larger than the kernel makes a pad
+    ``L`` or ``R`` negative: that side of the zero-inserted input is cropped instead."""
+    sh, sw = strides
+    n, h, w, c = x.shape
+    if (sh, sw) != (1, 1):
+        xz = np.zeros((n, (h - 1) * sh + 1, (w - 1) * sw + 1, c), dtype=x.dtype)
+        xz[:, ::sh, ::sw, :] = x
+    else:
+        xz = x
+    keff = _dilation.effective_kernel(kernel.shape[:2], dilation)
+    zpad = tuple((k - 1 - pb, o - 1 + pb - (m - 1) * s)
+                 for k, (pb, _), o, m, s in zip(keff, pad, out_hw, (h, w), strides))
+    if min(min(p) for p in zpad) < 0:
+        (t, b), (l, r) = ((max(-v, 0) for v in p) for p in zpad)
+        xz = np.ascontiguousarray(xz[:, t:xz.shape[1] - b, l:xz.shape[2] - r, :])
+        zpad = tuple((max(a, 0), max(b, 0)) for a, b in zpad)
+    flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+    y, _ = _dilation.conv_forward(backend, xz, flipped, bias, (1, 1), zpad, dilation)
+    return y
+
+
+def transpose_backward(backend, dy, x, kernel, strides, pad, dilation=(1, 1), need_dx=True):
+    """``(dx, dkernel)`` of the transpose conv (module doc; the bias gradient is ``dy``
+    summed over N, H, W): ``dx`` is the forward conv of ``dy``, ``dkernel`` that conv's
+    kernel gradient for the upstream gradient ``x``."""
+    dx, conv_ctx = _dilation.conv_forward(backend, np.ascontiguousarray(dy), kernel, None,
+                                          strides, pad, dilation)
+    _, dkernel, _ = _dilation.conv_backward(backend, x, conv_ctx, need_dx=False)
+    return (dx if need_dx else None), dkernel
+
+
 class Conv2DTranspose(KernelLayer):
     """Transposed 2-D convolution ("deconvolution", ``keras.layers.Conv2DTranspose``).
 
@@ -152,11 +212,6 @@ class Conv2DTranspose(KernelLayer):
                 f"output_padding={self.output_padding}) does not convolve back to the input's "
                 f"size {(h, w)} (it gives {back}); TensorFlow refuses this too: choose another "
                 f"output_padding")
-        keff = _dilation.effective_kernel(self.kernel_size, self.dilation_rate)
-        # The stride-1 conv on the zero-inserted input: padding (L, R) per axis (module doc).
-        self._zpad = tuple(
-            (k - 1 - pb, o - 1 + pb - (n - 1) * s)
-            for k, (pb, _), o, n, s in zip(keff, self._pad, out, (h, w), self.strides))
         kh, kw = self.kernel_size
         self.kernel = self.add_weight((kh, kw, self.filters, c), self.kernel_initializer, dtype,
                                       name="kernel", constraint=self.kernel_constraint)
@@ -171,47 +226,19 @@ class Conv2DTranspose(KernelLayer):
         return self._zero_insert_forward(backend, x), (x, self.kernel)
 
     def _phase_forward(self, backend, x):
-        n, h, w, _ = x.shape
-        _, oh, ow, _ = self._output_shape
-        sh, sw = self.strides
-        kh, kw = self.kernel_size
-        rows = _phase_plan(h, oh, kh, sh, self._pad[0][0])
-        cols = _phase_plan(w, ow, kw, sw, self._pad[1][0])
-        y = np.empty((n, oh, ow, self.filters), dtype=x.dtype)
-        for rh, th, ch, lo_h, hi_h, pad_h in rows:
-            for rw, tw, cw, lo_w, hi_w, pad_w in cols:
-                target = y[:, th::sh, tw::sw, :][:, :ch, :cw, :]
-                if pad_h is None or pad_w is None:         # no tap reaches these rows
-                    target[...] = 0 if self.bias is None else self.bias
-                    continue
-                sub = self.kernel[rh::sh, rw::sw][::-1, ::-1].transpose(0, 1, 3, 2)
-                xs = x[:, lo_h:hi_h, lo_w:hi_w, :]
-                z, _ = backend.conv2d_forward(np.ascontiguousarray(xs),
-                                              np.ascontiguousarray(sub), self.bias, (1, 1),
-                                              (pad_h, pad_w))
-                target[...] = z
-        return y
+        return phase_forward(backend, x, self.kernel, self.bias, self.strides, self._pad,
+                             self._output_shape[1:3])
 
     def _zero_insert_forward(self, backend, x):
-        sh, sw = self.strides
-        n, h, w, c = x.shape
-        if (sh, sw) != (1, 1):
-            xz = np.zeros((n, (h - 1) * sh + 1, (w - 1) * sw + 1, c), dtype=x.dtype)
-            xz[:, ::sh, ::sw, :] = x
-        else:
-            xz = x
-        flipped = np.ascontiguousarray(self.kernel[::-1, ::-1].transpose(0, 1, 3, 2))
-        y, _ = _dilation.conv_forward(backend, xz, flipped, self.bias, (1, 1), self._zpad,
-                                      self.dilation_rate)
-        return y
+        return zero_insert_forward(backend, x, self.kernel, self.bias, self.strides,
+                                   self._pad, self._output_shape[1:3], self.dilation_rate)
 
     def _op_backward(self, backend, dy, ctx, need_dx):
         x, kernel = ctx
-        dx, conv_ctx = _dilation.conv_forward(backend, np.ascontiguousarray(dy), kernel, None,
-                                              self.strides, self._pad, self.dilation_rate)
-        _, dkernel, _ = _dilation.conv_backward(backend, x, conv_ctx, need_dx=False)
+        dx, dkernel = transpose_backward(backend, dy, x, kernel, self.strides, self._pad,
+                                         self.dilation_rate, need_dx)
         db = dy.sum(axis=(0, 1, 2)) if self.use_bias else None
-        return (dx if need_dx else None), dkernel, db
+        return dx, dkernel, db
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
