@@ -443,7 +443,8 @@ def batchnorm_forward(x, gamma, beta, mean, var, epsilon, training):
     meand = _empty((c,), dtype, "a batch-norm mean")
     meand.copy_to_device(to_device(mean, "mean"))
     inv_std = _empty((c,), dtype, "a batch-norm 1/sqrt(var + epsilon)")
-    _launch_1d(_kbn.bn_inv_std, dtype, c, to_device(var, "var"), float(epsilon), inv_std)
+    _launch_1d(_kbn.bn_inv_std, dtype, c, to_device(var, "var"), np.dtype(dtype).type(epsilon),
+               inv_std)
     gd = to_device(gamma, "gamma") if gamma is not None else None
     bd = to_device(beta, "beta") if beta is not None else None
     y = _empty(xd.shape, dtype, "a batch-norm output", x.shape[0])
@@ -486,8 +487,9 @@ def batchnorm_moving_update(moving, batch, momentum):
     """``moving = moving * momentum + batch * (1 - momentum)`` in place on the device
     (BatchNormalization's moving statistics inside a device scope)."""
     if moving.size:
+        t = np.dtype(moving.dtype).type
         _launch_1d(_kbn.bn_moving_update, moving.dtype, moving.size, moving,
-                   to_device(batch, "a batch statistic"), float(momentum))
+                   to_device(batch, "a batch statistic"), t(momentum), t(1.0 - momentum))
 
 
 # ----------------------------------------------------------------------------------------

@@ -63,12 +63,12 @@ def bn_stats_combine(T):
     return bn_stats_combine
 
 
-@kernel("void({t}[::1], float64, {t}[::1])")
+@kernel("void({t}[::1], {t}, {t}[::1])")
 def bn_inv_std(T):
     def bn_inv_std(var, epsilon, inv_std):
         c = cuda.grid(1)
         if c < var.size:
-            inv_std[c] = T(1) / math.sqrt(var[c] + T(epsilon))
+            inv_std[c] = T(1) / math.sqrt(var[c] + epsilon)
     return bn_inv_std
 
 
@@ -151,12 +151,13 @@ def bn_dx(T):
     return bn_dx
 
 
-@kernel("void({t}[::1], {t}[::1], float64)")
+@kernel("void({t}[::1], {t}[::1], {t}, {t})")
 def bn_moving_update(T):
-    def bn_moving_update(moving, batch, momentum):
-        """``moving = moving * momentum + batch * (1 - momentum)`` in place (Keras)."""
+    def bn_moving_update(moving, batch, momentum, rest):
+        """``moving = moving * momentum + batch * rest`` in place (Keras's rule, ``rest``
+        = 1 - momentum rounded to the dtype as NumPy rounds it on the host)."""
         c = cuda.grid(1)
         if c < moving.size:
-            kept = moving[c] * T(momentum)
-            moving[c] = kept + T(1.0 - momentum) * batch[c]
+            kept = moving[c] * momentum
+            moving[c] = kept + rest * batch[c]
     return bn_moving_update
