@@ -95,10 +95,11 @@ def test_kernels_use_no_warp_intrinsics_and_no_atomics():
 def test_every_kernel_is_in_the_table_with_both_dtypes():
     if not numba_cuda_installed():
         pytest.skip("numba-cuda is not installed")
-    from fastcnn.backends._cuda import KERNELS, conv, depthwise, elementwise, losses, optim, pool
+    from fastcnn.backends._cuda import (KERNELS, batchnorm, conv, depthwise, elementwise, losses,
+                                        optim, pool)
 
     found = {}
-    for module in (conv, depthwise, elementwise, losses, optim, pool):
+    for module in (batchnorm, conv, depthwise, elementwise, losses, optim, pool):
         for name, value in vars(module).items():
             if isinstance(value, dict) and set(value) == {np.dtype(np.float32),
                                                           np.dtype(np.float64)}:
