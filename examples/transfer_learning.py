@@ -119,9 +119,11 @@ def main(argv=None):
     train = train_gen.flow_from_directory(os.path.join(root, "train"), target_size=(150, 150),
                                           batch_size=args.batch_size, class_mode="binary",
                                           seed=args.seed)
+    # Shuffled, as in the tutorial (flow_from_directory's default): a --limit subset of the
+    # validation folder then holds both classes (unshuffled, its first batches are all cats).
     val = val_gen.flow_from_directory(os.path.join(root, "validation"),
                                       target_size=(150, 150), batch_size=args.batch_size,
-                                      class_mode="binary", shuffle=False)
+                                      class_mode="binary", seed=args.seed + 1)
     try:
         steps = min(args.steps_per_epoch, len(train))
         val_steps = min(args.validation_steps, len(val))
@@ -132,7 +134,7 @@ def main(argv=None):
         if args.weights is None:
             print(NO_WEIGHTS)
         else:
-            print(f"InceptionV3 base: ImageNet weights from {args.weights}")
+            print(f"InceptionV3 base: weights loaded from {args.weights} (frozen)")
         model = build_model(pre_trained_model, args.learning_rate)
         if args.summary:
             model.summary()
