@@ -21,8 +21,8 @@ Inside a scope:
   backend's update kernels; the loss value and the metrics read small host copies;
 * ``get_weights`` / ``get_state`` (callbacks such as ModelCheckpoint) return host copies of
   the current values, and :func:`assign` writes into device arrays;
-* a layer that cannot run on the device (BatchNormalization, the global poolings, ... whose
-  NumPy code runs at the layer level), a regularizer or an optimizer without a device
+* a layer that cannot run on the device (Cropping2D, UpSampling2D, the dilated and
+  transposed convolutions, ... whose NumPy code runs at the layer level), a regularizer or an optimizer without a device
   version makes the scope raise NotImplementedError at entry, naming it and the backend:
   nothing falls back to the host silently.
 
