@@ -21,7 +21,7 @@ Inside a scope:
   backend's update kernels; the loss value and the metrics read small host copies;
 * ``get_weights`` / ``get_state`` (callbacks such as ModelCheckpoint) return host copies of
   the current values, and :func:`assign` writes into device arrays;
-* a layer that cannot run on the device (Cropping2D, UpSampling2D, the dilated and
+* a layer that cannot run on the device (the global poolings, Cropping2D, UpSampling2D, the
   transposed convolutions, ... whose NumPy code runs at the layer level), a regularizer or an optimizer without a device
   version makes the scope raise NotImplementedError at entry, naming it and the backend:
   nothing falls back to the host silently.
