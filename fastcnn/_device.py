@@ -23,8 +23,9 @@ Inside a scope:
   the current values, and :func:`assign` writes into device arrays;
 * a layer that cannot run on the device (the global poolings, Cropping2D, UpSampling2D, the
   dilated and transposed convolutions, ... whose NumPy code runs at the layer level), a
-  regularizer or an optimizer without a device version makes the scope raise NotImplementedError at entry, naming it and the backend:
-  nothing falls back to the host silently.
+  regularizer or an optimizer without a device version makes the scope raise
+  NotImplementedError at entry, naming it and the backend: nothing falls back to the host
+  silently.
 
 On a host backend every function here is a no-op, so model code calls them unconditionally.
 """
