@@ -267,7 +267,10 @@ _BN_KEYS = {"axis", "beta_initializer", "center", "dtype", "epsilon", "gamma_ini
 def _plain(layer) -> bool:
     """Whether a Conv2D / Dense / BatchNormalization has only arguments the plan implements."""
     from .layers import BatchNormalization, Conv2D
-    cfg = layer.get_config()
+    try:
+        cfg = layer.get_config()
+    except ValueError:   # e.g. a custom callable activation: the layer runs its own forward
+        return False
     if isinstance(layer, Conv2D):
         keys = _CONV_KEYS
         if tuple(np.ravel(cfg.get("dilation_rate", (1, 1)))) not in ((1, 1), (1,)):
