@@ -246,7 +246,10 @@ SPEC_LIST = (
            "``-> (y, ctx)``; divides by the number of real (unpadded) elements",
            check=_nhwc, example=_ex_pool),
     OpSpec("dense", "x, w, b", "``-> (y, ctx)``; x (N, D), w (D, U)",
-           backward_returns="``-> (dx, dw, db)``", check=_dense, example=_ex_dense),
+           backward="dy, ctx, need_dx=True",
+           backward_returns="``-> (dx, dw, db)``; dx None when need_dx is False (the "
+           "first trainable layer of a frozen base: skip ``dy @ w.T``)",
+           check=_dense, example=_ex_dense),
     _activation("relu", returns="derivative 0 at x == 0", family="relu"),
     _activation("sigmoid", returns="``1 / (1 + exp(-x))``", family="sigmoid"),
     _activation("tanh", returns="``tanh(x)``", family="tanh"),

@@ -512,19 +512,21 @@ def dense_forward(x, w, b):
     return _deliver(y, on_device), (xd, wdv, b is not None)
 
 
-def dense_backward(dy, ctx):
+def dense_backward(dy, ctx, need_dx=True):
     xd, wdv, has_bias = ctx
     n, d = xd.shape
     u = wdv.shape[1]
     _check_like("dy", dy, (n, u), xd.dtype)
     on_device = _any_device(dy)
     dyd = to_device(dy, "dy", batch=n)
-    dx = _empty((n, d), xd.dtype, "a dense input gradient", n)
-    if n and d:
-        grid = (-(-n // TILE), -(-d // TILE))
-        _kconv.matmul_nt[xd.dtype][grid, (TILE, TILE)](dyd, wdv, dx)
+    dx = None
+    if need_dx:
+        dx = _empty((n, d), xd.dtype, "a dense input gradient", n)
+        if n and d:
+            grid = (-(-n // TILE), -(-d // TILE))
+            _kconv.matmul_nt[xd.dtype][grid, (TILE, TILE)](dyd, wdv, dx)
     dw, db = _gemm_dw(xd.reshape(n, 1, 1, d), dyd, d, 1, 1, *_UNIT, 1, 1, has_bias, n)
-    return (_deliver(dx, on_device), _deliver(dw, on_device),
+    return (None if dx is None else _deliver(dx, on_device), _deliver(dw, on_device),
             _deliver(db, on_device) if has_bias else None)
 
 

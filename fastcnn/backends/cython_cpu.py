@@ -498,11 +498,11 @@ def dense_forward(x, w, b):
     return y, (x, w, b is not None)
 
 
-def dense_backward(dy, ctx):
+def dense_backward(dy, ctx, need_dx=True):
     x, w, has_bias = ctx
     dy = _float_array(dy, "dy", x.dtype)
     _check_shape(dy, (x.shape[0], w.shape[1]), "dy")
-    dx = np.matmul(dy, w.T)
+    dx = np.matmul(dy, w.T) if need_dx else None
     dw = np.matmul(x.T, dy)
     db = _bias_grad(dy) if has_bias else None
     return dx, dw, db

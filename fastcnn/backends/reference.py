@@ -322,11 +322,11 @@ def dense_forward(x, w, b):
     return y, (x, w, b is not None)
 
 
-def dense_backward(dy, ctx):
-    """``(dx, dw, db)`` of :func:`dense_forward`."""
+def dense_backward(dy, ctx, need_dx=True):
+    """``(dx, dw, db)`` of :func:`dense_forward` (dx None when ``need_dx`` is False)."""
     x, w, has_bias = ctx
     # dy[n, u]/dx[n, d] = w[d, u]  ->  dx[n, d] = sum_u dy[n, u] * w[d, u]  = dy @ w.T
-    dx = dy @ w.T
+    dx = dy @ w.T if need_dx else None
     # dy[n, u]/dw[d, u] = x[n, d], summed over the batch  ->  dw = x.T @ dy
     dw = x.T @ dy
     # dy[n, u]/db[u] = 1, summed over the batch

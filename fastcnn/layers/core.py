@@ -63,8 +63,8 @@ class Dense(KernelLayer):
 
     def _op_backward(self, backend, dy, ctx, need_dx):
         if not isinstance(ctx, _RowsContext):
-            return backend.dense_backward(dy, ctx)
-        dx, dw, db = backend.dense_backward(dy.reshape(-1, self.units), ctx.inner)
+            return backend.dense_backward(dy, ctx, need_dx)
+        dx, dw, db = backend.dense_backward(dy.reshape(-1, self.units), ctx.inner, need_dx)
         return (None if dx is None else dx.reshape(ctx.shape)), dw, db
 
     def get_config(self):

@@ -282,9 +282,10 @@ def test_ops_and_fused_ops_are_derived_from_the_specs():
     assert OPS == tuple(op for s in _specs.SPECS.values() if not s.fused for op in s.ops)
     assert backends.FUSED_OPS == ("conv2d_maxpool2d_forward",)
     assert len(set(OPS + backends.FUSED_OPS)) == len(OPS) + len(backends.FUSED_OPS)
-    conv, dense = _specs.SPECS["conv2d"], _specs.SPECS["dense"]
+    conv, dense, relu = _specs.SPECS["conv2d"], _specs.SPECS["dense"], _specs.SPECS["relu"]
     assert conv.ops == ("conv2d_forward", "conv2d_backward") and conv.need_dx
-    assert dense.ops == ("dense_forward", "dense_backward") and not dense.need_dx
+    assert dense.ops == ("dense_forward", "dense_backward") and dense.need_dx
+    assert not relu.need_dx
     assert _specs.SPECS["depthwise_conv2d"].need_dx
     assert _specs.SPECS["softmax_cross_entropy"].ops == ("softmax_cross_entropy",)
     assert _specs.SPECS["conv2d_maxpool2d_forward"].requires == (
