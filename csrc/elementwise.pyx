@@ -574,6 +574,10 @@ cdef extern from "optimizer_kernels.h" nogil:
                           float c1, float c2, float eps, float alpha)
     void fastcnn_adam_f64(double* w, const double* g, double* m, double* v, Py_ssize_t n,
                           double c1, double c2, double eps, double alpha)
+    void fastcnn_rmsprop_f32(float* w, const float* g, float* v, Py_ssize_t n,
+                             float rho, float c, float eps, float lr)
+    void fastcnn_rmsprop_f64(double* w, const double* g, double* v, Py_ssize_t n,
+                             double rho, double c, double eps, double lr)
 
 cdef enum:
     UPDATE_BLOCK = 16384   # elements per parallel chunk of an optimizer update
@@ -605,3 +609,28 @@ def adam_update(floating[::1] w not None, const floating[::1] g not None,
         else:
             fastcnn_adam_f64(&w[lo], &g[lo], &m[lo], &v[lo], min(UPDATE_BLOCK, n - lo),
                              c1, c2, eps, alpha)
+
+
+def rmsprop_update(floating[::1] w not None, const floating[::1] g not None,
+                   floating[::1] v not None, double rho, double one_minus_rho,
+                   double epsilon, double learning_rate):
+    """Keras's RMSprop step (no momentum, not centered) in one vectorised pass
+    (csrc/optimizer_kernels.h; fastcnn.optimizers.RMSprop._update's NumPy lines define it):
+    bitwise NumPy's result, every Python-float scalar rounded to the data type first."""
+    cdef Py_ssize_t n = w.shape[0], b, lo, nb
+    _check_same(g.shape[0], n, "rmsprop_update: g vs w")
+    _check_same(v.shape[0], n, "rmsprop_update: v vs w")
+    if n == 0:
+        return
+    cdef floating r = <floating>rho, c = <floating>one_minus_rho
+    cdef floating eps = <floating>epsilon, lr = <floating>learning_rate
+    nb = (n + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef int nt = threads_for(n)
+    for b in prange(nb, nogil=True, schedule="static", num_threads=nt):
+        lo = b * UPDATE_BLOCK
+        if floating is float:
+            fastcnn_rmsprop_f32(&w[lo], &g[lo], &v[lo], min(UPDATE_BLOCK, n - lo),
+                                r, c, eps, lr)
+        else:
+            fastcnn_rmsprop_f64(&w[lo], &g[lo], &v[lo], min(UPDATE_BLOCK, n - lo),
+                                r, c, eps, lr)

@@ -29,4 +29,22 @@ static void NAME(T *restrict w, const T *restrict g, T *restrict m, T *restrict 
 FASTCNN_ADAM(fastcnn_adam_f32, float, sqrtf)
 FASTCNN_ADAM(fastcnn_adam_f64, double, sqrt)
 
+/* RMSprop without momentum, not centered (Keras's default): v = rho v + (1 - rho) g^2,
+ * w -= lr g / sqrt(v + eps). */
+#define FASTCNN_RMSPROP(NAME, T, SQRT)                                                     \
+static void NAME(T *restrict w, const T *restrict g, T *restrict v, ptrdiff_t n,          \
+                 T rho, T c, T eps, T lr)                                                 \
+{                                                                                         \
+    _Pragma("omp simd")                                                                   \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                   \
+        T gi = g[i];                                                                      \
+        T vi = v[i] * rho + (gi * gi) * c;                                                \
+        v[i] = vi;                                                                        \
+        w[i] = w[i] - (gi * lr) / SQRT(vi + eps);                                         \
+    }                                                                                     \
+}
+
+FASTCNN_RMSPROP(fastcnn_rmsprop_f32, float, sqrtf)
+FASTCNN_RMSPROP(fastcnn_rmsprop_f64, double, sqrt)
+
 #endif

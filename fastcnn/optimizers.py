@@ -586,9 +586,10 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-# Adam's step in one pass (csrc/elementwise.pyx) where the Cython extension is built;
-# Adam._update's NumPy lines are its definition.
+# Adam's and RMSprop's steps in one pass (csrc/optimizer_kernels.h via the elementwise
+# extension) where the Cython extension is built; their _update's NumPy lines define them.
 _fused_adam = getattr(_extensions.modules.get("elementwise"), "adam_update", None)
+_fused_rmsprop = getattr(_extensions.modules.get("elementwise"), "rmsprop_update", None)
 
 
 def _adam_alpha(f, lr, beta_1, beta_2, t):
@@ -785,10 +786,18 @@ class RMSprop(Optimizer):
                 + (("momentum",) if self.momentum > 0 else ()) + super()._active_slots())
 
     def _update(self, i, w, g, lr, t, scratch):
-        tmp = scratch[0]
         rho, eps, mu = self.rho, self.epsilon, self.momentum
         slots = self._slots
         vel = slots["velocity"][i]
+        if (_fused_rmsprop is not None and mu == 0 and not self.centered
+                and type(lr) is float and g.dtype == w.dtype and w.flags.c_contiguous
+                and g.flags.c_contiguous and vel.flags.c_contiguous):
+            # The lines below in one compiled pass (bitwise equal, tested): on the
+            # transfer-learning head's 38.5M weights, seven NumPy passes cost ~100 ms.
+            _fused_rmsprop(w.reshape(-1), g.reshape(-1), vel.reshape(-1), rho, 1.0 - rho, eps,
+                           lr)
+            return
+        tmp = scratch[0]
         vel *= rho
         np.multiply(g, g, out=tmp)
         tmp *= 1.0 - rho

@@ -636,3 +636,28 @@ def test_compiled_adam_step_is_bitwise_the_numpy_definition(dtype, monkeypatch):
         results.append(ws)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_rmsprop_step_is_bitwise_the_numpy_definition(dtype, monkeypatch):
+    """RMSprop's plain step (Keras's defaults: no momentum, not centered) runs one compiled
+    pass where the extension is built: the same bits as RMSprop._update's NumPy lines."""
+    from fastcnn import _extensions
+    if "elementwise" not in _extensions.modules:
+        pytest.skip(f"the Cython extensions are not built: {_extensions.IMPORT_ERROR}")
+    assert optimizers._fused_rmsprop is not None
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(s).astype(dtype) for s in [(3, 3, 2, 8), (7,), (40000,)]]
+    results = []
+    for fused in (optimizers._fused_rmsprop, None):
+        monkeypatch.setattr(optimizers, "_fused_rmsprop", fused)
+        ws = [a.copy() for a in start]
+        opt = optimizers.RMSprop(learning_rate=1e-3)
+        grads_rng = np.random.default_rng(1)
+        for _ in range(12):
+            grads = [(grads_rng.standard_normal(a.shape)
+                      * 10.0 ** int(grads_rng.integers(-4, 3))).astype(dtype) for a in ws]
+            opt.apply(grads, ws)
+        results.append(ws)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
