@@ -91,9 +91,12 @@ def main(argv=None):
     train = train_gen.flow_from_directory(os.path.join(root, "train"), target_size=(150, 150),
                                           batch_size=args.batch_size, class_mode="binary",
                                           seed=args.seed)
+    # In file order the first validation batches are all cats: a --limit run shuffles them
+    # (seeded) so that its few batches hold both classes; a full pass keeps file order.
     val = val_gen.flow_from_directory(os.path.join(root, "validation"),
                                       target_size=(150, 150), batch_size=args.batch_size,
-                                      class_mode="binary", shuffle=False)
+                                      class_mode="binary", shuffle=args.limit is not None,
+                                      seed=args.seed)
     steps = len(train) if args.limit is None else min(args.limit, len(train))
     val_steps = len(val) if args.limit is None else min(args.limit, len(val))
 
