@@ -24,6 +24,9 @@ How it is fair (issue 16):
   initialisation, saved once) and the same batch; before any time is kept, the peer's first
   loss (train) or output (inference) must equal fastcnn's (rtol 1e-4 / atol 1e-5), else the
   row says WRONG and no ratio is given.
+* **Pinned cores.** Below the machine's core count every process runs under ``taskset`` on
+  exactly ``--threads`` cores, besides the thread variables (XLA's CPU client does not take
+  them all).
 * A peer that is not installed is skipped with the reason. TensorFlow usually lives in
   another environment: ``--tf-python /path/to/python`` (default: this Python if it imports
   tensorflow).
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,8 +130,13 @@ def run_worker(system, job, threads, rounds, args, workdir):
         json.dump(job, f)
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_WAIT_POLICY", "MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_")}
-    r = subprocess.run([python_for(system, args), os.path.join(HERE, "peer_worker.py"), path],
-                       capture_output=True, text=True, env=env)
+    cmd = [python_for(system, args), os.path.join(HERE, "peer_worker.py"), path]
+    if shutil.which("taskset") and threads < (os.cpu_count() or 1):
+        # The thread variables are advice some runtimes do not take (XLA's CPU client ran
+        # Fashion-MNIST at batch 128 at 185 GFLOP/s "on 1 thread", above one core's FMA
+        # peak): every process, fastcnn's included, gets exactly `threads` cores.
+        cmd = ["taskset", "-c", ",".join(str(c) for c in range(threads))] + cmd
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     if r.returncode or not lines:
         tail = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or ["?"])[-1]
