@@ -129,22 +129,14 @@ enum { DWC_ISA_GENERIC = 0, DWC_ISA_AVX2 = 1, DWC_ISA_AVX512 = 2 };
 
 /* --- run-time dispatch (as simd.h's, with its own state: set_isa is per module) -------- */
 
+#include "cpu_isa.h"
+
 static int dwc_isa = -1;
 
 static int dwc_isa_supported(int isa)
 {
-    if (isa == DWC_ISA_GENERIC)
-        return 1;
-#if DWC_HAVE_X86
-    __builtin_cpu_init();
-    if (isa == DWC_ISA_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == DWC_ISA_AVX512)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
-            && dwc_isa_supported(DWC_ISA_AVX2);
-#endif
-    return 0;
+    /* The ISA codes are cpu_isa.h's levels; an ISA this build has no kernels for is not. */
+    return (DWC_HAVE_X86 || isa == DWC_ISA_GENERIC) && fastcnn_cpu_supports(isa);
 }
 
 /* Not thread-safe: called with the GIL held, never while a kernel runs (depthwise.pyx

@@ -180,22 +180,14 @@ enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 
 /* --- run-time dispatch ----------------------------------------------------------------- */
 
+#include "cpu_isa.h"
+
 static int fc_isa = -1;
 
 static int fc_isa_supported(int isa)
 {
-    if (isa == FC_ISA_GENERIC)
-        return 1;
-#if FC_HAVE_X86
-    __builtin_cpu_init();
-    if (isa == FC_ISA_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == FC_ISA_AVX512)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
-            && fc_isa_supported(FC_ISA_AVX2);
-#endif
-    return 0;
+    /* The ISA codes are cpu_isa.h's levels; an ISA this build has no kernels for is not. */
+    return (FC_HAVE_X86 || isa == FC_ISA_GENERIC) && fastcnn_cpu_supports(isa);
 }
 
 static int fc_best_isa(void)
