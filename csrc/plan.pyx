@@ -20,32 +20,9 @@ cnp.import_array()
 # Bumped whenever a signature here changes: fastcnn.inference_plan refuses a stale build.
 ABI_VERSION = 1
 
+from simd_h cimport fc_gather, fc_pool, fc_get_isa, fc_set_isa, fc_isa_supported
+
 cdef extern from "plan.h" nogil:
-    ctypedef struct fc_gather:
-        const float *src
-        Py_ssize_t n_img, hs, ws, cs
-        const float *w
-        const float *bias
-        const float *zeros
-        Py_ssize_t run
-        Py_ssize_t nth, ntw, co, co_pad
-        float *out
-        Py_ssize_t ho, wo
-        Py_ssize_t grid_u, grid_v
-        Py_ssize_t by0, bsy, bx0, bsx
-        Py_ssize_t oy0, osy, ox0, osx
-        int *arg
-        Py_ssize_t conv_wo
-
-    ctypedef struct fc_pool:
-        const float *x
-        Py_ssize_t n_img, h, w, c
-        float *y
-        int *arg
-        Py_ssize_t ho, wo, ph, pw, sh, sw, pt, pl
-        const float *dy
-        float *dx
-
     ctypedef struct fp_step:
         int op, act
         Py_ssize_t in0, in1, out
@@ -62,9 +39,6 @@ cdef extern from "plan.h" nogil:
     int FP_CONV, FP_CONV_POOL, FP_DENSE, FP_MAXPOOL, FP_ACT, FP_ADD, FP_AFFINE, FP_GAP, FP_AVGPOOL, FP_WINO_POOL
     int fp_run(const fp_step *steps, Py_ssize_t nsteps, float *arena,
                const float *const *inputs, int *iscratch, const float *zeros)
-    int fc_get_isa()
-    void fc_set_isa(int isa)
-    int fc_isa_supported(int isa)
 
 fc_get_isa()   # choose the instruction set now, with the GIL held (as simd.pyx does)
 
