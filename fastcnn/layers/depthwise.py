@@ -43,7 +43,30 @@ def _known_spatial(input_shape, what):
     return h, w, c
 
 
-class DepthwiseConv2D(KernelLayer):
+class _DepthwiseWindow(KernelLayer):
+    """What DepthwiseConv2D and SeparableConv2D share: the depthwise step's window arguments
+    and Keras's ``depthwise_*`` names for what KernelLayer calls ``kernel_*``."""
+
+    _base_class = True  # not a layer of its own: save/load's layer registry skips it
+
+    def _set_window(self, kernel_size, strides, padding, data_format, dilation_rate,
+                    depth_multiplier):
+        self.depth_multiplier = _depth_multiplier(depth_multiplier)
+        self.kernel_size = shapes.normalize_tuple(kernel_size, 2, "kernel_size")
+        self.strides = shapes.normalize_tuple(strides, 2, "strides")
+        self.padding = shapes.normalize_padding(padding)
+        check_data_format(data_format)
+        self.dilation_rate = shapes.normalize_tuple(dilation_rate, 2, "dilation_rate")
+        if self.dilation_rate != (1, 1):
+            self.runs_on_device = False  # space-to-batch is NumPy at the layer level
+
+    depthwise_kernel = property(lambda self: self.kernel)
+    depthwise_initializer = property(lambda self: self.kernel_initializer)
+    depthwise_regularizer = property(lambda self: self.kernel_regularizer)
+    depthwise_constraint = property(lambda self: self.kernel_constraint)
+
+
+class DepthwiseConv2D(_DepthwiseWindow):
     """Depthwise 2-D convolution (``keras.layers.DepthwiseConv2D``): each input channel is
     convolved with its own ``depth_multiplier`` filters; ``activation(depthwise(x) + bias)``.
 
@@ -73,20 +96,8 @@ class DepthwiseConv2D(KernelLayer):
         super().__init__(activation, use_bias, depthwise_initializer, bias_initializer,
                          depthwise_regularizer, bias_regularizer, depthwise_constraint,
                          bias_constraint, **kwargs)
-        self.depth_multiplier = _depth_multiplier(depth_multiplier)
-        self.kernel_size = shapes.normalize_tuple(kernel_size, 2, "kernel_size")
-        self.strides = shapes.normalize_tuple(strides, 2, "strides")
-        self.padding = shapes.normalize_padding(padding)
-        check_data_format(data_format)
-        self.dilation_rate = shapes.normalize_tuple(dilation_rate, 2, "dilation_rate")
-        if self.dilation_rate != (1, 1):
-            self.runs_on_device = False  # space-to-batch is NumPy at the layer level
-
-    # Keras's attribute names for what KernelLayer calls kernel_*.
-    depthwise_kernel = property(lambda self: self.kernel)
-    depthwise_initializer = property(lambda self: self.kernel_initializer)
-    depthwise_regularizer = property(lambda self: self.kernel_regularizer)
-    depthwise_constraint = property(lambda self: self.kernel_constraint)
+        self._set_window(kernel_size, strides, padding, data_format, dilation_rate,
+                         depth_multiplier)
 
     def _build(self, input_shape, dtype):
         h, w, c = _known_spatial(input_shape, "DepthwiseConv2D")
@@ -118,7 +129,7 @@ class DepthwiseConv2D(KernelLayer):
                 "dilation_rate": self.dilation_rate, "activity_regularizer": None}
 
 
-class SeparableConv2D(KernelLayer):
+class SeparableConv2D(_DepthwiseWindow):
     """Depthwise separable 2-D convolution (``keras.layers.SeparableConv2D``): a depthwise
     conv (``depth_multiplier`` filters per channel) then a 1x1 conv to ``filters`` channels,
     plus bias and activation. Both steps are kernel ops; backward goes through both.
@@ -143,14 +154,8 @@ class SeparableConv2D(KernelLayer):
                          depthwise_regularizer, bias_regularizer, depthwise_constraint,
                          bias_constraint, **kwargs)
         self.filters = positive_int(filters, "filters")
-        self.depth_multiplier = _depth_multiplier(depth_multiplier)
-        self.kernel_size = shapes.normalize_tuple(kernel_size, 2, "kernel_size")
-        self.strides = shapes.normalize_tuple(strides, 2, "strides")
-        self.padding = shapes.normalize_padding(padding)
-        check_data_format(data_format)
-        self.dilation_rate = shapes.normalize_tuple(dilation_rate, 2, "dilation_rate")
-        if self.dilation_rate != (1, 1):
-            self.runs_on_device = False
+        self._set_window(kernel_size, strides, padding, data_format, dilation_rate,
+                         depth_multiplier)
         self.pointwise_initializer = initializers.get(pointwise_initializer,
                                                       argument="pointwise_initializer")
         self.pointwise_regularizer = regularizers.get(pointwise_regularizer,
@@ -158,11 +163,6 @@ class SeparableConv2D(KernelLayer):
         self.pointwise_constraint = constraints.get(pointwise_constraint,
                                                     argument="pointwise_constraint")
         self.pointwise_kernel = None
-
-    depthwise_kernel = property(lambda self: self.kernel)
-    depthwise_initializer = property(lambda self: self.kernel_initializer)
-    depthwise_regularizer = property(lambda self: self.kernel_regularizer)
-    depthwise_constraint = property(lambda self: self.kernel_constraint)
 
     def _build(self, input_shape, dtype):
         h, w, c = _known_spatial(input_shape, "SeparableConv2D")
