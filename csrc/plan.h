@@ -285,6 +285,22 @@ static void fp_avgpool_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
     }
 }
 
+/* A pooling's output rows [0, units), on threads when the work pays for waking them. */
+static void fp_pool(void (*rows)(const fc_pool *, ptrdiff_t, ptrdiff_t), const fc_pool *p,
+                    ptrdiff_t units, ptrdiff_t work)
+{
+    const int nt = fp_threads(work, units);
+    if (nt == 1) {
+        rows(p, 0, units);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (ptrdiff_t r = 0; r < units; r++)
+        rows(p, r, r + 1);
+}
+
 #define FP_PTR(off) ((off) >= 0 ? arena + (off) : (float *)inputs[-1 - (off)])
 
 /* Runs the steps in order. arena: the values; inputs: the plan's inputs; iscratch: the
@@ -356,37 +372,14 @@ static int fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
             }
             fp_activate(out, st->rows, st->cols, st->act);
             break;
-        case FP_MAXPOOL: {
-            fc_pool p = st->p;
-            p.x = in0;
-            p.y = out;
-            p.arg = iscratch;
-            const int nt = fp_threads(st->work, st->units);
-            if (nt == 1) {
-                fc_maxpool_rows(&p, 0, st->units);
-            } else {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-                for (ptrdiff_t r = 0; r < st->units; r++)
-                    fc_maxpool_rows(&p, r, r + 1);
-            }
-            break;
-        }
+        case FP_MAXPOOL:
         case FP_AVGPOOL: {
             fc_pool p = st->p;
             p.x = in0;
             p.y = out;
-            const int nt = fp_threads(st->work, st->units);
-            if (nt == 1) {
-                fp_avgpool_rows(&p, 0, st->units);
-            } else {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-                for (ptrdiff_t r = 0; r < st->units; r++)
-                    fp_avgpool_rows(&p, r, r + 1);
-            }
+            p.arg = iscratch;   /* max pooling's argmax scratch (average pooling ignores it) */
+            fp_pool(st->op == FP_MAXPOOL ? fc_maxpool_rows : fp_avgpool_rows, &p, st->units,
+                    st->work);
             break;
         }
         case FP_ACT:
