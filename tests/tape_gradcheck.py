@@ -37,3 +37,13 @@ def check_op(op, *inputs, wrt=None, **kwargs):
         return grads
 
     return gradcheck.check_backward(forward, backward, inputs, wrt=wrt, **kwargs)
+
+
+def tape_grads(fn, inputs, dy):
+    """``(y, [d input])`` of ``fn(*inputs)`` through a GradientTape, with upstream gradient
+    ``dy`` (the TensorFlow fixtures' way of checking a gradient)."""
+    ts = [Tensor(a) for a in inputs]
+    with GradientTape() as tape:
+        tape.watch(ts)
+        y = fn(*ts)
+    return np.asarray(y), [np.asarray(g) for g in tape.gradient(y, ts, output_gradients=dy)]

@@ -10,7 +10,7 @@ import pytest
 
 from fastcnn import GradientTape, Tensor, Variable, backends, nn, ops, optimizers
 from fastcnn.gradcheck import off_kinks
-from tape_gradcheck import check_op
+from tape_gradcheck import check_op, tape_grads
 
 CPU_BACKENDS = [b for b in backends.available() if b != "cuda"]
 FIXTURES = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "keras", "nn.npz"))
@@ -26,14 +26,6 @@ def on_backend(request):
 @pytest.fixture
 def r():
     return np.random.default_rng(11)
-
-
-def tape_grads(fn, inputs, dy):
-    ts = [Tensor(a) for a in inputs]
-    with GradientTape() as tape:
-        tape.watch(ts)
-        y = fn(*ts)
-    return np.asarray(y), tape.gradient(y, ts, output_gradients=dy)
 
 
 def close32(a, b, tol=2e-5):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastcnn import GradientTape, Tensor, backends, nn
-from tape_gradcheck import check_op
+from tape_gradcheck import check_op, tape_grads
 
 CPU_BACKENDS = [b for b in backends.available() if b != "cuda"]
 FIXTURES = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "keras", "nn14.npz"))
@@ -28,14 +28,6 @@ def on_backend(request):
 @pytest.fixture
 def r():
     return np.random.default_rng(14)
-
-
-def tape_grads(fn, inputs, dy):
-    ts = [Tensor(a) for a in inputs]
-    with GradientTape() as tape:
-        tape.watch(ts)
-        y = fn(*ts)
-    return np.asarray(y), [np.asarray(g) for g in tape.gradient(y, ts, output_gradients=dy)]
 
 
 # ---------------------------------------------------------- TensorFlow's numbers
