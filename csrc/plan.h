@@ -136,41 +136,9 @@ static void fp_gemv(const float *x, const float *w, const float *b, float *y, pt
     FC_DISPATCH(fp_gemv, x, w, b, y, k, f, f_pad)
 }
 
-/* --- Winograd F(2x2, 3x3) conv + 2x2 max pool, per instruction set (plan_wino.h) ------- */
+/* --- Winograd F(2x2, 3x3) conv + 2x2 max pool, per instruction set: wino.h ------------- */
 
-#define FP_WMR_MAX 6
-#define FP_ISA generic
-#define FP_VL 4
-#define FP_WMR 3
-#include "plan_wino.h"
-#if FC_HAVE_X86
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define FP_ISA avx2
-#define FP_VL 8
-#define FP_WMR 3
-#include "plan_wino.h"
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
-#define FP_ISA avx512
-#define FP_VL 16
-#define FP_WMR 6
-#include "plan_wino.h"
-#pragma GCC pop_options
-#endif
-
-/* Floats of scratch one thread of fp_wino_pool_range needs. */
-static ptrdiff_t fp_wino_scratch_floats(ptrdiff_t cs)
-{
-    return 16 * FP_WMR_MAX * (cs + 4 * 16);
-}
-
-static void fp_wino_pool_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
-                               float *scratch)
-{
-    FC_DISPATCH(fp_wino_pool_range, g, q_lo, q_hi, scratch)
-}
+#include "wino.h"
 
 /* --- element-wise epilogues -------------------------------------------------------------- */
 
