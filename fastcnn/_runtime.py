@@ -11,8 +11,20 @@ GEMM after it the two pools fight for the same cores. Measured on 2 cores:
   sleeps): a Numba conv after a GEMM ran at one thread's speed; the Fashion-MNIST train
   step at batch 128 and 2 threads took 60 ms instead of 38 ms.
 
-Sleeping idle threads cost a few microseconds to wake instead. Both libraries read these
-variables once, when they load, so this module runs first in ``fastcnn/__init__.py``. When
+Sleeping idle threads cost time to wake instead: a few microseconds on bare metal, but
+about 50 us on a virtual machine whose idle vCPU halted (measured 2026-12-07 on the 2-core
+VM: an empty 2-thread OpenMP region after 20 us of serial work took 53 us with
+OMP_WAIT_POLICY=PASSIVE, 1.5 us with a short spin). A train step runs 20-40 parallel
+regions, so at 2 threads that was a LeNet-5 step's whole gain from the second core.
+Hence ``GOMP_SPINCOUNT``: an idle OpenMP thread spins for a bounded while (10,000 spins,
+about 0.1 ms on bare metal, 0.26 ms here) before it sleeps, long enough to bridge the
+Python between two kernels of one step and short enough not to fight OpenBLAS's GEMM
+for long. (With OMP_WAIT_POLICY=PASSIVE libgomp spins 0 times, unless GOMP_SPINCOUNT is
+set; then it spins that many. Where more OpenMP threads exist than cores, it spins 0
+times whatever this says.) It is set only when the user set neither variable.
+
+Both libraries read these variables once, when they load, so this module runs first in
+``fastcnn/__init__.py``. When
 the program imported NumPy before fastcnn (what most scripts do), OpenBLAS has already read
 its timeout (its default: 2**28 cycles of spinning, about 0.1 s); :func:`restart_openblas`
 then makes it read the variable again and restarts its thread pool, the same shutdown and
@@ -40,10 +52,13 @@ import os
 import platform
 import sys
 
-DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000",
+            "OPENBLAS_THREAD_TIMEOUT": "4"}
 
 USER_SET = {name for name in DEFAULTS if name in os.environ}
 for _name, _value in DEFAULTS.items():
+    if _name == "GOMP_SPINCOUNT" and "OMP_WAIT_POLICY" in USER_SET:
+        continue   # the user's own policy (e.g. ACTIVE: spin for ever) is not cut short
     os.environ.setdefault(_name, _value)
 
 APPLIED_BEFORE_NUMPY = "numpy" not in sys.modules

@@ -14,19 +14,21 @@ def _env_after_import(extra_env, first_import="fastcnn"):
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     code = (f"import {first_import}, fastcnn, os; from fastcnn import _runtime; "
             "print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'], "
-            "_runtime.APPLIED_BEFORE_NUMPY)")
+            "_runtime.APPLIED_BEFORE_NUMPY, os.environ.get('GOMP_SPINCOUNT', '-'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True, timeout=120)
     return out.stdout.split()
 
 
 def test_defaults_are_applied_before_numpy_loads():
-    assert _env_after_import({}) == ["PASSIVE", "4", "True"]
+    assert _env_after_import({}) == ["PASSIVE", "4", "True", "10000"]
 
 
 def test_a_users_own_setting_wins():
     got = _env_after_import({"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_THREAD_TIMEOUT": "20"})
-    assert got == ["ACTIVE", "20", "True"]
+    # ACTIVE means spin for ever: a GOMP_SPINCOUNT would cut that short, so none is set
+    assert got == ["ACTIVE", "20", "True", "-"]
+    assert _env_after_import({"GOMP_SPINCOUNT": "5"}) == ["PASSIVE", "4", "True", "5"]
 
 
 def test_numpy_imported_first_is_reported(monkeypatch):
