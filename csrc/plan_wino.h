@@ -8,14 +8,15 @@
  *   Y = A^T M A (the 2x2 outputs), then the window's maximum (first maximum wins, a NaN
  *   propagates: simd.h's max-pool rule) plus the bias.
  *
- * Compiled once per instruction set (included by plan.h under target pragmas, like
+ * Compiled once per instruction set (included by wino.h under target pragmas, like
  * simd_isa.h) with FP_ISA (the name suffix), FP_VL (floats per vector) and FP_WMR (tiles
  * per register block). No include guard, on purpose.
  *
  * g describes the job as for simd.h's fused kernel: src (n_img, hs, ws, cs); the output
  * (n_img, ho, wo, co) is the POOLED grid; tile (u, v) reads the input rows by0 + 2u + (0..3)
  * and columns bx0 + 2v + (0..3) (zero outside src). w is U laid out (16, cs, co_pad), bias
- * co_pad values or NULL. scratch holds 16 * FP_WMR * (cs + co_pad) floats.
+ * co_pad values or NULL. scratch holds 16 * FP_WMR * (cs + 4 * FP_VL) floats. g->arg, when
+ * set, gets the winners' positions (shape of out; conv_wo: the conv image's width).
  */
 
 #define FP_CAT_(a, b) a##_##b
@@ -106,13 +107,31 @@ static inline __attribute__((always_inline)) void FP_FN(wino_gemm)(
     }
 }
 
+/* The lanes where z replaces best as the window's maximum: greater, or the first NaN. */
+static inline __attribute__((always_inline)) FP_IVEC FP_FN(wins)(FP_VEC z, FP_VEC best)
+{
+    return (z > best) | ((z != z) & (best == best));
+}
+
 static inline __attribute__((always_inline)) FP_VEC FP_FN(pick)(FP_VEC z, FP_VEC best)
 {
-    const FP_IVEC take = (z > best) | ((z != z) & (best == best));
+    const FP_IVEC take = FP_FN(wins)(z, best);
     return (FP_VEC)(((FP_IVEC)z & take) | ((FP_IVEC)best & ~take));
 }
 
-/* Y = A^T M A, the window's maximum, the bias; stored to the pooled output. */
+/* pick, and the winner's position: pos where z wins, else win. */
+static inline __attribute__((always_inline)) FP_VEC FP_FN(pick_arg)(FP_VEC z, FP_VEC best,
+                                                                    int pos, FP_IVEC *win)
+{
+    const FP_IVEC take = FP_FN(wins)(z, best);
+    *win = (*win & ~take) | (((FP_IVEC){0} + pos) & take);
+    return (FP_VEC)(((FP_IVEC)z & take) | ((FP_IVEC)best & ~take));
+}
+
+/* Y = A^T M A, the window's maximum, the bias; stored to the pooled output, and with
+ * g->arg set the winner's flat position in the conv image, cy * conv_wo + cx, to arg (the
+ * order and rule of simd.h's fused kernel: (0,0), (0,1), (1,0), (1,1), first maximum
+ * wins, a NaN propagates). */
 static inline __attribute__((always_inline)) void FP_FN(wino_output)(
     const fc_gather *g, const float *M, ptrdiff_t q0, ptrdiff_t nvalid, ptrdiff_t f0,
     const int MR, const int NV)
@@ -137,13 +156,25 @@ static inline __attribute__((always_inline)) void FP_FN(wino_output)(
             const FP_VEC y10 = s1[0] + s1[1] + s1[2], y11 = s1[1] - s1[2] - s1[3];
             const ptrdiff_t f = f0 + FP_VL * j;
             const FP_VEC bias = g->bias ? FP_FN(ld)(g->bias + f) : (FP_VEC){0};
-            FP_VEC best = y00 + bias;
-            best = FP_FN(pick)(y01 + bias, best);
-            best = FP_FN(pick)(y10 + bias, best);
-            best = FP_FN(pick)(y11 + bias, best);
             const ptrdiff_t lanes = g->co - f < FP_VL ? g->co - f : FP_VL;
-            if (lanes > 0)
-                memcpy(out + f, &best, (size_t)lanes * sizeof(float));
+            FP_VEC best = y00 + bias;
+            if (g->arg == NULL) {
+                best = FP_FN(pick)(y01 + bias, best);
+                best = FP_FN(pick)(y10 + bias, best);
+                best = FP_FN(pick)(y11 + bias, best);
+                if (lanes > 0)
+                    memcpy(out + f, &best, (size_t)lanes * sizeof(float));
+            } else {
+                const int pos = (int)(2 * u * g->conv_wo + 2 * v);
+                FP_IVEC win = (FP_IVEC){0} + pos;
+                best = FP_FN(pick_arg)(y01 + bias, best, pos + 1, &win);
+                best = FP_FN(pick_arg)(y10 + bias, best, pos + (int)g->conv_wo, &win);
+                best = FP_FN(pick_arg)(y11 + bias, best, pos + (int)g->conv_wo + 1, &win);
+                if (lanes > 0) {
+                    memcpy(out + f, &best, (size_t)lanes * sizeof(float));
+                    memcpy(g->arg + (out - g->out) + f, &win, (size_t)lanes * sizeof(int));
+                }
+            }
         }
     }
 }

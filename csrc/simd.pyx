@@ -3,6 +3,8 @@
 * ``gather``: a conv forward, or one stride phase of a conv's dx, straight from the NHWC
   source (a direct convolution: no column matrix is written, nothing but the input is
   kept for the backward); ``dw``: the weight gradient from x and dy in place.
+* ``wino_maxpool``: a 3x3, stride-1 conv fused with a 2x2 max pool by Winograd
+  F(2x2, 3x3) (csrc/wino.h, the inference plan's kernel), with the argmax of gather_maxpool.
 * ``maxpool_forward`` / ``maxpool_backward``: max pooling with pool.pyx's semantics, the
   channels as the vector axis.
 
@@ -11,7 +13,7 @@ simd.h; this module checks arguments, splits the work into ranges and runs the r
 OpenMP threads. Results do not depend on the thread count: every output element is
 computed by one call of a range, in an order fixed by the shapes.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdlib cimport calloc, malloc, free
 
 from omp_guard cimport fastcnn_max_threads
@@ -20,6 +22,11 @@ from omp_guard cimport fastcnn_max_threads
 ABI_VERSION = 1
 
 from simd_h cimport *
+
+cdef extern from "wino.h" nogil:
+    Py_ssize_t fp_wino_scratch_floats(Py_ssize_t cs)
+    void fp_wino_pool_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi,
+                            float *scratch)
 
 #: The instruction sets the kernels are compiled for, in FC_ISA_* order.
 ISAS = ("generic", "avx2", "avx512")
@@ -187,6 +194,84 @@ cdef _run_gather(const float[:, :, :, ::1] src, const float[:, ::1] w, bias,
                         fc_gather_range(g, r * step, min(total, (r + 1) * step))
     finally:
         free(zeros)
+
+
+def wino_maxpool(const float[:, :, :, ::1] src not None, const float[:, :, ::1] u not None,
+                 bias, float[:, :, :, ::1] out not None, argmax,
+                 Py_ssize_t by0, Py_ssize_t bx0):
+    """A 3x3, stride-1 conv followed by a 2x2, stride-2, 'valid' max pool, by Winograd
+    F(2x2, 3x3) (csrc/plan_wino.h): conv pixel ``(cy, cx)`` takes its taps from
+    ``src[n, by0 + cy + (0..2), bx0 + cx + (0..2), :]`` (zero outside src); pooled point
+    ``(i, j)`` is the window of conv pixels ``(2i + a, 2j + b)``. ``u`` is the transformed
+    kernel ``G g G^T`` laid out ``(16, C, co_pad)`` (fastcnn/backends/_winograd.py), co_pad a
+    multiple of 16 and at least out's channel count; ``bias`` None or co_pad float32
+    values. ``argmax`` None, or int32 of out's shape: the winners' flat positions
+    ``cy*(2*Wo) + cx`` (the format of :func:`gather_maxpool`; first maximum wins, NaN
+    propagates). Rounding differs from the direct conv (:func:`gather_maxpool`) in the last
+    bits; the result does not depend on the thread count.
+    """
+    cdef Py_ssize_t n = src.shape[0], cs = src.shape[3], co = out.shape[3]
+    cdef Py_ssize_t co_pad = u.shape[2]
+    if out.shape[0] != n:
+        raise ValueError(f"wino_maxpool: out has {out.shape[0]} images, src {n}")
+    if u.shape[0] != 16 or u.shape[1] != cs:
+        raise ValueError(f"wino_maxpool: u has shape {(u.shape[0], u.shape[1], co_pad)}, "
+                         f"expected (16, {cs}, co_pad)")
+    if co_pad % 16 != 0 or co_pad < co:
+        raise ValueError(f"wino_maxpool: u has {co_pad} columns: not a multiple of 16 >= {co}")
+    cdef fc_gather g
+    cdef const float[::1] b
+    cdef int[:, :, :, ::1] arg
+    g.bias = NULL
+    if bias is not None:
+        b = bias
+        if b.shape[0] != co_pad:
+            raise ValueError(f"wino_maxpool: bias has {b.shape[0]} values, expected {co_pad}")
+        g.bias = &b[0]
+    g.arg = NULL
+    if argmax is not None:
+        arg = argmax
+        if any(arg.shape[i] != out.shape[i] for i in range(4)):
+            raise ValueError("wino_maxpool: argmax must have out's shape")
+        if arg.size:
+            g.arg = &arg[0, 0, 0, 0]
+    cdef Py_ssize_t total = n * out.shape[1] * out.shape[2]
+    if total == 0 or co == 0:
+        return
+    g.src = &src[0, 0, 0, 0]
+    g.n_img, g.hs, g.ws, g.cs = n, src.shape[1], src.shape[2], cs
+    g.w = &u[0, 0, 0]
+    g.run, g.nth, g.ntw, g.co, g.co_pad = cs, 3, 3, co, co_pad
+    g.out = &out[0, 0, 0, 0]
+    g.ho, g.wo = out.shape[1], out.shape[2]
+    g.grid_u, g.grid_v = out.shape[1], out.shape[2]
+    g.by0, g.bsy, g.bx0, g.bsx = by0, 1, bx0, 1
+    g.oy0, g.osy, g.ox0, g.osx = 0, 1, 0, 1
+    g.conv_wo = 2 * out.shape[2]
+    # Ranges of whole register blocks (RANGE_QUANTUM is a multiple of every FP_WMR), about
+    # 4 per thread; each thread its own scratch.
+    cdef int nt = _threads(total * 16 * cs * co, total // RANGE_QUANTUM)
+    cdef Py_ssize_t step = _ceil_div(_ceil_div(total, 4 * nt), RANGE_QUANTUM) * RANGE_QUANTUM
+    cdef Py_ssize_t nranges = _ceil_div(total, step), r
+    cdef Py_ssize_t per = fp_wino_scratch_floats(cs)
+    cdef float *zeros = <float *>calloc(max(cs, 1), sizeof(float))
+    cdef float *scratch = <float *>malloc(nt * per * sizeof(float))
+    if zeros == NULL or scratch == NULL:
+        free(zeros)
+        free(scratch)
+        raise MemoryError()
+    g.zeros = zeros
+    try:
+        with nogil:
+            if nt == 1:
+                fp_wino_pool_range(&g, 0, total, scratch)
+            else:
+                for r in prange(nranges, schedule="dynamic", num_threads=nt):
+                    fp_wino_pool_range(&g, r * step, min(total, (r + 1) * step),
+                                       scratch + threadid() * per)
+    finally:
+        free(zeros)
+        free(scratch)
 
 
 def dw(const float[:, :, :, ::1] x not None, const float[:, :, :, ::1] dy not None,

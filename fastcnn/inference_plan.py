@@ -25,7 +25,8 @@ What compiling does, once per model and batch size:
   window, computed with 16 multiplies per (channel, filter) instead of 36; the kernel's
   transform is packed at compile time. Rounding differs from the direct conv in the last
   bits (tested within float32 tolerance); an infinite input can give NaN where the
-  direct conv gives an infinity. ``FASTCNN_PLAN_WINOGRAD=0`` keeps the direct conv.
+  direct conv gives an infinity. ``FASTCNN_WINOGRAD=0`` (or the older
+  ``FASTCNN_PLAN_WINOGRAD=0``) keeps the direct conv (fastcnn/backends/_winograd.py).
 * **Runner**: on float32 with the compiled (Cython + C SIMD) kernels and a model whose ops
   all have a C implementation, the whole forward is ONE call into compiled code
   (``fastcnn._ext_plan``, csrc/plan.pyx + csrc/plan.h): an array of step descriptors run
@@ -80,6 +81,7 @@ import numpy as np
 
 from . import activations, backends
 from ._extensions import modules as _ext_modules
+from .backends import _winograd
 
 __all__ = ["InferencePlan", "InferencePlanError", "compile_inference", "infer"]
 
@@ -628,15 +630,9 @@ class InferencePlan:
             b.extra["unfused_pool"] = a_pool
         if use_c and _winograd_ok(op, x_shape, w):
             # U = G g G^T per (channel, filter), laid out (16, C, F padded to 16): a copy
-            g64 = np.asarray(w, np.float64)
-            u = np.einsum("ai,ijcf,bj->abcf", _WINO_G, g64, _WINO_G)
-            u = u.reshape(16, x_shape[3], f)
-            fp = -(-f // 16) * 16
-            packed = np.zeros((16, x_shape[3], fp), np.float32)
-            packed[:, :, :f] = u
             self.guard.copied([a["w"]])
             b.extra["wino"] = True
-            b.w = packed
+            b.w = _winograd.transform_kernel(w)
             b.b = None if bias is None else _pad16(bias.reshape(1, f))[0]
             return
         if direct:
@@ -649,16 +645,13 @@ class InferencePlan:
             b.w, b.b = w, bias
 
 
-#: Winograd F(2x2, 3x3)'s kernel transform.
-_WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-
-
 def _winograd_ok(op, x_shape, w) -> bool:
     """Whether the C runner computes this conv + 2x2 pool by Winograd F(2x2, 3x3)
     (csrc/plan_wino.h): a 3x3 kernel, stride 1, on 8+ channels (fewer: the transforms
-    cost more than the multiplies they save). FASTCNN_PLAN_WINOGRAD=0 turns it off."""
+    cost more than the multiplies they save). FASTCNN_WINOGRAD=0 (or the older
+    FASTCNN_PLAN_WINOGRAD=0) turns it off, here and in the training backend."""
     a = op.attrs
-    return (os.environ.get("FASTCNN_PLAN_WINOGRAD", "1") != "0" and a["pool"] is not None
+    return (_winograd.enabled() and a["pool"] is not None
             and tuple(w.shape[:2]) == (3, 3) and tuple(a["strides"]) == (1, 1)
             and x_shape[3] >= 8)
 

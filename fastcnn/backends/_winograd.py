@@ -1,0 +1,37 @@
+"""Winograd F(2x2, 3x3) (Lavin & Gray, 2016): what the compiled kernels (csrc/wino.h) share
+between the inference plan and the Cython backend.
+
+* :func:`enabled`: one switch for both, ``FASTCNN_WINOGRAD=0`` (the plan's older
+  ``FASTCNN_PLAN_WINOGRAD=0`` also still turns it off).
+* :func:`transform_kernel`: the kernel transform ``U = G g G^T`` per (channel, filter), in
+  float64 then rounded once to float32, laid out ``(16, C, F padded to 16)`` (position
+  ``p = 4k + l`` of the 4x4 transformed tile first: the kernels' 16 small GEMMs).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+#: Winograd F(2x2, 3x3)'s kernel transform G (4 x 3).
+G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def enabled() -> bool:
+    """False when ``FASTCNN_WINOGRAD`` (or the older ``FASTCNN_PLAN_WINOGRAD``) is ``0``."""
+    return (os.environ.get("FASTCNN_WINOGRAD", "1") != "0"
+            and os.environ.get("FASTCNN_PLAN_WINOGRAD", "1") != "0")
+
+
+def transform_kernel(w) -> np.ndarray:
+    """``w`` (3, 3, C, F) -> float32 ``(16, C, F16)``, ``F16`` = F rounded up to 16 (zero
+    columns past F): a new array."""
+    w = np.asarray(w)
+    if w.ndim != 4 or w.shape[:2] != (3, 3):
+        raise ValueError(f"w must be a (3, 3, C, F) kernel, got shape {w.shape}")
+    c, f = w.shape[2], w.shape[3]
+    u = np.einsum("ai,ijcf,bj->abcf", G, np.asarray(w, np.float64), G).reshape(16, c, f)
+    f16 = -(-f // 16) * 16
+    packed = np.zeros((16, c, f16), np.float32)
+    packed[:, :, :f] = u
+    return packed
