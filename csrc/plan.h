@@ -63,12 +63,18 @@ typedef struct {
 /* A dense layer on fewer rows than this runs fp_gemv (row by row); on more, the conv
  * kernel as a 1x1 convolution (6 rows x 64 columns register blocks). */
 #define FP_GEMV_ROWS 6
-#define FP_PARALLEL_MIN_MACS (1 << 20)
+/* Below this many multiply-adds a step runs on one thread. Waking a worker that spins
+ * (fastcnn's GOMP_SPINCOUNT, fastcnn/_runtime.py) costs ~2 us here, about the time a
+ * thread saves on 128k multiply-adds; a sleeping one costs ~50 us on a VM (a batch-1
+ * predict after an idle pause pays that once per call). */
+#define FP_PARALLEL_MIN_MACS (1 << 17)
 #define FP_RANGE_QUANTUM 24
 
-/* --- y[0..f) = b + x[0..k) . w (k x f_pad), per instruction set ------------------------
+/* --- y[0..f) = b + x[0..k) . w (k rows of ld floats; f_pad columns, a multiple of the
+ * vector length, are computed and f stored), per instruction set ------------------------
  * All f_pad / VL accumulators of a row stay in registers for the columns' blocks of up
- * to 8 vectors; the weight rows stream once per block. */
+ * to 8 vectors; the weight rows stream once per block. A thread's share of the columns
+ * is the same call on w + f0, b + f0, y + f0 with the layer's ld. */
 #define FP_GEMV_BODY(VEC, VL)                                                               \
     {                                                                                       \
         for (ptrdiff_t f0 = 0; f0 < f_pad; f0 += 8 * VL) {                                  \
@@ -78,7 +84,7 @@ typedef struct {
                 acc[j] = (VEC){0};                                                          \
             const float *wr = w + f0;                                                       \
             if (nv == 8) {                                                                  \
-                for (ptrdiff_t c = 0; c < k; c++, wr += f_pad) {                            \
+                for (ptrdiff_t c = 0; c < k; c++, wr += ld) {                               \
                     const float s = x[c];                                                   \
                     for (int j = 0; j < 8; j++) {                                           \
                         VEC wv;                                                             \
@@ -87,7 +93,7 @@ typedef struct {
                     }                                                                       \
                 }                                                                           \
             } else {                                                                        \
-                for (ptrdiff_t c = 0; c < k; c++, wr += f_pad) {                            \
+                for (ptrdiff_t c = 0; c < k; c++, wr += ld) {                               \
                     const float s = x[c];                                                   \
                     for (int j = 0; j < nv; j++) {                                          \
                         VEC wv;                                                             \
@@ -113,7 +119,7 @@ typedef struct {
 
 typedef float fp_v4 __attribute__((vector_size(16)));
 static void fp_gemv_generic(const float *x, const float *w, const float *b, float *y,
-                            ptrdiff_t k, ptrdiff_t f, ptrdiff_t f_pad)
+                            ptrdiff_t k, ptrdiff_t f, ptrdiff_t f_pad, ptrdiff_t ld)
 FP_GEMV_BODY(fp_v4, 4)
 
 #if FC_HAVE_X86
@@ -121,19 +127,19 @@ typedef float fp_v8 __attribute__((vector_size(32)));
 typedef float fp_v16 __attribute__((vector_size(64)));
 __attribute__((target("avx2,fma")))
 static void fp_gemv_avx2(const float *x, const float *w, const float *b, float *y,
-                         ptrdiff_t k, ptrdiff_t f, ptrdiff_t f_pad)
+                         ptrdiff_t k, ptrdiff_t f, ptrdiff_t f_pad, ptrdiff_t ld)
 FP_GEMV_BODY(fp_v8, 8)
 
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 static void fp_gemv_avx512(const float *x, const float *w, const float *b, float *y,
-                           ptrdiff_t k, ptrdiff_t f, ptrdiff_t f_pad)
+                           ptrdiff_t k, ptrdiff_t f, ptrdiff_t f_pad, ptrdiff_t ld)
 FP_GEMV_BODY(fp_v16, 16)
 #endif
 
 static void fp_gemv(const float *x, const float *w, const float *b, float *y, ptrdiff_t k,
-                    ptrdiff_t f, ptrdiff_t f_pad)
+                    ptrdiff_t f, ptrdiff_t f_pad, ptrdiff_t ld)
 {
-    FC_DISPATCH(fp_gemv, x, w, b, y, k, f, f_pad)
+    FC_DISPATCH(fp_gemv, x, w, b, y, k, f, f_pad, ld)
 }
 
 /* --- Winograd F(2x2, 3x3) conv + 2x2 max pool, per instruction set: wino.h ------------- */
@@ -269,6 +275,33 @@ static void fp_pool(void (*rows)(const fc_pool *, ptrdiff_t, ptrdiff_t), const f
         rows(p, r, r + 1);
 }
 
+/* A dense step on fewer than FP_GEMV_ROWS rows: fp_gemv per row; with enough weights to
+ * stream, each thread takes a slice of the columns (whole 16-float blocks, the padding
+ * quantum), so each streams only its part of w. */
+static void fp_gemv_rows(const fp_step *st, const float *x, float *y)
+{
+    const ptrdiff_t blocks = st->f_pad / 16;
+    const int nt = fp_threads(st->work, blocks);
+    if (nt == 1) {
+        for (ptrdiff_t r = 0; r < st->rows; r++)
+            fp_gemv(x + r * st->k, st->w, st->b, y + r * st->f, st->k, st->f, st->f_pad,
+                    st->f_pad);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (int t = 0; t < nt; t++) {
+        const ptrdiff_t lo = blocks * t / nt * 16, hi = blocks * (t + 1) / nt * 16;
+        const ptrdiff_t real = (hi < st->f ? hi : st->f) - lo;
+        if (real <= 0)
+            continue;
+        for (ptrdiff_t r = 0; r < st->rows; r++)
+            fp_gemv(x + r * st->k, st->w + lo, st->b ? st->b + lo : NULL, y + r * st->f + lo,
+                    st->k, real, hi - lo, st->f_pad);
+    }
+}
+
 #define FP_PTR(off) ((off) >= 0 ? arena + (off) : (float *)inputs[-1 - (off)])
 
 /* Runs the steps in order. arena: the values; inputs: the plan's inputs; iscratch: the
@@ -298,8 +331,10 @@ static int fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
             g.out = out;
             g.zeros = zeros;
             g.arg = NULL;
+            /* Ranges of whole register blocks of tiles (FP_WMR_MAX, a multiple of every
+             * ISA's block): a batch-1 5x5 pool's 25 tiles split 13 / 12 over 2 threads. */
             const ptrdiff_t total = st->units, per = fp_wino_scratch_floats(g.cs);
-            const int nt = fp_threads(st->work, total / FP_RANGE_QUANTUM);
+            const int nt = fp_threads(st->work, total / FP_WMR_MAX);
             float *scratch = (float *)malloc((size_t)(nt * per) * sizeof(float));
             if (scratch == NULL)
                 return -1;
@@ -307,7 +342,7 @@ static int fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
                 fp_wino_pool_range(&g, 0, total, scratch);
             } else {
                 ptrdiff_t step = (total + 4 * nt - 1) / (4 * nt);
-                step = (step + FP_RANGE_QUANTUM - 1) / FP_RANGE_QUANTUM * FP_RANGE_QUANTUM;
+                step = (step + FP_WMR_MAX - 1) / FP_WMR_MAX * FP_WMR_MAX;
                 const ptrdiff_t nranges = (total + step - 1) / step;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic) num_threads(nt)
@@ -327,9 +362,7 @@ static int fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
         }
         case FP_DENSE:
             if (st->rows < FP_GEMV_ROWS) {
-                for (ptrdiff_t r = 0; r < st->rows; r++)
-                    fp_gemv(in0 + r * st->k, st->w, st->b, out + r * st->f, st->k, st->f,
-                            st->f_pad);
+                fp_gemv_rows(st, in0, out);
             } else {
                 fc_gather g = st->g;
                 g.src = in0;

@@ -359,6 +359,32 @@ def test_c_runner_gives_the_same_bits_on_one_and_two_threads():
     close(one, layer_by_layer(model, x)[0])
 
 
+@needs_c
+@pytest.mark.parametrize("batch", [1, 3])
+def test_c_runner_splits_small_batches_over_threads_with_the_same_bits(batch):
+    """Below 6 rows a dense layer is a row-vector product whose columns the threads share
+    (here 40 columns: 3 blocks of 16, split 1 / 2, the last one partly padding), and the
+    batch-1 conv steps split their few tiles: the same bits on 1 and 2 threads."""
+    from fastcnn import _extensions
+    from fastcnn.layers import Dense, Flatten
+    wide = fastcnn.Sequential([fastcnn.Input((8, 8, 64)), Flatten(),
+                               Dense(40, activation="relu"), Dense(3)])
+    fashion = standard("fashion")
+    before = _extensions.openmp_info()[1]
+    for model in (wide, fashion):
+        x = data(model, batch)
+        plan = model.compile_inference(batch, runner="c")
+        try:
+            _extensions.set_num_threads(1)
+            one = plan(x)[0]
+            _extensions.set_num_threads(2)
+            two = plan(x)[0]
+        finally:
+            _extensions.set_num_threads(before)
+        np.testing.assert_array_equal(one, two)
+        close(one, layer_by_layer(model, x)[0])
+
+
 def test_outputs_never_alias_the_arena():
     model = standard("fashion")
     plan = model.compile_inference(2)
