@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastcnn import _extensions
-from fastcnn.backends import _checks, _conv_phases
+from fastcnn.backends import _checks, _conv_phases, _winograd
 from fastcnn.shapes import padded_output_shape
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -236,7 +236,12 @@ def conv2d_backward(dy, ctx, need_dx=True):
 def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
     """The direct conv fused with a 2x2, stride-2, unpadded max pool (csrc/conv_kernels.h:
     the conv output never reaches memory, and conv rows/columns no window covers are not
-    computed). None for other pools, float64 and the im2col path's convs."""
+    computed). None for other pools, float64 and the im2col path's convs.
+
+    A 3x3, stride-1 conv with enough channels and filters (:func:`_winograd_pays`) runs
+    by Winograd F(2x2, 3x3) instead (csrc/wino.h: each pool window is one 2x2 output tile,
+    16 multiplies per channel and filter instead of 36): same outputs within float32
+    rounding, same argmax format and ctx, so the backward is the direct one."""
     x = _float_array(x, "x", ndim=4)
     w = _float_array(w, "w", x.dtype, ndim=4)
     c, f = x.shape[3], w.shape[3]
@@ -257,11 +262,30 @@ def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
     # and dW, db and dx skip pixels that would only add zeros (Fashion-MNIST's 11x11 ->
     # 10x10: -17%). argmax positions are in that (2*Hp, 2*Wp) image.
     hc, wc = ho // 2 * 2, wo // 2 * 2
-    _simd.gather_maxpool(x, _padded_columns(w.reshape(-1, f)), bias, y, argmax, kh, kw,
-                         -pt, sh, -pl, sw, hc, wc)
+    if _winograd_pays(kh, kw, sh, sw, c, f):
+        _simd.wino_maxpool(x, _winograd.transform_kernel(w), bias, y, argmax, -pt, -pl)
+    else:
+        _simd.gather_maxpool(x, _padded_columns(w.reshape(-1, f)), bias, y, argmax, kh, kw,
+                             -pt, sh, -pl, sw, hc, wc)
     pool_ctx = (argmax, (n, hc, wc, f), (2, 2, 2, 2, 0, 0, ho // 2, wo // 2))
     covered = (kh, kw, sh, sw, pt, pl, hc, wc)
     return y, _DirectCtx((x, w, b is not None, covered)), pool_ctx
+
+
+# Winograd pays from 8 channels and 32 filters (1 thread, AVX-512, batch 32-64, conv + pool
+# forward, direct -> Winograd ms: 74x74x8->32 8.9 -> 8.4, 74x74x32->64 55 -> 39,
+# 36x36x64->128 50 -> 28, 13x13x64->64 4.3 -> 2.9); with 16 filters the kernel's blocks
+# are one vector wide and it loses (26x26x16->16 1.8 -> 2.4), and with 3-4 channels
+# (a first layer) the transforms cost more than the multiplies they save.
+_WINOGRAD_MIN_CHANNELS = 8
+_WINOGRAD_MIN_FILTERS = 32
+
+
+def _winograd_pays(kh, kw, sh, sw, c, f) -> bool:
+    """Whether a float32 conv (+ 2x2 pool) runs by Winograd F(2x2, 3x3)
+    (``FASTCNN_WINOGRAD=0`` turns it off)."""
+    return ((kh, kw, sh, sw) == (3, 3, 1, 1) and c >= _WINOGRAD_MIN_CHANNELS
+            and f >= _WINOGRAD_MIN_FILTERS and _winograd.enabled())
 
 
 class _DirectCtx(tuple):
