@@ -27,6 +27,15 @@
  *   shape only); each block sums its rows into its own partial (kh*kw + 1, C*M) array (per
  *   row, per tap, a register reduction over the row's pixels), and the caller adds the
  *   partials in block order. So the result is the same for any thread count.
+ * - 3x3, M = 1, column stride 1 or 2 (every MobileNet depthwise layer): the k3_* kernels
+ *   instead. Forward (and dx of stride 1: the forward over dy with the kernel flipped) keeps
+ *   the source vectors a span of outputs reads in registers, each loaded once per row
+ *   instead of once per tap: in BANDS of rows sized for L2, one channel vector at a time
+ *   over the band with the 9 weights in registers and two output rows per step (a pixel of
+ *   <= 576 bytes), else row by row in blocks of 8 / 4 pixels. Same tap order as the row
+ *   kernel (the same bits). dW: per band and channel vector the 9 sums (and db's) in
+ *   registers over the band's rows, x and dy each loaded once, added to the block's
+ *   partial once per band (bands are fixed by the shape: thread-count independent).
  * - M > 1: the input rows a job reads are first expanded to C*M channels (x[.., c]
  *   repeated M times) in a thread-private buffer, then the M = 1 code runs. MobileNet's
  *   depthwise layers (M = 1) never take this path.

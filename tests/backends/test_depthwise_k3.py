@@ -1,0 +1,139 @@
+"""The 3x3, depth-multiplier-1 kernels of csrc/depthwise_kernels.h (the k3_* functions that
+MobileNet's depthwise layers run), on EVERY instruction set this CPU runs, float32 and
+float64, against test_depthwise_simd.py's float64 NumPy loop.
+
+Which code each case reaches (depthwise_kernels.h):
+
+* forward, by BANDS of rows (a pixel's channels take <= 576 bytes: float32 C <= 144,
+  float64 C <= 72) or ROW BY ROW in pixel blocks (more channels); both for column stride 1
+  and 2, any row stride; in bands, two rows at once (k3_fpair) when every kernel row of
+  both is inside the image (row stride 1 and 2), else one row per kernel-row mask;
+* dx of stride (1, 1): the same forward over dy with the kernel flipped and pads 2 - pad
+  (a pad of 3 makes that -1); other strides keep the general gather;
+* dW and db (column stride 1 or 2): per band, the 9 sums in registers.
+
+Edges: channel counts with ragged vector tails (1, 33, 161), interiors of 8 + 4 + 1 pixels
+and rows with no interior (W 1 and 2), H 1 (one kernel row inside), pads 0, 2 and 3 (rows
+with no kernel row inside: bias only), asymmetric pads, no bias. Also: 1 and 2 OpenMP
+threads give bitwise-identical results on these paths.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastcnn import _extensions, backends
+
+from test_depthwise_simd import _check, reference
+
+pytestmark = pytest.mark.skipif(
+    "depthwise" not in _extensions.modules,
+    reason=f"the compiled depthwise extension is unavailable: {_extensions.IMPORT_ERROR}")
+
+if "depthwise" in _extensions.modules:
+    DWC = _extensions.modules["depthwise"]
+    ISAS = DWC.supported_isas()
+else:
+    DWC, ISAS = None, ("generic",)
+
+CASES = [
+    # (N, H, W, C, stride, pad, bias)
+    (2, 9, 21, 33, (1, 1), ((1, 1), (1, 1)), True),     # bands, pairs, across images
+    (2, 7, 15, 161, (1, 1), ((1, 1), (1, 1)), True),    # row by row: blocks 8 + 4 + 1
+    (2, 10, 15, 40, (2, 2), ((0, 1), (1, 1)), True),    # stride 2: pairs of row stride 2
+    (2, 10, 15, 161, (2, 2), ((0, 1), (1, 1)), False),  # stride 2, row by row
+    (1, 9, 12, 24, (2, 1), ((1, 1), (1, 1)), True),     # row stride 2, column stride 1
+    (1, 8, 13, 20, (1, 2), ((1, 1), (0, 1)), True),     # column stride 2, dx: the gather
+    (1, 11, 9, 17, (3, 1), ((1, 1), (1, 1)), True),     # row stride 3: no pairs
+    (2, 6, 10, 72, (1, 1), ((0, 0), (0, 0)), True),     # 'valid': dx pads 2
+    (1, 5, 6, 80, (1, 1), ((2, 2), (2, 2)), True),      # pads 2: dx pads 0
+    (1, 5, 7, 33, (1, 1), ((3, 0), (3, 1)), False),     # pad 3: bias-only rows, dx pad -1
+    (2, 1, 9, 16, (1, 1), ((1, 1), (1, 1)), True),      # H 1: one kernel row inside
+    (2, 4, 1, 33, (1, 1), ((1, 1), (1, 1)), True),      # W 1: no interior column
+    (1, 3, 2, 161, (2, 2), ((1, 1), (0, 1)), True),     # W 2, stride 2
+    (1, 5, 19, 1, (1, 1), ((1, 1), (1, 1)), True),      # one channel
+]
+IDS = [f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-s{c[4][0]}{c[4][1]}-p{c[5][0][0]}{c[5][0][1]}"
+       f"{c[5][1][0]}{c[5][1][1]}" for c in CASES]
+
+
+@pytest.fixture
+def isa_restored():
+    before = DWC.isa()
+    yield
+    DWC.set_isa(before)
+
+
+def _data(case, dtype, seed=0):
+    n, h, wd, c, stride, pad, bias = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, wd, c)).astype(dtype)
+    w = rng.standard_normal((3, 3, c, 1)).astype(dtype)
+    b = rng.standard_normal(c).astype(dtype) if bias else None
+    ho, wo = (h + sum(pad[0]) - 3) // stride[0] + 1, (wd + sum(pad[1]) - 3) // stride[1] + 1
+    dy = rng.standard_normal((n, ho, wo, c)).astype(dtype)
+    return x, w, b, stride, pad, dy
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_3x3_matches_float64_loop(case, isa, dtype, isa_restored):
+    DWC.set_isa(isa)
+    x, w, b, stride, pad, dy = _data(case, dtype)
+    be = backends.get("cython")
+    y, ctx = be.depthwise_conv2d_forward(x, w, b, stride, pad)
+    dx, dw, db = be.depthwise_conv2d_backward(dy, ctx)
+    want = reference(x, w, b, stride, pad, dy)
+    for what, got, ref in zip(("y", "dx", "dw"), (y, dx, dw), want):
+        _check(got, ref, dtype, f"{what} ({isa})")
+    if b is None:
+        assert db is None
+    else:
+        _check(db, want[3], dtype, f"db ({isa})")
+
+
+def test_3x3_forward_bands_and_rows_agree_bitwise():
+    """The two forward schedules add the taps in the same order: 144 channels run in bands,
+    145 row by row, and their 144 shared channels come out the same bits."""
+    be = backends.get("cython")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 9, 13, 145)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 145, 1)).astype(np.float32)
+    b = rng.standard_normal(145).astype(np.float32)
+    pad = ((1, 1), (1, 1))
+    wide, _ = be.depthwise_conv2d_forward(x, w, b, (1, 1), pad)
+    narrow, _ = be.depthwise_conv2d_forward(np.ascontiguousarray(x[..., :144]),
+                                            np.ascontiguousarray(w[:, :, :144]), b[:144],
+                                            (1, 1), pad)
+    np.testing.assert_array_equal(wide[..., :144], narrow)
+
+
+def _all(dtype):
+    be = backends.get("cython")
+    out = []
+    for shape, stride, pad in (
+        ((3, 21, 19, 161), (2, 2), ((0, 1), (1, 1))),
+        ((4, 22, 17, 48), (1, 1), ((1, 1), (1, 1))),
+    ):
+        rng = np.random.default_rng(5)
+        x = rng.standard_normal(shape).astype(dtype)
+        w = rng.standard_normal((3, 3, shape[3], 1)).astype(dtype)
+        b = rng.standard_normal(shape[3]).astype(dtype)
+        y, ctx = be.depthwise_conv2d_forward(x, w, b, stride, pad)
+        out += [y, *be.depthwise_conv2d_backward(rng.standard_normal(y.shape).astype(dtype), ctx)]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_3x3_results_identical_with_1_and_2_threads(dtype):
+    _, max_threads = _extensions.openmp_info()
+    try:
+        _extensions.set_num_threads(1)
+        one = _all(dtype)
+        _extensions.set_num_threads(2)
+        two = _all(dtype)
+    finally:
+        _extensions.set_num_threads(max_threads)
+    for i, (a, b) in enumerate(zip(one, two)):
+        np.testing.assert_array_equal(a, b, err_msg=f"output {i} differs between 1 and 2 threads")
