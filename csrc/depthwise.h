@@ -35,7 +35,9 @@
  *   <= 576 bytes), else row by row in blocks of 8 / 4 pixels. Same tap order as the row
  *   kernel (the same bits). dW: per band and channel vector the 9 sums (and db's) in
  *   registers over the band's rows, x and dy each loaded once, added to the block's
- *   partial once per band (bands are fixed by the shape: thread-count independent).
+ *   partial once per band (bands are fixed by the shape: thread-count independent); the
+ *   next band's x and dy rows are prefetched while one runs. dx of stride (2, 2): blocks
+ *   of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2).
  * - M > 1: the input rows a job reads are first expanded to C*M channels (x[.., c]
  *   repeated M times) in a thread-private buffer, then the M = 1 code runs. MobileNet's
  *   depthwise layers (M = 1) never take this path.

@@ -708,6 +708,133 @@ static void DW_FN(k3_forward)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
         DW_FN(k3_forward_rows)(k, r0, r1);
 }
 
+/* --- dx of a 3x3 kernel with stride (2, 2): dx[y, x] = sum over the taps (a, b) with
+ * y + pt - a and x + pl - b even of dy[(y + pt - a) / 2, (x + pl - b) / 2] * w[a, b]
+ * (dy positions outside dy skipped). A block of NP pixels from x0 (x0 + pl even) reads
+ * dy columns j0 - 1 .. j0 + NP/2 - 1 (j0 = (x0 + pl) / 2) of each dy row once: the even
+ * pixels x0 + 2t take columns j0 + t (tap b = 0) and j0 + t - 1 (b = 2), the odd ones
+ * j0 + t (b = 1). Taps in (a, b) order; every dx element written once. */
+DWC_INLINE void DW_FN(k3_dx2_block)(const DW_T *const *s, const ptrdiff_t *arow, int nr,
+                                    const DW_T *wt, DW_T *d, ptrdiff_t j0, ptrdiff_t wo,
+                                    ptrdiff_t cm, ptrdiff_t o, ptrdiff_t lanes, const int NP)
+{
+    const int full = lanes == DW_VL;
+    DW_VEC acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < NP; i++)
+        acc[i] = (DW_VEC){0};
+    for (int r = 0; r < nr; r++) {
+        const DW_T *wa = wt + arow[r] * 3 * cm + o;
+        const DW_VEC w0 = DW_LD(wa), w1 = DW_LD(wa + cm), w2 = DW_LD(wa + 2 * cm);
+        const DW_T *p = s[r] + o;
+        DW_VEC prev = (DW_VEC){0};
+        int have_prev = 0;
+        if (j0 - 1 >= 0 && j0 - 1 < wo) {
+            prev = DW_LD(p + (j0 - 1) * cm);
+            have_prev = 1;
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < NP / 2; t++) {
+            const ptrdiff_t j = j0 + t;
+            const int in = j >= 0 && j < wo;
+            DW_VEC v = (DW_VEC){0};
+            if (in) {
+                v = DW_LD(p + j * cm);
+                acc[2 * t] += v * w0;
+            }
+            if (have_prev)
+                acc[2 * t] += prev * w2;
+            if (in)
+                acc[2 * t + 1] += v * w1;
+            prev = v;
+            have_prev = in;
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NP; i++) {
+        if (full)
+            DW_FN(store)(d + i * cm + o, acc[i]);
+        else
+            DW_FN(store_part)(d + i * cm + o, acc[i], lanes);
+    }
+}
+
+/* One dx pixel x (any parity), every channel. */
+static void DW_FN(k3_dx2_pixel)(const DW_T *const *s, const ptrdiff_t *arow, int nr,
+                                const DW_T *wt, DW_T *d, ptrdiff_t x, ptrdiff_t pl,
+                                ptrdiff_t wo, ptrdiff_t cm)
+{
+    for (ptrdiff_t o = 0; o < cm; o += DW_VL) {
+        const ptrdiff_t lanes = cm - o < DW_VL ? cm - o : DW_VL;
+        const int full = lanes == DW_VL;
+        DW_VEC acc = (DW_VEC){0};
+        for (int r = 0; r < nr; r++)
+            for (int b = (x + pl) % 2; b < 3; b += 2) {
+                const ptrdiff_t j = (x + pl - b) / 2;
+                if (x + pl - b >= 0 && j < wo)
+                    acc += DW_LD(s[r] + j * cm + o) * DW_LD(wt + (arow[r] * 3 + b) * cm + o);
+            }
+        if (full)
+            DW_FN(store)(d + x * cm + o, acc);
+        else
+            DW_FN(store_part)(d + x * cm + o, acc, lanes);
+    }
+}
+
+DWC_INLINE void DW_FN(k3_dx2_block_all)(const DW_T *const *s, const ptrdiff_t *arow, int nr,
+                                        const DW_T *wt, DW_T *d, ptrdiff_t j0, ptrdiff_t wo,
+                                        ptrdiff_t cm, const int NP)
+{
+    ptrdiff_t o = 0;
+    for (; o + DW_VL <= cm; o += DW_VL)
+        DW_FN(k3_dx2_block)(s, arow, nr, wt, d, j0, wo, cm, o, DW_VL, NP);
+    if (o < cm)
+        DW_FN(k3_dx2_block)(s, arow, nr, wt, d, j0, wo, cm, o, cm - o, NP);
+}
+
+/* dx rows [lo, hi) of the flattened (n, y) axis. */
+static void DW_FN(k3_dx2)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi)
+{
+    const DW_T *dy = (const DW_T *)g->dy, *wt = (const DW_T *)g->wt;
+    const ptrdiff_t cm = g->cm, w = g->w, wo = g->wo, pl = g->pl;
+    for (ptrdiff_t rr = lo; rr < hi; rr++) {
+        const ptrdiff_t n = rr / g->h, yy = rr - n * g->h;
+        DW_T *d = (DW_T *)g->dx + rr * w * cm;
+        const DW_T *s[3];
+        ptrdiff_t arow[3];
+        int nr = 0;
+        for (ptrdiff_t a = 0; a < 3; a++) {
+            const ptrdiff_t sy = yy + g->pt - a;
+            if (sy < 0 || sy % 2 != 0 || sy / 2 >= g->ho)
+                continue;
+            s[nr] = dy + (n * g->ho + sy / 2) * wo * cm;
+            arow[nr] = a;
+            nr++;
+        }
+        if (rr + 1 < hi) {
+            /* The dy row the next dx row reads first, if new. */
+            const ptrdiff_t sy = yy + 1 + g->pt;
+            if (yy + 1 < g->h && sy % 2 == 0 && sy / 2 < g->ho) {
+                const char *p = (const char *)(dy + (n * g->ho + sy / 2) * wo * cm);
+                const char *e = p + wo * cm * (ptrdiff_t)sizeof(DW_T);
+                for (; p < e; p += 64)
+                    __builtin_prefetch(p, 0, 2);
+            }
+        }
+        ptrdiff_t x = 0;
+        if (pl % 2 != 0 && x < w) {
+            DW_FN(k3_dx2_pixel)(s, arow, nr, wt, d, x, pl, wo, cm);
+            x++;
+        }
+        for (; x + 8 <= w; x += 8)
+            DW_FN(k3_dx2_block_all)(s, arow, nr, wt, d + x * cm, (x + pl) / 2, wo, cm, 8);
+        for (; x + 2 <= w; x += 2)
+            DW_FN(k3_dx2_block_all)(s, arow, nr, wt, d + x * cm, (x + pl) / 2, wo, cm, 2);
+        if (x < w)
+            DW_FN(k3_dx2_pixel)(s, arow, nr, wt, d, x, pl, wo, cm);
+    }
+}
+
 /* --- forward: output rows [lo, hi) of the flattened (n, i) axis -------------------------- */
 
 static void DW_FN(forward_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *scratch)
@@ -803,6 +930,10 @@ static void DW_FN(dx_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *s
         k3.pt = 2 - g->pt;
         k3.pl = 2 - g->pl;
         DW_FN(k3_forward)(&k3, lo, hi);
+        return;
+    }
+    if (g->m == 1 && g->kh == 3 && g->kw == 3 && g->sh == 2 && g->sw == 2) {
+        DW_FN(k3_dx2)(g, lo, hi);
         return;
     }
     const DW_T *dy = (const DW_T *)g->dy, *wt = (const DW_T *)g->wt;
@@ -1054,8 +1185,8 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
     DW_FN(k3_interior)(k->ws, k->wo, k->pl, k->sw, &q_lo, &q_hi);
     for (ptrdiff_t b0 = r0; b0 < r1; b0 += band) {
         const ptrdiff_t b1 = b0 + band < r1 ? b0 + band : r1;
-        const char *pf = NULL, *pf_end = NULL;
-        ptrdiff_t pf_step = 0;
+        const char *pf = NULL, *pf_end = NULL, *dpf = NULL, *dpf_end = NULL;
+        ptrdiff_t pf_step = 0, dpf_step = 0;
         if (b1 < r1) {
             /* The next band's x rows beyond this band's, and its dy rows. */
             ptrdiff_t f0, f1, g0, g1;
@@ -1068,6 +1199,11 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
                 const ptrdiff_t steps = nvec * (b1 - b0);
                 pf_step = ((pf_end - pf) / 64 + steps - 1) / steps * 64;
             }
+            const ptrdiff_t b2 = b1 + band < r1 ? b1 + band : r1;
+            dpf = (const char *)(dy + b1 * k->wo * cm);
+            dpf_end = (const char *)(dy + b2 * k->wo * cm);
+            const ptrdiff_t steps = nvec * (b1 - b0);
+            dpf_step = ((dpf_end - dpf) / 64 + steps - 1) / steps * 64;
         }
         for (ptrdiff_t o = 0; o < cm; o += DW_VL) {
             const ptrdiff_t lanes = cm - o < DW_VL ? cm - o : DW_VL;
@@ -1082,6 +1218,11 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
                     const char *stop = pf + pf_step < pf_end ? pf + pf_step : pf_end;
                     for (; pf < stop; pf += 64)
                         __builtin_prefetch(pf, 0, 2);
+                }
+                if (dpf) {
+                    const char *stop = dpf + dpf_step < dpf_end ? dpf + dpf_step : dpf_end;
+                    for (; dpf < stop; dpf += 64)
+                        __builtin_prefetch(dpf, 0, 2);
                 }
 #define DW_CALL(M, S, LN) DW_FN(k3_dwspan)(s, dyr, acc, &dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, M, S)
                 if (lanes == DW_VL) {

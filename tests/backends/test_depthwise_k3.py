@@ -9,7 +9,9 @@ Which code each case reaches (depthwise_kernels.h):
   and 2, any row stride; in bands, two rows at once (k3_fpair) when every kernel row of
   both is inside the image (row stride 1 and 2), else one row per kernel-row mask;
 * dx of stride (1, 1): the same forward over dy with the kernel flipped and pads 2 - pad
-  (a pad of 3 makes that -1); other strides keep the general gather;
+  (a pad of 3 makes that -1); of stride (2, 2): k3_dx2, blocks of 8 and 2 pixels (an odd
+  left pad: a single pixel first; an odd remainder: one last); other strides keep the
+  general gather;
 * dW and db (column stride 1 or 2): per band, the 9 sums in registers.
 
 Edges: channel counts with ragged vector tails (1, 33, 161), interiors of 8 + 4 + 1 pixels
@@ -51,6 +53,8 @@ CASES = [
     (2, 1, 9, 16, (1, 1), ((1, 1), (1, 1)), True),      # H 1: one kernel row inside
     (2, 4, 1, 33, (1, 1), ((1, 1), (1, 1)), True),      # W 1: no interior column
     (1, 3, 2, 161, (2, 2), ((1, 1), (0, 1)), True),     # W 2, stride 2
+    (1, 6, 19, 24, (2, 2), ((1, 1), (0, 1)), True),     # dx (2, 2): 8 + 8 + 2 + 1 pixels
+    (1, 7, 11, 33, (2, 2), ((2, 2), (2, 2)), True),     # dx (2, 2): dy columns off both ends
     (1, 5, 19, 1, (1, 1), ((1, 1), (1, 1)), True),      # one channel
 ]
 IDS = [f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-s{c[4][0]}{c[4][1]}-p{c[5][0][0]}{c[5][0][1]}"
