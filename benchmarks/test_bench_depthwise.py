@@ -17,7 +17,13 @@ Each row's extra_info gets ``gflops`` (2 FLOPs per tap per output value; fwdbwd 
 times the forward: dx and dW each cost one forward) and ``gbps``, the bytes a pass must
 move at least: forward reads x and writes y; backward reads x and dy and writes dx (the
 kernel, bias and their gradients are kilobytes and not counted). A table of ms, GFLOP/s
-and GB/s per row is printed at the end of the module's run.
+and GB/s per row is printed at the end of the module's run, with each row's share of its
+ROOFLINE: ``max(memory time, FLOP time) / median``, where the memory time is what a NumPy
+copy moving the same bytes takes on this machine at that size (best of many, measured in
+this run: in cache for the small shapes, from memory for the large; fwdbwd: the forward's
+bytes and the backward's, each timed at its own size) and the FLOP time the FLOPs at the
+run's SGEMM ceiling (conftest's ``sgemm``), so 100% is the better of a pure copy and
+SGEMM-rate arithmetic. The bound column says which of the two the row's roofline is.
 
     FASTCNN_BENCH_THREADS=1 python -m pytest benchmarks/test_bench_depthwise.py \\
         --benchmark-only --benchmark-max-time=0.5
@@ -28,6 +34,7 @@ time neighbours take the core (the 2026-12-06 figures of issue 14 were taken so,
 average of 8 on 2 cores, where wall medians came out 2-7x the CPU times).
 """
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,12 +75,16 @@ class DepthwiseShape:
         (ho, wo), _ = self.geometry
         return 2 * self.k * self.k * self.n * ho * wo * self.c * self.mult
 
-    def bytes_moved(self, pass_) -> int:
+    def bytes_by_pass(self, pass_) -> list:
+        """Bytes each pass must move: forward x + y; backward x, dy and dx."""
         (ho, wo), _ = self.geometry
         x = self.n * self.h * self.w * self.c
         y = self.n * ho * wo * self.c * self.mult
-        elems = x + y if pass_ == "fwd" else (x + y) + (x + y + x)
-        return elems * np.dtype(DTYPE).itemsize
+        elems = [x + y] if pass_ == "fwd" else [x + y, x + y + x]
+        return [e * np.dtype(DTYPE).itemsize for e in elems]
+
+    def bytes_moved(self, pass_) -> int:
+        return sum(self.bytes_by_pass(pass_))
 
     def describe(self) -> str:
         (ho, wo), _ = self.geometry
@@ -103,7 +114,32 @@ SHAPES = [
 ]
 
 _EXPECTED = {}   # shape id -> (y, dx, dw, db) from im2col, computed once
-_ROWS = []       # (group, peer, median ms, GFLOP/s, GB/s) for the closing table
+_ROWS = []       # (group, peer, median ms, GFLOP/s, GB/s, % of roofline, bound) for the table
+_COPY_S = {}     # bytes moved -> best seconds of a NumPy copy moving them
+
+
+def _copy_seconds(nbytes):
+    """Best time of ``np.copyto`` reading nbytes/2 and writing nbytes/2 (the memory side of
+    the roofline for a pass that moves nbytes), at that size, measured once per run."""
+    if nbytes not in _COPY_S:
+        src = np.ones(max(1, nbytes // 2 // 4), dtype=np.float32)
+        dst = np.empty_like(src)
+        np.copyto(dst, src)  # page faults of dst
+        best = float("inf")
+        for _ in range(max(10, min(300, int(3e9 // max(nbytes, 1))))):
+            t0 = time.perf_counter()
+            np.copyto(dst, src)
+            best = min(best, time.perf_counter() - t0)
+        _COPY_S[nbytes] = best
+    return _COPY_S[nbytes]
+
+
+def _roofline(shape, pass_, flops, sgemm_gflops):
+    """(roofline seconds, copy GB/s of its memory side, 'mem' or 'flop')."""
+    moved = shape.bytes_by_pass(pass_)
+    mem = sum(_copy_seconds(b) for b in moved)
+    flop = flops / (sgemm_gflops * 1e9)
+    return max(mem, flop), sum(moved) / mem / 1e9, "mem" if mem >= flop else "flop"
 
 
 def _expected(shape, x, w, b, dy):
@@ -138,10 +174,12 @@ def _table(request):
     try:
         tr.write_line("")
         tr.write_line(f"depthwise conv, float32, MobileNetV2's shapes (batch 8): median ms, "
-                      f"GFLOP/s, GB/s (threads {os.environ.get('FASTCNN_BENCH_THREADS', '?')})")
-        for group, peer, ms, gflops, gbps in _ROWS:
+                      f"GFLOP/s, GB/s, % of roofline and its bound (threads "
+                      f"{os.environ.get('FASTCNN_BENCH_THREADS', '?')}; roofline: the better "
+                      f"of a NumPy copy of the same bytes and the SGEMM rate)")
+        for group, peer, ms, gflops, gbps, eff, bound in _ROWS:
             tr.write_line(f"  {group:<84} {peer:<7} {ms:9.3f} ms {gflops:6.2f} GFLOP/s "
-                          f"{gbps:6.2f} GB/s")
+                          f"{gbps:6.2f} GB/s {100 * eff:5.1f}% {bound}")
     finally:
         if lifted is not None:
             lifted.__exit__(None, None, None)
@@ -237,5 +275,9 @@ def test_depthwise_conv2d(timed, benchmark, rng, pass_, shape, peer):
         moved = shape.bytes_moved(pass_)
         extra["bytes_moved"] = moved
         extra["gbps"] = moved / (extra["median_ms"] / 1e3) / 1e9
+        roof_s, copy_gbps, bound = _roofline(shape, pass_, factor * shape.flops_forward,
+                                             extra["sgemm_gflops"])
+        extra.update(roofline_ms=roof_s * 1e3, copy_gbps=copy_gbps, roofline_bound=bound,
+                     roofline_frac=roof_s * 1e3 / extra["median_ms"])
         _ROWS.append((group, peer, extra["median_ms"], extra.get("gflops", 0.0),
-                      extra["gbps"]))
+                      extra["gbps"], extra["roofline_frac"], bound))
