@@ -12,6 +12,9 @@
  * simd_isa.h) with FP_ISA (the name suffix), FP_VL (floats per vector) and FP_WMR (tiles
  * per register block). No include guard, on purpose.
  *
+ * wino_conv_range is the same conv without the pool (every 2x2 tile stored: the training
+ * backend's dx of a 3x3 stride-1 conv, dy correlated with the flipped kernel).
+ *
  * g describes the job as for simd.h's fused kernel: src (n_img, hs, ws, cs); the output
  * (n_img, ho, wo, co) is the POOLED grid; tile (u, v) reads the input rows by0 + 2u + (0..3)
  * and columns bx0 + 2v + (0..3) (zero outside src). w is U laid out (16, cs, co_pad), bias
@@ -128,19 +131,58 @@ static inline __attribute__((always_inline)) FP_VEC FP_FN(pick_arg)(FP_VEC z, FP
     return (FP_VEC)(((FP_IVEC)z & take) | ((FP_IVEC)best & ~take));
 }
 
+/* Y = A^T M A plus the bias, the whole 2x2 tile stored (no pool): outputs (2u + a, 2v + b)
+ * of out (n_img, ho, wo, co), those past its bottom or right side dropped. */
+static inline __attribute__((always_inline)) void FP_FN(wino_output_tile)(
+    const fc_gather *g, const float *M, ptrdiff_t n, ptrdiff_t u, ptrdiff_t v, ptrdiff_t f0,
+    int i, const int MR, const int NV)
+{
+    const ptrdiff_t oy = 2 * u, ox = 2 * v;
+    const int rows = oy + 1 < g->ho ? 2 : 1, cols = ox + 1 < g->wo ? 2 : 1;
+    float *out = g->out + ((n * g->ho + oy) * g->wo + ox) * g->co;
+    const ptrdiff_t down = g->wo * g->co;
+    for (int j = 0; j < NV; j++) {
+        FP_VEC m[16];
+        for (int p = 0; p < 16; p++)
+            m[p] = FP_FN(ld)(M + ((ptrdiff_t)p * MR * 4 + i * 4 + j) * FP_VL);
+        FP_VEC s0[4], s1[4];
+        for (int b = 0; b < 4; b++) {
+            s0[b] = m[0 + b] + m[4 + b] + m[8 + b];
+            s1[b] = m[4 + b] - m[8 + b] - m[12 + b];
+        }
+        const ptrdiff_t f = f0 + FP_VL * j;
+        const FP_VEC bias = g->bias ? FP_FN(ld)(g->bias + f) : (FP_VEC){0};
+        FP_VEC y[2][2];
+        y[0][0] = s0[0] + s0[1] + s0[2] + bias;
+        y[0][1] = s0[1] - s0[2] - s0[3] + bias;
+        y[1][0] = s1[0] + s1[1] + s1[2] + bias;
+        y[1][1] = s1[1] - s1[2] - s1[3] + bias;
+        const ptrdiff_t lanes = g->co - f < FP_VL ? g->co - f : FP_VL;
+        if (lanes <= 0)
+            continue;
+        for (int a = 0; a < rows; a++)
+            for (int b = 0; b < cols; b++)
+                memcpy(out + a * down + b * g->co + f, &y[a][b], (size_t)lanes * sizeof(float));
+    }
+}
+
 /* Y = A^T M A, the window's maximum, the bias; stored to the pooled output, and with
  * g->arg set the winner's flat position in the conv image, cy * conv_wo + cx, to arg (the
  * order and rule of simd.h's fused kernel: (0,0), (0,1), (1,0), (1,1), first maximum
  * wins, a NaN propagates). */
 static inline __attribute__((always_inline)) void FP_FN(wino_output)(
     const fc_gather *g, const float *M, ptrdiff_t q0, ptrdiff_t nvalid, ptrdiff_t f0,
-    const int MR, const int NV)
+    const int MR, const int NV, const int POOL)
 {
     const ptrdiff_t per_img = g->grid_u * g->grid_v;
     for (int i = 0; i < MR && i < nvalid; i++) {
         const ptrdiff_t q = q0 + i;
         const ptrdiff_t n = q / per_img, r = q - n * per_img;
         const ptrdiff_t u = r / g->grid_v, v = r - u * g->grid_v;
+        if (!POOL) {
+            FP_FN(wino_output_tile)(g, M, n, u, v, f0, i, MR, NV);
+            continue;
+        }
         float *out = g->out + ((n * g->ho + u) * g->wo + v) * g->co;
         for (int j = 0; j < NV; j++) {
             FP_VEC m[16];
@@ -182,46 +224,62 @@ static inline __attribute__((always_inline)) void FP_FN(wino_output)(
 /* One block of MR tiles from q0 (nvalid of them real): the input transform, then per
  * 4 vectors of filters the 16 GEMMs and the output transform. */
 static inline __attribute__((always_inline)) void FP_FN(wino_block)(
-    const fc_gather *g, ptrdiff_t q0, ptrdiff_t nvalid, float *V, float *M, const int MR)
+    const fc_gather *g, ptrdiff_t q0, ptrdiff_t nvalid, float *V, float *M, const int MR,
+    const int POOL)
 {
     FP_FN(wino_input)(g, q0, MR, nvalid, V);
     for (ptrdiff_t f0 = 0; f0 < g->co_pad; f0 += 4 * FP_VL) {
         const ptrdiff_t left = (g->co_pad - f0) / FP_VL;
         if (left >= 4) {
             FP_FN(wino_gemm)(g, V, M, f0, MR, 4);
-            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 4);
+            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 4, POOL);
         } else if (left == 3) {
             FP_FN(wino_gemm)(g, V, M, f0, MR, 3);
-            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 3);
+            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 3, POOL);
         } else if (left == 2) {
             FP_FN(wino_gemm)(g, V, M, f0, MR, 2);
-            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 2);
+            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 2, POOL);
         } else {
             FP_FN(wino_gemm)(g, V, M, f0, MR, 1);
-            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 1);
+            FP_FN(wino_output)(g, M, q0, nvalid, f0, MR, 1, POOL);
         }
     }
 }
 
-/* Pooled grid points [q_lo, q_hi): blocks of FP_WMR tiles, then one block of the rest
- * (no tile computed twice: at batch 1 the 25 tiles of a 5x5 pool were 30 slots). */
-static void FP_FN(wino_pool_range)(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
-                                   float *scratch)
+/* Grid points [q_lo, q_hi): blocks of FP_WMR tiles, then one block of the rest (no tile
+ * computed twice: at batch 1 the 25 tiles of a 5x5 pool were 30 slots). */
+static inline __attribute__((always_inline)) void FP_FN(wino_range)(
+    const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi, float *scratch, const int POOL)
 {
     float *V = scratch, *M = scratch + 16 * FP_WMR * g->cs;
     ptrdiff_t q0 = q_lo;
     for (; q0 + FP_WMR <= q_hi; q0 += FP_WMR)
-        FP_FN(wino_block)(g, q0, FP_WMR, V, M, FP_WMR);
+        FP_FN(wino_block)(g, q0, FP_WMR, V, M, FP_WMR, POOL);
     switch (q_hi - q0) {
-    case 1: FP_FN(wino_block)(g, q0, 1, V, M, 1); break;
-    case 2: FP_FN(wino_block)(g, q0, 2, V, M, 2); break;
+    case 1: FP_FN(wino_block)(g, q0, 1, V, M, 1, POOL); break;
+    case 2: FP_FN(wino_block)(g, q0, 2, V, M, 2, POOL); break;
 #if FP_WMR > 3
-    case 3: FP_FN(wino_block)(g, q0, 3, V, M, 3); break;
-    case 4: FP_FN(wino_block)(g, q0, 4, V, M, 4); break;
-    case 5: FP_FN(wino_block)(g, q0, 5, V, M, 5); break;
+    case 3: FP_FN(wino_block)(g, q0, 3, V, M, 3, POOL); break;
+    case 4: FP_FN(wino_block)(g, q0, 4, V, M, 4, POOL); break;
+    case 5: FP_FN(wino_block)(g, q0, 5, V, M, 5, POOL); break;
 #endif
     default: break;
     }
+}
+
+/* The pooled grid (out is (n_img, grid_u, grid_v, co)). */
+static void FP_FN(wino_pool_range)(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
+                                   float *scratch)
+{
+    FP_FN(wino_range)(g, q_lo, q_hi, scratch, 1);
+}
+
+/* No pool: tile (u, v) writes out's pixels (2u + a, 2v + b) that exist (out is (n_img, ho,
+ * wo, co), grid_u = ceil(ho / 2), grid_v = ceil(wo / 2)); g->arg is not read. */
+static void FP_FN(wino_conv_range)(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
+                                   float *scratch)
+{
+    FP_FN(wino_range)(g, q_lo, q_hi, scratch, 0);
 }
 
 #undef FP_VEC

@@ -4,7 +4,8 @@
   source (a direct convolution: no column matrix is written, nothing but the input is
   kept for the backward); ``dw``: the weight gradient from x and dy in place.
 * ``wino_maxpool``: a 3x3, stride-1 conv fused with a 2x2 max pool by Winograd
-  F(2x2, 3x3) (csrc/wino.h, the inference plan's kernel), with the argmax of gather_maxpool.
+  F(2x2, 3x3) (csrc/wino.h, the inference plan's kernel), with the argmax of gather_maxpool;
+  ``wino_conv``: the same conv without the pool (a stride-1 3x3 conv's dx).
 * ``maxpool_forward`` / ``maxpool_backward``: max pooling with pool.pyx's semantics, the
   channels as the vector axis.
 
@@ -26,6 +27,8 @@ from simd_h cimport *
 cdef extern from "wino.h" nogil:
     Py_ssize_t fp_wino_scratch_floats(Py_ssize_t cs)
     void fp_wino_pool_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi,
+                            float *scratch)
+    void fp_wino_conv_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi,
                             float *scratch)
 
 #: The instruction sets the kernels are compiled for, in FC_ISA_* order.
@@ -210,24 +213,8 @@ def wino_maxpool(const float[:, :, :, ::1] src not None, const float[:, :, ::1] 
     propagates). Rounding differs from the direct conv (:func:`gather_maxpool`) in the last
     bits; the result does not depend on the thread count.
     """
-    cdef Py_ssize_t n = src.shape[0], cs = src.shape[3], co = out.shape[3]
-    cdef Py_ssize_t co_pad = u.shape[2]
-    if out.shape[0] != n:
-        raise ValueError(f"wino_maxpool: out has {out.shape[0]} images, src {n}")
-    if u.shape[0] != 16 or u.shape[1] != cs:
-        raise ValueError(f"wino_maxpool: u has shape {(u.shape[0], u.shape[1], co_pad)}, "
-                         f"expected (16, {cs}, co_pad)")
-    if co_pad % 16 != 0 or co_pad < co:
-        raise ValueError(f"wino_maxpool: u has {co_pad} columns: not a multiple of 16 >= {co}")
     cdef fc_gather g
-    cdef const float[::1] b
     cdef int[:, :, :, ::1] arg
-    g.bias = NULL
-    if bias is not None:
-        b = bias
-        if b.shape[0] != co_pad:
-            raise ValueError(f"wino_maxpool: bias has {b.shape[0]} values, expected {co_pad}")
-        g.bias = &b[0]
     g.arg = NULL
     if argmax is not None:
         arg = argmax
@@ -235,7 +222,44 @@ def wino_maxpool(const float[:, :, :, ::1] src not None, const float[:, :, ::1] 
             raise ValueError("wino_maxpool: argmax must have out's shape")
         if arg.size:
             g.arg = &arg[0, 0, 0, 0]
-    cdef Py_ssize_t total = n * out.shape[1] * out.shape[2]
+    g.conv_wo = 2 * out.shape[2]
+    _run_wino(src, u, bias, out, by0, bx0, out.shape[1], out.shape[2], True, &g)
+
+
+def wino_conv(const float[:, :, :, ::1] src not None, const float[:, :, ::1] u not None,
+              bias, float[:, :, :, ::1] out not None, Py_ssize_t by0, Py_ssize_t bx0):
+    """A 3x3, stride-1 conv by Winograd F(2x2, 3x3), every output stored: ``out[n, i, j]``
+    takes its taps from ``src[n, by0 + i + (0..2), bx0 + j + (0..2), :]`` (zero outside
+    src); ``u``, ``bias`` as for :func:`wino_maxpool`. The conv's dx in training: dy
+    correlated with the flipped, transposed kernel."""
+    cdef fc_gather g
+    g.arg, g.conv_wo = NULL, 0
+    _run_wino(src, u, bias, out, by0, bx0, _ceil_div(out.shape[1], 2),
+              _ceil_div(out.shape[2], 2), False, &g)
+
+
+cdef _run_wino(const float[:, :, :, ::1] src, const float[:, :, ::1] u, bias,
+               float[:, :, :, ::1] out, Py_ssize_t by0, Py_ssize_t bx0, Py_ssize_t grid_u,
+               Py_ssize_t grid_v, bint pooled, fc_gather *g):
+    """Checks what wino_maxpool and wino_conv share, fills the rest of ``g`` and runs it
+    in ranges of tiles over OpenMP threads."""
+    cdef Py_ssize_t n = src.shape[0], cs = src.shape[3], co = out.shape[3]
+    cdef Py_ssize_t co_pad = u.shape[2]
+    if out.shape[0] != n:
+        raise ValueError(f"wino: out has {out.shape[0]} images, src {n}")
+    if u.shape[0] != 16 or u.shape[1] != cs:
+        raise ValueError(f"wino: u has shape {(u.shape[0], u.shape[1], co_pad)}, "
+                         f"expected (16, {cs}, co_pad)")
+    if co_pad % 16 != 0 or co_pad < co:
+        raise ValueError(f"wino: u has {co_pad} columns: not a multiple of 16 >= {co}")
+    cdef const float[::1] b
+    g.bias = NULL
+    if bias is not None:
+        b = bias
+        if b.shape[0] != co_pad:
+            raise ValueError(f"wino: bias has {b.shape[0]} values, expected {co_pad}")
+        g.bias = &b[0]
+    cdef Py_ssize_t total = n * grid_u * grid_v
     if total == 0 or co == 0:
         return
     g.src = &src[0, 0, 0, 0]
@@ -244,10 +268,9 @@ def wino_maxpool(const float[:, :, :, ::1] src not None, const float[:, :, ::1] 
     g.run, g.nth, g.ntw, g.co, g.co_pad = cs, 3, 3, co, co_pad
     g.out = &out[0, 0, 0, 0]
     g.ho, g.wo = out.shape[1], out.shape[2]
-    g.grid_u, g.grid_v = out.shape[1], out.shape[2]
+    g.grid_u, g.grid_v = grid_u, grid_v
     g.by0, g.bsy, g.bx0, g.bsx = by0, 1, bx0, 1
     g.oy0, g.osy, g.ox0, g.osx = 0, 1, 0, 1
-    g.conv_wo = 2 * out.shape[2]
     # Ranges of whole register blocks (RANGE_QUANTUM is a multiple of every FP_WMR), about
     # 4 per thread; each thread its own scratch.
     cdef int nt = _threads(total * 16 * cs * co, total // RANGE_QUANTUM)
@@ -264,11 +287,18 @@ def wino_maxpool(const float[:, :, :, ::1] src not None, const float[:, :, ::1] 
     try:
         with nogil:
             if nt == 1:
-                fp_wino_pool_range(&g, 0, total, scratch)
+                if pooled:
+                    fp_wino_pool_range(g, 0, total, scratch)
+                else:
+                    fp_wino_conv_range(g, 0, total, scratch)
             else:
                 for r in prange(nranges, schedule="dynamic", num_threads=nt):
-                    fp_wino_pool_range(&g, r * step, min(total, (r + 1) * step),
-                                       scratch + threadid() * per)
+                    if pooled:
+                        fp_wino_pool_range(g, r * step, min(total, (r + 1) * step),
+                                           scratch + threadid() * per)
+                    else:
+                        fp_wino_conv_range(g, r * step, min(total, (r + 1) * step),
+                                           scratch + threadid() * per)
     finally:
         free(zeros)
         free(scratch)

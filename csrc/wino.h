@@ -5,7 +5,9 @@
  * fp_wino_pool_range: a 3x3, stride-1 conv fused with a 2x2, stride-2 max pool over the
  * pooled grid points [q_lo, q_hi) of g (see plan_wino.h); with g->arg set it also writes
  * each winner's flat position cy*conv_wo + cx in the conv image (simd.h's gather_maxpool
- * format). scratch holds fp_wino_scratch_floats(g->cs) floats (one thread's).
+ * format). fp_wino_conv_range: the same conv without the pool, every output stored (the
+ * grid is ceil(ho/2) x ceil(wo/2) tiles). scratch holds fp_wino_scratch_floats(g->cs)
+ * floats (one thread's).
  *
  * Determinism: every pooled value is computed from its own tile only, in an order fixed
  * by the shapes, so ranges (and thread counts) do not change a bit of the result.
@@ -52,6 +54,14 @@ static void fp_wino_pool_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_h
                                float *scratch)
 {
     FC_DISPATCH(fp_wino_pool_range, g, q_lo, q_hi, scratch)
+}
+
+/* Unused by the plan's runner: no warning there. */
+__attribute__((unused))
+static void fp_wino_conv_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
+                               float *scratch)
+{
+    FC_DISPATCH(fp_wino_conv_range, g, q_lo, q_hi, scratch)
 }
 
 #endif /* FASTCNN_WINO_H */

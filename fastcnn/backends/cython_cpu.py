@@ -279,6 +279,11 @@ def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
 # (a first layer) the transforms cost more than the multiplies they save.
 _WINOGRAD_MIN_CHANNELS = 8
 _WINOGRAD_MIN_FILTERS = 32
+# dx of a 3x3 stride-1 conv (dy's f channels -> x's c) by Winograd without the pool
+# (simd.wino_conv), same rule but from 16 channels of dy (b32 direct -> Winograd ms, 1
+# thread: 72x72x64 -> 74x74x32 66 -> 51, 34x34x128 -> 36x36x64 52 -> 35, 72x72x16 -> 32
+# 19 -> 16, 72x72x8 -> 32 10.3 -> 11.0; b64 11x11x64 -> 13x13x64 6.6 -> 5.9).
+_WINOGRAD_DX_MIN_CHANNELS = 16
 
 
 def _winograd_pays(kh, kw, sh, sw, c, f) -> bool:
@@ -337,6 +342,14 @@ def _direct_backward(dy, ctx, need_dx):
         dcols = np.matmul(dy.reshape(-1, f), w.reshape(-1, f).T)
         dx = np.empty(x.shape, dtype=x.dtype)
         _conv.col2im(dcols, dx, kh, kw, sh, sw, pt, pl, ho, wo)
+        return dx, dw, db
+    if _winograd_pays(kh, kw, sh, sw, f, c) and f >= _WINOGRAD_DX_MIN_CHANNELS:
+        # dx[i, j] = sum_(a,b) dy[i + pt - a, j + pl - b] . w[a, b]^T: a 3x3 stride-1 conv of
+        # dy (zero outside it) with the flipped, transposed kernel, its taps from
+        # dy[i - (2 - pt) + a', ...]: by Winograd F(2x2, 3x3), every dx pixel written.
+        dx = np.empty(x.shape, dtype=x.dtype)
+        u = _winograd.transform_kernel(w[::-1, ::-1].transpose(0, 1, 3, 2))
+        _simd.wino_conv(dy, u, None, dx, pt - 2, pl - 2)
         return dx, dw, db
     stride, pad = (sh, sw), ((pt, 0), (pl, 0))  # the phases need only the leading pads
     covered = _conv_phases.dx_is_covered(w.shape, stride)

@@ -152,6 +152,38 @@ def test_without_argmax_the_same_values():
     np.testing.assert_array_equal(y1, y2)
 
 
+# (n, h, w, c, f, by0, bx0) of wino_conv: out (n, h, w, f) from src (n, h + 2 + 2*by0,
+# w + 2 + 2*bx0, c), i.e. src padded by -by0, -bx0 on each side (-2: a 'valid' conv's dx,
+# -1: 'same', 0: a valid conv).
+CONV_CASES = [
+    (1, 5, 5, 1, 1, -2, -2),
+    (2, 9, 11, 5, 7, -1, -1),
+    (1, 13, 13, 64, 64, -2, -2),
+    (3, 8, 7, 17, 33, 0, 0),
+    (2, 6, 10, 16, 130, -2, -1),
+    (1, 11, 11, 40, 16, -1, -2),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_conv_without_pool_matches_the_reference(isa, case):
+    """Every output pixel written (odd sizes: the last tile's extra row/column dropped),
+    zeros read outside src, the bias added."""
+    n, h, wd, c, f, by0, bx0 = case
+    rng = np.random.default_rng(sum(case) + 100)
+    hs, ws = h + 2 + 2 * by0, wd + 2 + 2 * bx0
+    x = rng.standard_normal((n, hs, ws, c)).astype(np.float32)
+    w = rng.standard_normal((3, 3, c, f)).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    out = np.full((n, h, wd, f), np.nan, np.float32)
+    simd.wino_conv(x, _winograd.transform_kernel(w), _pad16(b), out, by0, bx0)
+    R = backends.get("reference")
+    want, _ = R.conv2d_forward(x.astype(np.float64), w.astype(np.float64),
+                               b.astype(np.float64), (1, 1), ((-by0, -by0), (-bx0, -bx0)))
+    assert want.shape == out.shape
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.sqrt(9 * c), err_msg=isa)
+
+
 def test_kernel_arguments_are_checked():
     x = np.zeros((1, 6, 6, 8), np.float32)
     y = np.empty((1, 2, 2, 16), np.float32)
@@ -193,7 +225,7 @@ class _Spy:
 
     def __getattr__(self, name):
         fn = getattr(self._m, name)
-        if name in ("wino_maxpool", "gather_maxpool"):
+        if name in ("wino_maxpool", "gather_maxpool", "wino_conv"):
             def spy(*a, **k):
                 self.calls.append(name)
                 return fn(*a, **k)
@@ -214,6 +246,7 @@ BACKEND_CASES = [
     (2, 13, 13, 64, 64, "valid"),
     (1, 10, 9, 8, 33, "same"),
     (3, 11, 12, 20, 40, "same"),
+    (2, 9, 12, 32, 40, "same"),
 ]
 
 
@@ -235,6 +268,7 @@ def test_backend_forward_and_gradients(spy, case):
     b = rng.standard_normal(f).astype(np.float32)
     y, conv_ctx, pool_ctx = _fused(x, w, b, padding)
     assert spy.calls == ["wino_maxpool"]
+    spy.calls.clear()
     p = 1 if padding == "same" else 0
     full = _conv_full(x, w, b, p)
     hp, wp = y.shape[1:3]
@@ -251,6 +285,8 @@ def test_backend_forward_and_gradients(spy, case):
     _, rctx = R.conv2d_forward(x.astype(np.float64), w.astype(np.float64),
                                b.astype(np.float64), (1, 1), ((p, p), (p, p)))
     want_grads = R.conv2d_backward(dfull, rctx)
+    # dx by Winograd too where dy has 16+ channels and x 32+ (else the direct gather).
+    assert spy.calls == (["wino_conv"] if f >= 16 and c >= 32 else [])
     for name, g_, w_ in zip(("dx", "dw", "db"), got, want_grads):
         np.testing.assert_allclose(g_, w_, rtol=1e-4, atol=1e-4, err_msg=name)
     # Each pooled gradient lands on the conv pixel the argmax names.
@@ -280,12 +316,16 @@ def test_backend_thresholds_and_float64(spy):
 @pytest.mark.parametrize("var", ["FASTCNN_WINOGRAD", "FASTCNN_PLAN_WINOGRAD"])
 def test_env_switch_turns_it_off_in_training_and_the_plan(monkeypatch, spy, var):
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 10, 10, 16)).astype(np.float32)
-    w = rng.standard_normal((3, 3, 16, 32)).astype(np.float32)
-    y_on = _fused(x, w, None, "valid")[0]
+    x = rng.standard_normal((2, 10, 10, 32)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    y_on, ctx_on, _ = _fused(x, w, None, "valid")
+    B = backends.get("cython")
+    dy = np.ones((2, 8, 8, 32), np.float32)
+    B.conv2d_backward(dy, ctx_on)
     monkeypatch.setenv(var, "0")
-    y_off = _fused(x, w, None, "valid")[0]
-    assert spy.calls == ["wino_maxpool", "gather_maxpool"]
+    y_off, ctx_off, _ = _fused(x, w, None, "valid")
+    B.conv2d_backward(dy, ctx_off)
+    assert spy.calls == ["wino_maxpool", "wino_conv", "gather_maxpool"]
     assert not np.array_equal(y_on, y_off)  # random floats: the roundings differ somewhere
     np.testing.assert_allclose(y_on, y_off, rtol=1e-5, atol=1e-4)
     assert not _winograd.enabled()
@@ -313,6 +353,20 @@ def test_identical_results_with_1_and_2_threads():
         _extensions.set_num_threads(max_threads)
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[2][0], two[2][0])
+    # dx by Winograd (dy has 32 channels, x 40).
+    wb = rng.standard_normal((3, 3, 40, 32)).astype(np.float32)
+    xb = rng.standard_normal((6, 18, 17, 40)).astype(np.float32)
+    B = backends.get("cython")
+    grads = []
+    try:
+        for nt in (1, 2):
+            _extensions.set_num_threads(nt)
+            y, ctx = B.conv2d_forward(xb, wb, None, (1, 1), ((1, 1), (1, 1)))
+            grads.append(B.conv2d_backward(np.ones_like(y) * 0.5 - y * 0.1, ctx))
+    finally:
+        _extensions.set_num_threads(max_threads)
+    for name, a, b_ in zip(("dx", "dw"), grads[0], grads[1]):
+        np.testing.assert_array_equal(a, b_, err_msg=name)
 
 
 def test_model_trains_the_same_within_rounding(monkeypatch):
