@@ -37,7 +37,11 @@
  *   registers over the band's rows, x and dy each loaded once, added to the block's
  *   partial once per band (bands are fixed by the shape: thread-count independent); the
  *   next band's x and dy rows are prefetched while one runs. dx of stride (2, 2): blocks
- *   of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2).
+ *   of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2). With
+ *   >= 12 vectors a pixel and both streamed arrays at the same offset from a 64-byte line
+ *   (NumPy's large arrays sit 16 bytes past one), a short first channel chunk makes the
+ *   other vector accesses line-aligned (k3_head); AVX-512 ragged chunks are masked
+ *   loads / stores.
  * - M > 1: the input rows a job reads are first expanded to C*M channels (x[.., c]
  *   repeated M times) in a thread-private buffer, then the M = 1 code runs. MobileNet's
  *   depthwise layers (M = 1) never take this path.
@@ -50,6 +54,7 @@
 #define FASTCNN_DEPTHWISE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #if !defined(__GNUC__)
@@ -93,6 +98,8 @@ enum { DWC_ISA_GENERIC = 0, DWC_ISA_AVX2 = 1, DWC_ISA_AVX512 = 2 };
 
 #if defined(__x86_64__) || defined(__i386__)
 #define DWC_HAVE_X86 1
+#include <immintrin.h>
+#define DWC_X86_INTRINSICS 1
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)

@@ -141,3 +141,44 @@ def test_3x3_results_identical_with_1_and_2_threads(dtype):
         _extensions.set_num_threads(max_threads)
     for i, (a, b) in enumerate(zip(one, two)):
         np.testing.assert_array_equal(a, b, err_msg=f"output {i} differs between 1 and 2 threads")
+
+
+def _at_offset(a, offset_bytes):
+    """A copy of ``a`` whose data starts ``offset_bytes`` past a 64-byte line."""
+    buf = np.empty(a.size + 64 // a.itemsize * 2, dtype=a.dtype)
+    start = (-buf.ctypes.data % 64 + offset_bytes) // a.itemsize
+    out = buf[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 64 == offset_bytes
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("offsets", [(16, 16), (32, 32), (48, 48), (0, 0), (16, 48)],
+                         ids=lambda o: f"x{o[0]}-y{o[1]}")
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2)], ids=["s11", "s22"])
+def test_3x3_arrays_off_a_cache_line(stride, offsets, dtype, isa_restored):
+    """208 channels (13 float32 / 26 float64 vectors, 832 / 1664 bytes a pixel): when x and
+    y (dy and dx; x and dy) sit at the same offset from a 64-byte line, the channels start
+    with a short chunk so the others are line-aligned (k3_head); called on the module with
+    arrays placed at each offset, every ISA."""
+    n, h, wd, c = 2, 6, 11, 208
+    pad = ((1, 1), (1, 1)) if stride == (1, 1) else ((0, 1), (1, 1))
+    x, w, b, _, _, dy = _data((n, h, wd, c, stride, pad, True), dtype, seed=11)
+    want = reference(x, w, b, stride, pad, dy)
+    (pt, _), (pl, _) = pad
+    wt = np.ascontiguousarray(w.reshape(9, c))
+    for isa in ISAS:
+        DWC.set_isa(isa)
+        xo, dyo = _at_offset(x, offsets[0]), _at_offset(dy, offsets[0])
+        y = _at_offset(np.zeros(dy.shape, dtype), offsets[1])
+        DWC.forward(xo, wt, b, y, 3, 3, *stride, pt, pl, 1)
+        _check(y, want[0], dtype, f"y ({isa}, offsets {offsets})")
+        dx = _at_offset(np.zeros(x.shape, dtype), offsets[1])
+        DWC.dx(dyo, wt, dx, 3, 3, *stride, pt, pl, 1)
+        _check(dx, want[1], dtype, f"dx ({isa}, offsets {offsets})")
+        xo2 = _at_offset(x, offsets[1])
+        part = DWC.dw_partials(xo2, dyo, 3, 3, *stride, pt, pl, 1, True)
+        total = np.add.reduce(part, axis=0)
+        _check(total[:9].reshape(w.shape), want[2], dtype, f"dw ({isa}, offsets {offsets})")
+        _check(total[9], want[3], dtype, f"db ({isa}, offsets {offsets})")
