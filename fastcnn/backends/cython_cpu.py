@@ -335,10 +335,15 @@ def _direct_backward(dy, ctx, need_dx):
     db = _bias_grad(dy.reshape(-1, f)) if has_bias else None
     if not need_dx:
         return None, dw, db
-    if c < _DIRECT_MIN_CHANNELS:
+    if c < _DIRECT_MIN_CHANNELS or (c <= 8 and kh * kw >= 25):
         # dx has only 1-4 channels (a conv on the raw image that is not a model's first
         # layer): the gather's 16-channel blocks would be mostly empty (shape A: 8.7 ms),
-        # a GEMM into columns and their col2im gather take 2.2.
+        # a GEMM into columns and their col2im gather take 2.2. With 5-8 channels the
+        # blocks are still half empty, and with a 5x5 (or larger) kernel the GEMM wins
+        # too: LeNet-5's second conv (64x14x14x6 -> 16, 5x5) dx 1.36 -> 1.02 ms, c=8
+        # 1.53 -> 1.03; not with 3x3 kernels (28x28x6 -> 16: 2.93 vs 3.01; c=8 -> 32:
+        # 4.79 vs 6.17) nor from 12 channels (14x14x12, 5x5: 1.20 vs 1.60); 1 thread,
+        # 2026-12-07.
         dcols = np.matmul(dy.reshape(-1, f), w.reshape(-1, f).T)
         dx = np.empty(x.shape, dtype=x.dtype)
         _conv.col2im(dcols, dx, kh, kw, sh, sw, pt, pl, ho, wo)

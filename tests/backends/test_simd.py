@@ -49,6 +49,8 @@ CASES = [
     (3, 5, 5, 7, 48, (5, 5), (1, 1), "same"),
     (1, 12, 10, 9, 24, (4, 3), (2, 3), "same"),
     (2, 8, 9, 3, 20, (3, 3), (2, 1), "same"),  # few channels, many filters: dx by col2im
+    (2, 14, 14, 6, 16, (5, 5), (1, 1), "valid"),  # LeNet-5's 2nd conv: 5x5 on 5-8, col2im
+    (1, 9, 8, 12, 16, (5, 5), (1, 1), "same"),    # 5x5 from 9 channels: the gather again
 ]
 
 
