@@ -47,7 +47,9 @@ from . import _specs, available, get
 # - activations on a 64x26x26x64 tensor: relu numba 0.22/0.56 (cython 0.26/11.3, NumPy
 #   0.79/10.1); sigmoid numba 6.5/0.6 (NumPy 12.8/0.8); tanh NumPy 0.44/3.3 against numba's
 #   scalar libm tanh 37/0.5: a forward and its backward must run on one backend, so the sum
-#   decides (2026-11-25).
+#   decides (2026-11-25). cython's tanh is NumPy's forward and a vectorised, threaded
+#   backward bitwise NumPy's (csrc/activation_kernels.h; 64x28x28x6 float32 92 -> 60 us at 1
+#   thread), so it leads (2026-12-07).
 # - dense is one BLAS GEMM everywhere (equal within noise); softmax and the fused losses
 #   on (128, 10) logits take 5-20 us, the compiled ones slightly less except sigmoid CE.
 PREFERENCES = {
@@ -72,7 +74,7 @@ PREFERENCES = {
     ("dense", "any"): ("cython", "im2col"),
     ("relu", "any"): ("numba", "cython", "im2col"),
     ("sigmoid", "any"): ("numba", "im2col"),
-    ("tanh", "any"): ("im2col",),
+    ("tanh", "any"): ("cython", "im2col"),
     ("softmax", "any"): ("cython", "im2col"),
     # The ReLU family (relu_general, relu6, leaky_relu: one parametrised kernel each), the
     # hard activations and exact gelu are compiled single passes in numba and cython; on

@@ -383,3 +383,24 @@ def test_bias_activation_epilogue(dtype):
         np.testing.assert_allclose(y, want, err_msg=f"activation code {code}", **tol)
     with pytest.raises(ValueError, match="unknown activation code 7"):
         elt.bias_act(y0.copy(), b, 7)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_tanh_backward_is_bitwise_numpys_on_any_thread_count(dtype):
+    """auto routes tanh to cython because its backward is im2col's NumPy formula, bitwise
+    (csrc/activation_kernels.h), only vectorised and threaded: checked across the chunk
+    boundaries (16384 elements) on 1 and 2 threads, with values near 0, 1 and beyond."""
+    from fastcnn.backends import im2col
+    rng = np.random.default_rng(3)
+    n = 2 * 16384 + 37
+    y, _ = im2col.tanh_forward((rng.standard_normal(n) * 4).astype(dtype))
+    dy = rng.standard_normal(n).astype(dtype)
+    want = im2col.tanh_backward(dy, y)
+    before = _extensions.openmp_info()[1]
+    try:
+        for threads in (1, 2):
+            _extensions.set_num_threads(threads)
+            np.testing.assert_array_equal(cython_cpu.tanh_backward(dy, y), want)
+    finally:
+        _extensions.set_num_threads(before)
