@@ -60,7 +60,30 @@ static void FP_FN(wino_input)(const fc_gather *g, ptrdiff_t q0, int mr, ptrdiff_
         }
         float *dst = V + (ptrdiff_t)i * cs;
         const ptrdiff_t ps = (ptrdiff_t)mr * cs;   /* stride between positions p */
-        for (ptrdiff_t c = 0; c < cs; c++) {
+        ptrdiff_t c = 0;
+        /* Whole vectors of channels (the same additions as the scalar loop below, in the
+         * same order: the same bits; GCC left that loop scalar, 26% of a 32 -> 64 conv). */
+        for (; c + FP_VL <= cs; c += FP_VL) {
+            FP_VEC d[4][4], t[4][4];
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 4; b++)
+                    d[a][b] = FP_FN(ld)(row[a][b] + c);
+            for (int b = 0; b < 4; b++) {
+                t[0][b] = d[0][b] - d[2][b];
+                t[1][b] = d[1][b] + d[2][b];
+                t[2][b] = d[2][b] - d[1][b];
+                t[3][b] = d[1][b] - d[3][b];
+            }
+            for (int k = 0; k < 4; k++) {
+                const FP_VEC v0 = t[k][0] - t[k][2], v1 = t[k][1] + t[k][2];
+                const FP_VEC v2 = t[k][2] - t[k][1], v3 = t[k][1] - t[k][3];
+                memcpy(dst + (4 * k + 0) * ps + c, &v0, sizeof v0);
+                memcpy(dst + (4 * k + 1) * ps + c, &v1, sizeof v1);
+                memcpy(dst + (4 * k + 2) * ps + c, &v2, sizeof v2);
+                memcpy(dst + (4 * k + 3) * ps + c, &v3, sizeof v3);
+            }
+        }
+        for (; c < cs; c++) {
             float d[4][4], t[4][4];
             for (int a = 0; a < 4; a++)
                 for (int b = 0; b < 4; b++)
