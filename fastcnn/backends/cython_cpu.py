@@ -272,18 +272,17 @@ def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
     return y, _DirectCtx((x, w, b is not None, covered)), pool_ctx
 
 
-# Winograd pays from 8 channels and 32 filters (1 thread, AVX-512, batch 32-64, conv + pool
-# forward, direct -> Winograd ms: 74x74x8->32 8.9 -> 8.4, 74x74x32->64 55 -> 39,
-# 36x36x64->128 50 -> 28, 13x13x64->64 4.3 -> 2.9); with 16 filters the kernel's blocks
-# are one vector wide and it loses (26x26x16->16 1.8 -> 2.4), and with 3-4 channels
-# (a first layer) the transforms cost more than the multiplies they save.
-_WINOGRAD_MIN_CHANNELS = 8
+# Winograd pays from 16 channels and 32 filters (1 thread, AVX-512, batch 32-64, conv +
+# pool forward, direct -> Winograd ms: 74x74x16->32 15.4 -> 11.9, 74x74x32->64 56 -> 33,
+# 36x36x64->128 52 -> 26, 13x13x64->64 4.4 -> 2.4); with 16 filters the kernel's blocks
+# are one vector wide (26x26x16->16 1.8 -> 1.9), and with fewer channels than a vector
+# (8: 8.8 -> 10.4; a first layer's 3: 16 -> 24) the transforms cost more than they save.
+_WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_MIN_FILTERS = 32
 # dx of a 3x3 stride-1 conv (dy's f channels -> x's c) by Winograd without the pool
-# (simd.wino_conv), same rule but from 16 channels of dy (b32 direct -> Winograd ms, 1
-# thread: 72x72x64 -> 74x74x32 66 -> 51, 34x34x128 -> 36x36x64 52 -> 35, 72x72x16 -> 32
-# 19 -> 16, 72x72x8 -> 32 10.3 -> 11.0; b64 11x11x64 -> 13x13x64 6.6 -> 5.9).
-_WINOGRAD_DX_MIN_CHANNELS = 16
+# (simd.wino_conv), by the same rule (b32 direct -> Winograd ms, 1 thread: 72x72x64 ->
+# 74x74x32 64 -> 37, 34x34x128 -> 36x36x64 59 -> 31, 72x72x16 -> 74x74x32 22 -> 19; b64
+# 11x11x64 -> 13x13x64 9.1 -> 6.3).
 
 
 def _winograd_pays(kh, kw, sh, sw, c, f) -> bool:
@@ -348,7 +347,7 @@ def _direct_backward(dy, ctx, need_dx):
         dx = np.empty(x.shape, dtype=x.dtype)
         _conv.col2im(dcols, dx, kh, kw, sh, sw, pt, pl, ho, wo)
         return dx, dw, db
-    if _winograd_pays(kh, kw, sh, sw, f, c) and f >= _WINOGRAD_DX_MIN_CHANNELS:
+    if _winograd_pays(kh, kw, sh, sw, f, c):
         # dx[i, j] = sum_(a,b) dy[i + pt - a, j + pl - b] . w[a, b]^T: a 3x3 stride-1 conv of
         # dy (zero outside it) with the flipped, transposed kernel, its taps from
         # dy[i - (2 - pt) + a', ...]: by Winograd F(2x2, 3x3), every dx pixel written.

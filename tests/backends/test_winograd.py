@@ -241,10 +241,10 @@ def spy(monkeypatch):
     return s
 
 
-# (n, h, w, c, f, padding) where the backend takes Winograd (c >= 8, f >= 32).
+# (n, h, w, c, f, padding) where the backend takes Winograd (c >= 16, f >= 32).
 BACKEND_CASES = [
     (2, 13, 13, 64, 64, "valid"),
-    (1, 10, 9, 8, 33, "same"),
+    (1, 10, 9, 16, 33, "same"),
     (3, 11, 12, 20, 40, "same"),
     (2, 9, 12, 32, 40, "same"),
 ]
@@ -295,8 +295,8 @@ def test_backend_forward_and_gradients(spy, case):
 
 def test_backend_thresholds_and_float64(spy):
     rng = np.random.default_rng(1)
-    for c, f, k, s, want in ((8, 32, 3, 1, "wino_maxpool"), (7, 32, 3, 1, "gather_maxpool"),
-                             (8, 16, 3, 1, "gather_maxpool"), (16, 32, 2, 1, "gather_maxpool"),
+    for c, f, k, s, want in ((16, 32, 3, 1, "wino_maxpool"), (15, 32, 3, 1, "gather_maxpool"),
+                             (16, 16, 3, 1, "gather_maxpool"), (16, 32, 2, 1, "gather_maxpool"),
                              (16, 32, 3, 2, "gather_maxpool")):
         spy.calls.clear()
         x = rng.standard_normal((1, 12, 12, c)).astype(np.float32)
