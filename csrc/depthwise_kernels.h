@@ -584,7 +584,8 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
  * is a tap of; taps are added per output in (a, b) order from the bias. */
 DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int mask,
                                 DW_VEC bv, DW_T *d, ptrdiff_t q0, ptrdiff_t cm, ptrdiff_t pl,
-                                ptrdiff_t o, ptrdiff_t lanes, const int NP, const int SW)
+                                ptrdiff_t o, ptrdiff_t lanes, ptrdiff_t ws, ptrdiff_t nq,
+                                const int NP, const int SW, const int EDGE)
 {
     const int full = lanes == DW_VL;
     DW_VEC acc[8];
@@ -596,10 +597,13 @@ DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int
             continue;
         const DW_VEC w0 = DW_LD(wk[3 * a] + o), w1 = DW_LD(wk[3 * a + 1] + o),
                      w2 = DW_LD(wk[3 * a + 2] + o);
-        const DW_T *p = s[a] + (q0 * SW - pl) * cm + o;
+        const DW_T *p = s[a] + o;
 #pragma GCC unroll 32
         for (int c = 0; c < (NP - 1) * SW + 3; c++) {
-            const DW_VEC xv = DW_LD(p + c * cm);
+            const ptrdiff_t col = q0 * SW - pl + c;
+            if (EDGE && (col < 0 || col >= ws))
+                continue;
+            const DW_VEC xv = DW_LD(p + col * cm);
 #pragma GCC unroll 8
             for (int i = 0; i < NP; i++) {
                 const int b = c - i * SW;
@@ -614,6 +618,8 @@ DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int
     }
 #pragma GCC unroll 8
     for (int i = 0; i < NP; i++) {
+        if (EDGE && q0 + i >= nq)
+            break;
         if (full)
             DW_FN(store)(d + i * cm, acc[i]);
         else
@@ -621,88 +627,42 @@ DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int
     }
 }
 
-/* Every channel of NP interior pixels from q0. */
+/* Every channel of NP pixels from q0 (EDGE: taps outside [0, ws) skipped, pixels from nq
+ * on not stored). */
 DWC_INLINE void DW_FN(k3_block_all)(const DW_T *const *s, const DW_T *const *wk, int mask,
                                     const DW_T *bias, DW_T *out, ptrdiff_t q0, ptrdiff_t cm,
-                                    ptrdiff_t pl, ptrdiff_t head, const int NP, const int SW)
+                                    ptrdiff_t pl, ptrdiff_t head, ptrdiff_t ws, ptrdiff_t nq,
+                                    const int NP, const int SW, const int EDGE)
 {
     DW_T *d = out + q0 * cm;
     ptrdiff_t o = 0;
     if (head) {
         const DW_VEC bv = bias ? DW_FN(load_part)(bias, head) : (DW_VEC){0};
-        DW_FN(k3_block)(s, wk, mask, bv, d, q0, cm, pl, 0, head, NP, SW);
+        DW_FN(k3_block)(s, wk, mask, bv, d, q0, cm, pl, 0, head, ws, nq, NP, SW, EDGE);
         o = head;
     }
     for (; o + DW_VL <= cm; o += DW_VL) {
         const DW_VEC bv = bias ? DW_FN(load)(bias + o) : (DW_VEC){0};
-        DW_FN(k3_block)(s, wk, mask, bv, d + o, q0, cm, pl, o, DW_VL, NP, SW);
+        DW_FN(k3_block)(s, wk, mask, bv, d + o, q0, cm, pl, o, DW_VL, ws, nq, NP, SW, EDGE);
     }
     if (o < cm) {
         const DW_VEC bv = bias ? DW_FN(load_part)(bias + o, cm - o) : (DW_VEC){0};
-        DW_FN(k3_block)(s, wk, mask, bv, d + o, q0, cm, pl, o, cm - o, NP, SW);
+        DW_FN(k3_block)(s, wk, mask, bv, d + o, q0, cm, pl, o, cm - o, ws, nq, NP, SW, EDGE);
     }
-}
-
-/* One border pixel q (taps outside [0, ws) skipped), every channel. */
-static void DW_FN(k3_pixel)(const DW_T *const *s, const DW_T *const *wk, int mask,
-                            const DW_T *bias, DW_T *out, ptrdiff_t q, ptrdiff_t cm,
-                            ptrdiff_t ws, ptrdiff_t pl, ptrdiff_t sw, ptrdiff_t head)
-{
-    DW_CHUNKS(o, lanes, head, cm) {
-        const int full = lanes == DW_VL;
-        DW_VEC acc = bias ? DW_LD(bias + o) : (DW_VEC){0};
-        for (int a = 0; a < 3; a++) {
-            if (!(mask >> a & 1))
-                continue;
-            for (int b = 0; b < 3; b++) {
-                const ptrdiff_t col = q * sw - pl + b;
-                if (col >= 0 && col < ws)
-                    acc += DW_LD(s[a] + col * cm + o) * DW_LD(wk[3 * a + b] + o);
-            }
-        }
-        if (full)
-            DW_FN(store)(out + q * cm + o, acc);
-        else
-            DW_FN(store_part)(out + q * cm + o, acc, lanes);
-    }
-}
-
-/* The interior of one output row in blocks of 8 (AVX-512) or 4 pixels, then 1. */
-DWC_INLINE void DW_FN(k3_interior_row)(const DW_T *const *s, const DW_T *const *wk, int mask,
-                                       const DW_T *bias, DW_T *out, ptrdiff_t q_lo,
-                                       ptrdiff_t q_hi, ptrdiff_t cm, ptrdiff_t pl,
-                                       const char **pf, const char *pf_end, ptrdiff_t pf_step,
-                                       ptrdiff_t head, const int SW)
-{
-    ptrdiff_t q = q_lo;
-    for (; q + DW_NP <= q_hi; q += DW_NP) {
-        if (*pf) {
-            const char *stop = *pf + pf_step < pf_end ? *pf + pf_step : pf_end;
-            for (; *pf < stop; *pf += 64)
-                __builtin_prefetch(*pf, 0, 2);
-        }
-        DW_FN(k3_block_all)(s, wk, mask, bias, out, q, cm, pl, head, DW_NP, SW);
-    }
-    if (DW_NP > 4 && q + 4 <= q_hi) {
-        DW_FN(k3_block_all)(s, wk, mask, bias, out, q, cm, pl, head, 4, SW);
-        q += 4;
-    }
-    for (; q < q_hi; q++)
-        DW_FN(k3_block_all)(s, wk, mask, bias, out, q, cm, pl, head, 1, SW);
 }
 
 /* Output rows [r0, r1) of the flattened (n, i) axis, row by row. */
 static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
     const ptrdiff_t cm = k->cm, head = DW_FN(k3_head)(k->src, k->out, cm);
-    const ptrdiff_t row_bytes = k->ws * cm * (ptrdiff_t)sizeof(DW_T);
+    const ptrdiff_t row_bytes = k->ws * cm * (ptrdiff_t)sizeof(DW_T), wo = k->wo;
     ptrdiff_t q_lo, q_hi;
-    DW_FN(k3_interior)(k->ws, k->wo, k->pl, k->sw, &q_lo, &q_hi);
-    const ptrdiff_t nblk = (q_hi - q_lo) / DW_NP > 0 ? (q_hi - q_lo) / DW_NP : 1;
+    DW_FN(k3_interior)(k->ws, wo, k->pl, k->sw, &q_lo, &q_hi);
+    const ptrdiff_t nblk = (wo + 3) / 4;
     for (ptrdiff_t rr = r0; rr < r1; rr++) {
         const DW_T *s[3];
         const int mask = DW_FN(k3_rows)(k, rr, 0, s);
-        DW_T *out = k->out + rr * k->wo * cm;
+        DW_T *out = k->out + rr * wo * cm;
         /* The next row's source rows beyond this row's: into L2 while this one runs. */
         const char *pf = NULL, *pf_end = NULL;
         ptrdiff_t pf_step = 0;
@@ -717,16 +677,44 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
                 pf_step = ((pf_end - pf) / 64 + nblk - 1) / nblk * 64;
             }
         }
-        for (ptrdiff_t q = 0; q < q_lo; q++)
-            DW_FN(k3_pixel)(s, k->wk, mask, k->bias, out, q, cm, k->ws, k->pl, k->sw, head);
-        if (k->sw == 1)
-            DW_FN(k3_interior_row)(s, k->wk, mask, k->bias, out, q_lo, q_hi, cm, k->pl, &pf,
-                                   pf_end, pf_step, head, 1);
-        else
-            DW_FN(k3_interior_row)(s, k->wk, mask, k->bias, out, q_lo, q_hi, cm, k->pl, &pf,
-                                   pf_end, pf_step, head, 2);
-        for (ptrdiff_t q = q_hi; q < k->wo; q++)
-            DW_FN(k3_pixel)(s, k->wk, mask, k->bias, out, q, cm, k->ws, k->pl, k->sw, head);
+        /* Blocks of DW_NP (or 4) pixels; those with a tap outside the row (the borders,
+         * a short row) skip it, and the last may end past the row (not stored). */
+#define DW_BLK(NP, SW, EDGE)                                                                \
+    DW_FN(k3_block_all)(s, k->wk, mask, k->bias, out, q, cm, k->pl, head, k->ws, wo, NP, SW, \
+                        EDGE)
+#define DW_BLK_SW(NP, EDGE)                                                                 \
+    {                                                                                       \
+        if (k->sw == 1)                                                                     \
+            DW_BLK(NP, 1, EDGE);                                                            \
+        else                                                                                \
+            DW_BLK(NP, 2, EDGE);                                                            \
+    }
+        ptrdiff_t q = 0;
+        while (q < wo) {
+            if (pf) {
+                const char *stop = pf + pf_step < pf_end ? pf + pf_step : pf_end;
+                for (; pf < stop; pf += 64)
+                    __builtin_prefetch(pf, 0, 2);
+            }
+            if (q >= q_lo && q + DW_NP <= q_hi) {
+                DW_BLK_SW(DW_NP, 0)
+                q += DW_NP;
+            } else if (wo <= DW_NP) {
+                DW_BLK_SW(DW_NP, 1)
+                q += DW_NP;
+            } else if (DW_NP > 4 && q >= q_lo && q + 4 <= q_hi) {
+                DW_BLK_SW(4, 0)
+                q += 4;
+            } else if (DW_NP > 4 && wo - q <= 4) {
+                DW_BLK_SW(4, 1)
+                q += 4;
+            } else {
+                DW_BLK_SW(DW_NP, 1)
+                q += DW_NP;
+            }
+        }
+#undef DW_BLK_SW
+#undef DW_BLK
     }
 }
 

@@ -14,8 +14,9 @@ Which code each case reaches (depthwise_kernels.h):
   general gather;
 * dW and db (column stride 1 or 2): per band, the 9 sums in registers.
 
-Edges: channel counts with ragged vector tails (1, 33, 161), interiors of 8 + 4 + 1 pixels
-and rows with no interior (W 1 and 2), H 1 (one kernel row inside), pads 0, 2 and 3 (rows
+Edges: channel counts with ragged vector tails (1, 33, 161), rows cut into blocks of 8
+and 4 pixels (those at a border skip the taps outside, a last block past the row stores
+only its pixels in the row), rows with no interior (W 1 and 2), short rows (W 7), H 1 (one kernel row inside), pads 0, 2 and 3 (rows
 with no kernel row inside: bias only), asymmetric pads, no bias. Also: 1 and 2 OpenMP
 threads give bitwise-identical results on these paths.
 """
@@ -41,7 +42,7 @@ else:
 CASES = [
     # (N, H, W, C, stride, pad, bias)
     (2, 9, 21, 33, (1, 1), ((1, 1), (1, 1)), True),     # bands, pairs, across images
-    (2, 7, 15, 161, (1, 1), ((1, 1), (1, 1)), True),    # row by row: blocks 8 + 4 + 1
+    (2, 7, 15, 161, (1, 1), ((1, 1), (1, 1)), True),    # row by row: border 8, 4, border 4
     (2, 10, 15, 40, (2, 2), ((0, 1), (1, 1)), True),    # stride 2: pairs of row stride 2
     (2, 10, 15, 161, (2, 2), ((0, 1), (1, 1)), False),  # stride 2, row by row
     (1, 9, 12, 24, (2, 1), ((1, 1), (1, 1)), True),     # row stride 2, column stride 1
@@ -56,6 +57,12 @@ CASES = [
     (1, 6, 19, 24, (2, 2), ((1, 1), (0, 1)), True),     # dx (2, 2): 8 + 8 + 2 + 1 pixels
     (1, 7, 11, 33, (2, 2), ((2, 2), (2, 2)), True),     # dx (2, 2): dy columns off both ends
     (1, 5, 19, 1, (1, 1), ((1, 1), (1, 1)), True),      # one channel
+    # row by row (> 576 bytes a pixel) in blocks, those at a border skipping taps:
+    (2, 7, 7, 161, (1, 1), ((1, 1), (1, 1)), True),     # a short row: one block
+    (1, 4, 14, 161, (2, 2), ((0, 1), (0, 1)), True),    # short row, stride 2
+    (2, 5, 28, 161, (1, 1), ((1, 1), (1, 1)), True),    # border 8, 8, 8, border 4
+    (1, 5, 7, 161, (1, 1), ((3, 0), (3, 1)), False),    # pad 3: bias-only rows
+    (2, 4, 1, 161, (1, 1), ((1, 1), (1, 1)), True),     # W 1
 ]
 IDS = [f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-s{c[4][0]}{c[4][1]}-p{c[5][0][0]}{c[5][0][1]}"
        f"{c[5][1][0]}{c[5][1][1]}" for c in CASES]
