@@ -719,14 +719,15 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
 }
 
 /* Bands (one channel vector at a time over a band of rows) when a pixel's channels take
- * at most 576 bytes; above that, walking one channel vector along many pixels touches
+ * at most 576 bytes and there are 32 vector registers (AVX-512: with 16, the two-row step
+ * spills and the row-by-row blocks are faster, 8x112x112x32 2.6 vs 2.0 ms); above that, walking one channel vector along many pixels touches
  * too few L1 sets (the pixel pitch a multiple of 512 bytes) and the row-by-row pixel
  * blocks are faster (measured, MobileNetV2's shapes: 56x56x144 bands 2.7 ms vs blocks
  * 3.2; 14x14x576 stride 2 blocks 0.13 ms vs bands 0.21). Both add the taps in the same
  * order: the results are the same bits. */
 static void DW_FN(k3_forward)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
-    if (k->cm * (ptrdiff_t)sizeof(DW_T) <= 576)
+    if (DW_VBYTES == 64 && k->cm * (ptrdiff_t)sizeof(DW_T) <= 576)
         DW_FN(k3_forward_bands)(k, r0, r1);
     else
         DW_FN(k3_forward_rows)(k, r0, r1);
