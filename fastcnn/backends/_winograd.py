@@ -6,6 +6,11 @@ between the inference plan and the Cython backend.
 * :func:`transform_kernel`: the kernel transform ``U = G g G^T`` per (channel, filter), in
   float64 then rounded once to float32, laid out ``(16, C, F padded to 16)`` (position
   ``p = 4k + l`` of the 4x4 transformed tile first: the kernels' 16 small GEMMs).
+
+Users: the plan's fused conv + pool (fastcnn/inference_plan.py), and the cython backend's
+fused conv + pool forward and 3x3 stride-1 dx (fastcnn/backends/cython_cpu.py). Float32
+only; rounding differs from the direct kernels in the last bits, and an infinite input
+can give NaN where the direct conv gives an infinity (inf - inf in the transforms).
 """
 from __future__ import annotations
 
