@@ -42,7 +42,9 @@
  *   >= 12 vectors a pixel and both streamed arrays at the same offset from a 64-byte line
  *   (NumPy's large arrays sit 16 bytes past one), a short first channel chunk makes the
  *   other vector accesses line-aligned (k3_head); AVX-512 ragged chunks are masked
- *   loads / stores.
+ *   loads / stores. An output of >= 8 MiB in bands is written with streaming stores
+ *   (no read of the lines before the write; a short first chunk realigns from >= 8
+ *   vectors a pixel): 8x56x56x144 forward 2.5 -> 2.1 ms in the C harness.
  * - M > 1: the input rows a job reads are first expanded to C*M channels (x[.., c]
  *   repeated M times) in a thread-private buffer, then the M = 1 code runs. MobileNet's
  *   depthwise layers (M = 1) never take this path.

@@ -268,6 +268,7 @@ typedef struct {
     const DW_T *bias;  /* (cm,) or NULL */
     const DW_T *wk[9]; /* tap (a, b): its weight row (cm,) */
     ptrdiff_t hs, ws, cm, ho, wo, sh, sw, pt, pl;
+    int nt;            /* a large output: stream it past the caches (bands) */
 } DW_FN(k3geo);
 
 /* Output columns [*q_lo, *q_hi) of [0, nq) whose taps q*sw - pl + {0, 1, 2} lie inside
@@ -287,10 +288,11 @@ DWC_INLINE void DW_FN(k3_interior)(ptrdiff_t ws, ptrdiff_t nq, ptrdiff_t pl, ptr
  * sit at the same offset from a 64-byte line (NumPy's large arrays: 16 bytes past one), a
  * short first chunk makes every later vector load and store line-aligned (one L1 access
  * instead of two; 8x14x14x384 forward 0.30 -> 0.25 ms in the C harness). 0: none. */
-DWC_INLINE ptrdiff_t DW_FN(k3_head)(const void *a, const void *b, ptrdiff_t cm)
+DWC_INLINE ptrdiff_t DW_FN(k3_head)(const void *a, const void *b, ptrdiff_t cm,
+                                    ptrdiff_t min_vec)
 {
     const uintptr_t ra = (uintptr_t)a % 64, rb = (uintptr_t)b % 64;
-    if (DW_VBYTES != 64 || cm < 12 * DW_VL || (cm * (ptrdiff_t)sizeof(DW_T)) % 64 != 0
+    if (DW_VBYTES != 64 || cm < min_vec * DW_VL || (cm * (ptrdiff_t)sizeof(DW_T)) % 64 != 0
         || ra != rb || ra % sizeof(DW_T) != 0)
         return 0;
     return ra ? (ptrdiff_t)((64 - ra) / sizeof(DW_T)) : 0;
@@ -314,11 +316,27 @@ DWC_INLINE ptrdiff_t DW_FN(k3_band_rows)(ptrdiff_t sh, ptrdiff_t ws, ptrdiff_t w
 #endif
 #define DW_LD(p) (full ? DW_FN(load)(p) : DW_FN(load_part)((p), lanes))
 
+/* A whole-vector store to a 64-byte aligned p, past the caches when nt (AVX-512). */
+DWC_INLINE void DW_FN(store_nt)(DW_T *p, DW_VEC v, int nt)
+{
+#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
+    if (nt) {
+        if (sizeof(DW_T) == 4)
+            _mm512_stream_ps((float *)p, (__m512)v);
+        else
+            _mm512_stream_pd((double *)p, (__m512d)v);
+        return;
+    }
+#endif
+    (void)nt;
+    DW_FN(store)(p, v);
+}
+
 /* One output row's channel vector: s[a] = source row a (+ o) for a in MASK. */
 DWC_INLINE void DW_FN(k3_fspan)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv, DW_T *d,
                                 ptrdiff_t cm, ptrdiff_t ws, ptrdiff_t nq, ptrdiff_t q_lo,
-                                ptrdiff_t q_hi, ptrdiff_t pl, ptrdiff_t lanes, const int MASK,
-                                const int SW, const int INNER)
+                                ptrdiff_t q_hi, ptrdiff_t pl, ptrdiff_t lanes, int nt,
+                                const int MASK, const int SW, const int INNER)
 {
     const int full = lanes == DW_VL;
     /* Border columns: each tap inside the row on its own. */
@@ -369,7 +387,7 @@ DWC_INLINE void DW_FN(k3_fspan)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv
             acc += x2[a] * w[3 * a + 2];
         }
         if (full)
-            DW_FN(store)(dp, acc);
+            DW_FN(store_nt)(dp, acc, nt);
         else
             DW_FN(store_part)(dp, acc, lanes);
         for (int a = 0; a < 3; a++) {
@@ -392,7 +410,8 @@ DWC_INLINE void DW_FN(k3_fspan)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv
  * loaded once for both. Same tap order as k3_fspan. */
 DWC_INLINE void DW_FN(k3_fpair)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv, DW_T *d0,
                                 DW_T *d1, ptrdiff_t cm, ptrdiff_t q_lo, ptrdiff_t q_hi,
-                                ptrdiff_t pl, ptrdiff_t lanes, const int SH, const int SW)
+                                ptrdiff_t pl, ptrdiff_t lanes, int nt, const int SH,
+                                const int SW)
 {
     const int full = lanes == DW_VL;
     const int NRW = SH + 3;
@@ -422,8 +441,8 @@ DWC_INLINE void DW_FN(k3_fpair)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv
             acc1 += x2[a + SH] * w[3 * a + 2];
         }
         if (full) {
-            DW_FN(store)(d0 + off, acc0);
-            DW_FN(store)(d1 + off, acc1);
+            DW_FN(store_nt)(d0 + off, acc0, nt);
+            DW_FN(store_nt)(d1 + off, acc1, nt);
         } else {
             DW_FN(store_part)(d0 + off, acc0, lanes);
             DW_FN(store_part)(d1 + off, acc1, lanes);
@@ -495,7 +514,7 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
 {
     const ptrdiff_t cm = k->cm, band = DW_FN(k3_band_rows)(k->sh, k->ws, k->wo, cm);
     const ptrdiff_t row_bytes = k->ws * cm * (ptrdiff_t)sizeof(DW_T);
-    const ptrdiff_t head = DW_FN(k3_head)(k->src, k->out, cm);
+    const ptrdiff_t head = DW_FN(k3_head)(k->src, k->out, cm, k->nt ? 8 : 12);
     const ptrdiff_t nvec = (cm - head + DW_VL - 1) / DW_VL + (head > 0);
     ptrdiff_t q_lo, q_hi;
     DW_FN(k3_interior)(k->ws, k->wo, k->pl, k->sw, &q_lo, &q_hi);
@@ -517,6 +536,9 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
             }
         }
         DW_CHUNKS(o, lanes, head, cm) {
+            /* Streaming stores need every whole vector of the pass on a line. */
+            const int nt = k->nt && (uintptr_t)(k->out + o) % 64 == 0
+                           && (cm * (ptrdiff_t)sizeof(DW_T)) % 64 == 0;
             DW_VEC w[9], bv = {0};
             for (int t = 0; t < 9; t++)
                 w[t] = DW_FN(load_part)(k->wk[t] + o, lanes);
@@ -542,10 +564,10 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
                     const DW_T *t[3] = {s2[k->sh], s2[k->sh + 1], s2[k->sh + 2]};
 #define DW_CALLB(S, LN)                                                                     \
     {                                                                                       \
-        DW_FN(k3_fspan)(s, w, bv, d, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, S, 0);       \
-        DW_FN(k3_fspan)(t, w, bv, d1, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, S, 0);      \
+        DW_FN(k3_fspan)(s, w, bv, d, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, 7, S, 0);   \
+        DW_FN(k3_fspan)(t, w, bv, d1, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, 7, S, 0);  \
     }
-#define DW_CALLP(SH, S, LN) DW_FN(k3_fpair)(s2, w, bv, d, d1, cm, q_lo, q_hi, k->pl, LN, SH, S)
+#define DW_CALLP(SH, S, LN) DW_FN(k3_fpair)(s2, w, bv, d, d1, cm, q_lo, q_hi, k->pl, LN, nt, SH, S)
                     if (lanes == DW_VL) {
                         if (k->sw == 1) DW_CALLB(1, DW_VL) else DW_CALLB(2, DW_VL)
                         if (k->sh == 1) {
@@ -566,7 +588,7 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
                     rr++;
                     continue;
                 }
-#define DW_CALL(M, S, LN) DW_FN(k3_fspan)(s, w, bv, d, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, M, S, 1)
+#define DW_CALL(M, S, LN) DW_FN(k3_fspan)(s, w, bv, d, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, M, S, 1)
                 if (lanes == DW_VL) {
                     DW_K3_SWITCH(DW_CALL, DW_VL)
                 } else {
@@ -576,6 +598,10 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
             }
         }
     }
+#if DWC_X86_INTRINSICS
+    if (k->nt)
+        _mm_sfence(); /* the streamed stores visible before the caller's next step */
+#endif
 }
 
 /* NP interior output pixels from column q0, channels [o, o + lanes), of one output row:
@@ -654,7 +680,7 @@ DWC_INLINE void DW_FN(k3_block_all)(const DW_T *const *s, const DW_T *const *wk,
 /* Output rows [r0, r1) of the flattened (n, i) axis, row by row. */
 static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
-    const ptrdiff_t cm = k->cm, head = DW_FN(k3_head)(k->src, k->out, cm);
+    const ptrdiff_t cm = k->cm, head = DW_FN(k3_head)(k->src, k->out, cm, 12);
     const ptrdiff_t row_bytes = k->ws * cm * (ptrdiff_t)sizeof(DW_T), wo = k->wo;
     ptrdiff_t q_lo, q_hi;
     DW_FN(k3_interior)(k->ws, wo, k->pl, k->sw, &q_lo, &q_hi);
@@ -825,7 +851,7 @@ static void DW_FN(k3_dx2)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi)
 {
     const DW_T *dy = (const DW_T *)g->dy, *wt = (const DW_T *)g->wt;
     const ptrdiff_t cm = g->cm, w = g->w, wo = g->wo, pl = g->pl;
-    const ptrdiff_t head = DW_FN(k3_head)(dy, g->dx, cm);
+    const ptrdiff_t head = DW_FN(k3_head)(dy, g->dx, cm, 12);
     for (ptrdiff_t rr = lo; rr < hi; rr++) {
         const ptrdiff_t n = rr / g->h, yy = rr - n * g->h;
         DW_T *d = (DW_T *)g->dx + rr * w * cm;
@@ -884,6 +910,8 @@ static void DW_FN(forward_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, vo
         k3.sw = g->sw;
         k3.pt = g->pt;
         k3.pl = g->pl;
+        /* An output past 8 MiB is streamed past the caches (it would only evict x). */
+        k3.nt = g->n * g->ho * g->wo * g->cm * (ptrdiff_t)sizeof(DW_T) >= ((ptrdiff_t)8 << 20);
         DW_FN(k3_forward)(&k3, lo, hi);
         return;
     }
@@ -958,6 +986,7 @@ static void DW_FN(dx_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *s
         k3.sw = 1;
         k3.pt = 2 - g->pt;
         k3.pl = 2 - g->pl;
+        k3.nt = g->n * g->h * g->w * g->cm * (ptrdiff_t)sizeof(DW_T) >= ((ptrdiff_t)8 << 20);
         DW_FN(k3_forward)(&k3, lo, hi);
         return;
     }
@@ -1209,7 +1238,7 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
 {
     const ptrdiff_t cm = k->cm, band = DW_FN(k3_band_rows)(k->sh, k->ws, k->wo, cm);
     const ptrdiff_t row_bytes = k->ws * cm * (ptrdiff_t)sizeof(DW_T);
-    const ptrdiff_t head = DW_FN(k3_head)(k->src, dy, cm);
+    const ptrdiff_t head = DW_FN(k3_head)(k->src, dy, cm, 12);
     const ptrdiff_t nvec = (cm - head + DW_VL - 1) / DW_VL + (head > 0);
     ptrdiff_t q_lo, q_hi;
     DW_FN(k3_interior)(k->ws, k->wo, k->pl, k->sw, &q_lo, &q_hi);
@@ -1296,6 +1325,7 @@ static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void 
             k3.sw = g->sw;
             k3.pt = g->pt;
             k3.pl = g->pl;
+            k3.nt = 0;
             DW_FN(k3_dw)(&k3, dy, part, blk * g->block_rows, r1, g->with_db);
             continue;
         }

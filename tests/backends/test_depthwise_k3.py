@@ -189,3 +189,21 @@ def test_3x3_arrays_off_a_cache_line(stride, offsets, dtype, isa_restored):
         total = np.add.reduce(part, axis=0)
         _check(total[:9].reshape(w.shape), want[2], dtype, f"dw ({isa}, offsets {offsets})")
         _check(total[9], want[3], dtype, f"db ({isa}, offsets {offsets})")
+
+
+@pytest.mark.parametrize("offset", [16, 0], ids=["off16", "off0"])
+def test_3x3_large_outputs_streamed(offset):
+    """An output of >= 8 MiB (here 4x64x64x144 float32, 9.4 MB) is written with streaming
+    stores in the band schedule (AVX-512), a 16-byte offset first realigned by a short
+    channel chunk: forward and stride-1 dx (the forward over dy) against the float64 loop."""
+    n, h, wd, c = 4, 64, 64, 144
+    stride, pad = (1, 1), ((1, 1), (1, 1))
+    x, w, b, _, _, dy = _data((n, h, wd, c, stride, pad, True), np.float32, seed=13)
+    want = reference(x, w, b, stride, pad, dy)
+    wt = np.ascontiguousarray(w.reshape(9, c))
+    y = _at_offset(np.zeros(dy.shape, np.float32), offset)
+    DWC.forward(_at_offset(x, offset), wt, b, y, 3, 3, 1, 1, 1, 1, 1)
+    _check(y, want[0], np.float32, f"y (offset {offset})")
+    dx = _at_offset(np.zeros(x.shape, np.float32), offset)
+    DWC.dx(_at_offset(dy, offset), wt, dx, 3, 3, 1, 1, 1, 1, 1)
+    _check(dx, want[1], np.float32, f"dx (offset {offset})")
