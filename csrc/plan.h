@@ -230,35 +230,6 @@ static void fp_gather(const fc_gather *g, ptrdiff_t total, int pooled, ptrdiff_t
     }
 }
 
-/* Output rows [r_lo, r_hi) of an average pool (pool.pyx's _avg_row, float32). */
-static void fp_avgpool_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
-{
-    const ptrdiff_t c = g->c;
-    for (ptrdiff_t r = r_lo; r < r_hi; r++) {
-        const ptrdiff_t n = r / g->ho, i = r - n * g->ho;
-        const ptrdiff_t hs = i * g->sh - g->pt;
-        const ptrdiff_t h0 = hs > 0 ? hs : 0, h1 = hs + g->ph < g->h ? hs + g->ph : g->h;
-        for (ptrdiff_t j = 0; j < g->wo; j++) {
-            const ptrdiff_t ws = j * g->sw - g->pl;
-            const ptrdiff_t w0 = ws > 0 ? ws : 0, w1 = ws + g->pw < g->w ? ws + g->pw : g->w;
-            float *y = g->y + (r * g->wo + j) * c;
-            for (ptrdiff_t cc = 0; cc < c; cc++)
-                y[cc] = 0.0f;
-            if (h0 >= h1 || w0 >= w1)
-                continue;
-            for (ptrdiff_t hi = h0; hi < h1; hi++)
-                for (ptrdiff_t wi = w0; wi < w1; wi++) {
-                    const float *src = g->x + ((n * g->h + hi) * g->w + wi) * c;
-                    for (ptrdiff_t cc = 0; cc < c; cc++)
-                        y[cc] += src[cc];
-                }
-            const float count = (float)((h1 - h0) * (w1 - w0));
-            for (ptrdiff_t cc = 0; cc < c; cc++)
-                y[cc] = y[cc] / count;
-        }
-    }
-}
-
 /* A pooling's output rows [0, units), on threads when the work pays for waking them. */
 static void fp_pool(void (*rows)(const fc_pool *, ptrdiff_t, ptrdiff_t), const fc_pool *p,
                     ptrdiff_t units, ptrdiff_t work)
@@ -379,7 +350,7 @@ static int fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
             p.x = in0;
             p.y = out;
             p.arg = iscratch;   /* max pooling's argmax scratch (average pooling ignores it) */
-            fp_pool(st->op == FP_MAXPOOL ? fc_maxpool_rows : fp_avgpool_rows, &p, st->units,
+            fp_pool(st->op == FP_MAXPOOL ? fc_maxpool_rows : fc_avgpool_rows, &p, st->units,
                     st->work);
             break;
         }

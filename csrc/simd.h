@@ -232,22 +232,22 @@ static int fc_get_isa(void)
 #endif
 
 /* Rows of dw per block (input channels, or taps x channels): the unit of parallel work. */
-static ptrdiff_t fc_dw_block_rows(void)
+static inline ptrdiff_t fc_dw_block_rows(void)
 {
     FC_RETURN_DISPATCH(fc_dw_block_rows)
 }
 
-static void fc_gather_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
+static inline void fc_gather_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
 {
     FC_DISPATCH(fc_gather_range, g, q_lo, q_hi)
 }
 
-static void fc_gather_pool_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
+static inline void fc_gather_pool_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi)
 {
     FC_DISPATCH(fc_gather_pool_range, g, q_lo, q_hi)
 }
 
-static void fc_dw_range(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi, float *scratch)
+static inline void fc_dw_range(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi, float *scratch)
 {
     FC_DISPATCH(fc_dw_range, g, unit_lo, unit_hi, scratch)
 }
@@ -270,18 +270,28 @@ static void fc_dw_range(const fc_dw *g, ptrdiff_t unit_lo, ptrdiff_t unit_hi, fl
 #define FC_POOL_DISPATCH(name, c, ...) name##_generic(__VA_ARGS__);
 #endif
 
-static void fc_maxpool_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
+static inline void fc_maxpool_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
 {
     FC_POOL_DISPATCH(fc_maxpool_rows, g->c, g, r_lo, r_hi)
 }
 
-static void fc_maxpool_backward_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
+static inline void fc_maxpool_backward_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
 {
     FC_POOL_DISPATCH(fc_maxpool_backward_rows, g->c, g, r_lo, r_hi)
 }
 
+static inline void fc_avgpool_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
+{
+    FC_POOL_DISPATCH(fc_avgpool_rows, g->c, g, r_lo, r_hi)
+}
+
+static inline void fc_avgpool_backward_rows(const fc_pool *g, ptrdiff_t r_lo, ptrdiff_t r_hi)
+{
+    FC_POOL_DISPATCH(fc_avgpool_backward_rows, g->c, g, r_lo, r_hi)
+}
+
 /* Scratch floats one thread of fc_dw_range needs (0 when f is a multiple of 16). */
-static ptrdiff_t fc_dw_scratch_floats(const fc_dw *g)
+static inline ptrdiff_t fc_dw_scratch_floats(const fc_dw *g)
 {
     return g->f % 16 == 0 ? 0 : g->tile_rows * g->wo * g->f_pad;
 }

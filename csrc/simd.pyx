@@ -416,6 +416,43 @@ def maxpool_backward(const float[:, :, :, ::1] dy not None, const int[:, :, :, :
     _run_pool_rows(fc_maxpool_backward_rows, &g, rows, rows * ph * dx.shape[2] * dx.shape[3])
 
 
+def avgpool_forward(const float[:, :, :, ::1] x not None, float[:, :, :, ::1] y not None,
+                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                    Py_ssize_t pl):
+    """``y`` = each window's mean over its real (unpadded) taps (pool.pyx's, bitwise)."""
+    if y.shape[0] != x.shape[0] or y.shape[3] != x.shape[3]:
+        raise ValueError(f"pool: y has shape {[y.shape[i] for i in range(4)]}, expected "
+                         f"({x.shape[0]}, Ho, Wo, {x.shape[3]})")
+    cdef fc_pool g = _pool_job(x, y.shape[1], y.shape[2], ph, pw, sh, sw, pt, pl)
+    cdef Py_ssize_t rows = y.shape[0] * y.shape[1]
+    if rows == 0 or y.shape[2] == 0 or y.shape[3] == 0:
+        return
+    g.y = &y[0, 0, 0, 0]
+    _run_pool_rows(fc_avgpool_rows, &g, rows, rows * y.shape[2] * y.shape[3] * ph * pw)
+
+
+def avgpool_backward(const float[:, :, :, ::1] dy not None, float[:, :, :, ::1] dx not None,
+                     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw,
+                     Py_ssize_t pt, Py_ssize_t pl):
+    """dx of average pooling for windows that do not overlap (``sh >= ph``, ``sw >= pw``):
+    every element of the image rows that windows cover is written (dy / count inside a
+    window, else 0); rows outside every window are left as they are (the caller zeroes
+    them)."""
+    if dy.shape[0] != dx.shape[0] or dy.shape[3] != dx.shape[3]:
+        raise ValueError(f"pool: dy has shape {[dy.shape[i] for i in range(4)]}, expected "
+                         f"({dx.shape[0]}, Ho, Wo, {dx.shape[3]})")
+    if sh < ph or sw < pw:
+        raise ValueError(f"pool: avgpool_backward needs non-overlapping windows, got pool "
+                         f"{(ph, pw)} with stride {(sh, sw)}")
+    cdef fc_pool g = _pool_job(dx, dy.shape[1], dy.shape[2], ph, pw, sh, sw, pt, pl)
+    cdef Py_ssize_t rows = dy.shape[0] * dy.shape[1]
+    if rows == 0 or dx.shape[2] == 0 or dx.shape[3] == 0:
+        return
+    g.dy = &dy[0, 0, 0, 0]
+    g.dx = &dx[0, 0, 0, 0]
+    _run_pool_rows(fc_avgpool_backward_rows, &g, rows, rows * ph * dx.shape[2] * dx.shape[3])
+
+
 ctypedef void (*pool_rows_fn)(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi) noexcept nogil
 
 

@@ -48,3 +48,5 @@ cdef extern from "simd.h" nogil:
     void fc_dw_range(const fc_dw *g, Py_ssize_t unit_lo, Py_ssize_t unit_hi, float *scratch)
     void fc_maxpool_rows(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi)
     void fc_maxpool_backward_rows(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi)
+    void fc_avgpool_rows(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi)
+    void fc_avgpool_backward_rows(const fc_pool *g, Py_ssize_t r_lo, Py_ssize_t r_hi)

@@ -42,8 +42,12 @@ from . import _specs, available, get
 #   0.79 / 0.64, at batch 128 1.78 / 0.87 vs 2.06 / 2.31; the from-scratch CNN's
 #   64x26x26x8 (a narrower vector build for few channels) 0.08 / 0.17 vs 0.27 / 0.24; and
 #   in a model the conv before it usually computes it (conv2d_maxpool2d_forward, fused:
-#   the conv output is never stored). Average pooling stays on numba
-#   (fwd+bwd 1.95 against cython's 9.52 on the Fashion-MNIST shape, 2026-11-25).
+#   the conv output is never stored). Average pooling: cython's float32 kernels
+#   (csrc/pool_kernels.h, sums in registers, one quotient per window) against numba's,
+#   fwd+bwd us at 1 thread: LeNet-5's 64x28x28x6 2x2 264 vs 604, 64x10x10x16 31 vs 66,
+#   64x26x26x64 2x2 504 vs 953, 3x3/2 'same' (overlapping: pool.pyx's backward) 1372 vs
+#   2279; 4x9x9x40 10 vs 10 (2026-12-07; before, numba led: cython's pool.pyx summed
+#   through memory, 9.52 vs 1.95 ms on the Fashion-MNIST shape).
 # - activations on a 64x26x26x64 tensor: relu numba 0.22/0.56 (cython 0.26/11.3, NumPy
 #   0.79/10.1); sigmoid numba 6.5/0.6 (NumPy 12.8/0.8); tanh NumPy 0.44/3.3 against numba's
 #   scalar libm tanh 37/0.5: a forward and its backward must run on one backend, so the sum
@@ -70,7 +74,7 @@ PREFERENCES = {
     # at 15-38% of copy bandwidth, its backward at 9-32% (2026-12-06).
     ("depthwise_conv2d", "any"): ("cython", "numba", "im2col"),
     ("maxpool2d", "any"): ("cython", "numba", "im2col"),
-    ("avgpool2d", "any"): ("numba", "cython", "im2col"),
+    ("avgpool2d", "any"): ("cython", "numba", "im2col"),
     ("dense", "any"): ("cython", "im2col"),
     ("relu", "any"): ("numba", "cython", "im2col"),
     ("sigmoid", "any"): ("numba", "im2col"),

@@ -491,15 +491,22 @@ def maxpool2d_backward(dy, ctx):
         # (no zero fill, no scatter); only rows outside every window are zeroed here.
         dx = np.empty(x_shape, dtype=dy.dtype)
         _simd.maxpool_backward(dy, argmax, dx, ph, pw, sh, sw, pt, pl)
-        covered = 0
-        for i in range(ho):
-            top = max(i * sh - pt, 0)
-            dx[:, covered:top] = 0
-            covered = max(covered, min(i * sh - pt + ph, x_shape[1]))
-        dx[:, covered:] = 0
-        return dx
+        return _zero_uncovered_rows(dx, geometry)
     dx = np.zeros(x_shape, dtype=dy.dtype)
     _pool.maxpool_backward(dy, argmax, dx, ph, sh)
+    return dx
+
+
+def _zero_uncovered_rows(dx, geometry):
+    """Zeroes the image rows of ``dx`` that no pooling window covers (what the
+    non-overlapping backward kernels leave as they are); returns ``dx``."""
+    ph, _, sh, _, pt, _, ho, _ = geometry
+    covered = 0
+    for i in range(ho):
+        top = max(i * sh - pt, 0)
+        dx[:, covered:top] = 0
+        covered = max(covered, min(i * sh - pt + ph, dx.shape[1]))
+    dx[:, covered:] = 0
     return dx
 
 
@@ -508,14 +515,22 @@ def avgpool2d_forward(x, pool, stride, pad):
     geometry = _pool_geometry(x.shape, pool, stride, pad)
     ph, pw, sh, sw, pt, pl, ho, wo = geometry
     y = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
-    _pool.avgpool_forward(x, y, ph, pw, sh, sw, pt, pl)
+    # float32: csrc/pool_kernels.h (vectorised over the channels), float64: pool.pyx;
+    # the same sums in the same order.
+    (_simd if x.dtype == np.float32 else _pool).avgpool_forward(x, y, ph, pw, sh, sw, pt, pl)
     return y, (x.shape, x.dtype, geometry)
 
 
 def avgpool2d_backward(dy, ctx):
-    x_shape, dtype, (ph, pw, sh, sw, pt, pl, ho, wo) = ctx
+    x_shape, dtype, geometry = ctx
+    ph, pw, sh, sw, pt, pl, ho, wo = geometry
     dy = _float_array(dy, "dy", dtype)
     _check_shape(dy, (x_shape[0], ho, wo, x_shape[3]), "dy")
+    if dtype == np.float32 and sh >= ph and sw >= pw:
+        # as maxpool2d_backward: each covered element written once, no zero fill
+        dx = np.empty(x_shape, dtype=dtype)
+        _simd.avgpool_backward(dy, dx, ph, pw, sh, sw, pt, pl)
+        return _zero_uncovered_rows(dx, geometry)
     dx = np.zeros(x_shape, dtype=dtype)
     _pool.avgpool_backward(dy, dx, ph, pw, sh, sw, pt, pl)
     return dx

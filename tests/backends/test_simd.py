@@ -200,6 +200,42 @@ def test_max_pool_matches_reference(isa, case):
         assert not want[1][:, untouched].any()
 
 
+@pytest.mark.parametrize("case", POOL_CASES + [(2, 28, 28, 6, (2, 2), (2, 2), "valid"),
+                                          (1, 7, 9, 48, (3, 3), (2, 2), "same")],
+                         ids=lambda c: "x".join(map(str, c[:4])) + f"-p{c[4]}-s{c[5]}-{c[6]}")
+def test_average_pool_is_pool_pyx_bitwise(isa, case):
+    """float32 average pooling (csrc/pool_kernels.h) sums each window's real taps in
+    pool.pyx's order and divides by their count: bitwise pool.pyx's loops (which float64
+    keeps), forward and backward, and the reference within rounding."""
+    pool_pyx = _extensions.modules["pool"]
+    n, h, w, c, pool, stride, padding = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    _, pad = window_output_shape((h, w), pool, stride, padding, what="pool_size")
+    pt, pl = pad[0][0], pad[1][0]
+    B = backends.get("cython")
+    y, ctx = B.avgpool2d_forward(x, pool, stride, pad)
+    want_y = np.empty_like(y)
+    pool_pyx.avgpool_forward(x, want_y, *pool, *stride, pt, pl)
+    np.testing.assert_array_equal(y, want_y, err_msg=f"{isa}: y")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = B.avgpool2d_backward(dy, ctx)
+    want_dx = np.zeros_like(x)
+    pool_pyx.avgpool_backward(dy, want_dx, *pool, *stride, pt, pl)
+    np.testing.assert_array_equal(dx, want_dx, err_msg=f"{isa}: dx")
+    R = backends.get("reference")
+    ry, rctx = R.avgpool2d_forward(x, pool, stride, pad)
+    np.testing.assert_allclose(y, ry, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, R.avgpool2d_backward(dy, rctx), rtol=1e-6, atol=1e-6)
+    if stride[0] >= pool[0] and stride[1] >= pool[1]:
+        # as for max pooling: every element of the covered rows is written, no zero fill
+        nan_dx = np.full(x.shape, np.nan, np.float32)
+        simd.avgpool_backward(dy, nan_dx, *pool, *stride, pt, pl)
+        untouched = np.isnan(nan_dx).all(axis=(0, 2, 3))
+        assert (np.isnan(nan_dx).any(axis=(0, 2, 3)) == untouched).all()
+        np.testing.assert_array_equal(nan_dx[:, ~untouched], want_dx[:, ~untouched])
+
+
 # (n, h, w, c, f, kernel, stride, padding) of the conv before a 2x2 max pool: odd conv
 # outputs (a row and a column no window covers), conv strides and padding, channel tails.
 FUSED_CASES = [
