@@ -44,7 +44,8 @@
  *   other vector accesses line-aligned (k3_head); AVX-512 ragged chunks are masked
  *   loads / stores. An output of >= 8 MiB in bands is written with streaming stores
  *   (no read of the lines before the write; a short first chunk realigns from >= 8
- *   vectors a pixel): 8x56x56x144 forward 2.5 -> 2.1 ms in the C harness.
+ *   vectors a pixel): 8x56x56x144 forward 2.5 -> 2.1 ms in the C harness; k3_dx2 too
+ *   (from >= 4 vectors: 8x112x112x96 dx 5.3 -> 4.7 ms).
  * - M > 1: the input rows a job reads are first expanded to C*M channels (x[.., c]
  *   repeated M times) in a thread-private buffer, then the M = 1 code runs. MobileNet's
  *   depthwise layers (M = 1) never take this path.

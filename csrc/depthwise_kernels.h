@@ -767,7 +767,8 @@ static void DW_FN(k3_forward)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
  * j0 + t (b = 1). Taps in (a, b) order; every dx element written once. */
 DWC_INLINE void DW_FN(k3_dx2_block)(const DW_T *const *s, const ptrdiff_t *arow, int nr,
                                     const DW_T *wt, DW_T *d, ptrdiff_t j0, ptrdiff_t wo,
-                                    ptrdiff_t cm, ptrdiff_t o, ptrdiff_t lanes, const int NP)
+                                    ptrdiff_t cm, ptrdiff_t o, ptrdiff_t lanes, int nt,
+                                    const int NP)
 {
     const int full = lanes == DW_VL;
     DW_VEC acc[8];
@@ -804,7 +805,7 @@ DWC_INLINE void DW_FN(k3_dx2_block)(const DW_T *const *s, const ptrdiff_t *arow,
 #pragma GCC unroll 8
     for (int i = 0; i < NP; i++) {
         if (full)
-            DW_FN(store)(d + i * cm + o, acc[i]);
+            DW_FN(store_nt)(d + i * cm + o, acc[i], nt);
         else
             DW_FN(store_part)(d + i * cm + o, acc[i], lanes);
     }
@@ -833,17 +834,17 @@ static void DW_FN(k3_dx2_pixel)(const DW_T *const *s, const ptrdiff_t *arow, int
 
 DWC_INLINE void DW_FN(k3_dx2_block_all)(const DW_T *const *s, const ptrdiff_t *arow, int nr,
                                         const DW_T *wt, DW_T *d, ptrdiff_t j0, ptrdiff_t wo,
-                                        ptrdiff_t cm, ptrdiff_t head, const int NP)
+                                        ptrdiff_t cm, ptrdiff_t head, int nt, const int NP)
 {
     ptrdiff_t o = 0;
     if (head) {
-        DW_FN(k3_dx2_block)(s, arow, nr, wt, d, j0, wo, cm, 0, head, NP);
+        DW_FN(k3_dx2_block)(s, arow, nr, wt, d, j0, wo, cm, 0, head, 0, NP);
         o = head;
     }
     for (; o + DW_VL <= cm; o += DW_VL)
-        DW_FN(k3_dx2_block)(s, arow, nr, wt, d, j0, wo, cm, o, DW_VL, NP);
+        DW_FN(k3_dx2_block)(s, arow, nr, wt, d, j0, wo, cm, o, DW_VL, nt, NP);
     if (o < cm)
-        DW_FN(k3_dx2_block)(s, arow, nr, wt, d, j0, wo, cm, o, cm - o, NP);
+        DW_FN(k3_dx2_block)(s, arow, nr, wt, d, j0, wo, cm, o, cm - o, 0, NP);
 }
 
 /* dx rows [lo, hi) of the flattened (n, y) axis. */
@@ -851,7 +852,12 @@ static void DW_FN(k3_dx2)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi)
 {
     const DW_T *dy = (const DW_T *)g->dy, *wt = (const DW_T *)g->wt;
     const ptrdiff_t cm = g->cm, w = g->w, wo = g->wo, pl = g->pl;
-    const ptrdiff_t head = DW_FN(k3_head)(dy, g->dx, cm, 12);
+    /* A dx of >= 8 MiB is written with streaming stores (from line-aligned vectors: a
+     * short first chunk realigns from >= 4 vectors a pixel). */
+    const int big = g->n * g->h * w * cm * (ptrdiff_t)sizeof(DW_T) >= ((ptrdiff_t)8 << 20);
+    const ptrdiff_t head = DW_FN(k3_head)(dy, g->dx, cm, big ? 4 : 12);
+    const int nt = big && (uintptr_t)((DW_T *)g->dx + head) % 64 == 0
+                   && (cm * (ptrdiff_t)sizeof(DW_T)) % 64 == 0;
     for (ptrdiff_t rr = lo; rr < hi; rr++) {
         const ptrdiff_t n = rr / g->h, yy = rr - n * g->h;
         DW_T *d = (DW_T *)g->dx + rr * w * cm;
@@ -882,12 +888,16 @@ static void DW_FN(k3_dx2)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi)
             x++;
         }
         for (; x + 8 <= w; x += 8)
-            DW_FN(k3_dx2_block_all)(s, arow, nr, wt, d + x * cm, (x + pl) / 2, wo, cm, head, 8);
+            DW_FN(k3_dx2_block_all)(s, arow, nr, wt, d + x * cm, (x + pl) / 2, wo, cm, head, nt, 8);
         for (; x + 2 <= w; x += 2)
-            DW_FN(k3_dx2_block_all)(s, arow, nr, wt, d + x * cm, (x + pl) / 2, wo, cm, head, 2);
+            DW_FN(k3_dx2_block_all)(s, arow, nr, wt, d + x * cm, (x + pl) / 2, wo, cm, head, nt, 2);
         if (x < w)
             DW_FN(k3_dx2_pixel)(s, arow, nr, wt, d, x, pl, wo, cm, head);
     }
+#if DWC_X86_INTRINSICS
+    if (nt)
+        _mm_sfence();
+#endif
 }
 
 /* --- forward: output rows [lo, hi) of the flattened (n, i) axis -------------------------- */

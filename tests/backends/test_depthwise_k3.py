@@ -192,18 +192,21 @@ def test_3x3_arrays_off_a_cache_line(stride, offsets, dtype, isa_restored):
 
 
 @pytest.mark.parametrize("offset", [16, 0], ids=["off16", "off0"])
-def test_3x3_large_outputs_streamed(offset):
-    """An output of >= 8 MiB (here 4x64x64x144 float32, 9.4 MB) is written with streaming
-    stores in the band schedule (AVX-512), a 16-byte offset first realigned by a short
-    channel chunk: forward and stride-1 dx (the forward over dy) against the float64 loop."""
-    n, h, wd, c = 4, 64, 64, 144
-    stride, pad = (1, 1), ((1, 1), (1, 1))
-    x, w, b, _, _, dy = _data((n, h, wd, c, stride, pad, True), np.float32, seed=13)
+@pytest.mark.parametrize("shape, stride, pad", [
+    ((4, 64, 64, 144), (1, 1), ((1, 1), (1, 1))),   # y and dx 9.4 MB: bands
+    ((2, 96, 96, 128), (2, 2), ((0, 1), (0, 1))),   # dx 9.4 MB: k3_dx2
+], ids=["s11", "s22"])
+def test_3x3_large_outputs_streamed(shape, stride, pad, offset):
+    """An output of >= 8 MiB is written with streaming stores (AVX-512: the forward and
+    stride-1 dx in bands, the stride-2 dx in k3_dx2), a 16-byte offset first realigned by
+    a short channel chunk: against the float64 loop, arrays placed at the offset."""
+    x, w, b, _, _, dy = _data((*shape, stride, pad, True), np.float32, seed=13)
     want = reference(x, w, b, stride, pad, dy)
-    wt = np.ascontiguousarray(w.reshape(9, c))
+    wt = np.ascontiguousarray(w.reshape(9, shape[3]))
+    (pt, _), (pl, _) = pad
     y = _at_offset(np.zeros(dy.shape, np.float32), offset)
-    DWC.forward(_at_offset(x, offset), wt, b, y, 3, 3, 1, 1, 1, 1, 1)
+    DWC.forward(_at_offset(x, offset), wt, b, y, 3, 3, *stride, pt, pl, 1)
     _check(y, want[0], np.float32, f"y (offset {offset})")
     dx = _at_offset(np.zeros(x.shape, np.float32), offset)
-    DWC.dx(_at_offset(dy, offset), wt, dx, 3, 3, 1, 1, 1, 1, 1)
+    DWC.dx(_at_offset(dy, offset), wt, dx, 3, 3, *stride, pt, pl, 1)
     _check(dx, want[1], np.float32, f"dx (offset {offset})")
