@@ -31,13 +31,19 @@ the model takes NHWC input, kernels are transposed, and a Flatten of NCHW featur
 permutes the following Dense weights so that predictions match. A 4-D input that the
 graph transposes from NHWC itself, or any 4-D input of fastcnn's own exports (marked in
 the file's metadata), stays NHWC. Outputs keep ONNX's values; a 4-D output that the
-graph computes in NCHW comes back NHWC (fastcnn's layout).
+graph computes in NCHW comes back NHWC (fastcnn's layout). A graph exported for one batch
+size (PyTorch's dynamo exporter, by default) writes that size into its Reshapes: such a
+Reshape keeps the batch axis, and the model takes any batch size.
 
 An operator fastcnn lacks raises :class:`OnnxImportError` (a ValueError) naming the
 operator type and the node. The file is parsed as protobuf data only (no custom operator
-libraries, no code from the file runs); its size is bounded (``max_bytes``), external
-data is refused, and every initializer's declared shape is checked against the bytes it
-really holds before anything is allocated.
+libraries, no code from the file runs); its size is bounded (``max_bytes``, the model
+file and its external data together), and every initializer's declared shape is checked
+against the bytes it really holds before anything is allocated. External data (what
+PyTorch's dynamo exporter writes by default: ``model.onnx`` plus ``model.onnx.data``) is
+read only from regular files inside the model file's folder, named by a relative path
+(no absolute path, no ``..`` out of the folder, no link leading out of it), each tensor's
+bytes at its declared offset and exactly its declared length.
 """
 from __future__ import annotations
 
@@ -709,6 +715,7 @@ class _Importer:
                                for p in proto.metadata_props)
         self.layer_names = set()
         self.uses = {}
+        self.static_batch = None   # the inputs' batch size when the graph fixes one
 
     def error(self, msg):
         return OnnxImportError(f"{self.path}: {msg}")
@@ -853,6 +860,11 @@ class _Importer:
             if len(dims) < 2 or any(d is None for d in dims[1:]):
                 raise self.error(f"input {vi.name!r} has shape {_fmt(dims)}: fastcnn needs a "
                                  f"batch axis and known sizes for the others")
+            # A graph exported for one batch size (PyTorch's dynamo exporter by default)
+            # writes that size into its reshapes: remembered, such a reshape keeps the
+            # batch axis (the fastcnn model takes any batch size).
+            self.static_batch = dims[0] if len(self.vals) == 0 or \
+                self.static_batch == dims[0] else None
             base = re.sub(r"[^A-Za-z0-9_.-]+", "_", _text(vi.name)).strip("_") or "input"
             name, k = base, 1
             while name in self.layer_names:
@@ -1268,9 +1280,11 @@ def _imp_reshape(im, node):
     allowzero = int(im.attrs(node).get("allowzero", 0))
     src = v.onnx_shape
     if not shape or shape[0] not in (0, -1) or allowzero:
-        if not (shape and len(src) and shape[0] == src[0] and src[0] is not None):
+        batch = src[0] if len(src) and src[0] is not None else im.static_batch
+        if not (shape and batch is not None and shape[0] == batch):
             raise im.unsupported(node, f"target shape {shape}: fastcnn keeps the batch axis "
-                                       f"(its first entry must be 0 or -1)")
+                                       f"(its first entry must be 0 or -1, or the graph's "
+                                       f"fixed batch size)")
     rest = [src[i] if s == 0 and i < len(src) else s for i, s in enumerate(shape)][1:]
     total = math.prod(src[1:])
     if rest.count(-1) > 1 or (shape[0] == -1 and -1 in rest):
@@ -1674,13 +1688,83 @@ _IMPORTERS = {
 }
 
 
+def _read_external_data(proto, path, budget):
+    """Moves the external data of ``proto``'s initializers into the tensors themselves
+    (``raw_data``), checking each reference first (see the module doc); at most ``budget``
+    bytes are read in all. Tensors elsewhere (Constant attributes) stay refused by
+    ``_Importer.tensor``."""
+    from onnx import TensorProto
+    import stat
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    for t in proto.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        where = f"{path}: tensor {t.name!r} (initializer) keeps its data in an external file"
+        location = info.get("location", "")
+        if not location:
+            raise OnnxImportError(f"{where} but names none (no 'location')")
+        if "\0" in location:
+            raise OnnxImportError(f"{where}, {location!r}, which is not a file name")
+        if os.path.isabs(location) or os.path.splitdrive(location)[0]:
+            raise OnnxImportError(f"{where}, {location!r}: an absolute path; load_onnx "
+                                  f"reads external data only from the model's folder")
+        full = os.path.realpath(os.path.join(folder, location))
+        if os.path.commonpath([folder, full]) != folder:
+            raise OnnxImportError(f"{where}, {location!r}, which leads out of the model's "
+                                  f"folder {folder!r}; load_onnx reads external data only "
+                                  f"from there")
+        try:
+            st = os.stat(full)
+        except OSError as exc:
+            raise OnnxImportError(f"{where}, {location!r}, which cannot be read: "
+                                  f"{exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise OnnxImportError(f"{where}, {location!r}, which is not a regular file")
+        if t.data_type not in _DTYPES:
+            raise OnnxImportError(f"{path}: tensor {t.name!r} (initializer) has ONNX data "
+                                  f"type {t.data_type}, which fastcnn does not read")
+        dims = list(t.dims)
+        if any(d < 0 for d in dims):
+            raise OnnxImportError(f"{path}: tensor {t.name!r} (initializer) has negative "
+                                  f"dimensions {dims}")
+        need = math.prod(dims) * np.dtype(_DTYPES[t.data_type]).itemsize
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info.get("length", need))
+        except ValueError:
+            raise OnnxImportError(f"{where}, {location!r}, at an offset or length that is "
+                                  f"not an integer: {info}") from None
+        if length != need:
+            raise OnnxImportError(f"{where}, {location!r}: {length} bytes, but its shape "
+                                  f"{dims} needs {need}")
+        if offset < 0 or offset + need > st.st_size:
+            raise OnnxImportError(f"{where}, {location!r}: bytes {offset}..{offset + need} "
+                                  f"of a {st.st_size}-byte file (truncated?)")
+        budget -= need
+        if budget < 0:
+            raise OnnxImportError(f"{path}: the model and its external data hold more than "
+                                  f"max_bytes bytes (at tensor {t.name!r})")
+        with open(full, "rb") as f:
+            f.seek(offset)
+            data = f.read(need)
+        if len(data) != need:
+            raise OnnxImportError(f"{where}, {location!r}: it ended before the tensor's "
+                                  f"{need} bytes (truncated while reading?)")
+        t.raw_data = data
+        del t.external_data[:]
+        t.data_location = TensorProto.DEFAULT
+
+
 def load_onnx(path, max_bytes=DEFAULT_MAX_BYTES):
     """A fastcnn Functional model from the ONNX file at ``path`` (see the module doc for
     the operators). NCHW graphs become NHWC models: feed the model NHWC input.
 
-    ``max_bytes``: the largest file read (default 2 GiB). Raises :class:`OnnxImportError`
-    (a ValueError) for a file that is not ONNX, is truncated or corrupt, holds external
-    data, or uses an operator fastcnn lacks (naming the operator type and the node).
+    ``max_bytes``: the most bytes read, the file and its external data together
+    (default 2 GiB). Raises :class:`OnnxImportError` (a ValueError) for a file that is not
+    ONNX, is truncated or corrupt, refers to external data outside its folder or that
+    does not fit, or uses an operator fastcnn lacks (naming the operator type and the
+    node).
     """
     onnx = _require_onnx()
     from google.protobuf.message import DecodeError
@@ -1707,6 +1791,7 @@ def load_onnx(path, max_bytes=DEFAULT_MAX_BYTES):
     if not proto.HasField("graph") or not proto.graph.node:
         raise OnnxImportError(f"{path}: not a valid ONNX file (no graph; truncated or "
                               f"corrupt?)")
+    _read_external_data(proto, path, max_bytes - size)
     importer = _Importer(proto, path)
     importer.precheck()       # operators and tensor sizes first: the clearest messages
     try:

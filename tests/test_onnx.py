@@ -283,6 +283,20 @@ def test_pytorch_exported_nchw_models(case):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_pytorch_dynamo_export_with_external_data_and_a_fixed_batch():
+    """What torch.onnx.export writes by default (the dynamo exporter): weights in a
+    ``.data`` file beside the model and the batch size fixed in its reshape
+    (make_torch_dynamo.py). fastcnn reads both and takes any batch size."""
+    path = os.path.join(FIXTURES, "torch_dynamo.onnx")
+    ref = np.load(os.path.join(FIXTURES, "torch_dynamo.npz"))
+    x = np.ascontiguousarray(ref["x"].transpose(0, 2, 3, 1))
+    model = fastcnn.load_onnx(path)
+    np.testing.assert_allclose(model.predict(x, verbose=0), ref["y"], rtol=1e-5, atol=1e-6)
+    three = np.concatenate([x, x[:1]])
+    np.testing.assert_allclose(model.predict(three, verbose=0)[2], ref["y"][0],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_pytorch_model_round_trips_through_fastcnn_export(tmp_path):
     """NCHW file -> fastcnn (NHWC) -> exported again -> ONNX Runtime: the same numbers."""
     data = np.load(os.path.join(FIXTURES, "torch_cases.npz"))
@@ -499,6 +513,80 @@ def test_initializer_sizes_are_checked(tmp_path):
                        name="huge.onnx", shape=(None, 3, 8192, 8192))
     with pytest.raises(OnnxImportError, match=r"'Flatten'.*'flat'.*201326592 NCHW features"):
         fastcnn.load_onnx(path)
+
+
+def _external_copy(tmp_path, name="ext.onnx"):
+    """A small exported model saved again with its weights in one external file, as
+    PyTorch's dynamo exporter writes them (``name`` + ``name.data``)."""
+    fastcnn.set_random_seed(1)
+    model = fastcnn.Sequential([fastcnn.Input((8, 8, 2)), L.Conv2D(4, 3, activation="relu"),
+                                L.MaxPooling2D(2), L.Flatten(), L.Dense(5)])
+    plain = tmp_path / "plain.onnx"
+    model.export_onnx(plain)
+    proto = onnx.load(str(plain))
+    folder = tmp_path / "ext"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    onnx.save_model(proto, str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=name + ".data", size_threshold=0)
+    return model, path
+
+
+def test_external_data_is_read_from_the_models_folder(tmp_path):
+    model, path = _external_copy(tmp_path)
+    proto = onnx.load(str(path), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    x = _x((8, 8, 2))
+    want = model.predict(x, verbose=0)
+    np.testing.assert_allclose(fastcnn.load_onnx(path).predict(x, verbose=0), want,
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_ort_predict(path, x), want, rtol=1e-5, atol=2e-6)
+    total = path.stat().st_size + (path.parent / "ext.onnx.data").stat().st_size
+    with pytest.raises(OnnxImportError, match="external data hold more than max_bytes"):
+        fastcnn.load_onnx(path, max_bytes=total - 1)
+    fastcnn.load_onnx(path, max_bytes=total)
+
+
+def _relocated(path, tmp_path, tag, **changes):
+    """``path``'s model with its first external tensor's reference changed."""
+    proto = onnx.load(str(path), load_external_data=False)
+    t = next(t for t in proto.graph.initializer
+             if t.data_location == onnx.TensorProto.EXTERNAL)
+    info = {e.key: e.value for e in t.external_data}
+    info.update({k: str(v) for k, v in changes.items()})
+    del t.external_data[:]
+    for k, v in info.items():
+        t.external_data.add(key=k, value=v)
+    out = path.parent / f"{tag}.onnx"
+    onnx.save_model(proto, str(out))
+    return out, t.name
+
+
+def test_external_data_outside_the_folder_or_out_of_bounds_is_refused(tmp_path):
+    _, path = _external_copy(tmp_path)
+    data = path.parent / "ext.onnx.data"
+    outside = tmp_path / "outside.data"
+    outside.write_bytes(data.read_bytes())
+    (path.parent / "link.data").symlink_to(outside)
+    (path.parent / "sub").mkdir()
+    cases = {
+        "absolute": (dict(location=str(outside)), "absolute path"),
+        "dotdot": (dict(location="../outside.data"), "leads out of the model's folder"),
+        "link": (dict(location="link.data"), "leads out of the model's folder"),
+        "folder": (dict(location="sub"), "not a regular file"),
+        "missing": (dict(location="nothing.data"), "cannot be read"),
+        "length": (dict(length=3), "3 bytes, but its shape"),
+        "offset": (dict(offset=data.stat().st_size), "truncated"),
+        "nonint": (dict(offset="x"), "not an integer"),
+    }
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(path.parent / "fifo.data")
+        cases["fifo"] = (dict(location="fifo.data"), "not a regular file")
+    for tag, (changes, message) in cases.items():
+        bad, tensor = _relocated(path, tmp_path, tag, **changes)
+        with pytest.raises(OnnxImportError, match=message) as info:
+            fastcnn.load_onnx(bad)
+        assert repr(tensor) in str(info.value), (tag, str(info.value))
 
 
 def test_unsupported_layer_on_export_writes_nothing(tmp_path):
