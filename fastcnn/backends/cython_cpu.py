@@ -263,7 +263,10 @@ def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
     # 10x10: -17%). argmax positions are in that (2*Hp, 2*Wp) image.
     hc, wc = ho // 2 * 2, wo // 2 * 2
     if _winograd_pays(kh, kw, sh, sw, c, f):
-        _simd.wino_maxpool(x, _winograd.transform_kernel(w), bias, y, argmax, -pt, -pl)
+        # F(4x4, 3x3) tiles hold 2x2 pool windows; on a pooled grid under 3x3 they would
+        # mostly compute what no window covers.
+        m = _winograd.tile() if min(y.shape[1], y.shape[2]) >= 3 else 2
+        _simd.wino_maxpool(x, _winograd.transform_kernel(w, m), bias, y, argmax, -pt, -pl, m)
     else:
         _simd.gather_maxpool(x, _padded_columns(w.reshape(-1, f)), bias, y, argmax, kh, kw,
                              -pt, sh, -pl, sw, hc, wc)
@@ -352,8 +355,9 @@ def _direct_backward(dy, ctx, need_dx):
         # dy (zero outside it) with the flipped, transposed kernel, its taps from
         # dy[i - (2 - pt) + a', ...]: by Winograd F(2x2, 3x3), every dx pixel written.
         dx = np.empty(x.shape, dtype=x.dtype)
-        u = _winograd.transform_kernel(w[::-1, ::-1].transpose(0, 1, 3, 2))
-        _simd.wino_conv(dy, u, None, dx, pt - 2, pl - 2)
+        m = _winograd.tile() if min(h, wd) >= 6 else 2
+        u = _winograd.transform_kernel(w[::-1, ::-1].transpose(0, 1, 3, 2), m)
+        _simd.wino_conv(dy, u, None, dx, pt - 2, pl - 2, m)
         return dx, dw, db
     stride, pad = (sh, sw), ((pt, 0), (pl, 0))  # the phases need only the leading pads
     covered = _conv_phases.dx_is_covered(w.shape, stride)
@@ -504,9 +508,11 @@ def _zero_uncovered_rows(dx, geometry):
     covered = 0
     for i in range(ho):
         top = max(i * sh - pt, 0)
-        dx[:, covered:top] = 0
+        if top > covered:   # a gap between windows (stride > pool); usually none
+            dx[:, covered:top] = 0
         covered = max(covered, min(i * sh - pt + ph, dx.shape[1]))
-    dx[:, covered:] = 0
+    if covered < dx.shape[1]:
+        dx[:, covered:] = 0
     return dx
 
 
