@@ -30,6 +30,11 @@ cdef extern from "wino.h" nogil:
                             float *scratch)
     void fp_wino_conv_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi,
                             float *scratch)
+    Py_ssize_t fq_wino4_scratch_floats(Py_ssize_t cs)
+    void fq_wino4_pool_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi,
+                             float *scratch)
+    void fq_wino4_conv_range(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi,
+                             float *scratch)
 
 #: The instruction sets the kernels are compiled for, in FC_ISA_* order.
 ISAS = ("generic", "avx2", "avx512")
@@ -201,7 +206,7 @@ cdef _run_gather(const float[:, :, :, ::1] src, const float[:, ::1] w, bias,
 
 def wino_maxpool(const float[:, :, :, ::1] src not None, const float[:, :, ::1] u not None,
                  bias, float[:, :, :, ::1] out not None, argmax,
-                 Py_ssize_t by0, Py_ssize_t bx0):
+                 Py_ssize_t by0, Py_ssize_t bx0, int m=2):
     """A 3x3, stride-1 conv followed by a 2x2, stride-2, 'valid' max pool, by Winograd
     F(2x2, 3x3) (csrc/plan_wino.h): conv pixel ``(cy, cx)`` takes its taps from
     ``src[n, by0 + cy + (0..2), bx0 + cx + (0..2), :]`` (zero outside src); pooled point
@@ -211,7 +216,9 @@ def wino_maxpool(const float[:, :, :, ::1] src not None, const float[:, :, ::1] 
     values. ``argmax`` None, or int32 of out's shape: the winners' flat positions
     ``cy*(2*Wo) + cx`` (the format of :func:`gather_maxpool`; first maximum wins, NaN
     propagates). Rounding differs from the direct conv (:func:`gather_maxpool`) in the last
-    bits; the result does not depend on the thread count.
+    bits; the result does not depend on the thread count. ``m``: the output tile, 2
+    (F(2x2, 3x3), ``u`` of 16 positions) or 4 (F(4x4, 3x3), 36 positions: two pool windows
+    a side per tile, 2.25 multiplies per output instead of 4).
     """
     cdef fc_gather g
     cdef int[:, :, :, ::1] arg
@@ -223,33 +230,44 @@ def wino_maxpool(const float[:, :, :, ::1] src not None, const float[:, :, ::1] 
         if arg.size:
             g.arg = &arg[0, 0, 0, 0]
     g.conv_wo = 2 * out.shape[2]
-    _run_wino(src, u, bias, out, by0, bx0, out.shape[1], out.shape[2], True, &g)
+    if m == 2:
+        _run_wino(src, u, bias, out, by0, bx0, out.shape[1], out.shape[2], 2, True, &g)
+    else:
+        _run_wino(src, u, bias, out, by0, bx0, _ceil_div(out.shape[1], 2),
+                  _ceil_div(out.shape[2], 2), m, True, &g)
 
 
 def wino_conv(const float[:, :, :, ::1] src not None, const float[:, :, ::1] u not None,
-              bias, float[:, :, :, ::1] out not None, Py_ssize_t by0, Py_ssize_t bx0):
+              bias, float[:, :, :, ::1] out not None, Py_ssize_t by0, Py_ssize_t bx0,
+              int m=2):
     """A 3x3, stride-1 conv by Winograd F(2x2, 3x3), every output stored: ``out[n, i, j]``
     takes its taps from ``src[n, by0 + i + (0..2), bx0 + j + (0..2), :]`` (zero outside
-    src); ``u``, ``bias`` as for :func:`wino_maxpool`. The conv's dx in training: dy
-    correlated with the flipped, transposed kernel."""
+    src); ``u``, ``bias``, ``m`` as for :func:`wino_maxpool`. The conv's dx in training:
+    dy correlated with the flipped, transposed kernel."""
     cdef fc_gather g
     g.arg, g.conv_wo = NULL, 0
-    _run_wino(src, u, bias, out, by0, bx0, _ceil_div(out.shape[1], 2),
-              _ceil_div(out.shape[2], 2), False, &g)
+    _run_wino(src, u, bias, out, by0, bx0, _ceil_div(out.shape[1], m),
+              _ceil_div(out.shape[2], m), m, False, &g)
+
+
+ctypedef void (*wino_range_fn)(const fc_gather *g, Py_ssize_t q_lo, Py_ssize_t q_hi,
+                               float *scratch) noexcept nogil
 
 
 cdef _run_wino(const float[:, :, :, ::1] src, const float[:, :, ::1] u, bias,
                float[:, :, :, ::1] out, Py_ssize_t by0, Py_ssize_t bx0, Py_ssize_t grid_u,
-               Py_ssize_t grid_v, bint pooled, fc_gather *g):
+               Py_ssize_t grid_v, int m, bint pooled, fc_gather *g):
     """Checks what wino_maxpool and wino_conv share, fills the rest of ``g`` and runs it
     in ranges of tiles over OpenMP threads."""
     cdef Py_ssize_t n = src.shape[0], cs = src.shape[3], co = out.shape[3]
     cdef Py_ssize_t co_pad = u.shape[2]
+    if m != 2 and m != 4:
+        raise ValueError(f"wino: m (the output tile) must be 2 or 4, got {m}")
     if out.shape[0] != n:
         raise ValueError(f"wino: out has {out.shape[0]} images, src {n}")
-    if u.shape[0] != 16 or u.shape[1] != cs:
+    if u.shape[0] != (m + 2) * (m + 2) or u.shape[1] != cs:
         raise ValueError(f"wino: u has shape {(u.shape[0], u.shape[1], co_pad)}, "
-                         f"expected (16, {cs}, co_pad)")
+                         f"expected ({(m + 2) * (m + 2)}, {cs}, co_pad)")
     if co_pad % 16 != 0 or co_pad < co:
         raise ValueError(f"wino: u has {co_pad} columns: not a multiple of 16 >= {co}")
     cdef const float[::1] b
@@ -273,10 +291,15 @@ cdef _run_wino(const float[:, :, :, ::1] src, const float[:, :, ::1] u, bias,
     g.oy0, g.osy, g.ox0, g.osx = 0, 1, 0, 1
     # Ranges of whole register blocks (RANGE_QUANTUM is a multiple of every FP_WMR), about
     # 4 per thread; each thread its own scratch.
-    cdef int nt = _threads(total * 16 * cs * co, total // RANGE_QUANTUM)
+    cdef int nt = _threads(total * (m + 2) * (m + 2) * cs * co, total // RANGE_QUANTUM)
     cdef Py_ssize_t step = _ceil_div(_ceil_div(total, 4 * nt), RANGE_QUANTUM) * RANGE_QUANTUM
     cdef Py_ssize_t nranges = _ceil_div(total, step), r
-    cdef Py_ssize_t per = fp_wino_scratch_floats(cs)
+    cdef Py_ssize_t per = fp_wino_scratch_floats(cs) if m == 2 else fq_wino4_scratch_floats(cs)
+    cdef wino_range_fn fn
+    if m == 2:
+        fn = fp_wino_pool_range if pooled else fp_wino_conv_range
+    else:
+        fn = fq_wino4_pool_range if pooled else fq_wino4_conv_range
     cdef float *zeros = <float *>calloc(max(cs, 1), sizeof(float))
     cdef float *scratch = <float *>malloc(nt * per * sizeof(float))
     if zeros == NULL or scratch == NULL:
@@ -287,18 +310,10 @@ cdef _run_wino(const float[:, :, :, ::1] src, const float[:, :, ::1] u, bias,
     try:
         with nogil:
             if nt == 1:
-                if pooled:
-                    fp_wino_pool_range(g, 0, total, scratch)
-                else:
-                    fp_wino_conv_range(g, 0, total, scratch)
+                fn(g, 0, total, scratch)
             else:
                 for r in prange(nranges, schedule="dynamic", num_threads=nt):
-                    if pooled:
-                        fp_wino_pool_range(g, r * step, min(total, (r + 1) * step),
-                                           scratch + threadid() * per)
-                    else:
-                        fp_wino_conv_range(g, r * step, min(total, (r + 1) * step),
-                                           scratch + threadid() * per)
+                    fn(g, r * step, min(total, (r + 1) * step), scratch + threadid() * per)
     finally:
         free(zeros)
         free(scratch)

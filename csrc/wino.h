@@ -1,6 +1,7 @@
-/* Winograd F(2x2, 3x3) convolution kernels (csrc/plan_wino.h), compiled once per
- * instruction set and dispatched at run time like simd.h's kernels. One header for every
- * caller: the inference plan's C runner (plan.h) and the training backend (simd.pyx).
+/* Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution kernels (csrc/plan_wino.h,
+ * csrc/wino4_kernels.h), compiled once per instruction set and dispatched at run time like
+ * simd.h's kernels. One header for every caller: the inference plan's C runner (plan.h,
+ * F(2x2) only) and the training backend (simd.pyx).
  *
  * fp_wino_pool_range: a 3x3, stride-1 conv fused with a 2x2, stride-2 max pool over the
  * pooled grid points [q_lo, q_hi) of g (see plan_wino.h); with g->arg set it also writes
@@ -44,6 +45,28 @@
 #pragma GCC pop_options
 #endif
 
+/* F(4x4, 3x3) (wino4_kernels.h): the training backend's tiles where they pay. */
+#define FQ_ISA generic
+#define FQ_VL 4
+#define FQ_WMR 3
+#include "wino4_kernels.h"
+#if FC_HAVE_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FQ_ISA avx2
+#define FQ_VL 8
+#define FQ_WMR 3
+#include "wino4_kernels.h"
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
+#define FQ_ISA avx512
+#define FQ_VL 16
+#define FQ_WMR 6
+#include "wino4_kernels.h"
+#pragma GCC pop_options
+#endif
+
 /* Floats of scratch one thread of fp_wino_pool_range needs. */
 static ptrdiff_t fp_wino_scratch_floats(ptrdiff_t cs)
 {
@@ -62,6 +85,28 @@ static void fp_wino_conv_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_h
                                float *scratch)
 {
     FC_DISPATCH(fp_wino_conv_range, g, q_lo, q_hi, scratch)
+}
+
+/* F(4x4, 3x3): the same jobs on 4x4 output tiles (wino4_kernels.h; the grid counts
+ * 4x4 tiles, i.e. pairs of pool windows); scratch: fq_wino4_scratch_floats(cs) floats. */
+__attribute__((unused))
+static ptrdiff_t fq_wino4_scratch_floats(ptrdiff_t cs)
+{
+    return 36 * FP_WMR_MAX * (cs + 4 * 16);
+}
+
+__attribute__((unused))
+static void fq_wino4_pool_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
+                                float *scratch)
+{
+    FC_DISPATCH(fq_pool_range, g, q_lo, q_hi, scratch)
+}
+
+__attribute__((unused))
+static void fq_wino4_conv_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
+                                float *scratch)
+{
+    FC_DISPATCH(fq_conv_range, g, q_lo, q_hi, scratch)
 }
 
 #endif /* FASTCNN_WINO_H */

@@ -262,12 +262,16 @@ def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
     # and dW, db and dx skip pixels that would only add zeros (Fashion-MNIST's 11x11 ->
     # 10x10: -17%). argmax positions are in that (2*Hp, 2*Wp) image.
     hc, wc = ho // 2 * 2, wo // 2 * 2
-    if _winograd_pays(kh, kw, sh, sw, c, f):
+    wino = _winograd_pays(kh, kw, sh, sw, c, f)
+    if wino:
         # F(4x4, 3x3) tiles hold 2x2 pool windows; on a pooled grid under 3x3 they would
         # mostly compute what no window covers.
         m = _winograd.tile() if min(y.shape[1], y.shape[2]) >= 3 else 2
         _simd.wino_maxpool(x, _winograd.transform_kernel(w, m), bias, y, argmax, -pt, -pl, m)
-    else:
+    if not wino or (y.size and not np.isfinite(y.max())):
+        # A NaN or infinity: the direct kernel's result, whose NaNs reach exactly the
+        # windows that read them (a Winograd tile's whole 6x6 input mixes into each of its
+        # outputs, and inf - inf is NaN). The check costs 0.15 ms on 32x36x36x64.
         _simd.gather_maxpool(x, _padded_columns(w.reshape(-1, f)), bias, y, argmax, kh, kw,
                              -pt, sh, -pl, sw, hc, wc)
     pool_ctx = (argmax, (n, hc, wc, f), (2, 2, 2, 2, 0, 0, ho // 2, wo // 2))
@@ -358,7 +362,8 @@ def _direct_backward(dy, ctx, need_dx):
         m = _winograd.tile() if min(h, wd) >= 6 else 2
         u = _winograd.transform_kernel(w[::-1, ::-1].transpose(0, 1, 3, 2), m)
         _simd.wino_conv(dy, u, None, dx, pt - 2, pl - 2, m)
-        return dx, dw, db
+        if np.isfinite(dx.max()):   # else the direct dx below: NaNs exactly where it puts them
+            return dx, dw, db
     stride, pad = (sh, sw), ((pt, 0), (pl, 0))  # the phases need only the leading pads
     covered = _conv_phases.dx_is_covered(w.shape, stride)
     dx = np.empty(x.shape, dtype=x.dtype) if covered else np.zeros(x.shape, dtype=x.dtype)
