@@ -279,24 +279,24 @@ def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
     return y, _DirectCtx((x, w, b is not None, covered)), pool_ctx
 
 
-# Winograd pays from 16 channels and 32 filters (1 thread, AVX-512, batch 32-64, conv +
-# pool forward, direct -> Winograd ms: 74x74x16->32 15.4 -> 11.9, 74x74x32->64 56 -> 33,
-# 36x36x64->128 52 -> 26, 13x13x64->64 4.4 -> 2.4); with 16 filters the kernel's blocks
-# are one vector wide (26x26x16->16 1.8 -> 1.9), and with fewer channels than a vector
-# (8: 8.8 -> 10.4; a first layer's 3: 16 -> 24) the transforms cost more than they save.
+# Winograd pays from 16 channels and 16 filters with F(4x4, 3x3) tiles (1 thread, AVX-512,
+# batch 32-64, conv + pool forward, direct -> F(4x4) ms: 74x74x16->32 16.8 -> 9.8,
+# 74x74x32->64 55 -> 24, 36x36x64->128 52 -> 19, 13x13x64->64 4.3 -> 2.2, 26x26x16->16
+# 1.7 -> 1.0; dx, dy 72x72x32 -> 74x74x16: 20.8 -> 14.8). With fewer channels than a
+# vector (8: 8.7 -> 7.7, 1.13x; a first layer's 3: 16.7 -> 22.5) the transforms eat the
+# gain. F(2x2, 3x3) (FASTCNN_WINOGRAD=2) needs 32 filters (26x26x16->16: 1.8 -> 1.9).
 _WINOGRAD_MIN_CHANNELS = 16
-_WINOGRAD_MIN_FILTERS = 32
-# dx of a 3x3 stride-1 conv (dy's f channels -> x's c) by Winograd without the pool
-# (simd.wino_conv), by the same rule (b32 direct -> Winograd ms, 1 thread: 72x72x64 ->
-# 74x74x32 64 -> 37, 34x34x128 -> 36x36x64 59 -> 31, 72x72x16 -> 74x74x32 22 -> 19; b64
-# 11x11x64 -> 13x13x64 9.1 -> 6.3).
+_WINOGRAD_MIN_FILTERS = {4: 16, 2: 32}
+# dx of a 3x3 stride-1 conv (dy's f channels -> x's c) runs by Winograd without the pool
+# (simd.wino_conv) by the same rule (b32, 1 thread, direct -> F(2x2) ms: dy 72x72x64 ->
+# 74x74x32 64 -> 37, 34x34x128 -> 36x36x64 59 -> 31; F(4x4) below those).
 
 
 def _winograd_pays(kh, kw, sh, sw, c, f) -> bool:
-    """Whether a float32 conv (+ 2x2 pool) runs by Winograd F(2x2, 3x3)
-    (``FASTCNN_WINOGRAD=0`` turns it off)."""
+    """Whether a float32 3x3 stride-1 conv on ``c`` channels with ``f`` filters (+ 2x2 pool)
+    runs by Winograd (``FASTCNN_WINOGRAD=0`` turns it off)."""
     return ((kh, kw, sh, sw) == (3, 3, 1, 1) and c >= _WINOGRAD_MIN_CHANNELS
-            and f >= _WINOGRAD_MIN_FILTERS and _winograd.enabled())
+            and f >= _WINOGRAD_MIN_FILTERS[_winograd.tile()] and _winograd.enabled())
 
 
 class _DirectCtx(tuple):
