@@ -380,6 +380,18 @@ def _direct_backward(dy, ctx, need_dx):
 # number of row blocks, added here in block order (thread-count independent).
 
 
+def _aligned_empty(shape, dtype, align=64):
+    """``np.empty(shape, dtype)`` starting on an ``align``-byte boundary. NumPy's large
+    arrays start 16 bytes past a cache line, so every 64-byte vector store of a kernel
+    writing them straddles two lines and the depthwise kernels cannot stream their outputs
+    (csrc/depthwise.h; 112x112x32 forward at batch 8: 1.8 -> 1.3-1.5 ms aligned)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def depthwise_conv2d_forward(x, w, b, stride, pad):
     _checks.check_depthwise_args(x, w, b)
     x = np.ascontiguousarray(x)
@@ -388,7 +400,7 @@ def depthwise_conv2d_forward(x, w, b, stride, pad):
     b = None if b is None else np.ascontiguousarray(b)
     geometry = _geometry(x.shape, (kh, kw), stride, pad, "kernel size")
     kh, kw, sh, sw, pt, pl, ho, wo = geometry
-    y = np.empty((x.shape[0], ho, wo, c * m), dtype=x.dtype)
+    y = _aligned_empty((x.shape[0], ho, wo, c * m), x.dtype)
     _dwc.forward(x, w.reshape(kh * kw, c * m), b, y, kh, kw, sh, sw, pt, pl, m)
     return y, (x, w, b is not None, geometry)
 
@@ -405,7 +417,7 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     db = total[kh * kw] if has_bias else None
     if not need_dx:
         return None, dw, db
-    dx = np.empty(x.shape, dtype=x.dtype)
+    dx = _aligned_empty(x.shape, x.dtype)
     _dwc.dx(dy, w.reshape(kh * kw, c * m), dx, kh, kw, sh, sw, pt, pl, m)
     return dx, dw, db
 
