@@ -7,6 +7,11 @@ place, dx as the same kernel over dy per stride phase. It never builds a column 
 keeps only x for the backward; it runs at 90-110% of the machine's SGEMM rate on the
 standard deep shapes, where im2col + GEMM spends a third of its time moving columns.
 
+A float32 3x3 stride-1 conv with 16+ channels and filters runs by Winograd F(4x4, 3x3)
+instead (csrc/wino.h: 2.25 multiplies per output instead of 9; :func:`_winograd_pays`):
+the forward (plain, or fused with a 2x2 max pool) and dx, dW staying direct.
+``FASTCNN_WINOGRAD=0`` turns it off (fastcnn/backends/_winograd.py).
+
 Every other convolution (float64, and first layers with both few channels and few
 filters, which would leave the direct kernel's blocks mostly empty) is im2col -> GEMM ->
 bias, and its backward GEMM -> col2im. The GEMMs are NumPy ``matmul`` calls made here,
@@ -323,6 +328,12 @@ def _direct_forward(x, w, b, geometry):
     n, f = x.shape[0], w.shape[3]
     y = np.empty((n, ho, wo, f), dtype=x.dtype)
     bias = None if b is None else _padded_columns(b.reshape(1, f))[0]
+    if _winograd_pays(kh, kw, sh, sw, x.shape[3], f):
+        # Winograd, as the fused conv + pool and dx (a non-finite result: the direct conv).
+        m = _winograd.tile() if min(ho, wo) >= 6 else 2
+        _simd.wino_conv(x, _winograd.transform_kernel(w, m), bias, y, -pt, -pl, m)
+        if y.size == 0 or np.isfinite(y.max()):
+            return y, _DirectCtx((x, w, b is not None, geometry))
     # Output pixel (i, j) reads the taps x[n, i*sh - top + a, j*sw - left + b, :].
     _simd.gather(x, _padded_columns(w.reshape(-1, f)), bias, y, kh, kw, ho, wo,
                  -pt, sh, -pl, sw, 0, 1, 0, 1)
@@ -411,14 +422,18 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     c, m = w.shape[2], w.shape[3]
     dy = _float_array(dy, "dy", x.dtype)
     _check_shape(dy, (x.shape[0], ho, wo, c * m), "dy")
-    part = _dwc.dw_partials(x, dy, kh, kw, sh, sw, pt, pl, m, has_bias)
+    dx = None
+    if need_dx:
+        # dW's partials and dx in one pass over dy (3x3, M = 1, column stride <= 2; else
+        # the module runs the two passes): the same bits as dw_partials then dx.
+        dx = _aligned_empty(x.shape, x.dtype)
+        part = _dwc.backward(x, dy, w.reshape(kh * kw, c * m), dx, kh, kw, sh, sw, pt, pl, m,
+                             has_bias)
+    else:
+        part = _dwc.dw_partials(x, dy, kh, kw, sh, sw, pt, pl, m, has_bias)
     total = part[0] if part.shape[0] == 1 else np.add.reduce(part, axis=0)
     dw = total[: kh * kw].reshape(w.shape)
     db = total[kh * kw] if has_bias else None
-    if not need_dx:
-        return None, dw, db
-    dx = _aligned_empty(x.shape, x.dtype)
-    _dwc.dx(dy, w.reshape(kh * kw, c * m), dx, kh, kw, sh, sw, pt, pl, m)
     return dx, dw, db
 
 

@@ -469,3 +469,23 @@ def test_backend_nan_and_inf_as_the_direct_kernel(monkeypatch, bad):
     for name, a, b in zip(("y", "argmax", "dx"), *out):
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert not np.isfinite(out[0][0]).all() and not np.isfinite(out[0][2]).all()
+
+
+@pytest.mark.parametrize("case", [(2, 13, 13, 64, 64, "valid"), (1, 9, 12, 16, 20, "same"),
+                                  (3, 5, 7, 24, 33, "same")],
+                         ids=lambda c: "x".join(map(str, c[:5])) + c[5])
+def test_backend_conv_forward(spy, case):
+    """A plain 3x3 stride-1 conv (no pool) runs by Winograd too: the reference's values, and
+    the direct backward on its ctx."""
+    n, h, wd, c, f, padding = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, h, wd, c)).astype(np.float32)
+    w = (rng.standard_normal((3, 3, c, f)) / np.sqrt(9 * c)).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    p = 1 if padding == "same" else 0
+    B = backends.get("cython")
+    y, ctx = B.conv2d_forward(x, w, b, (1, 1), ((p, p), (p, p)))
+    assert spy.calls == ["wino_conv"]
+    np.testing.assert_allclose(y, _conv_full(x, w, b, p), rtol=1e-4, atol=1e-4)
+    dx, dw, db = B.conv2d_backward(np.ones_like(y), ctx)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (f,)
