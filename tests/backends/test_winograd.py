@@ -29,6 +29,13 @@ ISAS = simd.supported_isas() if simd is not None else ()
 NO_PAD = ((0, 0), (0, 0))
 
 
+@pytest.fixture(autouse=True)
+def _default_switch(monkeypatch):
+    """The tests set the switch themselves: none inherited from the environment."""
+    monkeypatch.delenv("FASTCNN_WINOGRAD", raising=False)
+    monkeypatch.delenv("FASTCNN_PLAN_WINOGRAD", raising=False)
+
+
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Runs a test once per instruction set, restoring the default afterwards."""
