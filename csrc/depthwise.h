@@ -46,6 +46,13 @@
  *   (no read of the lines before the write; a short first chunk realigns from >= 8
  *   vectors a pixel): 8x56x56x144 forward 2.5 -> 2.1 ms in the C harness; k3_dx2 too
  *   (from >= 4 vectors: 8x112x112x96 dx 5.3 -> 4.7 ms).
+ * - FUSED BACKWARD (dwc_bwd_blocks, depthwise.pyx's backward; 3x3, M = 1, column stride
+ *   <= 2): dW's blocks as above and, after each k3_dw band, dx_rows on the dx rows whose
+ *   LAST dy row (floor((y + pt) / sh), clipped) is in the band (dx_row_of: those ranges
+ *   tile dx), while the band's dy rows are still in L2: dy comes from memory once instead
+ *   of twice. The same kernels on the same rows, so dW's partials and dx are the bits of
+ *   the two passes (and thread-count independent: the blocks are fixed). 1 thread,
+ *   min of 150: 8x28x28x192 2.00 -> 1.72 ms, 8x14x14x576 s2 0.240 -> 0.233.
  * - M > 1: the input rows a job reads are first expanded to C*M channels (x[.., c]
  *   repeated M times) in a thread-private buffer, then the M = 1 code runs. MobileNet's
  *   depthwise layers (M = 1) never take this path.
@@ -208,6 +215,8 @@ DWC_ENTRY(dwc_dx_rows, f32, 16)
 DWC_ENTRY(dwc_dx_rows, f64, 8)
 DWC_ENTRY(dwc_dw_blocks, f32, 16)
 DWC_ENTRY(dwc_dw_blocks, f64, 8)
+DWC_ENTRY(dwc_bwd_blocks, f32, 16)
+DWC_ENTRY(dwc_bwd_blocks, f64, 8)
 #undef DWC_ENTRY
 
 /* Scratch elements one thread needs (0 for M = 1): kh expanded input rows for the

@@ -2,7 +2,9 @@
 
 * ``forward``: y from x, the kernel as (kh*kw, C*M) and an optional bias;
 * ``dx``: the input gradient, a gather per stride phase (every dx element written once);
-* ``dw``: per-block partial sums of dW (and db) that the caller adds in block order.
+* ``dw``: per-block partial sums of dW (and db) that the caller adds in block order;
+* ``backward``: ``dw_partials`` and ``dx`` in one pass over dy (3x3, M = 1, column stride
+  <= 2: each band of dy rows feeds dW, then the dx rows it completes, while in L2).
 
 This module checks arguments, fills the job and runs row ranges on OpenMP threads. Results
 do not depend on the thread count: every output element (and every dW partial) is computed
@@ -41,6 +43,8 @@ cdef extern from "depthwise.h" nogil:
     void dwc_dx_rows_f64(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
     void dwc_dw_blocks_f32(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
     void dwc_dw_blocks_f64(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
+    void dwc_bwd_blocks_f32(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
+    void dwc_bwd_blocks_f64(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
 
 ctypedef void (*range_fn)(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch) noexcept nogil
 
@@ -214,4 +218,48 @@ def dw_partials(const floating[:, :, :, ::1] x not None, const floating[:, :, :,
     else:
         _run(dwc_dw_blocks_f64, &g, nblocks, rows * g.wo * g.cm * kh * kw, per_thread,
              sizeof(double))
+    return part
+
+
+def backward(const floating[:, :, :, ::1] x not None, const floating[:, :, :, ::1] dy not None,
+             const floating[:, ::1] wt not None, floating[:, :, :, ::1] dx_out not None,
+             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t m, bint with_db):
+    """:func:`dw_partials` (returned) and :func:`dx` (into ``dx_out``, the shape of x)
+    together: for a 3x3 kernel, M = 1 and column stride <= 2 in ONE pass over dy (per band
+    of dy rows, dW's sums, then the dx rows whose last dy row is in the band); else the
+    two passes. The same partials and dx bits as the two separate calls."""
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[3]
+    if (dx_out.shape[0] != n or dx_out.shape[1] != x.shape[1] or dx_out.shape[2] != x.shape[2]
+            or dx_out.shape[3] != c):
+        raise ValueError(f"depthwise: dx has shape {[dx_out.shape[i] for i in range(4)]}, "
+                         f"expected {[x.shape[i] for i in range(4)]}")
+    cdef dwc_job g = _job(n, x.shape[1], x.shape[2], c, m, dy.shape[1], dy.shape[2],
+                          kh, kw, sh, sw, pt, pl, wt.shape[0], wt.shape[1])
+    if dy.shape[0] != n or dy.shape[3] != c * m:
+        raise ValueError(f"depthwise: dy has shape {[dy.shape[i] for i in range(4)]}, expected "
+                         f"({n}, Ho, Wo, {c * m})")
+    cdef Py_ssize_t rows = n * g.ho
+    if (m != 1 or kh != 3 or kw != 3 or sw > 2 or rows == 0 or g.wo == 0 or c == 0
+            or x.size == 0):
+        part = dw_partials(x, dy, kh, kw, sh, sw, pt, pl, m, with_db)
+        dx(dy, wt, dx_out, kh, kw, sh, sw, pt, pl, m)
+        return part
+    import numpy as np
+    dtype = np.float32 if floating is float else np.float64
+    g.block_rows = (rows + DW_MAX_BLOCKS - 1) // DW_MAX_BLOCKS
+    cdef Py_ssize_t nblocks = (rows + g.block_rows - 1) // g.block_rows
+    part = np.empty((nblocks, kh * kw + 1, c), dtype=dtype)
+    cdef floating[:, :, ::1] pv = part
+    g.x = &x[0, 0, 0, 0]
+    g.dy = &dy[0, 0, 0, 0]
+    g.wt = &wt[0, 0]
+    g.dx = &dx_out[0, 0, 0, 0]
+    g.part = &pv[0, 0, 0]
+    g.with_db = with_db
+    cdef Py_ssize_t work = (rows * g.wo + n * g.h * g.w) * c * kh * kw
+    if floating is float:
+        _run(dwc_bwd_blocks_f32, &g, nblocks, work, 0, sizeof(float))
+    else:
+        _run(dwc_bwd_blocks_f64, &g, nblocks, work, 0, sizeof(double))
     return part

@@ -1241,10 +1241,25 @@ DWC_INLINE void DW_FN(k3_dwspan)(const DW_T *const *s, const DW_T *dyr, DW_VEC *
     *dbacc = db;
 }
 
+/* The first flattened dx row whose last dy row (dy row floor((y + pt) / sh), clipped to
+ * the image's last) is >= flattened dy row r: the dx rows of dy rows [r0, r1) are
+ * [dx_row_of(r0), dx_row_of(r1)), and these ranges tile dx as r runs over the dy rows. */
+DWC_INLINE ptrdiff_t DW_FN(dx_row_of)(const dwc_job *g, ptrdiff_t r)
+{
+    const ptrdiff_t n = r / g->ho, i = r - n * g->ho;
+    ptrdiff_t y = i * g->sh - g->pt;
+    y = y < 0 ? 0 : y > g->h ? g->h : y;
+    return n * g->h + y;
+}
+
 /* dW and db partial of output rows [r0, r1) (k->src is x, k->out unused): added to part
- * ((9 + 1) rows of cm), band by band, each band's sums added in a fixed order. */
+ * ((9 + 1) rows of cm), band by band, each band's sums added in a fixed order. With gx
+ * (the FUSED backward), after each band the dx rows whose last dy row is in the band
+ * (dx_row_of) run, by dx_rows, while the band's dy rows are still in L2: dy comes from
+ * memory once for both. The same kernels on the same rows: dW and dx are the bits of
+ * the separate passes (the dx kernels' results do not depend on the row range). */
 static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrdiff_t r0,
-                         ptrdiff_t r1, int with_db)
+                         ptrdiff_t r1, int with_db, const dwc_job *gx)
 {
     const ptrdiff_t cm = k->cm, band = DW_FN(k3_band_rows)(k->sh, k->ws, k->wo, cm);
     const ptrdiff_t row_bytes = k->ws * cm * (ptrdiff_t)sizeof(DW_T);
@@ -1305,13 +1320,18 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
             if (with_db)
                 DW_FN(add_to)(part + 9 * cm + o, dbacc, lanes);
         }
+        if (gx)
+            DW_FN(dx_rows)(gx, DW_FN(dx_row_of)(gx, b0), DW_FN(dx_row_of)(gx, b1), NULL);
     }
 }
 #undef DW_K3_SWITCH
 #undef DW_LD
 #undef DW_CHUNKS
 
-static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *scratch)
+/* dW partial blocks [lo, hi); with fuse (3x3, M = 1, column stride <= 2 only: k3_dw),
+ * dx too: the dx rows of each band of the blocks' dy rows, after the band's dW. */
+DWC_INLINE void DW_FN(dw_blocks_impl)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi,
+                                      void *scratch, int fuse)
 {
     const DW_T *x = (const DW_T *)g->x, *dy = (const DW_T *)g->dy;
     const ptrdiff_t cm = g->cm, rows = g->n * g->ho, ntap = g->kh * g->kw;
@@ -1336,7 +1356,7 @@ static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void 
             k3.pt = g->pt;
             k3.pl = g->pl;
             k3.nt = 0;
-            DW_FN(k3_dw)(&k3, dy, part, blk * g->block_rows, r1, g->with_db);
+            DW_FN(k3_dw)(&k3, dy, part, blk * g->block_rows, r1, g->with_db, fuse ? g : NULL);
             continue;
         }
         for (ptrdiff_t rr = blk * g->block_rows; rr < r1; rr++) {
@@ -1404,6 +1424,18 @@ static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void 
             }
         }
     }
+}
+
+static void DW_FN(dw_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *scratch)
+{
+    DW_FN(dw_blocks_impl)(g, lo, hi, scratch, 0);
+}
+
+/* The fused backward (3x3, M = 1, column stride <= 2): dW partial blocks [lo, hi) and
+ * the dx rows of their dy rows. */
+static void DW_FN(bwd_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *scratch)
+{
+    DW_FN(dw_blocks_impl)(g, lo, hi, scratch, 1);
 }
 
 #undef DW_VEC

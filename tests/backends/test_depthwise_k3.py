@@ -210,3 +210,105 @@ def test_3x3_large_outputs_streamed(shape, stride, pad, offset):
     dx = _at_offset(np.zeros(x.shape, np.float32), offset)
     DWC.dx(_at_offset(dy, offset), wt, dx, 3, 3, *stride, pt, pl, 1)
     _check(dx, want[1], np.float32, f"dx (offset {offset})")
+
+
+# --- the fused backward (DWC.backward: dW's partials and dx in one pass over dy) ------------
+
+def _separate_and_fused(x, w, dy, stride, pad, m=1, with_db=True, kh=3, kw=3):
+    (pt, _), (pl, _) = pad
+    wt = np.ascontiguousarray(w.reshape(kh * kw, -1))
+    part = DWC.dw_partials(x, dy, kh, kw, *stride, pt, pl, m, with_db)
+    dx = np.full(x.shape, np.nan, x.dtype)
+    DWC.dx(dy, wt, dx, kh, kw, *stride, pt, pl, m)
+    fused_dx = np.full(x.shape, np.nan, x.dtype)
+    fused_part = DWC.backward(x, dy, wt, fused_dx, kh, kw, *stride, pt, pl, m, with_db)
+    return (part, dx), (fused_part, fused_dx)
+
+
+# f64, 64 x 130 pixels: bands of 2 dy rows inside blocks of 3 (a block's second band is
+# one row), stride 1 and 2.
+BAND_CASES = [
+    (1, 66, 64, 130, (1, 1), ((1, 1), (1, 1)), True),
+    (1, 131, 64, 130, (2, 2), ((0, 1), (0, 1)), False),
+]
+
+
+@pytest.mark.parametrize("with_db", [True, False], ids=["db", "nodb"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES + BAND_CASES,
+                         ids=IDS + ["bands-in-blocks-s11", "bands-in-blocks-s22"])
+def test_fused_backward_bitwise_equal_to_the_two_passes(case, dtype, with_db, isa_restored):
+    """The fused backward runs dW band by band and, after each band, the dx rows whose last
+    dy row is in it: the partials and dx are the bits of dw_partials and dx, every dx
+    element written (NaN-filled before), on every ISA; with and without db."""
+    x, w, _, stride, pad, dy = _data(case, dtype)
+    for isa in ISAS:
+        DWC.set_isa(isa)
+        (part, dx), (fpart, fdx) = _separate_and_fused(x, w, dy, stride, pad, with_db=with_db)
+        np.testing.assert_array_equal(fpart, part, err_msg=f"dW partials ({isa})")
+        np.testing.assert_array_equal(fdx, dx, err_msg=f"dx ({isa})")
+        assert not np.isnan(fdx).any()
+
+
+@pytest.mark.parametrize("kh, kw, stride, m", [
+    (3, 3, (1, 1), 2),   # M 2
+    (5, 5, (1, 1), 1),   # 5x5
+    (3, 3, (1, 3), 1),   # column stride 3
+], ids=["m2", "k5", "sw3"])
+def test_fused_backward_other_cases_keep_the_two_passes(kh, kw, stride, m):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 11, 5)).astype(np.float32)
+    w = rng.standard_normal((kh, kw, 5, m)).astype(np.float32)
+    pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+    ho = (9 + 2 * (kh // 2) - kh) // stride[0] + 1
+    wo = (11 + 2 * (kw // 2) - kw) // stride[1] + 1
+    dy = rng.standard_normal((2, ho, wo, 5 * m)).astype(np.float32)
+    (part, dx), (fpart, fdx) = _separate_and_fused(x, w, dy, stride, pad, m, kh=kh, kw=kw)
+    np.testing.assert_array_equal(fpart, part)
+    np.testing.assert_array_equal(fdx, dx)
+
+
+def test_fused_backward_empty_dy_and_bad_dx_shape():
+    """No dy pixel (an output of size 0): dx is zeros, the partials one zero block; a dx of
+    the wrong shape is refused, naming it."""
+    x = np.ones((2, 2, 2, 4), np.float32)
+    dy = np.ones((2, 0, 0, 4), np.float32)
+    dx = np.full(x.shape, np.nan, np.float32)
+    part = DWC.backward(x, dy, np.ones((9, 4), np.float32), dx, 3, 3, 1, 1, 0, 0, 1, True)
+    assert part.shape == (1, 10, 4) and not part.any()
+    np.testing.assert_array_equal(dx, 0)
+    with pytest.raises(ValueError, match="dx has shape"):
+        DWC.backward(x, np.ones((2, 2, 2, 4), np.float32), np.ones((9, 4), np.float32),
+                     np.empty((2, 2, 3, 4), np.float32), 3, 3, 1, 1, 1, 1, 1, True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_fused_backward_identical_with_1_and_2_threads(dtype):
+    """Bands inside blocks (BAND_CASES), the blocks split over 2 threads: the same bits."""
+    _, max_threads = _extensions.openmp_info()
+    out = {}
+    try:
+        for nt in (1, 2):
+            _extensions.set_num_threads(nt)
+            out[nt] = []
+            for case in BAND_CASES:
+                x, w, _, stride, pad, dy = _data(case, dtype)
+                out[nt] += list(_separate_and_fused(x, w, dy, stride, pad)[1])
+    finally:
+        _extensions.set_num_threads(max_threads)
+    for i, (a, b) in enumerate(zip(out[1], out[2])):
+        np.testing.assert_array_equal(a, b, err_msg=f"output {i} differs between 1 and 2 threads")
+
+
+@pytest.mark.parametrize("shape, stride, pad", [
+    ((4, 64, 64, 144), (1, 1), ((1, 1), (1, 1))),   # dx 9.4 MB: streamed, bands
+    ((2, 96, 96, 128), (2, 2), ((0, 1), (0, 1))),   # dx 9.4 MB: streamed, k3_dx2
+], ids=["s11", "s22"])
+def test_fused_backward_large_dx_streamed(shape, stride, pad):
+    """A dx of >= 8 MiB (streaming stores, the 16-byte offset realigned) from the fused
+    backward: the bits of the two passes."""
+    x, w, _, _, _, dy = _data((*shape, stride, pad, True), np.float32, seed=13)
+    (part, dx), (fpart, fdx) = _separate_and_fused(_at_offset(x, 16), w, _at_offset(dy, 16),
+                                                   stride, pad)
+    np.testing.assert_array_equal(fpart, part)
+    np.testing.assert_array_equal(fdx, dx)
