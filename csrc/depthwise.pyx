@@ -17,7 +17,7 @@ from libc.stdlib cimport malloc, free
 from omp_guard cimport threads_for
 
 # Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 cdef extern from "depthwise.h" nogil:
     ctypedef struct dwc_job:
