@@ -6,6 +6,7 @@ import fastcnn  # noqa: F401  (before numpy: the thread-runtime defaults)
 import numpy as np
 import pytest
 
+from fastcnn import _extensions
 from fastcnn import inference_plan as ip
 from fastcnn import layers as L
 
@@ -546,4 +547,4 @@ def test_c_runner_is_built_where_the_extensions_are_required():
     # CI builds with FASTCNN_REQUIRE_EXT=1: the C runner must not be silently absent there.
     if os.environ.get("FASTCNN_REQUIRE_EXT") != "1":
         pytest.skip("FASTCNN_REQUIRE_EXT is not 1: the compiled extensions are optional here")
-    assert ip._plan_ext is not None and ip._plan_ext.ABI_VERSION == 1
+    assert ip._plan_ext is not None and ip._plan_ext.ABI_VERSION == _extensions.ABI_VERSION
