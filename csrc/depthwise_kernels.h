@@ -852,10 +852,12 @@ static void DW_FN(k3_dx2)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi)
 {
     const DW_T *dy = (const DW_T *)g->dy, *wt = (const DW_T *)g->wt;
     const ptrdiff_t cm = g->cm, w = g->w, wo = g->wo, pl = g->pl;
-    /* A dx of >= 8 MiB is written with streaming stores (from line-aligned vectors: a
-     * short first chunk realigns from >= 4 vectors a pixel). */
+    /* A dx of >= 8 MiB is written with streaming stores when it starts on a line (the
+     * backend allocates it so). No short first chunk here: in this kernel a partial chunk
+     * rounds some sums differently from a whole vector (GCC contracts them differently),
+     * so realigning by dy's and dx's offsets made dx depend on where NumPy put them. */
     const int big = g->n * g->h * w * cm * (ptrdiff_t)sizeof(DW_T) >= ((ptrdiff_t)8 << 20);
-    const ptrdiff_t head = DW_FN(k3_head)(dy, g->dx, cm, big ? 4 : 12);
+    const ptrdiff_t head = 0;
     const int nt = big && (uintptr_t)((DW_T *)g->dx + head) % 64 == 0
                    && (cm * (ptrdiff_t)sizeof(DW_T)) % 64 == 0;
     for (ptrdiff_t rr = lo; rr < hi; rr++) {
