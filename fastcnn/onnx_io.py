@@ -31,7 +31,9 @@ the model takes NHWC input, kernels are transposed, and a Flatten of NCHW featur
 permutes the following Dense weights so that predictions match. A 4-D input that the
 graph transposes from NHWC itself, or any 4-D input of fastcnn's own exports (marked in
 the file's metadata), stays NHWC. Outputs keep ONNX's values; a 4-D output that the
-graph computes in NCHW comes back NHWC (fastcnn's layout). A graph exported for one batch
+graph computes in NCHW comes back NHWC (fastcnn's layout). A MaxPool with explicit padding
+other than TensorFlow's 'same' (torchvision ResNets' stem: kernel 3, stride 2, pads 1) becomes
+ZeroPadding2D + a 'valid' MaxPooling2D when it follows a ReLU (exact there: values >= 0). A graph exported for one batch
 size (PyTorch's dynamo exporter, by default) writes that size into its Reshapes: such a
 Reshape keeps the batch axis, and the model takes any batch size.
 
@@ -1184,9 +1186,22 @@ def _imp_pool(im, node):
     is_max = node.op_type == "MaxPool"
     include_pad = bool(a.get("count_include_pad", 0))
     if mode == "explicit" or (mode == "same" and include_pad and not is_max):
-        if is_max:
+        if is_max and not _nonnegative(v):
             raise im.unsupported(node, f"max pooling with padding {pads} other than "
-                                       f"TensorFlow's 'same' rule")
+                                       f"TensorFlow's 'same' rule (fastcnn pads a max pool "
+                                       f"with zeros only after a ReLU-like layer, where "
+                                       f"that is exact)")
+        if is_max:
+            # After a ReLU every value is >= 0: a zero pad never beats a real value, and
+            # where it ties with a real 0 that 0 had no gradient anyway (ReLU's slope at 0
+            # is 0). torchvision's ResNet stem (conv, bn, relu, max pool k3 s2 p1) so.
+            v = _zero_pad(im, node, v, pads)
+            mode = "valid"
+            cls = L.MaxPooling2D
+            layer = cls(tuple(kernel), strides=tuple(strides), padding=mode,
+                        name=im.layer_name(node))
+            im.vals[node.output[0]] = _Val(im.call(layer, v.kt), _NHWC_TO_NCHW)
+            return
         if not include_pad:
             raise im.unsupported(node, f"average pooling with padding {pads} (not 'same') "
                                        f"that excludes the padding from the mean")
@@ -1197,6 +1212,17 @@ def _imp_pool(im, node):
     cls = L.MaxPooling2D if is_max else L.AveragePooling2D
     layer = cls(tuple(kernel), strides=tuple(strides), padding=mode, name=im.layer_name(node))
     im.vals[node.output[0]] = _Val(im.call(layer, v.kt), _NHWC_TO_NCHW)
+
+
+def _nonnegative(v) -> bool:
+    """Whether the layer that made ``v`` ends in an activation whose outputs are >= 0
+    with slope 0 at 0 (relu, relu6, a ReLU layer without a negative slope)."""
+    from . import layers as L
+    node = getattr(v.kt, "node", None)
+    layer = getattr(node, "layer", None)
+    if isinstance(layer, L.ReLU):
+        return layer.negative_slope == 0.0 and layer.threshold >= 0.0
+    return getattr(layer, "activation", None) in ("relu", "relu6")
 
 
 def _imp_global_pool(im, node, keepdims=True):

@@ -413,6 +413,33 @@ def _graph_file(tmp_path, nodes, inits=(), name="g.onnx", shape=(None, 3, 4, 4))
     return path
 
 
+def test_padded_max_pool_after_a_relu_as_torchvision_resnets_stem(tmp_path):
+    """MaxPool(k3, s2, pads 1) is not TensorFlow's 'same'; after a ReLU (values >= 0) it is a
+    zero pad and a 'valid' pool, exactly (ONNX Runtime's numbers); before any other layer it
+    is refused, naming the node."""
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")
+    stem = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[3, 3],
+                             strides=[2, 2], pads=[1, 1, 1, 1])]
+    path = _graph_file(tmp_path, stem, [w, b], name="stem.onnx", shape=(None, 3, 9, 10))
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    want = _ort_predict(path, x).transpose(0, 2, 3, 1)    # a 4-D output comes back NHWC
+    model = fastcnn.load_onnx(path)
+    got = model.predict(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), verbose=0)
+    assert got.shape == want.shape == (2, 5, 5, 6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    no_relu = [stem[0], helper.make_node("MaxPool", ["c"], ["y"], name="pool_raw",
+                                         kernel_shape=[3, 3], strides=[2, 2],
+                                         pads=[1, 1, 1, 1])]
+    path = _graph_file(tmp_path, no_relu, [w, b], name="raw.onnx", shape=(None, 3, 9, 10))
+    with pytest.raises(OnnxImportError, match=r"'MaxPool'.*'pool_raw'.*ReLU-like"):
+        fastcnn.load_onnx(path)
+
+
 def test_unknown_operator_names_type_and_node(tmp_path):
     from onnx import helper
     path = _graph_file(tmp_path, [
