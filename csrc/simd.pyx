@@ -141,38 +141,53 @@ def gather_maxpool(const float[:, :, :, ::1] src not None, const float[:, ::1] w
                 bx0 + (2 * out.shape[2] - 1) * bsx, &g)
 
 
+cdef Py_ssize_t _bind_job(fc_gather *g, const float[:, :, :, ::1] src, bias,
+                          float[:, :, :, ::1] out, Py_ssize_t co_pad, Py_ssize_t grid_u,
+                          Py_ssize_t grid_v, Py_ssize_t by0, Py_ssize_t bsy, Py_ssize_t bx0,
+                          Py_ssize_t bsx, str what, str weights) except -1:
+    """What the direct and the Winograd jobs share: checks the images, the padded filter
+    count ``co_pad`` of the packed weights (named ``weights``) and the bias, binds them and
+    the grid into ``g``; returns the number of grid points, 0 when there is nothing to do.
+    ``bias`` stays referenced by the caller, so its pointer outlives this call."""
+    cdef Py_ssize_t n = src.shape[0], co = out.shape[3]
+    if out.shape[0] != n:
+        raise ValueError(f"{what}: out has {out.shape[0]} images, src {n}")
+    if co_pad % 16 != 0 or co_pad < co:
+        raise ValueError(f"{what}: {weights} has {co_pad} columns: not a multiple of 16 >= {co}")
+    cdef const float[::1] b
+    g.bias = NULL
+    if bias is not None:
+        b = bias
+        if b.shape[0] != co_pad:
+            raise ValueError(f"{what}: bias has {b.shape[0]} values, expected {co_pad}")
+        g.bias = &b[0]
+    if n * grid_u * grid_v == 0 or co == 0:
+        return 0
+    g.src = &src[0, 0, 0, 0]
+    g.n_img, g.hs, g.ws, g.cs = n, src.shape[1], src.shape[2], src.shape[3]
+    g.co, g.co_pad = co, co_pad
+    g.out = &out[0, 0, 0, 0]
+    g.ho, g.wo = out.shape[1], out.shape[2]
+    g.grid_u, g.grid_v = grid_u, grid_v
+    g.by0, g.bsy, g.bx0, g.bsx = by0, bsy, bx0, bsx
+    return n * grid_u * grid_v
+
+
 cdef _run_gather(const float[:, :, :, ::1] src, const float[:, ::1] w, bias,
                  float[:, :, :, ::1] out, Py_ssize_t nth, Py_ssize_t ntw,
                  Py_ssize_t grid_u, Py_ssize_t grid_v, Py_ssize_t by0, Py_ssize_t bsy,
                  Py_ssize_t bx0, Py_ssize_t bsx, Py_ssize_t last_x, fc_gather *g):
     """Checks what gather and gather_maxpool share, fills the rest of ``g`` and runs it
     (the pooled variant when ``g.arg`` is set), in ranges over OpenMP threads."""
-    cdef Py_ssize_t n = src.shape[0], cs = src.shape[3], co = out.shape[3]
-    cdef Py_ssize_t co_pad = w.shape[1]
-    if out.shape[0] != n:
-        raise ValueError(f"gather: out has {out.shape[0]} images, src {n}")
+    cdef Py_ssize_t cs = src.shape[3]
     if nth < 1 or ntw < 1 or w.shape[0] != nth * ntw * cs:
         raise ValueError(f"gather: w has {w.shape[0]} rows, expected {nth}*{ntw}*{cs}")
-    if co_pad % 16 != 0 or co_pad < co:
-        raise ValueError(f"gather: w has {co_pad} columns: not a multiple of 16 >= {co}")
-    cdef const float[::1] b
-    g.bias = NULL
-    if bias is not None:
-        b = bias
-        if b.shape[0] != co_pad:
-            raise ValueError(f"gather: bias has {b.shape[0]} values, expected {co_pad}")
-        g.bias = &b[0]
-    cdef Py_ssize_t total = n * grid_u * grid_v
-    if total == 0 or co == 0:
+    cdef Py_ssize_t total = _bind_job(g, src, bias, out, w.shape[1], grid_u, grid_v, by0, bsy,
+                                      bx0, bsx, "gather", "w")
+    if total == 0:
         return
-    g.src = &src[0, 0, 0, 0]
-    g.n_img, g.hs, g.ws, g.cs = n, src.shape[1], src.shape[2], cs
     g.w = &w[0, 0]
-    g.nth, g.ntw, g.co, g.co_pad = nth, ntw, co, co_pad
-    g.out = &out[0, 0, 0, 0]
-    g.ho, g.wo = out.shape[1], out.shape[2]
-    g.grid_u, g.grid_v = grid_u, grid_v
-    g.by0, g.bsy, g.bx0, g.bsx = by0, bsy, bx0, bsx
+    g.nth, g.ntw = nth, ntw
     # A kernel row is one run of consecutive floats when no window crosses src's sides.
     g.run = cs
     if bx0 >= 0 and last_x + ntw <= src.shape[2]:
@@ -184,7 +199,7 @@ cdef _run_gather(const float[:, :, :, ::1] src, const float[:, ::1] w, bias,
         raise MemoryError()
     g.zeros = zeros
     # About 4 ranges per thread, each a whole number of blocks.
-    cdef int nt = _threads(points * nth * ntw * cs * co, total // RANGE_QUANTUM)
+    cdef int nt = _threads(points * nth * ntw * cs * g.co, total // RANGE_QUANTUM)
     cdef Py_ssize_t step = _ceil_div(_ceil_div(total, 4 * nt), RANGE_QUANTUM) * RANGE_QUANTUM
     cdef Py_ssize_t nranges = _ceil_div(total, step), r
     try:
@@ -259,35 +274,18 @@ cdef _run_wino(const float[:, :, :, ::1] src, const float[:, :, ::1] u, bias,
                Py_ssize_t grid_v, int m, bint pooled, fc_gather *g):
     """Checks what wino_maxpool and wino_conv share, fills the rest of ``g`` and runs it
     in ranges of tiles over OpenMP threads."""
-    cdef Py_ssize_t n = src.shape[0], cs = src.shape[3], co = out.shape[3]
-    cdef Py_ssize_t co_pad = u.shape[2]
+    cdef Py_ssize_t cs = src.shape[3], co = out.shape[3], co_pad = u.shape[2]
     if m != 2 and m != 4:
         raise ValueError(f"wino: m (the output tile) must be 2 or 4, got {m}")
-    if out.shape[0] != n:
-        raise ValueError(f"wino: out has {out.shape[0]} images, src {n}")
     if u.shape[0] != (m + 2) * (m + 2) or u.shape[1] != cs:
         raise ValueError(f"wino: u has shape {(u.shape[0], u.shape[1], co_pad)}, "
                          f"expected ({(m + 2) * (m + 2)}, {cs}, co_pad)")
-    if co_pad % 16 != 0 or co_pad < co:
-        raise ValueError(f"wino: u has {co_pad} columns: not a multiple of 16 >= {co}")
-    cdef const float[::1] b
-    g.bias = NULL
-    if bias is not None:
-        b = bias
-        if b.shape[0] != co_pad:
-            raise ValueError(f"wino: bias has {b.shape[0]} values, expected {co_pad}")
-        g.bias = &b[0]
-    cdef Py_ssize_t total = n * grid_u * grid_v
-    if total == 0 or co == 0:
+    cdef Py_ssize_t total = _bind_job(g, src, bias, out, co_pad, grid_u, grid_v, by0, 1, bx0, 1,
+                                      "wino", "u")
+    if total == 0:
         return
-    g.src = &src[0, 0, 0, 0]
-    g.n_img, g.hs, g.ws, g.cs = n, src.shape[1], src.shape[2], cs
     g.w = &u[0, 0, 0]
-    g.run, g.nth, g.ntw, g.co, g.co_pad = cs, 3, 3, co, co_pad
-    g.out = &out[0, 0, 0, 0]
-    g.ho, g.wo = out.shape[1], out.shape[2]
-    g.grid_u, g.grid_v = grid_u, grid_v
-    g.by0, g.bsy, g.bx0, g.bsx = by0, 1, bx0, 1
+    g.run, g.nth, g.ntw = cs, 3, 3
     g.oy0, g.osy, g.ox0, g.osx = 0, 1, 0, 1
     # Ranges of whole register blocks (RANGE_QUANTUM is a multiple of every FP_WMR), about
     # 4 per thread; each thread its own scratch.
