@@ -466,8 +466,17 @@ class SparseCategoricalCrossentropy(Loss):
         self.axis = _check_axis(axis)
 
     def prepare_targets(self, y, output_shape, dtype, argument="y"):
-        y = _as_numeric(y, argument)
         k = output_shape[-1]
+        if type(y) is np.ndarray and y.ndim == 1 and len(output_shape) == 2 \
+                and y.dtype.kind in "iu" and y.size and self.ignore_class is None:
+            # integer labels of a (N, K) output (every batch of a tutorial): the range only
+            if y.min() < 0 or y.max() >= k:
+                raise ValueError(
+                    f"{argument} labels must be in [0, {k - 1}] (the model has {k} outputs), "
+                    f"got labels in [{y.min()}, {y.max()}]")
+            return y if y.dtype == np.intp and y.flags.c_contiguous else \
+                np.ascontiguousarray(y, dtype=np.intp)
+        y = _as_numeric(y, argument)
         label_shape = tuple(output_shape[1:-1])
         if y.ndim == len(output_shape) and y.shape[-1] == 1 and k != 1:
             y = y.reshape(y.shape[:-1])  # (N, 1) labels, as Keras accepts

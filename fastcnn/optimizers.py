@@ -305,16 +305,24 @@ class Optimizer:
         self._apply_constraints(arrays, active)
         self.iterations += 1
 
+    def _plain_updates(self) -> bool:
+        """Whether a step is nothing but ``_before_updates`` and one ``_update`` per weight
+        (no loss scaling, clipping, weight decay, EMA, constraints or own ``_apply``): the
+        condition of the plain step below and of the compiled train step
+        (fastcnn.train_plan), which runs each weight's update as soon as its gradient
+        exists."""
+        return (self.loss_scale_factor is None and self.clipnorm is None
+                and self.global_clipnorm is None and self.clipvalue is None
+                and self.weight_decay is None and not self.use_ema
+                and type(self)._apply is Optimizer._apply
+                and all(c is None for c in self._constraints))
+
     def _plain_host_step(self, grads, variables):
         """The common step (a model's own bound list of host arrays, every gradient an array
         of its variable's shape; no scaling, clipping, weight decay, EMA or constraints):
         the per-weight updates without the general path's bookkeeping. False when any of
         that does not hold (the general path then runs)."""
-        if (self.loss_scale_factor is not None or self.clipnorm is not None
-                or self.global_clipnorm is not None or self.clipvalue is not None
-                or self.weight_decay is not None or self.use_ema
-                or type(self)._apply is not Optimizer._apply or len(grads) != len(variables)
-                or any(c is not None for c in self._constraints)
+        if (not self._plain_updates() or len(grads) != len(variables)
                 or _device.check_same_kind(variables, "optimizer variables")):
             return False
         for g, w in zip(grads, variables):
@@ -430,6 +438,16 @@ class Optimizer:
 
     def _before_updates(self, t, variables):
         """Per-step work before the per-weight updates (Nadam's running product)."""
+
+    def _updater(self, i):
+        """``update(g, lr, t)``: :meth:`_update` of bound variable ``i`` with what stays the
+        same between steps looked up once (fastcnn.train_plan calls one per weight, as
+        soon as its gradient exists). Valid while ``self._slots`` is the same dict."""
+        w, scratch, update = self._variables[i], self._scratch[i], self._update
+
+        def run(g, lr, t):
+            update(i, w, g, lr, t, scratch)
+        return run
 
     def _update(self, i, w, g, lr, t, scratch):
         raise NotImplementedError(f"{type(self).__name__} does not define _update")
@@ -702,6 +720,22 @@ class Adam(Optimizer):
             if w.dtype not in self._alphas:
                 self._alphas[w.dtype] = _adam_alpha(w.dtype.type, lr, self.beta_1, self.beta_2,
                                                     t)
+
+    def _updater(self, i):
+        general = super()._updater(i)
+        w, m, v = self._variables[i], self._slots["m"][i], self._slots["v"][i]
+        if _fused_adam is None or self.amsgrad or not (
+                w.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
+            return general
+        # _update's compiled pass on flat views made once (the same call, the same bits)
+        wf, mf, vf, dtype = w.reshape(-1), m.reshape(-1), v.reshape(-1), w.dtype
+
+        def run(g, lr, t):
+            if g.dtype != dtype or not g.flags.c_contiguous:
+                return general(g, lr, t)
+            _fused_adam(wf, g.reshape(-1), mf, vf, 1.0 - self.beta_1, 1.0 - self.beta_2,
+                        self.epsilon, self._alphas[dtype])
+        return run
 
     def _update(self, i, w, g, lr, t, scratch):
         b1, b2, eps = self.beta_1, self.beta_2, self.epsilon

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _device, autodiff, backends, callbacks as callbacks_module, distributed
 from . import executor, inference_plan, losses, metrics as metrics_module, optimizers
+from . import train_plan
 from .layers.base import Layer, format_shape
 from .layers.kernel_layer import KernelLayer
 
@@ -218,7 +219,7 @@ class TrainingPlan:
 
     __slots__ = ("key", "program", "logits", "losses", "loss_weights", "train_layers",
                  "train_vars", "metrics", "optimizer_bound", "started", "regularized",
-                 "constrained", "nested", "__weakref__")
+                 "constrained", "nested", "compiled_step", "__weakref__")
 
     def __init__(self, key, program, logits, losses_, loss_weights, train_layers, metrics):
         self.key = key
@@ -246,6 +247,8 @@ class TrainingPlan:
         self.metrics = metrics
         self.optimizer_bound = False
         self.started = False              # fastcnn.distributed: start-of-fit done
+        #: fastcnn.train_plan: the compiled step (a TrainStep), or why there is none
+        self.compiled_step = None
 
     def replace_arrays(self, mapping) -> None:
         """Replaces, by identity, the weight arrays the plan lists (the list objects are
@@ -345,6 +348,14 @@ def _leaf_grads(by_layer) -> dict:
     for layer, grads in by_layer.values():
         put(layer, grads)
     return out
+
+
+def _nonfinite_message(loss, epoch, batch):
+    return (f"loss became {loss} "
+            + ("in train_on_batch" if epoch is None
+               else f"at epoch {epoch + 1}, batch {batch + 1}")
+            + "; training stopped before this batch's update "
+            "(try a lower learning rate, or check x and y for NaN/inf)")
 
 
 def _apply_constraints(plan):
@@ -815,18 +826,23 @@ class Trainer:
         """
         dist = distributed.current()
         n = len(xs[0])
+        compiled = train_plan.step(self, plan, xs[0]) if sw is None and n else None
+        if compiled is not None:   # the same step, prebound (fastcnn.train_plan)
+            loss, out, dy, ctx = compiled.forward(xs[0], ys[0])
+            self._update_metrics(plan, ys, [out], n, dist, plan.logits)
+            if not math.isfinite(loss):
+                if skip_nonfinite:
+                    return loss, n, {}
+                raise NonFiniteLossError(_nonfinite_message(loss, epoch, batch))
+            compiled.backward_and_update(dy, ctx)
+            return loss, n, {}
         # Under MPI the loss and counts are summed over the processes, so that all of them
         # raise below together (none is left waiting in the gradient Allreduce).
         ctx, dys, loss, total, parts = self._measure(plan, dist, xs, ys, sw, True)
         if not math.isfinite(loss):
             if skip_nonfinite:   # a callback (TerminateOnNaN) takes charge: no update
                 return loss, total, parts
-            raise NonFiniteLossError(
-                f"loss became {loss} "
-                + ("in train_on_batch" if epoch is None
-                   else f"at epoch {epoch + 1}, batch {batch + 1}")
-                + "; training stopped before this batch's update "
-                "(try a lower learning rate, or check x and y for NaN/inf)")
+            raise NonFiniteLossError(_nonfinite_message(loss, epoch, batch))
         grads = self._backward(plan, dys, ctx) if n else None
         if plan.train_vars:   # a model with nothing to train takes no optimizer step
             grads = dist.average_gradients(plan, grads, n, total)

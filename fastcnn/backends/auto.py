@@ -143,6 +143,15 @@ def _pick(family: str, kind: str = "any", op: str | None = None):
     return backend
 
 
+def backend_for(op: str, *args):
+    """The backend that op ``op`` (a spec name) runs on for these forward arguments: what
+    the routed function decides per call, for a caller whose shapes are fixed
+    (fastcnn.train_plan binds the backend's own functions once)."""
+    family = _specs.SPECS[op].routing_family
+    kind = KINDS[family](*args) if family in KINDS else "any"
+    return _pick(family, kind, op)
+
+
 def choices() -> dict:
     """``{"conv2d/deep": "numba", ...}``: what 'auto' runs on this machine, per row of the
     table; where the ops of one family resolve differently (a backend of the row lacks one

@@ -29,6 +29,8 @@ input.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from fastcnn import _extensions
@@ -536,16 +538,24 @@ def maxpool2d_backward(dy, ctx):
 def _zero_uncovered_rows(dx, geometry):
     """Zeroes the image rows of ``dx`` that no pooling window covers (what the
     non-overlapping backward kernels leave as they are); returns ``dx``."""
+    for lo, hi in _uncovered_rows(geometry, dx.shape[1]):
+        dx[:, lo:hi] = 0
+    return dx
+
+
+@functools.lru_cache(maxsize=256)
+def _uncovered_rows(geometry, h):
+    """The ``(first, end)`` row ranges of an ``h``-row image outside every window."""
     ph, _, sh, _, pt, _, ho, _ = geometry
-    covered = 0
+    gaps, covered = [], 0
     for i in range(ho):
         top = max(i * sh - pt, 0)
         if top > covered:   # a gap between windows (stride > pool); usually none
-            dx[:, covered:top] = 0
-        covered = max(covered, min(i * sh - pt + ph, dx.shape[1]))
-    if covered < dx.shape[1]:
-        dx[:, covered:] = 0
-    return dx
+            gaps.append((covered, top))
+        covered = max(covered, min(i * sh - pt + ph, h))
+    if covered < h:
+        gaps.append((covered, h))
+    return tuple(gaps)
 
 
 def avgpool2d_forward(x, pool, stride, pad):
@@ -586,7 +596,10 @@ def dense_forward(x, w, b):
             f"(shape {x.shape})"
         )
     b = _bias(b, w.shape[1], x.dtype)
-    y = np.matmul(x, w)
+    # np.dot, not np.matmul: the same BLAS call and bits where matmul calls BLAS, but
+    # matmul loops in C without BLAS on a transposed operand with a unit axis (batch 1's
+    # dW = x.T @ dy: 22 us against 5 for the from-scratch CNN's 1352x10 dense layer).
+    y = np.dot(x, w)
     if b is not None:
         _elt.bias_act(y, b, _ACT_NONE)
     return y, (x, w, b is not None)
@@ -596,8 +609,8 @@ def dense_backward(dy, ctx, need_dx=True):
     x, w, has_bias = ctx
     dy = _float_array(dy, "dy", x.dtype)
     _check_shape(dy, (x.shape[0], w.shape[1]), "dy")
-    dx = np.matmul(dy, w.T) if need_dx else None
-    dw = np.matmul(x.T, dy)
+    dx = np.dot(dy, w.T) if need_dx else None
+    dw = np.dot(x.T, dy)
     db = _bias_grad(dy) if has_bias else None
     return dx, dw, db
 

@@ -1,0 +1,224 @@
+"""The compiled train step (fastcnn.train_plan): the same bits as the general step, used
+where it applies, refused (and the general step run) where it does not."""
+import fastcnn
+import numpy as np
+import pytest
+
+from fastcnn import layers, optimizers, train_plan
+from fastcnn.training import NonFiniteLossError
+
+
+def _scratch(opt):
+    fastcnn.set_random_seed(3)
+    m = fastcnn.Sequential([layers.Input((12, 12, 1)), layers.Conv2D(4, 3, use_bias=False),
+                            layers.MaxPooling2D(2), layers.Flatten(),
+                            layers.Dense(5, activation="softmax")])
+    m.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return m
+
+
+def _tutorial(opt):
+    """ReLU + pool (the fused step), tanh and average pooling, BatchNormalization and
+    Dropout (run by their own forward/backward), a sigmoid head."""
+    fastcnn.set_random_seed(4)
+    m = fastcnn.Sequential([
+        layers.Input((14, 14, 3)),
+        layers.Conv2D(16, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(8, 3, padding="same", activation="tanh"), layers.AveragePooling2D(2),
+        layers.BatchNormalization(), layers.Flatten(), layers.Dropout(0.3),
+        layers.Dense(12, activation="relu"), layers.Dense(1, activation="sigmoid")])
+    m.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
+    return m
+
+
+def _functional_chain(opt):
+    fastcnn.set_random_seed(5)
+    inp = fastcnn.Input((10, 10, 2))
+    x = layers.Conv2D(6, 3, strides=2, padding="same", activation="relu")(inp)
+    x = layers.GlobalAveragePooling2D()(x)
+    out = layers.Dense(3)(x)
+    m = fastcnn.Model(inp, out)
+    m.compile(optimizer=opt, loss=fastcnn.losses.CategoricalCrossentropy(from_logits=True))
+    return m
+
+
+MODELS = {"scratch": (_scratch, (12, 12, 1), "sparse", 5),
+          "tutorial": (_tutorial, (14, 14, 3), "binary", 1),
+          "functional": (_functional_chain, (10, 10, 2), "onehot", 3)}
+
+OPTIMIZERS = {
+    "adam": lambda: optimizers.Adam(1e-2),
+    "sgd_nesterov": lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "rmsprop": lambda: optimizers.RMSprop(1e-2),
+    "adamw_free_adagrad": lambda: optimizers.Adagrad(0.05),
+}
+
+
+def _data(shape, kind, k, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n,) + shape).astype(np.float32)
+    if kind == "sparse":
+        y = rng.integers(0, k, n)
+    elif kind == "binary":
+        y = rng.integers(0, 2, (n, 1)).astype(np.float32)
+    else:
+        y = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+    return x, y
+
+
+def _train(monkeypatch, mode, build, opt, batches):
+    monkeypatch.setenv("FASTCNN_TRAIN_PLAN", mode)
+    model = build(opt())
+    fastcnn.set_random_seed(11)   # Dropout's draws
+    logs = [model.train_on_batch(x, y, return_dict=True) for x, y in batches]
+    state = [w.copy() for w in model.get_weights()]
+    slots = {k: [a.copy() for a in v] for k, v in model.optimizer._slots.items()}
+    return model, logs, state, slots
+
+
+def _same(a, b):
+    _, logs_a, w_a, s_a = a
+    _, logs_b, w_b, s_b = b
+    assert logs_a == logs_b
+    assert all(np.array_equal(p, q) for p, q in zip(w_a, w_b))
+    assert s_a.keys() == s_b.keys()
+    for k in s_a:
+        assert all(np.array_equal(p, q) for p, q in zip(s_a[k], s_b[k])), k
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_compiled_step_gives_the_general_steps_bits(monkeypatch, name, opt):
+    build, shape, kind, k = MODELS[name]
+    batches = [_data(shape, kind, k, n, seed) for seed, n in enumerate((1, 1, 3, 3, 2))]
+    compiled = _train(monkeypatch, "1", build, OPTIMIZERS[opt], batches)
+    assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
+    general = _train(monkeypatch, "0", build, OPTIMIZERS[opt], batches)
+    assert general[0]._plan.compiled_step is None
+    _same(compiled, general)
+    assert compiled[0].optimizer.iterations == general[0].optimizer.iterations == 5
+
+
+def test_known_layers_are_bound_to_their_kernels_others_run_their_own_methods(monkeypatch):
+    monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
+    model = _tutorial(optimizers.Adam())
+    x, y = _data((14, 14, 3), "binary", 1, 2)
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+    step = model._plan.compiled_step
+    kinds = [f.__qualname__.split(".")[0] for f in step.forwards]
+    # conv+relu+pool fused (own forward), conv+tanh, avgpool, BatchNormalization (own),
+    # Flatten, Dropout (own), Dense, Dense (head without its sigmoid: the loss fuses it)
+    assert kinds == ["_bind_generic", "_bind_kernel_layer", "_bind_pool", "_bind_generic",
+                     "_bind_flatten", "_bind_generic", "_bind_kernel_layer",
+                     "_bind_kernel_layer"]
+
+
+def test_fit_with_a_short_last_batch_and_a_learning_rate_schedule(monkeypatch):
+    x, y = _data((12, 12, 1), "sparse", 5, 11)
+    histories, weights = [], []
+    for mode in ("1", "0"):
+        monkeypatch.setenv("FASTCNN_TRAIN_PLAN", mode)
+        model = _scratch(optimizers.Adam(1e-2))
+        sched = fastcnn.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+        h = model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0,
+                      validation_data=(x[:3], y[:3]), callbacks=[sched])
+        histories.append(h.history)
+        weights.append(model.get_weights())
+    assert histories[0] == histories[1]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_weights_set_between_steps_and_a_frozen_layer_are_seen(monkeypatch):
+    x, y = _data((12, 12, 1), "sparse", 5, 2)
+    results = []
+    for mode in ("1", "0"):
+        monkeypatch.setenv("FASTCNN_TRAIN_PLAN", mode)
+        model = _scratch(optimizers.SGD(0.1, momentum=0.5))
+        model.train_on_batch(x, y)
+        model.set_weights([w * 0.5 for w in model.get_weights()])
+        model.train_on_batch(x, y)
+        model.layers[0].trainable = False   # a new training plan: the dense layer only
+        model.compile(optimizer=optimizers.SGD(0.1, momentum=0.5),
+                      loss="sparse_categorical_crossentropy")
+        model.train_on_batch(x, y)
+        losses = model.train_on_batch(x, y)
+        results.append((losses, model.get_weights()))
+    assert results[0][0] == results[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_a_non_finite_loss_raises_before_any_weight_changes(monkeypatch):
+    monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
+    model = _scratch(optimizers.Adam())
+    x, y = _data((12, 12, 1), "sparse", 5, 2)
+    model.train_on_batch(x, y)   # (the first step binds the optimizer: the general one)
+    model.train_on_batch(x, y)
+    assert isinstance(model._plan.compiled_step, train_plan.TrainStep)
+    before = [w.copy() for w in model.get_weights()]
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(NonFiniteLossError, match="in train_on_batch"):
+        model.train_on_batch(x, y)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert model.optimizer.iterations == 2
+
+
+def test_bad_labels_are_refused_before_the_step(monkeypatch):
+    monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
+    model = _scratch(optimizers.Adam())
+    x, _ = _data((12, 12, 1), "sparse", 5, 2)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\].*got labels in \[0, 5\]"):
+        model.train_on_batch(x, np.array([0, 5]))
+
+
+def _regularized(opt):
+    m = _scratch(opt)
+    m.layers[-1].kernel_regularizer = fastcnn.regularizers.L2(0.01)
+    return m
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("regularizer", "a regularizer"),
+    ("shared", "runs twice"),
+    ("two_inputs", "several inputs or outputs"),
+])
+def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, reason):
+    monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
+    fastcnn.set_random_seed(1)
+    if case == "regularizer":
+        model = _regularized(optimizers.Adam())
+        x, y = _data((12, 12, 1), "sparse", 5, 2)
+        model.compile(optimizer=optimizers.Adam(), loss="sparse_categorical_crossentropy")
+    elif case == "shared":
+        inp = fastcnn.Input((4,))
+        dense = layers.Dense(4, activation="relu")
+        out = layers.Dense(1)(dense(dense(inp)))
+        model = fastcnn.Model(inp, out)
+        model.compile(optimizer="adam", loss="mse")
+        x, y = np.ones((2, 4), np.float32), np.ones((2, 1), np.float32)
+    else:
+        a, b = fastcnn.Input((3,)), fastcnn.Input((3,))
+        out = layers.Dense(1)(layers.Concatenate()([a, b]))
+        model = fastcnn.Model([a, b], out)
+        model.compile(optimizer="adam", loss="mse")
+        x, y = [np.ones((2, 3), np.float32)] * 2, np.ones((2, 1), np.float32)
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+    assert reason in model._plan.compiled_step
+    assert train_plan.why_not(model, model._plan) == model._plan.compiled_step
+
+
+def test_sample_weights_and_clipping_take_the_general_step_for_that_call(monkeypatch):
+    monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
+    x, y = _data((12, 12, 1), "sparse", 5, 3)
+    model = _scratch(optimizers.Adam(clipnorm=1.0))
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+    assert model._plan.compiled_step is None        # refused for now, not for good
+    assert "clipping" in train_plan.why_not(model, model._plan)
+    model.optimizer.clipnorm = None
+    model.train_on_batch(x, y)
+    assert isinstance(model._plan.compiled_step, train_plan.TrainStep)
+    iterations = model.optimizer.iterations
+    model.train_on_batch(x, y, sample_weight=np.array([1.0, 0.0, 2.0]))
+    assert model.optimizer.iterations == iterations + 1
