@@ -84,6 +84,12 @@ def why_not(model, plan) -> str | None:
                 or st.in_slots[0] != prev:
             return f"step {st.name!r} is not part of one chain"
         prev = st.out_slots[0]
+        custom = [layer for layer in _layers_of(st)
+                  if not type(layer).__module__.startswith("fastcnn.")]
+        if custom:
+            # a user's layer might read another layer's weights in its backward, after
+            # the compiled step has updated them
+            return f"custom layer {custom[0].name!r} ({type(custom[0]).__name__})"
         if st.collect:
             if id(st.params_layer) in seen:
                 return f"layer {st.params_layer.name!r} runs twice (shared weights)"
@@ -94,6 +100,13 @@ def why_not(model, plan) -> str | None:
     if owners - seen:
         return "a trainable layer outside the steps"
     return _live_reason(model, plan)
+
+
+def _layers_of(step):
+    fused = getattr(step.run, "__self__", None)
+    if isinstance(fused, ReluAfterMaxPool):
+        return (fused.conv, fused.pool)
+    return (step.layer,)
 
 
 def _live_reason(model, plan) -> str | None:
@@ -224,7 +237,7 @@ def _binder(step, x):
 
 
 def _is_fused(step) -> bool:
-    return isinstance(getattr(step.run, "__self__", None), ReluAfterMaxPool)
+    return len(_layers_of(step)) > 1
 
 
 class TrainStep:

@@ -177,7 +177,21 @@ def _regularized(opt):
     return m
 
 
+class Doubling(layers.Layer):
+    """A user's layer with its own forward/backward (the compiled step refuses it)."""
+
+    def _build(self, input_shape, dtype):
+        return input_shape
+
+    def forward(self, x, training=False):
+        return x * 2, None
+
+    def backward(self, dy, ctx, need_dx=True):
+        return dy * 2, ()
+
+
 @pytest.mark.parametrize("case, reason", [
+    ("custom", "custom layer 'doubling' (Doubling)"),
     ("regularizer", "a regularizer"),
     ("shared", "runs twice"),
     ("two_inputs", "several inputs or outputs"),
@@ -185,7 +199,12 @@ def _regularized(opt):
 def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, reason):
     monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
     fastcnn.set_random_seed(1)
-    if case == "regularizer":
+    if case == "custom":
+        model = fastcnn.Sequential([layers.Input((4,)), layers.Dense(3), Doubling(),
+                                    layers.Dense(1)])
+        model.compile(optimizer="adam", loss="mse")
+        x, y = np.ones((2, 4), np.float32), np.ones((2, 1), np.float32)
+    elif case == "regularizer":
         model = _regularized(optimizers.Adam())
         x, y = _data((12, 12, 1), "sparse", 5, 2)
         model.compile(optimizer=optimizers.Adam(), loss="sparse_categorical_crossentropy")
