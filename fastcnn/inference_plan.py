@@ -61,6 +61,9 @@ Guarantees:
   UpSampling2D, Cropping2D, ...) run their own forward as one step of the Python plan.
   The C runner holds the lowered kinds (an Add, a standalone BatchNormalization and the
   activations relu, relu6, sigmoid, tanh, softmax included).
+* A model on input of any size (``Input((None, None, C))``) has no plan (its shapes
+  are known per call only): ``compile_inference`` raises InferencePlanError and predict
+  runs layer by layer.
 * A model with a layer the plan cannot hold (a nested model, a custom layer, the random
   augmentation layers, Resizing, CenterCrop, ...): ``compile_inference``
   raises :class:`InferencePlanError` naming the layer; ``predict`` keeps working layer by
@@ -181,6 +184,13 @@ def _lower(model):
         raise InferencePlanError(f"compile_inference: model {model.name!r} {what}; an "
                                  f"inference plan needs a built Sequential or Functional model")
     nodes, ins, outs = graph
+    for t in ins:
+        if any(d is None for d in tuple(t.shape)[1:]):
+            raise InferencePlanError(
+                f"compile_inference: model {model.name!r} takes input of any size "
+                f"{tuple(t.shape)}; a plan is compiled for fixed shapes (build the model with "
+                f"a known input shape, e.g. Input((224, 224, 3)), to compile one; predict "
+                f"runs layer by layer)")
     vid = {}
 
     def value(t):

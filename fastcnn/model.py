@@ -789,7 +789,7 @@ class Sequential(Model):
                 raise ValueError(
                     f"input_shape must include the batch dimension, e.g. (None, 28, 28, 1); "
                     f"got {input_shape!r}")
-            spec = normalize_shape(dims[1:], "input_shape")
+            spec = normalize_shape(dims[1:], "input_shape", allow_unknown=True)
             if self._input_layer is not None and self.built and \
                     (None,) + spec != (None,) + self._input_layer.shape_arg:
                 raise ValueError(

@@ -112,6 +112,18 @@ class _Value:
         self.other = None       # the same tensor in the other layout, once made
 
 
+def _static_pad(layer):
+    """A window layer's explicit padding, or a ValueError where it depends on the input
+    size (a strided 'same' window on an input of unknown size: ONNX's pads are fixed)."""
+    if layer._pad is None:
+        raise ValueError(
+            f"export_onnx: layer {layer.name!r} ({type(layer).__name__}) computes its padding "
+            f"from the input's size (padding={layer.padding!r}, strides={layer.strides}) and "
+            f"the model takes input of any size; build the model for a known input size to "
+            f"export it")
+    return layer._pad
+
+
 class _Exporter:
     def __init__(self, model, batch_size, opset):
         self.onnx = _require_onnx()
@@ -299,7 +311,7 @@ class _Exporter:
         if isinstance(layer, L.Dense):
             return self.dense(layer, x, base)
         if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
-            (top, bottom), (left, right) = layer._pad
+            (top, bottom), (left, right) = _static_pad(layer)
             attrs = dict(kernel_shape=list(layer.pool_size), strides=list(layer.strides),
                          pads=[top, left, bottom, right])
             if isinstance(layer, L.MaxPooling2D):
@@ -382,7 +394,7 @@ class _Exporter:
         raise self.unsupported(layer)
 
     def conv(self, layer, x, base):
-        (top, bottom), (left, right) = layer._pad
+        (top, bottom), (left, right) = _static_pad(layer)
         w = layer.get_weights()
         kernel = w[0].transpose(3, 2, 0, 1)                       # HWIO -> OIHW
         inputs = [self.nchw(x), self.const(f"{base}_kernel", kernel)]
@@ -414,7 +426,7 @@ class _Exporter:
 
     def separable(self, layer, x, base):
         """A depthwise Conv (group = channels, no bias), then the 1x1 pointwise Conv."""
-        (top, bottom), (left, right) = layer._pad
+        (top, bottom), (left, right) = _static_pad(layer)
         w = layer.get_weights()
         kh, kw, c, dm = w[0].shape
         depth = w[0].transpose(2, 3, 0, 1).reshape(c * dm, 1, kh, kw)
@@ -432,7 +444,7 @@ class _Exporter:
     def conv_transpose(self, layer, x, base, node):
         """ONNX's ConvTranspose is the gradient of a Conv, as Keras's: the forward conv's
         pads, and the rows/columns that conv would not reach as output_padding."""
-        (top, bottom), (left, right) = layer._pad
+        (top, bottom), (left, right) = _static_pad(layer)
         w = layer.get_weights()
         kh, kw, filters, c = w[0].shape
         kernel = w[0].transpose(3, 2, 0, 1)                      # (kh, kw, F, C) -> (C, F, kh, kw)

@@ -50,9 +50,20 @@ def normalize_padding(padding) -> str:
     return padding.lower()
 
 
-def conv_output_length(length: int, kernel: int, stride: int, padding: str):
-    """Output length and ``(before, after)`` padding along one spatial axis."""
+def conv_output_length(length, kernel: int, stride: int, padding: str):
+    """Output length and ``(before, after)`` padding along one spatial axis.
+
+    ``length`` None (an input of unknown size, ``Input((None, None, 3))``): the output
+    length is None too, and so is the padding where it depends on the length ('same'
+    with a stride above 1); layers then take it from each call's input
+    (:class:`Window`)."""
     padding = normalize_padding(padding)
+    if length is None:
+        if padding == "valid":
+            return None, (0, 0)
+        if stride == 1:   # 'same', stride 1: kernel - 1 in all, whatever the length
+            return None, ((kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2)
+        return None, None
     if padding == "valid":
         out = (length - kernel) // stride + 1 if length >= kernel else 0
         return out, (0, 0)
@@ -71,12 +82,52 @@ def window_output_shape(spatial, window, strides, padding, *, what="kernel_size"
     sh, sw = strides
     ho, pad_h = conv_output_length(h, kh, sh, padding)
     wo, pad_w = conv_output_length(w, kw, sw, padding)
-    if ho < 1 or wo < 1:
+    if (ho is not None and ho < 1) or (wo is not None and wo < 1):
         raise ValueError(
             f"{what} {tuple(window)} is larger than the input's spatial size {(h, w)} "
             f"with padding='valid'; use a smaller {what}, a larger input or padding='same'"
         )
     return (ho, wo), (pad_h, pad_w)
+
+
+class Window:
+    """A window layer's geometry (kernel or pool ``window``, ``strides``, ``padding``) and
+    the explicit padding its kernels take: fixed at build for a known input size, else
+    computed (and checked) per call from the input's height and width (a layer built on
+    ``Input((None, None, C))``), cached per size."""
+
+    __slots__ = ("window", "strides", "padding", "what", "owner", "fixed", "static_pad",
+                 "output", "_by_size")
+
+    def __init__(self, spatial, window, strides, padding, what, owner=None):
+        self.window, self.strides, self.padding, self.what = window, strides, padding, what
+        self.owner = owner   # the layer's name, for the errors of a call
+        out, pad = window_output_shape(spatial, window, strides, padding, what=what)
+        known = spatial[0] is not None and spatial[1] is not None
+        self.fixed = pad if known else None   # set: no per-call work at all
+        #: the padding wherever it does not depend on the input size (else None): all but
+        #: a strided 'same' window on an input of unknown size
+        self.static_pad = pad if pad[0] is not None and pad[1] is not None else None
+        self._by_size = {}
+        self.output = out
+
+    def pad(self, x_shape):
+        """``((top, bottom), (left, right))`` for an NHWC input of shape ``x_shape``."""
+        if self.fixed is not None:
+            return self.fixed
+        key = (x_shape[1], x_shape[2])
+        pad = self._by_size.get(key)
+        if pad is None:
+            try:
+                pad = window_output_shape(key, self.window, self.strides, self.padding,
+                                          what=self.what)[1]
+            except ValueError as exc:
+                raise ValueError(f"layer {self.owner!r}: {exc}" if self.owner else str(exc)) \
+                    from None
+            if len(self._by_size) > 64:
+                self._by_size.clear()
+            self._by_size[key] = pad
+        return pad
 
 
 def padded_output_shape(spatial, window, strides, pad):

@@ -139,7 +139,7 @@ def _bind_kernel_layer(step, backend, x):
     act = layer.activation if step.activate and layer.activation != "linear" else None
     act_fwd, act_bwd = _activation_pair(backend, act)
     if isinstance(layer, Conv2D):
-        strides, pad = layer.strides, layer._pad
+        strides, pad = layer.strides, layer._window.pad(x.shape)
         impl = _concrete(backend, "conv2d", x, layer.kernel, layer.bias, strides, pad)
         op_fwd, op_bwd = impl.conv2d_forward, impl.conv2d_backward
 
@@ -187,7 +187,7 @@ def _activation_pair(backend, act):
 
 def _bind_pool(step, backend, x):
     layer = step.layer
-    pool, strides, pad = layer.pool_size, layer.strides, layer._pad
+    pool, strides, pad = layer.pool_size, layer.strides, layer._window.pad(x.shape)
     impl = _concrete(backend, layer._OP, x, pool, strides, pad)
     op_fwd, op_bwd = getattr(impl, layer._forward_op), getattr(impl, layer._backward_op)
 

@@ -191,10 +191,13 @@ def test_keras_refusals_with_keras_messages(case_id, tmp_path, monkeypatch):
         assert message == err["message"]
 
 
-def test_unknown_size_is_refused_with_advice():
+def test_without_the_top_the_default_input_is_any_size():
     utils.clear_session()
-    with pytest.raises(ValueError, match=r"known image size.*e\.g\. \(224, 224, 3\)"):
-        applications.VGG16(include_top=False, weights=None, pooling="max")
+    model = applications.VGG16(include_top=False, weights=None, pooling="max")
+    assert model.input_shape == (None, None, None, 3)
+    with pytest.raises(ValueError, match=r"VGG16: input_shape must be \(height, width, "
+                                         r"channels\)"):
+        applications.VGG16(include_top=False, weights=None, input_shape=(32.5, 40, 3))
 
 
 def test_bad_pooling_is_named():

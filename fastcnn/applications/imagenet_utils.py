@@ -100,21 +100,19 @@ def obtain_input_shape(input_shape, default_size, min_size, data_format, require
     return input_shape
 
 
-def require_known_size(input_shape, default_size, arch):
-    """fastcnn builds every layer for a fixed image size: (None, None, C) is refused here
-    (Keras accepts it with ``include_top=False``), naming what to pass instead."""
-    if input_shape[0] is None or input_shape[1] is None:
+def check_input_shape(input_shape, arch):
+    """``input_shape`` as a tuple ``(height, width, channels)``: positive ints, height and
+    width may be None (images of any size: Keras's default without the top)."""
+    dims = tuple(input_shape)
+    ok = len(dims) == 3 and all(
+        (d is None and i < 2) or (isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                                   and d >= 1)
+        for i, d in enumerate(dims))
+    if not ok:
         raise ValueError(
-            f"{arch}: fastcnn needs a known image size, got input_shape={tuple(input_shape)} "
-            f"(Keras allows None here with include_top=False; fastcnn layers are built for "
-            f"one height and width). Pass input_shape=(height, width, {input_shape[2]}), e.g. "
-            f"({default_size}, {default_size}, {input_shape[2]}).")
-    for d in input_shape:
-        if not isinstance(d, numbers.Integral) or isinstance(d, bool) or d < 1:
-            raise ValueError(
-                f"{arch}: input_shape must be three positive ints (height, width, channels), "
-                f"got {tuple(input_shape)}")
-    return tuple(int(d) for d in input_shape)
+            f"{arch}: input_shape must be (height, width, channels): positive ints, height "
+            f"and width may be None; got {dims}")
+    return tuple(None if d is None else int(d) for d in dims)
 
 
 def correct_pad(input_size, kernel_size):

@@ -59,7 +59,7 @@ def InceptionV3(include_top=True, weights="imagenet", input_tensor=None,  # noqa
         require_flatten=include_top, weights=weights)
     if input_tensor is not None and input_shape[0] is None:
         input_shape = tuple(input_tensor.shape[1:])
-    input_shape = imagenet_utils.require_known_size(input_shape, 299, "InceptionV3")
+    input_shape = imagenet_utils.check_input_shape(input_shape, "InceptionV3")
     img_input = imagenet_utils.input_tensor_or_new(input_tensor, input_shape)
     concat = layers.concatenate
 

@@ -129,7 +129,7 @@ def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights="imagenet
                 "[96, 128, 160, 192, 224]. Weights for input shape (224, 224) will be "
                 "loaded as the default.", stacklevel=2)
 
-    input_shape = imagenet_utils.require_known_size(input_shape, default_size, "MobileNetV2")
+    input_shape = imagenet_utils.check_input_shape(input_shape, "MobileNetV2")
     img_input = imagenet_utils.input_tensor_or_new(input_tensor, input_shape)
 
     first_block_filters = _make_divisible(32 * alpha, 8)

@@ -71,7 +71,7 @@ def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shap
         require_flatten=include_top, weights=weights)
     if input_tensor is not None and input_shape[0] is None:
         input_shape = tuple(input_tensor.shape[1:])
-    input_shape = imagenet_utils.require_known_size(input_shape, 224, "ResNet50")
+    input_shape = imagenet_utils.check_input_shape(input_shape, "ResNet50")
     img_input = imagenet_utils.input_tensor_or_new(input_tensor, input_shape)
 
     x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(img_input)

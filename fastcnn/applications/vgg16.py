@@ -33,8 +33,8 @@ def VGG16(include_top=True, weights="imagenet", input_tensor=None, input_shape=N
             :func:`fastcnn.applications.imagenet_utils.get_file` for where it is looked for
             and downloaded to), or the path of a weights file (``model.load_weights``).
         input_tensor: a symbolic tensor (``fastcnn.Input``) to use as the image input.
-        input_shape: (height, width, channels), height and width >= 32. fastcnn needs a
-            known size (Keras also accepts (None, None, 3) without the top).
+        input_shape: (height, width, channels), height and width >= 32; without the top
+            (None, None, 3), images of any size, is the default (Keras's).
         pooling: without the top, None (4-D output), 'avg' or 'max' (global pooling).
         classes: number of classes of the top layer (1000 with ImageNet weights).
         classifier_activation: activation of the top layer (None gives logits).
@@ -49,7 +49,7 @@ def VGG16(include_top=True, weights="imagenet", input_tensor=None, input_shape=N
         require_flatten=include_top, weights=weights)
     if input_tensor is not None and input_shape[0] is None:
         input_shape = tuple(input_tensor.shape[1:])
-    input_shape = imagenet_utils.require_known_size(input_shape, 224, "VGG16")
+    input_shape = imagenet_utils.check_input_shape(input_shape, "VGG16")
     img_input = imagenet_utils.input_tensor_or_new(input_tensor, input_shape)
 
     x = img_input

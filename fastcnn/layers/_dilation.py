@@ -39,6 +39,12 @@ def effective_kernel(kernel_size, dilation_rate):
     return tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation_rate))
 
 
+def window(spatial, kernel_size, strides, padding, dilation_rate, owner=None):
+    """The :class:`fastcnn.shapes.Window` of a dilated window op (its effective kernel)."""
+    return shapes.Window(spatial, effective_kernel(kernel_size, dilation_rate), strides,
+                         padding, "kernel_size", owner)
+
+
 def output_shape_and_pad(spatial, kernel_size, strides, padding, dilation_rate):
     """``((Ho, Wo), pad)`` of a dilated window op (TensorFlow's rule with the effective kernel)."""
     return shapes.window_output_shape(spatial, effective_kernel(kernel_size, dilation_rate),

@@ -46,8 +46,10 @@ def normalize_dtype(dtype, argument="dtype"):
     return config.supported_float_dtype(dtype, argument)  # an unknown string is not float64
 
 
-def normalize_shape(shape, argument="input_shape"):
-    """A tuple of positive ints (no batch dimension); ValueError otherwise."""
+def normalize_shape(shape, argument="input_shape", allow_unknown=False):
+    """A tuple of positive ints (no batch dimension); ValueError otherwise.
+    ``allow_unknown``: None stands for a size known only per call (Keras's
+    ``Input((None, None, 3))``: images of any height and width)."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)
     try:
@@ -55,13 +57,16 @@ def normalize_shape(shape, argument="input_shape"):
     except TypeError:
         raise ValueError(f"{argument} must be a tuple of positive ints, got {shape!r}") from None
     if not dims or not all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims
+        (d is None and allow_unknown)
+        or (isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0)
+        for d in dims
     ):
+        what = "positive ints or None" if allow_unknown else "positive ints"
         raise ValueError(
-            f"{argument} must be a non-empty tuple of positive ints (without the batch "
+            f"{argument} must be a non-empty tuple of {what} (without the batch "
             f"dimension), got {shape!r}"
         )
-    return tuple(int(d) for d in dims)
+    return tuple(None if d is None else int(d) for d in dims)
 
 
 def positive_int(value, argument):
@@ -146,7 +151,8 @@ class Layer:
         self.name = name
         input_shape = kwargs.get("input_shape")
         self._batch_input_shape = (
-            None if input_shape is None else (None,) + normalize_shape(input_shape)
+            None if input_shape is None
+            else (None,) + normalize_shape(input_shape, allow_unknown=True)
         )
         self._dtype_arg = normalize_dtype(kwargs.get("dtype"))
         self._trainable = bool(kwargs.get("trainable", True))

@@ -84,10 +84,12 @@ class Conv2D(KernelLayer):
     def _build(self, input_shape, dtype):
         check_rank4(input_shape, "Conv2D")
         _, h, w, c = input_shape
-        if h is None or w is None or c is None:
-            raise ValueError(f"Conv2D needs known height, width and channels, got {input_shape}")
-        (ho, wo), self._pad = _dilation.output_shape_and_pad(
-            (h, w), self.kernel_size, self.strides, self.padding, self.dilation_rate)
+        if c is None:
+            raise ValueError(f"Conv2D needs a known number of input channels, got "
+                             f"{input_shape}")
+        self._window = _dilation.window((h, w), self.kernel_size, self.strides, self.padding,
+                                        self.dilation_rate, self.name)
+        (ho, wo), self._pad = self._window.output, self._window.static_pad
         kh, kw = self.kernel_size
         self.kernel = self.add_weight((kh, kw, c, self.filters), self.kernel_initializer, dtype,
                                       name="kernel", constraint=self.kernel_constraint)
@@ -99,8 +101,9 @@ class Conv2D(KernelLayer):
     def _op_forward(self, backend, x):
         if self.dilation_rate != (1, 1):
             return _dilation.conv_forward(backend, x, self.kernel, self.bias, self.strides,
-                                          self._pad, self.dilation_rate)
-        return backend.conv2d_forward(x, self.kernel, self.bias, self.strides, self._pad)
+                                          self._window.pad(x.shape), self.dilation_rate)
+        return backend.conv2d_forward(x, self.kernel, self.bias, self.strides,
+                                      self._window.pad(x.shape))
 
     def _op_backward(self, backend, dy, ctx, need_dx):
         if self.dilation_rate != (1, 1):

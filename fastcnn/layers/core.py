@@ -221,7 +221,7 @@ class InputLayer(Layer):
         if shape is None:
             raise ValueError("Input needs shape=(...) (the shape of one sample, without the "
                              "batch dimension)")
-        self.shape_arg = normalize_shape(shape, "shape")
+        self.shape_arg = normalize_shape(shape, "shape", allow_unknown=True)
         if batch_size is not None:
             batch_size = positive_int(batch_size, "batch_size")
         self.batch_size = batch_size

@@ -38,8 +38,8 @@ def _depth_multiplier(value):
 def _known_spatial(input_shape, what):
     check_rank4(input_shape, what)
     _, h, w, c = input_shape
-    if h is None or w is None or c is None:
-        raise ValueError(f"{what} needs known height, width and channels, got {input_shape}")
+    if c is None:
+        raise ValueError(f"{what} needs a known number of input channels, got {input_shape}")
     return h, w, c
 
 
@@ -101,8 +101,9 @@ class DepthwiseConv2D(_DepthwiseWindow):
 
     def _build(self, input_shape, dtype):
         h, w, c = _known_spatial(input_shape, "DepthwiseConv2D")
-        (ho, wo), self._pad = _dilation.output_shape_and_pad(
-            (h, w), self.kernel_size, self.strides, self.padding, self.dilation_rate)
+        self._window = _dilation.window((h, w), self.kernel_size, self.strides, self.padding,
+                                        self.dilation_rate, self.name)
+        (ho, wo), self._pad = self._window.output, self._window.static_pad
         kh, kw = self.kernel_size
         m = self.depth_multiplier
         self.kernel = self.add_weight((kh, kw, c, m), self.kernel_initializer, dtype,
@@ -114,7 +115,8 @@ class DepthwiseConv2D(_DepthwiseWindow):
 
     def _op_forward(self, backend, x):
         return _dilation.conv_forward(backend, x, self.kernel, self.bias, self.strides,
-                                      self._pad, self.dilation_rate, op="depthwise_conv2d")
+                                      self._window.pad(x.shape), self.dilation_rate,
+                                      op="depthwise_conv2d")
 
     def _op_backward(self, backend, dy, ctx, need_dx):
         return _dilation.conv_backward(backend, dy, ctx, need_dx, op="depthwise_conv2d")
@@ -166,8 +168,9 @@ class SeparableConv2D(_DepthwiseWindow):
 
     def _build(self, input_shape, dtype):
         h, w, c = _known_spatial(input_shape, "SeparableConv2D")
-        (ho, wo), self._pad = _dilation.output_shape_and_pad(
-            (h, w), self.kernel_size, self.strides, self.padding, self.dilation_rate)
+        self._window = _dilation.window((h, w), self.kernel_size, self.strides, self.padding,
+                                        self.dilation_rate, self.name)
+        (ho, wo), self._pad = self._window.output, self._window.static_pad
         kh, kw = self.kernel_size
         m = self.depth_multiplier
         self.kernel = self.add_weight((kh, kw, c, m), self.kernel_initializer, dtype,
@@ -182,7 +185,7 @@ class SeparableConv2D(_DepthwiseWindow):
 
     def _op_forward(self, backend, x):
         z, depth_ctx = _dilation.conv_forward(backend, x, self.kernel, None, self.strides,
-                                              self._pad, self.dilation_rate,
+                                              self._window.pad(x.shape), self.dilation_rate,
                                               op="depthwise_conv2d")
         y, point_ctx = backend.conv2d_forward(z, self.pointwise_kernel, self.bias, (1, 1),
                                               ((0, 0), (0, 0)))

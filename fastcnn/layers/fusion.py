@@ -22,7 +22,7 @@ keep their weights and names, and nothing outside the step can tell the differen
 """
 from __future__ import annotations
 
-from .. import activations, backends
+from .. import activations, backends, shapes
 from .conv import Conv2D
 from .core import Activation
 from .kernel_layer import KernelLayer
@@ -54,9 +54,12 @@ class ReluAfterMaxPool:
         conv, pool = self.conv, self.pool
         out = None
         if isinstance(conv, Conv2D) and conv.dilation_rate == (1, 1):  # the fused kernel
+            x_pad = conv._window.pad(x.shape)
+            ho, wo = shapes.padded_output_shape(x.shape[1:3], conv.kernel_size, conv.strides,
+                                                x_pad)
             out = backend.conv2d_maxpool2d_forward(x, conv.kernel, conv.bias, conv.strides,
-                                                   conv._pad, pool.pool_size, pool.strides,
-                                                   pool._pad)
+                                                   x_pad, pool.pool_size, pool.strides,
+                                                   pool._window.pad((None, ho, wo)))
         if out is not None:
             y, conv_ctx, pool_ctx = out
             conv_ctx = conv.op_context(backend, conv_ctx)

@@ -19,10 +19,7 @@ class _GlobalPooling2D(Layer):
 
     def _build(self, input_shape, dtype):
         check_rank4(input_shape, type(self).__name__)
-        n, h, w, c = input_shape
-        if h is None or w is None:
-            raise ValueError(
-                f"{type(self).__name__} needs known height and width, got {input_shape}")
+        n, h, w, c = input_shape   # any height and width (None: known per call)
         return (n, 1, 1, c) if self.keepdims else (n, c)
 
     def get_config(self):

@@ -24,16 +24,15 @@ class _Pooling2D(Layer):
     def _build(self, input_shape, dtype):
         check_rank4(input_shape, type(self).__name__)
         _, h, w, c = input_shape
-        if h is None or w is None:
-            raise ValueError(
-                f"{type(self).__name__} needs known height and width, got {input_shape}")
-        (ho, wo), self._pad = shapes.window_output_shape(
-            (h, w), self.pool_size, self.strides, self.padding, what="pool_size")
+        self._window = shapes.Window((h, w), self.pool_size, self.strides, self.padding,
+                                     "pool_size", self.name)
+        (ho, wo), self._pad = self._window.output, self._window.static_pad
         return (input_shape[0], ho, wo, c)
 
     def forward(self, x, training=False):
         backend = backends.current()
-        y, ctx = getattr(backend, self._forward_op)(x, self.pool_size, self.strides, self._pad)
+        y, ctx = getattr(backend, self._forward_op)(x, self.pool_size, self.strides,
+                                                    self._window.pad(x.shape))
         return y, (backend, ctx)
 
     @staticmethod

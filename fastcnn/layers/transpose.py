@@ -192,6 +192,26 @@ class Conv2DTranspose(KernelLayer):
 
     def _build(self, input_shape, dtype):
         h, w, c = _known_spatial(input_shape, "Conv2DTranspose")
+        self._by_size = {}
+        if h is not None and w is not None:
+            out, self._pad = self._geometry(h, w)
+        else:   # any input size: the output's and the padding per call (_geometry)
+            out, self._pad = (None, None), None
+        kh, kw = self.kernel_size
+        self.kernel = self.add_weight((kh, kw, self.filters, c), self.kernel_initializer, dtype,
+                                      name="kernel", constraint=self.kernel_constraint)
+        if self.use_bias:
+            self.bias = self.add_weight((self.filters,), self.bias_initializer, dtype,
+                                        name="bias", constraint=self.bias_constraint)
+        return (input_shape[0],) + out + (self.filters,)
+
+    def _geometry(self, h, w):
+        """``((Ho, Wo), pad)`` for an input of spatial size ``(h, w)``: the output size and
+        the padding of the forward conv from the output space back to the input; checked
+        as TensorFlow checks it."""
+        got = self._by_size.get((h, w))
+        if got is not None:
+            return got
         ops = self.output_padding or (None, None)
         out = tuple(deconv_output_length(n, k, s, self.padding, op, d) for n, k, s, op, d in zip(
             (h, w), self.kernel_size, self.strides, ops, self.dilation_rate))
@@ -203,7 +223,7 @@ class Conv2DTranspose(KernelLayer):
                 f"output_padding")
         # The forward conv from the output space back to the input: its padding, and its
         # output size, which must be the input's (TensorFlow refuses the call otherwise).
-        back, self._pad = _dilation.output_shape_and_pad(
+        back, pad = _dilation.output_shape_and_pad(
             out, self.kernel_size, self.strides, self.padding, self.dilation_rate)
         if back != (h, w):
             raise ValueError(
@@ -212,30 +232,29 @@ class Conv2DTranspose(KernelLayer):
                 f"output_padding={self.output_padding}) does not convolve back to the input's "
                 f"size {(h, w)} (it gives {back}); TensorFlow refuses this too: choose another "
                 f"output_padding")
-        kh, kw = self.kernel_size
-        self.kernel = self.add_weight((kh, kw, self.filters, c), self.kernel_initializer, dtype,
-                                      name="kernel", constraint=self.kernel_constraint)
-        if self.use_bias:
-            self.bias = self.add_weight((self.filters,), self.bias_initializer, dtype,
-                                        name="bias", constraint=self.bias_constraint)
-        return (input_shape[0],) + out + (self.filters,)
+        if len(self._by_size) > 64:
+            self._by_size.clear()
+        self._by_size[(h, w)] = (out, pad)
+        return out, pad
 
     def _op_forward(self, backend, x):
+        pad = self._geometry(x.shape[1], x.shape[2])[1]
         if self.dilation_rate == (1, 1):
-            return self._phase_forward(backend, x), (x, self.kernel)
-        return self._zero_insert_forward(backend, x), (x, self.kernel)
+            return self._phase_forward(backend, x), (x, self.kernel, pad)
+        return self._zero_insert_forward(backend, x), (x, self.kernel, pad)
 
     def _phase_forward(self, backend, x):
-        return phase_forward(backend, x, self.kernel, self.bias, self.strides, self._pad,
-                             self._output_shape[1:3])
+        out, pad = self._geometry(x.shape[1], x.shape[2])
+        return phase_forward(backend, x, self.kernel, self.bias, self.strides, pad, out)
 
     def _zero_insert_forward(self, backend, x):
-        return zero_insert_forward(backend, x, self.kernel, self.bias, self.strides,
-                                   self._pad, self._output_shape[1:3], self.dilation_rate)
+        out, pad = self._geometry(x.shape[1], x.shape[2])
+        return zero_insert_forward(backend, x, self.kernel, self.bias, self.strides, pad, out,
+                                   self.dilation_rate)
 
     def _op_backward(self, backend, dy, ctx, need_dx):
-        x, kernel = ctx
-        dx, dkernel = transpose_backward(backend, dy, x, kernel, self.strides, self._pad,
+        x, kernel, pad = ctx
+        dx, dkernel = transpose_backward(backend, dy, x, kernel, self.strides, pad,
                                          self.dilation_rate, need_dx)
         db = dy.sum(axis=(0, 1, 2)) if self.use_bias else None
         return dx, dkernel, db

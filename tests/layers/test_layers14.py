@@ -499,11 +499,15 @@ def test_channel_mismatch_after_build_is_refused():
 
 
 @pytest.mark.parametrize("cls", ["DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose"])
-def test_unknown_spatial_size_is_refused_by_the_kernel_layers(cls):
+def test_unknown_channels_are_refused_unknown_sizes_taken_by_the_kernel_layers(cls):
+    """(Unknown height and width: tests/layers/test_unknown_size.py.)"""
     layer = getattr(layers, cls)(*([2] if cls != "DepthwiseConv2D" else []), 3)
-    with pytest.raises(ValueError, match=rf"{cls} needs known height, width and channels, "
-                                         rf"got \(None, None, 5, 3\)"):
-        layer.build((None, None, 5, 3))
+    with pytest.raises(ValueError, match=rf"{cls} needs a known number of input channels, "
+                                         rf"got \(None, 5, 5, None\)"):
+        layer.build((None, 5, 5, None))
+    layer = getattr(layers, cls)(*([2] if cls != "DepthwiseConv2D" else []), 3)
+    layer.build((None, None, 5, 3))
+    assert layer.output_shape[1] is None
 
 
 def test_reshaping_layers_take_unknown_spatial_sizes():
