@@ -14,9 +14,9 @@ Which code each case reaches (depthwise_kernels.h):
   general gather;
 * dW and db (column stride 1 or 2): per band, the 9 sums in registers.
 
-Edges: channel counts with ragged vector tails (1, 33, 161), rows cut into blocks of 8
+Edges: channel counts with ragged vector tails (1, 33, 161, 193), rows cut into blocks of 8
 and 4 pixels (those at a border skip the taps outside, a last block past the row stores
-only its pixels in the row), rows with no interior (W 1 and 2), short rows (W 7), H 1 (one kernel row inside), pads 0, 2 and 3 (rows
+only its pixels in the row; a row of 14 in two blocks of 7), rows with no interior (W 1 and 2), short rows (W 7), H 1 (one kernel row inside), pads 0, 2 and 3 (rows
 with no kernel row inside: bias only), asymmetric pads, no bias. Also: 1 and 2 OpenMP
 threads give bitwise-identical results on these paths.
 """
@@ -63,6 +63,9 @@ CASES = [
     (2, 5, 28, 161, (1, 1), ((1, 1), (1, 1)), True),    # border 8, 8, 8, border 4
     (1, 5, 7, 161, (1, 1), ((3, 0), (3, 1)), False),    # pad 3: bias-only rows
     (2, 4, 1, 161, (1, 1), ((1, 1), (1, 1)), True),     # W 1
+    (2, 5, 14, 161, (1, 1), ((1, 1), (1, 1)), True),    # W 14: two border blocks of 7
+    (1, 6, 28, 193, (2, 2), ((0, 1), (0, 1)), True),    # 14 outputs of stride 2: blocks of 7
+    (2, 4, 14, 208, (1, 1), ((1, 1), (1, 1)), False),   # >= 12 whole vectors: y at x's offset
 ]
 IDS = [f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-s{c[4][0]}{c[4][1]}-p{c[5][0][0]}{c[5][0][1]}"
        f"{c[5][1][0]}{c[5][1][1]}" for c in CASES]
@@ -322,7 +325,8 @@ def test_results_do_not_depend_on_where_the_arrays_sit(stride, dtype):
     stride-2 dx once realigned its channel chunks by those offsets and rounded some sums
     differently (0.4% of a 9.4 MB dx)."""
     pad = ((1, 1), (1, 1)) if stride == (1, 1) else ((0, 1), (0, 1))
-    shapes = [(2, 20, 24, 208)] + ([(2, 96, 96, 128)] if dtype == np.float32 else [])
+    shapes = [(2, 20, 24, 208), (2, 9, 14, 208)] + ([(2, 96, 96, 128)] if dtype == np.float32
+                                                    else [])
     for shape in shapes:
         x, w, b, _, _, dy = _data((*shape, stride, pad, True), dtype, seed=3)
         (pt, _), (pl, _) = pad
