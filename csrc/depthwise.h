@@ -33,14 +33,17 @@
  *   instead of once per tap: in BANDS of rows sized for L2, one channel vector at a time
  *   over the band with the 9 weights in registers and two output rows per step (a pixel of
  *   <= 576 bytes, AVX-512), else row by row in blocks of 8 / 4 pixels (those at a border skip
- *   the taps outside; a row of <= 8 pixels is one block). Same tap order as the row
- *   kernel (the same bits). dW: per band and channel vector the 9 sums (and db's) in
- *   registers over the band's rows, x and dy each loaded once, added to the block's
- *   partial once per band (bands are fixed by the shape: thread-count independent); the
- *   next band's x and dy rows are prefetched while one runs. dx of stride (2, 2): blocks
+ *   the taps outside; a row of <= 8 pixels is one block, of 14 two blocks of 7). Same tap
+ *   order as the row kernel (the same bits). dW: per band and channel vector the 9 sums
+ *   (and db's) in registers over the band's rows, two dy rows per step where both have
+ *   every kernel row inside (AVX-512: each x vector loaded once for both), added to the
+ *   block's partial once per band (bands are fixed by the shape: thread-count
+ *   independent; depthwise.pyx adds the partials in block order); the next band's x and
+ *   dy rows are prefetched while one runs. dx of stride (2, 2): blocks
  *   of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2). With
  *   >= 12 vectors a pixel and both streamed arrays at the same offset from a 64-byte line
- *   (NumPy's large arrays sit 16 bytes past one), a short first channel chunk makes the
+ *   (NumPy's large arrays sit 16 bytes past one; the backend places y, and the stride-1
+ *   dx, at their source's offset for this), a short first channel chunk makes the
  *   other vector accesses line-aligned (k3_head); AVX-512 ragged chunks are masked
  *   loads / stores. An output of >= 8 MiB in bands is written with streaming stores
  *   (no read of the lines before the write; a short first chunk realigns from >= 8
