@@ -22,8 +22,10 @@ What compiling does, once per (training plan, backend, input shape):
   whole backward. Safe because every weight is used by exactly one step, and that step's
   backward has already run; the per-weight updates do not depend on each other, so the
   order changes nothing.
-* **Checks once.** The loss is computed and checked for NaN/inf before any backward, as
-  the general path does (no weight changes on a non-finite loss).
+* **Checks once.** The loss (with the regularizers' penalties) is computed and checked for
+  NaN/inf before any backward, as the general path does (no weight changes on a
+  non-finite loss); the regularizers' gradients join each layer's before its update, the
+  constraints apply after every update, as in the general step.
 
 Guarantees: the same numbers as the general step, bit for bit (the same kernels are
 called on the same arrays in the same order per weight; tested on the standard models,
@@ -34,7 +36,7 @@ layers (a new training plan) all apply at the next step.
 
 When the plan does not apply (the reason: :func:`why_not`), the general step runs:
 several inputs or outputs, a graph that is not a chain, a nested model or a subclassed
-one, sample or class weights, regularizers or constraints, an optimizer with clipping,
+one, a user's own layer, sample or class weights, an optimizer with clipping,
 weight decay, EMA, loss scaling, gradient accumulation or its own ``_apply``, several
 MPI processes, a device (CUDA) backend.
 
@@ -71,10 +73,6 @@ def why_not(model, plan) -> str | None:
         return "several inputs or outputs"
     if plan.losses[0] is None or plan.loss_weights[0] != 1.0:
         return "no loss, or a loss weight"
-    if plan.regularized:
-        return "a regularizer"
-    if plan.constrained:
-        return "a weight constraint"
     if not plan.train_vars:
         return "nothing to train"
     prev = program.input_slots[0]
@@ -259,7 +257,9 @@ class TrainStep:
         for layer, ws in plan.train_layers:
             first[id(layer)] = (start, len(ws))
             start += len(ws)
-        self.backwards = [(i, st.need_dx, first[id(st.params_layer)] if st.collect else None)
+        regularized = plan.regularized
+        self.backwards = [(i, st.need_dx, first[id(st.params_layer)] if st.collect else None,
+                           st.params_layer if id(st.params_layer) in regularized else None)
                           for i, st in enumerate(self.steps) if st.backprop][::-1]
         self.backward_fns = [None] * len(self.steps)
         self.loss = plan.losses[0]
@@ -281,7 +281,14 @@ class TrainStep:
             x, ctx = fwd(x)
             append(ctx)
         value, dy = self.loss.compute(self.backend, x, y, self.logits)
-        return float(value), x, dy, ctxs
+        return self._with_penalties(float(value)), x, dy, ctxs
+
+    def _with_penalties(self, loss):
+        """The loss as Keras reports it: plus the regularizers' penalties (the general
+        step's sum, in its order)."""
+        if self.plan.regularized:
+            loss += sum(layer.regularization_loss() for layer, _ in self.plan.train_layers)
+        return loss
 
     def _bind_forward(self, x, y):
         forwards, ctxs = [], []
@@ -293,7 +300,7 @@ class TrainStep:
             ctxs.append(ctx)
         self.forwards = forwards
         value, dy = self.loss.compute(self.backend, x, y, self.logits)
-        return float(value), x, dy, ctxs
+        return self._with_penalties(float(value)), x, dy, ctxs
 
     def backward_and_update(self, dy, ctxs):
         """The backward, each layer's weights updated as soon as their gradients exist
@@ -307,7 +314,7 @@ class TrainStep:
             self._updaters = [opt._updater(k) for k in range(len(variables))]
             self._slots_of = opt._slots
         updaters, fns = self._updaters, self.backward_fns
-        for i, need_dx, slots in self.backwards:
+        for i, need_dx, slots, regularized in self.backwards:
             if dy is None:   # nothing flows back from here (as the executor: zeros below)
                 dx, grads = None, ()
             else:
@@ -315,13 +322,17 @@ class TrainStep:
             ctxs[i] = None   # frees the step's buffers before the next backward allocates
             if slots is not None:
                 k0, count = slots
+                grads = tuple(np.zeros_like(variables[k0 + j])   # not reached: zeros, as
+                              if j >= len(grads) or grads[j] is None   # the general step
+                              else grads[j] for j in range(count))
+                if regularized is not None:
+                    grads = regularized.add_regularization_gradients(grads)
                 for j in range(count):
-                    g = grads[j] if j < len(grads) else None
-                    if g is None:   # not reached: a zero gradient, as the general step
-                        g = np.zeros_like(variables[k0 + j])
-                    updaters[k0 + j](g, lr, t)
+                    updaters[k0 + j](grads[j], lr, t)
             dy = dx
         opt.iterations += 1
+        for v in self.plan.constrained:   # after every update, as the general step
+            v.assign(v.constraint(v.value))
 
 
 def step(model, plan, x):
