@@ -352,5 +352,14 @@ def step(model, plan, x):
         if _live_reason(model, plan) is None:   # the graph's: for good
             plan.compiled_step = reason
         return None
-    compiled = plan.compiled_step = TrainStep(model, plan, x)
+    # One per input shape, a few kept: fit's short last batch and the next epoch's full
+    # ones take turns.
+    others = plan.other_steps
+    key = (x.shape, x.dtype, id(backends.current()))
+    compiled = others.get(key)
+    if compiled is None or not compiled.matches(x):
+        if len(others) >= 4:
+            others.clear()
+        compiled = others[key] = TrainStep(model, plan, x)
+    plan.compiled_step = compiled
     return compiled

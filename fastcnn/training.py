@@ -219,7 +219,7 @@ class TrainingPlan:
 
     __slots__ = ("key", "program", "logits", "losses", "loss_weights", "train_layers",
                  "train_vars", "metrics", "optimizer_bound", "started", "regularized",
-                 "constrained", "nested", "compiled_step", "__weakref__")
+                 "constrained", "nested", "compiled_step", "other_steps", "__weakref__")
 
     def __init__(self, key, program, logits, losses_, loss_weights, train_layers, metrics):
         self.key = key
@@ -249,6 +249,7 @@ class TrainingPlan:
         self.started = False              # fastcnn.distributed: start-of-fit done
         #: fastcnn.train_plan: the compiled step (a TrainStep), or why there is none
         self.compiled_step = None
+        self.other_steps = {}             # fastcnn.train_plan: by input shape
 
     def replace_arrays(self, mapping) -> None:
         """Replaces, by identity, the weight arrays the plan lists (the list objects are

@@ -140,6 +140,9 @@ def test_fit_with_a_short_last_batch_and_a_learning_rate_schedule(monkeypatch):
                       validation_data=(x[:3], y[:3]), callbacks=[sched])
         histories.append(h.history)
         weights.append(model.get_weights())
+        if mode == "1":   # batches of 4 and the last one of 3: one compiled step each
+            assert sorted(k[0] for k in model._plan.other_steps) == [
+                (3, 12, 12, 1), (4, 12, 12, 1)]
     assert histories[0] == histories[1]
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
 
