@@ -240,9 +240,10 @@ def backward(const floating[:, :, :, ::1] x not None, const floating[:, :, :, ::
              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
              Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t m, bint with_db):
     """:func:`dw_partials` (returned) and :func:`dx` (into ``dx_out``, the shape of x)
-    together: for a 3x3 kernel, M = 1 and column stride <= 2 in ONE pass over dy (per band
-    of dy rows, dW's sums, then the dx rows whose last dy row is in the band); else the
-    two passes. The same partials and dx bits as the two separate calls."""
+    together: for a 3x3 kernel, M = 1, column stride <= 2 and a pixel of <= 576 bytes in
+    ONE pass over dy (per band of dy rows, dW's sums, then the dx rows whose last dy row is
+    in the band); else the two passes. The same partials and dx bits as the two separate
+    calls."""
     cdef Py_ssize_t n = x.shape[0], c = x.shape[3]
     if (dx_out.shape[0] != n or dx_out.shape[1] != x.shape[1] or dx_out.shape[2] != x.shape[2]
             or dx_out.shape[3] != c):
@@ -254,8 +255,13 @@ def backward(const floating[:, :, :, ::1] x not None, const floating[:, :, :, ::
         raise ValueError(f"depthwise: dy has shape {[dy.shape[i] for i in range(4)]}, expected "
                          f"({n}, Ho, Wo, {c * m})")
     cdef Py_ssize_t rows = n * g.ho
+    # A pixel of > 576 bytes (the row-by-row kernels): two passes. Fused, each band's dx
+    # rows store while the next band's dW loads x and dy, and the loads that match a
+    # pending store modulo 4 KiB wait: 8x28x28x192 took 0.69-1.38 ms by where dx sat
+    # against dy, the two passes 0.59-0.62 (C harness); 14x14x384, 7x7x960 and 14x14x576
+    # stride 2 the same either way. The banded ones gain a little fused (dy read once).
     if (m != 1 or kh != 3 or kw != 3 or sw > 2 or rows == 0 or g.wo == 0 or c == 0
-            or x.size == 0):
+            or x.size == 0 or c * <Py_ssize_t>sizeof(floating) > 576):
         part = dw_partials(x, dy, kh, kw, sh, sw, pt, pl, m, with_db)
         dx(dy, wt, dx_out, kh, kw, sh, sw, pt, pl, m)
         return part
