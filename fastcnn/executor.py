@@ -156,16 +156,28 @@ class Program:
                       None if step.multiple_inputs else step.in_slots[0],
                       step.need_dx, id(step.params_layer) if step.collect else None)
                      for i, step in reversed(list(enumerate(self.steps))) if step.backprop]
+        # The backward step after which a layer's gradients are complete (its last in
+        # backward order: a shared layer's calls sum into one): where `done` fires.
+        seen = set()
+        self._final = [False] * len(self.steps)
+        for i, _, _, _, _, _, key in reversed(self._bwd):
+            if key is not None and key not in seen:
+                seen.add(key)
+                self._final[i] = True
 
-    def forward(self, xs, training, keep=True):
+    def forward(self, xs, training, keep=True, runs=None):
         """``(outputs, ctxs)``; ``keep=False`` (inference): no contexts are kept. Each value
-        is released after its last use either way."""
+        is released after its last use either way. ``runs``: per step, a function to run
+        instead of the step's own (same protocol; fastcnn.train_plan's prebound calls), or
+        None."""
         vals = [None] * self.n_slots
         for s, x in zip(self.input_slots, xs):
             vals[s] = x
         ctxs = [None] * len(self._fwd) if keep else None
         i = 0
         for run, in0, ins, out0, outs, free in self._fwd:
+            if runs is not None and runs[i] is not None:
+                run = runs[i]
             y, ctx = run(vals[in0] if in0 is not None else [vals[s] for s in ins], training)
             if out0 is not None:
                 vals[out0] = y
@@ -181,11 +193,16 @@ class Program:
         return [vals[s] for s in self.output_slots], ctxs
 
     # ----------------------------------------------------------------- backward
-    def backward(self, dys, ctxs):
+    def backward(self, dys, ctxs, backs=None, done=None):
         """``(dxs, grads)``: the inputs' gradients (None unless ``need_input_grad``) and
         ``{id(layer): (layer, grads)}`` for every layer whose trainable weights got a
         gradient (summed over the layer's calls). ``dys[i]`` may be None for an output no
-        loss reads."""
+        loss reads.
+
+        ``backs``: per step, a backward to run instead of the step's own, or None.
+        ``done(layer, grads)``: called as soon as a layer's gradients are complete (after
+        its last call's backward; fastcnn.train_plan updates the weights there); such
+        layers are left out of the returned dict."""
         grads = [None] * self.n_slots
         for s, d in zip(self.output_slots, dys):
             if d is not None:
@@ -205,6 +222,8 @@ class Program:
                       for d, c in zip(dy, _output_likes(step, ctxs[i]))]
                 for s in step.out_slots:
                     grads[s] = None
+            if backs is not None and backs[i] is not None:
+                back = backs[i]
             dx, layer_grads = back(dy, ctxs[i], need_dx)
             ctxs[i] = None   # frees the step's buffers before the next backward allocates
             if key is not None:
@@ -215,6 +234,8 @@ class Program:
                     by_layer[key] = (step.params_layer, tuple(
                         b if a is None else add(a, b) if b is not None else a
                         for a, b in zip(held[1], layer_grads)))
+                if done is not None and self._final[i]:
+                    done(*by_layer.pop(key))
             if need_dx:
                 if in0 is not None:
                     grads[in0] = dx if grads[in0] is None else add(grads[in0], dx)

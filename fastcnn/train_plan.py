@@ -9,34 +9,36 @@ assembly, the optimizer's per-call bookkeeping) costs about twice the kernels; a
 
 What compiling does, once per (training plan, backend, input shape):
 
-* **Binding.** The graph executor's steps (:mod:`fastcnn.executor`, fused groups
-  included) must form one chain: one input, one output, each step reading the one before.
-  Each step becomes a forward call and a backward call with everything that does not
-  change between steps looked up once: for Conv2D, Dense, the pooling layers and Flatten
-  on the ``auto`` backend the concrete backend's kernel functions (auto's routing table
-  picks by shape, and the shapes are fixed), with the strides and padding bound; any
-  other layer runs its own ``forward`` / ``backward`` (BatchNormalization, Dropout, ...).
+* **Binding.** The graph executor's program (:mod:`fastcnn.executor`: its steps, fused
+  groups, slots and gradient sums) runs with each step's forward and backward replaced by
+  a prebound call where one exists, everything that does not change between steps looked
+  up once: for Conv2D, Dense, the pooling layers and Flatten on the ``auto`` backend the
+  concrete backend's kernel functions (auto's routing table picks by shape, and the
+  shapes are fixed), with the strides and padding bound; every other layer (Add,
+  Concatenate, BatchNormalization, Dropout, ...) runs its own ``forward`` / ``backward``.
 * **The update where the gradient is made.** Each layer's weights are updated as soon as
-  its backward has produced their gradients (the optimizer's own per-weight ``_update``,
-  the one ``optimizer.apply`` runs), while they are still in cache, instead of after the
-  whole backward. Safe because every weight is used by exactly one step, and that step's
-  backward has already run; the per-weight updates do not depend on each other, so the
-  order changes nothing.
+  the backward has completed their gradients (after its last call's backward where a
+  layer is shared; the optimizer's own per-weight ``_update``, the one
+  ``optimizer.apply`` runs), while they are still in cache, instead of after the whole
+  backward. Safe because no backward still to run reads those weights (only the layer's
+  own calls do, and they have run); the per-weight updates do not depend on each other,
+  so the order changes nothing.
 * **Checks once.** The loss (with the regularizers' penalties) is computed and checked for
   NaN/inf before any backward, as the general path does (no weight changes on a
   non-finite loss); the regularizers' gradients join each layer's before its update, the
   constraints apply after every update, as in the general step.
 
 Guarantees: the same numbers as the general step, bit for bit (the same kernels are
-called on the same arrays in the same order per weight; tested on the standard models,
-with every optimizer that runs per weight, against ``FASTCNN_TRAIN_PLAN=0``). Weights,
+called on the same arrays in the same order per weight; tested on chains and on a graph
+with a residual Add, a Concatenate and a shared layer, with four optimizers, against
+``FASTCNN_TRAIN_PLAN=0``). Weights,
 optimizer slots, the learning rate (schedules included) and the metrics are read live,
 so ``set_weights``, ``load_weights``, callbacks changing the learning rate or freezing
 layers (a new training plan) all apply at the next step.
 
 When the plan does not apply (the reason: :func:`why_not`), the general step runs:
-several inputs or outputs, a graph that is not a chain, a nested model or a subclassed
-one, a user's own layer, sample or class weights, an optimizer with clipping,
+several inputs or outputs, a nested model or a subclassed one, a user's own layer, sample
+or class weights, an optimizer with clipping,
 weight decay, EMA, loss scaling, gradient accumulation or its own ``_apply``, several
 MPI processes, a device (CUDA) backend.
 
@@ -75,13 +77,8 @@ def why_not(model, plan) -> str | None:
         return "no loss, or a loss weight"
     if not plan.train_vars:
         return "nothing to train"
-    prev = program.input_slots[0]
     seen = set()
     for st in program.steps:
-        if st.multiple_inputs or len(st.in_slots) != 1 or len(st.out_slots) != 1 \
-                or st.in_slots[0] != prev:
-            return f"step {st.name!r} is not part of one chain"
-        prev = st.out_slots[0]
         custom = [layer for layer in _layers_of(st)
                   if not type(layer).__module__.startswith("fastcnn.")]
         if custom:
@@ -89,11 +86,7 @@ def why_not(model, plan) -> str | None:
             # the compiled step has updated them
             return f"custom layer {custom[0].name!r} ({type(custom[0]).__name__})"
         if st.collect:
-            if id(st.params_layer) in seen:
-                return f"layer {st.params_layer.name!r} runs twice (shared weights)"
             seen.add(id(st.params_layer))
-    if prev != program.output_slots[0]:
-        return "the output is not the last step's"
     owners = {id(layer) for layer, _ in plan.train_layers}
     if owners - seen:
         return "a trainable layer outside the steps"
@@ -141,7 +134,7 @@ def _bind_kernel_layer(step, backend, x):
         impl = _concrete(backend, "conv2d", x, layer.kernel, layer.bias, strides, pad)
         op_fwd, op_bwd = impl.conv2d_forward, impl.conv2d_backward
 
-        def forward(x):
+        def forward(x, training):
             y, ctx = op_fwd(x, layer.kernel, layer.bias, strides, pad)
             if act_fwd is None:
                 return y, (ctx, None)
@@ -151,7 +144,7 @@ def _bind_kernel_layer(step, backend, x):
         impl = _concrete(backend, "dense", x, layer.kernel, layer.bias)
         op_fwd, op_bwd = impl.dense_forward, impl.dense_backward
 
-        def forward(x):
+        def forward(x, training):
             y, ctx = op_fwd(x, layer.kernel, layer.bias)
             if act_fwd is None:
                 return y, (ctx, None)
@@ -189,7 +182,7 @@ def _bind_pool(step, backend, x):
     impl = _concrete(backend, layer._OP, x, pool, strides, pad)
     op_fwd, op_bwd = getattr(impl, layer._forward_op), getattr(impl, layer._backward_op)
 
-    def forward(x):
+    def forward(x, training):
         return op_fwd(x, pool, strides, pad)
 
     def backward(dy, ctx, need_dx):
@@ -201,7 +194,7 @@ def _bind_flatten(step, backend, x):
     shape_out = (x.shape[0], int(np.prod(x.shape[1:])))
     shape_in = x.shape
 
-    def forward(x):
+    def forward(x, training):
         return x.reshape(shape_out), None
 
     def backward(dy, ctx, need_dx):
@@ -210,17 +203,14 @@ def _bind_flatten(step, backend, x):
 
 
 def _bind_generic(step, backend, x):
-    run, back = step.run, step.back
-
-    def forward(x):
-        return run(x, True)
-    return forward, back
+    """The step's own forward and backward (the executor's)."""
+    return step.run, step.back
 
 
 def _binder(step, x):
     """The binder of an executor step for its input ``x`` (shape and dtype)."""
     layer = step.layer
-    if _is_fused(step):   # ReLU after max pooling: its own forward picks the fused kernel
+    if step.multiple_inputs or _is_fused(step):   # ReLU after max pooling: its own forward picks the fused kernel
         return _bind_generic
     if type(layer) is Conv2D and layer.dilation_rate == (1, 1):
         return _bind_kernel_layer
@@ -239,7 +229,9 @@ def _is_fused(step) -> bool:
 
 
 class TrainStep:
-    """One model's train step bound for one input shape (see the module doc).
+    """One model's train step bound for one input shape (see the module doc): the graph
+    executor's program run with prebound steps, each layer's weights updated as soon as
+    the program's backward has completed their gradients.
 
     Binding needs each step's input, so it happens during the first :meth:`forward`
     (each step is bound just before it first runs; nothing runs twice)."""
@@ -249,22 +241,29 @@ class TrainStep:
         self.plan = plan
         self.backend = backends.current()
         self.x_shape, self.x_dtype = x.shape, x.dtype
-        self.steps = plan.program.steps
-        self.forwards = None
-        # Where each trainable layer's weights start in plan.train_vars (the optimizer's
-        # variable order), and how many it has.
-        start, first = 0, {}
+        self.program = program = plan.program
+        self.runs = [self._binding(i, st) for i, st in enumerate(program.steps)]
+        self.backs = [None] * len(program.steps)
+        # Per trainable layer: where its weights start in plan.train_vars (the optimizer's
+        # variable order), how many, and the layer where it adds regularizer gradients.
+        start, self.slots = 0, {}
         for layer, ws in plan.train_layers:
-            first[id(layer)] = (start, len(ws))
+            self.slots[id(layer)] = (start, len(ws),
+                                     layer if id(layer) in plan.regularized else None)
             start += len(ws)
-        regularized = plan.regularized
-        self.backwards = [(i, st.need_dx, first[id(st.params_layer)] if st.collect else None,
-                           st.params_layer if id(st.params_layer) in regularized else None)
-                          for i, st in enumerate(self.steps) if st.backprop][::-1]
-        self.backward_fns = [None] * len(self.steps)
         self.loss = plan.losses[0]
         self.logits = plan.logits[0]
         self._updaters, self._slots_of = None, None
+        self._lr = self._t = None
+        self._updated = set()
+
+    def _binding(self, i, st):
+        def bind_and_run(x, training):
+            fwd, bwd = _binder(st, x)(st, self.backend, x)
+            self.runs[i] = fwd
+            self.backs[i] = None if bwd is st.back else bwd
+            return fwd(x, training)
+        return bind_and_run
 
     def matches(self, x) -> bool:
         return x.shape == self.x_shape and x.dtype == self.x_dtype \
@@ -272,67 +271,49 @@ class TrainStep:
 
     def forward(self, x, y):
         """``(loss value, output, d_output, contexts)``: the forward and the loss."""
-        forwards = self.forwards
-        if forwards is None:
-            return self._bind_forward(x, y)
-        ctxs = []
-        append = ctxs.append
-        for fwd in forwards:
-            x, ctx = fwd(x)
-            append(ctx)
-        value, dy = self.loss.compute(self.backend, x, y, self.logits)
-        return self._with_penalties(float(value)), x, dy, ctxs
-
-    def _with_penalties(self, loss):
-        """The loss as Keras reports it: plus the regularizers' penalties (the general
-        step's sum, in its order)."""
-        if self.plan.regularized:
+        outs, ctxs = self.program.forward([x], True, runs=self.runs)
+        value, dy = self.loss.compute(self.backend, outs[0], y, self.logits)
+        loss = float(value)
+        if self.plan.regularized:   # the loss as Keras reports it, in the general order
             loss += sum(layer.regularization_loss() for layer, _ in self.plan.train_layers)
-        return loss
-
-    def _bind_forward(self, x, y):
-        forwards, ctxs = [], []
-        for i, st in enumerate(self.steps):
-            fwd, bwd = _binder(st, x)(st, self.backend, x)
-            forwards.append(fwd)
-            self.backward_fns[i] = bwd
-            x, ctx = fwd(x)
-            ctxs.append(ctx)
-        self.forwards = forwards
-        value, dy = self.loss.compute(self.backend, x, y, self.logits)
-        return self._with_penalties(float(value)), x, dy, ctxs
+        return loss, outs[0], dy, ctxs
 
     def backward_and_update(self, dy, ctxs):
-        """The backward, each layer's weights updated as soon as their gradients exist
-        (the optimizer's per-weight ``_update``, as ``optimizer.apply`` runs it)."""
+        """The backward, each layer's weights updated as soon as their gradients are
+        complete (the optimizer's per-weight ``_update``, as ``optimizer.apply`` runs it)."""
         opt = self.model.optimizer
-        variables = self.plan.train_vars
-        lr = opt.learning_rate
-        t = opt.iterations + 1
-        opt._before_updates(t, variables)
+        plan = self.plan
+        self._lr = opt.learning_rate
+        self._t = t = opt.iterations + 1
+        opt._before_updates(t, plan.train_vars)
         if self._slots_of is not opt._slots:   # (re)built optimizer state: bind again
-            self._updaters = [opt._updater(k) for k in range(len(variables))]
+            self._updaters = [opt._updater(k) for k in range(len(plan.train_vars))]
             self._slots_of = opt._slots
-        updaters, fns = self._updaters, self.backward_fns
-        for i, need_dx, slots, regularized in self.backwards:
-            if dy is None:   # nothing flows back from here (as the executor: zeros below)
-                dx, grads = None, ()
-            else:
-                dx, grads = fns[i](dy, ctxs[i], need_dx)
-            ctxs[i] = None   # frees the step's buffers before the next backward allocates
-            if slots is not None:
-                k0, count = slots
-                grads = tuple(np.zeros_like(variables[k0 + j])   # not reached: zeros, as
-                              if j >= len(grads) or grads[j] is None   # the general step
-                              else grads[j] for j in range(count))
-                if regularized is not None:
-                    grads = regularized.add_regularization_gradients(grads)
-                for j in range(count):
-                    updaters[k0 + j](grads[j], lr, t)
-            dy = dx
+        updated = self._updated
+        updated.clear()
+        _, left = self.program.backward([dy], ctxs, backs=self.backs, done=self._update)
+        for layer, grads in left.values():
+            self._update(layer, grads)
+        if len(updated) < len(self.slots):   # not reached: zero gradients, as the general
+            for layer, _ in plan.train_layers:   # step gives them
+                if id(layer) not in updated:
+                    self._update(layer, ())
         opt.iterations += 1
-        for v in self.plan.constrained:   # after every update, as the general step
+        for v in plan.constrained:   # after every update, as the general step
             v.assign(v.constraint(v.value))
+
+    def _update(self, layer, grads):
+        k0, count, regularized = self.slots[id(layer)]
+        variables = self.plan.train_vars
+        grads = tuple(np.zeros_like(variables[k0 + j])
+                      if j >= len(grads) or grads[j] is None else grads[j]
+                      for j in range(count))
+        if regularized is not None:
+            grads = regularized.add_regularization_gradients(grads)
+        updaters, lr, t = self._updaters, self._lr, self._t
+        for j in range(count):
+            updaters[k0 + j](grads[j], lr, t)
+        self._updated.add(id(layer))
 
 
 def step(model, plan, x):
