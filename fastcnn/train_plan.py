@@ -36,9 +36,9 @@ optimizer slots, the learning rate (schedules included) and the metrics are read
 so ``set_weights``, ``load_weights``, callbacks changing the learning rate or freezing
 layers (a new training plan) all apply at the next step.
 
-When the plan does not apply (the reason: :func:`why_not`), the general step runs:
-several inputs or outputs, a nested model or a subclassed one, a user's own layer, sample
-or class weights, an optimizer with clipping,
+When the plan does not apply (the reason: :func:`why_not`), the general step runs: a
+nested model or a subclassed one, a user's own layer, sample or class weights, an
+optimizer with clipping,
 weight decay, EMA, loss scaling, gradient accumulation or its own ``_apply``, several
 MPI processes, a device (CUDA) backend.
 
@@ -71,10 +71,6 @@ def why_not(model, plan) -> str | None:
         return "a subclassed model (its call() is Python)"
     if plan.nested:
         return "a nested model"
-    if len(program.input_slots) != 1 or len(program.output_slots) != 1:
-        return "several inputs or outputs"
-    if plan.losses[0] is None or plan.loss_weights[0] != 1.0:
-        return "no loss, or a loss weight"
     if not plan.train_vars:
         return "nothing to train"
     seen = set()
@@ -236,11 +232,11 @@ class TrainStep:
     Binding needs each step's input, so it happens during the first :meth:`forward`
     (each step is bound just before it first runs; nothing runs twice)."""
 
-    def __init__(self, model, plan, x):
+    def __init__(self, model, plan, xs):
         self.model = model
         self.plan = plan
         self.backend = backends.current()
-        self.x_shape, self.x_dtype = x.shape, x.dtype
+        self.key = _key(xs)
         self.program = program = plan.program
         self.runs = [self._binding(i, st) for i, st in enumerate(program.steps)]
         self.backs = [None] * len(program.steps)
@@ -251,8 +247,6 @@ class TrainStep:
             self.slots[id(layer)] = (start, len(ws),
                                      layer if id(layer) in plan.regularized else None)
             start += len(ws)
-        self.loss = plan.losses[0]
-        self.logits = plan.logits[0]
         self._updaters, self._slots_of = None, None
         self._lr = self._t = None
         self._updated = set()
@@ -265,20 +259,17 @@ class TrainStep:
             return fwd(x, training)
         return bind_and_run
 
-    def matches(self, x) -> bool:
-        return x.shape == self.x_shape and x.dtype == self.x_dtype \
-            and backends.current() is self.backend
+    def forward(self, xs, ys):
+        """``(loss, outputs, d_outputs, contexts, per-output losses)``: the forward and the
+        loss, by the general step's own loss code."""
+        plan = self.plan
+        outs, ctxs = self.program.forward(xs, True, runs=self.runs)
+        loss, dys, parts = self.model._compute_loss(plan, outs, ys, plan.logits)
+        if plan.regularized:   # the loss as Keras reports it, in the general order
+            loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
+        return loss, outs, dys, ctxs, parts
 
-    def forward(self, x, y):
-        """``(loss value, output, d_output, contexts)``: the forward and the loss."""
-        outs, ctxs = self.program.forward([x], True, runs=self.runs)
-        value, dy = self.loss.compute(self.backend, outs[0], y, self.logits)
-        loss = float(value)
-        if self.plan.regularized:   # the loss as Keras reports it, in the general order
-            loss += sum(layer.regularization_loss() for layer, _ in self.plan.train_layers)
-        return loss, outs[0], dy, ctxs
-
-    def backward_and_update(self, dy, ctxs):
+    def backward_and_update(self, dys, ctxs):
         """The backward, each layer's weights updated as soon as their gradients are
         complete (the optimizer's per-weight ``_update``, as ``optimizer.apply`` runs it)."""
         opt = self.model.optimizer
@@ -291,7 +282,7 @@ class TrainStep:
             self._slots_of = opt._slots
         updated = self._updated
         updated.clear()
-        _, left = self.program.backward([dy], ctxs, backs=self.backs, done=self._update)
+        _, left = self.program.backward(dys, ctxs, backs=self.backs, done=self._update)
         for layer, grads in left.values():
             self._update(layer, grads)
         if len(updated) < len(self.slots):   # not reached: zero gradients, as the general
@@ -316,16 +307,22 @@ class TrainStep:
         self._updated.add(id(layer))
 
 
-def step(model, plan, x):
-    """The cached :class:`TrainStep` of ``model``'s training ``plan`` for input ``x``, or
-    None where one does not apply (the reason stays on the plan: ``plan.compiled_step``)."""
+def _key(xs):
+    return tuple((x.shape, x.dtype) for x in xs), id(backends.current())
+
+
+def step(model, plan, xs):
+    """The cached :class:`TrainStep` of ``model``'s training ``plan`` for inputs ``xs``,
+    or None where one does not apply (the reason stays on the plan:
+    ``plan.compiled_step``)."""
     cached = plan.compiled_step
     if type(cached) is str or not _enabled():   # the graph's refusal, or switched off
         return None
     opt = model.optimizer
     if opt._variables is not plan.train_vars:
         return None   # the first step binds the optimizer (the general path does that)
-    if cached is not None and cached.matches(x) and opt._plain_updates() \
+    key = _key(xs)
+    if cached is not None and cached.key == key and opt._plain_updates() \
             and distributed.current().size == 1:
         return cached
     reason = why_not(model, plan)
@@ -336,11 +333,10 @@ def step(model, plan, x):
     # One per input shape, a few kept: fit's short last batch and the next epoch's full
     # ones take turns.
     others = plan.other_steps
-    key = (x.shape, x.dtype, id(backends.current()))
     compiled = others.get(key)
-    if compiled is None or not compiled.matches(x):
+    if compiled is None:
         if len(others) >= 4:
             others.clear()
-        compiled = others[key] = TrainStep(model, plan, x)
+        compiled = others[key] = TrainStep(model, plan, xs)
     plan.compiled_step = compiled
     return compiled

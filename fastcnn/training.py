@@ -827,16 +827,16 @@ class Trainer:
         """
         dist = distributed.current()
         n = len(xs[0])
-        compiled = train_plan.step(self, plan, xs[0]) if sw is None and n else None
+        compiled = train_plan.step(self, plan, xs) if sw is None and n else None
         if compiled is not None:   # the same step, prebound (fastcnn.train_plan)
-            loss, out, dy, ctx = compiled.forward(xs[0], ys[0])
-            self._update_metrics(plan, ys, [out], n, dist, plan.logits)
+            loss, outs, dys, ctx, parts = compiled.forward(xs, ys)
+            self._update_metrics(plan, ys, outs, n, dist, plan.logits)
             if not math.isfinite(loss):
                 if skip_nonfinite:
-                    return loss, n, {}
+                    return loss, n, parts
                 raise NonFiniteLossError(_nonfinite_message(loss, epoch, batch))
-            compiled.backward_and_update(dy, ctx)
-            return loss, n, {}
+            compiled.backward_and_update(dys, ctx)
+            return loss, n, parts
         # Under MPI the loss and counts are summed over the processes, so that all of them
         # raise below together (none is left waiting in the gradient Allreduce).
         ctx, dys, loss, total, parts = self._measure(plan, dist, xs, ys, sw, True)

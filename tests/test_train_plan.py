@@ -159,7 +159,7 @@ def test_fit_with_a_short_last_batch_and_a_learning_rate_schedule(monkeypatch):
         histories.append(h.history)
         weights.append(model.get_weights())
         if mode == "1":   # batches of 4 and the last one of 3: one compiled step each
-            assert sorted(k[0] for k in model._plan.other_steps) == [
+            assert sorted(k[0][0][0] for k in model._plan.other_steps) == [
                 (3, 12, 12, 1), (4, 12, 12, 1)]
     assert histories[0] == histories[1]
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
@@ -222,7 +222,7 @@ class Doubling(layers.Layer):
 
 @pytest.mark.parametrize("case, reason", [
     ("custom", "custom layer 'doubling' (Doubling)"),
-    ("two_inputs", "several inputs or outputs"),
+    ("nested", "a nested model"),
 ])
 def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, reason):
     monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
@@ -233,11 +233,11 @@ def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, re
         model.compile(optimizer="adam", loss="mse")
         x, y = np.ones((2, 4), np.float32), np.ones((2, 1), np.float32)
     else:
-        a, b = fastcnn.Input((3,)), fastcnn.Input((3,))
-        out = layers.Dense(1)(layers.Concatenate()([a, b]))
-        model = fastcnn.Model([a, b], out)
+        inner = fastcnn.Sequential([layers.Input((3,)), layers.Dense(2)])
+        inp = fastcnn.Input((3,))
+        model = fastcnn.Model(inp, layers.Dense(1)(inner(inp)))
         model.compile(optimizer="adam", loss="mse")
-        x, y = [np.ones((2, 3), np.float32)] * 2, np.ones((2, 1), np.float32)
+        x, y = np.ones((2, 3), np.float32), np.ones((2, 1), np.float32)
     model.train_on_batch(x, y)
     model.train_on_batch(x, y)
     assert reason in model._plan.compiled_step
@@ -258,3 +258,29 @@ def test_sample_weights_and_clipping_take_the_general_step_for_that_call(monkeyp
     iterations = model.optimizer.iterations
     model.train_on_batch(x, y, sample_weight=np.array([1.0, 0.0, 2.0]))
     assert model.optimizer.iterations == iterations + 1
+
+
+def _two_in_two_out(opt):
+    fastcnn.set_random_seed(8)
+    img, extra = fastcnn.Input((8, 8, 1), name="img"), fastcnn.Input((3,), name="extra")
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu")(img))
+    z = layers.Concatenate()([x, layers.Dense(4, activation="relu")(extra)])
+    cls = layers.Dense(3, activation="softmax", name="cls")(z)
+    reg = layers.Dense(1, name="reg")(z)
+    m = fastcnn.Model([img, extra], [cls, reg])
+    m.compile(optimizer=opt, loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
+              loss_weights={"cls": 1.0, "reg": 0.5}, metrics={"cls": ["accuracy"]})
+    return m
+
+
+def test_several_inputs_and_outputs_with_loss_weights_and_metrics(monkeypatch):
+    rng = np.random.default_rng(4)
+    batches = [([rng.standard_normal((n, 8, 8, 1)).astype(np.float32),
+                 rng.standard_normal((n, 3)).astype(np.float32)],
+                {"cls": rng.integers(0, 3, n), "reg": rng.standard_normal((n, 1))})
+               for n in (2, 2, 3)]
+    compiled = _train(monkeypatch, "1", _two_in_two_out, OPTIMIZERS["adam"], batches)
+    assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
+    general = _train(monkeypatch, "0", _two_in_two_out, OPTIMIZERS["adam"], batches)
+    _same(compiled, general)
+    assert set(compiled[1][-1]) == {"loss", "cls_loss", "reg_loss", "cls_accuracy"}
