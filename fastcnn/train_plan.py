@@ -37,8 +37,9 @@ so ``set_weights``, ``load_weights``, callbacks changing the learning rate or fr
 layers (a new training plan) all apply at the next step.
 
 When the plan does not apply (the reason: :func:`why_not`), the general step runs: a
-nested model or a subclassed one, a user's own layer, sample or class weights, an
-optimizer with clipping,
+nested model with trainable weights (a frozen one, transfer learning's base, runs as one
+step), a subclassed model, a user's own layer, sample or class weights, an optimizer with
+clipping,
 weight decay, EMA, loss scaling, gradient accumulation or its own ``_apply``, several
 MPI processes, a device (CUDA) backend.
 
@@ -69,20 +70,21 @@ def why_not(model, plan) -> str | None:
     program = plan.program
     if program is None:
         return "a subclassed model (its call() is Python)"
-    if plan.nested:
-        return "a nested model"
+    from .training import Trainer   # (training imports this module)
+    for st in program.steps:
+        if st.collect and isinstance(st.params_layer, Trainer):
+            # its gradients are split over its layers afterwards (the general step's
+            # _leaf_grads); a frozen one (transfer learning's base) runs as one step
+            return f"nested model {st.params_layer.name!r} with trainable weights"
+    custom = [layer for layer in model._leaf_layers()
+              if not type(layer).__module__.startswith("fastcnn.")]
+    if custom:
+        # a user's layer might read another layer's weights in its backward, after the
+        # compiled step has updated them
+        return f"custom layer {custom[0].name!r} ({type(custom[0]).__name__})"
     if not plan.train_vars:
         return "nothing to train"
-    seen = set()
-    for st in program.steps:
-        custom = [layer for layer in _layers_of(st)
-                  if not type(layer).__module__.startswith("fastcnn.")]
-        if custom:
-            # a user's layer might read another layer's weights in its backward, after
-            # the compiled step has updated them
-            return f"custom layer {custom[0].name!r} ({type(custom[0]).__name__})"
-        if st.collect:
-            seen.add(id(st.params_layer))
+    seen = {id(st.params_layer) for st in program.steps if st.collect}
     owners = {id(layer) for layer, _ in plan.train_layers}
     if owners - seen:
         return "a trainable layer outside the steps"

@@ -222,7 +222,7 @@ class Doubling(layers.Layer):
 
 @pytest.mark.parametrize("case, reason", [
     ("custom", "custom layer 'doubling' (Doubling)"),
-    ("nested", "a nested model"),
+    ("nested", "nested model 'inner' with trainable weights"),
 ])
 def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, reason):
     monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
@@ -233,7 +233,7 @@ def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, re
         model.compile(optimizer="adam", loss="mse")
         x, y = np.ones((2, 4), np.float32), np.ones((2, 1), np.float32)
     else:
-        inner = fastcnn.Sequential([layers.Input((3,)), layers.Dense(2)])
+        inner = fastcnn.Sequential([layers.Input((3,)), layers.Dense(2)], name="inner")
         inp = fastcnn.Input((3,))
         model = fastcnn.Model(inp, layers.Dense(1)(inner(inp)))
         model.compile(optimizer="adam", loss="mse")
@@ -284,3 +284,24 @@ def test_several_inputs_and_outputs_with_loss_weights_and_metrics(monkeypatch):
     general = _train(monkeypatch, "0", _two_in_two_out, OPTIMIZERS["adam"], batches)
     _same(compiled, general)
     assert set(compiled[1][-1]) == {"loss", "cls_loss", "reg_loss", "cls_accuracy"}
+
+
+def _frozen_base(opt):
+    """Transfer learning's shape: a frozen base model nested in a new one."""
+    fastcnn.set_random_seed(9)
+    base = fastcnn.Sequential([layers.Input((10, 10, 3)), layers.Conv2D(8, 3, activation="relu"),
+                               layers.BatchNormalization(), layers.MaxPooling2D(2)],
+                              name="base")
+    base.trainable = False
+    m = fastcnn.Sequential([base, layers.GlobalAveragePooling2D(), layers.Dropout(0.2),
+                            layers.Dense(1, activation="sigmoid")])
+    m.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
+    return m
+
+
+def test_a_frozen_nested_base_runs_as_one_step_of_the_compiled_step(monkeypatch):
+    batches = [_data((10, 10, 3), "binary", 1, n, seed) for seed, n in enumerate((2, 2, 3))]
+    compiled = _train(monkeypatch, "1", _frozen_base, OPTIMIZERS["rmsprop"], batches)
+    assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
+    general = _train(monkeypatch, "0", _frozen_base, OPTIMIZERS["rmsprop"], batches)
+    _same(compiled, general)
