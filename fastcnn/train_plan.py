@@ -38,8 +38,7 @@ layers (a new training plan) all apply at the next step.
 
 When the plan does not apply (the reason: :func:`why_not`), the general step runs: a
 nested model with trainable weights (a frozen one, transfer learning's base, runs as one
-step), a subclassed model, a user's own layer, sample or class weights, an optimizer with
-clipping,
+step), a subclassed model, a user's own layer, an optimizer with clipping,
 weight decay, EMA, loss scaling, gradient accumulation or its own ``_apply``, several
 MPI processes, a device (CUDA) backend.
 
@@ -261,12 +260,12 @@ class TrainStep:
             return fwd(x, training)
         return bind_and_run
 
-    def forward(self, xs, ys):
+    def forward(self, xs, ys, sw=None):
         """``(loss, outputs, d_outputs, contexts, per-output losses)``: the forward and the
-        loss, by the general step's own loss code."""
+        loss (``sw``: per-sample weights), by the general step's own loss code."""
         plan = self.plan
         outs, ctxs = self.program.forward(xs, True, runs=self.runs)
-        loss, dys, parts = self.model._compute_loss(plan, outs, ys, plan.logits)
+        loss, dys, parts = self.model._compute_loss(plan, outs, ys, plan.logits, sw)
         if plan.regularized:   # the loss as Keras reports it, in the general order
             loss += sum(layer.regularization_loss() for layer, _ in plan.train_layers)
         return loss, outs, dys, ctxs, parts

@@ -827,9 +827,9 @@ class Trainer:
         """
         dist = distributed.current()
         n = len(xs[0])
-        compiled = train_plan.step(self, plan, xs) if sw is None and n else None
+        compiled = train_plan.step(self, plan, xs) if n else None
         if compiled is not None:   # the same step, prebound (fastcnn.train_plan)
-            loss, outs, dys, ctx, parts = compiled.forward(xs, ys)
+            loss, outs, dys, ctx, parts = compiled.forward(xs, ys, sw)
             self._update_metrics(plan, ys, outs, n, dist, plan.logits)
             if not math.isfinite(loss):
                 if skip_nonfinite:

@@ -244,7 +244,7 @@ def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, re
     assert train_plan.why_not(model, model._plan) == model._plan.compiled_step
 
 
-def test_sample_weights_and_clipping_take_the_general_step_for_that_call(monkeypatch):
+def test_clipping_takes_the_general_step_while_it_is_set(monkeypatch):
     monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
     x, y = _data((12, 12, 1), "sparse", 5, 3)
     model = _scratch(optimizers.Adam(clipnorm=1.0))
@@ -255,9 +255,24 @@ def test_sample_weights_and_clipping_take_the_general_step_for_that_call(monkeyp
     model.optimizer.clipnorm = None
     model.train_on_batch(x, y)
     assert isinstance(model._plan.compiled_step, train_plan.TrainStep)
-    iterations = model.optimizer.iterations
-    model.train_on_batch(x, y, sample_weight=np.array([1.0, 0.0, 2.0]))
-    assert model.optimizer.iterations == iterations + 1
+
+
+def test_sample_and_class_weights(monkeypatch):
+    x, y = _data((12, 12, 1), "sparse", 5, 3)
+    out = []
+    for mode in ("1", "0"):
+        monkeypatch.setenv("FASTCNN_TRAIN_PLAN", mode)
+        model = _scratch(optimizers.Adam(1e-2))
+        logs = [model.train_on_batch(x, y, sample_weight=np.array([1.0, 0.0, 2.0])),
+                model.train_on_batch(x, y, class_weight={0: 2.0, 1: 0.5}),
+                model.train_on_batch(x, y, sample_weight=np.array([0.5, 1.0, 1.0]))]
+        h = model.fit(x, y, sample_weight=np.array([1.0, 2.0, 3.0]), batch_size=2, epochs=2,
+                      verbose=0, shuffle=False)
+        if mode == "1":
+            assert isinstance(model._plan.compiled_step, train_plan.TrainStep)
+        out.append((logs, h.history, model.get_weights()))
+    assert out[0][0] == out[1][0] and out[0][1] == out[1][1]
+    assert all(np.array_equal(a, b) for a, b in zip(out[0][2], out[1][2]))
 
 
 def _two_in_two_out(opt):
