@@ -317,6 +317,15 @@ class Optimizer:
                 and type(self)._apply is Optimizer._apply
                 and all(c is None for c in self._constraints))
 
+    def _per_weight_updates(self) -> bool:
+        """Whether a step can run one weight at a time, each as soon as its gradient exists
+        (fastcnn.train_plan): everything but global_clipnorm (it needs every gradient's
+        norm first), the optimizer's own constraints and a subclass's own ``_apply``. Loss
+        scaling, clipnorm, clipvalue and weight decay act per weight (:meth:`_updater`),
+        EMA after the last update."""
+        return (self.global_clipnorm is None and type(self)._apply is Optimizer._apply
+                and all(c is None for c in self._constraints))
+
     def _plain_host_step(self, grads, variables):
         """The common step (a model's own bound list of host arrays, every gradient an array
         of its variable's shape; no scaling, clipping, weight decay, EMA or constraints):
@@ -354,11 +363,7 @@ class Optimizer:
         self._before_updates(t, variables)
         if self.weight_decay is not None:
             for i in active:
-                if self._decay_mask[i]:
-                    w, tmp = variables[i], self._scratch[i][0]
-                    np.multiply(w, self.weight_decay, out=tmp)
-                    tmp *= lr
-                    w -= tmp
+                self._decay_one(i, variables[i], lr)
         for i in active:
             self._update(i, variables[i], grads[i], lr, t, self._scratch[i])
         if self.use_ema:
@@ -381,28 +386,45 @@ class Optimizer:
                 and self.clipvalue is None:
             return grads          # nothing to scale or clip (the usual case)
         grads = list(grads)
+        if self.clipnorm is not None or self.global_clipnorm is None:
+            for i in active:   # each gradient on its own
+                grads[i] = self._process_grad(i, grads[i], variables[i])
+            return grads
         if scale is not None:
             for i in active:
                 grads[i] = np.divide(grads[i], scale, out=self._gbuffer(i, variables[i]))
-        if self.clipnorm is not None:
-            for i in active:
-                f = variables[i].dtype.type
-                c, norm = f(self.clipnorm), _norm(f, [_device.sum_squares(grads[i])])
-                out = self._gbuffer(i, variables[i])
-                np.multiply(grads[i], c, out=out)
-                out /= max(norm, c)
-                grads[i] = out
-        elif self.global_clipnorm is not None:
-            f = variables[active[0]].dtype.type
-            norm = _norm(f, [_device.sum_squares(grads[i]) for i in active])
-            factor = _global_scale(f, norm, self.global_clipnorm)
-            for i in active:
-                grads[i] = np.multiply(grads[i], factor, out=self._gbuffer(i, variables[i]))
-        elif self.clipvalue is not None:
-            v = self.clipvalue
-            for i in active:
-                grads[i] = np.clip(grads[i], -v, v, out=self._gbuffer(i, variables[i]))
+        f = variables[active[0]].dtype.type
+        norm = _norm(f, [_device.sum_squares(grads[i]) for i in active])
+        factor = _global_scale(f, norm, self.global_clipnorm)
+        for i in active:
+            grads[i] = np.multiply(grads[i], factor, out=self._gbuffer(i, variables[i]))
         return grads
+
+    def _process_grad(self, i, g, w):
+        """Gradient ``i`` unscaled (loss_scale_factor) and clipped by its own norm
+        (clipnorm) or values (clipvalue): what needs no other gradient (global_clipnorm
+        does: :meth:`_process_grads_host`)."""
+        if self.loss_scale_factor is not None:
+            g = np.divide(g, self.loss_scale_factor, out=self._gbuffer(i, w))
+        if self.clipnorm is not None:
+            f = w.dtype.type
+            c, norm = f(self.clipnorm), _norm(f, [_device.sum_squares(g)])
+            out = self._gbuffer(i, w)
+            np.multiply(g, c, out=out)
+            out /= max(norm, c)
+            return out
+        if self.clipvalue is not None and self.global_clipnorm is None:
+            v = self.clipvalue
+            return np.clip(g, -v, v, out=self._gbuffer(i, w))
+        return g
+
+    def _decay_one(self, i, w, lr):
+        """Decoupled weight decay of variable ``i`` (before its update): ``w -= lr*wd*w``."""
+        if self._decay_mask[i]:
+            tmp = self._scratch[i][0]
+            np.multiply(w, self.weight_decay, out=tmp)
+            tmp *= lr
+            w -= tmp
 
     def _ema_host(self, variables):
         averages = self._slots["average"]
@@ -446,6 +468,11 @@ class Optimizer:
         w, scratch, update = self._variables[i], self._scratch[i], self._update
 
         def run(g, lr, t):
+            if self.loss_scale_factor is not None or self.clipnorm is not None \
+                    or self.clipvalue is not None:
+                g = self._process_grad(i, g, w)
+            if self.weight_decay is not None:
+                self._decay_one(i, w, lr)
             update(i, w, g, lr, t, scratch)
         return run
 
@@ -731,7 +758,9 @@ class Adam(Optimizer):
         wf, mf, vf, dtype = w.reshape(-1), m.reshape(-1), v.reshape(-1), w.dtype
 
         def run(g, lr, t):
-            if g.dtype != dtype or not g.flags.c_contiguous:
+            if g.dtype != dtype or not g.flags.c_contiguous or \
+                    self.loss_scale_factor is not None or self.clipnorm is not None or \
+                    self.clipvalue is not None or self.weight_decay is not None:
                 return general(g, lr, t)
             _fused_adam(wf, g.reshape(-1), mf, vf, 1.0 - self.beta_1, 1.0 - self.beta_2,
                         self.epsilon, self._alphas[dtype])

@@ -38,9 +38,10 @@ layers (a new training plan) all apply at the next step.
 
 When the plan does not apply (the reason: :func:`why_not`), the general step runs: a
 nested model with trainable weights (a frozen one, transfer learning's base, runs as one
-step), a subclassed model, a user's own layer, an optimizer with clipping,
-weight decay, EMA, loss scaling, gradient accumulation or its own ``_apply``, several
-MPI processes, a device (CUDA) backend.
+step), a subclassed model, a user's own layer, an optimizer with global_clipnorm
+(clipping by every gradient's norm needs them all first; clipnorm, clipvalue, weight decay,
+loss scaling and EMA run per weight) or its own ``_apply``, several MPI processes, a
+device (CUDA) backend.
 
 Environment: ``FASTCNN_TRAIN_PLAN=0`` turns it off.
 """
@@ -100,9 +101,9 @@ def _layers_of(step):
 def _live_reason(model, plan) -> str | None:
     """What may change between two steps of one training plan (checked every step)."""
     opt = model.optimizer
-    if not opt._plain_updates():
-        return f"optimizer {type(opt).__name__} with clipping, weight decay, EMA, loss " \
-               f"scaling, gradient accumulation or its own _apply"
+    if not opt._per_weight_updates():
+        return f"optimizer {type(opt).__name__} with global_clipnorm (every gradient's " \
+               f"norm first), constraints of its own or its own _apply"
     if distributed.current().size != 1:
         return "several MPI processes"
     if getattr(backends.current().module, "DEVICE_RESIDENT", False):
@@ -290,6 +291,8 @@ class TrainStep:
             for layer, _ in plan.train_layers:   # step gives them
                 if id(layer) not in updated:
                     self._update(layer, ())
+        if opt.use_ema:   # after every update, as the general step
+            opt._ema_host(plan.train_vars)
         opt.iterations += 1
         for v in plan.constrained:   # after every update, as the general step
             v.assign(v.constraint(v.value))
@@ -323,7 +326,7 @@ def step(model, plan, xs):
     if opt._variables is not plan.train_vars:
         return None   # the first step binds the optimizer (the general path does that)
     key = _key(xs)
-    if cached is not None and cached.key == key and opt._plain_updates() \
+    if cached is not None and cached.key == key and opt._per_weight_updates() \
             and distributed.current().size == 1:
         return cached
     reason = why_not(model, plan)

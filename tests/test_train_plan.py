@@ -83,7 +83,13 @@ OPTIMIZERS = {
     "adam": lambda: optimizers.Adam(1e-2),
     "sgd_nesterov": lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
     "rmsprop": lambda: optimizers.RMSprop(1e-2),
-    "adamw_free_adagrad": lambda: optimizers.Adagrad(0.05),
+    "adagrad": lambda: optimizers.Adagrad(0.05),
+    # per-weight gradient processing: decay, clipping, loss scaling, EMA
+    "adamw": lambda: optimizers.AdamW(1e-2, weight_decay=0.05),
+    "sgd_clipnorm": lambda: optimizers.SGD(0.05, momentum=0.9, clipnorm=0.05),
+    "adam_clipvalue_ema_scale": lambda: optimizers.Adam(
+        1e-2, clipvalue=0.01, use_ema=True, ema_overwrite_frequency=2,
+        loss_scale_factor=4.0),
 }
 
 
@@ -244,17 +250,35 @@ def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, re
     assert train_plan.why_not(model, model._plan) == model._plan.compiled_step
 
 
-def test_clipping_takes_the_general_step_while_it_is_set(monkeypatch):
+def test_global_clipping_takes_the_general_step_while_it_is_set(monkeypatch):
     monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
     x, y = _data((12, 12, 1), "sparse", 5, 3)
-    model = _scratch(optimizers.Adam(clipnorm=1.0))
+    model = _scratch(optimizers.Adam(global_clipnorm=1.0))
     model.train_on_batch(x, y)
     model.train_on_batch(x, y)
     assert model._plan.compiled_step is None        # refused for now, not for good
-    assert "clipping" in train_plan.why_not(model, model._plan)
-    model.optimizer.clipnorm = None
+    assert "global_clipnorm" in train_plan.why_not(model, model._plan)
+    model.optimizer.global_clipnorm = None
     model.train_on_batch(x, y)
     assert isinstance(model._plan.compiled_step, train_plan.TrainStep)
+
+
+
+def test_clipping_switched_on_between_steps_applies_at_once(monkeypatch):
+    x, y = _data((12, 12, 1), "sparse", 5, 3)
+    out = []
+    for mode in ("1", "0"):
+        monkeypatch.setenv("FASTCNN_TRAIN_PLAN", mode)
+        model = _scratch(optimizers.SGD(0.5, momentum=0.5))
+        model.train_on_batch(x, y)
+        model.train_on_batch(x, y)
+        model.optimizer.clipnorm = 0.01   # per weight: the compiled step applies it too
+        model.optimizer.weight_decay = 0.1
+        model.train_on_batch(x, y)
+        if mode == "1":
+            assert isinstance(model._plan.compiled_step, train_plan.TrainStep)
+        out.append(model.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*out))
 
 
 def test_sample_and_class_weights(monkeypatch):
