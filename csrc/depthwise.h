@@ -42,8 +42,7 @@
  *   dy rows are prefetched while one runs. dx of stride (2, 2): blocks
  *   of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2). With
  *   >= 12 vectors a pixel and both streamed arrays at the same offset from a 64-byte line
- *   (NumPy's large arrays sit 16 bytes past one; the backend places y, and the stride-1
- *   dx, at their source's offset for this), a short first channel chunk makes the
+ *   (NumPy's large arrays sit 16 bytes past one), a short first channel chunk makes the
  *   other vector accesses line-aligned (k3_head); AVX-512 ragged chunks are masked
  *   loads / stores. An output of >= 8 MiB in bands is written with streaming stores
  *   (no read of the lines before the write; a short first chunk realigns from >= 8

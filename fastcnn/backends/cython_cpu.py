@@ -393,36 +393,21 @@ def _direct_backward(dy, ctx, need_dx):
 # number of row blocks, added here in block order (thread-count independent).
 
 
-def _aligned_empty(shape, dtype, align=64, like=None):
-    """``np.empty(shape, dtype)`` starting on an ``align``-byte boundary, or, given
-    ``like``, at ``like``'s offset from one. NumPy's large arrays start 16 bytes past a
-    cache line, so every 64-byte vector store of a kernel writing them straddles two lines
-    and the depthwise kernels cannot stream their outputs (csrc/depthwise.h; 112x112x32
-    forward at batch 8: 1.8 -> 1.3-1.5 ms aligned). ``like``: see _dwc_out_like."""
+def _aligned_empty(shape, dtype, align=64):
+    """``np.empty(shape, dtype)`` starting on an ``align``-byte boundary. NumPy's large
+    arrays start 16 bytes past a cache line, so every 64-byte vector store of a kernel
+    writing them straddles two lines and the depthwise kernels cannot stream their outputs
+    (csrc/depthwise.h; 112x112x32 forward at batch 8: 1.8 -> 1.3-1.5 ms aligned). Placing
+    the output at the source's offset instead (so that k3_head realigns both) gained
+    10-16% in a C harness with one output buffer, but 0-8% LOST in the benchmark's setting
+    (a new output per call, the previous one alive; 2026-12-07): not done."""
     dtype = np.dtype(dtype)
     nbytes = dtype.itemsize
     for d in shape:  # (np.prod of a tuple took 4 of this function's 6 us)
         nbytes *= int(d)
     raw = np.empty(nbytes + align, dtype=np.uint8)
-    offset = 0 if like is None else like.ctypes.data % align
-    start = (offset - raw.ctypes.data) % align
+    start = -raw.ctypes.data % align
     return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
-def _dwc_out_like(src, kh, kw, m, sw):
-    """The array whose offset from a cache line the depthwise output read from ``src``
-    should share (None: start it on a line). The 3x3 kernels (M = 1, column stride <= 2)
-    whose pixel is >= 12 whole vectors (their row-by-row blocks, k3_head) run a short first
-    channel chunk when source and output sit at the same offset, which puts every later
-    vector load and store on a line; with the output on a line and the source 16 bytes
-    past one (NumPy's usual place), every source load straddles two lines instead (C
-    harness, 8 images, 1 thread: 14x14x384 forward 0.175 -> 0.157 ms, 28x28x192 0.39 ->
-    0.33, 7x7x960 0.090 -> 0.081; their stride-1 dx, from dy, 3-6%). Fewer vectors (the
-    banded kernels, which stream large outputs from a line): no gain, 56x56x144 loses."""
-    pixel = src.shape[-1] * m * src.itemsize
-    if (kh, kw, m) == (3, 3, 1) and sw <= 2 and pixel % 64 == 0 and pixel >= 12 * 64:
-        return src
-    return None
 
 
 def depthwise_conv2d_forward(x, w, b, stride, pad):
@@ -433,8 +418,7 @@ def depthwise_conv2d_forward(x, w, b, stride, pad):
     b = None if b is None else np.ascontiguousarray(b)
     geometry = _geometry(x.shape, (kh, kw), stride, pad, "kernel size")
     kh, kw, sh, sw, pt, pl, ho, wo = geometry
-    y = _aligned_empty((x.shape[0], ho, wo, c * m), x.dtype,
-                       like=_dwc_out_like(x, kh, kw, m, sw))
+    y = _aligned_empty((x.shape[0], ho, wo, c * m), x.dtype)
     _dwc.forward(x, w.reshape(kh * kw, c * m), b, y, kh, kw, sh, sw, pt, pl, m)
     return y, (x, w, b is not None, geometry)
 
@@ -449,9 +433,7 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     if need_dx:
         # dW's partials and dx in one pass over dy (3x3, M = 1, column stride <= 2; else
         # the module runs the two passes): the same bits as dw_partials then dx.
-        # The stride-1 dx is the forward's kernel over dy: placed as its y is over x.
-        like = _dwc_out_like(dy, kh, kw, m, sw) if (sh, sw) == (1, 1) else None
-        dx = _aligned_empty(x.shape, x.dtype, like=like)
+        dx = _aligned_empty(x.shape, x.dtype)
         part = _dwc.backward(x, dy, w.reshape(kh * kw, c * m), dx, kh, kw, sh, sw, pt, pl, m,
                              has_bias)
     else:

@@ -192,42 +192,10 @@ def test_set_isa_refuses_unknown_names():
     assert DWC.supported_isas()[0] == "generic"
 
 
-def _at_offset(a, offset_bytes):
-    buf = np.empty(a.nbytes + 64, np.uint8)
-    start = (offset_bytes - buf.ctypes.data) % 64
-    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    assert out.ctypes.data % 64 == offset_bytes
-    return out
-
-
-@pytest.mark.parametrize("offset", [0, 16, 48])
-def test_cython_depthwise_outputs_share_the_source_offset_when_it_realigns(offset):
-    """3x3, M = 1 with a pixel of >= 12 whole 64-byte vectors (the row-by-row kernels): y
-    starts at x's offset from a cache line and the stride-1 dx at dy's, so one short first
-    channel chunk puts every other load and store on a line (cython_cpu._dwc_out_like);
-    the stride-2 dx (no realigning chunk: k3_dx2) starts on a line. The values do not
-    depend on it."""
-    cy = backends.get("cython")
-    rng = np.random.default_rng(1)
-    for dtype, c in ((np.float32, 192), (np.float64, 96)):
-        x = _at_offset(rng.standard_normal((2, 6, 14, c)).astype(dtype), offset)
-        w = rng.standard_normal((3, 3, c, 1)).astype(dtype)
-        for stride, pad in (((1, 1), ((1, 1), (1, 1))), ((2, 2), ((0, 1), (0, 1)))):
-            y, ctx = cy.depthwise_conv2d_forward(x, w, None, stride, pad)
-            assert y.ctypes.data % 64 == offset and y.flags.c_contiguous
-            dy = _at_offset(rng.standard_normal(y.shape).astype(dtype), offset)
-            dx, dw, _ = cy.depthwise_conv2d_backward(dy, ctx)
-            assert dx.ctypes.data % 64 == (offset if stride == (1, 1) else 0)
-            want = reference(x, w, None, stride, pad, dy)
-            for what, got, ref in zip(("y", "dx", "dw"), (y, dx, dw), want):
-                _check(got, ref, dtype, f"{what} {np.dtype(dtype).name} {stride}")
-
-
 def test_cython_depthwise_outputs_start_on_a_cache_line():
-    """Otherwise the outputs the depthwise kernels write (y, dx) are 64-byte aligned, so their
-    vector stores never straddle two cache lines and large ones can stream
-    (csrc/depthwise.h); they are ordinary C-contiguous arrays otherwise."""
+    """The outputs the depthwise kernels write (y, dx) are 64-byte aligned, so their vector
+    stores never straddle two cache lines and large ones can stream (csrc/depthwise.h);
+    they are ordinary C-contiguous arrays otherwise."""
     cy = backends.get("cython")
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
