@@ -65,7 +65,7 @@ CASES = [
     (2, 4, 1, 161, (1, 1), ((1, 1), (1, 1)), True),     # W 1
     (2, 5, 14, 161, (1, 1), ((1, 1), (1, 1)), True),    # W 14: two border blocks of 7
     (1, 6, 28, 193, (2, 2), ((0, 1), (0, 1)), True),    # 14 outputs of stride 2: blocks of 7
-    (2, 4, 14, 208, (1, 1), ((1, 1), (1, 1)), False),   # >= 12 whole vectors: y at x's offset
+    (2, 4, 14, 208, (1, 1), ((1, 1), (1, 1)), False),   # W 14, 13 whole vectors, no bias
 ]
 IDS = [f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-s{c[4][0]}{c[4][1]}-p{c[5][0][0]}{c[5][0][1]}"
        f"{c[5][1][0]}{c[5][1][1]}" for c in CASES]
