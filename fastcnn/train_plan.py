@@ -37,8 +37,7 @@ so ``set_weights``, ``load_weights``, callbacks changing the learning rate or fr
 layers (a new training plan) all apply at the next step.
 
 When the plan does not apply (the reason: :func:`why_not`), the general step runs: a
-nested model with trainable weights (a frozen one, transfer learning's base, runs as one
-step), a subclassed model, a user's own layer, an optimizer with global_clipnorm
+layer used both inside a nested model and outside it, a subclassed model, a user's own layer, an optimizer with global_clipnorm
 (clipping by every gradient's norm needs them all first; clipnorm, clipvalue, weight decay,
 loss scaling and EMA run per weight) or its own ``_apply``, several MPI processes, a
 device (CUDA) backend.
@@ -71,11 +70,16 @@ def why_not(model, plan) -> str | None:
     if program is None:
         return "a subclassed model (its call() is Python)"
     from .training import Trainer   # (training imports this module)
+    owned = {}   # each trainable leaf: the step that owns it (a nested model's leaves too)
     for st in program.steps:
-        if st.collect and isinstance(st.params_layer, Trainer):
-            # its gradients are split over its layers afterwards (the general step's
-            # _leaf_grads); a frozen one (transfer learning's base) runs as one step
-            return f"nested model {st.params_layer.name!r} with trainable weights"
+        if not st.collect:
+            continue
+        leaves = st.params_layer._leaf_layers() if isinstance(st.params_layer, Trainer) \
+            else [st.params_layer]
+        for leaf in leaves:
+            if owned.setdefault(id(leaf), id(st.params_layer)) != id(st.params_layer):
+                # its gradients come from two places: summed only at the end
+                return f"layer {leaf.name!r} is used inside and outside a nested model"
     custom = [layer for layer in model._leaf_layers()
               if not type(layer).__module__.startswith("fastcnn.")]
     if custom:
@@ -84,7 +88,7 @@ def why_not(model, plan) -> str | None:
         return f"custom layer {custom[0].name!r} ({type(custom[0]).__name__})"
     if not plan.train_vars:
         return "nothing to train"
-    seen = {id(st.params_layer) for st in program.steps if st.collect}
+    seen = set(owned)
     owners = {id(layer) for layer, _ in plan.train_layers}
     if owners - seen:
         return "a trainable layer outside the steps"
@@ -298,7 +302,18 @@ class TrainStep:
             v.assign(v.constraint(v.value))
 
     def _update(self, layer, grads):
-        k0, count, regularized = self.slots[id(layer)]
+        slot = self.slots.get(id(layer))
+        if slot is None:   # a nested model: its gradients split over its layers
+            i = 0
+            for sub in layer._unique_layers():
+                k = len(sub._param_slots())
+                part = tuple(grads[i:i + k])
+                i += k
+                if any(g is not None for g in part) and (
+                        id(sub) in self.slots or hasattr(sub, "_unique_layers")):
+                    self._update(sub, part)
+            return
+        k0, count, regularized = slot
         variables = self.plan.train_vars
         grads = tuple(np.zeros_like(variables[k0 + j])
                       if j >= len(grads) or grads[j] is None else grads[j]

@@ -228,7 +228,7 @@ class Doubling(layers.Layer):
 
 @pytest.mark.parametrize("case, reason", [
     ("custom", "custom layer 'doubling' (Doubling)"),
-    ("nested", "nested model 'inner' with trainable weights"),
+    ("nested", "layer 'twice' is used inside and outside a nested model"),
 ])
 def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, reason):
     monkeypatch.setenv("FASTCNN_TRAIN_PLAN", "1")
@@ -239,9 +239,10 @@ def test_models_the_plan_refuses_train_by_the_general_step(monkeypatch, case, re
         model.compile(optimizer="adam", loss="mse")
         x, y = np.ones((2, 4), np.float32), np.ones((2, 1), np.float32)
     else:
-        inner = fastcnn.Sequential([layers.Input((3,)), layers.Dense(2)], name="inner")
+        twice = layers.Dense(3, name="twice")
+        inner = fastcnn.Sequential([layers.Input((3,)), twice], name="inner")
         inp = fastcnn.Input((3,))
-        model = fastcnn.Model(inp, layers.Dense(1)(inner(inp)))
+        model = fastcnn.Model(inp, layers.Dense(1)(twice(inner(inp))))
         model.compile(optimizer="adam", loss="mse")
         x, y = np.ones((2, 3), np.float32), np.ones((2, 1), np.float32)
     model.train_on_batch(x, y)
@@ -343,4 +344,22 @@ def test_a_frozen_nested_base_runs_as_one_step_of_the_compiled_step(monkeypatch)
     compiled = _train(monkeypatch, "1", _frozen_base, OPTIMIZERS["rmsprop"], batches)
     assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
     general = _train(monkeypatch, "0", _frozen_base, OPTIMIZERS["rmsprop"], batches)
+    _same(compiled, general)
+
+
+def _fine_tuning(opt):
+    """Transfer learning's second phase: the nested base partly unfrozen."""
+    m = _frozen_base(opt)
+    base = m.layers[0]
+    base.trainable = True
+    base.layers[0].trainable = False   # the first conv stays frozen, BN and the rest train
+    m.compile(optimizer=opt, loss="binary_crossentropy", metrics=["accuracy"])
+    return m
+
+
+def test_fine_tuning_a_nested_base_updates_its_layers_in_the_compiled_step(monkeypatch):
+    batches = [_data((10, 10, 3), "binary", 1, n, seed) for seed, n in enumerate((2, 3, 2))]
+    compiled = _train(monkeypatch, "1", _fine_tuning, OPTIMIZERS["adam"], batches)
+    assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
+    general = _train(monkeypatch, "0", _fine_tuning, OPTIMIZERS["adam"], batches)
     _same(compiled, general)
