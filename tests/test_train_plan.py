@@ -115,6 +115,17 @@ def _train(monkeypatch, mode, build, opt, batches):
     return model, logs, state, slots
 
 
+def _compiled_equals_general(monkeypatch, build, opt, batches):
+    """Trains with the compiled step and with the general one; the same bits, and the
+    compiled step was really used."""
+    compiled = _train(monkeypatch, "1", build, opt, batches)
+    assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
+    general = _train(monkeypatch, "0", build, opt, batches)
+    assert general[0]._plan.compiled_step is None
+    _same(compiled, general)
+    return compiled, general
+
+
 def _same(a, b):
     _, logs_a, w_a, s_a = a
     _, logs_b, w_b, s_b = b
@@ -130,11 +141,8 @@ def _same(a, b):
 def test_the_compiled_step_gives_the_general_steps_bits(monkeypatch, name, opt):
     build, shape, kind, k = MODELS[name]
     batches = [_data(shape, kind, k, n, seed) for seed, n in enumerate((1, 1, 3, 3, 2))]
-    compiled = _train(monkeypatch, "1", build, OPTIMIZERS[opt], batches)
-    assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
-    general = _train(monkeypatch, "0", build, OPTIMIZERS[opt], batches)
-    assert general[0]._plan.compiled_step is None
-    _same(compiled, general)
+    compiled, general = _compiled_equals_general(monkeypatch, build, OPTIMIZERS[opt],
+                                                 batches)
     assert compiled[0].optimizer.iterations == general[0].optimizer.iterations == 5
 
 
@@ -319,10 +327,8 @@ def test_several_inputs_and_outputs_with_loss_weights_and_metrics(monkeypatch):
                  rng.standard_normal((n, 3)).astype(np.float32)],
                 {"cls": rng.integers(0, 3, n), "reg": rng.standard_normal((n, 1))})
                for n in (2, 2, 3)]
-    compiled = _train(monkeypatch, "1", _two_in_two_out, OPTIMIZERS["adam"], batches)
-    assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
-    general = _train(monkeypatch, "0", _two_in_two_out, OPTIMIZERS["adam"], batches)
-    _same(compiled, general)
+    compiled, _ = _compiled_equals_general(monkeypatch, _two_in_two_out, OPTIMIZERS["adam"],
+                                           batches)
     assert set(compiled[1][-1]) == {"loss", "cls_loss", "reg_loss", "cls_accuracy"}
 
 
@@ -341,10 +347,7 @@ def _frozen_base(opt):
 
 def test_a_frozen_nested_base_runs_as_one_step_of_the_compiled_step(monkeypatch):
     batches = [_data((10, 10, 3), "binary", 1, n, seed) for seed, n in enumerate((2, 2, 3))]
-    compiled = _train(monkeypatch, "1", _frozen_base, OPTIMIZERS["rmsprop"], batches)
-    assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
-    general = _train(monkeypatch, "0", _frozen_base, OPTIMIZERS["rmsprop"], batches)
-    _same(compiled, general)
+    _compiled_equals_general(monkeypatch, _frozen_base, OPTIMIZERS["rmsprop"], batches)
 
 
 def _fine_tuning(opt):
@@ -359,7 +362,4 @@ def _fine_tuning(opt):
 
 def test_fine_tuning_a_nested_base_updates_its_layers_in_the_compiled_step(monkeypatch):
     batches = [_data((10, 10, 3), "binary", 1, n, seed) for seed, n in enumerate((2, 3, 2))]
-    compiled = _train(monkeypatch, "1", _fine_tuning, OPTIMIZERS["adam"], batches)
-    assert isinstance(compiled[0]._plan.compiled_step, train_plan.TrainStep)
-    general = _train(monkeypatch, "0", _fine_tuning, OPTIMIZERS["adam"], batches)
-    _same(compiled, general)
+    _compiled_equals_general(monkeypatch, _fine_tuning, OPTIMIZERS["adam"], batches)
