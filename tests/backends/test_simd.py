@@ -165,6 +165,10 @@ def test_empty_batch_gives_zero_gradients():
 # gaps between windows (stride > pool), overlapping windows (the pool.pyx backward).
 POOL_CASES = [
     (2, 6, 7, 16, (2, 2), (2, 2), "valid"),
+    # the unrolled 2x2 path (whole vectors of channels), then the general one for the
+    # clipped last row and column of 'same'
+    (2, 7, 9, 8, (2, 2), (2, 2), "valid"),
+    (1, 9, 7, 32, (2, 2), (2, 2), "same"),
     (1, 7, 5, 21, (2, 2), (2, 2), "same"),
     (2, 9, 8, 5, (3, 2), (3, 2), "same"),
     (1, 8, 9, 33, (2, 2), (3, 3), "valid"),
