@@ -36,7 +36,8 @@
  *   the taps outside; a row of <= 8 pixels is one block, of 14 two blocks of 7). Same tap
  *   order as the row kernel (the same bits). dW: per band and channel vector the 9 sums
  *   (and db's) in registers over the band's rows, two dy rows per step where both have
- *   every kernel row inside (AVX-512: each x vector loaded once for both), added to the
+ *   every kernel row inside (AVX-512, a pixel of <= 256 bytes: each x vector loaded once
+ *   for both), added to the
  *   block's partial once per band (bands are fixed by the shape: thread-count
  *   independent; depthwise.pyx adds the partials in block order); the next band's x and
  *   dy rows are prefetched while one runs. dx of stride (2, 2): blocks

@@ -1368,7 +1368,11 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
                 const DW_T *s[3];
                 const int mask = DW_FN(k3_rows)(k, rr, o, s);
                 const DW_T *dyr = dy + rr * k->wo * cm + o;
-                const int pair = DW_VBYTES == 64 && mask == 7 && rr + 1 < b1
+                /* (Pairs only for a pixel of <= 256 bytes: at batch 8, interleaved with the
+                 * row-by-row code, 112x112x32 (128 bytes) -12% backward, 112x112x96 s2
+                 * (384) the same, 56x56x144 (576) +8%.) */
+                const int pair = DW_VBYTES == 64 && cm * (ptrdiff_t)sizeof(DW_T) <= 256
+                                 && mask == 7 && rr + 1 < b1
                                  && (rr + 1) % k->ho != 0 && k->sh <= 2
                                  && (rr + 1 - rr / k->ho * k->ho) * k->sh - k->pt + 2 < k->hs;
                 if (pf) {
