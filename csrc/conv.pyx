@@ -79,7 +79,7 @@ cdef inline void _col2im_row(const floating* dcols, floating* dst, Py_ssize_t n,
                              Py_ssize_t pt, Py_ssize_t pl) noexcept nogil:
     # dst is dx[n, h, :, :] (W*C values). Every (ho, wo, i, j) whose tap lands on row h adds
     # its C-vector; the loop order (i, then wo, then j) is the same for every thread count.
-    cdef Py_ssize_t K = kh * kw * C, i, j, t, ho, wo, w, c
+    cdef Py_ssize_t K = kh * kw * C, i, j, t, ho, wo, w, c, k, w0
     cdef const floating* src
     cdef floating* out
     memset(dst, 0, W * C * sizeof(floating))
@@ -92,6 +92,16 @@ cdef inline void _col2im_row(const floating* dcols, floating* dst, Py_ssize_t n,
             continue
         for wo in range(Wo):
             src = dcols + ((n * Ho + ho) * Wo + wo) * K + i * kw * C
+            w0 = wo * sw - pl
+            if sw == 1 and w0 >= 0 and w0 + kw <= W:
+                # stride 1, every tap inside: the kw*C values land on one contiguous span
+                # of dst (one vector loop instead of kw loops of C; the adds to each
+                # element in the same order: bitwise the same). LeNet-5's second conv dx
+                # (C = 6, 5x5): its col2im took 0.49 ms.
+                out = dst + w0 * C
+                for k in range(kw * C):
+                    out[k] += src[k]
+                continue
             for j in range(kw):
                 w = wo * sw - pl + j
                 if w >= 0 and w < W:
