@@ -84,6 +84,10 @@ OPTIMIZERS = {
     "sgd_nesterov": lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
     "rmsprop": lambda: optimizers.RMSprop(1e-2),
     "adagrad": lambda: optimizers.Adagrad(0.05),
+    "adadelta": lambda: optimizers.Adadelta(1.0),
+    "adamax": lambda: optimizers.Adamax(1e-2),
+    "nadam": lambda: optimizers.Nadam(1e-2),
+    "lion": lambda: optimizers.Lion(1e-3),
     # per-weight gradient processing: decay, clipping, loss scaling, EMA
     "adamw": lambda: optimizers.AdamW(1e-2, weight_decay=0.05),
     "sgd_clipnorm": lambda: optimizers.SGD(0.05, momentum=0.9, clipnorm=0.05),
