@@ -305,17 +305,18 @@ class Optimizer:
         self._apply_constraints(arrays, active)
         self.iterations += 1
 
+    def _processes_each_grad(self) -> bool:
+        """Whether a gradient is unscaled, clipped by its own norm or values, or its weight
+        decayed before ``_update`` (:meth:`_process_grad`, :meth:`_decay_one`)."""
+        return (self.loss_scale_factor is not None or self.clipnorm is not None
+                or self.clipvalue is not None or self.weight_decay is not None)
+
     def _plain_updates(self) -> bool:
         """Whether a step is nothing but ``_before_updates`` and one ``_update`` per weight
         (no loss scaling, clipping, weight decay, EMA, constraints or own ``_apply``): the
-        condition of the plain step below and of the compiled train step
-        (fastcnn.train_plan), which runs each weight's update as soon as its gradient
-        exists."""
-        return (self.loss_scale_factor is None and self.clipnorm is None
-                and self.global_clipnorm is None and self.clipvalue is None
-                and self.weight_decay is None and not self.use_ema
-                and type(self)._apply is Optimizer._apply
-                and all(c is None for c in self._constraints))
+        condition of the plain step below."""
+        return (self._per_weight_updates() and not self._processes_each_grad()
+                and not self.use_ema)
 
     def _per_weight_updates(self) -> bool:
         """Whether a step can run one weight at a time, each as soon as its gradient exists
@@ -468,11 +469,10 @@ class Optimizer:
         w, scratch, update = self._variables[i], self._scratch[i], self._update
 
         def run(g, lr, t):
-            if self.loss_scale_factor is not None or self.clipnorm is not None \
-                    or self.clipvalue is not None:
+            if self._processes_each_grad():
                 g = self._process_grad(i, g, w)
-            if self.weight_decay is not None:
-                self._decay_one(i, w, lr)
+                if self.weight_decay is not None:
+                    self._decay_one(i, w, lr)
             update(i, w, g, lr, t, scratch)
         return run
 
@@ -758,9 +758,7 @@ class Adam(Optimizer):
         wf, mf, vf, dtype = w.reshape(-1), m.reshape(-1), v.reshape(-1), w.dtype
 
         def run(g, lr, t):
-            if g.dtype != dtype or not g.flags.c_contiguous or \
-                    self.loss_scale_factor is not None or self.clipnorm is not None or \
-                    self.clipvalue is not None or self.weight_decay is not None:
+            if g.dtype != dtype or not g.flags.c_contiguous or self._processes_each_grad():
                 return general(g, lr, t)
             _fused_adam(wf, g.reshape(-1), mf, vf, 1.0 - self.beta_1, 1.0 - self.beta_2,
                         self.epsilon, self._alphas[dtype])

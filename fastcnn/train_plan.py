@@ -95,13 +95,6 @@ def why_not(model, plan) -> str | None:
     return _live_reason(model, plan)
 
 
-def _layers_of(step):
-    fused = getattr(step.run, "__self__", None)
-    if isinstance(fused, ReluAfterMaxPool):
-        return (fused.conv, fused.pool)
-    return (step.layer,)
-
-
 def _live_reason(model, plan) -> str | None:
     """What may change between two steps of one training plan (checked every step)."""
     opt = model.optimizer
@@ -131,27 +124,19 @@ def _bind_kernel_layer(step, backend, x):
     layer = step.layer
     act = layer.activation if step.activate and layer.activation != "linear" else None
     act_fwd, act_bwd = _activation_pair(backend, act)
-    if isinstance(layer, Conv2D):
-        strides, pad = layer.strides, layer._window.pad(x.shape)
-        impl = _concrete(backend, "conv2d", x, layer.kernel, layer.bias, strides, pad)
-        op_fwd, op_bwd = impl.conv2d_forward, impl.conv2d_backward
+    # the op's arguments after (x, kernel, bias): a conv's strides and padding, none for
+    # a dense layer
+    op, extra = ("conv2d", (layer.strides, layer._window.pad(x.shape))) \
+        if isinstance(layer, Conv2D) else ("dense", ())
+    impl = _concrete(backend, op, x, layer.kernel, layer.bias, *extra)
+    op_fwd, op_bwd = getattr(impl, op + "_forward"), getattr(impl, op + "_backward")
 
-        def forward(x, training):
-            y, ctx = op_fwd(x, layer.kernel, layer.bias, strides, pad)
-            if act_fwd is None:
-                return y, (ctx, None)
-            y, act_ctx = act_fwd(y)
-            return y, (ctx, act_ctx)
-    else:
-        impl = _concrete(backend, "dense", x, layer.kernel, layer.bias)
-        op_fwd, op_bwd = impl.dense_forward, impl.dense_backward
-
-        def forward(x, training):
-            y, ctx = op_fwd(x, layer.kernel, layer.bias)
-            if act_fwd is None:
-                return y, (ctx, None)
-            y, act_ctx = act_fwd(y)
-            return y, (ctx, act_ctx)
+    def forward(x, training):
+        y, ctx = op_fwd(x, layer.kernel, layer.bias, *extra)
+        if act_fwd is None:
+            return y, (ctx, None)
+        y, act_ctx = act_fwd(y)
+        return y, (ctx, act_ctx)
 
     with_bias = layer.use_bias
 
@@ -212,7 +197,7 @@ def _bind_generic(step, backend, x):
 def _binder(step, x):
     """The binder of an executor step for its input ``x`` (shape and dtype)."""
     layer = step.layer
-    if step.multiple_inputs or _is_fused(step):   # ReLU after max pooling: its own forward picks the fused kernel
+    if step.multiple_inputs or _is_fused(step):
         return _bind_generic
     if type(layer) is Conv2D and layer.dilation_rate == (1, 1):
         return _bind_kernel_layer
@@ -227,7 +212,9 @@ def _binder(step, x):
 
 
 def _is_fused(step) -> bool:
-    return len(_layers_of(step)) > 1
+    """A ReLU-after-max-pool group (fastcnn.layers.fusion): its own forward picks the
+    fused kernel."""
+    return isinstance(getattr(step.run, "__self__", None), ReluAfterMaxPool)
 
 
 class TrainStep:
