@@ -36,10 +36,10 @@
  *   the taps outside; a row of <= 8 pixels is one block, of 14 two blocks of 7). Same tap
  *   order as the row kernel (the same bits). dW: per band and channel vector the 9 sums
  *   (and db's) in registers over the band's rows, two dy rows per step where both have
- *   every kernel row inside (AVX-512, a pixel of <= 256 bytes: each x vector loaded once
- *   for both), added to the
- *   block's partial once per band (bands are fixed by the shape: thread-count
- *   independent; depthwise.pyx adds the partials in block order); the next band's x and
+ *   every kernel row inside (AVX-512, a pixel of <= 256 or > 576 bytes: each x vector
+ *   loaded once for both), added to the block's partial once per band (bands are fixed
+ *   by the shape: thread-count independent; depthwise.pyx adds the partials in block
+ *   order); the next band's x and
  *   dy rows are prefetched while one runs. dx of stride (2, 2): blocks
  *   of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2). With
  *   >= 12 vectors a pixel and both streamed arrays at the same offset from a 64-byte line
@@ -221,6 +221,28 @@ DWC_ENTRY(dwc_dw_blocks, f64, 8)
 DWC_ENTRY(dwc_bwd_blocks, f32, 16)
 DWC_ENTRY(dwc_bwd_blocks, f64, 8)
 #undef DWC_ENTRY
+
+/* Where the output of a 3x3, M = 1 pass should start relative to a 64-byte line, given
+ * its source src (x for the forward, dy for dx) and the element size: the row-by-row
+ * kernels (AVX-512, a pixel of > 576 bytes, >= 12 whole vectors) realign a source and an
+ * output that sit at the SAME offset with one short first channel chunk (k3_head), so
+ * there the output goes at the source's offset (8x28x28x192 forward with x 16 bytes past a
+ * line, C harness: output on a line 0.384 ms, at x's offset 0.332, both on lines 0.292;
+ * 8x14x14x384 0.174 / 0.157 / 0.146); elsewhere on a line (the banded kernels stream their
+ * output with line-aligned stores; k3_dx2 takes no head). for_dx: the pass is dx (stride 1
+ * runs the forward kernel over dy; stride 2 its own). */
+static ptrdiff_t dwc_output_offset(const dwc_job *g, const void *src, ptrdiff_t item,
+                                   int for_dx)
+{
+    const ptrdiff_t vl = 64 / item, bytes = g->cm * item;
+    const uintptr_t off = (uintptr_t)src % 64;
+    if (!DWC_HAVE_X86 || dwc_get_isa() != DWC_ISA_AVX512 || g->m != 1 || g->kh != 3
+        || g->kw != 3 || g->sw > 2 || (for_dx && (g->sh != 1 || g->sw != 1)))
+        return 0;
+    if (bytes <= 576 || bytes % 64 != 0 || g->cm < 12 * vl || off % (uintptr_t)item != 0)
+        return 0;
+    return (ptrdiff_t)off;
+}
 
 /* Scratch elements one thread needs (0 for M = 1): kh expanded input rows for the
  * forward and dW, one C*M-wide dx row for dx. */

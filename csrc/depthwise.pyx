@@ -17,7 +17,7 @@ from libc.stdlib cimport malloc, free
 from omp_guard cimport threads_for
 
 # Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 cdef extern from "depthwise.h" nogil:
     ctypedef struct dwc_job:
@@ -37,6 +37,7 @@ cdef extern from "depthwise.h" nogil:
     int dwc_get_isa()
     Py_ssize_t dwc_scratch_forward(const dwc_job *g)
     Py_ssize_t dwc_scratch_dx(const dwc_job *g)
+    Py_ssize_t dwc_output_offset(const dwc_job *g, const void *src, Py_ssize_t item, int for_dx)
     void dwc_forward_rows_f32(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
     void dwc_forward_rows_f64(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
     void dwc_dx_rows_f32(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
@@ -148,6 +149,20 @@ cdef void _sum_blocks(floating *p, Py_ssize_t nb, Py_ssize_t n) noexcept nogil:
         q = p + b * n
         for i in range(n):
             p[i] += q[i]
+
+
+def output_offset(const floating[:, :, :, ::1] src not None, Py_ssize_t m, Py_ssize_t kh,
+                  Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, bint for_dx):
+    """Bytes past a 64-byte line at which the output of :func:`forward` (``for_dx`` false:
+    ``src`` is x) or :func:`dx` (true: ``src`` is dy) runs fastest: ``src``'s own offset
+    where the kernels realign a source and an output that share it, else 0
+    (depthwise.h, dwc_output_offset)."""
+    cdef dwc_job g
+    g.m, g.kh, g.kw, g.sh, g.sw = m, kh, kw, sh, sw
+    g.cm = src.shape[3] if for_dx else src.shape[3] * m
+    if src.size == 0:
+        return 0
+    return dwc_output_offset(&g, &src[0, 0, 0, 0], sizeof(floating), for_dx)
 
 
 def forward(const floating[:, :, :, ::1] x not None, const floating[:, ::1] wt not None,

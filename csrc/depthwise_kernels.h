@@ -1329,6 +1329,73 @@ DWC_INLINE ptrdiff_t DW_FN(dx_row_of)(const dwc_job *g, ptrdiff_t r)
  * (dx_row_of) run, by dx_rows, while the band's dy rows are still in L2: dy comes from
  * memory once for both. The same kernels on the same rows: dW and dx are the bits of
  * the separate passes (the dx kernels' results do not depend on the row range). */
+/* A dy row's geometry for dW, computed once per band (not per channel chunk: its
+ * divisions by the image height cost as much as a 7-pixel row's 63 multiply-adds): the
+ * x rows its kernel rows read (at channel 0), which are inside (mask), and whether it
+ * pairs with the next row (both with every kernel row inside, in one image, in the band). */
+typedef struct {
+    const DW_T *s[3];
+    int mask, pair;
+} DW_FN(k3dwrow);
+
+/* dW and db of dy row r (and the next with it when r->pair: the return value is the rows
+ * taken), channels [o, o + lanes), added into acc[9] and *dbacc. */
+DWC_INLINE int DW_FN(k3_dw_step)(const DW_FN(k3geo) *k, const DW_FN(k3dwrow) *r,
+                                 const DW_T *dyr0, ptrdiff_t o, ptrdiff_t lanes,
+                                 ptrdiff_t q_lo, ptrdiff_t q_hi, DW_VEC *acc, DW_VEC *dbacc)
+{
+    const ptrdiff_t cm = k->cm;
+    const int mask = r->mask;
+    const DW_T *s[3] = {r->s[0] + o, r->s[1] + o, r->s[2] + o};
+    const DW_T *dyr = dyr0 + o;
+    if (r->pair) {
+        /* dy rows r and r + 1: their borders one row at a time, the interior as a pair. */
+        const DW_T *s2[5];
+        for (int a = 0; a < 3 + (int)k->sh; a++)
+            s2[a] = s[0] + a * k->ws * cm;
+        const DW_T *t[3] = {s2[k->sh], s2[k->sh + 1], s2[k->sh + 2]};
+        const DW_T *dyr1 = dyr + k->wo * cm;
+#define DW_CALLB(S, LN)                                                                     \
+    {                                                                                       \
+        DW_FN(k3_dwspan)(s, dyr, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, S, 0); \
+        DW_FN(k3_dwspan)(t, dyr1, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, S, 0); \
+    }
+#define DW_CALLP(SH, S, LN) DW_FN(k3_dwpair)(s2, dyr, dyr1, acc, dbacc, cm, q_lo, q_hi, k->pl, LN, SH, S)
+        if (lanes == DW_VL) {
+            if (k->sw == 1) DW_CALLB(1, DW_VL) else DW_CALLB(2, DW_VL)
+            if (k->sh == 1) {
+                if (k->sw == 1) DW_CALLP(1, 1, DW_VL); else DW_CALLP(1, 2, DW_VL);
+            } else {
+                if (k->sw == 1) DW_CALLP(2, 1, DW_VL); else DW_CALLP(2, 2, DW_VL);
+            }
+        } else {
+            if (k->sw == 1) DW_CALLB(1, lanes) else DW_CALLB(2, lanes)
+            if (k->sh == 1) {
+                if (k->sw == 1) DW_CALLP(1, 1, lanes); else DW_CALLP(1, 2, lanes);
+            } else {
+                if (k->sw == 1) DW_CALLP(2, 1, lanes); else DW_CALLP(2, 2, lanes);
+            }
+        }
+#undef DW_CALLP
+#undef DW_CALLB
+        return 2;
+    }
+#define DW_CALL(M, S, LN) DW_FN(k3_dwspan)(s, dyr, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, M, S, 1)
+    if (lanes == DW_VL) {
+        DW_K3_SWITCH(DW_CALL, DW_VL)
+    } else {
+        DW_K3_SWITCH(DW_CALL, lanes)
+    }
+#undef DW_CALL
+    return 1;
+}
+
+/* dW and db partial of output rows [r0, r1) (k->src is x, k->out unused): added to part
+ * ((9 + 1) rows of cm), band by band, each band's sums added in a fixed order. With gx
+ * (the FUSED backward), after each band the dx rows whose last dy row is in the band
+ * (dx_row_of) run, by dx_rows, while the band's dy rows are still in L2: dy comes from
+ * memory once for both. The same kernels on the same rows: dW and dx are the bits of
+ * the separate passes (the dx kernels' results do not depend on the row range). */
 static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrdiff_t r0,
                          ptrdiff_t r1, int with_db, const dwc_job *gx)
 {
@@ -1336,6 +1403,12 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
     const ptrdiff_t row_bytes = k->ws * cm * (ptrdiff_t)sizeof(DW_T);
     const ptrdiff_t head = DW_FN(k3_head)(k->src, dy, cm, 12);
     const ptrdiff_t nvec = (cm - head + DW_VL - 1) / DW_VL + (head > 0);
+    /* (Pairs for a pixel of <= 256 or > 576 bytes: at batch 8, interleaved with the
+     * row-by-row code, 112x112x32 (128 bytes) -12% backward, 112x112x96 s2 (384) the
+     * same, 56x56x144 (576, streamed from memory) +5-8%; dW alone, C harness: 28x28x192
+     * -4%, 14x14x384 -6%, 14x14x576 s2 -4%, 7x7x960 -6%.) */
+    const ptrdiff_t pix = cm * (ptrdiff_t)sizeof(DW_T);
+    const int pairs = DW_VBYTES == 64 && (pix <= 256 || pix > 576);
     ptrdiff_t q_lo, q_hi;
     DW_FN(k3_interior)(k->ws, k->wo, k->pl, k->sw, &q_lo, &q_hi);
     for (ptrdiff_t b0 = r0; b0 < r1; b0 += band) {
@@ -1360,74 +1433,33 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
             const ptrdiff_t steps = nvec * (b1 - b0);
             dpf_step = ((dpf_end - dpf) / 64 + steps - 1) / steps * 64;
         }
+        DW_FN(k3dwrow) rows[64];
+        for (ptrdiff_t rr = b0; rr < b1; rr++) {
+            DW_FN(k3dwrow) *r = &rows[rr - b0];
+            r->mask = DW_FN(k3_rows)(k, rr, 0, r->s);
+            r->pair = pairs && r->mask == 7 && rr + 1 < b1 && (rr + 1) % k->ho != 0
+                      && k->sh <= 2 && (rr + 1 - rr / k->ho * k->ho) * k->sh - k->pt + 2 < k->hs;
+        }
         DW_CHUNKS(o, lanes, head, cm) {
             DW_VEC acc[9], dbacc = {0};
             for (int t = 0; t < 9; t++)
                 acc[t] = (DW_VEC){0};
-            for (ptrdiff_t rr = b0; rr < b1; rr++) {
-                const DW_T *s[3];
-                const int mask = DW_FN(k3_rows)(k, rr, o, s);
-                const DW_T *dyr = dy + rr * k->wo * cm + o;
-                /* (Pairs only for a pixel of <= 256 bytes: at batch 8, interleaved with the
-                 * row-by-row code, 112x112x32 (128 bytes) -12% backward, 112x112x96 s2
-                 * (384) the same, 56x56x144 (576) +8%.) */
-                const int pair = DW_VBYTES == 64 && cm * (ptrdiff_t)sizeof(DW_T) <= 256
-                                 && mask == 7 && rr + 1 < b1
-                                 && (rr + 1) % k->ho != 0 && k->sh <= 2
-                                 && (rr + 1 - rr / k->ho * k->ho) * k->sh - k->pt + 2 < k->hs;
+            for (ptrdiff_t rr = b0; rr < b1;) {
+                const int took = DW_FN(k3_dw_step)(k, &rows[rr - b0], dy + rr * k->wo * cm, o,
+                                                   lanes, q_lo, q_hi, acc, &dbacc);
                 if (pf) {
-                    const char *stop = pf + (1 + pair) * pf_step;
+                    const char *stop = pf + took * pf_step;
                     stop = stop < pf_end ? stop : pf_end;
                     for (; pf < stop; pf += 64)
                         __builtin_prefetch(pf, 0, 2);
                 }
                 if (dpf) {
-                    const char *stop = dpf + (1 + pair) * dpf_step;
+                    const char *stop = dpf + took * dpf_step;
                     stop = stop < dpf_end ? stop : dpf_end;
                     for (; dpf < stop; dpf += 64)
                         __builtin_prefetch(dpf, 0, 2);
                 }
-                if (pair) {
-                    /* dy rows rr and rr + 1 (same image, every kernel row inside): their
-                     * borders one row at a time, the interior as a pair. */
-                    const DW_T *s2[5];
-                    for (int a = 0; a < 3 + (int)k->sh; a++)
-                        s2[a] = s[0] + a * k->ws * cm;
-                    const DW_T *t[3] = {s2[k->sh], s2[k->sh + 1], s2[k->sh + 2]};
-                    const DW_T *dyr1 = dyr + k->wo * cm;
-#define DW_CALLB(S, LN)                                                                     \
-    {                                                                                       \
-        DW_FN(k3_dwspan)(s, dyr, acc, &dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, S, 0); \
-        DW_FN(k3_dwspan)(t, dyr1, acc, &dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, S, 0); \
-    }
-#define DW_CALLP(SH, S, LN) DW_FN(k3_dwpair)(s2, dyr, dyr1, acc, &dbacc, cm, q_lo, q_hi, k->pl, LN, SH, S)
-                    if (lanes == DW_VL) {
-                        if (k->sw == 1) DW_CALLB(1, DW_VL) else DW_CALLB(2, DW_VL)
-                        if (k->sh == 1) {
-                            if (k->sw == 1) DW_CALLP(1, 1, DW_VL); else DW_CALLP(1, 2, DW_VL);
-                        } else {
-                            if (k->sw == 1) DW_CALLP(2, 1, DW_VL); else DW_CALLP(2, 2, DW_VL);
-                        }
-                    } else {
-                        if (k->sw == 1) DW_CALLB(1, lanes) else DW_CALLB(2, lanes)
-                        if (k->sh == 1) {
-                            if (k->sw == 1) DW_CALLP(1, 1, lanes); else DW_CALLP(1, 2, lanes);
-                        } else {
-                            if (k->sw == 1) DW_CALLP(2, 1, lanes); else DW_CALLP(2, 2, lanes);
-                        }
-                    }
-#undef DW_CALLP
-#undef DW_CALLB
-                    rr++;
-                    continue;
-                }
-#define DW_CALL(M, S, LN) DW_FN(k3_dwspan)(s, dyr, acc, &dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, M, S, 1)
-                if (lanes == DW_VL) {
-                    DW_K3_SWITCH(DW_CALL, DW_VL)
-                } else {
-                    DW_K3_SWITCH(DW_CALL, lanes)
-                }
-#undef DW_CALL
+                rr += took;
             }
             for (int t = 0; t < 9; t++)
                 DW_FN(add_to)(part + t * cm + o, acc[t], lanes);
@@ -1438,6 +1470,7 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
             DW_FN(dx_rows)(gx, DW_FN(dx_row_of)(gx, b0), DW_FN(dx_row_of)(gx, b1), NULL);
     }
 }
+
 #undef DW_K3_SWITCH
 #undef DW_LD
 #undef DW_CHUNKS
