@@ -509,6 +509,27 @@ DWC_INLINE void DW_FN(k3_src_span)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
     *f1 = n1 * k->hs + y1;
 }
 
+/* An output row's geometry, computed once per band (not per channel chunk: the divisions
+ * by the image height cost as much as a 7-pixel row's 63 multiply-adds): the source rows
+ * its kernel rows read (at channel 0), which are inside (mask), and whether it pairs with
+ * the next row (PAIRS, both with every kernel row inside, in one image, in the band). */
+typedef struct {
+    const DW_T *s[3];
+    int mask, pair;
+} DW_FN(k3row);
+
+DWC_INLINE void DW_FN(k3_band_geometry)(const DW_FN(k3geo) *k, ptrdiff_t b0, ptrdiff_t b1,
+                                        int pairs, DW_FN(k3row) *rows)
+{
+    for (ptrdiff_t rr = b0; rr < b1; rr++) {
+        DW_FN(k3row) *r = &rows[rr - b0];
+        const ptrdiff_t i1 = rr + 1 - (rr + 1) / k->ho * k->ho;  /* the next row's i */
+        r->mask = DW_FN(k3_rows)(k, rr, 0, r->s);
+        r->pair = pairs && r->mask == 7 && rr + 1 < b1 && i1 != 0 && k->sh <= 2
+                  && i1 * k->sh - k->pt + 2 < k->hs;
+    }
+}
+
 /* Output rows [r0, r1) of the flattened (n, i) axis, band by band. */
 static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
@@ -535,6 +556,8 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
                 pf_step = ((pf_end - pf) / 64 + steps - 1) / steps * 64;
             }
         }
+        DW_FN(k3row) rows[64];   /* k3_band_rows: at most 64 */
+        DW_FN(k3_band_geometry)(k, b0, b1, 1, rows);
         DW_CHUNKS(o, lanes, head, cm) {
             /* Streaming stores need every whole vector of the pass on a line. */
             const int nt = k->nt && (uintptr_t)(k->out + o) % 64 == 0
@@ -545,16 +568,16 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
             if (k->bias)
                 bv = DW_FN(load_part)(k->bias + o, lanes);
             for (ptrdiff_t rr = b0; rr < b1; rr++) {
-                const DW_T *s[3];
-                const int mask = DW_FN(k3_rows)(k, rr, o, s);
+                const DW_FN(k3row) *r = &rows[rr - b0];
+                const int mask = r->mask;
+                const DW_T *s[3] = {r->s[0] + o, r->s[1] + o, r->s[2] + o};
                 DW_T *d = k->out + rr * k->wo * cm + o;
                 if (pf) {
                     const char *stop = pf + pf_step < pf_end ? pf + pf_step : pf_end;
                     for (; pf < stop; pf += 64)
                         __builtin_prefetch(pf, 0, 2);
                 }
-                if (mask == 7 && rr + 1 < b1 && (rr + 1) % k->ho != 0 && k->sh <= 2
-                    && (rr + 1 - rr / k->ho * k->ho) * k->sh - k->pt + 2 < k->hs) {
+                if (r->pair) {
                     /* Rows rr and rr + 1 (same image, every kernel row inside): their
                      * borders one row at a time, the interior as a pair. */
                     const DW_T *s2[5];
@@ -1329,18 +1352,9 @@ DWC_INLINE ptrdiff_t DW_FN(dx_row_of)(const dwc_job *g, ptrdiff_t r)
  * (dx_row_of) run, by dx_rows, while the band's dy rows are still in L2: dy comes from
  * memory once for both. The same kernels on the same rows: dW and dx are the bits of
  * the separate passes (the dx kernels' results do not depend on the row range). */
-/* A dy row's geometry for dW, computed once per band (not per channel chunk: its
- * divisions by the image height cost as much as a 7-pixel row's 63 multiply-adds): the
- * x rows its kernel rows read (at channel 0), which are inside (mask), and whether it
- * pairs with the next row (both with every kernel row inside, in one image, in the band). */
-typedef struct {
-    const DW_T *s[3];
-    int mask, pair;
-} DW_FN(k3dwrow);
-
 /* dW and db of dy row r (and the next with it when r->pair: the return value is the rows
  * taken), channels [o, o + lanes), added into acc[9] and *dbacc. */
-DWC_INLINE int DW_FN(k3_dw_step)(const DW_FN(k3geo) *k, const DW_FN(k3dwrow) *r,
+DWC_INLINE int DW_FN(k3_dw_step)(const DW_FN(k3geo) *k, const DW_FN(k3row) *r,
                                  const DW_T *dyr0, ptrdiff_t o, ptrdiff_t lanes,
                                  ptrdiff_t q_lo, ptrdiff_t q_hi, DW_VEC *acc, DW_VEC *dbacc)
 {
@@ -1433,13 +1447,8 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
             const ptrdiff_t steps = nvec * (b1 - b0);
             dpf_step = ((dpf_end - dpf) / 64 + steps - 1) / steps * 64;
         }
-        DW_FN(k3dwrow) rows[64];
-        for (ptrdiff_t rr = b0; rr < b1; rr++) {
-            DW_FN(k3dwrow) *r = &rows[rr - b0];
-            r->mask = DW_FN(k3_rows)(k, rr, 0, r->s);
-            r->pair = pairs && r->mask == 7 && rr + 1 < b1 && (rr + 1) % k->ho != 0
-                      && k->sh <= 2 && (rr + 1 - rr / k->ho * k->ho) * k->sh - k->pt + 2 < k->hs;
-        }
+        DW_FN(k3row) rows[64];   /* k3_band_rows: at most 64 */
+        DW_FN(k3_band_geometry)(k, b0, b1, pairs, rows);
         DW_CHUNKS(o, lanes, head, cm) {
             DW_VEC acc[9], dbacc = {0};
             for (int t = 0; t < 9; t++)
