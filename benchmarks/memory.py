@@ -14,8 +14,9 @@ case's allocator state, caches and imports never leak into another's:
    to load inside the measured steps): JIT compile or cache load, lazy imports,
    first-call set-up, none of which is a step's memory;
 3. free what the warm-up left behind that a step needs again: the backends' reusable
-   per-shape workspaces (``release_scratch()`` where a backend module has one, so that
-   the measured steps allocate and count them like any other workspace) and the heap's
+   per-shape workspaces (``release_scratch()`` where a backend module has one, and the
+   buffer pool's idle blocks, so that the measured steps allocate and count them like any
+   other workspace) and the heap's
    free pages (glibc ``malloc_trim(0)``, so that the measured steps cannot reuse the
    warm-up's pages without them showing up); build the measured model and its batch, read
    the resident set size (``VmRSS``) as the baseline and reset the kernel's peak-RSS mark
@@ -80,11 +81,15 @@ def _reset_peak() -> bool:
 
 
 def _release_scratch(backends) -> None:
-    """Drops the reusable workspaces of every available fastcnn backend that keeps some."""
+    """Drops the reusable workspaces of every available fastcnn backend that keeps some,
+    and the idle blocks of the fast backends' buffer pool (fastcnn/backends/_buffers.py)."""
     for name in backends.available():
         release = getattr(backends.get(name).module, "release_scratch", None)
         if release is not None:
             release()
+    from fastcnn.backends import _buffers
+
+    _buffers.clear()
 
 
 def _release_free_heap() -> None:

@@ -34,7 +34,7 @@ import functools
 import numpy as np
 
 from fastcnn import _extensions
-from fastcnn.backends import _checks, _conv_phases, _winograd
+from fastcnn.backends import _buffers, _checks, _conv_phases, _winograd
 from fastcnn.shapes import padded_output_shape
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -179,6 +179,11 @@ def _bias(b, n_out, dtype):
     return b
 
 
+# Outputs and workspaces come from _buffers.output (or out_arg): 64-byte aligned from 64K
+# elements up, and from 1 MiB up reused without page faults. Per-channel vectors (db, mean, var, dgamma,
+# dbeta) stay np.empty: always small.
+
+
 def _bias_grad(dy2d):
     db = np.empty(dy2d.shape[1], dtype=dy2d.dtype)
     _elt.bias_grad(dy2d, db)
@@ -209,10 +214,10 @@ def conv2d_forward(x, w, b, stride, pad):
     elif unpadded and (kh, kw) == (h, wd):
         cols, packed = x.reshape(n, k), False
     else:
-        cols, packed = np.empty((n * ho * wo, k), dtype=x.dtype), True
+        cols, packed = _buffers.output((n * ho * wo, k), x.dtype), True
         _conv.im2col(x, cols, kh, kw, sh, sw, pt, pl, ho, wo)
     w2d = w.reshape(k, f)
-    y2d = np.matmul(cols, w2d)
+    y2d = np.matmul(cols, w2d, **_buffers.out_arg((n * ho * wo, f), x.dtype))
     if b is not None:
         _elt.bias_act(y2d, b, _ACT_NONE)
     ctx = (cols, packed, w2d, x.shape, w.shape, b is not None, geometry)
@@ -227,13 +232,13 @@ def conv2d_backward(dy, ctx, need_dx=True):
     dy = _float_array(dy, "dy", w2d.dtype)
     _check_shape(dy, (x_shape[0], ho, wo, w_shape[3]), "dy")
     dy2d = dy.reshape(-1, w_shape[3])
-    dw = np.matmul(cols.T, dy2d).reshape(w_shape)
+    dw = np.matmul(cols.T, dy2d, **_buffers.out_arg(w2d.shape, dy.dtype)).reshape(w_shape)
     db = _bias_grad(dy2d) if has_bias else None
     if not need_dx:  # a first layer: skip the second GEMM and col2im
         return None, dw, db
-    dcols = np.matmul(dy2d, w2d.T)
+    dcols = np.matmul(dy2d, w2d.T, **_buffers.out_arg(cols.shape, dy.dtype))
     if packed:
-        dx = np.empty(x_shape, dtype=dy.dtype)
+        dx = _buffers.output(x_shape, dy.dtype)
         _conv.col2im(dcols, dx, kh, kw, sh, sw, pt, pl, ho, wo)
     else:
         dx = dcols.reshape(x_shape)
@@ -261,8 +266,8 @@ def conv2d_maxpool2d_forward(x, w, b, stride, pad, pool, pool_stride, pool_pad):
     if ho < 2 or wo < 2:
         return None
     n = x.shape[0]
-    y = np.empty((n, ho // 2, wo // 2, f), dtype=x.dtype)
-    argmax = np.empty(y.shape, dtype=np.int32)
+    y = _buffers.output((n, ho // 2, wo // 2, f), x.dtype)
+    argmax = _buffers.output(y.shape, np.int32)
     bias = None if b is None else _padded_columns(b.reshape(1, f))[0]
     # The conv is computed, and seen by the backward, as one whose output is only what
     # the windows cover (an odd last row or column gets no gradient): dy is (2*Hp, 2*Wp),
@@ -320,7 +325,7 @@ def _padded_columns(a):
     k16 = -(-k // 16) * 16
     if k16 == k:
         return np.ascontiguousarray(a)
-    out = np.zeros((a.shape[0], k16), dtype=a.dtype)
+    out = _buffers.output((a.shape[0], k16), a.dtype, zero=True)
     out[:, :k] = a
     return out
 
@@ -328,7 +333,7 @@ def _padded_columns(a):
 def _direct_forward(x, w, b, geometry):
     kh, kw, sh, sw, pt, pl, ho, wo = geometry
     n, f = x.shape[0], w.shape[3]
-    y = np.empty((n, ho, wo, f), dtype=x.dtype)
+    y = _buffers.output((n, ho, wo, f), x.dtype)
     bias = None if b is None else _padded_columns(b.reshape(1, f))[0]
     if _winograd_pays(kh, kw, sh, sw, x.shape[3], f):
         # Winograd, as the fused conv + pool and dx (a non-finite result: the direct conv).
@@ -349,7 +354,7 @@ def _direct_backward(dy, ctx, need_dx):
     f = w.shape[3]
     dy = _float_array(dy, "dy", x.dtype)
     _check_shape(dy, (n, ho, wo, f), "dy")
-    dw = np.empty(w.shape, dtype=x.dtype)
+    dw = _buffers.output(w.shape, x.dtype)
     _simd.dw(x, dy, dw.reshape(-1, f), kh, kw, sh, sw, pt, pl)
     db = _bias_grad(dy.reshape(-1, f)) if has_bias else None
     if not need_dx:
@@ -363,15 +368,16 @@ def _direct_backward(dy, ctx, need_dx):
         # 1.53 -> 1.03; not with 3x3 kernels (28x28x6 -> 16: 2.93 vs 3.01; c=8 -> 32:
         # 4.79 vs 6.17) nor from 12 channels (14x14x12, 5x5: 1.20 vs 1.60); 1 thread,
         # 2026-12-07.
-        dcols = np.matmul(dy.reshape(-1, f), w.reshape(-1, f).T)
-        dx = np.empty(x.shape, dtype=x.dtype)
+        dcols = np.matmul(dy.reshape(-1, f), w.reshape(-1, f).T,
+                          **_buffers.out_arg((dy.size // f, kh * kw * c), x.dtype))
+        dx = _buffers.output(x.shape, x.dtype)
         _conv.col2im(dcols, dx, kh, kw, sh, sw, pt, pl, ho, wo)
         return dx, dw, db
     if _winograd_pays(kh, kw, sh, sw, f, c):
         # dx[i, j] = sum_(a,b) dy[i + pt - a, j + pl - b] . w[a, b]^T: a 3x3 stride-1 conv of
         # dy (zero outside it) with the flipped, transposed kernel, its taps from
         # dy[i - (2 - pt) + a', ...]: by Winograd F(2x2, 3x3), every dx pixel written.
-        dx = np.empty(x.shape, dtype=x.dtype)
+        dx = _buffers.output(x.shape, x.dtype)
         m = _winograd.tile() if min(h, wd) >= 6 else 2
         u = _winograd.transform_kernel(w[::-1, ::-1].transpose(0, 1, 3, 2), m)
         _simd.wino_conv(dy, u, None, dx, pt - 2, pl - 2, m)
@@ -379,7 +385,7 @@ def _direct_backward(dy, ctx, need_dx):
             return dx, dw, db
     stride, pad = (sh, sw), ((pt, 0), (pl, 0))  # the phases need only the leading pads
     covered = _conv_phases.dx_is_covered(w.shape, stride)
-    dx = np.empty(x.shape, dtype=x.dtype) if covered else np.zeros(x.shape, dtype=x.dtype)
+    dx = _buffers.output(x.shape, x.dtype, zero=not covered)
     for phase in _conv_phases.dx_phases(x.shape, w, stride, pad):
         (n_a, n_b), (grid_u, grid_v) = phase.taps, phase.grid
         _simd.gather(dy, _padded_columns(phase.w_sub), None, dx, n_a, n_b, grid_u, grid_v,
@@ -393,23 +399,6 @@ def _direct_backward(dy, ctx, need_dx):
 # number of row blocks, added here in block order (thread-count independent).
 
 
-def _aligned_empty(shape, dtype, align=64):
-    """``np.empty(shape, dtype)`` starting on an ``align``-byte boundary. NumPy's large
-    arrays start 16 bytes past a cache line, so every 64-byte vector store of a kernel
-    writing them straddles two lines and the depthwise kernels cannot stream their outputs
-    (csrc/depthwise.h; 112x112x32 forward at batch 8: 1.8 -> 1.3-1.5 ms aligned). Placing
-    the output at the source's offset instead (so that k3_head realigns both) gained
-    10-16% in a C harness with one output buffer, but 0-8% LOST in the benchmark's setting
-    (a new output per call, the previous one alive; 2026-12-07): not done."""
-    dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize
-    for d in shape:  # (np.prod of a tuple took 4 of this function's 6 us)
-        nbytes *= int(d)
-    raw = np.empty(nbytes + align, dtype=np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
 def depthwise_conv2d_forward(x, w, b, stride, pad):
     _checks.check_depthwise_args(x, w, b)
     x = np.ascontiguousarray(x)
@@ -418,7 +407,7 @@ def depthwise_conv2d_forward(x, w, b, stride, pad):
     b = None if b is None else np.ascontiguousarray(b)
     geometry = _geometry(x.shape, (kh, kw), stride, pad, "kernel size")
     kh, kw, sh, sw, pt, pl, ho, wo = geometry
-    y = _aligned_empty((x.shape[0], ho, wo, c * m), x.dtype)
+    y = _buffers.empty((x.shape[0], ho, wo, c * m), x.dtype)
     _dwc.forward(x, w.reshape(kh * kw, c * m), b, y, kh, kw, sh, sw, pt, pl, m)
     return y, (x, w, b is not None, geometry)
 
@@ -433,7 +422,7 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     if need_dx:
         # dW's partials and dx in one pass over dy (3x3, M = 1, column stride <= 2; else
         # the module runs the two passes): the same bits as dw_partials then dx.
-        dx = _aligned_empty(x.shape, x.dtype)
+        dx = _buffers.empty(x.shape, x.dtype)
         part = _dwc.backward(x, dy, w.reshape(kh * kw, c * m), dx, kh, kw, sh, sw, pt, pl, m,
                              has_bias)
     else:
@@ -478,7 +467,7 @@ def batchnorm_forward(x, gamma, beta, mean, var, epsilon, training):
     inv_std = 1.0 / np.sqrt(var + epsilon)     # the reference's rounding, in x's dtype
     gamma = None if gamma is None else np.ascontiguousarray(gamma)
     beta = None if beta is None else np.ascontiguousarray(beta)
-    y = np.empty(x.shape, dtype=x.dtype)
+    y = _buffers.output(x.shape, x.dtype)
     _bn.normalize(rows, mean, inv_std, gamma, beta, y.reshape(rows.shape))
     return y, (bool(training), rows, mean, inv_std, gamma, beta is not None, x.shape)
 
@@ -497,9 +486,10 @@ def batchnorm_backward(dy, ctx, need_dx=True):
         return (None, *grads)
     scale = inv_std if gamma is None else gamma * inv_std
     if not training:
-        return (dy2 * scale).reshape(shape), *grads
+        dx = np.multiply(dy2, scale, **_buffers.out_arg(rows.shape, np.result_type(dy2, scale)))
+        return dx.reshape(shape), *grads
     n = rows.shape[0]
-    dx = np.empty(shape, dtype=rows.dtype)
+    dx = _buffers.output(shape, rows.dtype)
     _bn.dx_train(rows, dy2, mean, inv_std, scale, dbeta / n, dgamma / n, dx.reshape(rows.shape))
     return dx, *grads
 
@@ -517,8 +507,8 @@ def maxpool2d_forward(x, pool, stride, pad):
     geometry = _pool_geometry(x.shape, pool, stride, pad)
     ph, pw, sh, sw, pt, pl, ho, wo = geometry
     n, c = x.shape[0], x.shape[3]
-    y = np.empty((n, ho, wo, c), dtype=x.dtype)
-    argmax = np.empty((n, ho, wo, c), dtype=np.int32)
+    y = _buffers.output((n, ho, wo, c), x.dtype)
+    argmax = _buffers.output((n, ho, wo, c), np.int32)
     kernels = _simd if x.dtype == np.float32 else _pool
     kernels.maxpool_forward(x, y, argmax, ph, pw, sh, sw, pt, pl)
     return y, (argmax, x.shape, geometry)
@@ -532,10 +522,10 @@ def maxpool2d_backward(dy, ctx):
     if dy.dtype == np.float32 and sh >= ph and sw >= pw:
         # Windows do not overlap: the kernel writes every element of the rows they cover
         # (no zero fill, no scatter); only rows outside every window are zeroed here.
-        dx = np.empty(x_shape, dtype=dy.dtype)
+        dx = _buffers.output(x_shape, dy.dtype)
         _simd.maxpool_backward(dy, argmax, dx, ph, pw, sh, sw, pt, pl)
         return _zero_uncovered_rows(dx, geometry)
-    dx = np.zeros(x_shape, dtype=dy.dtype)
+    dx = _buffers.output(x_shape, dy.dtype, zero=True)
     _pool.maxpool_backward(dy, argmax, dx, ph, sh)
     return dx
 
@@ -567,7 +557,7 @@ def avgpool2d_forward(x, pool, stride, pad):
     x = _float_array(x, "x", ndim=4)
     geometry = _pool_geometry(x.shape, pool, stride, pad)
     ph, pw, sh, sw, pt, pl, ho, wo = geometry
-    y = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
+    y = _buffers.output((x.shape[0], ho, wo, x.shape[3]), x.dtype)
     # float32: csrc/pool_kernels.h (vectorised over the channels), float64: pool.pyx;
     # the same sums in the same order.
     (_simd if x.dtype == np.float32 else _pool).avgpool_forward(x, y, ph, pw, sh, sw, pt, pl)
@@ -581,10 +571,10 @@ def avgpool2d_backward(dy, ctx):
     _check_shape(dy, (x_shape[0], ho, wo, x_shape[3]), "dy")
     if dtype == np.float32 and sh >= ph and sw >= pw:
         # as maxpool2d_backward: each covered element written once, no zero fill
-        dx = np.empty(x_shape, dtype=dtype)
+        dx = _buffers.output(x_shape, dtype)
         _simd.avgpool_backward(dy, dx, ph, pw, sh, sw, pt, pl)
         return _zero_uncovered_rows(dx, geometry)
-    dx = np.zeros(x_shape, dtype=dtype)
+    dx = _buffers.output(x_shape, dtype, zero=True)
     _pool.avgpool_backward(dy, dx, ph, pw, sh, sw, pt, pl)
     return dx
 
@@ -604,7 +594,7 @@ def dense_forward(x, w, b):
     # np.dot, not np.matmul: the same BLAS call and bits where matmul calls BLAS, but
     # matmul loops in C without BLAS on a transposed operand with a unit axis (batch 1's
     # dW = x.T @ dy: 22 us against 5 for the from-scratch CNN's 1352x10 dense layer).
-    y = np.dot(x, w)
+    y = np.dot(x, w, **_buffers.out_arg((x.shape[0], w.shape[1]), x.dtype))
     if b is not None:
         _elt.bias_act(y, b, _ACT_NONE)
     return y, (x, w, b is not None)
@@ -614,8 +604,8 @@ def dense_backward(dy, ctx, need_dx=True):
     x, w, has_bias = ctx
     dy = _float_array(dy, "dy", x.dtype)
     _check_shape(dy, (x.shape[0], w.shape[1]), "dy")
-    dx = np.dot(dy, w.T) if need_dx else None
-    dw = np.dot(x.T, dy)
+    dx = np.dot(dy, w.T, **_buffers.out_arg(x.shape, x.dtype)) if need_dx else None
+    dw = np.dot(x.T, dy, **_buffers.out_arg(w.shape, x.dtype))
     db = _bias_grad(dy) if has_bias else None
     return dx, dw, db
 
@@ -625,7 +615,7 @@ def dense_backward(dy, ctx, need_dx=True):
 
 def _unary_forward(kernel, x):
     x = _float_array(x, "x")
-    y = np.empty_like(x)
+    y = _buffers.output(x.shape, x.dtype)
     kernel(x.reshape(-1), y.reshape(-1))
     return y, y
 
@@ -633,7 +623,7 @@ def _unary_forward(kernel, x):
 def _unary_backward(kernel, dy, y):
     dy = _float_array(dy, "dy", y.dtype)
     _check_shape(dy, y.shape, "dy")
-    dx = np.empty_like(y)
+    dx = _buffers.output(y.shape, y.dtype)
     kernel(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
     return dx
 
@@ -652,10 +642,10 @@ def sigmoid_forward(x):
     # (no overflow for any x). The select is np.maximum(e, x >= 0): 1 where x >= 0 (e <= 1),
     # e where x < 0 (e >= 0), NaN for a NaN x; np.where would branch per element (3x slower).
     x = _float_array(x, "x")
-    e = np.abs(x)
+    e = np.abs(x, **_buffers.out_arg(x.shape, x.dtype))
     np.negative(e, out=e)
     np.exp(e, out=e)
-    y = np.maximum(e, x >= 0, dtype=x.dtype)
+    y = np.maximum(e, x >= 0, dtype=x.dtype, **_buffers.out_arg(x.shape, x.dtype))
     e += 1
     y /= e
     return y, y
@@ -669,7 +659,7 @@ def tanh_forward(x):
     # NumPy's np.tanh is SIMD and ~80x faster than the scalar glibc tanhf the compiled
     # kernel calls; same contract (a fresh array of x's dtype), results as the reference.
     x = _float_array(x, "x")
-    y = np.tanh(x)
+    y = np.tanh(x, **_buffers.out_arg(x.shape, x.dtype))
     return y, y
 
 
@@ -680,7 +670,7 @@ def tanh_backward(dy, ctx):
 def _keep_x_forward(kernel, x):
     """For activations whose backward reads the forward INPUT: ``(y, x)``."""
     x = _float_array(x, "x")
-    y = np.empty_like(x)
+    y = _buffers.output(x.shape, x.dtype)
     kernel(x.reshape(-1), y.reshape(-1))
     return y, x
 
@@ -714,7 +704,7 @@ def relu_general_forward(x, negative_slope=0.0, max_value=None, threshold=0.0):
     """Keras's relu with its arguments in one compiled pass (relu6, leaky_relu: cases)."""
     x = _float_array(x, "x")
     params = _act.relu_general_params(negative_slope, max_value, threshold)
-    y = np.empty_like(x)
+    y = _buffers.output(x.shape, x.dtype)
     _elt.relu_general_forward(x.reshape(-1), y.reshape(-1), *params)
     return y, (x, params)
 
@@ -723,7 +713,7 @@ def relu_general_backward(dy, ctx):
     x, params = ctx
     dy = _float_array(dy, "dy", x.dtype)
     _check_shape(dy, x.shape, "dy")
-    dx = np.empty_like(x)
+    dx = _buffers.output(x.shape, x.dtype)
     _elt.relu_general_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), *params)
     return dx
 
@@ -765,7 +755,7 @@ def softmax_forward(x):
     x = _float_array(x, "x")
     if x.ndim < 1:
         raise ValueError(f"x must have at least 1 axis for a softmax, got shape {x.shape}")
-    y = np.empty_like(x)
+    y = _buffers.output(x.shape, x.dtype)
     if x.size:
         _elt.softmax_forward(_rows(x), _rows(y))
     return y, y
@@ -775,7 +765,7 @@ def softmax_backward(dy, ctx):
     y = ctx
     dy = _float_array(dy, "dy", y.dtype)
     _check_shape(dy, y.shape, "dy")
-    dx = np.empty_like(y)
+    dx = _buffers.output(y.shape, y.dtype)
     if y.size:
         _elt.softmax_backward(_rows(dy), _rows(y), _rows(dx))
     return dx
@@ -796,7 +786,7 @@ def _targets_like(targets, logits):
 def softmax_cross_entropy(logits, targets):
     logits = _float_array(logits, "logits", ndim=2)
     targets = _targets_like(targets, logits)
-    dlogits = np.empty_like(logits)
+    dlogits = _buffers.output(logits.shape, logits.dtype)
     loss = _elt.softmax_cross_entropy(logits, targets, dlogits)
     return np.asarray(loss, dtype=logits.dtype), dlogits
 
@@ -813,7 +803,7 @@ def sparse_softmax_cross_entropy(logits, labels):
         raise ValueError(f"labels must have shape ({logits.shape[0]},), got {labels.shape}")
     # Range checked in the kernel (it must never read outside a row).
     labels = np.ascontiguousarray(labels, dtype=np.intp)
-    dlogits = np.empty_like(logits)
+    dlogits = _buffers.output(logits.shape, logits.dtype)
     loss = _elt.sparse_softmax_cross_entropy(logits, labels, dlogits)
     return np.asarray(loss, dtype=logits.dtype), dlogits
 
@@ -821,6 +811,6 @@ def sparse_softmax_cross_entropy(logits, labels):
 def sigmoid_cross_entropy(logits, targets):
     logits = _float_array(logits, "logits")
     targets = _targets_like(targets, logits)
-    dlogits = np.empty_like(logits)
+    dlogits = _buffers.output(logits.shape, logits.dtype)
     loss = _elt.sigmoid_cross_entropy(logits.reshape(-1), targets.reshape(-1), dlogits.reshape(-1))
     return np.asarray(loss, dtype=logits.dtype), dlogits

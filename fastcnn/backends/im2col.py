@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import _buffers
 from ._checks import (
     check_conv_args as _check_conv_args,
     check_depthwise_args as _check_depthwise_args,
@@ -66,9 +67,9 @@ def conv2d_forward(x, w, b, stride, pad):
     xp = _pad(x, pad, 0)
     # (N, Ho, Wo, kh, kw, C) in this order: reshaping to 2-D puts tap (a, b, ch) at column
     # (a*kw + b)*C + ch, the same row index the HWIO kernel has after its reshape.
-    cols = _windows(xp, (kh, kw), stride, (ho, wo)).reshape(n * ho * wo, kh * kw * c)
+    cols = _columns(_windows(xp, (kh, kw), stride, (ho, wo)), stride, xp.shape[1:3])
     w2d = w.reshape(kh * kw * c, f)
-    y2d = cols @ w2d
+    y2d = np.matmul(cols, w2d, **_buffers.out_arg((n * ho * wo, f), x.dtype))
     if b is not None:
         y2d += b
     return y2d.reshape(n, ho, wo, f), (cols, w, b is not None, x.shape, stride, pad)
@@ -84,7 +85,8 @@ def conv2d_backward(dy, ctx, need_dx=True):
     db = dy2d.sum(axis=0) if has_bias else None
     if not need_dx:  # a first layer: skip the second GEMM and col2im
         return None, dw, db
-    dcols = (dy2d @ w.reshape(kh * kw * c, f).T).reshape(n, ho, wo, kh, kw, c)
+    dcols = np.matmul(dy2d, w.reshape(kh * kw * c, f).T,
+                      **_buffers.out_arg(cols.shape, dy.dtype)).reshape(n, ho, wo, kh, kw, c)
     dx = _scatter_taps(
         lambda a, b: dcols[:, :, :, a, b, :], x_shape, (kh, kw), stride, pad, (ho, wo), dy.dtype
     )
@@ -116,10 +118,10 @@ def depthwise_conv2d_forward(x, w, b, stride, pad):
 
     xp = _pad(x, pad, 0)
     v = _windows(xp, (kh, kw), stride, (ho, wo))  # (N, Ho, Wo, kh, kw, C), a view
+    y = _buffers.output((n, ho, wo, c * m), x.dtype)
     if m == 1:
-        y = np.einsum("nhwabc,abc->nhwc", v, w[:, :, :, 0])
+        np.einsum("nhwabc,abc->nhwc", v, w[:, :, :, 0], out=y)
     else:
-        y = np.empty((n, ho, wo, c * m), dtype=x.dtype)
         y5 = y.reshape(n, ho, wo, c, m)  # channel c*M + m is y5[..., c, m]
         for k in range(m):
             np.einsum("nhwabc,abc->nhwc", v, w[:, :, :, k], out=y5[..., k])
@@ -146,19 +148,19 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     # dy[i] * w[a]: a correlation of dy, placed at rows i*sh + (kh - 1 - top) of a zero
     # grid of (h + kh - 1) rows, with the kernel flipped (tap a reads grid row r + kh-1-a).
     # dy values that fall past the grid only ever reached padding.
-    grid = np.zeros((n, h + kh - 1, wd + kw - 1, c * m), dtype=dy.dtype)
+    grid = _buffers.output((n, h + kh - 1, wd + kw - 1, c * m), dy.dtype, zero=True)
     oh, ow = kh - 1 - top, kw - 1 - left
     ni = min(ho, (h + kh - 2 - oh) // sh + 1)
     nj = min(wo, (wd + kw - 2 - ow) // sw + 1)
     grid[:, oh : oh + sh * (ni - 1) + 1 : sh, ow : ow + sw * (nj - 1) + 1 : sw, :] = (
         dy[:, :ni, :nj, :])
     w_flip = w[::-1, ::-1]
+    dx = _buffers.output(x_shape, dy.dtype)
     if m == 1:
-        dx = np.einsum("nhwabc,abc->nhwc", _windows(grid, (kh, kw), (1, 1), (h, wd)),
-                       w_flip[:, :, :, 0])
+        np.einsum("nhwabc,abc->nhwc", _windows(grid, (kh, kw), (1, 1), (h, wd)),
+                  w_flip[:, :, :, 0], out=dx)
     else:
-        dx = np.empty(x_shape, dtype=dy.dtype)
-        part = np.empty(x_shape, dtype=dy.dtype)
+        part = _buffers.output(x_shape, dy.dtype)
         for k in range(m):
             # Channel (c, k) of the grid is a strided view; each m adds its own pass.
             vk = _windows(grid[..., k::m], (kh, kw), (1, 1), (h, wd))
@@ -240,7 +242,7 @@ REUSES = {"dense": "reference", "batchnorm": "reference", "batchnorm_statistics"
 
 def relu_forward(x):
     _check_float("x", x)
-    y = np.maximum(x, x.dtype.type(0))  # propagates NaN
+    y = np.maximum(x, x.dtype.type(0), **_buffers.out_arg(x.shape, x.dtype))  # keeps NaN
     return y, y
 
 
@@ -250,7 +252,7 @@ def relu_backward(dy, ctx):
     # signs); dy * (y > 0) is fast but turns an inf or NaN dy into NaN where it must give 0.
     # So: AND dy's bits with an all-ones / all-zeros mask: exactly dy or +0, any dy.
     bits = np.dtype(f"u{dy.dtype.itemsize}")
-    mask = (ctx > 0).astype(bits)
+    mask = np.greater(ctx, 0, out=_buffers.output(ctx.shape, bits))  # 1 or 0
     np.negative(mask, out=mask)  # 1 -> all ones (unsigned wrap-around), 0 -> 0
     np.bitwise_and(mask, dy.view(bits), out=mask)
     return mask.view(dy.dtype)
@@ -264,7 +266,9 @@ def sigmoid_forward(x):
 
 def sigmoid_backward(dy, ctx):
     y = ctx
-    return dy * (y * (1 - y))
+    dx = np.subtract(y.dtype.type(1), y, **_buffers.out_arg(y.shape, y.dtype))
+    np.multiply(y, dx, out=dx)
+    return np.multiply(dy, dx, out=dx)   # dy * (y * (1 - y)), one buffer
 
 
 def tanh_forward(x):
@@ -276,7 +280,7 @@ def tanh_forward(x):
 def tanh_backward(dy, ctx):
     y = ctx
     # dy * (1 - y*y) in ONE fresh buffer (no temporaries): same operations, same rounding.
-    dx = np.multiply(y, y)
+    dx = np.multiply(y, y, **_buffers.out_arg(y.shape, y.dtype))
     np.subtract(dx.dtype.type(1), dx, out=dx)
     np.multiply(dy, dx, out=dx)
     return dx
@@ -284,7 +288,7 @@ def tanh_backward(dy, ctx):
 
 def softmax_forward(x):
     _check_float("x", x)
-    e = x - x.max(axis=-1, keepdims=True)
+    e = np.subtract(x, x.max(axis=-1, keepdims=True), **_buffers.out_arg(x.shape, x.dtype))
     np.exp(e, out=e)  # e is our own temporary
     e /= e.sum(axis=-1, keepdims=True)
     return e, e
@@ -292,7 +296,11 @@ def softmax_forward(x):
 
 def softmax_backward(dy, ctx):
     y = ctx
-    return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+    # y * (dy - sum(dy * y)) in one buffer: the same operations in the same order
+    t = np.multiply(dy, y, **_buffers.out_arg(y.shape, np.result_type(dy, y)))
+    s = np.sum(t, axis=-1, keepdims=True)
+    np.subtract(dy, s, out=t)
+    return np.multiply(y, t, out=t)
 
 
 # The other activations (the ReLU family, ELU/SELU, GELU, SiLU, softplus, softsign, the
@@ -374,10 +382,10 @@ def _sigmoid(x):
     # (1 if x >= 0 else e) / (1 + e) with e = exp(-|x|) <= 1: no overflow for any x.
     # The select is np.maximum(e, x >= 0): 1 where x >= 0 (e <= 1), e where x < 0 (e >= 0),
     # NaN for a NaN x. np.where would branch per element (3x slower on random signs).
-    e = np.abs(x)
+    e = np.abs(x, **_buffers.out_arg(x.shape, x.dtype))
     np.negative(e, out=e)
     np.exp(e, out=e)
-    y = np.maximum(e, x >= 0, dtype=x.dtype)
+    y = np.maximum(e, x >= 0, dtype=x.dtype, **_buffers.out_arg(x.shape, x.dtype))
     e += 1
     y /= e
     return y
@@ -398,10 +406,23 @@ def _pad(x, pad, value):
     if not (top or bottom or left or right):
         return x
     n, h, w, c = x.shape
-    # np.full with dtype=x.dtype: the -inf fill is created in float32 for float32 input.
-    xp = np.full((n, h + top + bottom, w + left + right, c), value, dtype=x.dtype)
+    # In x's dtype: the -inf fill is created in float32 for float32 input.
+    xp = _buffers.output((n, h + top + bottom, w + left + right, c), x.dtype)
+    xp.fill(value)
     xp[:, top : top + h, left : left + w, :] = x
     return xp
+
+
+def _columns(v, stride, spatial):
+    """The window view ``v`` (N, Ho, Wo, kh, kw, C) of the padded input as the column
+    matrix: a view of it for a 1x1 stride-1 kernel and for one window covering the whole
+    padded image, else a copy into an aligned (pooled) buffer."""
+    n, ho, wo, kh, kw, c = v.shape
+    if (kh, kw, *stride) == (1, 1, 1, 1) or (kh, kw) == tuple(spatial):
+        return v.reshape(n * ho * wo, kh * kw * c)
+    cols = _buffers.output((n * ho * wo, kh * kw * c), v.dtype)
+    cols.reshape(v.shape)[...] = v
+    return cols
 
 
 def _windows(xp, window, stride, out):
@@ -436,14 +457,14 @@ def _scatter_taps(tap_values, x_shape, window, stride, pad, out, dtype):
         # Non-overlapping windows tiling the top-left (Ho*kh, Wo*kw) block: each pixel of
         # that block is in exactly one tap's slice, so assign (no zero fill, no read-back)
         # and zero only the rows/columns no window reached.
-        dx = np.empty(x_shape, dtype=dtype)
+        dx = _buffers.output(x_shape, dtype)
         dx[:, ho * kh :, :, :] = 0
         dx[:, : ho * kh, wo * kw :, :] = 0
         for a in range(kh):
             for b in range(kw):
                 dx[:, a : ho * kh : kh, b : wo * kw : kw, :] = tap_values(a, b)
         return dx
-    dxp = np.zeros((n, h + top + bottom, wd + left + right, c), dtype=dtype)
+    dxp = _buffers.output((n, h + top + bottom, wd + left + right, c), dtype, zero=True)
     for a in range(kh):
         for b in range(kw):
             dxp[:, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw, :] += (
@@ -452,7 +473,9 @@ def _scatter_taps(tap_values, x_shape, window, stride, pad, out, dtype):
     if not padded:
         return dxp
     # Crop with the same offsets the forward padded with.
-    return dxp[:, top : top + h, left : left + wd, :].copy()
+    dx = _buffers.output(x_shape, dtype)
+    dx[...] = dxp[:, top : top + h, left : left + wd, :]
+    return dx
 
 
 def _real_counts(spatial, window, stride, pad, out, dtype):

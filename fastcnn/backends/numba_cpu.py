@@ -11,7 +11,9 @@ kernels' results do not depend on the thread count: every value is computed by o
 thread, and every sum runs in an order fixed by the shapes (never split per thread), so
 1 and 2 threads agree bitwise (the dense GEMMs are BLAS's business).
 
-Memory: arrays returned to the caller (outputs, gradients) are always fresh. Internal
+Memory: arrays returned to the caller (outputs, gradients) are always fresh (never one
+still in use), 64-byte aligned from 64K elements up and reused from 1 MiB up
+(:func:`._buffers.output`). Internal
 scratch that does not outlive a call (the channel-major copies of x and dy in the conv
 backward) comes from a small per-thread, per-shape cache and is reused across calls.
 
@@ -30,7 +32,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..shapes import padded_output_shape
-from . import _conv_phases
+from . import _buffers, _conv_phases
 from ._checks import (
     check_conv_args as _check_conv_args,
     check_depthwise_args as _check_depthwise_args,
@@ -150,7 +152,7 @@ def conv2d_forward(x, w, b, stride, pad):
     ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
     x, w = _contiguous(x), _contiguous(w)
     bias = _contiguous(b) if b is not None else np.zeros(f, dtype=x.dtype)
-    y = np.empty((n, ho, wo, f), dtype=x.dtype)
+    y = _buffers.output((n, ho, wo, f), x.dtype)
     if c <= _FEW_CHANNELS:
         _few_forward(x, w, bias, y, stride, pad)
     else:
@@ -195,7 +197,7 @@ def conv2d_backward(dy, ctx, need_dx=True):
 
     # dx, one stride phase at a time, each a stride-1 gather over dy (_conv_phases).
     covered = _conv_phases.dx_is_covered(w.shape, stride)
-    dx = np.empty(x.shape, dtype=x.dtype) if covered else np.zeros(x.shape, x.dtype)
+    dx = _buffers.output(x.shape, x.dtype, zero=not covered)
     zeros_c = np.zeros(c, dtype=x.dtype)
     for phase in _conv_phases.dx_phases(x.shape, w, stride, pad):
         _gather(dy, phase.w_sub, zeros_c, dx, phase.taps, phase.grid, phase.base, phase.dest)
@@ -228,7 +230,7 @@ def _conv_dw(x, dy, w_shape, stride, pad, out_hw, t):
                                 sh, rh - pt, sw, rw - pl, xsum)
 
     k = kh * kw * c
-    dw = np.empty(w_shape, dtype=x.dtype)
+    dw = _buffers.output(w_shape, x.dtype)
     # Blocks of dW rows are the unit of parallel work: about 4 per thread, 4..32 rows.
     kblock = min(32, max(4, _round_up(-(-k // (4 * t)), 4)))
     _k.conv_dw(xph, dyw, dw.reshape(k, f), kh, kw, sh, sw, grid_w, qlen, kblock,
@@ -307,7 +309,7 @@ def depthwise_conv2d_forward(x, w, b, stride, pad):
     ho, wo = _output_shape((h, wd), (kh, kw), stride, pad, "kernel")
     x, w = _contiguous(x), _contiguous(w)
     bias = _contiguous(b) if b is not None else np.zeros(c * m, dtype=x.dtype)
-    y = np.empty((n, ho, wo, c * m), dtype=x.dtype)
+    y = _buffers.output((n, ho, wo, c * m), x.dtype)
     _k.depthwise_forward(x, w.reshape(kh * kw, c * m), bias, y, kh, kw, m, sh, sw, pt, pl)
     return y, (x, w, b is not None, stride, pad)
 
@@ -336,7 +338,7 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     db = total[k].copy() if has_bias else None
     if not need_dx:
         return None, dw, db
-    dx = np.empty(x.shape, dtype=x.dtype)
+    dx = _buffers.output(x.shape, x.dtype)
     _k.depthwise_dx(dy, w.reshape(k, c * m), dx, kh, kw, m, sh, sw, pt, pl)
     return dx, dw, db
 
@@ -349,8 +351,8 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
 def maxpool2d_forward(x, pool, stride, pad):
     ho, wo = _pool_geometry(x, pool, stride, pad)
     x = _contiguous(x)
-    y = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
-    arg = np.empty(y.shape, dtype=np.int32)  # window-relative tap a*pw + b of the winner
+    y = _buffers.output((x.shape[0], ho, wo, x.shape[3]), x.dtype)
+    arg = _buffers.output(y.shape, np.int32)  # window-relative tap a*pw + b of the winner
     (ph, pw), (sh, sw), ((pt, _), (pl, _)) = pool, stride, pad
     _k.maxpool_forward(x, y, arg, ph, pw, sh, sw, pt, pl)
     return y, (arg, x.shape, pool, stride, pad)
@@ -359,7 +361,7 @@ def maxpool2d_forward(x, pool, stride, pad):
 def maxpool2d_backward(dy, ctx):
     arg, x_shape, (ph, pw), (sh, sw), ((pt, _), (pl, _)) = ctx
     dy = _check_pool_dy(dy, arg.shape)
-    dx = np.zeros(x_shape, dtype=dy.dtype)
+    dx = _buffers.output(x_shape, dy.dtype, zero=True)
     _k.maxpool_backward(dy, arg, dx, ph, pw, sh, sw, pt, pl)
     return dx
 
@@ -367,7 +369,7 @@ def maxpool2d_backward(dy, ctx):
 def avgpool2d_forward(x, pool, stride, pad):
     ho, wo = _pool_geometry(x, pool, stride, pad)
     x = _contiguous(x)
-    y = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
+    y = _buffers.output((x.shape[0], ho, wo, x.shape[3]), x.dtype)
     (ph, pw), (sh, sw), ((pt, _), (pl, _)) = pool, stride, pad
     _k.avgpool_forward(x, y, ph, pw, sh, sw, pt, pl)
     return y, (x.shape, y.shape, pool, stride, pad)
@@ -376,7 +378,7 @@ def avgpool2d_forward(x, pool, stride, pad):
 def avgpool2d_backward(dy, ctx):
     x_shape, y_shape, (ph, pw), (sh, sw), ((pt, _), (pl, _)) = ctx
     dy = _check_pool_dy(dy, y_shape)
-    dx = np.zeros(x_shape, dtype=dy.dtype)
+    dx = _buffers.output(x_shape, dy.dtype, zero=True)
     _k.avgpool_backward(dy, dx, ph, pw, sh, sw, pt, pl)
     return dx
 
@@ -455,7 +457,7 @@ def batchnorm_forward(x, gamma, beta, mean, var, epsilon, training):
     rows = x.reshape(-1, x.shape[-1])
     mean = np.ascontiguousarray(mean).copy()   # ctx must not follow later in-place updates
     inv_std = 1.0 / np.sqrt(var + epsilon)     # the reference's rounding, in x's dtype
-    y = np.empty(x.shape, dtype=x.dtype)
+    y = _buffers.output(x.shape, x.dtype)
     if rows.size:
         _kbn.normalize(rows, mean, inv_std, inv_std if gamma is None else gamma,
                        inv_std if beta is None else beta, gamma is not None,
@@ -482,8 +484,9 @@ def batchnorm_backward(dy, ctx, need_dx=True):
         return (None, *grads)
     scale = inv_std if gamma is None else gamma * inv_std
     if not training:
-        return (dy2 * scale).reshape(shape), *grads
-    dx = np.empty(shape, dtype=rows.dtype)
+        dx = np.multiply(dy2, scale, **_buffers.out_arg(rows.shape, np.result_type(dy2, scale)))
+        return dx.reshape(shape), *grads
+    dx = _buffers.output(shape, rows.dtype)
     if r and c:
         _kbn.dx_train(rows, dy2, mean, inv_std, scale, dbeta / r, dgamma / r,
                       dx.reshape(rows.shape), block)
@@ -498,7 +501,7 @@ def batchnorm_backward(dy, ctx, need_dx=True):
 def _unary_forward(x, op):
     _check_float("x", x)
     x = _contiguous(x)
-    y = np.empty_like(x)
+    y = _buffers.output(x.shape, x.dtype)
     xf, yf = x.reshape(-1), y.reshape(-1)
     if x.size < _PARALLEL_MIN_SIZE:
         _k.unary_forward_range(xf, yf, op, 0, x.size)
@@ -512,7 +515,7 @@ def _unary_backward(dy, y, op):
     if dy.shape != y.shape:
         raise ValueError(f"dy must have the forward output's shape {y.shape}, got {dy.shape}")
     dy = _contiguous(dy)
-    dx = np.empty_like(dy)
+    dx = _buffers.output(dy.shape, dy.dtype)
     args = (dy.reshape(-1), y.reshape(-1), dx.reshape(-1), op)
     if dy.size < _PARALLEL_MIN_SIZE:
         _k.unary_backward_range(*args, 0, dy.size)
@@ -583,7 +586,7 @@ def relu_general_forward(x, negative_slope=0.0, max_value=None, threshold=0.0):
     _check_float("x", x)
     params = _act.relu_general_params(negative_slope, max_value, threshold)
     x = _contiguous(x)
-    y = np.empty_like(x)
+    y = _buffers.output(x.shape, x.dtype)
     xf, yf = x.reshape(-1), y.reshape(-1)
     if x.size < _PARALLEL_MIN_SIZE:
         _k.relu_general_forward_range(xf, yf, *params, 0, x.size)
@@ -598,7 +601,7 @@ def relu_general_backward(dy, ctx):
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the forward output's shape {x.shape}, got {dy.shape}")
     dy = _contiguous(dy)
-    dx = np.empty_like(dy)
+    dx = _buffers.output(dy.shape, dy.dtype)
     args = (dy.reshape(-1), x.reshape(-1), dx.reshape(-1), *params)
     if dy.size < _PARALLEL_MIN_SIZE:
         _k.relu_general_backward_range(*args, 0, dy.size)
@@ -641,7 +644,7 @@ def softmax_forward(x):
     if x.ndim == 0:
         raise ValueError("x must have at least one axis for softmax, got a 0-d array")
     x = _contiguous(x)
-    y = np.empty_like(x)
+    y = _buffers.output(x.shape, x.dtype)
     if x.size:
         _k.softmax_rows(x.reshape(-1, x.shape[-1]), y.reshape(-1, x.shape[-1]))
     return y, y
@@ -653,7 +656,7 @@ def softmax_backward(dy, ctx):
     if dy.shape != y.shape:
         raise ValueError(f"dy must have the forward output's shape {y.shape}, got {dy.shape}")
     dy = _contiguous(dy)
-    dx = np.empty_like(dy)
+    dx = _buffers.output(dy.shape, dy.dtype)
     if dy.size:
         k = y.shape[-1]
         _k.softmax_backward_rows(dy.reshape(-1, k), y.reshape(-1, k), dx.reshape(-1, k))
@@ -672,7 +675,7 @@ def softmax_cross_entropy(logits, targets):
     _check_targets_shape(targets, logits)
     _check_nonempty(logits)
     logits, targets = _contiguous(logits), _contiguous(targets)
-    dlogits = np.empty_like(logits)
+    dlogits = _buffers.output(logits.shape, logits.dtype)
     loss = _k.softmax_cross_entropy(logits, targets, dlogits)
     return np.asarray(loss, dtype=logits.dtype), dlogits
 
@@ -693,7 +696,7 @@ def sparse_softmax_cross_entropy(logits, labels):
     logits = _contiguous(logits)
     # One integer type for the kernel: int8/int32/uint... would each compile anew.
     labels = np.array(labels, dtype=np.int64)  # a fresh, writeable, contiguous copy
-    dlogits = np.empty_like(logits)
+    dlogits = _buffers.output(logits.shape, logits.dtype)
     loss = _k.sparse_softmax_cross_entropy(logits, labels, dlogits)
     return np.asarray(loss, dtype=logits.dtype), dlogits
 
@@ -704,7 +707,7 @@ def sigmoid_cross_entropy(logits, targets):
     _check_targets_shape(targets, logits)
     _check_nonempty(logits)
     logits, targets = _contiguous(logits), _contiguous(targets)
-    dlogits = np.empty_like(logits)
+    dlogits = _buffers.output(logits.shape, logits.dtype)
     loss = _k.sigmoid_cross_entropy(logits.reshape(-1), targets.reshape(-1),
                                     dlogits.reshape(-1))
     return np.asarray(loss, dtype=logits.dtype), dlogits
@@ -740,7 +743,7 @@ def _scratch(tag, shape, dtype):
     if buf is not None:
         cache.move_to_end(key)
         return buf
-    buf = cache[key] = np.empty(shape, dtype=dtype)
+    buf = cache[key] = _buffers.empty(shape, dtype)
     total = sum(b.nbytes for b in cache.values())
     while total > _SCRATCH_BYTES and len(cache) > 1:
         _, old = cache.popitem(last=False)
