@@ -215,6 +215,64 @@ def test_3x3_large_outputs_streamed(shape, stride, pad, offset):
     _check(dx, want[1], np.float32, f"dx (offset {offset})")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("c, stride", [(208, (1, 1)), (208, (2, 2)), (384, (1, 1)),
+                                       (32, (1, 1)), (144, (1, 1))],
+                         ids=["rows-s11", "rows-s22", "rows384", "bands32", "bands144"])
+def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, dtype,
+                                                                    isa_restored):
+    """DWC.output_offset: the source's offset from a 64-byte line where the row-by-row
+    kernels realign a source and an output that share it (AVX-512, a pixel of > 576 bytes,
+    >= 12 whole vectors; dx only for stride 1), else 0. Wherever x, dy, y and dx sit, y and
+    dx are the same bits (the placement is a speed choice only)."""
+    n, h, wd = 2, 9, 14
+    pad = ((1, 1), (1, 1)) if stride == (1, 1) else ((0, 1), (0, 1))
+    x, w, b, _, _, dy = _data((n, h, wd, c, stride, pad, True), dtype, seed=5)
+    (pt, _), (pl, _) = pad
+    wt = np.ascontiguousarray(w.reshape(9, c))
+    item = np.dtype(dtype).itemsize
+    for isa in ISAS:
+        DWC.set_isa(isa)
+        rows = (isa == "avx512" and c * item > 576 and c * item % 64 == 0
+                and c >= 12 * 64 // item)
+        results = {}
+        for off in (0, 16, 48):
+            xo, dyo = _at_offset(x, off), _at_offset(dy, off)
+            want_y = off if rows else 0
+            want_dx = off if rows and stride == (1, 1) else 0
+            assert DWC.output_offset(xo, 1, 3, 3, *stride, False) == want_y, (isa, off)
+            assert DWC.output_offset(dyo, 1, 3, 3, *stride, True) == want_dx, (isa, off)
+            for out_off in (0, 16, 48):
+                y = _at_offset(np.zeros(dy.shape, dtype), out_off)
+                DWC.forward(xo, wt, b, y, 3, 3, *stride, pt, pl, 1)
+                dx = _at_offset(np.zeros(x.shape, dtype), out_off)
+                DWC.dx(dyo, wt, dx, 3, 3, *stride, pt, pl, 1)
+                results[off, out_off] = (y.copy(), dx.copy())
+        first = results[0, 0]
+        for key, (y, dx) in results.items():
+            np.testing.assert_array_equal(y, first[0], err_msg=f"y ({isa}, offsets {key})")
+            np.testing.assert_array_equal(dx, first[1], err_msg=f"dx ({isa}, offsets {key})")
+        assert DWC.output_offset(_at_offset(x, 16), 2, 3, 3, *stride, False) == 0  # M 2
+
+
+def test_3x3_backend_places_outputs_by_the_rule():
+    """The cython backend allocates y (dx) where DWC.output_offset says for x (dy)."""
+    be = backends.get("cython")
+    dtype = np.float32
+    for c, stride in ((208, (1, 1)), (32, (1, 1)), (208, (2, 2))):
+        pad = ((1, 1), (1, 1)) if stride == (1, 1) else ((0, 1), (0, 1))
+        x, w, b, _, _, dy = _data((2, 9, 14, c, stride, pad, True), dtype, seed=6)
+        for off in (0, 16, 48):
+            xo, dyo = _at_offset(x, off), _at_offset(dy, off)
+            y, ctx = be.depthwise_conv2d_forward(xo, w, b, stride, pad)
+            assert y.ctypes.data % 64 == DWC.output_offset(xo, 1, 3, 3, *stride, False)
+            dx, _, _ = be.depthwise_conv2d_backward(dyo, ctx)
+            if c * 4 > 576:   # two passes: dx placed for dy; fused (<= 576): on a line
+                assert dx.ctypes.data % 64 == DWC.output_offset(dyo, 1, 3, 3, *stride, True)
+            else:
+                assert dx.ctypes.data % 64 == 0
+
+
 # --- the fused backward (DWC.backward: dW's partials and dx in one pass over dy) ------------
 
 def _separate_and_fused(x, w, dy, stride, pad, m=1, with_db=True, kh=3, kw=3):
