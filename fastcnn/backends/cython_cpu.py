@@ -180,8 +180,8 @@ def _bias(b, n_out, dtype):
 
 
 # Outputs and workspaces come from _buffers.output (or out_arg): 64-byte aligned from 64K
-# elements up, and from 1 MiB up reused without page faults. Per-channel vectors (db, mean, var, dgamma,
-# dbeta) stay np.empty: always small.
+# elements up, and from 32 MiB up reused without page faults. Per-channel vectors (db,
+# mean, var, dgamma, dbeta) stay np.empty: always small.
 
 
 def _bias_grad(dy2d):

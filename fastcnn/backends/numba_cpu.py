@@ -12,7 +12,7 @@ thread, and every sum runs in an order fixed by the shapes (never split per thre
 1 and 2 threads agree bitwise (the dense GEMMs are BLAS's business).
 
 Memory: arrays returned to the caller (outputs, gradients) are always fresh (never one
-still in use), 64-byte aligned from 64K elements up and reused from 1 MiB up
+still in use), 64-byte aligned from 64K elements up and reused from 32 MiB up
 (:func:`._buffers.output`). Internal
 scratch that does not outlive a call (the channel-major copies of x and dy in the conv
 backward) comes from a small per-thread, per-shape cache and is reused across calls.

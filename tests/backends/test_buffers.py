@@ -18,12 +18,14 @@ SMALL = (3, 5, 7)
 
 
 @pytest.fixture(autouse=True)
-def fresh_pool():
-    """Each test starts with an empty pool at the default cap and leaves it so."""
-    _buffers.set_limit(256 * MIB)
+def fresh_pool(monkeypatch):
+    """Each test starts with an empty pool at the default cap and leaves it so; arrays are
+    pooled from 1 MiB (32 MiB by default: the same code, slower tests)."""
+    monkeypatch.setattr(_buffers, "POOL_MIN_BYTES", MIB)
+    previous = _buffers.set_limit(256 * MIB)
     _buffers.clear()
     yield
-    _buffers.set_limit(None)
+    _buffers.set_limit(previous)
     _buffers.clear()
 
 
@@ -143,7 +145,7 @@ def test_limit_zero_disables_the_pool():
 
 def test_env_zero_disables_the_pool():
     code = ("import fastcnn, numpy as np; from fastcnn.backends import _buffers as b; "
-            "a = b.empty((1 << 20,), np.float32); print(b.stats(), a.ctypes.data % 64)")
+            "a = b.empty((b.POOL_MIN_BYTES,), np.float32); print(b.stats(), a.ctypes.data % 64)")
     env = dict(os.environ, FASTCNN_BUFFER_POOL_MB="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
@@ -153,7 +155,7 @@ def test_env_zero_disables_the_pool():
 def test_bad_env_value_names_the_variable(monkeypatch):
     monkeypatch.setenv("FASTCNN_BUFFER_POOL_MB", "lots")
     with pytest.raises(ValueError, match="FASTCNN_BUFFER_POOL_MB.*'lots'"):
-        _buffers.set_limit(None)
+        _buffers._limit_from_env()
 
 
 @pytest.mark.parametrize("offset", [-4, 64, 2, 4.0, "8"])
