@@ -6,10 +6,11 @@ Two costs of plain ``np.empty`` that the compiled kernels pay on every call:
   every 64-byte vector load or store of a kernel straddles two lines (the depthwise
   forward ran 10-30% slower on misaligned inputs; 112x112x32 at batch 8: 1.8 -> 1.3-1.5 ms
   aligned). Since one layer's output is the next layer's input, aligning every output
-  aligns the next kernel's input too. (Placing the output at the source's offset instead,
-  so that the kernel's head loop realigns both, gained 10-16% in a C harness with one
-  output buffer but 0-8% LOST in the benchmark's setting, a new output per call with the
-  previous one alive; 2026-12-07. ``offset=`` places an array elsewhere on the line.)
+  aligns the next kernel's input too. ``offset=`` places an array elsewhere on the line:
+  the depthwise row-by-row kernels realign a source and an output that share an offset
+  with one short channel chunk, so cython's depthwise puts its outputs where
+  ``depthwise.output_offset`` says (the source's offset there, 7-14% faster forwards on
+  sources off a line; on a line elsewhere, where the banded kernels stream their output).
 * Page faults. glibc serves allocations above its mmap threshold (dynamic, at most
   32 MiB; fastcnn/_runtime.py sets 32) with a fresh mmap, unmapped again when freed: such
   an array is then faulted in and zeroed by the kernel on first touch, every call (a
