@@ -223,8 +223,8 @@ def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, 
                                                                     isa_restored):
     """DWC.output_offset: the source's offset from a 64-byte line where the row-by-row
     kernels realign a source and an output that share it (AVX-512, a pixel of > 576 bytes,
-    >= 12 whole vectors; dx only for stride 1), else 0. Wherever x, dy, y and dx sit, y and
-    dx are the same bits (the placement is a speed choice only)."""
+    >= 12 whole vectors; dx only for stride 1), else 0. Wherever x, dy, y and dx sit, y,
+    dx and dW are the same bits (the placement is a speed choice only)."""
     n, h, wd = 2, 9, 14
     pad = ((1, 1), (1, 1)) if stride == (1, 1) else ((0, 1), (0, 1))
     x, w, b, _, _, dy = _data((n, h, wd, c, stride, pad, True), dtype, seed=5)
@@ -252,6 +252,12 @@ def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, 
         for key, (y, dx) in results.items():
             np.testing.assert_array_equal(y, first[0], err_msg=f"y ({isa}, offsets {key})")
             np.testing.assert_array_equal(dx, first[1], err_msg=f"dx ({isa}, offsets {key})")
+        # dW's first channel chunk aligns x's loads wherever x and dy sit: the same bits.
+        parts = {(xo, do): DWC.dw_partials(_at_offset(x, xo), _at_offset(dy, do), 3, 3,
+                                           *stride, pt, pl, 1, True)
+                 for xo in (0, 16, 48) for do in (0, 16, 48)}
+        for key, part in parts.items():
+            np.testing.assert_array_equal(part, parts[0, 0], err_msg=f"dW ({isa}, {key})")
         assert DWC.output_offset(_at_offset(x, 16), 2, 3, 3, *stride, False) == 0  # M 2
 
 
