@@ -32,8 +32,10 @@
  *   the source vectors a span of outputs reads in registers, each loaded once per row
  *   instead of once per tap: in BANDS of rows sized for L2, one channel vector at a time
  *   over the band with the 9 weights in registers and two output rows per step (a pixel of
- *   <= 576 bytes, AVX-512), else row by row in blocks of 8 / 4 pixels (those at a border skip
- *   the taps outside; a row of <= 8 pixels is one block, of 14 two blocks of 7). Same tap
+ *   <= 576 bytes, AVX-512), else row by row in blocks of 8 / 4 pixels, two output rows
+ *   at once where both have every kernel row inside (k3_block2: each source vector loaded
+ *   once for both; blocks at a border skip the taps outside; a row of <= 8 pixels is one
+ *   block, of 14 two blocks of 7). Same tap
  *   order as the row kernel (the same bits). dW: per band and channel vector the 9 sums
  *   (and db's) in registers over the band's rows, two dy rows per step where both have
  *   every kernel row inside (AVX-512, a pixel of <= 256 or > 576 bytes: each x vector
