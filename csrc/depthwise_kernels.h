@@ -480,6 +480,25 @@ DWC_INLINE void DW_FN(k3_fpair)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv
     default: CALL(0, 1, LN); break;                                                          \
     }
 
+/* A pair step's instantiations: the two rows' borders one row at a time (CALLB(SW, LN)),
+ * the interior as a pair (CALLP(SH, SW, LN)), for a lanes that is DW_VL or not. */
+#define DW_K3_PAIR(CALLB, CALLP)                                                             \
+    if (lanes == DW_VL) {                                                                    \
+        if (k->sw == 1) CALLB(1, DW_VL) else CALLB(2, DW_VL)                                 \
+        if (k->sh == 1) {                                                                    \
+            if (k->sw == 1) CALLP(1, 1, DW_VL); else CALLP(1, 2, DW_VL);                     \
+        } else {                                                                             \
+            if (k->sw == 1) CALLP(2, 1, DW_VL); else CALLP(2, 2, DW_VL);                     \
+        }                                                                                    \
+    } else {                                                                                 \
+        if (k->sw == 1) CALLB(1, lanes) else CALLB(2, lanes)                                 \
+        if (k->sh == 1) {                                                                    \
+            if (k->sw == 1) CALLP(1, 1, lanes); else CALLP(1, 2, lanes);                     \
+        } else {                                                                             \
+            if (k->sw == 1) CALLP(2, 1, lanes); else CALLP(2, 2, lanes);                     \
+        }                                                                                    \
+    }
+
 /* The source rows of output row rr: *mask (bit a: row i*sh - pt + a inside) and s[a]. */
 DWC_INLINE int DW_FN(k3_rows)(const DW_FN(k3geo) *k, ptrdiff_t rr, ptrdiff_t o,
                               const DW_T **s)
@@ -591,21 +610,7 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
         DW_FN(k3_fspan)(t, w, bv, d1, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, 7, S, 0);  \
     }
 #define DW_CALLP(SH, S, LN) DW_FN(k3_fpair)(s2, w, bv, d, d1, cm, q_lo, q_hi, k->pl, LN, nt, SH, S)
-                    if (lanes == DW_VL) {
-                        if (k->sw == 1) DW_CALLB(1, DW_VL) else DW_CALLB(2, DW_VL)
-                        if (k->sh == 1) {
-                            if (k->sw == 1) DW_CALLP(1, 1, DW_VL); else DW_CALLP(1, 2, DW_VL);
-                        } else {
-                            if (k->sw == 1) DW_CALLP(2, 1, DW_VL); else DW_CALLP(2, 2, DW_VL);
-                        }
-                    } else {
-                        if (k->sw == 1) DW_CALLB(1, lanes) else DW_CALLB(2, lanes)
-                        if (k->sh == 1) {
-                            if (k->sw == 1) DW_CALLP(1, 1, lanes); else DW_CALLP(1, 2, lanes);
-                        } else {
-                            if (k->sw == 1) DW_CALLP(2, 1, lanes); else DW_CALLP(2, 2, lanes);
-                        }
-                    }
+                    DW_K3_PAIR(DW_CALLB, DW_CALLP)
 #undef DW_CALLP
 #undef DW_CALLB
                     rr++;
@@ -1484,21 +1489,7 @@ DWC_INLINE int DW_FN(k3_dw_step)(const DW_FN(k3geo) *k, const DW_FN(k3row) *r,
         DW_FN(k3_dwspan)(t, dyr1, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, S, 0); \
     }
 #define DW_CALLP(SH, S, LN) DW_FN(k3_dwpair)(s2, dyr, dyr1, acc, dbacc, cm, q_lo, q_hi, k->pl, LN, SH, S)
-        if (lanes == DW_VL) {
-            if (k->sw == 1) DW_CALLB(1, DW_VL) else DW_CALLB(2, DW_VL)
-            if (k->sh == 1) {
-                if (k->sw == 1) DW_CALLP(1, 1, DW_VL); else DW_CALLP(1, 2, DW_VL);
-            } else {
-                if (k->sw == 1) DW_CALLP(2, 1, DW_VL); else DW_CALLP(2, 2, DW_VL);
-            }
-        } else {
-            if (k->sw == 1) DW_CALLB(1, lanes) else DW_CALLB(2, lanes)
-            if (k->sh == 1) {
-                if (k->sw == 1) DW_CALLP(1, 1, lanes); else DW_CALLP(1, 2, lanes);
-            } else {
-                if (k->sw == 1) DW_CALLP(2, 1, lanes); else DW_CALLP(2, 2, lanes);
-            }
-        }
+        DW_K3_PAIR(DW_CALLB, DW_CALLP)
 #undef DW_CALLP
 #undef DW_CALLB
         return 2;
@@ -1595,6 +1586,7 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
 }
 
 #undef DW_K3_SWITCH
+#undef DW_K3_PAIR
 #undef DW_LD
 #undef DW_CHUNKS
 
