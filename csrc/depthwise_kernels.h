@@ -499,9 +499,9 @@ DWC_INLINE void DW_FN(k3_fpair)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv
         }                                                                                    \
     }
 
-/* The source rows of output row rr: *mask (bit a: row i*sh - pt + a inside) and s[a]. */
-DWC_INLINE int DW_FN(k3_rows)(const DW_FN(k3geo) *k, ptrdiff_t rr, ptrdiff_t o,
-                              const DW_T **s)
+/* The source rows of output row rr (at channel 0): the mask (bit a: row i*sh - pt + a
+ * inside) returned, and s[a]. */
+DWC_INLINE int DW_FN(k3_rows)(const DW_FN(k3geo) *k, ptrdiff_t rr, const DW_T **s)
 {
     const ptrdiff_t n = rr / k->ho, i = rr - n * k->ho, y0 = i * k->sh - k->pt;
     int mask = 0;
@@ -509,7 +509,7 @@ DWC_INLINE int DW_FN(k3_rows)(const DW_FN(k3geo) *k, ptrdiff_t rr, ptrdiff_t o,
         s[a] = k->src;
         if (y0 + a >= 0 && y0 + a < k->hs) {
             mask |= 1 << a;
-            s[a] = k->src + ((n * k->hs + y0 + a) * k->ws) * k->cm + o;
+            s[a] = k->src + ((n * k->hs + y0 + a) * k->ws) * k->cm;
         }
     }
     return mask;
@@ -543,7 +543,7 @@ DWC_INLINE void DW_FN(k3_band_geometry)(const DW_FN(k3geo) *k, ptrdiff_t b0, ptr
     for (ptrdiff_t rr = b0; rr < b1; rr++) {
         DW_FN(k3row) *r = &rows[rr - b0];
         const ptrdiff_t i1 = rr + 1 - (rr + 1) / k->ho * k->ho;  /* the next row's i */
-        r->mask = DW_FN(k3_rows)(k, rr, 0, r->s);
+        r->mask = DW_FN(k3_rows)(k, rr, r->s);
         r->pair = pairs && r->mask == 7 && rr + 1 < b1 && i1 != 0 && k->sh <= 2
                   && i1 * k->sh - k->pt + 2 < k->hs;
     }
@@ -795,7 +795,7 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
     const ptrdiff_t nblk = (wo + 3) / 4;
     for (ptrdiff_t rr = r0; rr < r1; rr++) {
         const DW_T *s[3];
-        const int mask = DW_FN(k3_rows)(k, rr, 0, s);
+        const int mask = DW_FN(k3_rows)(k, rr, s);
         DW_T *out = k->out + rr * wo * cm;
         /* Rows rr and rr + 1 as a pair (AVX-512: 16 accumulators and 9 weights in
          * registers) when both have every kernel row inside and are in one image: 8x28x28x192
