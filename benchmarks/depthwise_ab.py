@@ -9,7 +9,7 @@ The other build is loaded as a second module (``oldbuild._ext_depthwise``; its m
 init has the same name) beside this checkout's. MobileNetV2's depthwise shapes at batch 8
 as in test_bench_depthwise.py, the arrays NumPy-placed as there; the forward and the
 backward (dW, db and dx in one call), each build placing its outputs as its backend does
-(this checkout: ``output_offset``; an older build without it: on a line), from
+(``output_offset`` where the build has it, else on a line), from
 fastcnn.backends._buffers for both. Prints each build's median and the median of the
 paired ratios new / old.
 """
@@ -23,8 +23,10 @@ import numpy as np
 from fastcnn import _extensions, shapes
 from fastcnn.backends import _buffers
 
+# MobileNetV2's depthwise layers (test_bench_depthwise.py's), then MobileNet's (V1) that
+# V2 lacks.
 SHAPES = [(112, 32, 1), (112, 96, 2), (56, 144, 1), (28, 192, 1), (14, 384, 1), (14, 576, 2),
-          (7, 960, 1)]
+          (7, 960, 1), (56, 128, 1), (28, 256, 1), (28, 256, 2), (14, 512, 1), (7, 1024, 1)]
 
 
 def load_other(path):
@@ -34,16 +36,22 @@ def load_other(path):
     return module
 
 
-def _offset(mod, src, s, for_dx):
-    return mod.output_offset(src, 1, 3, 3, s, s, for_dx) if hasattr(mod, "output_offset") else 0
+def _placed(mod, src, shape, s, for_dx):
+    """An output of ``shape`` placed as that build's backend places it: ABI 4's
+    output_offset (a page offset), ABI 3's (a line offset), else on a line."""
+    if getattr(mod, "ABI_VERSION", 0) >= 4:
+        offset = mod.output_offset(src, shape, 1, 3, 3, s, s, for_dx)
+        return _buffers.empty(shape, np.float32, offset=offset, align=_buffers.PAGE)
+    offset = mod.output_offset(src, 1, 3, 3, s, s, for_dx) if hasattr(mod, "output_offset") else 0
+    return _buffers.empty(shape, np.float32, offset=offset)
 
 
 def one_call(mod, pass_, x, wt, b, dy, s, pt, pl):
     if pass_ == "fwd":
-        y = _buffers.empty(dy.shape, np.float32, offset=_offset(mod, x, s, False))
+        y = _placed(mod, x, dy.shape, s, False)
         mod.forward(x, wt, b, y, 3, 3, s, s, pt, pl, 1)
     else:
-        dx = _buffers.empty(x.shape, np.float32, offset=_offset(mod, dy, s, True))
+        dx = _placed(mod, dy, x.shape, s, True)
         mod.backward(x, dy, wt, dx, 3, 3, s, s, pt, pl, 1, True)
 
 

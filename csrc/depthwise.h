@@ -31,11 +31,11 @@
  *   instead. Forward (and dx of stride 1: the forward over dy with the kernel flipped) keeps
  *   the source vectors a span of outputs reads in registers, each loaded once per row
  *   instead of once per tap: in BANDS of rows sized for L2, one channel vector at a time
- *   over the band with the 9 weights in registers and two output rows per step (a pixel of
- *   <= 576 bytes, AVX-512), else row by row in blocks of 8 / 4 pixels, two output rows
- *   at once where both have every kernel row inside (k3_block2: each source vector loaded
- *   once for both; blocks at a border skip the taps outside; a row of <= 8 pixels is one
- *   block, of 14 two blocks of 7). Same tap
+ *   over the band with the 9 weights in registers and two output rows per step (AVX-512;
+ *   dwc_k3_bands: unless a pixel takes > 576 bytes and a row is one pixel block), else
+ *   row by row in blocks of 8 / 4 pixels, two output rows at once where both have every
+ *   kernel row inside (k3_block2: each source vector loaded once for both; blocks at a
+ *   border skip the taps outside; a row of <= 8 pixels is one block). Same tap
  *   order as the row kernel (the same bits). dW: per band and channel vector the 9 sums
  *   (and db's) in registers over the band's rows, two dy rows per step where both have
  *   every kernel row inside (AVX-512, a pixel of <= 256 or > 576 bytes: each x vector
@@ -48,8 +48,8 @@
  *   blocks of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2).
  *   With >= 12 vectors a pixel and both streamed arrays at the same offset from a 64-byte
  *   line, a short first channel chunk makes the other vector accesses line-aligned
- *   (k3_head; the backend places the row-by-row kernels' outputs at their source's
- *   offset for this: dwc_output_offset); AVX-512 ragged chunks are masked
+ *   (k3_head; the backend places outputs where dwc_output_offset says: at their source's
+ *   line offset for this, three lines past its lines in the page); AVX-512 ragged chunks are masked
  *   loads / stores. An output of >= 8 MiB in bands is written with streaming stores
  *   (no read of the lines before the write; a short first chunk realigns from >= 8
  *   vectors a pixel): 8x56x56x144 forward 2.5 -> 2.1 ms in the C harness; k3_dx2 too
@@ -103,6 +103,28 @@ enum { DWC_ISA_GENERIC = 0, DWC_ISA_AVX2 = 1, DWC_ISA_AVX512 = 2 };
 #define DWC_INLINE static inline __attribute__((always_inline))
 
 #pragma GCC diagnostic ignored "-Wpsabi"
+
+/* --- the 3x3 kernels' layout rules (the kernels and dwc_output_offset share them) ------- */
+
+/* BANDS (one channel vector at a time over a band of rows: k3_forward_bands) unless a pixel
+ * takes more than 576 bytes and an output row is a single pixel block (at most 8 pixels),
+ * where the row-by-row blocks are faster: a band walks a 7-pixel row as 2 border columns
+ * and 5 inner ones, a block takes it in one (AVX-512; 8 images, line-aligned, outputs three
+ * lines past their source, C harness: 28x28x192 0.258 -> 0.221 ms, 28x28x256 0.468 ->
+ * 0.327, 14x14x512 0.294 -> 0.259, 28x28x192 stride 2 0.117 -> 0.094, 14x14x384 0.121 ->
+ * 0.118; the blocks keep 7x7x960 0.074 against bands' 0.085, 14x14x576 stride 2 0.076
+ * against 0.079). Both add the taps in one order: the same bits either way. */
+static inline int dwc_k3_bands(ptrdiff_t pixel_bytes, ptrdiff_t wo)
+{
+    return pixel_bytes <= 576 || wo > 8;
+}
+
+/* An output this large is written with streaming stores past the caches (the bands,
+ * k3_dx2): it would only evict the source. */
+static inline int dwc_k3_streams(ptrdiff_t out_bytes)
+{
+    return out_bytes >= ((ptrdiff_t)8 << 20);
+}
 
 /* --- the compilations: two types x three instruction sets ----------------------------- */
 
@@ -227,26 +249,33 @@ DWC_ENTRY(dwc_bwd_blocks, f32, 16)
 DWC_ENTRY(dwc_bwd_blocks, f64, 8)
 #undef DWC_ENTRY
 
-/* Where the output of a 3x3, M = 1 pass should start relative to a 64-byte line, given
- * its source src (x for the forward, dy for dx) and the element size: the row-by-row
- * kernels (AVX-512, a pixel of > 576 bytes, >= 12 whole vectors) realign a source and an
- * output that sit at the SAME offset with one short first channel chunk (k3_head), so
- * there the output goes at the source's offset (8x28x28x192 forward with x 16 bytes past a
- * line, C harness: output on a line 0.384 ms, at x's offset 0.332, both on lines 0.292;
- * 8x14x14x384 0.174 / 0.157 / 0.146); elsewhere on a line (the banded kernels stream their
- * output with line-aligned stores; k3_dx2 takes no head). for_dx: the pass is dx (stride 1
- * runs the forward kernel over dy; stride 2 its own). */
+/* Where the output of a pass should start, in bytes past a 4096-byte page boundary, given
+ * its source src (x for the forward, dy for dx; out_w the output's width, out_bytes its
+ * size) and the element size. Two rules:
+ * - Its lines three lines past the source's. The 3x3 kernels walk one channel vector of
+ *   both arrays at a time, and with a pixel pitch of a multiple of 256 bytes those lines
+ *   fall into a few of L1's 64 sets (4 for 1024-byte pixels): an output at the source's
+ *   page offset competes with it for them (AVX-512, 8 images, bands, C harness: 28x28x256
+ *   0.53 ms at x's page offset, 0.33 three lines past; 14x14x512 0.49 / 0.26).
+ * - Within its line, the source's offset where the kernels realign a source and an output
+ *   that share it with one short first channel chunk (k3_head: AVX-512, a pixel of > 576
+ *   bytes and >= 12 whole vectors), unless the bands stream the output (aligned streaming
+ *   stores; 8x28x28x192 with x 16 bytes past a line: realigned 0.25 ms, streamed 16x28x28x192
+ *   0.61 realigned, 0.53 with the output on a line); elsewhere on a line (8x28x28x192 with
+ *   x 16 bytes past a line, the row-by-row kernels then: output on a line 0.384 ms, at x's
+ *   offset 0.332; a banded 56x56x128, whose short head and tail chunks would each take a
+ *   pass over the band: on a line 0.86 ms, at x's offset 1.45). */
 static ptrdiff_t dwc_output_offset(const dwc_job *g, const void *src, ptrdiff_t item,
-                                   int for_dx)
+                                   ptrdiff_t out_w, ptrdiff_t out_bytes, int for_dx)
 {
     const ptrdiff_t vl = 64 / item, bytes = g->cm * item;
-    const uintptr_t off = (uintptr_t)src % 64;
-    if (!DWC_HAVE_X86 || dwc_get_isa() != DWC_ISA_AVX512 || g->m != 1 || g->kh != 3
-        || g->kw != 3 || g->sw > 2 || (for_dx && (g->sh != 1 || g->sw != 1)))
-        return 0;
-    if (bytes <= 576 || bytes % 64 != 0 || g->cm < 12 * vl || off % (uintptr_t)item != 0)
-        return 0;
-    return (ptrdiff_t)off;
+    const uintptr_t at = (uintptr_t)src % 4096, line = at - at % 64;
+    int realign = DWC_HAVE_X86 && dwc_get_isa() == DWC_ISA_AVX512 && g->m == 1 && g->kh == 3
+                  && g->kw == 3 && g->sw <= 2 && !(for_dx && (g->sh != 1 || g->sw != 1));
+    realign = realign && bytes > 576 && bytes % 64 == 0 && g->cm >= 12 * vl
+              && at % (uintptr_t)item == 0
+              && !(dwc_k3_bands(bytes, out_w) && dwc_k3_streams(out_bytes));
+    return (ptrdiff_t)((line + 3 * 64 + (realign ? at % 64 : 0)) % 4096);
 }
 
 /* Scratch elements one thread needs (0 for M = 1): kh expanded input rows for the

@@ -17,7 +17,7 @@ from libc.stdlib cimport malloc, free
 from omp_guard cimport threads_for
 
 # Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 cdef extern from "depthwise.h" nogil:
     ctypedef struct dwc_job:
@@ -37,7 +37,8 @@ cdef extern from "depthwise.h" nogil:
     int dwc_get_isa()
     Py_ssize_t dwc_scratch_forward(const dwc_job *g)
     Py_ssize_t dwc_scratch_dx(const dwc_job *g)
-    Py_ssize_t dwc_output_offset(const dwc_job *g, const void *src, Py_ssize_t item, int for_dx)
+    Py_ssize_t dwc_output_offset(const dwc_job *g, const void *src, Py_ssize_t item,
+                                 Py_ssize_t out_w, Py_ssize_t out_bytes, int for_dx)
     void dwc_forward_rows_f32(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
     void dwc_forward_rows_f64(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
     void dwc_dx_rows_f32(const dwc_job *g, Py_ssize_t lo, Py_ssize_t hi, void *scratch)
@@ -151,18 +152,25 @@ cdef void _sum_blocks(floating *p, Py_ssize_t nb, Py_ssize_t n) noexcept nogil:
             p[i] += q[i]
 
 
-def output_offset(const floating[:, :, :, ::1] src not None, Py_ssize_t m, Py_ssize_t kh,
-                  Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, bint for_dx):
-    """Bytes past a 64-byte line at which the output of :func:`forward` (``for_dx`` false:
-    ``src`` is x) or :func:`dx` (true: ``src`` is dy) runs fastest: ``src``'s own offset
-    where the kernels realign a source and an output that share it, else 0
+def output_offset(const floating[:, :, :, ::1] src not None, tuple out_shape, Py_ssize_t m,
+                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, bint for_dx):
+    """Bytes past a 4096-byte page boundary at which the output (of shape ``out_shape``) of
+    :func:`forward` (``for_dx`` false: ``src`` is x) or :func:`dx` (true: ``src`` is dy)
+    runs fastest: its lines three lines past ``src``'s, and on a line unless the kernels
+    realign a source and an output that share a line offset, where at ``src``'s
     (depthwise.h, dwc_output_offset)."""
+    if len(out_shape) != 4:
+        raise ValueError(f"out_shape must have 4 dimensions (N, H, W, C), got {out_shape!r}")
     cdef dwc_job g
     g.m, g.kh, g.kw, g.sh, g.sw = m, kh, kw, sh, sw
     g.cm = src.shape[3] if for_dx else src.shape[3] * m
+    cdef Py_ssize_t out_bytes = sizeof(floating)
+    for d in out_shape:
+        out_bytes *= d
     if src.size == 0:
         return 0
-    return dwc_output_offset(&g, &src[0, 0, 0, 0], sizeof(floating), for_dx)
+    return dwc_output_offset(&g, &src[0, 0, 0, 0], sizeof(floating), out_shape[2], out_bytes,
+                             for_dx)
 
 
 def forward(const floating[:, :, :, ::1] x not None, const floating[:, ::1] wt not None,

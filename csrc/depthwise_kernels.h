@@ -798,9 +798,9 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
         const int mask = DW_FN(k3_rows)(k, rr, s);
         DW_T *out = k->out + rr * wo * cm;
         /* Rows rr and rr + 1 as a pair (AVX-512: 16 accumulators and 9 weights in
-         * registers) when both have every kernel row inside and are in one image: 8x28x28x192
-         * forward 0.293 -> 0.253 ms, 14x14x384 0.147 -> 0.121, 7x7x960 0.078 -> 0.071,
-         * 14x14x576 s2 0.085 -> 0.075; stride-1 dx alike (C harness, min of 3). */
+         * registers) when both have every kernel row inside and are in one image: 8x7x7x960
+         * forward 0.078 -> 0.071 ms, 14x14x576 s2 0.085 -> 0.075; stride-1 dx alike (C
+         * harness, min of 3). */
         const ptrdiff_t i1 = (rr + 1) % k->ho;
         const int pair = DW_VBYTES == 64 && mask == 7 && rr + 1 < r1 && i1 != 0
                          && k->sh <= 2 && i1 * k->sh - k->pt + 2 < k->hs;
@@ -823,8 +823,9 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
                 pf_step = ((pf_end - pf) / 64 + nblk - 1) / nblk * 64;
             }
         }
-        /* Blocks of DW_NP (or 4) pixels; those with a tap outside the row (the borders,
-         * a short row) skip it, and the last may end past the row (not stored). */
+        /* Blocks of DW_NP pixels (AVX-512 runs this only for rows of at most one block:
+         * dwc_k3_bands); those with a tap outside the row (the borders, a short row) skip
+         * it, and the last may end past the row (not stored). */
 #define DW_BLK(NP, SW, EDGE)                                                                \
     DW_FN(k3_block_all)(s, k->wk, mask, k->bias, out, q, cm, k->pl, head, k->ws, wo, NP, SW, \
                         EDGE)
@@ -851,41 +852,17 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
         }                                                                                   \
     }
         ptrdiff_t q = 0;
-        if (DW_VBYTES == 64 && wo == 14) {
-            /* 14 pixels (MobileNets' 14x14 stages): two blocks of 7 instead of 8 + 4 + 4
-             * (8x14x14x384: 0.181 -> 0.156 ms in the C harness; for 7 pixels a block of
-             * 7 gains nothing on the one of 8, whose 8th pixel has only 3 taps inside). */
-            for (; q < wo; q += 7) {
-                if (pf) {
-                    const char *stop = pf + 2 * pf_step < pf_end ? pf + 2 * pf_step : pf_end;
-                    for (; pf < stop; pf += 64)
-                        __builtin_prefetch(pf, 0, 2);
-                }
-                DW_BLK_SW(7, 1)
-            }
-        }
         while (q < wo) {
             if (pf) {
                 const char *stop = pf + pf_step < pf_end ? pf + pf_step : pf_end;
                 for (; pf < stop; pf += 64)
                     __builtin_prefetch(pf, 0, 2);
             }
-            if (q >= q_lo && q + DW_NP <= q_hi) {
+            if (q >= q_lo && q + DW_NP <= q_hi)
                 DW_BLK_SW(DW_NP, 0)
-                q += DW_NP;
-            } else if (wo <= DW_NP) {
+            else
                 DW_BLK_SW(DW_NP, 1)
-                q += DW_NP;
-            } else if (DW_NP > 4 && q >= q_lo && q + 4 <= q_hi) {
-                DW_BLK_SW(4, 0)
-                q += 4;
-            } else if (DW_NP > 4 && wo - q <= 4) {
-                DW_BLK_SW(4, 1)
-                q += 4;
-            } else {
-                DW_BLK_SW(DW_NP, 1)
-                q += DW_NP;
-            }
+            q += DW_NP;
         }
 #undef DW_BLK_SW
 #undef DW_BLK2
@@ -894,16 +871,16 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
     }
 }
 
-/* Bands (one channel vector at a time over a band of rows) when a pixel's channels take
- * at most 576 bytes and there are 32 vector registers (AVX-512: with 16, the two-row step
- * spills and the row-by-row blocks are faster, 8x112x112x32 2.6 vs 2.0 ms); above that, walking one channel vector along many pixels touches
- * too few L1 sets (the pixel pitch a multiple of 512 bytes) and the row-by-row pixel
- * blocks are faster (measured, MobileNetV2's shapes: 56x56x144 bands 2.7 ms vs blocks
- * 3.2; 14x14x576 stride 2 blocks 0.13 ms vs bands 0.21). Both add the taps in the same
+/* Bands where depthwise.h's dwc_k3_bands says (32 vector registers: AVX-512; with 16 the
+ * two-row step spills and the row-by-row blocks are faster, 8x112x112x32 2.6 vs 2.0 ms),
+ * else the row-by-row blocks: rows of at most one pixel block with pixels of > 576 bytes.
+ * (The bands were once kept to pixels of <= 576 bytes, measured with outputs at their
+ * source's page offset, where a large pitch crowds both arrays into the same few L1 sets:
+ * dwc_output_offset now places outputs three lines away.) Both add the taps in the same
  * order: the results are the same bits. */
 static void DW_FN(k3_forward)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
-    if (DW_VBYTES == 64 && k->cm * (ptrdiff_t)sizeof(DW_T) <= 576)
+    if (DW_VBYTES == 64 && dwc_k3_bands(k->cm * (ptrdiff_t)sizeof(DW_T), k->wo))
         DW_FN(k3_forward_bands)(k, r0, r1);
     else
         DW_FN(k3_forward_rows)(k, r0, r1);
@@ -1006,7 +983,7 @@ static void DW_FN(k3_dx2)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi)
      * backend allocates it so). No short first chunk here: in this kernel a partial chunk
      * rounds some sums differently from a whole vector (GCC contracts them differently),
      * so realigning by dy's and dx's offsets made dx depend on where NumPy put them. */
-    const int big = g->n * g->h * w * cm * (ptrdiff_t)sizeof(DW_T) >= ((ptrdiff_t)8 << 20);
+    const int big = dwc_k3_streams(g->n * g->h * w * cm * (ptrdiff_t)sizeof(DW_T));
     const ptrdiff_t head = 0;
     const int nt = big && (uintptr_t)((DW_T *)g->dx + head) % 64 == 0
                    && (cm * (ptrdiff_t)sizeof(DW_T)) % 64 == 0;
@@ -1073,7 +1050,7 @@ static void DW_FN(forward_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, vo
         k3.pt = g->pt;
         k3.pl = g->pl;
         /* An output past 8 MiB is streamed past the caches (it would only evict x). */
-        k3.nt = g->n * g->ho * g->wo * g->cm * (ptrdiff_t)sizeof(DW_T) >= ((ptrdiff_t)8 << 20);
+        k3.nt = dwc_k3_streams(g->n * g->ho * g->wo * g->cm * (ptrdiff_t)sizeof(DW_T));
         DW_FN(k3_forward)(&k3, lo, hi);
         return;
     }
@@ -1148,7 +1125,7 @@ static void DW_FN(dx_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *s
         k3.sw = 1;
         k3.pt = 2 - g->pt;
         k3.pl = 2 - g->pl;
-        k3.nt = g->n * g->h * g->w * g->cm * (ptrdiff_t)sizeof(DW_T) >= ((ptrdiff_t)8 << 20);
+        k3.nt = dwc_k3_streams(g->n * g->h * g->w * g->cm * (ptrdiff_t)sizeof(DW_T));
         DW_FN(k3_forward)(&k3, lo, hi);
         return;
     }

@@ -6,11 +6,13 @@ Two costs of plain ``np.empty`` that the compiled kernels pay on every call:
   every 64-byte vector load or store of a kernel straddles two lines (the depthwise
   forward ran 10-30% slower on misaligned inputs; 112x112x32 at batch 8: 1.8 -> 1.3-1.5 ms
   aligned). Since one layer's output is the next layer's input, aligning every output
-  aligns the next kernel's input too. ``offset=`` places an array elsewhere on the line:
-  the depthwise row-by-row kernels realign a source and an output that share an offset
-  with one short channel chunk, so cython's depthwise puts its outputs where
-  ``depthwise.output_offset`` says (the source's offset there, 7-14% faster forwards on
-  sources off a line; on a line elsewhere, where the banded kernels stream their output).
+  aligns the next kernel's input too. ``offset=`` (with ``align=``, up to a page) places
+  an array elsewhere: cython's depthwise puts its outputs where ``depthwise.output_offset``
+  says, three lines past their source's lines in the page (the kernels walk one channel
+  vector of both, whose lines a large pixel pitch crowds into a few L1 sets: 28x28x256
+  forward 0.53 -> 0.33 ms) and at the source's offset in the line where the kernels
+  realign the two with one short channel chunk (7-14% faster forwards on sources off a
+  line).
 * Page faults. glibc serves allocations above its mmap threshold (dynamic, at most
   32 MiB; fastcnn/_runtime.py sets 32) with a fresh mmap, unmapped again when freed: such
   an array is then faulted in and zeroed by the kernel on first touch, every call (a
@@ -41,6 +43,7 @@ import threading
 import numpy as np
 
 ALIGN = 64                 # a cache line, and an AVX-512 vector
+PAGE = 4096                # empty()'s largest align
 POOL_MIN_BYTES = 32 << 20  # glibc's largest mmap threshold: malloc recycles smaller blocks
 ALIGN_MIN_ITEMS = 1 << 16  # output(): smaller arrays are plain np.empty (see there)
 _QUANTUM = 64 << 10        # block sizes are rounded up to this: near sizes share blocks
@@ -48,15 +51,19 @@ _ENV = "FASTCNN_BUFFER_POOL_MB"
 _DEFAULT_MB = 256
 
 
-def empty(shape, dtype, *, offset=0):
+def empty(shape, dtype, *, offset=0, align=ALIGN):
     """``np.empty(shape, dtype)`` (C order) whose data starts ``offset`` bytes past a
-    64-byte boundary; from the pool when it has at least :data:`POOL_MIN_BYTES`."""
+    multiple of ``align`` (a power of two from 64, a cache line, to :data:`PAGE`: an
+    output placed relative to its source's page offset keeps off the L1 sets the source's
+    lines use); from the pool when it has at least :data:`POOL_MIN_BYTES`."""
     try:
         dtype = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"dtype must be a NumPy dtype, got {dtype!r}") from None
+    if type(align) is not int or align != ALIGN:
+        _check_align(align)
     if offset:
-        _check_offset(offset, dtype)
+        _check_offset(offset, dtype, align)
     if dtype.hasobject:
         raise TypeError(f"dtype must hold no Python objects (memory here is uninitialised), "
                         f"got {dtype}")
@@ -64,18 +71,18 @@ def empty(shape, dtype, *, offset=0):
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     nbytes = dtype.itemsize * math.prod(shape)
     if nbytes >= POOL_MIN_BYTES and _POOL.limit:
-        raw = _POOL.take(-(-(nbytes + ALIGN) // _QUANTUM) * _QUANTUM)
+        raw = _POOL.take(-(-(nbytes + align) // _QUANTUM) * _QUANTUM)
     else:
-        raw = np.empty(nbytes + ALIGN, np.uint8)
+        raw = np.empty(nbytes + align, np.uint8)
     # The address through ctypes.from_buffer: 0.3 us, where raw.ctypes.data takes 1 us
     # (this function takes about 1 us for a small array, against 0.15 for np.empty).
-    start = (offset - ctypes.addressof(_CHAR.from_buffer(raw))) % ALIGN
+    start = (offset - ctypes.addressof(_CHAR.from_buffer(raw))) % align
     return np.ndarray(shape, dtype, raw, start)  # a view: its .base is raw
 
 
-def zeros(shape, dtype, *, offset=0):
+def zeros(shape, dtype, *, offset=0, align=ALIGN):
     """As :func:`empty`, filled with zeros (a reused block is dirty)."""
-    a = empty(shape, dtype, offset=offset)
+    a = empty(shape, dtype, offset=offset, align=align)
     a.fill(0)
     return a
 
@@ -106,11 +113,18 @@ _NO_ARGS = {}
 _CHAR = ctypes.c_char
 
 
-def _check_offset(offset, dtype):
-    if (not isinstance(offset, (int, np.integer)) or not 0 <= offset < ALIGN
+def _check_align(align):
+    if (not isinstance(align, (int, np.integer)) or isinstance(align, bool)
+            or not ALIGN <= align <= PAGE
+            or align & (align - 1)):
+        raise ValueError(f"align must be a power of two in [{ALIGN}, {PAGE}], got {align!r}")
+
+
+def _check_offset(offset, dtype, align):
+    if (not isinstance(offset, (int, np.integer)) or not 0 <= offset < align
             or offset % dtype.itemsize):
         raise ValueError(
-            f"offset must be an int in [0, {ALIGN}) and a multiple of the itemsize "
+            f"offset must be an int in [0, {align}) and a multiple of the itemsize "
             f"({dtype.itemsize} for {dtype}), got {offset!r}"
         )
 

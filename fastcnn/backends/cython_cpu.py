@@ -407,10 +407,11 @@ def depthwise_conv2d_forward(x, w, b, stride, pad):
     b = None if b is None else np.ascontiguousarray(b)
     geometry = _geometry(x.shape, (kh, kw), stride, pad, "kernel size")
     kh, kw, sh, sw, pt, pl, ho, wo = geometry
-    # The row-by-row kernels realign x and y that share a line offset (depthwise.h,
-    # dwc_output_offset): y goes where they run fastest.
-    y = _buffers.empty((x.shape[0], ho, wo, c * m), x.dtype,
-                       offset=_dwc.output_offset(x, m, kh, kw, sh, sw, False))
+    # y goes where the kernels run fastest relative to x (depthwise.h, dwc_output_offset:
+    # off the L1 sets x's lines use, at x's line offset where they realign the two).
+    y_shape = (x.shape[0], ho, wo, c * m)
+    y = _buffers.empty(y_shape, x.dtype, align=_buffers.PAGE,
+                       offset=_dwc.output_offset(x, y_shape, m, kh, kw, sh, sw, False))
     _dwc.forward(x, w.reshape(kh * kw, c * m), b, y, kh, kw, sh, sw, pt, pl, m)
     return y, (x, w, b is not None, geometry)
 
@@ -425,8 +426,8 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     if need_dx:
         # dW's partials and dx in one pass over dy (3x3, M = 1, column stride <= 2; else
         # the module runs the two passes): the same bits as dw_partials then dx.
-        dx = _buffers.empty(x.shape, x.dtype,
-                            offset=_dwc.output_offset(dy, m, kh, kw, sh, sw, True))
+        dx = _buffers.empty(x.shape, x.dtype, align=_buffers.PAGE,
+                            offset=_dwc.output_offset(dy, x.shape, m, kh, kw, sh, sw, True))
         part = _dwc.backward(x, dy, w.reshape(kh * kw, c * m), dx, kh, kw, sh, sw, pt, pl, m,
                              has_bias)
     else:

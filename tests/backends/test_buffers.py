@@ -47,6 +47,29 @@ def test_alignment_and_offset(shape, dtype, offsets):
                 assert not a.any()
 
 
+@pytest.mark.parametrize("shape", [SMALL, BIG])
+def test_page_offsets(shape):
+    """align= up to a page: the offset is then from a page boundary (pooled blocks too)."""
+    for offset in (0, 16, 192, 208, 4092):
+        for make in (_buffers.empty, _buffers.zeros):
+            a = make(shape, np.float32, offset=offset, align=_buffers.PAGE)
+            assert addr(a) % _buffers.PAGE == offset and a.shape == shape
+            a.fill(1)   # the whole array inside its block
+    b = _buffers.empty(shape, np.float32, offset=48, align=128)
+    assert addr(b) % 128 == 48
+
+
+@pytest.mark.parametrize("align", [32, 96, 8192, 64.0, "4096"])
+def test_bad_align(align):
+    with pytest.raises(ValueError, match=r"align must be a power of two in \[64, 4096\], got"):
+        _buffers.empty(SMALL, np.float32, align=align)
+
+
+def test_offset_below_align():
+    with pytest.raises(ValueError, match=r"offset must be an int in \[0, 4096\)"):
+        _buffers.empty(SMALL, np.float32, offset=4096, align=_buffers.PAGE)
+
+
 def test_int_shape():
     assert _buffers.empty(10, np.float32).shape == (10,)
 

@@ -4,19 +4,22 @@ float64, against test_depthwise_simd.py's float64 NumPy loop.
 
 Which code each case reaches (depthwise_kernels.h):
 
-* forward, by BANDS of rows (a pixel's channels take <= 576 bytes: float32 C <= 144,
-  float64 C <= 72) or ROW BY ROW in pixel blocks (more channels); both for column stride 1
-  and 2, any row stride; in bands, two rows at once (k3_fpair) when every kernel row of
-  both is inside the image (row stride 1 and 2), else one row per kernel-row mask;
+* forward, by BANDS of rows (AVX-512, unless a pixel's channels take > 576 bytes, float32
+  C > 144, float64 C > 72, and an output row has <= 8 pixels) or ROW BY ROW in pixel blocks
+  (those, and every shape on AVX2 and generic); both for column stride 1 and 2, any row
+  stride; in bands, two rows at once (k3_fpair) when every kernel row of both is inside
+  the image (row stride 1 and 2), else one row per kernel-row mask;
 * dx of stride (1, 1): the same forward over dy with the kernel flipped and pads 2 - pad
   (a pad of 3 makes that -1); of stride (2, 2): k3_dx2, blocks of 8 and 2 pixels (an odd
   left pad: a single pixel first; an odd remainder: one last); other strides keep the
   general gather;
 * dW and db (column stride 1 or 2): per band, the 9 sums in registers.
 
-Edges: channel counts with ragged vector tails (1, 33, 161, 193), rows cut into blocks of 8
-and 4 pixels (those at a border skip the taps outside, a last block past the row stores
-only its pixels in the row; a row of 14 in two blocks of 7), rows with no interior (W 1 and 2), short rows (W 7), H 1 (one kernel row inside), pads 0, 2 and 3 (rows
+Edges: channel counts with ragged vector tails (1, 33, 161, 193), rows cut into pixel
+blocks (those at a border skip the taps outside, a last block past the row stores only its
+pixels in the row), the longest row of one block (W 8) and the shortest in bands (W 9) for
+pixels of > 576 bytes, rows with no interior (W 1 and 2), short rows (W 7), H 1 (one
+kernel row inside), pads 0, 2 and 3 (rows
 with no kernel row inside: bias only), asymmetric pads, no bias. Also: 1 and 2 OpenMP
 threads give bitwise-identical results on these paths.
 """
@@ -57,15 +60,19 @@ CASES = [
     (1, 6, 19, 24, (2, 2), ((1, 1), (0, 1)), True),     # dx (2, 2): 8 + 8 + 2 + 1 pixels
     (1, 7, 11, 33, (2, 2), ((2, 2), (2, 2)), True),     # dx (2, 2): dy columns off both ends
     (1, 5, 19, 1, (1, 1), ((1, 1), (1, 1)), True),      # one channel
-    # row by row (> 576 bytes a pixel) in blocks, those at a border skipping taps:
+    # pixels of > 576 bytes: row by row in blocks (AVX-512: rows of <= 8 pixels; AVX2 and
+    # generic: every row, blocks of 4), those at a border skipping taps; AVX-512 runs the
+    # longer rows in bands:
     (2, 7, 7, 161, (1, 1), ((1, 1), (1, 1)), True),     # a short row: one block
-    (1, 4, 14, 161, (2, 2), ((0, 1), (0, 1)), True),    # short row, stride 2
-    (2, 5, 28, 161, (1, 1), ((1, 1), (1, 1)), True),    # border 8, 8, 8, border 4
+    (1, 4, 14, 161, (2, 2), ((0, 1), (0, 1)), True),    # short row (7 outputs), stride 2
+    (2, 5, 28, 161, (1, 1), ((1, 1), (1, 1)), True),    # bands; blocks of 4: border 4 .. 4
     (1, 5, 7, 161, (1, 1), ((3, 0), (3, 1)), False),    # pad 3: bias-only rows
     (2, 4, 1, 161, (1, 1), ((1, 1), (1, 1)), True),     # W 1
-    (2, 5, 14, 161, (1, 1), ((1, 1), (1, 1)), True),    # W 14: two border blocks of 7
-    (1, 6, 28, 193, (2, 2), ((0, 1), (0, 1)), True),    # 14 outputs of stride 2: blocks of 7
+    (2, 5, 14, 161, (1, 1), ((1, 1), (1, 1)), True),    # W 14: bands (AVX-512)
+    (1, 6, 28, 193, (2, 2), ((0, 1), (0, 1)), True),    # 14 outputs of stride 2: bands
     (2, 4, 14, 208, (1, 1), ((1, 1), (1, 1)), False),   # W 14, 13 whole vectors, no bias
+    (2, 5, 8, 208, (1, 1), ((1, 1), (1, 1)), True),     # W 8: the longest row in one block
+    (2, 5, 9, 208, (1, 1), ((1, 1), (1, 1)), True),     # W 9: bands (AVX-512)
 ]
 IDS = [f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-s{c[4][0]}{c[4][1]}-p{c[5][0][0]}{c[5][0][1]}"
        f"{c[5][1][0]}{c[5][1][1]}" for c in CASES]
@@ -108,11 +115,12 @@ def test_3x3_matches_float64_loop(case, isa, dtype, isa_restored):
 
 
 def test_3x3_forward_bands_and_rows_agree_bitwise():
-    """The two forward schedules add the taps in the same order: 144 channels run in bands,
-    145 row by row, and their 144 shared channels come out the same bits."""
+    """The two forward schedules add the taps in the same order: on rows of 7 pixels, 144
+    channels run in bands, 145 row by row, and their 144 shared channels come out the same
+    bits."""
     be = backends.get("cython")
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((2, 9, 13, 145)).astype(np.float32)
+    x = rng.standard_normal((2, 9, 7, 145)).astype(np.float32)
     w = rng.standard_normal((3, 3, 145, 1)).astype(np.float32)
     b = rng.standard_normal(145).astype(np.float32)
     pad = ((1, 1), (1, 1))
@@ -215,33 +223,44 @@ def test_3x3_large_outputs_streamed(shape, stride, pad, offset):
     _check(dx, want[1], np.float32, f"dx (offset {offset})")
 
 
+def _expected_offset(src, out_shape, stride, for_dx, isa):
+    """depthwise.h's dwc_output_offset, spelled out: three lines past src's lines in the
+    page; at src's line offset where the kernels realign the two (AVX-512, a pixel of > 576
+    bytes and >= 12 whole vectors, dx only of stride 1), unless the bands stream the output
+    (>= 8 MiB, and a row of > 8 pixels or pixels of <= 576 bytes); else on a line."""
+    at, item, c = src.ctypes.data % 4096, src.itemsize, src.shape[3]
+    out_bytes, wo = int(np.prod(out_shape)) * item, out_shape[2]
+    bands = c * item <= 576 or wo > 8
+    realign = (isa == "avx512" and c * item > 576 and c * item % 64 == 0
+               and c >= 12 * 64 // item and not (for_dx and stride != (1, 1))
+               and not (bands and out_bytes >= 8 << 20))
+    return (at - at % 64 + 192 + (at % 64 if realign else 0)) % 4096
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("c, stride", [(208, (1, 1)), (208, (2, 2)), (384, (1, 1)),
                                        (32, (1, 1)), (144, (1, 1))],
-                         ids=["rows-s11", "rows-s22", "rows384", "bands32", "bands144"])
+                         ids=["bands208", "rows208-s22", "bands384", "bands32", "bands144"])
 def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, dtype,
                                                                     isa_restored):
-    """DWC.output_offset: the source's offset from a 64-byte line where the row-by-row
-    kernels realign a source and an output that share it (AVX-512, a pixel of > 576 bytes,
-    >= 12 whole vectors; dx only for stride 1), else 0. Wherever x, dy, y and dx sit, y,
-    dx and dW are the same bits (the placement is a speed choice only)."""
+    """DWC.output_offset, in bytes past a page boundary: the output's lines three lines past
+    the source's; within its line the source's offset where the kernels realign a source
+    and an output that share it, else 0. Wherever x, dy, y and dx sit, y, dx and dW are the
+    same bits (the placement is a speed choice only)."""
     n, h, wd = 2, 9, 14
     pad = ((1, 1), (1, 1)) if stride == (1, 1) else ((0, 1), (0, 1))
     x, w, b, _, _, dy = _data((n, h, wd, c, stride, pad, True), dtype, seed=5)
     (pt, _), (pl, _) = pad
     wt = np.ascontiguousarray(w.reshape(9, c))
-    item = np.dtype(dtype).itemsize
     for isa in ISAS:
         DWC.set_isa(isa)
-        rows = (isa == "avx512" and c * item > 576 and c * item % 64 == 0
-                and c >= 12 * 64 // item)
         results = {}
         for off in (0, 16, 48):
             xo, dyo = _at_offset(x, off), _at_offset(dy, off)
-            want_y = off if rows else 0
-            want_dx = off if rows and stride == (1, 1) else 0
-            assert DWC.output_offset(xo, 1, 3, 3, *stride, False) == want_y, (isa, off)
-            assert DWC.output_offset(dyo, 1, 3, 3, *stride, True) == want_dx, (isa, off)
+            assert (DWC.output_offset(xo, dy.shape, 1, 3, 3, *stride, False)
+                    == _expected_offset(xo, dy.shape, stride, False, isa)), (isa, off)
+            assert (DWC.output_offset(dyo, x.shape, 1, 3, 3, *stride, True)
+                    == _expected_offset(dyo, x.shape, stride, True, isa)), (isa, off)
             for out_off in (0, 16, 48):
                 y = _at_offset(np.zeros(dy.shape, dtype), out_off)
                 DWC.forward(xo, wt, b, y, 3, 3, *stride, pt, pl, 1)
@@ -258,7 +277,32 @@ def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, 
                  for xo in (0, 16, 48) for do in (0, 16, 48)}
         for key, part in parts.items():
             np.testing.assert_array_equal(part, parts[0, 0], err_msg=f"dW ({isa}, {key})")
-        assert DWC.output_offset(_at_offset(x, 16), 2, 3, 3, *stride, False) == 0  # M 2
+        xo = _at_offset(x, 16)   # M 2: no realigning, three lines past
+        assert DWC.output_offset(xo, dy.shape, 2, 3, 3, *stride, False) == (
+            xo.ctypes.data % 4096 - 16 + 192) % 4096
+
+
+def test_3x3_output_offset_of_streamed_outputs(isa_restored):
+    """An output the bands stream (>= 8 MiB) goes on a line (their aligned streaming stores),
+    one the row-by-row kernels write (rows of <= 8 pixels of > 576 bytes) at its source's
+    line offset however large; both three lines past the source's lines."""
+    if "avx512" not in ISAS:
+        pytest.skip("the realigning kernels are AVX-512's; this CPU lacks AVX-512")
+    DWC.set_isa("avx512")
+    for shape, realigned in (((12, 28, 28, 256), False),   # 9.6 MB in bands: on a line
+                             ((12, 28, 28, 128), False),   # 4.8 MB of 512-byte pixels
+                             ((12, 28, 28, 192), True),    # 7.2 MB: realigned
+                             ((48, 7, 7, 960), True)):     # 9.0 MB row by row: realigned
+        x = _at_offset(np.zeros(shape, np.float32), 16)
+        want = (x.ctypes.data % 4096 - 16 + 192 + (16 if realigned else 0)) % 4096
+        assert DWC.output_offset(x, shape, 1, 3, 3, 1, 1, False) == want, shape
+        assert want == _expected_offset(x, shape, (1, 1), False, "avx512"), shape
+
+
+def test_3x3_output_offset_bad_shape():
+    x = np.zeros((1, 4, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="out_shape must have 4 dimensions"):
+        DWC.output_offset(x, (4, 4, 8), 1, 3, 3, 1, 1, False)
 
 
 def test_3x3_backend_places_outputs_by_the_rule():
@@ -271,12 +315,11 @@ def test_3x3_backend_places_outputs_by_the_rule():
         for off in (0, 16, 48):
             xo, dyo = _at_offset(x, off), _at_offset(dy, off)
             y, ctx = be.depthwise_conv2d_forward(xo, w, b, stride, pad)
-            assert y.ctypes.data % 64 == DWC.output_offset(xo, 1, 3, 3, *stride, False)
+            assert y.ctypes.data % 4096 == DWC.output_offset(xo, y.shape, 1, 3, 3, *stride,
+                                                             False)
             dx, _, _ = be.depthwise_conv2d_backward(dyo, ctx)
-            if c * 4 > 576:   # two passes: dx placed for dy; fused (<= 576): on a line
-                assert dx.ctypes.data % 64 == DWC.output_offset(dyo, 1, 3, 3, *stride, True)
-            else:
-                assert dx.ctypes.data % 64 == 0
+            assert dx.ctypes.data % 4096 == DWC.output_offset(dyo, x.shape, 1, 3, 3, *stride,
+                                                              True)
 
 
 # --- the fused backward (DWC.backward: dW's partials and dx in one pass over dy) ------------
