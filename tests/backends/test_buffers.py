@@ -192,10 +192,17 @@ def test_offset_must_be_a_multiple_of_the_itemsize():
         _buffers.empty(BIG, np.float64, offset=4)
 
 
-@pytest.mark.parametrize("dtype", ["not a dtype", object])
+@pytest.mark.parametrize("dtype", ["not a dtype", object, [("a", "f4"), ("b", "O")]])
 def test_bad_dtype(dtype):
-    with pytest.raises(TypeError, match="dtype"):
-        _buffers.empty(SMALL, dtype)
+    for _ in range(2):   # refused again once seen (the accepted ones are remembered)
+        with pytest.raises(TypeError, match="dtype"):
+            _buffers.empty(SMALL, dtype)
+
+
+def test_unhashable_structured_dtype():
+    for _ in range(2):
+        a = _buffers.empty(SMALL, [("a", "f4"), ("b", "i4")], offset=16)
+        assert a.dtype.names == ("a", "b") and addr(a) % 64 == 16
 
 
 def test_threads_never_share_a_block():
