@@ -45,7 +45,7 @@ else:
 CASES = [
     # (N, H, W, C, stride, pad, bias)
     (2, 9, 21, 33, (1, 1), ((1, 1), (1, 1)), True),     # bands, pairs, across images
-    (2, 7, 15, 161, (1, 1), ((1, 1), (1, 1)), True),    # row by row: border 8, 4, border 4
+    (2, 7, 15, 161, (1, 1), ((1, 1), (1, 1)), True),    # bands; AVX2: blocks of 4
     (2, 10, 15, 40, (2, 2), ((0, 1), (1, 1)), True),    # stride 2: pairs of row stride 2
     (2, 10, 15, 161, (2, 2), ((0, 1), (1, 1)), False),  # stride 2, row by row
     (1, 9, 12, 24, (2, 1), ((1, 1), (1, 1)), True),     # row stride 2, column stride 1
