@@ -42,7 +42,9 @@ def _placed(mod, src, shape, s, for_dx):
     if getattr(mod, "ABI_VERSION", 0) >= 4:
         offset = mod.output_offset(src, shape, 1, 3, 3, s, s, for_dx)
         return _buffers.empty(shape, np.float32, offset=offset, align=_buffers.PAGE)
-    offset = mod.output_offset(src, 1, 3, 3, s, s, for_dx) if hasattr(mod, "output_offset") else 0
+    offset = 0
+    if hasattr(mod, "output_offset"):
+        offset = mod.output_offset(src, 1, 3, 3, s, s, for_dx)
     return _buffers.empty(shape, np.float32, offset=offset)
 
 

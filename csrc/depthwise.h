@@ -49,8 +49,8 @@
  *   With >= 12 vectors a pixel and both streamed arrays at the same offset from a 64-byte
  *   line, a short first channel chunk makes the other vector accesses line-aligned
  *   (k3_head; the backend places outputs where dwc_output_offset says: at their source's
- *   line offset for this, three lines past its lines in the page); AVX-512 ragged chunks are masked
- *   loads / stores. An output of >= 8 MiB in bands is written with streaming stores
+ *   line offset for this, three lines past its lines in the page); AVX-512 ragged chunks
+ *   are masked loads / stores. An output of >= 8 MiB in bands is written with streaming stores
  *   (no read of the lines before the write; a short first chunk realigns from >= 8
  *   vectors a pixel): 8x56x56x144 forward 2.5 -> 2.1 ms in the C harness; k3_dx2 too
  *   (from >= 4 vectors: 8x112x112x96 dx 5.3 -> 4.7 ms).
@@ -260,11 +260,11 @@ DWC_ENTRY(dwc_bwd_blocks, f64, 8)
  * - Within its line, the source's offset where the kernels realign a source and an output
  *   that share it with one short first channel chunk (k3_head: AVX-512, a pixel of > 576
  *   bytes and >= 12 whole vectors), unless the bands stream the output (aligned streaming
- *   stores; 8x28x28x192 with x 16 bytes past a line: realigned 0.25 ms, streamed 16x28x28x192
- *   0.61 realigned, 0.53 with the output on a line); elsewhere on a line (8x28x28x192 with
- *   x 16 bytes past a line, the row-by-row kernels then: output on a line 0.384 ms, at x's
- *   offset 0.332; a banded 56x56x128, whose short head and tail chunks would each take a
- *   pass over the band: on a line 0.86 ms, at x's offset 1.45). */
+ *   stores; x 16 bytes past a line: 8x28x28x192, not streamed, 0.25 ms realigned; the
+ *   streamed 16x28x28x192 0.61 realigned, 0.53 on a line); elsewhere on a line
+ *   (8x28x28x192 with x 16 bytes past a line, the row-by-row kernels then: output on a
+ *   line 0.384 ms, at x's offset 0.332; a banded 56x56x128, whose short head and tail
+ *   chunks would each take a pass over the band: on a line 0.86 ms, at x's offset 1.45). */
 static ptrdiff_t dwc_output_offset(const dwc_job *g, const void *src, ptrdiff_t item,
                                    ptrdiff_t out_w, ptrdiff_t out_bytes, int for_dx)
 {
