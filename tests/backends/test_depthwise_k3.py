@@ -18,8 +18,9 @@ Which code each case reaches (depthwise_kernels.h):
 Edges: channel counts with ragged vector tails (1, 33, 161, 193), rows cut into pixel
 blocks (those at a border skip the taps outside, a last block past the row stores only its
 pixels in the row), the longest row of one block (W 8) and the shortest in bands (W 9) for
-pixels of > 576 bytes, rows with no interior (W 1 and 2), short rows (W 7), H 1 (one
-kernel row inside), pads 0, 2 and 3 (rows
+pixels of > 576 bytes, the pair step's border pixels taken from its window ('same' pads of
+1 at column stride 1, down to W 3) or by the border loop (other pads), rows with no
+interior (W 1 and 2), short rows (W 7), H 1 (one kernel row inside), pads 0, 2 and 3 (rows
 with no kernel row inside: bias only), asymmetric pads, no bias. Also: 1 and 2 OpenMP
 threads give bitwise-identical results on these paths.
 """
@@ -45,6 +46,8 @@ else:
 CASES = [
     # (N, H, W, C, stride, pad, bias)
     (2, 9, 21, 33, (1, 1), ((1, 1), (1, 1)), True),     # bands, pairs, across images
+    (2, 6, 3, 33, (1, 1), ((1, 1), (1, 1)), True),      # W 3: a pair's one inner pixel
+    (2, 6, 5, 16, (1, 1), ((1, 1), (1, 0)), True),      # right pad 0: no border peeling
     (2, 7, 15, 161, (1, 1), ((1, 1), (1, 1)), True),    # bands; AVX2: blocks of 4
     (2, 10, 15, 40, (2, 2), ((0, 1), (1, 1)), True),    # stride 2: pairs of row stride 2
     (2, 10, 15, 161, (2, 2), ((0, 1), (1, 1)), False),  # stride 2, row by row
