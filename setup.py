@@ -35,6 +35,11 @@ def extensions():
         print(f"warning: fastcnn: not building the Cython extensions ({exc})", file=sys.stderr)
         return []
     omp = ["-fopenmp"] if USE_OPENMP else []
+    # The depthwise kernels' inner loops on 64-byte boundaries: without it, where they land
+    # moved with unrelated edits to the same file (adding the pair steps' border pixels made
+    # the untouched stride-2 forward 8-13% slower, 28x28x192 s2 0.094 -> 0.105 ms; aligned:
+    # 0.095 either way; C harness built with setup.py's flags).
+    LOOP_ALIGN = {"depthwise": ["-falign-loops=64"]}
     # Headers and .pxd files every module may include: an edit rebuilds them all.
     shared = sorted(glob.glob(os.path.join("csrc", "*.h")) + glob.glob(os.path.join("csrc", "*.pxd")))
     exts = [
@@ -47,7 +52,8 @@ def extensions():
             # -fno-math-errno: a sqrt that may set errno is never vectorised (nothing here
             # reads errno; results are unchanged). No -ffast-math: kernels round as NumPy.
             extra_compile_args=["-O3", "-fno-math-errno",
-                                "-Werror=implicit-function-declaration"] + omp,
+                                "-Werror=implicit-function-declaration"] + omp
+            + LOOP_ALIGN.get(os.path.splitext(os.path.basename(src))[0], []),
             extra_link_args=omp + (["-s"] if STRIP else []),
         )
         for src in sources

@@ -576,6 +576,17 @@ DWC_INLINE void DW_FN(k3_band_geometry)(const DW_FN(k3geo) *k, ptrdiff_t b0, ptr
     }
 }
 
+/* Whether the pair steps take their two border pixels from their own window (k3_fpair,
+ * k3_dwpair) instead of one row at a time through k3_fspan's / k3_dwspan's border loop (a
+ * load and a bounds check per tap): rows 'same' with pads of 1 at column stride 1, with an
+ * interior. One process, old and new builds alternating, NumPy-placed arrays, 8 images:
+ * forward 14x14x384 -10%, 28x28x192 -7%, 56x56x144 -3%; the same bits. */
+DWC_INLINE int DW_FN(k3_peels)(const DW_FN(k3geo) *k, ptrdiff_t q_lo, ptrdiff_t q_hi)
+{
+    return k->sw == 1 && k->pl == 1 && k->wo == k->ws && q_lo == 1 && q_hi == k->wo - 1
+           && q_hi > q_lo;
+}
+
 /* Output rows [r0, r1) of the flattened (n, i) axis, band by band. */
 static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
@@ -585,13 +596,7 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
     const ptrdiff_t nvec = (cm - head + DW_VL - 1) / DW_VL + (head > 0);
     ptrdiff_t q_lo, q_hi;
     DW_FN(k3_interior)(k->ws, k->wo, k->pl, k->sw, &q_lo, &q_hi);
-    /* The pair step takes its two border pixels from its window (k3_fpair's peel) where a
-     * row is 'same' with pads of 1 at column stride 1, instead of k3_fspan's border loop
-     * (a load and a bounds check per tap) on each row: one process, old and new builds
-     * alternating, NumPy-placed arrays, 8 images: 14x14x384 forward -10%, 28x28x192 -7%,
-     * 56x56x144 -3%, backward (its stride-1 dx) -4%, -2%, -1.5%; the same bits. */
-    const int peel = k->sw == 1 && k->pl == 1 && k->wo == k->ws && q_lo == 1
-                     && q_hi == k->wo - 1 && q_hi > q_lo;
+    const int peel = DW_FN(k3_peels)(k, q_lo, q_hi);
     for (ptrdiff_t b0 = r0; b0 < r1; b0 += band) {
         const ptrdiff_t b1 = b0 + band < r1 ? b0 + band : r1;
         /* The next band's source rows beyond this band's: into L2 while this one runs. */
@@ -1416,8 +1421,8 @@ DWC_INLINE void DW_FN(k3_dwspan)(const DW_T *const *s, const DW_T *dyr, DW_VEC *
  * at batch 2, 1.77 -> 1.37 at batch 8, C harness). Per pixel, row 0's products first. */
 DWC_INLINE void DW_FN(k3_dwpair)(const DW_T *const *s, const DW_T *dy0, const DW_T *dy1,
                                  DW_VEC *acc, DW_VEC *dbacc, ptrdiff_t cm, ptrdiff_t q_lo,
-                                 ptrdiff_t q_hi, ptrdiff_t pl, ptrdiff_t lanes, const int SH,
-                                 const int SW)
+                                 ptrdiff_t q_hi, ptrdiff_t pl, ptrdiff_t lanes, int peel,
+                                 const int SH, const int SW)
 {
     const int full = lanes == DW_VL;
     const int NRW = SH + 3;
@@ -1432,6 +1437,30 @@ DWC_INLINE void DW_FN(k3_dwpair)(const DW_T *const *s, const DW_T *dy0, const DW
             x1[a] = DW_LD(p[a] + cm);
     }
     ptrdiff_t off = q_lo * cm;
+    if (SW == 1 && peel) {
+        /* The border pixels 0 and q_hi of both rows, in k3_dwspan's order (row 0's left and
+         * right, then row 1's; per pixel db, then the taps inside by kernel row and
+         * column): pixel 0 reads columns 0 and 1 (x0, x1), pixel q_hi columns q_hi - 1
+         * and q_hi. */
+        const ptrdiff_t r_off = q_hi * cm;
+        for (int row = 0; row < 2; row++) {
+            const DW_T *dyr = row ? dy1 : dy0;
+            const int base = row ? SH : 0;
+            DW_VEC dv = DW_LD(dyr);
+            db += dv;
+            for (int a = 0; a < 3; a++) {
+                a9[3 * a + 1] += x0[a + base] * dv;
+                a9[3 * a + 2] += x1[a + base] * dv;
+            }
+            dv = DW_LD(dyr + r_off);
+            db += dv;
+            for (int a = 0; a < 3; a++) {
+                const DW_T *xr = p[a + base] + (q_hi - 1) * cm;   /* p: column 0 */
+                a9[3 * a] += DW_LD(xr) * dv;
+                a9[3 * a + 1] += DW_LD(xr + cm) * dv;
+            }
+        }
+    }
     for (ptrdiff_t q = q_lo; q < q_hi; q++) {
         const DW_VEC d0 = DW_LD(dy0 + off), d1 = DW_LD(dy1 + off);
         for (int a = 0; a < NRW; a++) {
@@ -1486,7 +1515,8 @@ DWC_INLINE ptrdiff_t DW_FN(dx_row_of)(const dwc_job *g, ptrdiff_t r)
  * taken), channels [o, o + lanes), added into acc[9] and *dbacc. */
 DWC_INLINE int DW_FN(k3_dw_step)(const DW_FN(k3geo) *k, const DW_FN(k3row) *r,
                                  const DW_T *dyr0, ptrdiff_t o, ptrdiff_t lanes,
-                                 ptrdiff_t q_lo, ptrdiff_t q_hi, DW_VEC *acc, DW_VEC *dbacc)
+                                 ptrdiff_t q_lo, ptrdiff_t q_hi, int peel, DW_VEC *acc,
+                                 DW_VEC *dbacc)
 {
     const ptrdiff_t cm = k->cm;
     const int mask = r->mask;
@@ -1501,10 +1531,15 @@ DWC_INLINE int DW_FN(k3_dw_step)(const DW_FN(k3geo) *k, const DW_FN(k3row) *r,
         const DW_T *dyr1 = dyr + k->wo * cm;
 #define DW_CALLB(S, LN)                                                                     \
     {                                                                                       \
-        DW_FN(k3_dwspan)(s, dyr, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, S, 0); \
-        DW_FN(k3_dwspan)(t, dyr1, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, S, 0); \
+        if (!(S == 1 && peel)) {                                                            \
+            DW_FN(k3_dwspan)(s, dyr, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, \
+                             S, 0);                                                         \
+            DW_FN(k3_dwspan)(t, dyr1, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, \
+                             S, 0);                                                         \
+        }                                                                                   \
     }
-#define DW_CALLP(SH, S, LN) DW_FN(k3_dwpair)(s2, dyr, dyr1, acc, dbacc, cm, q_lo, q_hi, k->pl, LN, SH, S)
+#define DW_CALLP(SH, S, LN)                                                                 \
+    DW_FN(k3_dwpair)(s2, dyr, dyr1, acc, dbacc, cm, q_lo, q_hi, k->pl, LN, peel, SH, S)
         DW_K3_PAIR(DW_CALLB, DW_CALLP)
 #undef DW_CALLP
 #undef DW_CALLB
@@ -1546,6 +1581,7 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
     const int pairs = DW_VBYTES == 64 && (pix <= 256 || pix > 576);
     ptrdiff_t q_lo, q_hi;
     DW_FN(k3_interior)(k->ws, k->wo, k->pl, k->sw, &q_lo, &q_hi);
+    const int peel = DW_FN(k3_peels)(k, q_lo, q_hi);   /* k3_dwpair's border pixels */
     for (ptrdiff_t b0 = r0; b0 < r1; b0 += band) {
         const ptrdiff_t b1 = b0 + band < r1 ? b0 + band : r1;
         const char *pf = NULL, *pf_end = NULL, *dpf = NULL, *dpf_end = NULL;
@@ -1576,7 +1612,7 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
                 acc[t] = (DW_VEC){0};
             for (ptrdiff_t rr = b0; rr < b1;) {
                 const int took = DW_FN(k3_dw_step)(k, &rows[rr - b0], dy + rr * k->wo * cm, o,
-                                                   lanes, q_lo, q_hi, acc, &dbacc);
+                                                   lanes, q_lo, q_hi, peel, acc, &dbacc);
                 if (pf) {
                     const char *stop = pf + took * pf_step;
                     stop = stop < pf_end ? stop : pf_end;
