@@ -126,6 +126,18 @@ static inline int dwc_k3_streams(ptrdiff_t out_bytes)
     return out_bytes >= ((ptrdiff_t)8 << 20);
 }
 
+/* The fewest whole vectors a pixel must hold for the forward kernels (and stride-1 dx) to
+ * realign a source and an output at one offset from a line (k3_head): the bands of column
+ * stride 1 take the head and the tail as one wrapped chunk (k3_wrap), from 2 vectors
+ * (AVX-512, x 16 bytes past a line, 8 images: 56x56x144 0.376 -> 0.337 ms realigned,
+ * 56x56x128 0.360 -> 0.297, 112x112x32 0.367 -> 0.300, each within 2% of line-aligned
+ * arrays; C harness); the others a short head and tail of their own, each a pass, from 12
+ * (8 where the output is streamed: its aligned streaming stores). */
+static inline ptrdiff_t dwc_k3_realign_vectors(int bands, ptrdiff_t sw, int streamed)
+{
+    return bands && sw == 1 ? 2 : streamed ? 8 : 12;
+}
+
 /* --- the compilations: two types x three instruction sets ----------------------------- */
 
 #define DW_T float
@@ -258,23 +270,23 @@ DWC_ENTRY(dwc_bwd_blocks, f64, 8)
  *   page offset competes with it for them (AVX-512, 8 images, bands, C harness: 28x28x256
  *   0.53 ms at x's page offset, 0.33 three lines past; 14x14x512 0.49 / 0.26).
  * - Within its line, the source's offset where the kernels realign a source and an output
- *   that share it with one short first channel chunk (k3_head: AVX-512, a pixel of > 576
- *   bytes and >= 12 whole vectors), unless the bands stream the output (aligned streaming
- *   stores; x 16 bytes past a line: 8x28x28x192, not streamed, 0.25 ms realigned; the
- *   streamed 16x28x28x192 0.61 realigned, 0.53 on a line); elsewhere on a line
- *   (8x28x28x192 with x 16 bytes past a line, the row-by-row kernels then: output on a
- *   line 0.384 ms, at x's offset 0.332; a banded 56x56x128, whose short head and tail
- *   chunks would each take a pass over the band: on a line 0.86 ms, at x's offset 1.45). */
+ *   that share it (k3_head, from dwc_k3_realign_vectors whole vectors a pixel), except
+ *   streamed outputs of column stride 2 (their short head and tail chunks each take a pass
+ *   over the band; the aligned streaming stores want a line); elsewhere on a line. A source
+ *   16 bytes past a line, 8 images, C harness: banded, stride 1, with the wrapped chunk,
+ *   on a line / realigned: 28x28x192 0.236 / 0.214 ms, 56x56x144 (streamed) 0.77 / 0.67,
+ *   16x28x28x192 (streamed) 0.48 / 0.43; the row-by-row kernels' 8x28x28x192: 0.384 / 0.332. */
 static ptrdiff_t dwc_output_offset(const dwc_job *g, const void *src, ptrdiff_t item,
                                    ptrdiff_t out_w, ptrdiff_t out_bytes, int for_dx)
 {
     const ptrdiff_t vl = 64 / item, bytes = g->cm * item;
     const uintptr_t at = (uintptr_t)src % 4096, line = at - at % 64;
+    const int bands = dwc_k3_bands(bytes, out_w), streamed = dwc_k3_streams(out_bytes);
     int realign = DWC_HAVE_X86 && dwc_get_isa() == DWC_ISA_AVX512 && g->m == 1 && g->kh == 3
                   && g->kw == 3 && g->sw <= 2 && !(for_dx && (g->sh != 1 || g->sw != 1));
-    realign = realign && bytes > 576 && bytes % 64 == 0 && g->cm >= 12 * vl
-              && at % (uintptr_t)item == 0
-              && !(dwc_k3_bands(bytes, out_w) && dwc_k3_streams(out_bytes));
+    realign = realign && bytes % 64 == 0 && at % (uintptr_t)item == 0
+              && g->cm >= dwc_k3_realign_vectors(bands, g->sw, bands && streamed) * vl
+              && !(bands && streamed && g->sw != 1);
     return (ptrdiff_t)((line + 3 * 64 + (realign ? at % 64 : 0)) % 4096);
 }
 

@@ -52,6 +52,72 @@ DWC_INLINE void DW_FN(store_part)(DW_T *p, DW_VEC v, ptrdiff_t k)
 #endif
 }
 
+/* Lane masks for a WRAPPED channel chunk (k3_wrap): bit i is lane i. load_m: lanes in m,
+ * the others zero (not read); store_m: lanes in m stored; fma_m: acc + x * w in the lanes
+ * of m (one rounding, as the contracted acc += x * w), acc elsewhere; load_wrap: lanes of
+ * lo from p + cm, the others from p (a wrapped chunk's weights: the last channels of one
+ * pixel, then the first of the next). */
+#define DW_ALL ((1u << DW_VL) - 1u)
+
+DWC_INLINE DW_VEC DW_FN(load_m)(const DW_T *p, unsigned m)
+{
+#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
+    if (sizeof(DW_T) == 4)
+        return (DW_VEC)_mm512_maskz_loadu_ps((__mmask16)m, p);
+    return (DW_VEC)_mm512_maskz_loadu_pd((__mmask8)m, p);
+#else
+    DW_VEC v = {0};
+    for (int i = 0; i < (int)DW_VL; i++)
+        if (m >> i & 1)
+            v[i] = p[i];
+    return v;
+#endif
+}
+
+DWC_INLINE void DW_FN(store_m)(DW_T *p, DW_VEC v, unsigned m)
+{
+#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
+    if (sizeof(DW_T) == 4)
+        _mm512_mask_storeu_ps(p, (__mmask16)m, (__m512)v);
+    else
+        _mm512_mask_storeu_pd(p, (__mmask8)m, (__m512d)v);
+#else
+    for (int i = 0; i < (int)DW_VL; i++)
+        if (m >> i & 1)
+            p[i] = v[i];
+#endif
+}
+
+DWC_INLINE DW_VEC DW_FN(fma_m)(DW_VEC acc, DW_VEC x, DW_VEC w, unsigned m)
+{
+#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
+    if (sizeof(DW_T) == 4)
+        return (DW_VEC)_mm512_mask3_fmadd_ps((__m512)x, (__m512)w, (__m512)acc, (__mmask16)m);
+    return (DW_VEC)_mm512_mask3_fmadd_pd((__m512d)x, (__m512d)w, (__m512d)acc, (__mmask8)m);
+#else
+    DW_VEC r = acc + x * w;
+    for (int i = 0; i < (int)DW_VL; i++)
+        if (!(m >> i & 1))
+            r[i] = acc[i];
+    return r;
+#endif
+}
+
+DWC_INLINE DW_VEC DW_FN(load_wrap)(const DW_T *p, ptrdiff_t cm, unsigned lo)
+{
+#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
+    const DW_VEC v = DW_FN(load_m)(p + cm, lo);
+    if (sizeof(DW_T) == 4)
+        return (DW_VEC)_mm512_mask_loadu_ps((__m512)v, (__mmask16)(DW_ALL & ~lo), p);
+    return (DW_VEC)_mm512_mask_loadu_pd((__m512d)v, (__mmask8)(DW_ALL & ~lo), p);
+#else
+    DW_VEC v;
+    for (int i = 0; i < (int)DW_VL; i++)
+        v[i] = lo >> i & 1 ? p[cm + i] : p[i];
+    return v;
+#endif
+}
+
 /* A row job's taps: out[q] (+)= sum_k row[k][(q*ssx + d[k])*cm ..] * wt[k][..]. */
 typedef struct {
     int n;        /* taps listed */
@@ -284,10 +350,11 @@ DWC_INLINE void DW_FN(k3_interior)(ptrdiff_t ws, ptrdiff_t nq, ptrdiff_t pl, ptr
     *q_hi = hi < lo ? lo : hi;
 }
 
-/* Lanes of the first channel chunk: with a pixel of >= 12 whole vectors whose two arrays
- * sit at the same offset from a 64-byte line (NumPy's large arrays: 16 bytes past one), a
- * short first chunk makes every later vector load and store line-aligned (one L1 access
- * instead of two; 8x14x14x384 forward 0.30 -> 0.25 ms in the C harness). 0: none. */
+/* Lanes of the first channel chunk: with a pixel of >= min_vec whole vectors whose two
+ * arrays sit at the same offset from a 64-byte line (NumPy's large arrays: 16 bytes past
+ * one), a short first chunk makes every later vector load and store line-aligned (one L1
+ * access instead of two; 8x14x14x384 forward 0.30 -> 0.25 ms in the C harness; min_vec:
+ * depthwise.h's dwc_k3_realign_vectors). 0: none. */
 DWC_INLINE ptrdiff_t DW_FN(k3_head)(const void *a, const void *b, ptrdiff_t cm,
                                     ptrdiff_t min_vec)
 {
@@ -302,6 +369,48 @@ DWC_INLINE ptrdiff_t DW_FN(k3_head)(const void *a, const void *b, ptrdiff_t cm,
 #define DW_CHUNKS(o, lanes, head, cm)                                                         \
     for (ptrdiff_t o = 0, lanes = (head) ? (head) : ((cm) < DW_VL ? (cm) : DW_VL); o < (cm);  \
          o += lanes, lanes = (cm) - o < DW_VL ? (cm) - o : DW_VL)
+
+/* WRAPPED chunks (column stride 1, source and output at one pitch of whole lines a
+ * pixel): with a head, the tail of pixel q - 1 and the head of pixel q are ONE line-aligned
+ * vector at position q (lanes below DW_VL - head, the mask k3_wrap returns, are pixel
+ * q - 1's), so a pass over the row's wo + 1 positions replaces the head's and the tail's
+ * passes over its wo pixels, each with short, line-straddling vectors: the chunks are
+ * (head - DW_VL, DW_VL) wrapped, then the whole vectors. Interior positions (both pixels'
+ * taps inside the row) run the plain code at channel offset head - DW_VL; the others
+ * give each lane group its own taps (k3_wrap_pixel), in the same order: the same bits. */
+DWC_INLINE unsigned DW_FN(k3_wrap)(ptrdiff_t head, ptrdiff_t sw)
+{
+    return head && sw == 1 ? (1u << (DW_VL - head)) - 1u : 0u;
+}
+
+#define DW_CHUNKS_W(o, lanes, head, wlo, cm)                                                  \
+    for (ptrdiff_t o = (wlo) ? (head) - DW_VL : 0,                                            \
+                   lanes = (wlo) ? DW_VL : (head) ? (head) : ((cm) < DW_VL ? (cm) : DW_VL);   \
+         o < (cm) - ((wlo) ? DW_VL - (head) : 0);                                             \
+         o += lanes, lanes = (cm) - o < DW_VL ? (cm) - o : DW_VL)
+
+/* A wrapped chunk's position q of one output row (s[a], d at the chunk's channel offset):
+ * lanes WLO pixel q - 1's (none at q = 0), the others pixel q's (none at q = nq); each
+ * group's taps inside the row in k3_fspan's order, as masked multiply-adds (the other
+ * lanes untouched). Column stride 1. */
+DWC_INLINE void DW_FN(k3_wrap_pixel)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv,
+                                     DW_T *d, ptrdiff_t cm, ptrdiff_t ws, ptrdiff_t nq,
+                                     ptrdiff_t pl, ptrdiff_t q, unsigned wlo, const int MASK)
+{
+    const unsigned lo = q >= 1 ? wlo : 0u, hi = q < nq ? DW_ALL & ~wlo : 0u;
+    DW_VEC acc = bv;
+    for (int a = 0; a < 3; a++) {
+        if (!(MASK >> a & 1))
+            continue;
+        for (int b = 0; b < 3; b++) {
+            const ptrdiff_t col = q - pl + b;   /* pixel q's; pixel q - 1's is col - 1 */
+            const unsigned m = (col >= 1 && col <= ws ? lo : 0u) | (col >= 0 && col < ws ? hi : 0u);
+            if (m)
+                acc = DW_FN(fma_m)(acc, DW_FN(load_m)(s[a] + col * cm, m), w[3 * a + b], m);
+        }
+    }
+    DW_FN(store_m)(d + q * cm, acc, lo | hi);
+}
 
 /* Rows per band: its source rows and output rows take about 384 KiB. */
 DWC_INLINE ptrdiff_t DW_FN(k3_band_rows)(ptrdiff_t sh, ptrdiff_t ws, ptrdiff_t wo, ptrdiff_t cm)
@@ -336,9 +445,22 @@ DWC_INLINE void DW_FN(store_nt)(DW_T *p, DW_VEC v, int nt)
 DWC_INLINE void DW_FN(k3_fspan)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv, DW_T *d,
                                 ptrdiff_t cm, ptrdiff_t ws, ptrdiff_t nq, ptrdiff_t q_lo,
                                 ptrdiff_t q_hi, ptrdiff_t pl, ptrdiff_t lanes, int nt,
-                                const int MASK, const int SW, const int INNER)
+                                unsigned wlo, const int MASK, const int SW, const int INNER)
 {
     const int full = lanes == DW_VL;
+    if (SW == 1 && wlo) {
+        /* A wrapped chunk: positions 0 .. nq, the interior ones those whose two pixels are
+         * inside (from q_lo + 1). */
+        const ptrdiff_t qa = q_lo + 1, qb = q_hi > qa ? q_hi : qa;
+        for (ptrdiff_t q = 0; q <= nq; q++) {
+            if (q == qa)
+                q = qb;
+            if (q > nq)
+                break;
+            DW_FN(k3_wrap_pixel)(s, w, bv, d, cm, ws, nq, pl, q, wlo, MASK);
+        }
+        q_lo = qa;
+    } else
     /* Border columns: each tap inside the row on its own. */
     for (ptrdiff_t q = 0; q < nq; q++) {
         if (q == q_lo)
@@ -426,19 +548,56 @@ DWC_INLINE void DW_FN(k3_fspan)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv
         }                                                                                   \
     }
 
+/* A wrapped chunk's position at OFF in two output rows (k3_fpair's peel): tap b's source
+ * vectors in Vb, its lanes in Mb (DW_ALL: all; a masked multiply-add otherwise, the other
+ * lanes untouched), the lanes SM stored. */
+#define DW_K3_WRAP_PIXEL(V0, V1, V2, M0, M1, M2, SM, OFF)                                   \
+    {                                                                                       \
+        DW_VEC acc0 = bv, acc1 = bv;                                                        \
+        for (int a = 0; a < 3; a++)                                                         \
+            for (int b = 0; b < 3; b++) {                                                   \
+                const DW_VEC *xs = b == 0 ? (V0) : b == 1 ? (V1) : (V2);                    \
+                const unsigned m = b == 0 ? (M0) : b == 1 ? (M1) : (M2);                    \
+                if (m == DW_ALL) {                                                          \
+                    acc0 += xs[a] * w[3 * a + b];                                           \
+                    acc1 += xs[a + SH] * w[3 * a + b];                                      \
+                } else if (m) {                                                             \
+                    acc0 = DW_FN(fma_m)(acc0, xs[a], w[3 * a + b], m);                      \
+                    acc1 = DW_FN(fma_m)(acc1, xs[a + SH], w[3 * a + b], m);                 \
+                }                                                                           \
+            }                                                                               \
+        if ((SM) == DW_ALL) {                                                               \
+            DW_FN(store)(d0 + (OFF), acc0);                                                 \
+            DW_FN(store)(d1 + (OFF), acc1);                                                 \
+        } else {                                                                            \
+            DW_FN(store_m)(d0 + (OFF), acc0, (SM));                                         \
+            DW_FN(store_m)(d1 + (OFF), acc1, (SM));                                         \
+        }                                                                                   \
+    }
+
 /* Two output rows' interior at once (both with all 3 kernel rows inside): source rows
  * s[0 .. SH+2], output row 0 reads s[0..2], row 1 s[SH .. SH+2]; each source vector is
  * loaded once for both. Same tap order as k3_fspan. PEEL (column stride 1, 'same' pads of
  * 1: q_lo 1, q_hi the last pixel): the two border pixels from the window too. */
 DWC_INLINE void DW_FN(k3_fpair)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv, DW_T *d0,
                                 DW_T *d1, ptrdiff_t cm, ptrdiff_t q_lo, ptrdiff_t q_hi,
-                                ptrdiff_t pl, ptrdiff_t lanes, int nt, int peel, const int SH,
-                                const int SW)
+                                ptrdiff_t pl, ptrdiff_t lanes, int nt, int peel, unsigned wlo,
+                                const int SH, const int SW)
 {
     const int full = lanes == DW_VL;
     const int NRW = SH + 3;
-    DW_VEC x0[5], x1[5], x2[5];
+    const unsigned whi = DW_ALL & ~wlo;
+    DW_VEC x0[5], x1[5], x2[5], xe[5] = {{0}};
     const DW_T *p[5];
+    /* A wrapped chunk (peel: positions 0 .. q_hi + 1, the row's every pixel): positions 0
+     * and 1 read column 0's vector, whose lanes below the head are the pixel before the
+     * row (not loaded), positions q_hi and q_hi + 1 column q_hi + 1's, whose others are
+     * past the row; the window runs from position 2. */
+    if (SW == 1 && peel && wlo) {
+        for (int a = 0; a < NRW; a++)
+            xe[a] = DW_FN(load_m)(s[a], whi);
+        q_lo++;
+    }
     for (int a = 0; a < NRW; a++) {
         p[a] = s[a] + (q_lo * SW - pl) * cm;
         x0[a] = DW_LD(p[a]);
@@ -446,8 +605,12 @@ DWC_INLINE void DW_FN(k3_fpair)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv
             x1[a] = DW_LD(p[a] + cm);
     }
     ptrdiff_t off = q_lo * cm;
-    if (SW == 1 && peel)   /* pixel q_lo - 1 = 0: columns -1 (outside), 0 = x0, 1 = x1 */
+    if (SW == 1 && peel && wlo) {   /* columns 0 = xe, 1 = x0, 2 = x1 */
+        DW_K3_WRAP_PIXEL(xe, xe, x0, 0u, DW_ALL, DW_ALL, whi, off - 2 * cm)
+        DW_K3_WRAP_PIXEL(xe, x0, x1, whi, DW_ALL, DW_ALL, DW_ALL, off - cm)
+    } else if (SW == 1 && peel) {   /* pixel q_lo - 1 = 0: columns -1 (outside), 0 = x0, 1 = x1 */
         DW_K3_PAIR_PIXEL(x0, x0, x1, 1, 3, off - cm)
+    }
     for (ptrdiff_t q = q_lo; q < q_hi; q++) {
         for (int a = 0; a < NRW; a++) {
             __builtin_prefetch(p[a] + (2 + DW_K3_PD * SW) * cm, 0, 3);
@@ -482,9 +645,16 @@ DWC_INLINE void DW_FN(k3_fpair)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv
         }
         off += cm;
     }
-    if (SW == 1 && peel)   /* pixel q_hi: columns q_hi - 1 = x0, q_hi = x1, q_hi + 1 out */
+    if (SW == 1 && peel && wlo) {   /* columns q_hi - 1 = x0, q_hi = x1, q_hi + 1 = xe */
+        for (int a = 0; a < NRW; a++)
+            xe[a] = DW_FN(load_m)(p[a] + 2 * cm, wlo);
+        DW_K3_WRAP_PIXEL(x0, x1, xe, DW_ALL, DW_ALL, wlo, DW_ALL, off)
+        DW_K3_WRAP_PIXEL(x1, xe, xe, DW_ALL, DW_ALL, 0u, wlo, off + cm)
+    } else if (SW == 1 && peel) {   /* pixel q_hi: columns q_hi - 1 = x0, q_hi = x1, q_hi + 1 out */
         DW_K3_PAIR_PIXEL(x0, x1, x1, 0, 2, off)
+    }
 }
+#undef DW_K3_WRAP_PIXEL
 #undef DW_K3_PAIR_PIXEL
 
 /* The MASK x SW instantiations, for a lanes that is DW_VL (constant) or not. */
@@ -587,13 +757,99 @@ DWC_INLINE int DW_FN(k3_peels)(const DW_FN(k3geo) *k, ptrdiff_t q_lo, ptrdiff_t 
            && q_hi > q_lo;
 }
 
+/* One channel chunk (o, lanes; WLO: a wrapped chunk's mask, k3_wrap) of a band's rows
+ * [b0, b1) (geometry rows[]), spreading the next band's prefetch (*pf up to pf_end) over
+ * its row steps. */
+DWC_INLINE void DW_FN(k3_band_chunk)(const DW_FN(k3geo) *k, const DW_FN(k3row) *rows,
+                                     ptrdiff_t b0, ptrdiff_t b1, ptrdiff_t o, ptrdiff_t lanes,
+                                     unsigned wlo, ptrdiff_t q_lo, ptrdiff_t q_hi, int peel,
+                                     const char **pfp, const char *pf_end, ptrdiff_t pf_step)
+{
+    const ptrdiff_t cm = k->cm;
+    /* Streaming stores need every whole vector of the pass on a line. */
+    const int nt = k->nt && (uintptr_t)(k->out + o) % 64 == 0
+                   && (cm * (ptrdiff_t)sizeof(DW_T)) % 64 == 0;
+    const char *pf = *pfp;
+    DW_VEC w[9], bv = {0};
+    for (int t = 0; t < 9; t++)
+        w[t] = wlo ? DW_FN(load_wrap)(k->wk[t] + o, cm, wlo)
+                   : DW_FN(load_part)(k->wk[t] + o, lanes);
+    if (k->bias)
+        bv = wlo ? DW_FN(load_wrap)(k->bias + o, cm, wlo) : DW_FN(load_part)(k->bias + o, lanes);
+    for (ptrdiff_t rr = b0; rr < b1; rr++) {
+        const DW_FN(k3row) *r = &rows[rr - b0];
+        const int mask = r->mask;
+        const DW_T *s[3] = {r->s[0] + o, r->s[1] + o, r->s[2] + o};
+        DW_T *d = k->out + rr * k->wo * cm + o;
+        if (pf) {
+            const char *stop = pf + pf_step < pf_end ? pf + pf_step : pf_end;
+            for (; pf < stop; pf += 64)
+                __builtin_prefetch(pf, 0, 2);
+        }
+        if (r->pair) {
+            /* Rows rr and rr + 1 (same image, every kernel row inside): their borders one
+             * row at a time, the interior as a pair (a wrapped chunk's positions whose two
+             * pixels are inside: from q_lo + 1). */
+            const DW_T *s2[5];
+            for (int a = 0; a < 3 + (int)k->sh; a++)
+                s2[a] = s[0] + a * k->ws * cm;
+            DW_T *d1 = d + k->wo * cm;
+            const DW_T *t[3] = {s2[k->sh], s2[k->sh + 1], s2[k->sh + 2]};
+#define DW_CALLB(S, LN)                                                                     \
+    {                                                                                       \
+        if (!(S == 1 && peel)) {                                                            \
+            DW_FN(k3_fspan)(s, w, bv, d, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, wlo,  \
+                            7, S, 0);                                                       \
+            DW_FN(k3_fspan)(t, w, bv, d1, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, wlo, \
+                            7, S, 0);                                                       \
+        }                                                                                   \
+    }
+#define DW_CALLP(SH, S, LN)                                                                 \
+    do {                                                                                    \
+        if (!wlo || (S == 1 && peel))                                                       \
+            DW_FN(k3_fpair)(s2, w, bv, d, d1, cm, q_lo, q_hi, k->pl, LN, nt, peel, wlo, SH, \
+                            S);                                                             \
+        else if (q_lo + 1 < q_hi)                                                           \
+            DW_FN(k3_fpair)(s2, w, bv, d, d1, cm, q_lo + 1, q_hi, k->pl, LN, nt, 0, 0u, SH, \
+                            S);                                                             \
+    } while (0)
+            DW_K3_PAIR(DW_CALLB, DW_CALLP)
+#undef DW_CALLP
+#undef DW_CALLB
+            rr++;
+            continue;
+        }
+#define DW_CALL(M, S, LN) DW_FN(k3_fspan)(s, w, bv, d, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, wlo, M, S, 1)
+        if (lanes == DW_VL) {
+            DW_K3_SWITCH(DW_CALL, DW_VL)
+        } else {
+            DW_K3_SWITCH(DW_CALL, lanes)
+        }
+#undef DW_CALL
+    }
+    *pfp = pf;
+}
+
+/* A wrapped chunk, compiled apart: inlined beside the others, its masked border code cost
+ * the unwrapped chunks 3-4% (8x56x56x144, 8x112x112x32 forward; old and new builds
+ * alternating in one process). */
+static __attribute__((noinline)) void DW_FN(k3_band_wrapped)(
+    const DW_FN(k3geo) *k, const DW_FN(k3row) *rows, ptrdiff_t b0, ptrdiff_t b1, ptrdiff_t o,
+    unsigned wlo, ptrdiff_t q_lo, ptrdiff_t q_hi, int peel, const char **pfp,
+    const char *pf_end, ptrdiff_t pf_step)
+{
+    DW_FN(k3_band_chunk)(k, rows, b0, b1, o, DW_VL, wlo, q_lo, q_hi, peel, pfp, pf_end, pf_step);
+}
+
 /* Output rows [r0, r1) of the flattened (n, i) axis, band by band. */
 static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
     const ptrdiff_t cm = k->cm, band = DW_FN(k3_band_rows)(k->sh, k->ws, k->wo, cm);
     const ptrdiff_t row_bytes = k->ws * cm * (ptrdiff_t)sizeof(DW_T);
-    const ptrdiff_t head = DW_FN(k3_head)(k->src, k->out, cm, k->nt ? 8 : 12);
-    const ptrdiff_t nvec = (cm - head + DW_VL - 1) / DW_VL + (head > 0);
+    const ptrdiff_t head = DW_FN(k3_head)(k->src, k->out, cm,
+                                          dwc_k3_realign_vectors(1, k->sw, k->nt));
+    const unsigned wrap = DW_FN(k3_wrap)(head, k->sw);
+    const ptrdiff_t nvec = wrap ? cm / DW_VL : (cm - head + DW_VL - 1) / DW_VL + (head > 0);
     ptrdiff_t q_lo, q_hi;
     DW_FN(k3_interior)(k->ws, k->wo, k->pl, k->sw, &q_lo, &q_hi);
     const int peel = DW_FN(k3_peels)(k, q_lo, q_hi);
@@ -616,58 +872,13 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
         }
         DW_FN(k3row) rows[64];   /* k3_band_rows: at most 64 */
         DW_FN(k3_band_geometry)(k, b0, b1, 1, rows);
-        DW_CHUNKS(o, lanes, head, cm) {
-            /* Streaming stores need every whole vector of the pass on a line. */
-            const int nt = k->nt && (uintptr_t)(k->out + o) % 64 == 0
-                           && (cm * (ptrdiff_t)sizeof(DW_T)) % 64 == 0;
-            DW_VEC w[9], bv = {0};
-            for (int t = 0; t < 9; t++)
-                w[t] = DW_FN(load_part)(k->wk[t] + o, lanes);
-            if (k->bias)
-                bv = DW_FN(load_part)(k->bias + o, lanes);
-            for (ptrdiff_t rr = b0; rr < b1; rr++) {
-                const DW_FN(k3row) *r = &rows[rr - b0];
-                const int mask = r->mask;
-                const DW_T *s[3] = {r->s[0] + o, r->s[1] + o, r->s[2] + o};
-                DW_T *d = k->out + rr * k->wo * cm + o;
-                if (pf) {
-                    const char *stop = pf + pf_step < pf_end ? pf + pf_step : pf_end;
-                    for (; pf < stop; pf += 64)
-                        __builtin_prefetch(pf, 0, 2);
-                }
-                if (r->pair) {
-                    /* Rows rr and rr + 1 (same image, every kernel row inside): their
-                     * borders one row at a time, the interior as a pair. */
-                    const DW_T *s2[5];
-                    for (int a = 0; a < 3 + (int)k->sh; a++)
-                        s2[a] = s[0] + a * k->ws * cm;
-                    DW_T *d1 = d + k->wo * cm;
-                    const DW_T *t[3] = {s2[k->sh], s2[k->sh + 1], s2[k->sh + 2]};
-#define DW_CALLB(S, LN)                                                                     \
-    {                                                                                       \
-        if (!(S == 1 && peel)) {                                                            \
-            DW_FN(k3_fspan)(s, w, bv, d, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, 7, S, \
-                            0);                                                             \
-            DW_FN(k3_fspan)(t, w, bv, d1, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, 7, S, \
-                            0);                                                             \
-        }                                                                                   \
-    }
-#define DW_CALLP(SH, S, LN)                                                                 \
-    DW_FN(k3_fpair)(s2, w, bv, d, d1, cm, q_lo, q_hi, k->pl, LN, nt, peel, SH, S)
-                    DW_K3_PAIR(DW_CALLB, DW_CALLP)
-#undef DW_CALLP
-#undef DW_CALLB
-                    rr++;
-                    continue;
-                }
-#define DW_CALL(M, S, LN) DW_FN(k3_fspan)(s, w, bv, d, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, nt, M, S, 1)
-                if (lanes == DW_VL) {
-                    DW_K3_SWITCH(DW_CALL, DW_VL)
-                } else {
-                    DW_K3_SWITCH(DW_CALL, lanes)
-                }
-#undef DW_CALL
-            }
+        DW_CHUNKS_W(o, lanes, head, wrap, cm) {
+            if (o < 0)
+                DW_FN(k3_band_wrapped)(k, rows, b0, b1, o, wrap, q_lo, q_hi, peel, &pf, pf_end,
+                                       pf_step);
+            else
+                DW_FN(k3_band_chunk)(k, rows, b0, b1, o, lanes, 0u, q_lo, q_hi, peel, &pf,
+                                     pf_end, pf_step);
         }
     }
 #if DWC_X86_INTRINSICS
@@ -683,9 +894,11 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
 DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int mask,
                                 DW_VEC bv, DW_T *d, ptrdiff_t q0, ptrdiff_t cm, ptrdiff_t pl,
                                 ptrdiff_t o, ptrdiff_t lanes, ptrdiff_t ws, ptrdiff_t nq,
-                                const int NP, const int SW, const int EDGE)
+                                unsigned wlo, const int NP, const int SW, const int EDGE)
 {
     const int full = lanes == DW_VL;
+    const int wrap = SW == 1 && EDGE && wlo;   /* positions q0 .. q0 + NP - 1 (k3_wrap) */
+    const unsigned whi = DW_ALL & ~wlo;
     DW_VEC acc[8];
 #pragma GCC unroll 8
     for (int i = 0; i < NP; i++)
@@ -693,29 +906,49 @@ DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int
     for (int a = 0; a < 3; a++) {
         if (!(mask >> a & 1))
             continue;
-        const DW_VEC w0 = DW_LD(wk[3 * a] + o), w1 = DW_LD(wk[3 * a + 1] + o),
-                     w2 = DW_LD(wk[3 * a + 2] + o);
+        DW_VEC w0, w1, w2;
+        if (wrap) {
+            w0 = DW_FN(load_wrap)(wk[3 * a] + o, cm, wlo);
+            w1 = DW_FN(load_wrap)(wk[3 * a + 1] + o, cm, wlo);
+            w2 = DW_FN(load_wrap)(wk[3 * a + 2] + o, cm, wlo);
+        } else {
+            w0 = DW_LD(wk[3 * a] + o);
+            w1 = DW_LD(wk[3 * a + 1] + o);
+            w2 = DW_LD(wk[3 * a + 2] + o);
+        }
         const DW_T *p = s[a] + o;
 #pragma GCC unroll 32
         for (int c = 0; c < (NP - 1) * SW + 3; c++) {
             const ptrdiff_t col = q0 * SW - pl + c;
-            if (EDGE && (col < 0 || col >= ws))
+            unsigned m = DW_ALL;   /* a wrapped vector's lanes whose pixel has this column */
+            if (wrap)
+                m = (col >= 0 && col < ws ? whi : 0u) | (col >= 1 && col <= ws ? wlo : 0u);
+            if (wrap ? !m : EDGE && (col < 0 || col >= ws))
                 continue;
-            const DW_VEC xv = DW_LD(p + col * cm);
+            const DW_VEC xv = wrap ? DW_FN(load_m)(p + col * cm, m) : DW_LD(p + col * cm);
 #pragma GCC unroll 8
             for (int i = 0; i < NP; i++) {
                 const int b = c - i * SW;
-                if (b == 0)
-                    acc[i] += xv * w0;
-                else if (b == 1)
-                    acc[i] += xv * w1;
-                else if (b == 2)
-                    acc[i] += xv * w2;
+                if (b < 0 || b > 2)
+                    continue;
+                const DW_VEC wb = b == 0 ? w0 : b == 1 ? w1 : w2;
+                if (m == DW_ALL)
+                    acc[i] += xv * wb;
+                else
+                    acc[i] = DW_FN(fma_m)(acc[i], xv, wb, m);
             }
         }
     }
 #pragma GCC unroll 8
     for (int i = 0; i < NP; i++) {
+        if (wrap) {
+            const unsigned sm = (q0 + i >= 1 && q0 + i <= nq ? wlo : 0u)
+                                | (q0 + i < nq ? whi : 0u);
+            if (!sm)
+                break;
+            DW_FN(store_m)(d + i * cm, acc[i], sm);
+            continue;
+        }
         if (EDGE && q0 + i >= nq)
             break;
         if (full)
@@ -729,23 +962,31 @@ DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int
  * on not stored). */
 DWC_INLINE void DW_FN(k3_block_all)(const DW_T *const *s, const DW_T *const *wk, int mask,
                                     const DW_T *bias, DW_T *out, ptrdiff_t q0, ptrdiff_t cm,
-                                    ptrdiff_t pl, ptrdiff_t head, ptrdiff_t ws, ptrdiff_t nq,
-                                    const int NP, const int SW, const int EDGE)
+                                    ptrdiff_t pl, ptrdiff_t head, unsigned wrap, ptrdiff_t ws,
+                                    ptrdiff_t nq, const int NP, const int SW, const int EDGE)
 {
     DW_T *d = out + q0 * cm;
-    ptrdiff_t o = 0;
-    if (head) {
+    ptrdiff_t o = 0, end = cm;
+    if (SW == 1 && wrap) {   /* the wrapped chunk: positions q0 .. q0 + NP - 1 */
+        o = head - DW_VL;
+        const DW_VEC bv = bias ? DW_FN(load_wrap)(bias + o, cm, wrap) : (DW_VEC){0};
+        DW_FN(k3_block)(s, wk, mask, bv, d + o, q0, cm, pl, o, DW_VL, ws, nq, wrap, NP, SW, 1);
+        o = head;
+        end = cm - (DW_VL - head);
+        if (q0 >= nq)   /* the block of position nq alone */
+            return;
+    } else if (head) {
         const DW_VEC bv = bias ? DW_FN(load_part)(bias, head) : (DW_VEC){0};
-        DW_FN(k3_block)(s, wk, mask, bv, d, q0, cm, pl, 0, head, ws, nq, NP, SW, EDGE);
+        DW_FN(k3_block)(s, wk, mask, bv, d, q0, cm, pl, 0, head, ws, nq, 0u, NP, SW, EDGE);
         o = head;
     }
-    for (; o + DW_VL <= cm; o += DW_VL) {
+    for (; o + DW_VL <= end; o += DW_VL) {
         const DW_VEC bv = bias ? DW_FN(load)(bias + o) : (DW_VEC){0};
-        DW_FN(k3_block)(s, wk, mask, bv, d + o, q0, cm, pl, o, DW_VL, ws, nq, NP, SW, EDGE);
+        DW_FN(k3_block)(s, wk, mask, bv, d + o, q0, cm, pl, o, DW_VL, ws, nq, 0u, NP, SW, EDGE);
     }
-    if (o < cm) {
+    if (o < end) {
         const DW_VEC bv = bias ? DW_FN(load_part)(bias + o, cm - o) : (DW_VEC){0};
-        DW_FN(k3_block)(s, wk, mask, bv, d + o, q0, cm, pl, o, cm - o, ws, nq, NP, SW, EDGE);
+        DW_FN(k3_block)(s, wk, mask, bv, d + o, q0, cm, pl, o, cm - o, ws, nq, 0u, NP, SW, EDGE);
     }
 }
 
@@ -758,13 +999,16 @@ DWC_INLINE void DW_FN(k3_block_all)(const DW_T *const *s, const DW_T *const *wk,
 DWC_INLINE void DW_FN(k3_block2)(const DW_T *const *s, const DW_T *const *wk, DW_VEC bv,
                                  DW_T *d0, DW_T *d1, ptrdiff_t q0, ptrdiff_t cm, ptrdiff_t pl,
                                  ptrdiff_t o, ptrdiff_t lanes, ptrdiff_t ws, ptrdiff_t nq,
-                                 const int NP, const int SH, const int SW, const int EDGE)
+                                 unsigned wlo, const int NP, const int SH, const int SW,
+                                 const int EDGE)
 {
     const int full = lanes == DW_VL;
+    const int wrap = SW == 1 && EDGE && wlo;   /* as k3_block's */
+    const unsigned whi = DW_ALL & ~wlo;
     DW_VEC acc0[8], acc1[8], w[9];
 #pragma GCC unroll 9
     for (int t = 0; t < 9; t++)
-        w[t] = DW_LD(wk[t] + o);
+        w[t] = wrap ? DW_FN(load_wrap)(wk[t] + o, cm, wlo) : DW_LD(wk[t] + o);
 #pragma GCC unroll 8
     for (int i = 0; i < NP; i++)
         acc0[i] = acc1[i] = bv;
@@ -774,23 +1018,42 @@ DWC_INLINE void DW_FN(k3_block2)(const DW_T *const *s, const DW_T *const *wk, DW
 #pragma GCC unroll 32
         for (int c = 0; c < (NP - 1) * SW + 3; c++) {
             const ptrdiff_t col = q0 * SW - pl + c;
-            if (EDGE && (col < 0 || col >= ws))
+            unsigned m = DW_ALL;
+            if (wrap)
+                m = (col >= 0 && col < ws ? whi : 0u) | (col >= 1 && col <= ws ? wlo : 0u);
+            if (wrap ? !m : EDGE && (col < 0 || col >= ws))
                 continue;
-            const DW_VEC xv = DW_LD(p + col * cm);
+            const DW_VEC xv = wrap ? DW_FN(load_m)(p + col * cm, m) : DW_LD(p + col * cm);
 #pragma GCC unroll 8
             for (int i = 0; i < NP; i++) {
                 const int b = c - i * SW;
                 if (b < 0 || b > 2)
                     continue;
-                if (r <= 2)
-                    acc0[i] += xv * w[3 * r + b];
-                if (r >= SH && r - SH <= 2)
-                    acc1[i] += xv * w[3 * (r - SH) + b];
+                if (m == DW_ALL) {
+                    if (r <= 2)
+                        acc0[i] += xv * w[3 * r + b];
+                    if (r >= SH && r - SH <= 2)
+                        acc1[i] += xv * w[3 * (r - SH) + b];
+                } else {
+                    if (r <= 2)
+                        acc0[i] = DW_FN(fma_m)(acc0[i], xv, w[3 * r + b], m);
+                    if (r >= SH && r - SH <= 2)
+                        acc1[i] = DW_FN(fma_m)(acc1[i], xv, w[3 * (r - SH) + b], m);
+                }
             }
         }
     }
 #pragma GCC unroll 8
     for (int i = 0; i < NP; i++) {
+        if (wrap) {
+            const unsigned sm = (q0 + i >= 1 && q0 + i <= nq ? wlo : 0u)
+                                | (q0 + i < nq ? whi : 0u);
+            if (!sm)
+                break;
+            DW_FN(store_m)(d0 + i * cm, acc0[i], sm);
+            DW_FN(store_m)(d1 + i * cm, acc1[i], sm);
+            continue;
+        }
         if (EDGE && q0 + i >= nq)
             break;
         if (full) {
@@ -806,33 +1069,45 @@ DWC_INLINE void DW_FN(k3_block2)(const DW_T *const *s, const DW_T *const *wk, DW
 /* Every channel of two output rows' NP pixels from q0 (k3_block_all's twin). */
 DWC_INLINE void DW_FN(k3_block2_all)(const DW_T *const *s, const DW_T *const *wk,
                                      const DW_T *bias, DW_T *out0, DW_T *out1, ptrdiff_t q0,
-                                     ptrdiff_t cm, ptrdiff_t pl, ptrdiff_t head, ptrdiff_t ws,
-                                     ptrdiff_t nq, const int NP, const int SH, const int SW,
-                                     const int EDGE)
+                                     ptrdiff_t cm, ptrdiff_t pl, ptrdiff_t head,
+                                     unsigned wrap, ptrdiff_t ws, ptrdiff_t nq, const int NP,
+                                     const int SH, const int SW, const int EDGE)
 {
     DW_T *d0 = out0 + q0 * cm, *d1 = out1 + q0 * cm;
-    ptrdiff_t o = 0;
-    if (head) {
+    ptrdiff_t o = 0, end = cm;
+    if (SW == 1 && wrap) {
+        o = head - DW_VL;
+        const DW_VEC bv = bias ? DW_FN(load_wrap)(bias + o, cm, wrap) : (DW_VEC){0};
+        DW_FN(k3_block2)(s, wk, bv, d0 + o, d1 + o, q0, cm, pl, o, DW_VL, ws, nq, wrap, NP, SH,
+                         SW, 1);
+        o = head;
+        end = cm - (DW_VL - head);
+        if (q0 >= nq)
+            return;
+    } else if (head) {
         const DW_VEC bv = bias ? DW_FN(load_part)(bias, head) : (DW_VEC){0};
-        DW_FN(k3_block2)(s, wk, bv, d0, d1, q0, cm, pl, 0, head, ws, nq, NP, SH, SW, EDGE);
+        DW_FN(k3_block2)(s, wk, bv, d0, d1, q0, cm, pl, 0, head, ws, nq, 0u, NP, SH, SW, EDGE);
         o = head;
     }
-    for (; o + DW_VL <= cm; o += DW_VL) {
+    for (; o + DW_VL <= end; o += DW_VL) {
         const DW_VEC bv = bias ? DW_FN(load)(bias + o) : (DW_VEC){0};
-        DW_FN(k3_block2)(s, wk, bv, d0 + o, d1 + o, q0, cm, pl, o, DW_VL, ws, nq, NP, SH, SW,
-                         EDGE);
+        DW_FN(k3_block2)(s, wk, bv, d0 + o, d1 + o, q0, cm, pl, o, DW_VL, ws, nq, 0u, NP, SH,
+                         SW, EDGE);
     }
-    if (o < cm) {
+    if (o < end) {
         const DW_VEC bv = bias ? DW_FN(load_part)(bias + o, cm - o) : (DW_VEC){0};
-        DW_FN(k3_block2)(s, wk, bv, d0 + o, d1 + o, q0, cm, pl, o, cm - o, ws, nq, NP, SH, SW,
-                         EDGE);
+        DW_FN(k3_block2)(s, wk, bv, d0 + o, d1 + o, q0, cm, pl, o, cm - o, ws, nq, 0u, NP, SH,
+                         SW, EDGE);
     }
 }
 
 /* Output rows [r0, r1) of the flattened (n, i) axis, row by row. */
 static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
-    const ptrdiff_t cm = k->cm, head = DW_FN(k3_head)(k->src, k->out, cm, 12);
+    const ptrdiff_t cm = k->cm;
+    const ptrdiff_t head = DW_FN(k3_head)(k->src, k->out, cm,
+                                          dwc_k3_realign_vectors(0, k->sw, 0));
+    const unsigned wrap = DW_FN(k3_wrap)(head, k->sw);
     const ptrdiff_t row_bytes = k->ws * cm * (ptrdiff_t)sizeof(DW_T), wo = k->wo;
     ptrdiff_t q_lo, q_hi;
     DW_FN(k3_interior)(k->ws, wo, k->pl, k->sw, &q_lo, &q_hi);
@@ -871,11 +1146,11 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
          * dwc_k3_bands); those with a tap outside the row (the borders, a short row) skip
          * it, and the last may end past the row (not stored). */
 #define DW_BLK(NP, SW, EDGE)                                                                \
-    DW_FN(k3_block_all)(s, k->wk, mask, k->bias, out, q, cm, k->pl, head, k->ws, wo, NP, SW, \
-                        EDGE)
+    DW_FN(k3_block_all)(s, k->wk, mask, k->bias, out, q, cm, k->pl, head, wrap, k->ws, wo,   \
+                        NP, SW, EDGE)
 #define DW_BLK2(NP, SH, SW, EDGE)                                                           \
-    DW_FN(k3_block2_all)(s2, k->wk, k->bias, out, out1, q, cm, k->pl, head, k->ws, wo, NP,   \
-                         SH, SW, EDGE)
+    DW_FN(k3_block2_all)(s2, k->wk, k->bias, out, out1, q, cm, k->pl, head, wrap, k->ws, wo, \
+                         NP, SH, SW, EDGE)
 #define DW_BLK_SW(NP, EDGE)                                                                 \
     {                                                                                       \
         if (!pair) {                                                                        \
@@ -896,7 +1171,9 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
         }                                                                                   \
     }
         ptrdiff_t q = 0;
-        while (q < wo) {
+        /* A wrapped chunk's last position is wo: a block of its own when wo fills the
+         * blocks before it. */
+        while (q < wo + (wrap && wo % DW_NP == 0)) {
             if (pf) {
                 const char *stop = pf + pf_step < pf_end ? pf + pf_step : pf_end;
                 for (; pf < stop; pf += 64)

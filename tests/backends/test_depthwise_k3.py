@@ -228,29 +228,36 @@ def test_3x3_large_outputs_streamed(shape, stride, pad, offset):
 
 def _expected_offset(src, out_shape, stride, for_dx, isa):
     """depthwise.h's dwc_output_offset, spelled out: three lines past src's lines in the
-    page; at src's line offset where the kernels realign the two (AVX-512, a pixel of > 576
-    bytes and >= 12 whole vectors, dx only of stride 1), unless the bands stream the output
-    (>= 8 MiB, and a row of > 8 pixels or pixels of <= 576 bytes); else on a line."""
+    page; at src's line offset where the kernels realign the two (AVX-512, whole vectors a
+    pixel: from 2 in the bands of column stride 1, their wrapped chunk; else from 12, or 8
+    where the bands stream the output; dx only of stride 1), except a streamed banded
+    output of column stride 2; else on a line. (The bands: a row of > 8 pixels or pixels of
+    <= 576 bytes; streamed: >= 8 MiB.)"""
     at, item, c = src.ctypes.data % 4096, src.itemsize, src.shape[3]
     out_bytes, wo = int(np.prod(out_shape)) * item, out_shape[2]
-    bands = c * item <= 576 or wo > 8
-    realign = (isa == "avx512" and c * item > 576 and c * item % 64 == 0
-               and c >= 12 * 64 // item and not (for_dx and stride != (1, 1))
-               and not (bands and out_bytes >= 8 << 20))
+    bands, streamed = c * item <= 576 or wo > 8, out_bytes >= 8 << 20
+    vectors = 2 if bands and stride[1] == 1 else 8 if bands and streamed else 12
+    realign = (isa == "avx512" and c * item % 64 == 0 and c >= vectors * 64 // item
+               and not (for_dx and stride != (1, 1))
+               and not (bands and streamed and stride[1] != 1))
     return (at - at % 64 + 192 + (at % 64 if realign else 0)) % 4096
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("c, stride", [(208, (1, 1)), (208, (2, 2)), (384, (1, 1)),
-                                       (32, (1, 1)), (144, (1, 1))],
-                         ids=["bands208", "rows208-s22", "bands384", "bands32", "bands144"])
-def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, dtype,
+@pytest.mark.parametrize("c, stride, wd", [(208, (1, 1), 14), (208, (2, 2), 14),
+                                           (208, (1, 1), 8), (384, (1, 1), 14),
+                                           (32, (1, 1), 14), (144, (1, 1), 14)],
+                         ids=["bands208", "rows208-s22", "rows208", "bands384", "bands32",
+                              "bands144"])
+def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, wd, dtype,
                                                                     isa_restored):
     """DWC.output_offset, in bytes past a page boundary: the output's lines three lines past
     the source's; within its line the source's offset where the kernels realign a source
     and an output that share it, else 0. Wherever x, dy, y and dx sit, y, dx and dW are the
-    same bits (the placement is a speed choice only)."""
-    n, h, wd = 2, 9, 14
+    same bits (the placement is a speed choice only: realigned at column stride 1, the
+    last channels of a pixel and the first of the next are one wrapped vector, each lane
+    given its own pixel's taps)."""
+    n, h = 2, 9
     pad = ((1, 1), (1, 1)) if stride == (1, 1) else ((0, 1), (0, 1))
     x, w, b, _, _, dy = _data((n, h, wd, c, stride, pad, True), dtype, seed=5)
     (pt, _), (pl, _) = pad
@@ -286,20 +293,29 @@ def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, 
 
 
 def test_3x3_output_offset_of_streamed_outputs(isa_restored):
-    """An output the bands stream (>= 8 MiB) goes on a line (their aligned streaming stores),
-    one the row-by-row kernels write (rows of <= 8 pixels of > 576 bytes) at its source's
-    line offset however large; both three lines past the source's lines."""
+    """An output the bands stream (>= 8 MiB) at column stride 1 goes at its source's line
+    offset (the wrapped chunk realigns the two), at stride 2 on a line (the aligned
+    streaming stores; a head and a tail chunk would each take a pass); one the row-by-row
+    kernels write (rows of <= 8 pixels of > 576 bytes) at its source's line offset however
+    large; all three lines past the source's lines."""
     if "avx512" not in ISAS:
         pytest.skip("the realigning kernels are AVX-512's; this CPU lacks AVX-512")
     DWC.set_isa("avx512")
-    for shape, realigned in (((12, 28, 28, 256), False),   # 9.6 MB in bands: on a line
-                             ((12, 28, 28, 128), False),   # 4.8 MB of 512-byte pixels
-                             ((12, 28, 28, 192), True),    # 7.2 MB: realigned
-                             ((48, 7, 7, 960), True)):     # 9.0 MB row by row: realigned
+    for shape, stride, realigned in (
+            ((12, 28, 28, 256), 1, True),    # 9.6 MB in bands, stride 1: realigned
+            ((12, 28, 28, 128), 1, True),    # 4.8 MB of 512-byte pixels (8 vectors)
+            ((12, 28, 28, 32), 1, True),     # 2 vectors: the fewest the bands realign
+            ((12, 28, 28, 16), 1, False),    # 1 vector: on a line
+            ((48, 28, 28, 256), 2, False),   # 9.6 MB output in bands, stride 2: on a line
+            ((12, 28, 28, 256), 2, True),    # 2.4 MB, stride 2: realigned from 12 vectors
+            ((12, 28, 28, 176), 2, False),   # 11 vectors, stride 2: on a line
+            ((48, 7, 7, 960), 1, True)):     # 9.0 MB row by row: realigned
         x = _at_offset(np.zeros(shape, np.float32), 16)
+        n, h, w, c = shape
+        out = (n, -(-h // stride), -(-w // stride), c)
         want = (x.ctypes.data % 4096 - 16 + 192 + (16 if realigned else 0)) % 4096
-        assert DWC.output_offset(x, shape, 1, 3, 3, 1, 1, False) == want, shape
-        assert want == _expected_offset(x, shape, (1, 1), False, "avx512"), shape
+        assert DWC.output_offset(x, out, 1, 3, 3, stride, stride, False) == want, shape
+        assert want == _expected_offset(x, out, (stride, stride), False, "avx512"), shape
 
 
 def test_3x3_output_offset_bad_shape():
