@@ -46,11 +46,18 @@
  *   (k3_band_geometry: on 7-pixel rows the divisions cost as much as the row's
  *   multiply-adds; 8x7x7x960 dW 0.109 -> 0.097 ms with the pairs). dx of stride (2, 2):
  *   blocks of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2).
- *   With >= 12 vectors a pixel and both streamed arrays at the same offset from a 64-byte
- *   line, a short first channel chunk makes the other vector accesses line-aligned
- *   (k3_head; the backend places outputs where dwc_output_offset says: at their source's
- *   line offset for this, three lines past its lines in the page); AVX-512 ragged chunks
- *   are masked loads / stores. An output of >= 8 MiB in bands is written with streaming stores
+ *   With both streamed arrays at the same offset from a 64-byte line, a short first
+ *   channel chunk makes the other vector accesses line-aligned (k3_head; the backend
+ *   places outputs where dwc_output_offset says: at their source's line offset for this,
+ *   three lines past its lines in the page), and at column stride 1 that chunk and the
+ *   short last one are ONE pass of a WRAPPED chunk (k3_wrap: the last channels of pixel
+ *   q - 1 and the first of pixel q are one aligned vector at position q, each lane group
+ *   given its own pixel's taps at the row's ends by masked multiply-adds: the same bits),
+ *   from 2 vectors a pixel (dwc_k3_realign_vectors; forward, stride-1 dx and dW; x 16
+ *   bytes past a line, old and new builds alternating in one process: forward 28x28x192
+ *   -7%, 56x56x128 -10 to -15%, 112x112x32 -3 to -10%, 14x14x384 -3%; dW alone in the C
+ *   harness at 2 images 112x112x32 0.197 -> 0.140 ms, 56x56x128 0.251 -> 0.156); AVX-512
+ *   ragged chunks are masked loads / stores. An output of >= 8 MiB in bands is written with streaming stores
  *   (no read of the lines before the write; a short first chunk realigns from >= 8
  *   vectors a pixel): 8x56x56x144 forward 2.5 -> 2.1 ms in the C harness; k3_dx2 too
  *   (from >= 4 vectors: 8x112x112x96 dx 5.3 -> 4.7 ms).

@@ -103,6 +103,21 @@ DWC_INLINE DW_VEC DW_FN(fma_m)(DW_VEC acc, DW_VEC x, DW_VEC w, unsigned m)
 #endif
 }
 
+DWC_INLINE DW_VEC DW_FN(add_m)(DW_VEC acc, DW_VEC x, unsigned m)
+{
+#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
+    if (sizeof(DW_T) == 4)
+        return (DW_VEC)_mm512_mask_add_ps((__m512)acc, (__mmask16)m, (__m512)acc, (__m512)x);
+    return (DW_VEC)_mm512_mask_add_pd((__m512d)acc, (__mmask8)m, (__m512d)acc, (__m512d)x);
+#else
+    DW_VEC r = acc + x;
+    for (int i = 0; i < (int)DW_VL; i++)
+        if (!(m >> i & 1))
+            r[i] = acc[i];
+    return r;
+#endif
+}
+
 DWC_INLINE DW_VEC DW_FN(load_wrap)(const DW_T *p, ptrdiff_t cm, unsigned lo)
 {
 #if DW_VBYTES == 64 && DWC_X86_INTRINSICS
@@ -1630,31 +1645,55 @@ DWC_INLINE void DW_FN(dw_taps_all)(const dwc_job *g, const DW_T *row, const DW_T
 
 /* dW (and db) of one row's channel vector: acc[3*a + b] += sum_q s[a][q*SW - pl + b] * dy[q],
  * dbacc += sum_q dy[q]; the interior with a sliding window of x in registers. */
-DWC_INLINE void DW_FN(k3_dwspan)(const DW_T *const *s, const DW_T *dyr, DW_VEC *acc,
-                                 DW_VEC *dbacc, ptrdiff_t cm, ptrdiff_t ws, ptrdiff_t nq,
-                                 ptrdiff_t q_lo, ptrdiff_t q_hi, ptrdiff_t pl, ptrdiff_t lanes,
-                                 const int MASK, const int SW, const int INNER)
+/* dW and db of a wrapped chunk (k3_wrap; column stride 1): pixel P of one dy row, into the
+ * lanes WLO from position P + 1 and the others from position P (each lane its own pixel's
+ * sums, in k3_dwspan's order: db, then the taps inside by kernel row and column). */
+DWC_INLINE void DW_FN(k3_dw_wrap_pixel)(const DW_T *const *s, const DW_T *dyr, DW_VEC *acc,
+                                        DW_VEC *dbacc, ptrdiff_t cm, ptrdiff_t ws,
+                                        ptrdiff_t pl, ptrdiff_t P, unsigned wlo, const int MASK)
 {
-    const int full = lanes == DW_VL;
-    for (ptrdiff_t q = 0; q < nq; q++) {
-        if (q == q_lo)
-            q = q_hi;
-        if (q >= nq)
-            break;
-        const DW_VEC dv = DW_LD(dyr + q * cm);
-        *dbacc += dv;
+    for (int g = 0; g < 2; g++) {
+        const unsigned m = g ? wlo : DW_ALL & ~wlo;
+        const ptrdiff_t pos = P + g;   /* the position holding pixel P in lanes m */
+        const DW_VEC dv = DW_FN(load_m)(dyr + pos * cm, m);
+        *dbacc = DW_FN(add_m)(*dbacc, dv, m);
         for (int a = 0; a < 3; a++) {
             if (!(MASK >> a & 1))
                 continue;
             for (int b = 0; b < 3; b++) {
-                const ptrdiff_t col = q * SW - pl + b;
+                const ptrdiff_t col = P - pl + b;
                 if (col >= 0 && col < ws)
-                    acc[3 * a + b] += DW_LD(s[a] + col * cm) * dv;
+                    acc[3 * a + b] = DW_FN(fma_m)(acc[3 * a + b],
+                                                  DW_FN(load_m)(s[a] + (col + g) * cm, m), dv, m);
             }
         }
     }
-    if (!INNER || q_lo >= q_hi)
-        return;
+}
+
+/* A wrapped chunk's interior position q of one dy row whose pixels are inside in the lanes
+ * m only (the first position: pixel q_lo's; the last: pixel q_hi - 1's). */
+DWC_INLINE void DW_FN(k3_dw_wrap_end)(const DW_T *const *s, const DW_T *dyr, DW_VEC *acc,
+                                      DW_VEC *db, ptrdiff_t cm, ptrdiff_t pl, ptrdiff_t q,
+                                      unsigned m, const int MASK)
+{
+    const DW_VEC dv = DW_FN(load_m)(dyr + q * cm, m);
+    *db = DW_FN(add_m)(*db, dv, m);
+    for (int a = 0; a < 3; a++) {
+        if (!(MASK >> a & 1))
+            continue;
+        for (int b = 0; b < 3; b++)
+            acc[3 * a + b] = DW_FN(fma_m)(acc[3 * a + b],
+                                          DW_FN(load_m)(s[a] + (q - pl + b) * cm, m), dv, m);
+    }
+}
+
+/* k3_dwspan's interior: pixels [q_lo, q_hi), every tap inside the row. */
+DWC_INLINE void DW_FN(k3_dwspan_inner)(const DW_T *const *s, const DW_T *dyr, DW_VEC *acc,
+                                       DW_VEC *dbacc, ptrdiff_t cm, ptrdiff_t q_lo,
+                                       ptrdiff_t q_hi, ptrdiff_t pl, ptrdiff_t lanes,
+                                       const int MASK, const int SW)
+{
+    const int full = lanes == DW_VL;
     DW_VEC x0[3], x1[3], x2[3], db = *dbacc;
     const DW_T *p[3];
     for (int a = 0; a < 3; a++) {
@@ -1689,6 +1728,50 @@ DWC_INLINE void DW_FN(k3_dwspan)(const DW_T *const *s, const DW_T *dyr, DW_VEC *
         dp += cm;
     }
     *dbacc = db;
+}
+
+/* dW and db of one dy row (channels of s[a] and dyr): the border pixels, each tap inside
+ * the row on its own, then (INNER) the interior. A wrapped chunk (WLO, column stride 1):
+ * each border pixel from its two positions, then the interior's positions q_lo (pixel
+ * q_lo in the lanes above WLO), q_lo + 1 .. q_hi - 1 (whole vectors) and q_hi (pixel
+ * q_hi - 1 in the lanes of WLO): every lane its pixels in the same order. */
+DWC_INLINE void DW_FN(k3_dwspan)(const DW_T *const *s, const DW_T *dyr, DW_VEC *acc,
+                                 DW_VEC *dbacc, ptrdiff_t cm, ptrdiff_t ws, ptrdiff_t nq,
+                                 ptrdiff_t q_lo, ptrdiff_t q_hi, ptrdiff_t pl, ptrdiff_t lanes,
+                                 unsigned wlo, const int MASK, const int SW, const int INNER)
+{
+    const int full = lanes == DW_VL;
+    const int wrap = SW == 1 && wlo;
+    for (ptrdiff_t q = 0; q < nq; q++) {
+        if (q == q_lo)
+            q = q_hi;
+        if (q >= nq)
+            break;
+        if (wrap) {
+            DW_FN(k3_dw_wrap_pixel)(s, dyr, acc, dbacc, cm, ws, pl, q, wlo, MASK);
+            continue;
+        }
+        const DW_VEC dv = DW_LD(dyr + q * cm);
+        *dbacc += dv;
+        for (int a = 0; a < 3; a++) {
+            if (!(MASK >> a & 1))
+                continue;
+            for (int b = 0; b < 3; b++) {
+                const ptrdiff_t col = q * SW - pl + b;
+                if (col >= 0 && col < ws)
+                    acc[3 * a + b] += DW_LD(s[a] + col * cm) * dv;
+            }
+        }
+    }
+    if (!INNER || q_lo >= q_hi)
+        return;
+    if (wrap) {
+        DW_FN(k3_dw_wrap_end)(s, dyr, acc, dbacc, cm, pl, q_lo, DW_ALL & ~wlo, MASK);
+        DW_FN(k3_dwspan_inner)(s, dyr, acc, dbacc, cm, q_lo + 1, q_hi, pl, lanes, MASK, SW);
+        DW_FN(k3_dw_wrap_end)(s, dyr, acc, dbacc, cm, pl, q_hi, wlo, MASK);
+    } else {
+        DW_FN(k3_dwspan_inner)(s, dyr, acc, dbacc, cm, q_lo, q_hi, pl, lanes, MASK, SW);
+    }
 }
 
 /* dW and db of two dy rows' interior at once (both with all 3 kernel rows inside): x rows
@@ -1791,7 +1874,7 @@ DWC_INLINE ptrdiff_t DW_FN(dx_row_of)(const dwc_job *g, ptrdiff_t r)
 /* dW and db of dy row r (and the next with it when r->pair: the return value is the rows
  * taken), channels [o, o + lanes), added into acc[9] and *dbacc. */
 DWC_INLINE int DW_FN(k3_dw_step)(const DW_FN(k3geo) *k, const DW_FN(k3row) *r,
-                                 const DW_T *dyr0, ptrdiff_t o, ptrdiff_t lanes,
+                                 const DW_T *dyr0, ptrdiff_t o, ptrdiff_t lanes, unsigned wlo,
                                  ptrdiff_t q_lo, ptrdiff_t q_hi, int peel, DW_VEC *acc,
                                  DW_VEC *dbacc)
 {
@@ -1808,21 +1891,35 @@ DWC_INLINE int DW_FN(k3_dw_step)(const DW_FN(k3geo) *k, const DW_FN(k3row) *r,
         const DW_T *dyr1 = dyr + k->wo * cm;
 #define DW_CALLB(S, LN)                                                                     \
     {                                                                                       \
-        if (!(S == 1 && peel)) {                                                            \
-            DW_FN(k3_dwspan)(s, dyr, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, \
-                             S, 0);                                                         \
-            DW_FN(k3_dwspan)(t, dyr1, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, 7, \
-                             S, 0);                                                         \
+        if (!(S == 1 && peel) || wlo) {                                                     \
+            DW_FN(k3_dwspan)(s, dyr, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN,    \
+                             wlo, 7, S, 0);                                                 \
+            DW_FN(k3_dwspan)(t, dyr1, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN,   \
+                             wlo, 7, S, 0);                                                 \
         }                                                                                   \
     }
 #define DW_CALLP(SH, S, LN)                                                                 \
-    DW_FN(k3_dwpair)(s2, dyr, dyr1, acc, dbacc, cm, q_lo, q_hi, k->pl, LN, peel, SH, S)
+    do {                                                                                    \
+        if (!(S == 1 && wlo)) {                                                             \
+            DW_FN(k3_dwpair)(s2, dyr, dyr1, acc, dbacc, cm, q_lo, q_hi, k->pl, LN, peel, SH, \
+                             S);                                                            \
+        } else if (q_lo < q_hi) {   /* k3_dwspan's wrapped interior, the two rows a pair */ \
+            const unsigned whi_ = DW_ALL & ~wlo;                                            \
+            DW_FN(k3_dw_wrap_end)(s, dyr, acc, dbacc, cm, k->pl, q_lo, whi_, 7);            \
+            DW_FN(k3_dw_wrap_end)(t, dyr1, acc, dbacc, cm, k->pl, q_lo, whi_, 7);           \
+            if (q_lo + 1 < q_hi)                                                            \
+                DW_FN(k3_dwpair)(s2, dyr, dyr1, acc, dbacc, cm, q_lo + 1, q_hi, k->pl, LN,  \
+                                 0, SH, S);                                                 \
+            DW_FN(k3_dw_wrap_end)(s, dyr, acc, dbacc, cm, k->pl, q_hi, wlo, 7);             \
+            DW_FN(k3_dw_wrap_end)(t, dyr1, acc, dbacc, cm, k->pl, q_hi, wlo, 7);            \
+        }                                                                                   \
+    } while (0)
         DW_K3_PAIR(DW_CALLB, DW_CALLP)
 #undef DW_CALLP
 #undef DW_CALLB
         return 2;
     }
-#define DW_CALL(M, S, LN) DW_FN(k3_dwspan)(s, dyr, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, M, S, 1)
+#define DW_CALL(M, S, LN) DW_FN(k3_dwspan)(s, dyr, acc, dbacc, cm, k->ws, k->wo, q_lo, q_hi, k->pl, LN, wlo, M, S, 1)
     if (lanes == DW_VL) {
         DW_K3_SWITCH(DW_CALL, DW_VL)
     } else {
@@ -1830,6 +1927,68 @@ DWC_INLINE int DW_FN(k3_dw_step)(const DW_FN(k3geo) *k, const DW_FN(k3row) *r,
     }
 #undef DW_CALL
     return 1;
+}
+
+/* A prefetch queue: lines from p to end, step bytes per dy row taken. */
+typedef struct {
+    const char *p, *end;
+    ptrdiff_t step;
+} DW_FN(k3pf);
+
+/* Adds v to p's lanes (a wrapped chunk's, WLO: those lanes at p + cm, the others at p). */
+DWC_INLINE void DW_FN(add_to_wrap)(DW_T *p, DW_VEC v, ptrdiff_t cm, unsigned wlo)
+{
+    DW_FN(store_m)(p + cm, DW_FN(load_m)(p + cm, wlo) + v, wlo);
+    DW_FN(store_m)(p, DW_FN(load_m)(p, DW_ALL & ~wlo) + v, DW_ALL & ~wlo);
+}
+
+/* One channel chunk (o, lanes; WLO: a wrapped chunk's mask, k3_wrap) of dW and db over a
+ * band's dy rows [b0, b1), added to part; the two prefetch queues (x, dy) advanced. */
+DWC_INLINE void DW_FN(k3_dw_chunk)(const DW_FN(k3geo) *k, const DW_FN(k3row) *rows,
+                                   const DW_T *dy, DW_T *part, ptrdiff_t b0, ptrdiff_t b1,
+                                   ptrdiff_t o, ptrdiff_t lanes, unsigned wlo, ptrdiff_t q_lo,
+                                   ptrdiff_t q_hi, int peel, int with_db, DW_FN(k3pf) *pfs)
+{
+    const ptrdiff_t cm = k->cm;
+    DW_VEC acc[9], dbacc = {0};
+    for (int t = 0; t < 9; t++)
+        acc[t] = (DW_VEC){0};
+    for (ptrdiff_t rr = b0; rr < b1;) {
+        const int took = DW_FN(k3_dw_step)(k, &rows[rr - b0], dy + rr * k->wo * cm, o, lanes,
+                                           wlo, q_lo, q_hi, peel, acc, &dbacc);
+        for (int i = 0; i < 2; i++) {
+            DW_FN(k3pf) *q = &pfs[i];
+            if (q->p) {
+                const char *stop = q->p + took * q->step;
+                stop = stop < q->end ? stop : q->end;
+                for (; q->p < stop; q->p += 64)
+                    __builtin_prefetch(q->p, 0, 2);
+            }
+        }
+        rr += took;
+    }
+    for (int t = 0; t < 9; t++) {
+        if (wlo)
+            DW_FN(add_to_wrap)(part + t * cm + o, acc[t], cm, wlo);
+        else
+            DW_FN(add_to)(part + t * cm + o, acc[t], lanes);
+    }
+    if (with_db) {
+        if (wlo)
+            DW_FN(add_to_wrap)(part + 9 * cm + o, dbacc, cm, wlo);
+        else
+            DW_FN(add_to)(part + 9 * cm + o, dbacc, lanes);
+    }
+}
+
+/* A wrapped chunk, compiled apart (as k3_band_wrapped). */
+static __attribute__((noinline)) void DW_FN(k3_dw_wrapped)(
+    const DW_FN(k3geo) *k, const DW_FN(k3row) *rows, const DW_T *dy, DW_T *part, ptrdiff_t b0,
+    ptrdiff_t b1, ptrdiff_t o, unsigned wlo, ptrdiff_t q_lo, ptrdiff_t q_hi, int peel,
+    int with_db, DW_FN(k3pf) *pfs)
+{
+    DW_FN(k3_dw_chunk)(k, rows, dy, part, b0, b1, o, DW_VL, wlo, q_lo, q_hi, peel, with_db,
+                       pfs);
 }
 
 /* dW and db partial of output rows [r0, r1) (k->src is x, k->out unused): added to part
@@ -1848,8 +2007,10 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
      * for equal offsets only), 8x28x28x192 dW 0.36 -> 0.28 ms, 14x14x384 0.173 -> 0.151,
      * 14x14x576 s2 0.123 -> 0.096, 7x7x960 0.124 -> 0.103 (C harness, min of 3
      * alternating runs). dW's sums are the same bits however the channels are chunked. */
-    const ptrdiff_t head = DW_FN(k3_head)(k->src, k->src, cm, 12);
-    const ptrdiff_t nvec = (cm - head + DW_VL - 1) / DW_VL + (head > 0);
+    const ptrdiff_t head = DW_FN(k3_head)(k->src, k->src, cm,
+                                          dwc_k3_realign_vectors(1, k->sw, 0));
+    const unsigned wrap = DW_FN(k3_wrap)(head, k->sw);
+    const ptrdiff_t nvec = wrap ? cm / DW_VL : (cm - head + DW_VL - 1) / DW_VL + (head > 0);
     /* (Pairs for a pixel of <= 256 or > 576 bytes: at batch 8, interleaved with the
      * row-by-row code, 112x112x32 (128 bytes) -12% backward, 112x112x96 s2 (384) the
      * same, 56x56x144 (576, streamed from memory) +5-8%; dW alone, C harness: 28x28x192
@@ -1883,31 +2044,14 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
         }
         DW_FN(k3row) rows[64];   /* k3_band_rows: at most 64 */
         DW_FN(k3_band_geometry)(k, b0, b1, pairs, rows);
-        DW_CHUNKS(o, lanes, head, cm) {
-            DW_VEC acc[9], dbacc = {0};
-            for (int t = 0; t < 9; t++)
-                acc[t] = (DW_VEC){0};
-            for (ptrdiff_t rr = b0; rr < b1;) {
-                const int took = DW_FN(k3_dw_step)(k, &rows[rr - b0], dy + rr * k->wo * cm, o,
-                                                   lanes, q_lo, q_hi, peel, acc, &dbacc);
-                if (pf) {
-                    const char *stop = pf + took * pf_step;
-                    stop = stop < pf_end ? stop : pf_end;
-                    for (; pf < stop; pf += 64)
-                        __builtin_prefetch(pf, 0, 2);
-                }
-                if (dpf) {
-                    const char *stop = dpf + took * dpf_step;
-                    stop = stop < dpf_end ? stop : dpf_end;
-                    for (; dpf < stop; dpf += 64)
-                        __builtin_prefetch(dpf, 0, 2);
-                }
-                rr += took;
-            }
-            for (int t = 0; t < 9; t++)
-                DW_FN(add_to)(part + t * cm + o, acc[t], lanes);
-            if (with_db)
-                DW_FN(add_to)(part + 9 * cm + o, dbacc, lanes);
+        DW_FN(k3pf) pfs[2] = {{pf, pf_end, pf_step}, {dpf, dpf_end, dpf_step}};
+        DW_CHUNKS_W(o, lanes, head, wrap, cm) {
+            if (o < 0)
+                DW_FN(k3_dw_wrapped)(k, rows, dy, part, b0, b1, o, wrap, q_lo, q_hi, peel,
+                                     with_db, pfs);
+            else
+                DW_FN(k3_dw_chunk)(k, rows, dy, part, b0, b1, o, lanes, 0u, q_lo, q_hi, peel,
+                                   with_db, pfs);
         }
         if (gx)
             DW_FN(dx_rows)(gx, DW_FN(dx_row_of)(gx, b0), DW_FN(dx_row_of)(gx, b1), NULL);
@@ -1918,6 +2062,7 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
 #undef DW_K3_PAIR
 #undef DW_LD
 #undef DW_CHUNKS
+#undef DW_CHUNKS_W
 
 /* dW partial blocks [lo, hi); with fuse (3x3, M = 1, column stride <= 2 only: k3_dw),
  * dx too: the dx rows of each band of the blocks' dy rows, after the band's dW. */
