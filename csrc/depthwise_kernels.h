@@ -404,6 +404,19 @@ DWC_INLINE unsigned DW_FN(k3_wrap)(ptrdiff_t head, ptrdiff_t sw)
          o < (cm) - ((wlo) ? DW_VL - (head) : 0);                                             \
          o += lanes, lanes = (cm) - o < DW_VL ? (cm) - o : DW_VL)
 
+/* A wrapped chunk's lanes whose pixel has its source column inside [0, ws), the vector at
+ * column col (the lanes of WLO: the pixel before, column col - 1). */
+DWC_INLINE unsigned DW_FN(wrap_cols)(ptrdiff_t col, ptrdiff_t ws, unsigned wlo)
+{
+    return (col >= 1 && col <= ws ? wlo : 0u) | (col >= 0 && col < ws ? DW_ALL & ~wlo : 0u);
+}
+
+/* A wrapped chunk's lanes at position q that hold one of the row's nq pixels. */
+DWC_INLINE unsigned DW_FN(wrap_pixels)(ptrdiff_t q, ptrdiff_t nq, unsigned wlo)
+{
+    return (q >= 1 && q <= nq ? wlo : 0u) | (q >= 0 && q < nq ? DW_ALL & ~wlo : 0u);
+}
+
 /* A wrapped chunk's position q of one output row (s[a], d at the chunk's channel offset):
  * lanes WLO pixel q - 1's (none at q = 0), the others pixel q's (none at q = nq); each
  * group's taps inside the row in k3_fspan's order, as masked multiply-adds (the other
@@ -412,19 +425,19 @@ DWC_INLINE void DW_FN(k3_wrap_pixel)(const DW_T *const *s, const DW_VEC *w, DW_V
                                      DW_T *d, ptrdiff_t cm, ptrdiff_t ws, ptrdiff_t nq,
                                      ptrdiff_t pl, ptrdiff_t q, unsigned wlo, const int MASK)
 {
-    const unsigned lo = q >= 1 ? wlo : 0u, hi = q < nq ? DW_ALL & ~wlo : 0u;
+    const unsigned here = DW_FN(wrap_pixels)(q, nq, wlo);
     DW_VEC acc = bv;
     for (int a = 0; a < 3; a++) {
         if (!(MASK >> a & 1))
             continue;
         for (int b = 0; b < 3; b++) {
             const ptrdiff_t col = q - pl + b;   /* pixel q's; pixel q - 1's is col - 1 */
-            const unsigned m = (col >= 1 && col <= ws ? lo : 0u) | (col >= 0 && col < ws ? hi : 0u);
+            const unsigned m = DW_FN(wrap_cols)(col, ws, wlo) & here;
             if (m)
                 acc = DW_FN(fma_m)(acc, DW_FN(load_m)(s[a] + col * cm, m), w[3 * a + b], m);
         }
     }
-    DW_FN(store_m)(d + q * cm, acc, lo | hi);
+    DW_FN(store_m)(d + q * cm, acc, here);
 }
 
 /* Rows per band: its source rows and output rows take about 384 KiB. */
@@ -913,7 +926,6 @@ DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int
 {
     const int full = lanes == DW_VL;
     const int wrap = SW == 1 && EDGE && wlo;   /* positions q0 .. q0 + NP - 1 (k3_wrap) */
-    const unsigned whi = DW_ALL & ~wlo;
     DW_VEC acc[8];
 #pragma GCC unroll 8
     for (int i = 0; i < NP; i++)
@@ -935,9 +947,7 @@ DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int
 #pragma GCC unroll 32
         for (int c = 0; c < (NP - 1) * SW + 3; c++) {
             const ptrdiff_t col = q0 * SW - pl + c;
-            unsigned m = DW_ALL;   /* a wrapped vector's lanes whose pixel has this column */
-            if (wrap)
-                m = (col >= 0 && col < ws ? whi : 0u) | (col >= 1 && col <= ws ? wlo : 0u);
+            const unsigned m = wrap ? DW_FN(wrap_cols)(col, ws, wlo) : DW_ALL;
             if (wrap ? !m : EDGE && (col < 0 || col >= ws))
                 continue;
             const DW_VEC xv = wrap ? DW_FN(load_m)(p + col * cm, m) : DW_LD(p + col * cm);
@@ -957,8 +967,7 @@ DWC_INLINE void DW_FN(k3_block)(const DW_T *const *s, const DW_T *const *wk, int
 #pragma GCC unroll 8
     for (int i = 0; i < NP; i++) {
         if (wrap) {
-            const unsigned sm = (q0 + i >= 1 && q0 + i <= nq ? wlo : 0u)
-                                | (q0 + i < nq ? whi : 0u);
+            const unsigned sm = DW_FN(wrap_pixels)(q0 + i, nq, wlo);
             if (!sm)
                 break;
             DW_FN(store_m)(d + i * cm, acc[i], sm);
@@ -1019,7 +1028,6 @@ DWC_INLINE void DW_FN(k3_block2)(const DW_T *const *s, const DW_T *const *wk, DW
 {
     const int full = lanes == DW_VL;
     const int wrap = SW == 1 && EDGE && wlo;   /* as k3_block's */
-    const unsigned whi = DW_ALL & ~wlo;
     DW_VEC acc0[8], acc1[8], w[9];
 #pragma GCC unroll 9
     for (int t = 0; t < 9; t++)
@@ -1033,9 +1041,7 @@ DWC_INLINE void DW_FN(k3_block2)(const DW_T *const *s, const DW_T *const *wk, DW
 #pragma GCC unroll 32
         for (int c = 0; c < (NP - 1) * SW + 3; c++) {
             const ptrdiff_t col = q0 * SW - pl + c;
-            unsigned m = DW_ALL;
-            if (wrap)
-                m = (col >= 0 && col < ws ? whi : 0u) | (col >= 1 && col <= ws ? wlo : 0u);
+            const unsigned m = wrap ? DW_FN(wrap_cols)(col, ws, wlo) : DW_ALL;
             if (wrap ? !m : EDGE && (col < 0 || col >= ws))
                 continue;
             const DW_VEC xv = wrap ? DW_FN(load_m)(p + col * cm, m) : DW_LD(p + col * cm);
@@ -1061,8 +1067,7 @@ DWC_INLINE void DW_FN(k3_block2)(const DW_T *const *s, const DW_T *const *wk, DW
 #pragma GCC unroll 8
     for (int i = 0; i < NP; i++) {
         if (wrap) {
-            const unsigned sm = (q0 + i >= 1 && q0 + i <= nq ? wlo : 0u)
-                                | (q0 + i < nq ? whi : 0u);
+            const unsigned sm = DW_FN(wrap_pixels)(q0 + i, nq, wlo);
             if (!sm)
                 break;
             DW_FN(store_m)(d0 + i * cm, acc0[i], sm);
