@@ -488,27 +488,28 @@ DWC_INLINE void DW_FN(k3_fspan)(const DW_T *const *s, const DW_VEC *w, DW_VEC bv
             DW_FN(k3_wrap_pixel)(s, w, bv, d, cm, ws, nq, pl, q, wlo, MASK);
         }
         q_lo = qa;
-    } else
-    /* Border columns: each tap inside the row on its own. */
-    for (ptrdiff_t q = 0; q < nq; q++) {
-        if (q == q_lo)
-            q = q_hi;
-        if (q >= nq)
-            break;
-        DW_VEC acc = bv;
-        for (int a = 0; a < 3; a++) {
-            if (!(MASK >> a & 1))
-                continue;
-            for (int b = 0; b < 3; b++) {
-                const ptrdiff_t col = q * SW - pl + b;
-                if (col >= 0 && col < ws)
-                    acc += DW_LD(s[a] + col * cm) * w[3 * a + b];
+    } else {
+        /* Border columns: each tap inside the row on its own. */
+        for (ptrdiff_t q = 0; q < nq; q++) {
+            if (q == q_lo)
+                q = q_hi;
+            if (q >= nq)
+                break;
+            DW_VEC acc = bv;
+            for (int a = 0; a < 3; a++) {
+                if (!(MASK >> a & 1))
+                    continue;
+                for (int b = 0; b < 3; b++) {
+                    const ptrdiff_t col = q * SW - pl + b;
+                    if (col >= 0 && col < ws)
+                        acc += DW_LD(s[a] + col * cm) * w[3 * a + b];
+                }
             }
+            if (full)
+                DW_FN(store)(d + q * cm, acc);
+            else
+                DW_FN(store_part)(d + q * cm, acc, lanes);
         }
-        if (full)
-            DW_FN(store)(d + q * cm, acc);
-        else
-            DW_FN(store_part)(d + q * cm, acc, lanes);
     }
     if (!INNER || q_lo >= q_hi)
         return;
