@@ -25,38 +25,9 @@ DWC_INLINE DW_VEC DW_FN(load)(const DW_T *p)
 
 DWC_INLINE void DW_FN(store)(DW_T *p, DW_VEC v) { memcpy(p, &v, sizeof v); }
 
-/* The first k < DW_VL lanes (the ragged end of a row of channels), the others zero;
- * AVX-512: one masked load / store (lanes past k are not touched). */
-DWC_INLINE DW_VEC DW_FN(load_part)(const DW_T *p, ptrdiff_t k)
-{
-#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
-    if (sizeof(DW_T) == 4)
-        return (DW_VEC)_mm512_maskz_loadu_ps((__mmask16)((1u << k) - 1), p);
-    return (DW_VEC)_mm512_maskz_loadu_pd((__mmask8)((1u << k) - 1), p);
-#else
-    DW_VEC v = {0};
-    memcpy(&v, p, (size_t)k * sizeof(DW_T));
-    return v;
-#endif
-}
-
-DWC_INLINE void DW_FN(store_part)(DW_T *p, DW_VEC v, ptrdiff_t k)
-{
-#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
-    if (sizeof(DW_T) == 4)
-        _mm512_mask_storeu_ps(p, (__mmask16)((1u << k) - 1), (__m512)v);
-    else
-        _mm512_mask_storeu_pd(p, (__mmask8)((1u << k) - 1), (__m512d)v);
-#else
-    memcpy(p, &v, (size_t)k * sizeof(DW_T));
-#endif
-}
-
-/* Lane masks for a WRAPPED channel chunk (k3_wrap): bit i is lane i. load_m: lanes in m,
- * the others zero (not read); store_m: lanes in m stored; fma_m: acc + x * w in the lanes
- * of m (one rounding, as the contracted acc += x * w), acc elsewhere; load_wrap: lanes of
- * lo from p + cm, the others from p (a wrapped chunk's weights: the last channels of one
- * pixel, then the first of the next). */
+/* Masked lanes (bit i: lane i). load_m: the lanes in m, the others zero (not read, so a
+ * lane past an array's end is safe); store_m: the lanes in m stored, the others untouched
+ * (AVX-512: one masked load / store). */
 #define DW_ALL ((1u << DW_VL) - 1u)
 
 DWC_INLINE DW_VEC DW_FN(load_m)(const DW_T *p, unsigned m)
@@ -88,6 +59,31 @@ DWC_INLINE void DW_FN(store_m)(DW_T *p, DW_VEC v, unsigned m)
 #endif
 }
 
+/* The first k < DW_VL lanes (the ragged end of a row of channels), the others zero. */
+DWC_INLINE DW_VEC DW_FN(load_part)(const DW_T *p, ptrdiff_t k)
+{
+#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
+    return DW_FN(load_m)(p, (1u << k) - 1u);
+#else
+    DW_VEC v = {0};
+    memcpy(&v, p, (size_t)k * sizeof(DW_T));
+    return v;
+#endif
+}
+
+DWC_INLINE void DW_FN(store_part)(DW_T *p, DW_VEC v, ptrdiff_t k)
+{
+#if DW_VBYTES == 64 && DWC_X86_INTRINSICS
+    DW_FN(store_m)(p, v, (1u << k) - 1u);
+#else
+    memcpy(p, &v, (size_t)k * sizeof(DW_T));
+#endif
+}
+
+/* For a WRAPPED channel chunk (k3_wrap): fma_m: acc + x * w in the lanes of m (one
+ * rounding, as the contracted acc += x * w), acc elsewhere; add_m likewise; load_wrap:
+ * lanes of lo from p + cm, the others from p (a wrapped chunk's weights: the last channels
+ * of one pixel, then the first of the next). */
 DWC_INLINE DW_VEC DW_FN(fma_m)(DW_VEC acc, DW_VEC x, DW_VEC w, unsigned m)
 {
 #if DW_VBYTES == 64 && DWC_X86_INTRINSICS
@@ -380,11 +376,6 @@ DWC_INLINE ptrdiff_t DW_FN(k3_head)(const void *a, const void *b, ptrdiff_t cm,
     return ra ? (ptrdiff_t)((64 - ra) / sizeof(DW_T)) : 0;
 }
 
-/* The channel chunks (o, lanes): the head (if any), whole vectors, the tail. */
-#define DW_CHUNKS(o, lanes, head, cm)                                                         \
-    for (ptrdiff_t o = 0, lanes = (head) ? (head) : ((cm) < DW_VL ? (cm) : DW_VL); o < (cm);  \
-         o += lanes, lanes = (cm) - o < DW_VL ? (cm) - o : DW_VL)
-
 /* WRAPPED chunks (column stride 1, source and output at one pitch of whole lines a
  * pixel): with a head, the tail of pixel q - 1 and the head of pixel q are ONE line-aligned
  * vector at position q (lanes below DW_VL - head, the mask k3_wrap returns, are pixel
@@ -398,6 +389,8 @@ DWC_INLINE unsigned DW_FN(k3_wrap)(ptrdiff_t head, ptrdiff_t sw)
     return head && sw == 1 ? (1u << (DW_VL - head)) - 1u : 0u;
 }
 
+/* The channel chunks (o, lanes): the head (if any), whole vectors, the tail; with WLO
+ * (k3_wrap) the tail and the head as one wrapped chunk at o = head - DW_VL first. */
 #define DW_CHUNKS_W(o, lanes, head, wlo, cm)                                                  \
     for (ptrdiff_t o = (wlo) ? (head) - DW_VL : 0,                                            \
                    lanes = (wlo) ? DW_VL : (head) ? (head) : ((cm) < DW_VL ? (cm) : DW_VL);   \
@@ -1285,7 +1278,7 @@ static void DW_FN(k3_dx2_pixel)(const DW_T *const *s, const ptrdiff_t *arow, int
                                 const DW_T *wt, DW_T *d, ptrdiff_t x, ptrdiff_t pl,
                                 ptrdiff_t wo, ptrdiff_t cm, ptrdiff_t head)
 {
-    DW_CHUNKS(o, lanes, head, cm) {
+    DW_CHUNKS_W(o, lanes, head, 0u, cm) {
         const int full = lanes == DW_VL;
         DW_VEC acc = (DW_VEC){0};
         for (int r = 0; r < nr; r++)
@@ -2067,7 +2060,6 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
 #undef DW_K3_SWITCH
 #undef DW_K3_PAIR
 #undef DW_LD
-#undef DW_CHUNKS
 #undef DW_CHUNKS_W
 
 /* dW partial blocks [lo, hi); with fuse (3x3, M = 1, column stride <= 2 only: k3_dw),
@@ -2180,6 +2172,7 @@ static void DW_FN(bwd_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void
     DW_FN(dw_blocks_impl)(g, lo, hi, scratch, 1);
 }
 
+#undef DW_ALL
 #undef DW_VEC
 #undef DW_NP
 #undef DW_VL
