@@ -346,6 +346,7 @@ typedef struct {
     const DW_T *wk[9]; /* tap (a, b): its weight row (cm,) */
     ptrdiff_t hs, ws, cm, ho, wo, sh, sw, pt, pl;
     int nt;            /* a large output: stream it past the caches (bands) */
+    int pf;            /* a large source: prefetch the next band (dwc_k3_prefetch) */
 } DW_FN(k3geo);
 
 /* Output columns [*q_lo, *q_hi) of [0, nq) whose taps q*sw - pl + {0, 1, 2} lie inside
@@ -877,10 +878,11 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
     const int peel = DW_FN(k3_peels)(k, q_lo, q_hi);
     for (ptrdiff_t b0 = r0; b0 < r1; b0 += band) {
         const ptrdiff_t b1 = b0 + band < r1 ? b0 + band : r1;
-        /* The next band's source rows beyond this band's: into L2 while this one runs. */
+        /* The next band's source rows beyond this band's: into L2 while this one runs
+         * (k->pf: a source from memory). */
         const char *pf = NULL, *pf_end = NULL;
         ptrdiff_t pf_step = 0;
-        if (b1 < r1) {
+        if (k->pf && b1 < r1) {
             ptrdiff_t f0, f1, g0, g1;
             DW_FN(k3_src_span)(k, b0, b1, &f0, &f1);
             DW_FN(k3_src_span)(k, b1, b1 + band < r1 ? b1 + band : r1, &g0, &g1);
@@ -1386,6 +1388,7 @@ static void DW_FN(forward_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, vo
         k3.pl = g->pl;
         /* An output past 8 MiB is streamed past the caches (it would only evict x). */
         k3.nt = dwc_k3_streams(g->n * g->ho * g->wo * g->cm * (ptrdiff_t)sizeof(DW_T));
+        k3.pf = dwc_k3_prefetch(g->n * g->h * g->w * g->cm * (ptrdiff_t)sizeof(DW_T));
         DW_FN(k3_forward)(&k3, lo, hi);
         return;
     }
@@ -1461,6 +1464,7 @@ static void DW_FN(dx_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *s
         k3.pt = 2 - g->pt;
         k3.pl = 2 - g->pl;
         k3.nt = dwc_k3_streams(g->n * g->h * g->w * g->cm * (ptrdiff_t)sizeof(DW_T));
+        k3.pf = dwc_k3_prefetch(g->n * g->ho * g->wo * g->cm * (ptrdiff_t)sizeof(DW_T));
         DW_FN(k3_forward)(&k3, lo, hi);
         return;
     }
@@ -2023,8 +2027,9 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
         const ptrdiff_t b1 = b0 + band < r1 ? b0 + band : r1;
         const char *pf = NULL, *pf_end = NULL, *dpf = NULL, *dpf_end = NULL;
         ptrdiff_t pf_step = 0, dpf_step = 0;
-        if (b1 < r1) {
-            /* The next band's x rows beyond this band's, and its dy rows. */
+        if (k->pf && b1 < r1) {
+            /* The next band's x rows beyond this band's, and its dy rows (k->pf: x from
+             * memory). */
             ptrdiff_t f0, f1, g0, g1;
             DW_FN(k3_src_span)(k, b0, b1, &f0, &f1);
             DW_FN(k3_src_span)(k, b1, b1 + band < r1 ? b1 + band : r1, &g0, &g1);
@@ -2090,6 +2095,7 @@ DWC_INLINE void DW_FN(dw_blocks_impl)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t 
             k3.pt = g->pt;
             k3.pl = g->pl;
             k3.nt = 0;
+            k3.pf = dwc_k3_prefetch(g->n * g->h * g->w * g->cm * (ptrdiff_t)sizeof(DW_T));
             DW_FN(k3_dw)(&k3, dy, part, blk * g->block_rows, r1, g->with_db, fuse ? g : NULL);
             continue;
         }
