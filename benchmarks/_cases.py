@@ -285,6 +285,37 @@ def model_backends() -> list:
     return names
 
 
+# --------------------------------------------------------------------------- ceiling
+# fastcnn's own GEMM, the FLOP side of the rooflines beside NumPy's: a 1x1 conv of
+# MobileNetV2's 14x14 stage (8 images, 384 -> 64 channels: a 1568 x 384 by 384 x 64
+# product) on the cython backend. NumPy's BLAS alone can understate what the machine does:
+# on a Zen 5 (AVX-512, 2026-12-07) NumPy's OpenBLAS picked its Haswell (AVX2) kernels,
+# 110-116 GFLOP/s at 2048^3, while this conv ran at 195-228 GFLOP/s, so every compute-bound
+# share came out near 200%.
+FASTCNN_GEMM_CASE = (8, 14, 384, 64)
+
+
+def fastcnn_gemm_gflops(rounds: int = 30) -> float | None:
+    """Best GFLOP/s of FASTCNN_GEMM_CASE on the cython backend (None where it is missing)."""
+    import time
+
+    if "cython" not in backends.available():
+        return None
+    be = backends.get("cython")
+    n, h, c, k = FASTCNN_GEMM_CASE
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((n, h, h, c), dtype=DTYPE)
+    w = (rng.standard_normal((1, 1, c, k), dtype=DTYPE) * 0.05).astype(DTYPE)
+    b = np.zeros(k, DTYPE)
+    be.conv2d_forward(x, w, b, (1, 1), ((0, 0), (0, 0)))
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        be.conv2d_forward(x, w, b, (1, 1), ((0, 0), (0, 0)))
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n * h * h * c * k / best / 1e9
+
+
 # --------------------------------------------------------------------------- torch
 def torch_or_none():
     """The torch module, or None when the optional peer is not installed.

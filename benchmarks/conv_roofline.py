@@ -5,8 +5,9 @@ same network (MobileNetV2 at 224x224, batch 8: its 1x1 convs at each stage and t
 shapes B and D of the conv table for reference, whose Winograd does fewer FLOPs than the
 direct count), so that "as fast as the conv kernels relative to their FLOPs and bytes" is
 measured, not assumed. Roofline as there: the better of a NumPy copy moving the pass's bytes
-(forward: x and y; backward: x, dy and dx, each timed at its own size) and the run's SGEMM
-rate (a 2048^3 float32 np.dot); share = roofline time / median time.
+(forward: x and y; backward: x, dy and dx, each timed at its own size) and the run's FLOP
+ceiling (the better of a 2048^3 float32 np.dot and fastcnn's own GEMM,
+``_cases.fastcnn_gemm_gflops``); share = roofline time / median time.
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 FASTCNN_NUM_THREADS=1 \\
         python benchmarks/conv_roofline.py [--backend auto]
@@ -18,6 +19,8 @@ import fastcnn  # noqa: F401  (before NumPy: thread settings)
 import numpy as np
 
 from fastcnn import backends, shapes
+
+import _cases
 
 # (name, batch, height = width, input channels, filters, kernel, stride)
 CASES = [
@@ -34,10 +37,13 @@ CASES = [
 
 
 def sgemm_gflops(n=2048):
+    """The FLOP ceiling: the better of NumPy's n^3 SGEMM and fastcnn's own GEMM (as the
+    benchmarks' conftest; _cases.fastcnn_gemm_gflops says why)."""
     a = np.ones((n, n), np.float32)
     np.dot(a, a)
     best = min(_timed(lambda: np.dot(a, a)) for _ in range(5))
-    return 2 * n ** 3 / best / 1e9
+    numpy_gflops = 2 * n ** 3 / best / 1e9
+    return numpy_gflops, _cases.fastcnn_gemm_gflops()
 
 
 def copy_seconds(nbytes):
@@ -71,8 +77,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     be = backends.get(args.backend)
     rng = np.random.default_rng(0)
-    gflops = sgemm_gflops()
-    print(f"backend {args.backend}, SGEMM {gflops:.1f} GFLOP/s; ms and share of the roofline")
+    numpy_gflops, own = sgemm_gflops()
+    gflops = max(numpy_gflops, own or 0.0)
+    print(f"backend {args.backend}, SGEMM: NumPy {numpy_gflops:.1f} GFLOP/s, fastcnn "
+          f"{own or float('nan'):.1f}, ceiling {gflops:.1f}; ms, GFLOP/s and share of the "
+          f"roofline")
     for name, n, h, c, f, k, s in CASES:
         x = rng.standard_normal((n, h, h, c), dtype=np.float32)
         w = rng.standard_normal((k, k, c, f), dtype=np.float32)
@@ -94,8 +103,9 @@ def main(argv=None):
         fwd_bytes, bwd_bytes = x.nbytes + dy.nbytes, 2 * x.nbytes + dy.nbytes
         roof_fwd = max(copy_seconds(fwd_bytes), flops / gflops / 1e9)
         roof_fb = max(copy_seconds(fwd_bytes) + copy_seconds(bwd_bytes), 3 * flops / gflops / 1e9)
-        print(f"{name:<32} fwd {t_fwd * 1e3:8.3f} ms {100 * roof_fwd / t_fwd:4.0f}%   "
-              f"fwd+bwd {t_fb * 1e3:8.3f} ms {100 * roof_fb / t_fb:4.0f}%")
+        print(f"{name:<32} fwd {t_fwd * 1e3:8.3f} ms {flops / t_fwd / 1e9:6.1f} "
+              f"{100 * roof_fwd / t_fwd:4.0f}%   fwd+bwd {t_fb * 1e3:8.3f} ms "
+              f"{3 * flops / t_fb / 1e9:6.1f} {100 * roof_fb / t_fb:4.0f}%")
 
 
 if __name__ == "__main__":

@@ -84,9 +84,12 @@ def render(docs: list, names: list | None = None) -> str:
         name = names[i] if names else f"run {i + 1}"
         sgemm = "not measured"
         if sg:
-            sgemm = (f"{sg['n']}^3 best {sg['gflops']:.1f} GFLOP/s (median "
-                     f"{sg.get('median_gflops', float('nan')):.1f}, CPU/wall "
+            sgemm = (f"{sg['n']}^3 best {sg.get('numpy_gflops', sg['gflops']):.1f} GFLOP/s "
+                     f"(median {sg.get('median_gflops', float('nan')):.1f}, CPU/wall "
                      f"{sg.get('cpu_per_wall', float('nan')):.2f})")
+            if sg.get("fastcnn_gflops"):
+                sgemm += (f", fastcnn's GEMM {sg['fastcnn_gflops']:.1f}; ceiling "
+                          f"{sg['gflops']:.1f} ({sg.get('ceiling', '?')})")
         load = (meta.get("loadavg_1m_start"), meta.get("loadavg_1m_end"))
         lines.append(
             f"- {name}: {doc.get('datetime', '?')[:19]} UTC, threads={meta.get('threads')}, "

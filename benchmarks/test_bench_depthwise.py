@@ -22,8 +22,8 @@ ROOFLINE: ``max(memory time, FLOP time) / median``, where the memory time is wha
 copy moving the same bytes takes on this machine at that size (best of many, measured in
 this run: in cache for the small shapes, from memory for the large; fwdbwd: the forward's
 bytes and the backward's, each timed at its own size) and the FLOP time the FLOPs at the
-run's SGEMM ceiling (conftest's ``sgemm``), so 100% is the better of a pure copy and
-SGEMM-rate arithmetic. The bound column says which of the two the row's roofline is.
+run's GEMM ceiling (conftest's ``sgemm``: the better of NumPy's SGEMM and fastcnn's own
+GEMM), so 100% is the better of a pure copy and GEMM-rate arithmetic. The bound column says which of the two the row's roofline is.
 
     FASTCNN_BENCH_THREADS=1 python -m pytest benchmarks/test_bench_depthwise.py \\
         --benchmark-only --benchmark-max-time=0.5
@@ -176,7 +176,7 @@ def _table(request):
         tr.write_line(f"depthwise conv, float32, MobileNetV2's shapes (batch 8): median ms, "
                       f"GFLOP/s, GB/s, % of roofline and its bound (threads "
                       f"{os.environ.get('FASTCNN_BENCH_THREADS', '?')}; roofline: the better "
-                      f"of a NumPy copy of the same bytes and the SGEMM rate)")
+                      f"of a NumPy copy of the same bytes and the GEMM ceiling)")
         for group, peer, ms, gflops, gbps, eff, bound in _ROWS:
             tr.write_line(f"  {group:<84} {peer:<7} {ms:9.3f} ms {gflops:6.2f} GFLOP/s "
                           f"{gbps:6.2f} GB/s {100 * eff:5.1f}% {bound}")
