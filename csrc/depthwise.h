@@ -41,8 +41,9 @@
  *   every kernel row inside (AVX-512, a pixel of <= 256 or > 576 bytes: each x vector
  *   loaded once for both), added to the block's partial once per band (bands are fixed
  *   by the shape: thread-count independent; depthwise.pyx adds the partials in block
- *   order); the next band's x and dy rows are prefetched while one runs. A band's rows'
- *   geometry (source rows, mask, pairing) is worked out once, not per channel chunk
+ *   order); the next band's x and dy rows are prefetched while one runs (x of >= 8 MiB:
+ *   dwc_k3_prefetch). A band's rows' geometry (source rows, mask, pairing) is worked out
+ *   once, not per channel chunk
  *   (k3_band_geometry: on 7-pixel rows the divisions cost as much as the row's
  *   multiply-adds; 8x7x7x960 dW 0.109 -> 0.097 ms with the pairs). dx of stride (2, 2):
  *   blocks of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2).
@@ -133,12 +134,14 @@ static inline int dwc_k3_streams(ptrdiff_t out_bytes)
     return out_bytes >= ((ptrdiff_t)8 << 20);
 }
 
-/* Whether the bands prefetch the next band's source rows into L2 while one runs: for a
- * source of >= 8 MiB, which comes from memory; one that stays in L3 between layers (the
- * previous layer just wrote it) is fetched by the hardware as fast, and the prefetches
- * compete with the band's own loads. AVX-512 Zen 5, 1 thread, 8 images, one process,
- * builds with and without alternating: forward 28x28x192 (4.8 MB) -10% without,
- * 14x14x384 -8%, the fused backward 14x14x384 -3%; 56x56x144 (14.5 MB) +8-12% without. */
+/* Whether the 3x3 kernels prefetch the next band's (the row blocks: the next row's)
+ * source rows into L2 while one runs: for a source of >= 8 MiB, which comes from memory;
+ * one that stays in L3 between layers (the previous layer just wrote it) the hardware
+ * fetches as fast, and the prefetches compete with the kernel's own loads. AVX-512 Zen 5,
+ * 1 thread, 8 images, builds with and without alternating in one process: forward
+ * 28x28x192 (4.8 MB) -10% without, 14x14x384 -8%, 14x14x576 s2 (rows) -7%, 7x7x960 (rows)
+ * -4%; the fused backward (dW's x and dy prefetch too) 14x14x576 s2 -9%, 7x7x960 -3%,
+ * 14x14x384 -3%; 56x56x144 (14.5 MB, from memory) +8-12% without. */
 static inline int dwc_k3_prefetch(ptrdiff_t src_bytes)
 {
     return src_bytes >= ((ptrdiff_t)8 << 20);

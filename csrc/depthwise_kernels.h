@@ -333,7 +333,8 @@ DWC_INLINE void DW_FN(expand_row)(const dwc_job *g, ptrdiff_t n, ptrdiff_t yy, D
  * source row (stride 1), 9 FMAs and a store. Taps are added in the general row kernel's
  * order (kernel rows, then columns, ascending, from the bias), so the forward is bitwise
  * the same as that kernel's. The source rows the next band reads first are prefetched
- * into L2 a slice per (vector, row) step.
+ * into L2 a slice per (vector, row) step, where the source comes from memory
+ * (depthwise.h's dwc_k3_prefetch).
  *
  * MASK: which of the 3 kernel rows fall inside the image (bit a); SW: the column stride. */
 
@@ -1144,10 +1145,11 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
         if (pair)
             for (int a = 0; a < 3 + (int)k->sh; a++)
                 s2[a] = s[0] + a * k->ws * cm;
-        /* The next row's source rows beyond this row's: into L2 while this one runs. */
+        /* The next row's source rows beyond this row's: into L2 while this one runs
+         * (k->pf: a source from memory). */
         const char *pf = NULL, *pf_end = NULL;
         ptrdiff_t pf_step = 0;
-        if (rr + 1 + pair < r1) {
+        if (k->pf && rr + 1 + pair < r1) {
             ptrdiff_t f0, f1, g0, g1;
             DW_FN(k3_src_span)(k, rr, rr + 1 + pair, &f0, &f1);
             DW_FN(k3_src_span)(k, rr + 1 + pair, rr + 2 + pair, &g0, &g1);
