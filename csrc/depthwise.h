@@ -41,8 +41,8 @@
  *   every kernel row inside (AVX-512, a pixel of <= 256 or > 576 bytes: each x vector
  *   loaded once for both), added to the block's partial once per band (bands are fixed
  *   by the shape: thread-count independent; depthwise.pyx adds the partials in block
- *   order); the next band's x and dy rows are prefetched while one runs (x of >= 8 MiB:
- *   dwc_k3_prefetch). A band's rows' geometry (source rows, mask, pairing) is worked out
+ *   order); the next band's x and dy rows are prefetched while one runs (x and dy of
+ *   >= 8 MiB: dwc_k3_prefetch). A band's rows' geometry (source rows, mask, pairing) is worked out
  *   once, not per channel chunk
  *   (k3_band_geometry: on 7-pixel rows the divisions cost as much as the row's
  *   multiply-adds; 8x7x7x960 dW 0.109 -> 0.097 ms with the pairs). dx of stride (2, 2):
@@ -140,8 +140,9 @@ static inline int dwc_k3_streams(ptrdiff_t out_bytes)
  * fetches as fast, and the prefetches compete with the kernel's own loads. AVX-512 Zen 5,
  * 1 thread, 8 images, builds with and without alternating in one process: forward
  * 28x28x192 (4.8 MB) -10% without, 14x14x384 -8%, 14x14x576 s2 (rows) -7%, 7x7x960 (rows)
- * -4%; the fused backward (dW's x and dy prefetch too) 14x14x576 s2 -9%, 7x7x960 -3%,
- * 14x14x384 -3%; 56x56x144 (14.5 MB, from memory) +8-12% without. */
+ * -4%; the fused backward (dW's x and dy prefetch too, for x and dy of >= 8 MiB
+ * together) 14x14x576 s2 -6 to -9%, 7x7x960 -3%, 14x14x384 -3%; 56x56x144 (14.5 MB,
+ * from memory) +8-12% without, 28x28x256's backward (x and dy 12.8 MB) +4%. */
 static inline int dwc_k3_prefetch(ptrdiff_t src_bytes)
 {
     return src_bytes >= ((ptrdiff_t)8 << 20);

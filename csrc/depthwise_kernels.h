@@ -2097,7 +2097,8 @@ DWC_INLINE void DW_FN(dw_blocks_impl)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t 
             k3.pt = g->pt;
             k3.pl = g->pl;
             k3.nt = 0;
-            k3.pf = dwc_k3_prefetch(g->n * g->h * g->w * g->cm * (ptrdiff_t)sizeof(DW_T));
+            k3.pf = dwc_k3_prefetch((g->h * g->w + g->ho * g->wo) * g->n * g->cm
+                                    * (ptrdiff_t)sizeof(DW_T));   /* x and dy */
             DW_FN(k3_dw)(&k3, dy, part, blk * g->block_rows, r1, g->with_db, fuse ? g : NULL);
             continue;
         }
