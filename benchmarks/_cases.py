@@ -289,9 +289,9 @@ def model_backends() -> list:
 # fastcnn's own GEMM, the FLOP side of the rooflines beside NumPy's: a 1x1 conv of
 # MobileNetV2's 14x14 stage (8 images, 384 -> 64 channels: a 1568 x 384 by 384 x 64
 # product) on the cython backend. NumPy's BLAS alone can understate what the machine does:
-# on a Zen 5 (AVX-512, 2026-12-07) NumPy's OpenBLAS picked its Haswell (AVX2) kernels,
-# 110-116 GFLOP/s at 2048^3, while this conv ran at 195-228 GFLOP/s, so every compute-bound
-# share came out near 200%.
+# on a Zen 5 (AVX-512, 2026-12-07) whose environment sets OPENBLAS_CORETYPE=Haswell, NumPy's
+# OpenBLAS ran its AVX2 kernels, 102-116 GFLOP/s at 2048^3, while this conv ran at 195-228
+# GFLOP/s, so every compute-bound share came out near 200%.
 FASTCNN_GEMM_CASE = (8, 14, 384, 64)
 
 

@@ -1,4 +1,4 @@
-"""pytest-benchmark set-up: pinned threads, the SGEMM ceiling, one way to time a case.
+"""pytest-benchmark set-up: pinned threads, the GEMM ceiling, one way to time a case.
 
 Run with ``pytest benchmarks --benchmark-only`` (pyproject's addopts skip benchmarks
 otherwise; this folder is outside ``testpaths`` so a plain ``pytest`` never collects it).
@@ -222,10 +222,13 @@ def pytest_terminal_summary(terminalreporter, config):
     result = config.stash.get(_SGEMM_KEY, None)
     if not result:
         return
+    own = result.get("fastcnn_gflops")
     terminalreporter.write_line(
-        f"SGEMM ceiling: {result['n']}^3 float32 np.dot at {THREADS} thread(s): best "
-        f"{result['best_s'] * 1e3:.1f} ms = {result['gflops']:.1f} GFLOP/s (median "
-        f"{result['median_gflops']:.1f} GFLOP/s, CPU/wall {result['cpu_per_wall']:.2f})")
+        f"SGEMM ceiling: {result['gflops']:.1f} GFLOP/s ({result.get('ceiling', 'numpy')}); "
+        f"{result['n']}^3 float32 np.dot at {THREADS} thread(s): best "
+        f"{result['best_s'] * 1e3:.1f} ms = {result['numpy_gflops']:.1f} GFLOP/s (median "
+        f"{result['median_gflops']:.1f} GFLOP/s, CPU/wall {result['cpu_per_wall']:.2f}); "
+        f"fastcnn's GEMM " + (f"{own:.1f} GFLOP/s" if own else "not measured (no cython)"))
     # The same tables summarize.py makes from --benchmark-json, with the ratios to
     # PyTorch. pytest-benchmark keeps this run's results on its (private) session object;
     # if a future version moves them, only this convenience print is lost.
