@@ -42,10 +42,10 @@
  *   loaded once for both), added to the block's partial once per band (bands are fixed
  *   by the shape: thread-count independent; depthwise.pyx adds the partials in block
  *   order); the next band's x and dy rows are prefetched while one runs (x and dy of
- *   >= 8 MiB: dwc_k3_prefetch). A band's rows' geometry (source rows, mask, pairing) is worked out
- *   once, not per channel chunk
- *   (k3_band_geometry: on 7-pixel rows the divisions cost as much as the row's
- *   multiply-adds; 8x7x7x960 dW 0.109 -> 0.097 ms with the pairs). dx of stride (2, 2):
+ *   >= 8 MiB: dwc_k3_prefetch). A band's rows' geometry (source rows, mask, pairing) is
+ *   worked out once, not per channel chunk (k3_band_geometry: on 7-pixel rows the
+ *   divisions cost as much as the row's multiply-adds; 8x7x7x960 dW 0.109 -> 0.097 ms
+ *   with the pairs). dx of stride (2, 2):
  *   blocks of 8 dx pixels load the 5 dy columns they read once per kernel row (k3_dx2).
  *   With both streamed arrays at the same offset from a 64-byte line, a short first
  *   channel chunk makes the other vector accesses line-aligned (k3_head; the backend

@@ -2030,8 +2030,8 @@ static void DW_FN(k3_dw)(const DW_FN(k3geo) *k, const DW_T *dy, DW_T *part, ptrd
         const char *pf = NULL, *pf_end = NULL, *dpf = NULL, *dpf_end = NULL;
         ptrdiff_t pf_step = 0, dpf_step = 0;
         if (k->pf && b1 < r1) {
-            /* The next band's x rows beyond this band's, and its dy rows (k->pf: x from
-             * memory). */
+            /* The next band's x rows beyond this band's, and its dy rows (k->pf: x and dy
+             * from memory). */
             ptrdiff_t f0, f1, g0, g1;
             DW_FN(k3_src_span)(k, b0, b1, &f0, &f1);
             DW_FN(k3_src_span)(k, b1, b1 + band < r1 ? b1 + band : r1, &g0, &g1);
