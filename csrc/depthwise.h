@@ -32,7 +32,8 @@
  *   the source vectors a span of outputs reads in registers, each loaded once per row
  *   instead of once per tap: in BANDS of rows sized for L2, one channel vector at a time
  *   over the band with the 9 weights in registers and two output rows per step (AVX-512;
- *   dwc_k3_bands: unless a pixel takes > 576 bytes and a row is one pixel block), else
+ *   dwc_k3_bands: unless a pixel takes > 576 bytes and a row is one pixel block, or a
+ *   pixel pitch of 2048 / 4096 bytes crowds a band's lines into 2 / 1 L1 sets), else
  *   row by row in blocks of 8 / 4 pixels, two output rows at once where both have every
  *   kernel row inside (k3_block2: each source vector loaded once for both; blocks at a
  *   border skip the taps outside; a row of <= 8 pixels is one block). Same tap
@@ -116,15 +117,35 @@ enum { DWC_ISA_GENERIC = 0, DWC_ISA_AVX2 = 1, DWC_ISA_AVX512 = 2 };
 
 /* BANDS (one channel vector at a time over a band of rows: k3_forward_bands) unless a pixel
  * takes more than 576 bytes and an output row is a single pixel block (at most 8 pixels),
+ * or a pixel takes 2048 bytes and a row 12-20 pixels or 4096 and 9-14 (dwc_k3_few_sets),
  * where the row-by-row blocks are faster: a band walks a 7-pixel row as 2 border columns
  * and 5 inner ones, a block takes it in one (AVX-512; 8 images, line-aligned, outputs three
  * lines past their source, C harness: 28x28x192 0.258 -> 0.221 ms, 28x28x256 0.468 ->
  * 0.327, 14x14x512 0.294 -> 0.259, 28x28x192 stride 2 0.117 -> 0.094, 14x14x384 0.121 ->
  * 0.118; the blocks keep 7x7x960 0.074 against bands' 0.085, 14x14x576 stride 2 0.076
  * against 0.079). Both add the taps in one order: the same bits either way. */
+static inline int dwc_k3_few_sets(ptrdiff_t pixel_bytes, ptrdiff_t wo)
+{
+    /* A band walks one channel vector of every pixel, and with a pixel pitch of 2048
+     * (4096) bytes those lines fall into 2 (1) of L1's 64 sets: the two source rows a pair
+     * step hands to the next (2 x wo lines) no longer fit in their 24 (12) ways, and every
+     * load comes from L2 into the same set or two (no stores at all, a C loop of the pair
+     * step alone: 3.2 ns a vector at 14x14x512 against 1.4 for 480 channels or for rows
+     * padded by one line). The row-by-row blocks take every channel of a few pixels, lines
+     * in every set. One process, builds alternating, 8 images, three runs (the L2 sets a
+     * run's pages take vary): forward 12x12x512 -5 to -33%, 14x14x512 -17 to -38%,
+     * 16x16x512 -31 to -40%, 20x20x512 -11 to -35%, 10x10x1024 -22%, 12x12x1024 -32 to
+     * -37%, 14x14x1024 -17 to -30%; the backward (its stride-1 dx) -2 to -20%. The bands
+     * stay faster where the rows still fit (10x10x512: +2 to +11% in rows), where the
+     * arrays come from memory (20x20x1024 +15%, 24x24x512 +21%, 28x28x512 +22 to +41%;
+     * 16x16x1024 even) and for 8192-byte pixels (14x14x2048 +5%). */
+    return (pixel_bytes == 2048 && wo >= 12 && wo <= 20)
+           || (pixel_bytes == 4096 && wo >= 9 && wo <= 14);
+}
+
 static inline int dwc_k3_bands(ptrdiff_t pixel_bytes, ptrdiff_t wo)
 {
-    return pixel_bytes <= 576 || wo > 8;
+    return (pixel_bytes <= 576 || wo > 8) && !dwc_k3_few_sets(pixel_bytes, wo);
 }
 
 /* An output this large is written with streaming stores past the caches (the bands,

@@ -5,8 +5,9 @@ float64, against test_depthwise_simd.py's float64 NumPy loop.
 Which code each case reaches (depthwise_kernels.h):
 
 * forward, by BANDS of rows (AVX-512, unless a pixel's channels take > 576 bytes, float32
-  C > 144, float64 C > 72, and an output row has <= 8 pixels) or ROW BY ROW in pixel blocks
-  (those, and every shape on AVX2 and generic); both for column stride 1 and 2, any row
+  C > 144, float64 C > 72, and an output row has <= 8 pixels, or a pixel takes 2048 bytes
+  and a row 12-20 pixels or 4096 and 9-14) or ROW BY ROW in pixel blocks (those, and every
+  shape on AVX2 and generic); both for column stride 1 and 2, any row
   stride; in bands, two rows at once (k3_fpair) when every kernel row of both is inside
   the image (row stride 1 and 2), else one row per kernel-row mask;
 * dx of stride (1, 1): the same forward over dy with the kernel flipped and pads 2 - pad
@@ -76,6 +77,10 @@ CASES = [
     (2, 4, 14, 208, (1, 1), ((1, 1), (1, 1)), False),   # W 14, 13 whole vectors, no bias
     (2, 5, 8, 208, (1, 1), ((1, 1), (1, 1)), True),     # W 8: the longest row in one block
     (2, 5, 9, 208, (1, 1), ((1, 1), (1, 1)), True),     # W 9: bands (AVX-512)
+    # pixels of 2048 / 4096 bytes (float32 512 / 1024 channels, float64 256 / 512): row
+    # by row in blocks where a band's lines would crowd L1 (dwc_k3_few_sets):
+    (1, 5, 12, 512, (1, 1), ((1, 1), (1, 1)), True),    # W 12: rows; float64 rows
+    (1, 4, 10, 512, (1, 1), ((1, 1), (1, 1)), False),   # W 10: bands; float64 rows
 ]
 IDS = [f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-s{c[4][0]}{c[4][1]}-p{c[5][0][0]}{c[5][0][1]}"
        f"{c[5][1][0]}{c[5][1][1]}" for c in CASES]
@@ -117,21 +122,24 @@ def test_3x3_matches_float64_loop(case, isa, dtype, isa_restored):
         _check(db, want[3], dtype, f"db ({isa})")
 
 
-def test_3x3_forward_bands_and_rows_agree_bitwise():
-    """The two forward schedules add the taps in the same order: on rows of 7 pixels, 144
-    channels run in bands, 145 row by row, and their 144 shared channels come out the same
-    bits."""
+@pytest.mark.parametrize("w_px, wide_c, narrow_c", [(7, 145, 144), (14, 512, 496)],
+                         ids=["W7-145-rows-144-bands", "W14-512-rows-496-bands"])
+def test_3x3_forward_bands_and_rows_agree_bitwise(w_px, wide_c, narrow_c):
+    """The two forward schedules add the taps in the same order (AVX-512): on rows of 7
+    pixels, 145 channels run row by row (pixels of > 576 bytes), 144 in bands; on rows of
+    14, 512 channels row by row (2048-byte pixels: dwc_k3_few_sets), 496 in bands; the
+    shared channels come out the same bits."""
     be = backends.get("cython")
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((2, 9, 7, 145)).astype(np.float32)
-    w = rng.standard_normal((3, 3, 145, 1)).astype(np.float32)
-    b = rng.standard_normal(145).astype(np.float32)
+    x = rng.standard_normal((2, 9, w_px, wide_c)).astype(np.float32)
+    w = rng.standard_normal((3, 3, wide_c, 1)).astype(np.float32)
+    b = rng.standard_normal(wide_c).astype(np.float32)
     pad = ((1, 1), (1, 1))
     wide, _ = be.depthwise_conv2d_forward(x, w, b, (1, 1), pad)
-    narrow, _ = be.depthwise_conv2d_forward(np.ascontiguousarray(x[..., :144]),
-                                            np.ascontiguousarray(w[:, :, :144]), b[:144],
-                                            (1, 1), pad)
-    np.testing.assert_array_equal(wide[..., :144], narrow)
+    narrow, _ = be.depthwise_conv2d_forward(np.ascontiguousarray(x[..., :narrow_c]),
+                                            np.ascontiguousarray(w[:, :, :narrow_c]),
+                                            b[:narrow_c], (1, 1), pad)
+    np.testing.assert_array_equal(wide[..., :narrow_c], narrow)
 
 
 def _all(dtype):
