@@ -9,10 +9,12 @@
  * H x W pixels of C floats (pixel pitch C + PIXPAD floats, row pitch W * that + ROWPAD);
  * MODE 0 stores the outputs, 1 none (sums them), 2 into a small scratch, 3 loads two rows
  * a column ahead; PF 1 prefetches 4 columns ahead as k3_fpair does. Prints the best of 40
- * timings and ns per output vector. Zen 5, 2026-12-07: 14x14, MODE 1: C 480 1.4 ns,
- * C 512 3.2 ns (its 4 rows' lines in 2 of L1's 64 sets), C 512 with ROWPAD 16 1.4 ns
- * (the rows one line apart: 8 sets), C 1024 4.8-6.1 ns, with ROWPAD 16 1.6 ns; stores,
- * prefetches and the load order make no difference. */
+ * timings and ns per output vector. Zen 5, 2026-12-07: 14x14, MODE 1: C 480 1.4-1.8 ns,
+ * C 512 3.0-3.2 ns (every line the pass loads in 2 of L1's 64 sets), C 512 with ROWPAD
+ * 16 or 64 1.4-1.7 ns (rows a line apart: 8 sets), 256 (4 sets) 2.3, 512 (2 sets) 3.1;
+ * C 1024 4.8-6.1 ns, with ROWPAD 16 1.6 ns. Stores, prefetches and the load order make
+ * no difference, nor does walking strips of 4-10 pixels of 14-pixel rows (W 4-10,
+ * ROWPAD (14 - W) * C: 3.3-4.0 ns): the number of sets counts, not the reuse distance. */
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
