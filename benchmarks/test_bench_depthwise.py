@@ -102,7 +102,8 @@ class DepthwiseShape:
         return x, w, b, dy
 
 
-# MobileNetV2 at 224x224, batch 8: one shape per distinct (size, channels, stride) family.
+# MobileNetV2 at 224x224, batch 8: one shape per distinct (size, channels, stride) family;
+# then one of MobileNet (V1)'s.
 SHAPES = [
     DepthwiseShape("mnv2_112x32_s1", 8, 112, 112, 32),
     DepthwiseShape("mnv2_112x96_s2", 8, 112, 112, 96, stride=2),
@@ -111,6 +112,9 @@ SHAPES = [
     DepthwiseShape("mnv2_14x384_s1", 8, 14, 14, 384),
     DepthwiseShape("mnv2_14x576_s2", 8, 14, 14, 576, stride=2),
     DepthwiseShape("mnv2_7x960_s1", 8, 7, 7, 960),
+    # MobileNet (V1)'s 14x14x512 (five of its layers): a 2048-byte pixel, where the bands'
+    # lines crowd two L1 sets and the kernels run row by row (depthwise.h's few-sets rule).
+    DepthwiseShape("mnv1_14x512_s1", 8, 14, 14, 512),
 ]
 
 _EXPECTED = {}   # shape id -> (y, dx, dw, db) from im2col, computed once
