@@ -148,6 +148,7 @@ def _all(dtype):
     for shape, stride, pad in (
         ((3, 21, 19, 161), (2, 2), ((0, 1), (1, 1))),
         ((4, 22, 17, 48), (1, 1), ((1, 1), (1, 1))),
+        ((3, 14, 14, 512), (1, 1), ((1, 1), (1, 1))),   # 2048 / 4096-byte pixels: y, dx rows
     ):
         rng = np.random.default_rng(5)
         x = rng.standard_normal(shape).astype(dtype)
