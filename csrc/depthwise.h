@@ -128,19 +128,19 @@ static inline int dwc_k3_few_sets(ptrdiff_t pixel_bytes, ptrdiff_t wo)
 {
     /* A band walks one channel vector of every pixel, and with a pixel pitch of 2048
      * (4096) bytes and a row pitch of a multiple of 4096 those lines fall into 2 (1) of
-     * L1's 64 sets, which the pass's loads (and the hardware's prefetches) then fight over
-     * (benchmarks/depthwise_l1_sets.c, the pair step alone in C, no stores, 14x14: 512
-     * channels 3.0-3.2 ns a vector, 480 channels 1.4-1.8; 512 with the rows padded by 64
-     * bytes (their lines in 8 sets) 1.4-1.7 ns, by 1024 bytes (4 sets) 2.3, by 2048 (2 sets)
-     * 3.1. It is not the reuse distance: walking 4- to 10-pixel strips of the rows does
-     * not help, 3.3-4.0 ns). The row-by-row blocks take every channel of a few pixels,
-     * lines in every set. One process, builds alternating, 8 images, three runs (the L2 sets a
-     * run's pages take vary): forward 12x12x512 -5 to -33%, 14x14x512 -17 to -38%,
-     * 16x16x512 -31 to -40%, 20x20x512 -11 to -35%, 10x10x1024 -22%, 12x12x1024 -32 to
-     * -37%, 14x14x1024 -17 to -30%; the backward (its stride-1 dx) -2 to -20%. The bands
-     * stay faster where the rows still fit (10x10x512: +2 to +11% in rows), where the
-     * arrays come from memory (20x20x1024 +15%, 24x24x512 +21%, 28x28x512 +22 to +41%;
-     * 16x16x1024 even) and for 8192-byte pixels (14x14x2048 +5%). */
+     * L1's 64 sets, which the pass's loads (and the hardware's prefetches) then fight
+     * over (benchmarks/depthwise_l1_sets.c, the pair step alone in C, no stores, 14x14:
+     * 512 channels 3.0-3.2 ns a vector, 480 channels 1.4-1.8; 512 with the rows padded by
+     * 64 bytes (their lines in 8 sets) 1.4-1.7 ns, by 1024 bytes (4 sets) 2.3, by 2048 (2
+     * sets) 3.1. It is not the reuse distance: walking 4- to 10-pixel strips of the rows
+     * does not help, 3.3-4.0 ns). The row-by-row blocks take every channel of a few
+     * pixels, lines in every set. One process, builds alternating, 8 images, three runs
+     * (the L2 sets a run's pages take vary): forward 12x12x512 -5 to -33%, 14x14x512 -17
+     * to -38%, 16x16x512 -31 to -40%, 20x20x512 -11 to -35%, 10x10x1024 -22%, 12x12x1024
+     * -32 to -37%, 14x14x1024 -17 to -30%; the backward (its stride-1 dx) -2 to -20%. The
+     * bands stay faster where the rows still fit (10x10x512: +2 to +11% in rows), where
+     * the arrays come from memory (20x20x1024 +15%, 24x24x512 +21%, 28x28x512 +22 to
+     * +41%; 16x16x1024 even) and for 8192-byte pixels (14x14x2048 +5%). */
     return (pixel_bytes == 2048 && wo >= 12 && wo <= 20)
            || (pixel_bytes == 4096 && wo >= 9 && wo <= 14);
 }
