@@ -8,13 +8,18 @@
  *
  * H x W pixels of C floats (pixel pitch C + PIXPAD floats, row pitch W * that + ROWPAD);
  * MODE 0 stores the outputs, 1 none (sums them), 2 into a small scratch, 3 loads two rows
- * a column ahead; PF 1 prefetches 4 columns ahead as k3_fpair does. Prints the best of 40
+ * a column ahead, 4 walks TWO channel vectors per pass (their weights from L1, no stores);
+ * PF 1 prefetches 4 columns ahead as k3_fpair does. Prints the best of 40
  * timings and ns per output vector. Zen 5, 2026-12-07: 14x14, MODE 1: C 480 1.4-1.8 ns,
  * C 512 3.0-3.2 ns (every line the pass loads in 2 of L1's 64 sets), C 512 with ROWPAD
- * 16 or 64 1.4-1.7 ns (rows a line apart: 8 sets), 256 (4 sets) 2.3, 512 (2 sets) 3.1;
+ * 16 or 64 1.4-1.7 ns (rows a line apart: 8 sets), ROWPAD 256 (4 sets) 2.3, 512 (2 sets) 3.1;
  * C 1024 4.8-6.1 ns, with ROWPAD 16 1.6 ns. Stores, prefetches and the load order make
  * no difference, nor does walking strips of 4-10 pixels of 14-pixel rows (W 4-10,
- * ROWPAD (14 - W) * C: 3.3-4.0 ns): the number of sets counts, not the reuse distance. */
+ * ROWPAD (14 - W) * C: 3.3-4.0 ns): the number of sets counts, not the reuse distance.
+ * Two vectors a pass (MODE 4 against 1, H 40): 14x14x512 2.25 against 3.40 ns (480: 1.50
+ * against 1.69), 28x28x256 2.13 against 2.82 (240: 1.73 / 1.69), 56x56x128 1.56 against
+ * 2.21 (112: 1.73 / 1.67): twice the sets, most of the loss back, and no cost where the
+ * sets were enough. */
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +31,36 @@ __attribute__((noinline)) void pass(const float *x, float *y, float *scr, int H,
 {
     __m512 w[9]; _Pragma("GCC unroll 9") for (int t = 0; t < 9; t++) w[t] = _mm512_set1_ps(0.1f * t);
     __m512 s = _mm512_setzero_ps();
+    if (mode == 4) {
+        float wm[9 * 32] __attribute__((aligned(64)));
+        for (int i = 0; i < 9 * 32; i++) wm[i] = 0.01f * i;
+        for (int o = 0; o < C; o += 32) {
+            for (int r = 0; r + 3 < H; r += 2) {
+                const float *p[4]; for (int a = 0; a < 4; a++) p[a] = x + (r + a) * RP + o;
+                __m512 x0[2][4], x1[2][4], x2[2][4];
+                for (int h = 0; h < 2; h++)
+                    for (int a = 0; a < 4; a++) { x0[h][a] = _mm512_load_ps(p[a] + 16 * h); x1[h][a] = _mm512_load_ps(p[a] + PP + 16 * h); }
+                for (int q = 0; q + 2 < W; q++) {
+                    for (int h = 0; h < 2; h++) {
+                        for (int a = 0; a < 4; a++) x2[h][a] = _mm512_load_ps(p[a] + (q + 2) * PP + 16 * h);
+                        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+                        for (int a = 0; a < 3; a++) {
+                            a0 = _mm512_fmadd_ps(x0[h][a], _mm512_load_ps(wm + (3*a) * 32 + 16 * h), a0);
+                            a0 = _mm512_fmadd_ps(x1[h][a], _mm512_load_ps(wm + (3*a+1) * 32 + 16 * h), a0);
+                            a0 = _mm512_fmadd_ps(x2[h][a], _mm512_load_ps(wm + (3*a+2) * 32 + 16 * h), a0);
+                            a1 = _mm512_fmadd_ps(x0[h][a+1], _mm512_load_ps(wm + (3*a) * 32 + 16 * h), a1);
+                            a1 = _mm512_fmadd_ps(x1[h][a+1], _mm512_load_ps(wm + (3*a+1) * 32 + 16 * h), a1);
+                            a1 = _mm512_fmadd_ps(x2[h][a+1], _mm512_load_ps(wm + (3*a+2) * 32 + 16 * h), a1);
+                        }
+                        s = _mm512_add_ps(s, _mm512_add_ps(a0, a1));
+                        for (int a = 0; a < 4; a++) { x0[h][a] = x1[h][a]; x1[h][a] = x2[h][a]; }
+                    }
+                }
+            }
+        }
+        *sink = _mm512_add_ps(*sink, s);
+        return;
+    }
     for (int o = 0; o < C; o += 16) {
         for (int r = 0; r + 3 < H; r += 2) {
             const float *p[4]; _Pragma("GCC unroll 4") for (int a = 0; a < 4; a++) p[a] = x + (r + a) * RP + o;
