@@ -316,6 +316,15 @@ def fastcnn_gemm_gflops(rounds: int = 30) -> float | None:
     return 2.0 * n * h * h * c * k / best / 1e9
 
 
+def flop_ceiling(numpy_gflops: float) -> tuple:
+    """The rooflines' FLOP ceiling from NumPy's SGEMM rate: ``(ceiling, fastcnn_gflops,
+    which)``, the better of that rate and fastcnn's own GEMM (None where cython is missing),
+    ``which`` naming it ("numpy" or "fastcnn")."""
+    own = fastcnn_gemm_gflops()
+    ceiling = max(numpy_gflops, own or 0.0)
+    return ceiling, own, "fastcnn" if ceiling > numpy_gflops else "numpy"
+
+
 # --------------------------------------------------------------------------- torch
 def torch_or_none():
     """The torch module, or None when the optional peer is not installed.

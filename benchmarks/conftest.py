@@ -111,11 +111,10 @@ def _measure_sgemm(n: int, rounds: int = 7) -> dict:
     numpy_gflops = flops / min(times) / 1e9
     # And NumPy's BLAS may not use the machine's widest vectors (_cases.FASTCNN_GEMM_CASE):
     # the ceiling is the better of it and fastcnn's own GEMM.
-    own = _cases.fastcnn_gemm_gflops()
-    ceiling = max(numpy_gflops, own or 0.0)
+    ceiling, own, which = _cases.flop_ceiling(numpy_gflops)
     return {"n": n, "best_s": min(times), "median_s": statistics.median(times),
             "gflops": ceiling, "numpy_gflops": numpy_gflops, "fastcnn_gflops": own,
-            "ceiling": "fastcnn" if ceiling > numpy_gflops else "numpy",
+            "ceiling": which,
             "median_gflops": flops / statistics.median(times) / 1e9,
             "cpu_per_wall": cpu_per_wall, "threads": THREADS}
 

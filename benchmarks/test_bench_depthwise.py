@@ -23,7 +23,8 @@ copy moving the same bytes takes on this machine at that size (best of many, mea
 this run: in cache for the small shapes, from memory for the large; fwdbwd: the forward's
 bytes and the backward's, each timed at its own size) and the FLOP time the FLOPs at the
 run's GEMM ceiling (conftest's ``sgemm``: the better of NumPy's SGEMM and fastcnn's own
-GEMM), so 100% is the better of a pure copy and GEMM-rate arithmetic. The bound column says which of the two the row's roofline is.
+GEMM), so 100% is the better of a pure copy and GEMM-rate arithmetic. The bound column says
+which of the two the row's roofline is.
 
     FASTCNN_BENCH_THREADS=1 python -m pytest benchmarks/test_bench_depthwise.py \\
         --benchmark-only --benchmark-max-time=0.5

@@ -49,3 +49,15 @@ def test_the_summary_names_both_rates_and_the_ceiling(bench_modules):
     text = summarize.render([{"datetime": "2026-12-06T16:00:00", "benchmarks": [],
                               "fastcnn": {"sgemm": old, "threads": 1}}])
     assert "2048^3 best 110.0 GFLOP/s" in text and "ceiling" not in text
+
+
+def test_the_ceiling_is_the_better_rate_and_says_which(bench_modules):
+    _cases, _ = bench_modules
+    own = _cases.fastcnn_gemm_gflops(rounds=1)
+    ceiling, measured, which = _cases.flop_ceiling(1e-6)   # any GEMM beats this rate
+    if own is None:
+        assert (ceiling, measured, which) == (1e-6, None, "numpy")
+    else:
+        assert ceiling == measured > 1e-6 and which == "fastcnn"
+    ceiling, _, which = _cases.flop_ceiling(1e9)           # no GEMM reaches this one
+    assert (ceiling, which) == (1e9, "numpy")
