@@ -101,7 +101,13 @@ typedef struct {
     ptrdiff_t n, h, w, c, m, cm, ho, wo, kh, kw, sh, sw, pt, pl;
     ptrdiff_t block_rows; /* dW: (n, i) rows per partial block */
     int with_db;
+    int act;           /* the forward's activation on y: DWC_ACT_NONE, _RELU or _RELU6 */
 } dwc_job;
+
+/* The activations the forward applies to what it stores (an inference plan's depthwise
+ * with its ReLU / ReLU6 merged in): each block of rows is clamped while still in L1 or
+ * L2, instead of a pass of its own over y. */
+enum { DWC_ACT_NONE = 0, DWC_ACT_RELU = 1, DWC_ACT_RELU6 = 2 };
 
 /* Taps per row job; a longer list (kernels above 8x8) runs in several passes, the later
  * ones adding to what the first stored. */

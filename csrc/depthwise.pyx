@@ -17,7 +17,7 @@ from libc.stdlib cimport malloc, free
 from omp_guard cimport threads_for
 
 # Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 cdef extern from "depthwise.h" nogil:
     ctypedef struct dwc_job:
@@ -31,6 +31,7 @@ cdef extern from "depthwise.h" nogil:
         Py_ssize_t n, h, w, c, m, cm, ho, wo, kh, kw, sh, sw, pt, pl
         Py_ssize_t block_rows
         int with_db
+        int act
 
     int dwc_isa_supported(int isa)
     void dwc_set_isa(int isa)
@@ -90,6 +91,10 @@ def set_isa(name):
     dwc_set_isa(ISAS.index(name))
 
 
+#: forward's activations (depthwise.h: DWC_ACT_*)
+_ACTS = {"linear": 0, "relu": 1, "relu6": 2}
+
+
 cdef dwc_job _job(Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c, Py_ssize_t m,
                   Py_ssize_t ho, Py_ssize_t wo, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                   Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t wt_rows,
@@ -104,7 +109,7 @@ cdef dwc_job _job(Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c, Py_ssi
     g.y = g.dx = g.part = NULL
     g.n, g.h, g.w, g.c, g.m, g.cm = n, h, w, c, m, c * m
     g.ho, g.wo, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl = ho, wo, kh, kw, sh, sw, pt, pl
-    g.block_rows, g.with_db = 1, 0
+    g.block_rows, g.with_db, g.act = 1, 0, 0
     return g
 
 
@@ -176,9 +181,11 @@ def output_offset(const floating[:, :, :, ::1] src not None, tuple out_shape, Py
 def forward(const floating[:, :, :, ::1] x not None, const floating[:, ::1] wt not None,
             const floating[::1] bias, floating[:, :, :, ::1] y not None,
             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t m):
-    """``y[n, i, j, c*m + k] = bias[c*m + k] + sum_(a, b) x[n, i*sh - pt + a, j*sw - pl + b, c]
-    * wt[a*kw + b, c*m + k]`` (taps outside x count as zero); ``bias`` may be None."""
+            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t m, str activation="linear"):
+    """``y[n, i, j, c*m + k] = act(bias[c*m + k] + sum_(a, b) x[n, i*sh - pt + a, j*sw - pl + b,
+    c] * wt[a*kw + b, c*m + k])`` (taps outside x count as zero); ``bias`` may be None;
+    ``activation``: 'linear', 'relu' or 'relu6', applied to each block of y's rows right
+    after it is computed (no pass of its own)."""
     cdef Py_ssize_t n = x.shape[0], c = x.shape[3]
     cdef dwc_job g = _job(n, x.shape[1], x.shape[2], c, m, y.shape[1], y.shape[2],
                           kh, kw, sh, sw, pt, pl, wt.shape[0], wt.shape[1])
@@ -187,6 +194,10 @@ def forward(const floating[:, :, :, ::1] x not None, const floating[:, ::1] wt n
                          f"({n}, Ho, Wo, {c * m})")
     if bias is not None and bias.shape[0] != c * m:
         raise ValueError(f"depthwise: bias has {bias.shape[0]} values, expected {c * m}")
+    if activation not in _ACTS:
+        raise ValueError(f"depthwise: activation must be one of {sorted(_ACTS)}, "
+                         f"got {activation!r}")
+    g.act = _ACTS[activation]
     cdef Py_ssize_t rows = n * g.ho
     if rows == 0 or g.wo == 0 or c * m == 0:
         return

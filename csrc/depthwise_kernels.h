@@ -348,7 +348,21 @@ typedef struct {
     ptrdiff_t hs, ws, cm, ho, wo, sh, sw, pt, pl;
     int nt;            /* a large output: stream it past the caches (bands) */
     int pf;            /* a large source: prefetch the next band (dwc_k3_prefetch) */
+    int act;           /* DWC_ACT_*: applied to each band (row) of the output once stored */
 } DW_FN(k3geo);
+
+/* Applies act (DWC_ACT_*) to p[0 .. n) in place: max(v, 0), then min(., 6) for ReLU6,
+ * written so that a NaN stays NaN (as np.maximum / np.minimum keep it). */
+static void DW_FN(activate)(DW_T *p, ptrdiff_t n, int act)
+{
+    if (act == DWC_ACT_RELU) {
+        for (ptrdiff_t i = 0; i < n; i++)
+            p[i] = p[i] < 0 ? (DW_T)0 : p[i];
+    } else if (act == DWC_ACT_RELU6) {
+        for (ptrdiff_t i = 0; i < n; i++)
+            p[i] = p[i] < 0 ? (DW_T)0 : p[i] > 6 ? (DW_T)6 : p[i];
+    }
+}
 
 /* Output columns [*q_lo, *q_hi) of [0, nq) whose taps q*sw - pl + {0, 1, 2} lie inside
  * [0, ws). */
@@ -905,6 +919,8 @@ static void DW_FN(k3_forward_bands)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff
                 DW_FN(k3_band_chunk)(k, rows, b0, b1, o, lanes, 0u, q_lo, q_hi, peel, &pf,
                                      pf_end, pf_step);
         }
+        if (k->act)   /* the band's outputs, still in L2 */
+            DW_FN(activate)(k->out + b0 * k->wo * cm, (b1 - b0) * k->wo * cm, k->act);
     }
 #if DWC_X86_INTRINSICS
     if (k->nt)
@@ -1206,6 +1222,8 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
 #undef DW_BLK_SW
 #undef DW_BLK2
 #undef DW_BLK
+        if (k->act)
+            DW_FN(activate)(out, (1 + pair) * wo * cm, k->act);
         rr += pair;
     }
 }
@@ -1388,8 +1406,11 @@ static void DW_FN(forward_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, vo
         k3.sw = g->sw;
         k3.pt = g->pt;
         k3.pl = g->pl;
-        /* An output past 8 MiB is streamed past the caches (it would only evict x). */
-        k3.nt = dwc_k3_streams(g->n * g->ho * g->wo * g->cm * (ptrdiff_t)sizeof(DW_T));
+        /* An output past 8 MiB is streamed past the caches (it would only evict x),
+         * unless it is to be activated: then each band is read back right away. */
+        k3.nt = !g->act
+                && dwc_k3_streams(g->n * g->ho * g->wo * g->cm * (ptrdiff_t)sizeof(DW_T));
+        k3.act = g->act;
         k3.pf = dwc_k3_prefetch(g->n * g->h * g->w * g->cm * (ptrdiff_t)sizeof(DW_T));
         DW_FN(k3_forward)(&k3, lo, hi);
         return;
@@ -1440,6 +1461,8 @@ static void DW_FN(forward_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, vo
                 DW_FN(add_tap)(&t, &r, row, b - g->pl, wt + (a * g->kw + b) * cm);
         }
         DW_FN(finish)(&t, &r);
+        if (g->act)
+            DW_FN(activate)(r.out, g->wo * cm, g->act);
     }
 }
 
@@ -1466,6 +1489,7 @@ static void DW_FN(dx_rows)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void *s
         k3.pt = 2 - g->pt;
         k3.pl = 2 - g->pl;
         k3.nt = dwc_k3_streams(g->n * g->h * g->w * g->cm * (ptrdiff_t)sizeof(DW_T));
+        k3.act = DWC_ACT_NONE;
         k3.pf = dwc_k3_prefetch(g->n * g->ho * g->wo * g->cm * (ptrdiff_t)sizeof(DW_T));
         DW_FN(k3_forward)(&k3, lo, hi);
         return;
@@ -2097,6 +2121,7 @@ DWC_INLINE void DW_FN(dw_blocks_impl)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t 
             k3.pt = g->pt;
             k3.pl = g->pl;
             k3.nt = 0;
+            k3.act = DWC_ACT_NONE;
             k3.pf = dwc_k3_prefetch((g->h * g->w + g->ho * g->wo) * g->n * g->cm
                                     * (ptrdiff_t)sizeof(DW_T));   /* x and dy */
             DW_FN(k3_dw)(&k3, dy, part, blk * g->block_rows, r1, g->with_db, fuse ? g : NULL);

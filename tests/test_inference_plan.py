@@ -251,16 +251,88 @@ def test_keepdims_pooling_dense_on_4d_and_three_way_add(runner):
     close(model.predict(x), want)
 
 
-@pytest.mark.skipif(not hasattr(L, "DepthwiseConv2D"), reason="no DepthwiseConv2D layer")
-def test_a_depthwise_conv_runs_its_own_forward_and_the_rest_is_planned():
+def _random_bn_stats(model):
+    """Moving statistics and affine weights away from 0 and 1, so a fold that got a
+    channel's scale wrong would show."""
+    rng = np.random.default_rng(21)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.moving_mean[...] = rng.normal(0, 0.5, c)
+            layer.moving_variance[...] = rng.uniform(0.5, 2.0, c)
+            layer.gamma[...] = rng.uniform(0.5, 1.5, c)
+            layer.beta[...] = rng.normal(0, 0.5, c)
+
+
+def _mobilenet_block(inp, stride, multiplier=1, act="relu6", pad_first=False):
+    h = L.ZeroPadding2D(((0, 1), (0, 1)))(inp) if pad_first else inp
+    h = L.DepthwiseConv2D(3, strides=stride, padding="valid" if pad_first else "same",
+                          depth_multiplier=multiplier, use_bias=False)(h)
+    h = L.BatchNormalization()(h)
+    return L.ReLU(6.0)(h) if act == "relu6" else L.Activation(act)(h)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_depthwise_bn_relu6_is_one_step_with_the_same_numbers(dtype):
+    """MobileNetV2's depthwise, BatchNormalization, ReLU(6) (and the ZeroPadding2D before
+    a stride-2 one) lower to ONE depthwise step: BN folded into its kernel and bias per
+    output channel, ReLU6 applied by the kernel as it stores, the padding as its pads."""
     fastcnn.set_random_seed(13)
-    model = fastcnn.Sequential([L.Conv2D(16, 3, input_shape=(10, 10, 3)),
-                                L.BatchNormalization(), L.Activation("relu"),
-                                L.DepthwiseConv2D(3), L.GlobalAveragePooling2D(),
-                                L.Dense(4, activation="softmax")])
+    inp = fastcnn.Input((12, 12, 3), dtype=dtype)
+    h = L.Conv2D(16, 1, use_bias=False)(inp)
+    h = L.BatchNormalization()(h)
+    h = L.ReLU(6.0)(h)
+    h = _mobilenet_block(h, 1)
+    h = _mobilenet_block(h, 2, pad_first=True)
+    h = _mobilenet_block(h, 1, multiplier=2, act="sigmoid")
+    out = L.Dense(4, activation="softmax")(L.GlobalAveragePooling2D()(h))
+    model = fastcnn.Model(inp, out)
+    _random_bn_stats(model)
+    x = data(model, 3).astype(dtype)
+    plan = model.compile_inference(3)
+    kinds = [s.split()[0] for s in plan.steps]
+    assert kinds == ["conv+bn+relu6", "depthwise+bn+relu6", "zeropad+depthwise+bn+relu6",
+                     "depthwise+bn+sigmoid", "gap", "dense+softmax"], plan.steps
+    assert plan.runner == "python"
+    close(plan(x)[0], layer_by_layer(model, x)[0], np.dtype(dtype).type)
+
+
+@pytest.mark.parametrize("backend", ["reference", "im2col", "numba"])
+def test_depthwise_steps_on_other_backends(backend):
+    fastcnn.set_random_seed(14)
+    inp = fastcnn.Input((9, 9, 8))
+    h = _mobilenet_block(_mobilenet_block(inp, 1), 2, multiplier=2, pad_first=True)
+    model = fastcnn.Model(inp, L.GlobalAveragePooling2D()(h))
+    _random_bn_stats(model)
+    x = data(model, 2)
+    want = layer_by_layer(model, x)[0]
+    with fastcnn.use_backend(backend):
+        plan = model.compile_inference(2)
+        assert [s.split()[0] for s in plan.steps][:2] == [
+            "depthwise+bn+relu6", "zeropad+depthwise+bn+relu6"]
+        close(plan(x)[0], want)
+
+
+def test_padding_the_depthwise_cannot_take_stays_a_layer():
+    """A ZeroPadding2D of 3 before a 3x3 depthwise (pads past the kernel) or one that
+    another layer reads too stays a step of its own; a dilated depthwise runs its own
+    forward."""
+    fastcnn.set_random_seed(15)
+    inp = fastcnn.Input((8, 8, 4))
+    a = L.ZeroPadding2D(3)(inp)
+    b = L.DepthwiseConv2D(3)(a)
+    c = L.ZeroPadding2D(1)(inp)
+    d = L.DepthwiseConv2D(3)(c)
+    e = L.Conv2D(4, 3)(c)   # a second reader of c
+    f = L.DepthwiseConv2D(3, dilation_rate=2, padding="same")(inp)
+    out = L.Concatenate()([L.GlobalAveragePooling2D()(t) for t in (b, d, e, f)])
+    model = fastcnn.Model(inp, out)
     x = data(model, 2)
     plan = model.compile_inference(2)
-    assert plan.steps[0].startswith("conv+bn+relu") and plan.steps[1].startswith("layer ")
+    kinds = [s.split()[0] for s in plan.steps]
+    assert "zeropad+depthwise" not in kinds and kinds.count("depthwise") == 2
+    assert sum(s.startswith("layer ") and "zero_padding" in s for s in plan.steps) == 2
+    assert any(s.startswith("layer ") and "depthwise" in s for s in plan.steps)   # dilated
     close(plan(x)[0], layer_by_layer(model, x)[0])
 
 

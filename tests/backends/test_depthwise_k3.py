@@ -480,3 +480,74 @@ def test_results_do_not_depend_on_where_the_arrays_sit(stride, dtype):
         for run in runs[1:]:
             for name, a, want in zip(("y", "dx", "fused dx", "dW", "fused dW"), run, runs[0]):
                 np.testing.assert_array_equal(a, want, err_msg=f"{shape} {name}")
+
+
+# ------------------------------------------------------------ the forward's activation
+def _activated(y, act):
+    """What forward(..., activation=act) must store: the linear forward's values through
+    np.maximum / np.minimum (a NaN stays NaN, -0.0 stays -0.0)."""
+    y = np.maximum(y, 0) if act in ("relu", "relu6") else y
+    return np.minimum(y, 6) if act == "relu6" else y
+
+
+def _forward_with(x, w, b, stride, pad, m, act, out_shape):
+    kh, kw, c, _ = w.shape
+    wt = np.ascontiguousarray(w.reshape(kh * kw, c * m))
+    y = np.full(out_shape, np.nan, x.dtype)
+    DWC.forward(x, wt, b, y, kh, kw, *stride, pad[0][0], pad[1][0], m, act)
+    return y
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_3x3_forward_applies_its_activation_in_place_of_a_pass(case, isa, dtype, act,
+                                                               isa_restored):
+    """forward(..., activation) clamps each band (row block) of y as it is stored, on every
+    path of the 3x3 kernels: the same bits as the linear forward through np.maximum /
+    np.minimum (values spread past 6 by a scaled x)."""
+    DWC.set_isa(isa)
+    x, w, b, stride, pad, dy = _data(case, dtype)
+    x = x * 4
+    linear = _forward_with(x, w, b, stride, pad, 1, "linear", dy.shape)
+    got = _forward_with(x, w, b, stride, pad, 1, act, dy.shape)
+    assert (linear > 6).any() and (linear < 0).any()
+    np.testing.assert_array_equal(got, _activated(linear, act))
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+@pytest.mark.parametrize("kernel, m", [((5, 3), 1), ((3, 3), 2)], ids=["5x3", "m2"])
+def test_general_forward_applies_its_activation(kernel, m, act):
+    """The general row kernels (any kernel size, depth multiplier > 1) too."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 11, 24)).astype(np.float32) * 4
+    w = rng.standard_normal((*kernel, 24, m)).astype(np.float32)
+    b = rng.standard_normal(24 * m).astype(np.float32)
+    shape = (2, 9 - kernel[0] + 3, 11 - kernel[1] + 3, 24 * m)
+    pad = ((1, 1), (1, 1))
+    linear = _forward_with(x, w, b, (1, 1), pad, m, "linear", shape)
+    np.testing.assert_array_equal(_forward_with(x, w, b, (1, 1), pad, m, act, shape),
+                                  _activated(linear, act))
+
+
+def test_activation_keeps_nan_and_a_large_output_is_not_streamed():
+    """An output of >= 8 MiB (streamed when linear) is clamped band by band too; a NaN in
+    x stays NaN through ReLU6, as through np.maximum / np.minimum."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 64, 64, 144)).astype(np.float32) * 4
+    x[1, 10, 20, 5] = np.nan
+    w = rng.standard_normal((3, 3, 144, 1)).astype(np.float32)
+    pad = ((1, 1), (1, 1))
+    linear = _forward_with(x, w, None, (1, 1), pad, 1, "linear", x.shape)
+    got = _forward_with(x, w, None, (1, 1), pad, 1, "relu6", x.shape)
+    assert np.isnan(got[1, 9:12, 19:22, 5]).all()
+    np.testing.assert_array_equal(got, _activated(linear, "relu6"))
+
+
+def test_forward_refuses_an_unknown_activation():
+    x = np.zeros((1, 4, 4, 8), np.float32)
+    wt = np.zeros((9, 8), np.float32)
+    y = np.zeros((1, 4, 4, 8), np.float32)
+    with pytest.raises(ValueError, match=r"activation must be one of .*'relu6'.*got 'gelu'"):
+        DWC.forward(x, wt, None, y, 3, 3, 1, 1, 1, 1, 1, "gelu")
