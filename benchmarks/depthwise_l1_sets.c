@@ -19,7 +19,10 @@
  * Two vectors a pass (MODE 4 against 1, H 40): 14x14x512 2.25 against 3.40 ns (480: 1.50
  * against 1.69), 28x28x256 2.13 against 2.82 (240: 1.73 / 1.69), 56x56x128 1.56 against
  * 2.21 (112: 1.73 / 1.67): twice the sets, most of the loss back, and no cost where the
- * sets were enough. */
+ * sets were enough. In the kernel (k3_fpair over two vectors, with stores, borders and
+ * the 32 registers' budget) it did not carry over: 18-39% slower at 28x28x192, 14x14x384
+ * and 14x14x480, faster only at 56x56x128 and 28x28x256 stride 2 (benchmarks/README.md,
+ * 2026-12-07 night); not landed. */
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
