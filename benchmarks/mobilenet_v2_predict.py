@@ -10,10 +10,11 @@ ORT_ENABLE_ALL, ``intra_op_num_threads`` = --threads, one inter-op thread, its t
 spinning between runs), after a check
 that both give the same probabilities (max abs difference <= 1e-5 + 1e-3 x max). Random
 weights from seed 0, the BatchNormalization statistics moved off 0 and 1 so that folding
-them shows. ``--unfused`` also times a plan with the depthwise steps left to the layers'
-own forward (the plan before the depthwise lowering: depthwise, BatchNormalization, ReLU6
-and the ZeroPadding2D as separate passes). Prints medians and ratios (ORT / fastcnn:
-above 1, fastcnn is faster). Set the thread variables before Python starts, as above.
+them shows. ``--before`` also times the plan as it was before 2026-12-07's night: the
+depthwise steps left to the layers' own forward (depthwise, BatchNormalization, ReLU6 and
+the ZeroPadding2D as separate passes), the convs' ReLU6 a pass of its own, no chains of
+steps over chunks of images. Prints medians and ratios (ORT / fastcnn: above 1, fastcnn is
+faster). Set the thread variables before Python starts, as above.
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--unfused", action="store_true",
-                   help="also time the plan without the depthwise lowering")
+    p.add_argument("--before", action="store_true",
+                   help="also time the plan without the depthwise lowering, the convs' "
+                        "activation epilogue and the chains")
     args = p.parse_args(argv)
     import onnxruntime as ort
     from fastcnn import inference_plan
@@ -53,15 +55,16 @@ def main(argv=None):
     x = rng.standard_normal((args.batch, 224, 224, 3)).astype(np.float32)
 
     runs = {"fastcnn": lambda: model.predict_on_batch(x)}
-    if args.unfused:
-        plain = inference_plan._plain
+    if args.before:
+        plain, acts = inference_plan._plain, inference_plan._GATHER_ACTS
         inference_plan._plain = (lambda layer: False if type(layer).__name__ ==
                                  "DepthwiseConv2D" else plain(layer))
+        inference_plan._GATHER_ACTS = ()
         try:
-            unfused = model.compile_inference(args.batch)
+            before = model.compile_inference(args.batch)
         finally:
-            inference_plan._plain = plain
-        runs["fastcnn, depthwise unfused"] = lambda: unfused(x)[0]
+            inference_plan._plain, inference_plan._GATHER_ACTS = plain, acts
+        runs["fastcnn, the plan before"] = lambda: before(x)[0]
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "mobilenet_v2.onnx")
         model.export_onnx(path)

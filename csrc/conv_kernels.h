@@ -60,6 +60,17 @@ FC_INLINE void FC_FN(accumulate)(const fc_gather *g, const ptrdiff_t *img, const
     }
 }
 
+/* v through act (FC_ACT_*): lane-wise selects on comparison masks, so a NaN stays NaN and
+ * -0.0 becomes 0.0, the bits of elementwise.pyx's relu and plan.h's fp_activate. */
+FC_INLINE FC_VEC FC_FN(activate)(FC_VEC v, int act)
+{
+    if (act == FC_ACT_LINEAR)
+        return v;
+    const FC_VEC zero = (FC_VEC){0}, six = zero + 6.0f;
+    v = FC_FN(select)((FC_IVEC)(v <= zero), zero, v);
+    return act == FC_ACT_RELU6 ? FC_FN(select)((FC_IVEC)(v > six), six, v) : v;
+}
+
 /* One block: MR consecutive grid points from q0 (a block past q_end repeats its last
  * point, computed again but not stored) x NV vectors of output channels from f0. */
 FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q_end,
@@ -80,12 +91,12 @@ FC_INLINE void FC_FN(gather_block)(const fc_gather *g, ptrdiff_t q0, ptrdiff_t q
         dst[i] = ((n * g->ho + g->oy0 + u * g->osy) * g->wo + g->ox0 + v * g->osx) * g->co;
     }
     FC_FN(accumulate)(g, img, ty, tx, f0, acc, MR, NV);
-    /* The epilogue: the bias added in registers, then the only write of y. */
+    /* The epilogue: the bias and the activation in registers, then the only write of y. */
     for (int j = 0; j < NV; j++) {
         const ptrdiff_t f = f0 + FC_VLEN * j, lanes = g->co - f < FC_VLEN ? g->co - f : FC_VLEN;
         const FC_VEC b = g->bias ? FC_FN(load)(g->bias + f) : (FC_VEC){0};
         for (int i = 0; i < nvalid; i++) {
-            const FC_VEC v = acc[i][j] + b;
+            const FC_VEC v = FC_FN(activate)(acc[i][j] + b, g->act);
             if (lanes == FC_VLEN)
                 FC_FN(store)(g->out + dst[i] + f, v);
             else if (lanes > 0)

@@ -351,16 +351,16 @@ typedef struct {
     int act;           /* DWC_ACT_*: applied to each band (row) of the output once stored */
 } DW_FN(k3geo);
 
-/* Applies act (DWC_ACT_*) to p[0 .. n) in place: max(v, 0), then min(., 6) for ReLU6,
- * written so that a NaN stays NaN (as np.maximum / np.minimum keep it). */
+/* Applies act (DWC_ACT_*) to p[0 .. n) in place: v <= 0 -> 0, then for ReLU6 v > 6 -> 6;
+ * a NaN stays NaN (the bits of elementwise.pyx's relu and simd.h's FC_ACT_*). */
 static void DW_FN(activate)(DW_T *p, ptrdiff_t n, int act)
 {
     if (act == DWC_ACT_RELU) {
         for (ptrdiff_t i = 0; i < n; i++)
-            p[i] = p[i] < 0 ? (DW_T)0 : p[i];
+            p[i] = p[i] <= 0 ? (DW_T)0 : p[i];
     } else if (act == DWC_ACT_RELU6) {
         for (ptrdiff_t i = 0; i < n; i++)
-            p[i] = p[i] < 0 ? (DW_T)0 : p[i] > 6 ? (DW_T)6 : p[i];
+            p[i] = p[i] <= 0 ? (DW_T)0 : p[i] > 6 ? (DW_T)6 : p[i];
     }
 }
 

@@ -37,6 +37,7 @@ cdef extern from "plan.h" nogil:
         Py_ssize_t units
 
     int FP_CONV, FP_CONV_POOL, FP_DENSE, FP_MAXPOOL, FP_ACT, FP_ADD, FP_AFFINE, FP_GAP, FP_AVGPOOL, FP_WINO_POOL
+    int FP_RELU, FP_RELU6
     int fp_run(const fp_step *steps, Py_ssize_t nsteps, float *arena,
                const float *const *inputs, int *iscratch, const float *zeros)
 
@@ -135,6 +136,12 @@ cdef class CPlan:
                 st.g.by0, st.g.bsy, st.g.bx0, st.g.bsx = g["by0"], g["bsy"], g["bx0"], g["bsx"]
                 st.g.oy0, st.g.osy, st.g.ox0, st.g.osx = 0, 1, 0, 1
                 st.g.conv_wo = g.get("conv_wo", 0)
+                st.g.act = 0
+                if st.op == FP_CONV and (st.act == FP_RELU or st.act == FP_RELU6):
+                    # in the gather's epilogue, before its store (simd.h's FC_ACT_*):
+                    # the same bits as fp_activate, without a pass of its own
+                    st.g.act = 1 if st.act == FP_RELU else 2
+                    st.act = 0
             if "p" in d:
                 p = d["p"]
                 st.p.x = NULL

@@ -68,7 +68,14 @@ typedef struct {
      * taps from (by0 + cy*bsy, bx0 + cx*bsx); arg gets cy*conv_wo + cx of the winner. */
     int *arg;
     ptrdiff_t conv_wo;
+    /* FC_ACT_*: applied in gather's epilogue, with the bias, before the only store of y
+     * (fc_gather_range only: the pooled and Winograd kernels ignore it). */
+    int act;
 } fc_gather;
+
+/* The activations gather applies itself: ReLU (v <= 0 -> 0, a NaN kept, as
+ * elementwise.pyx's relu) and ReLU6 (then v > 6 -> 6). */
+enum { FC_ACT_LINEAR = 0, FC_ACT_RELU = 1, FC_ACT_RELU6 = 2 };
 
 /* One weight-gradient job: x (n_img, h, w, c), dy (n_img, ho, wo, f), dw (kh*kw*c, f).
  * When f is not a multiple of 16, each tile of dy is copied with its rows padded to

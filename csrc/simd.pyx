@@ -88,19 +88,29 @@ cdef int _threads(Py_ssize_t macs, Py_ssize_t units) noexcept nogil:
     return <int>min(<Py_ssize_t>nt, max(units, 1))
 
 
+#: gather's activations (simd.h's FC_ACT_*)
+_ACTS = {"linear": 0, "relu": 1, "relu6": 2}
+
+
 def gather(const float[:, :, :, ::1] src not None, const float[:, ::1] w not None,
            bias, float[:, :, :, ::1] out not None,
            Py_ssize_t nth, Py_ssize_t ntw, Py_ssize_t grid_u, Py_ssize_t grid_v,
            Py_ssize_t by0, Py_ssize_t bsy, Py_ssize_t bx0, Py_ssize_t bsx,
-           Py_ssize_t oy0, Py_ssize_t osy, Py_ssize_t ox0, Py_ssize_t osx):
-    """``out[n, oy0 + u*osy, ox0 + v*osx, f] = bias[f] + sum_k tap_k * w[k, f]``.
+           Py_ssize_t oy0, Py_ssize_t osy, Py_ssize_t ox0, Py_ssize_t osx,
+           str activation="linear"):
+    """``out[n, oy0 + u*osy, ox0 + v*osx, f] = act(bias[f] + sum_k tap_k * w[k, f])``.
 
     Tap ``k = (ti*ntw + tj)*C + c`` of grid point ``(n, u, v)`` is
     ``src[n, by0 + u*bsy + ti, bx0 + v*bsx + tj, c]``, zero outside src. ``w`` is
     ``(nth*ntw*C, co_pad)`` with co_pad a multiple of 16 and at least ``out``'s channel
     count (columns past it are ignored); ``bias`` is None or co_pad float32 values.
-    Output pixels off the grid are not written.
+    ``activation``: 'linear', 'relu' or 'relu6', applied in the epilogue before the only
+    store (relu: v <= 0 -> 0, a NaN kept; relu6: then v > 6 -> 6). Output pixels off the
+    grid are not written.
     """
+    if activation not in _ACTS:
+        raise ValueError(f"gather: activation must be one of {sorted(_ACTS)}, "
+                         f"got {activation!r}")
     if grid_u < 0 or grid_v < 0 or (grid_u and grid_v and (
             min(oy0, oy0 + (grid_u - 1) * osy) < 0
             or max(oy0, oy0 + (grid_u - 1) * osy) >= out.shape[1]
@@ -110,6 +120,7 @@ def gather(const float[:, :, :, ::1] src not None, const float[:, ::1] w not Non
     cdef fc_gather g
     g.oy0, g.osy, g.ox0, g.osx = oy0, osy, ox0, osx
     g.arg, g.conv_wo = NULL, 0
+    g.act = _ACTS[activation]
     # The rightmost window starts at bx0 + (grid_v - 1)*bsx.
     _run_gather(src, w, bias, out, nth, ntw, grid_u, grid_v, by0, bsy, bx0, bsx,
                 bx0 + (grid_v - 1) * bsx, &g)
@@ -134,6 +145,7 @@ def gather_maxpool(const float[:, :, :, ::1] src not None, const float[:, ::1] w
         raise ValueError("gather_maxpool: argmax must have out's shape")
     cdef fc_gather g
     g.oy0, g.osy, g.ox0, g.osx = 0, 1, 0, 1
+    g.act = 0
     g.arg = &argmax[0, 0, 0, 0] if argmax.size else NULL
     g.conv_wo = conv_wo
     # The rightmost window of the conv starts at bx0 + (2*wo - 1)*bsx.
@@ -237,6 +249,7 @@ def wino_maxpool(const float[:, :, :, ::1] src not None, const float[:, :, ::1] 
     """
     cdef fc_gather g
     cdef int[:, :, :, ::1] arg
+    g.act = 0
     g.arg = NULL
     if argmax is not None:
         arg = argmax
@@ -260,7 +273,7 @@ def wino_conv(const float[:, :, :, ::1] src not None, const float[:, :, ::1] u n
     src); ``u``, ``bias``, ``m`` as for :func:`wino_maxpool`. The conv's dx in training:
     dy correlated with the flipped, transposed kernel."""
     cdef fc_gather g
-    g.arg, g.conv_wo = NULL, 0
+    g.arg, g.conv_wo, g.act = NULL, 0, 0
     _run_wino(src, u, bias, out, by0, bx0, _ceil_div(out.shape[1], m),
               _ceil_div(out.shape[2], m), m, False, &g)
 

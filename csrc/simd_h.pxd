@@ -16,6 +16,7 @@ cdef extern from "simd.h" nogil:
         Py_ssize_t oy0, osy, ox0, osx
         int *arg
         Py_ssize_t conv_wo
+        int act
 
     ctypedef struct fc_dw:
         const float *x

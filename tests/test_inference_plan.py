@@ -313,6 +313,32 @@ def test_depthwise_steps_on_other_backends(backend):
         close(plan(x)[0], want)
 
 
+@pytest.mark.skipif(not fastcnn.HAVE_CYTHON, reason="chains run the compiled kernels only")
+def test_mobilenet_blocks_run_chained_chunk_by_chunk_with_the_same_bits(monkeypatch):
+    """A direct conv feeding only a depthwise (and that feeding only a direct conv: expand,
+    depthwise, project) runs as one step over chunks of images, the intermediates in
+    scratch: the same bits as the steps one by one (each value summed in one order)."""
+    fastcnn.set_random_seed(16)
+    inp = fastcnn.Input((10, 10, 8))
+    h = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(32, 1, use_bias=False)(inp)))
+    h = _mobilenet_block(h, 1)
+    p = L.BatchNormalization()(L.Conv2D(8, 1, use_bias=False)(h))
+    r = L.Add()([inp, p])                                  # a chain of three
+    h2 = L.Conv2D(24, 1, activation="relu")(r)
+    h2 = _mobilenet_block(h2, 2, pad_first=True)           # a chain of two: h2 read twice
+    out = L.Concatenate()([L.GlobalAveragePooling2D()(h2),
+                           L.GlobalAveragePooling2D()(L.Conv2D(4, 1)(h2))])
+    model = fastcnn.Model(inp, L.Dense(3)(out))
+    _random_bn_stats(model)
+    x = data(model, 3)
+    whole = model.compile_inference(3)          # 10x10 images: one chunk, no chain
+    monkeypatch.setattr(ip, "_CHAIN_BYTES", 1)  # one image a chunk
+    chained = model.compile_inference(3)
+    assert len(chained._fns) == len(whole._fns) - 3
+    np.testing.assert_array_equal(chained(x)[0], whole(x)[0])
+    close(chained(x)[0], layer_by_layer(model, x)[0])
+
+
 def test_padding_the_depthwise_cannot_take_stays_a_layer():
     """A ZeroPadding2D of 3 before a 3x3 depthwise (pads past the kernel) or one that
     another layer reads too stays a step of its own; a dilated depthwise runs its own

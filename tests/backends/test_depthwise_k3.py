@@ -484,10 +484,11 @@ def test_results_do_not_depend_on_where_the_arrays_sit(stride, dtype):
 
 # ------------------------------------------------------------ the forward's activation
 def _activated(y, act):
-    """What forward(..., activation=act) must store: the linear forward's values through
-    np.maximum / np.minimum (a NaN stays NaN, -0.0 stays -0.0)."""
-    y = np.maximum(y, 0) if act in ("relu", "relu6") else y
-    return np.minimum(y, 6) if act == "relu6" else y
+    """What forward(..., activation=act) must store: the linear forward's values with
+    v <= 0 -> 0 (a NaN stays NaN), then for relu6 v > 6 -> 6."""
+    with np.errstate(invalid="ignore"):
+        y = np.where(y <= 0, 0, y) if act in ("relu", "relu6") else y
+        return np.where(y > 6, 6, y).astype(y.dtype) if act == "relu6" else y
 
 
 def _forward_with(x, w, b, stride, pad, m, act, out_shape):

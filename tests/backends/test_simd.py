@@ -124,6 +124,43 @@ def test_nan_propagates():
     assert np.isnan(y[0]).all() and not np.isnan(y[1]).any()
 
 
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+@pytest.mark.parametrize("case", CASES, ids=_conv_id)
+def test_gather_applies_its_activation_in_the_epilogue(isa, case, act):
+    """gather(..., activation) clamps in registers before its only store: the bits of the
+    linear gather with v <= 0 -> 0 (a NaN kept, -0.0 -> 0.0, as elementwise.pyx's relu)
+    and for relu6 v > 6 -> 6; on every instruction set, channel tails included."""
+    n, h, w, c, f, k, s, padding = case
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32) * 3
+    x[0, 0, 0, 0] = np.nan
+    f_pad = -(-f // 16) * 16
+    wk = np.zeros((k[0] * k[1] * c, f_pad), np.float32)
+    wk[:, :f] = rng.standard_normal((k[0] * k[1] * c, f))
+    b = np.zeros(f_pad, np.float32)
+    b[:f] = rng.standard_normal(f)
+    (ho, wo), ((pt, _), (pl, _)) = window_output_shape((h, w), k, s, padding)
+    args = (*k, ho, wo, -pt, s[0], -pl, s[1], 0, 1, 0, 1)
+    linear = np.empty((n, ho, wo, f), np.float32)
+    simd.gather(x, wk, b, linear, *args)
+    got = np.full_like(linear, 7.0)
+    simd.gather(x, wk, b, got, *args, act)
+    with np.errstate(invalid="ignore"):
+        want = np.where(linear <= 0, np.float32(0), linear)
+        if act == "relu6":
+            want = np.where(want > 6, np.float32(6), want)
+    assert (linear > 6).any() and np.isnan(linear).any()
+    np.testing.assert_array_equal(got, want)
+    assert not np.signbit(got[got == 0]).any()   # -0.0 -> 0.0
+
+
+def test_gather_refuses_an_unknown_activation():
+    x = np.zeros((1, 3, 3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"activation must be one of .*got 'tanh'"):
+        simd.gather(x, np.zeros((4, 16), np.float32), None, np.zeros((1, 3, 3, 16), np.float32),
+                    1, 1, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1, "tanh")
+
+
 def test_isa_selection():
     assert "generic" in ISAS
     assert simd.isa() == ISAS[-1], "the best supported instruction set is the default"
