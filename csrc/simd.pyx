@@ -206,7 +206,8 @@ cdef _run_gather(const float[:, :, :, ::1] src, const float[:, ::1] w, bias,
         g.run = ntw * cs
     cdef bint pooled = g.arg != NULL
     cdef Py_ssize_t points = total * 4 if pooled else total  # conv pixels computed
-    cdef float *zeros = <float *>calloc(max(g.run, 1), sizeof(float))
+    # a block of windows inside the columns takes whole kernel rows (conv_kernels.h)
+    cdef float *zeros = <float *>calloc(max(ntw * cs, 1), sizeof(float))
     if zeros == NULL:
         raise MemoryError()
     g.zeros = zeros

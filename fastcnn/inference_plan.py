@@ -554,7 +554,9 @@ class InferencePlan:
     for several inputs): ``plan(x)`` returns the outputs, a list of fresh NumPy arrays.
 
     Attributes: ``batch_size`` (None for the dispatcher), ``runner`` ('c' or 'python'),
-    ``steps`` (a description of the bound steps), ``arena_bytes``.
+    ``steps`` (a description of the bound steps), ``chains`` (the Python plan's runs of
+    steps computed chunk of images by chunk: (layer names, images a chunk)),
+    ``arena_bytes``.
     """
 
     def __init__(self, model, batch_size, backend, runner="auto", weak=False):
@@ -589,6 +591,7 @@ class InferencePlan:
         self.guard = _WeightGuard(model)
         self.runner = None
         self.steps = []
+        self.chains = []
         self.arena_bytes = 0
         if self.batch_size is not None:
             self._bind(self.batch_size)
@@ -792,7 +795,7 @@ def _c_plan(plan):
             gu, gv = b.out_shape[1], b.out_shape[2]
             last_x = -pl + ((2 * gv - 1) if pooled else (gv - 1)) * sw
             run = kw * cs if (-pl >= 0 and last_x + kw <= ws) else cs
-            zeros = max(zeros, run)
+            zeros = max(zeros, kw * cs)   # blocks inside the columns take whole rows
             f = b.extra["f"]
             if b.extra.get("wino"):
                 zeros = max(zeros, cs)
@@ -847,6 +850,8 @@ def _python_steps(plan, compiled):
     bound = [b for b in plan._bound
              if not (b.kind == "view" and plan._alias.get(b.out) in plan._placed)]
     chains = _chains(plan, bound) if compiled else {}
+    plan.chains = [(tuple(b.op.layer.name for b in bound[k:k + length]), images)
+                   for k, (length, images) in sorted(chains.items())]
     k = 0
     while k < len(bound):
         if k in chains:
@@ -916,8 +921,12 @@ def _chunk_kernel(plan, b):
         w2d, bias, g = b.w, b.b, _simd.gather
         inside = act if act in _GATHER_ACTS else "linear"
 
+        backend = plan.backend
+
         def kernel(x, out):
             g(x, w2d, bias, out, kh, kw, ho, wo, -pt, sh, -pl, sw, 0, 1, 0, 1, inside)
+            if inside != act:
+                _apply_act_inplace(out, act, backend)
     else:
         kernel = _depthwise_kernel(plan, b)
     return kernel

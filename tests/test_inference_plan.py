@@ -335,6 +335,8 @@ def test_mobilenet_blocks_run_chained_chunk_by_chunk_with_the_same_bits(monkeypa
     monkeypatch.setattr(ip, "_CHAIN_BYTES", 1)  # one image a chunk
     chained = model.compile_inference(3)
     assert len(chained._fns) == len(whole._fns) - 3
+    assert whole.chains == [] and [len(names) for names, _ in chained.chains] == [3, 2]
+    assert all(images == 1 for _, images in chained.chains)
     np.testing.assert_array_equal(chained(x)[0], whole(x)[0])
     close(chained(x)[0], layer_by_layer(model, x)[0])
 

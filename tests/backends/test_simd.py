@@ -161,6 +161,24 @@ def test_gather_refuses_an_unknown_activation():
                     1, 1, 3, 3, 0, 1, 0, 1, 0, 1, 0, 1, "tanh")
 
 
+@pytest.mark.parametrize("c, stride", [(3, 1), (3, 2), (5, 2), (16, 1)])
+def test_blocks_inside_the_columns_take_whole_kernel_rows_with_the_same_bits(isa, c, stride):
+    """A 'same' conv's windows cross the image's sides, but a block whose own windows lie
+    inside its columns reduces whole kernel rows (conv_kernels.h): the same bits as the
+    conv on an explicitly zero-padded image, whose every window lies inside."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 9, 14, c)).astype(np.float32)
+    w = rng.standard_normal((3 * 3 * c, 32)).astype(np.float32)
+    (ho, wo), ((pt, pb), (pl, pr)) = window_output_shape((9, 14), (3, 3), (stride,) * 2, "same")
+    got = np.empty((2, ho, wo, 32), np.float32)
+    simd.gather(x, w, None, got, 3, 3, ho, wo, -pt, stride, -pl, stride, 0, 1, 0, 1)
+    padded = np.zeros((2, 9 + pt + pb, 14 + pl + pr, c), np.float32)
+    padded[:, pt:pt + 9, pl:pl + 14] = x
+    want = np.empty_like(got)
+    simd.gather(padded, w, None, want, 3, 3, ho, wo, 0, stride, 0, stride, 0, 1, 0, 1)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_isa_selection():
     assert "generic" in ISAS
     assert simd.isa() == ISAS[-1], "the best supported instruction set is the default"
