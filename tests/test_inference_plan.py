@@ -341,6 +341,30 @@ def test_mobilenet_blocks_run_chained_chunk_by_chunk_with_the_same_bits(monkeypa
     close(chained(x)[0], layer_by_layer(model, x)[0])
 
 
+@pytest.mark.skipif(not fastcnn.HAVE_CYTHON, reason="Winograd runs the compiled kernels only")
+@pytest.mark.parametrize("winograd", ["1", "0"])
+def test_python_plan_runs_3x3_convs_by_winograd_as_the_backend_does(winograd, monkeypatch):
+    """In the Python plan (here: a Concatenate keeps the C runner out) a 3x3 stride-1 conv
+    on 16+ channels with 16+ filters runs by Winograd, as the training backend's forward
+    does (rounding within float32 tolerance); FASTCNN_WINOGRAD=0 keeps the direct conv."""
+    monkeypatch.setenv("FASTCNN_WINOGRAD", winograd)
+    fastcnn.set_random_seed(17)
+    inp = fastcnn.Input((9, 9, 16))
+    a = L.Conv2D(32, 3, padding="same", activation="relu")(inp)
+    b = L.Conv2D(24, 3, activation="relu6")(a)                 # 'valid': 7x7
+    c = L.Conv2D(16, 3, strides=2, padding="same")(a)          # stride 2: direct
+    out = L.Concatenate()([L.GlobalAveragePooling2D()(t) for t in (b, c)])
+    model = fastcnn.Model(inp, out)
+    x = data(model, 3)
+    plan = model.compile_inference(3)
+    kinds = [s.split()[0] for s in plan.steps if s.startswith("conv")]
+    if winograd == "1":
+        assert kinds == ["conv(winograd)+relu", "conv(winograd)+relu6", "conv"], plan.steps
+    else:
+        assert kinds == ["conv+relu", "conv+relu6", "conv"], plan.steps
+    close(plan(x)[0], layer_by_layer(model, x)[0])
+
+
 def test_padding_the_depthwise_cannot_take_stays_a_layer():
     """A ZeroPadding2D of 3 before a 3x3 depthwise (pads past the kernel) or one that
     another layer reads too stays a step of its own; a dilated depthwise runs its own
