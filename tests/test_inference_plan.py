@@ -337,6 +337,7 @@ def test_mobilenet_blocks_run_chained_chunk_by_chunk_with_the_same_bits(monkeypa
     assert len(chained._fns) == len(whole._fns) - 3
     assert whole.chains == [] and [len(names) for names, _ in chained.chains] == [3, 2]
     assert all(images == 1 for _, images in chained.chains)
+    assert chained.arena_bytes < whole.arena_bytes   # the intermediates live in scratch
     np.testing.assert_array_equal(chained(x)[0], whole(x)[0])
     close(chained(x)[0], layer_by_layer(model, x)[0])
 
