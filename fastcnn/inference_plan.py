@@ -133,6 +133,9 @@ C_ACTS = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "relu6": 4, "softmax"
 _POOL_FUSABLE = ("linear", "relu", "relu6")
 #: Activations the direct conv's epilogue applies itself (csrc/simd.h's FC_ACT_*).
 _GATHER_ACTS = ("relu", "relu6")
+#: Whether the Python plan runs 3x3 stride-1 convs by Winograd (cython_cpu's rule);
+#: FASTCNN_WINOGRAD=0 turns Winograd off everywhere, this only here (benchmarks' before).
+_PLAIN_WINOGRAD = True
 #: Activations of the steps a chain holds (each applied inside its kernel).
 _CHAIN_ACTS = ("linear", "relu", "relu6")
 #: Activations the depthwise kernels apply themselves (csrc/depthwise.h's DWC_ACT_*).
@@ -734,7 +737,8 @@ class InferencePlan:
             b.w = _winograd.transform_kernel(w)
             b.b = None if bias is None else _pad16(bias.reshape(1, f))[0]
             return
-        if (direct and not use_c and a["pool"] is None and self.dtype == np.float32
+        if (_PLAIN_WINOGRAD and direct and not use_c and a["pool"] is None
+                and self.dtype == np.float32
                 and cython_cpu._winograd_pays(kh, kw, sh, sw, x_shape[3], f)):
             # the Python plan's 3x3 stride-1 conv by Winograd F(m x m, 3x3), as the
             # training backend's forward (cython_cpu._direct_forward): U = G g G^T, a copy

@@ -1,8 +1,9 @@
-"""MobileNetV2's inference (``fastcnn.applications.MobileNetV2``, 224x224, ImageNet head)
-against ONNX Runtime on the file fastcnn's ``export_onnx`` writes for the same model.
+"""The classic architectures' inference (``fastcnn.applications``: MobileNetV2 by default,
+ResNet50, VGG16, InceptionV3; 224x224 (InceptionV3 299x299), ImageNet head) against ONNX
+Runtime on the file fastcnn's ``export_onnx`` writes for the same model.
 
-    OMP_NUM_THREADS=1 FASTCNN_NUM_THREADS=1 python benchmarks/mobilenet_v2_predict.py --threads 1
-    python benchmarks/mobilenet_v2_predict.py --threads 2 --batch 8 --rounds 20
+    OMP_NUM_THREADS=1 FASTCNN_NUM_THREADS=1 python benchmarks/applications_predict.py --threads 1
+    python benchmarks/applications_predict.py --threads 2 --batch 8 --rounds 20 --model resnet50
 
 Both in ONE process, calls alternating (fastcnn's ``predict_on_batch``, which runs its
 compiled inference plan, then ONNX Runtime's ``InferenceSession.run`` with
@@ -13,7 +14,8 @@ weights from seed 0, the BatchNormalization statistics moved off 0 and 1 so that
 them shows. ``--before`` also times the plan as it was before 2026-12-07's night: the
 depthwise steps left to the layers' own forward (depthwise, BatchNormalization, ReLU6 and
 the ZeroPadding2D as separate passes), the convs' ReLU6 a pass of its own, no chains of
-steps over chunks of images. Prints medians and ratios (ORT / fastcnn: above 1, fastcnn is
+steps over chunks of images, the Python plan's 3x3 convs direct (not Winograd); the
+direct conv's whole-row blocks, a kernel change, stay in. Prints medians and ratios (ORT / fastcnn: above 1, fastcnn is
 faster). Set the thread variables before Python starts, as above.
 """
 from __future__ import annotations
@@ -31,8 +33,14 @@ import fastcnn  # noqa: E402  (before NumPy: thread settings)
 import numpy as np  # noqa: E402
 
 
+#: --model: (the fastcnn.applications name, the input size)
+MODELS = {"mobilenet_v2": ("MobileNetV2", 224), "resnet50": ("ResNet50", 224),
+          "vgg16": ("VGG16", 224), "inception_v3": ("InceptionV3", 299)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="mobilenet_v2", choices=sorted(MODELS))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=12)
@@ -42,17 +50,18 @@ def main(argv=None):
     args = p.parse_args(argv)
     import onnxruntime as ort
     from fastcnn import inference_plan
-    from fastcnn.applications import MobileNetV2
+    from fastcnn import applications
 
     fastcnn.set_random_seed(0)
-    model = MobileNetV2(weights=None, input_shape=(224, 224, 3))
+    name, size = MODELS[args.model]
+    model = getattr(applications, name)(weights=None, input_shape=(size, size, 3))
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if type(layer).__name__ == "BatchNormalization":
             c = layer.moving_mean.shape[0]
             layer.moving_mean[...] = rng.normal(0, 0.2, c)
             layer.moving_variance[...] = rng.uniform(0.5, 2.0, c)
-    x = rng.standard_normal((args.batch, 224, 224, 3)).astype(np.float32)
+    x = rng.standard_normal((args.batch, size, size, 3)).astype(np.float32)
 
     runs = {"fastcnn": lambda: model.predict_on_batch(x)}
     if args.before:
@@ -60,13 +69,15 @@ def main(argv=None):
         inference_plan._plain = (lambda layer: False if type(layer).__name__ ==
                                  "DepthwiseConv2D" else plain(layer))
         inference_plan._GATHER_ACTS = ()
+        inference_plan._PLAIN_WINOGRAD = False
         try:
             before = model.compile_inference(args.batch)
         finally:
             inference_plan._plain, inference_plan._GATHER_ACTS = plain, acts
+            inference_plan._PLAIN_WINOGRAD = True
         runs["fastcnn, the plan before"] = lambda: before(x)[0]
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "mobilenet_v2.onnx")
+        path = os.path.join(tmp, args.model + ".onnx")
         model.export_onnx(path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -93,7 +104,7 @@ def main(argv=None):
             runs[label]()
             times[label].append(time.perf_counter() - t0)
     base = np.median(times["fastcnn"])
-    print(f"MobileNetV2 224x224 predict, batch {args.batch}, {args.threads} thread(s), "
+    print(f"{name} {size}x{size} predict, batch {args.batch}, {args.threads} thread(s), "
           f"{args.rounds} rounds alternating; the same probabilities checked first")
     for label, ts in times.items():
         med = np.median(ts)
