@@ -87,8 +87,8 @@ def main(argv=None):
         # next call in this process
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    runs["ONNX Runtime"] = lambda: session.run(None, {name: x})[0]
+    feed = session.get_inputs()[0].name
+    runs["ONNX Runtime"] = lambda: session.run(None, {feed: x})[0]
 
     want = runs["fastcnn"]()
     for label, fn in runs.items():

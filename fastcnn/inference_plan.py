@@ -13,7 +13,8 @@ What compiling does, once per model and batch size:
   activation) is folded into that layer's weights: ``w' = w * s``, ``b' = (b - mean) * s +
   beta`` with ``s = gamma / sqrt(var + eps)``; an Activation (or a default ReLU layer)
   right after a Conv2D / Dense is merged into it (a direct conv applies ReLU and ReLU6 in
-  its epilogue, before its only store of y: csrc/simd.h's FC_ACT_*); a Conv2D (linear, ReLU or ReLU6) feeding
+  its epilogue, before its only store of y: csrc/simd.h's FC_ACT_*), a ReLU / ReLU6 after
+  a two-input Add (a residual block's) into the Add's step; a Conv2D (linear, ReLU or ReLU6) feeding
   only a 2x2, stride-2, unpadded MaxPooling2D becomes one fused conv+pool kernel, the
   activation applied on the pooled values (exact: see :mod:`fastcnn.layers.fusion`).
   A DepthwiseConv2D (dilation 1) is lowered the same way: the BatchNormalization after it
@@ -274,7 +275,7 @@ def _lower(model):
         elif isinstance(layer, BatchNormalization):
             ops.append(_Op("affine", i, o, shape, layer, bn=layer))
         elif isinstance(layer, Add) and len(i) == 2:
-            ops.append(_Op("add", i, o, shape, layer))
+            ops.append(_Op("add", i, o, shape, layer, act="linear"))
         elif isinstance(layer, opaque_ok + (GlobalMaxPooling2D, Softmax, ReLU)) and \
                 type(layer).__module__.startswith("fastcnn."):
             ops.append(_Op("layer", i, o, shape, layer, multiple=n.multiple_inputs))
@@ -358,13 +359,19 @@ def _fuse(ops, output_ids):
             if len(op.ins) != 1:
                 continue
             src = producer.get(op.ins[0])
-            if src is None or src.kind not in ("conv", "dense", "depthwise") \
+            if src is None or src.kind not in ("conv", "dense", "depthwise", "add") \
                     or readers[op.ins[0]] != 1 \
                     or op.ins[0] in keep:
                 continue
             a = src.attrs
             merged = False
-            if op.kind == "affine" and a["act"] == "linear" and a.get("pool") is None:
+            if src.kind == "add":
+                # a residual's ReLU after its Add (ResNet50): the add's own step applies it
+                if op.kind == "act" and a["act"] == "linear" and op.attrs["act"] in ("relu",
+                                                                                    "relu6"):
+                    a["act"] = op.attrs["act"]
+                    merged = True
+            elif op.kind == "affine" and a["act"] == "linear" and a.get("pool") is None:
                 bn = op.attrs["bn"]
                 a["fold"] = (a["fold"] or []) + [bn]
                 merged = True
@@ -737,13 +744,14 @@ class InferencePlan:
             b.w = _winograd.transform_kernel(w)
             b.b = None if bias is None else _pad16(bias.reshape(1, f))[0]
             return
+        m = _winograd.tile() if compiled and min(ho, wo) >= 6 else 2
         if (_PLAIN_WINOGRAD and direct and not use_c and a["pool"] is None
                 and self.dtype == np.float32
-                and cython_cpu._winograd_pays(kh, kw, sh, sw, x_shape[3], f)):
-            # the Python plan's 3x3 stride-1 conv by Winograd F(m x m, 3x3), as the
-            # training backend's forward (cython_cpu._direct_forward): U = G g G^T, a copy
+                and cython_cpu._winograd_pays(kh, kw, sh, sw, x_shape[3], f)
+                and cython_cpu._winograd_tiles_pay(x_shape[0], ho, wo, x_shape[3], f, m)):
+            # the Python plan's 3x3 stride-1 conv by Winograd F(m x m, 3x3), by the
+            # training backend's forward's rule (cython_cpu._direct_forward): U = G g G^T
             self.guard.copied([a["w"]])
-            m = _winograd.tile() if min(ho, wo) >= 6 else 2
             b.extra["wino_conv"] = m
             b.w = _winograd.transform_kernel(w, m)
             b.b = None if bias is None else _pad16(bias.reshape(1, f))[0]
@@ -1175,6 +1183,13 @@ def _bind_compiled(plan, b):
                 sm(vals[i0].reshape(rows_out.shape), rows_out)
             return run
 
+        if act == "relu":   # one pass, no temporary
+            flat, relu = out.reshape(-1), _elt.relu_forward
+
+            def run(vals):
+                relu(vals[i0].reshape(-1), flat)
+            return run
+
         def run(vals):
             y, _ = activations.forward(backend, act, vals[i0])
             np.copyto(out, y)
@@ -1191,6 +1206,7 @@ def _bind_compiled(plan, b):
 
         def run(vals):
             np.add(vals[i0], vals[i1], out=out)
+            _apply_act_inplace(out, act, backend)
         return run
     raise AssertionError(kind)
 
@@ -1279,7 +1295,7 @@ def _bind_generic(plan, b):
         i1 = b.ins[1]
 
         def run(vals):
-            vals[o] = vals[i0] + vals[i1]
+            vals[o] = activate(vals[i0] + vals[i1])
         return run
     raise AssertionError(kind)
 

@@ -150,6 +150,7 @@ def test_functional_residual_model_with_batchnorm(runner):
     plan = model.compile_inference(4, runner=runner)
     text = " ".join(plan.steps)
     assert "+bn" in text and "dropout" not in text and "affine" in text
+    assert "add+relu" in text   # the residual's ReLU applied by the Add's step
     close(plan(x)[0], layer_by_layer(model, x)[0])
 
 

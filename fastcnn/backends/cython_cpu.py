@@ -311,6 +311,19 @@ def _winograd_pays(kh, kw, sh, sw, c, f) -> bool:
             and f >= _WINOGRAD_MIN_FILTERS[_winograd.tile()] and _winograd.enabled())
 
 
+def _winograd_tiles_pay(n, ho, wo, c, f, m) -> bool:
+    """Whether a Winograd F(m x m, 3x3) conv (one :func:`_winograd_pays` admits) has the
+    tiles to pay for its kernel: the transformed kernel, (m+2)^2 x C x F floats, is read
+    again for each range of 24 tiles, so with few tiles and a large kernel it streams from
+    memory, and 32 tiles are a single range, one thread. 8 images, direct / F(4x4) /
+    F(2x2) ms, 1 thread: 7x7x512 -> 512 12.6 / 14.2 / 15.5 (2 threads 5.4 / 11.7 / 4.7),
+    8x8x384 -> 384 8.7 / 8.2 / 5.9 (2 threads 4.0 / 5.1 / 2.2), but 7x7x160 -> 192
+    (a 4.4 MB kernel) 1.16 / 0.76, 10x10x256 -> 256 (72 tiles) 5.5 / 3.3, 14x14x256 ->
+    256 (128 tiles) 10.2 / 5.5: ResNet50's last stage, 7x7x512, runs direct."""
+    tiles = n * -(-ho // m) * -(-wo // m)
+    return tiles >= 64 or (m + 2) ** 2 * c * f * 4 <= 8 << 20
+
+
 class _DirectCtx(tuple):
     """What the direct convolution keeps for the backward: x and w (the caller's arrays,
     no copy), whether there is a bias, and the geometry."""
@@ -335,9 +348,10 @@ def _direct_forward(x, w, b, geometry):
     n, f = x.shape[0], w.shape[3]
     y = _buffers.output((n, ho, wo, f), x.dtype)
     bias = None if b is None else _padded_columns(b.reshape(1, f))[0]
-    if _winograd_pays(kh, kw, sh, sw, x.shape[3], f):
+    m = _winograd.tile() if min(ho, wo) >= 6 else 2
+    if (_winograd_pays(kh, kw, sh, sw, x.shape[3], f)
+            and _winograd_tiles_pay(n, ho, wo, x.shape[3], f, m)):
         # Winograd, as the fused conv + pool and dx (a non-finite result: the direct conv).
-        m = _winograd.tile() if min(ho, wo) >= 6 else 2
         _simd.wino_conv(x, _winograd.transform_kernel(w, m), bias, y, -pt, -pl, m)
         if y.size == 0 or np.isfinite(y.max()):
             return y, _DirectCtx((x, w, b is not None, geometry))

@@ -496,3 +496,16 @@ def test_backend_conv_forward(spy, case):
     np.testing.assert_allclose(y, _conv_full(x, w, b, p), rtol=1e-4, atol=1e-4)
     dx, dw, db = B.conv2d_backward(np.ones_like(y), ctx)
     assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (f,)
+
+
+@pytest.mark.parametrize("shape, pays", [
+    ((8, 7, 7, 512, 512, 4), False),     # 32 tiles, a 37.7 MB kernel: the direct conv
+    ((8, 8, 8, 384, 384, 4), False),
+    ((8, 14, 14, 256, 256, 4), True),    # 128 tiles
+    ((8, 10, 10, 256, 256, 4), True),    # 72 tiles
+    ((8, 7, 7, 160, 192, 4), True),      # a 4.4 MB kernel
+    ((32, 7, 7, 512, 512, 4), True),     # 128 tiles
+])
+def test_winograd_needs_tiles_for_a_large_kernel(shape, pays):
+    from fastcnn.backends import cython_cpu
+    assert cython_cpu._winograd_tiles_pay(*shape) is pays
