@@ -176,6 +176,31 @@ def bias_grad(const floating[:, ::1] dy not None, floating[::1] db not None):
         free(part)
 
 
+# --- a residual block's sum -------------------------------------------------------------------
+
+def add_act(const floating[::1] a not None, const floating[::1] b not None,
+            floating[::1] out not None, str activation="linear"):
+    """``out = act(a + b)`` in one parallel pass (an inference plan's residual Add with its
+    ReLU): activation 'linear', 'relu' (v <= 0 -> 0, a NaN kept: relu_forward's bits) or
+    'relu6' (then v > 6 -> 6). out may be a or b."""
+    cdef Py_ssize_t n = a.shape[0], i
+    cdef floating v
+    _check_same(b.shape[0], n, "add_act: b vs a")
+    _check_same(out.shape[0], n, "add_act: out vs a")
+    if activation not in ("linear", "relu", "relu6"):
+        raise ValueError(f"add_act: activation must be 'linear', 'relu' or 'relu6', "
+                         f"got {activation!r}")
+    cdef int act = 0 if activation == "linear" else 1 if activation == "relu" else 2
+    cdef int nt = threads_for(n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        v = a[i] + b[i]
+        if act >= 1:
+            v = _relu(v)
+            if act == 2 and v > 6:
+                v = 6
+        out[i] = v
+
+
 # --- activations (flat views of C-contiguous arrays) ---------------------------------------
 
 def relu_forward(const floating[::1] x not None, floating[::1] y not None):

@@ -1203,6 +1203,12 @@ def _bind_compiled(plan, b):
         return run
     if kind == "add":
         i1 = b.ins[1]
+        if act in ("linear", "relu", "relu6"):   # one parallel pass, the ReLU included
+            flat, add_act = out.reshape(-1), _elt.add_act
+
+            def run(vals):
+                add_act(vals[i0].reshape(-1), vals[i1].reshape(-1), flat, act)
+            return run
 
         def run(vals):
             np.add(vals[i0], vals[i1], out=out)

@@ -387,6 +387,30 @@ def test_bias_activation_epilogue(dtype):
 
 @needs_ext
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_add_act_is_a_residual_sum_and_its_relu_in_one_pass(dtype):
+    """add_act (an inference plan's Add + ReLU): a + b, then relu_forward's bits (a NaN
+    kept), relu6 capped at 6; on a size that takes the parallel path, out in place of a."""
+    elt = _extensions.modules["elementwise"]
+    rng = np.random.default_rng(5)
+    a = (4 * rng.standard_normal(200_003)).astype(dtype)
+    b = (4 * rng.standard_normal(200_003)).astype(dtype)
+    a[7] = np.nan
+    s = a + b
+    relu = np.empty_like(s)
+    elt.relu_forward(s, relu)
+    for act, want in (("linear", s), ("relu", relu), ("relu6", np.minimum(relu, 6))):
+        out = np.full_like(a, 99)
+        elt.add_act(a, b, out, act)
+        np.testing.assert_array_equal(out, want, err_msg=act)
+    inplace = a.copy()
+    elt.add_act(inplace, b, inplace, "relu")
+    np.testing.assert_array_equal(inplace, relu)
+    with pytest.raises(ValueError, match="activation must be .* got 'tanh'"):
+        elt.add_act(a, b, a.copy(), "tanh")
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_tanh_backward_is_bitwise_numpys_on_any_thread_count(dtype):
     """auto routes tanh to cython because its backward is im2col's NumPy formula, bitwise
     (csrc/activation_kernels.h), only vectorised and threaded: checked across the chunk
