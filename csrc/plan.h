@@ -42,13 +42,15 @@ enum {
     FP_AFFINE = 7,     /* out[r, c] = in[r, c] * w[c] + b[c] */
     FP_GAP = 8,        /* out[n, c] = mean over hw of in[n, :, c] */
     FP_AVGPOOL = 9,    /* average over each window's real (unpadded) elements: pool.pyx's */
-    FP_WINO_POOL = 10  /* 3x3 stride-1 conv + 2x2 max pool by Winograd F(2x2, 3x3): plan_wino.h */
+    FP_WINO_POOL = 10, /* 3x3 stride-1 conv + 2x2 max pool by Winograd F(2x2, 3x3): plan_wino.h */
+    FP_WINO_CONV = 11  /* 3x3 stride-1 conv by Winograd F(m x m, 3x3), m = wino_m: wino.h */
 };
 
 enum { FP_LINEAR = 0, FP_RELU = 1, FP_SIGMOID = 2, FP_TANH = 3, FP_RELU6 = 4, FP_SOFTMAX = 5 };
 
 typedef struct {
     int op, act;
+    int wino_m;                /* FP_WINO_CONV: the output tile, 2 or 4 */
     ptrdiff_t in0, in1, out;   /* arena offsets (floats), or -1-k for input k */
     ptrdiff_t rows, cols;      /* the output as rows x cols (the activation's view) */
     fc_gather g;               /* FP_CONV / FP_CONV_POOL / FP_DENSE on >= FP_GEMV_ROWS rows */
@@ -296,21 +298,31 @@ static int fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
             fp_activate(out, st->rows, st->cols, st->act);
             break;
         }
-        case FP_WINO_POOL: {
+        case FP_WINO_POOL:
+        case FP_WINO_CONV: {
             fc_gather g = st->g;
             g.src = in0;
             g.out = out;
             g.zeros = zeros;
             g.arg = NULL;
+            /* The pooled F(2x2) tiles, or the plain conv's F(2x2) / F(4x4) ones (every
+             * output stored: the training backend's wino_conv). */
+            void (*range)(const fc_gather *, ptrdiff_t, ptrdiff_t, float *) =
+                st->op == FP_WINO_POOL ? fp_wino_pool_range
+                : st->wino_m == 4      ? fq_wino4_conv_range
+                                       : fp_wino_conv_range;
             /* Ranges of whole register blocks of tiles (FP_WMR_MAX, a multiple of every
              * ISA's block): a batch-1 5x5 pool's 25 tiles split 13 / 12 over 2 threads. */
-            const ptrdiff_t total = st->units, per = fp_wino_scratch_floats(g.cs);
+            const ptrdiff_t total = st->units;
+            const ptrdiff_t per = st->op == FP_WINO_CONV && st->wino_m == 4
+                                      ? fq_wino4_scratch_floats(g.cs)
+                                      : fp_wino_scratch_floats(g.cs);
             const int nt = fp_threads(st->work, total / FP_WMR_MAX);
             float *scratch = (float *)malloc((size_t)(nt * per) * sizeof(float));
             if (scratch == NULL)
                 return -1;
             if (nt == 1) {
-                fp_wino_pool_range(&g, 0, total, scratch);
+                range(&g, 0, total, scratch);
             } else {
                 ptrdiff_t step = (total + 4 * nt - 1) / (4 * nt);
                 step = (step + FP_WMR_MAX - 1) / FP_WMR_MAX * FP_WMR_MAX;
@@ -323,8 +335,7 @@ static int fp_run(const fp_step *steps, ptrdiff_t nsteps, float *arena,
 #ifdef _OPENMP
                     mine += omp_get_thread_num() * per;
 #endif
-                    fp_wino_pool_range(&g, r * step, (r + 1) * step < total ? (r + 1) * step : total,
-                                       mine);
+                    range(&g, r * step, (r + 1) * step < total ? (r + 1) * step : total, mine);
                 }
             }
             free(scratch);

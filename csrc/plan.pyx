@@ -25,6 +25,7 @@ from simd_h cimport fc_gather, fc_pool, fc_get_isa, fc_set_isa, fc_isa_supported
 cdef extern from "plan.h" nogil:
     ctypedef struct fp_step:
         int op, act
+        int wino_m
         Py_ssize_t in0, in1, out
         Py_ssize_t rows, cols
         fc_gather g
@@ -37,6 +38,7 @@ cdef extern from "plan.h" nogil:
         Py_ssize_t units
 
     int FP_CONV, FP_CONV_POOL, FP_DENSE, FP_MAXPOOL, FP_ACT, FP_ADD, FP_AFFINE, FP_GAP, FP_AVGPOOL, FP_WINO_POOL
+    int FP_WINO_CONV
     int FP_RELU, FP_RELU6
     int fp_run(const fp_step *steps, Py_ssize_t nsteps, float *arena,
                const float *const *inputs, int *iscratch, const float *zeros)
@@ -61,7 +63,7 @@ def set_isa(name):
 
 OPS = {"conv": FP_CONV, "conv_pool": FP_CONV_POOL, "dense": FP_DENSE, "maxpool": FP_MAXPOOL,
        "act": FP_ACT, "add": FP_ADD, "affine": FP_AFFINE, "gap": FP_GAP, "avgpool": FP_AVGPOOL,
-       "wino_pool": FP_WINO_POOL}
+       "wino_pool": FP_WINO_POOL, "wino_conv": FP_WINO_CONV}
 
 
 cdef const float *_fptr(a) except? NULL:
@@ -113,6 +115,7 @@ cdef class CPlan:
             st = &self.steps[i]
             st.op = OPS[d["op"]]
             st.act = d.get("act", 0)
+            st.wino_m = d.get("m", 2)
             st.in0, st.in1, st.out = d["in0"], d.get("in1", 0), d["out"]
             st.rows, st.cols = d["rows"], d["cols"]
             st.work, st.units = d.get("work", 0), d.get("units", 0)

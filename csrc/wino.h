@@ -79,8 +79,6 @@ static void fp_wino_pool_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_h
     FC_DISPATCH(fp_wino_pool_range, g, q_lo, q_hi, scratch)
 }
 
-/* Unused by the plan's runner: no warning there. */
-__attribute__((unused))
 static void fp_wino_conv_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
                                float *scratch)
 {
@@ -89,7 +87,6 @@ static void fp_wino_conv_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_h
 
 /* F(4x4, 3x3): the same jobs on 4x4 output tiles (wino4_kernels.h; the grid counts
  * 4x4 tiles, i.e. pairs of pool windows); scratch: fq_wino4_scratch_floats(cs) floats. */
-__attribute__((unused))
 static ptrdiff_t fq_wino4_scratch_floats(ptrdiff_t cs)
 {
     return 36 * FP_WMR_MAX * (cs + 4 * 16);
@@ -102,7 +99,6 @@ static void fq_wino4_pool_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_
     FC_DISPATCH(fq_pool_range, g, q_lo, q_hi, scratch)
 }
 
-__attribute__((unused))
 static void fq_wino4_conv_range(const fc_gather *g, ptrdiff_t q_lo, ptrdiff_t q_hi,
                                 float *scratch)
 {

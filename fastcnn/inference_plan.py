@@ -41,10 +41,11 @@ What compiling does, once per model and batch size:
   bits (tested within float32 tolerance); an infinite input can give NaN where the
   direct conv gives an infinity. ``FASTCNN_WINOGRAD=0`` (or the older
   ``FASTCNN_PLAN_WINOGRAD=0``) keeps the direct conv (fastcnn/backends/_winograd.py).
-  The Python plan runs a 3x3 stride-1 conv on 16+ channels with 16+ filters (no pool)
-  by Winograd F(4x4, 3x3) as the training backend's forward does (``simd.wino_conv``,
-  the same rule: cython_cpu._winograd_pays), its activation after: InceptionV3 to
-  'mixed7' at 150x150, batch 32, 1 thread 390 -> 306 ms.
+  A 3x3 stride-1 conv on 16+ channels with 16+ filters (no pool) runs by Winograd
+  F(4x4, 3x3) as the training backend's forward does (the same rules:
+  cython_cpu._winograd_pays and _winograd_tiles_pay), its activation after: in the Python
+  plan ``simd.wino_conv`` (InceptionV3 to 'mixed7' at 150x150, batch 32, 1 thread 390 ->
+  306 ms), in the C runner its FP_WINO_CONV step (VGG16's convs that no pool follows).
 * **Runner**: on float32 with the compiled (Cython + C SIMD) kernels and a model whose ops
   all have a C implementation, the whole forward is ONE call into compiled code
   (``fastcnn._ext_plan``, csrc/plan.pyx + csrc/plan.h): an array of step descriptors run
@@ -745,12 +746,12 @@ class InferencePlan:
             b.b = None if bias is None else _pad16(bias.reshape(1, f))[0]
             return
         m = _winograd.tile() if compiled and min(ho, wo) >= 6 else 2
-        if (_PLAIN_WINOGRAD and direct and not use_c and a["pool"] is None
-                and self.dtype == np.float32
+        if (_PLAIN_WINOGRAD and direct and a["pool"] is None and self.dtype == np.float32
                 and cython_cpu._winograd_pays(kh, kw, sh, sw, x_shape[3], f)
                 and cython_cpu._winograd_tiles_pay(x_shape[0], ho, wo, x_shape[3], f, m)):
-            # the Python plan's 3x3 stride-1 conv by Winograd F(m x m, 3x3), by the
-            # training backend's forward's rule (cython_cpu._direct_forward): U = G g G^T
+            # a 3x3 stride-1 conv by Winograd F(m x m, 3x3) (the Python plan's simd.wino_conv,
+            # the C runner's FP_WINO_CONV), by the training backend's forward's rule
+            # (cython_cpu._direct_forward): U = G g G^T, a copy
             self.guard.copied([a["w"]])
             b.extra["wino_conv"] = m
             b.w = _winograd.transform_kernel(w, m)
@@ -840,6 +841,17 @@ def _c_plan(plan):
                          work=n * gu * gv * 16 * cs * f,
                          g=dict(n_img=n, hs=hs, ws=ws, cs=cs, run=cs, nth=3, ntw=3, co=f,
                                 co_pad=b.w.shape[2], ho=gu, wo=gv, grid_u=gu, grid_v=gv,
+                                by0=-pt, bsy=1, bx0=-pl, bsx=1))
+                descs.append(d)
+                continue
+            if b.extra.get("wino_conv"):
+                m = b.extra["wino_conv"]
+                zeros = max(zeros, cs)
+                tu, tv = -(-ho // m), -(-wo // m)
+                d.update(op="wino_conv", m=m, w=b.w, b=b.b, units=n * tu * tv,
+                         work=n * tu * tv * (m + 2) ** 2 * cs * f,
+                         g=dict(n_img=n, hs=hs, ws=ws, cs=cs, run=cs, nth=3, ntw=3, co=f,
+                                co_pad=b.w.shape[2], ho=ho, wo=wo, grid_u=tu, grid_v=tv,
                                 by0=-pt, bsy=1, bx0=-pl, bsx=1))
                 descs.append(d)
                 continue

@@ -367,6 +367,32 @@ def test_python_plan_runs_3x3_convs_by_winograd_as_the_backend_does(winograd, mo
     close(plan(x)[0], layer_by_layer(model, x)[0])
 
 
+@needs_c
+@pytest.mark.parametrize("size", [9, 5], ids=["F4x4", "F2x2"])
+def test_c_runner_runs_3x3_convs_by_winograd(size):
+    """The C runner's FP_WINO_CONV: a 3x3 stride-1 conv that no pool follows, F(4x4, 3x3)
+    (F(2x2) under 6 output pixels a side), its ReLU after; within float32 tolerance of
+    layer by layer, on 1 and 2 threads alike."""
+    fastcnn.set_random_seed(18)
+    model = fastcnn.Sequential([
+        L.Conv2D(16, 3, padding="same", activation="relu", input_shape=(size, size, 16)),
+        L.Conv2D(32, 3, padding="same", activation="relu"), L.MaxPooling2D(2),
+        L.Flatten(), L.Dense(3)])
+    x = data(model, 5)
+    plan = model.compile_inference(5, runner="c")
+    assert plan.runner == "c"
+    assert plan.steps[0].startswith("conv(winograd)+relu"), plan.steps
+    want = layer_by_layer(model, x)[0]
+    close(plan(x)[0], want)
+    _, max_threads = _extensions.openmp_info()
+    try:
+        _extensions.set_num_threads(1)
+        one = plan(x)[0]
+    finally:
+        _extensions.set_num_threads(max_threads)
+    np.testing.assert_array_equal(one, plan(x)[0])
+
+
 def test_padding_the_depthwise_cannot_take_stays_a_layer():
     """A ZeroPadding2D of 3 before a 3x3 depthwise (pads past the kernel) or one that
     another layer reads too stays a step of its own; a dilated depthwise runs its own
