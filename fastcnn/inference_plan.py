@@ -674,8 +674,10 @@ class InferencePlan:
         self.n = n
         kinds = {op.out: op.kind for op in self.ops}
         placeable = compiled and not use_c
-        steps = [b for b in bound if not (b.kind == "view" and kinds.get(alias.get(b.out))
-                                          not in (None, "view", "layer"))]
+        # the steps that run: all but the views of a buffer the arena will hold (the
+        # template holds those views)
+        steps = [b for b in bound if not (compiled and b.kind == "view" and kinds.get(
+            alias.get(b.out)) not in (None, "view", "layer"))]
         chains = _chains(self, steps) if placeable else {}
         in_scratch = {b.out for k, (length, _) in chains.items() for b in steps[k:k + length - 1]}
         arena = _Arena()
@@ -698,7 +700,7 @@ class InferencePlan:
         self.arena_bytes = 0 if self.arena is None else self.arena.nbytes
         self._shapes, self._alias = shapes, alias
         self._bound = bound
-        self._chain_plan = chains
+        self._run_bound, self._chain_plan = steps, chains   # chains index into steps
         self.runner = "c" if use_c else "python"
         self.steps = [_describe_step(b, placed, alias) for b in bound
                       if not (b.kind == "view" and alias.get(b.out) in placed)]
@@ -745,7 +747,7 @@ class InferencePlan:
             b.w = _winograd.transform_kernel(w)
             b.b = None if bias is None else _pad16(bias.reshape(1, f))[0]
             return
-        m = _winograd.tile() if compiled and min(ho, wo) >= 6 else 2
+        m = _winograd.tile_for(ho, wo) if compiled else 2
         if (_PLAIN_WINOGRAD and direct and a["pool"] is None and self.dtype == np.float32
                 and cython_cpu._winograd_pays(kh, kw, sh, sw, x_shape[3], f)
                 and cython_cpu._winograd_tiles_pay(x_shape[0], ho, wo, x_shape[3], f, m)):
@@ -896,9 +898,9 @@ def _c_plan(plan):
 def _python_steps(plan, compiled):
     """The prebound step functions: ``fn(vals)`` reads and writes the slot list."""
     fns = []
-    bound = [b for b in plan._bound
-             if not (b.kind == "view" and plan._alias.get(b.out) in plan._placed)]
-    chains = plan._chain_plan
+    # the steps that run (views of a placed buffer are the template's): _bind's list, which
+    # the chains' indices refer to
+    bound, chains = plan._run_bound, plan._chain_plan
     plan.chains = [(tuple(b.op.layer.name for b in bound[k:k + length]), images)
                    for k, (length, images) in sorted(chains.items())]
     k = 0
@@ -961,23 +963,29 @@ def _chains(plan, bound):
 
 
 def _chunk_kernel(plan, b):
-    """``kernel(x, out)``: the bound conv (direct, no pool) or depthwise step on any
-    leading slice of images, its activation included."""
+    """``kernel(x, out)``: the bound conv (direct or Winograd, no pool) or depthwise step on
+    any leading slice of images, its activation included (ReLU / ReLU6 in the direct
+    conv's epilogue and the depthwise kernel, without a pass of their own)."""
+    if b.kind == "depthwise":
+        return _depthwise_kernel(plan, b)
     a = b.op.attrs
-    act = a["act"]
-    if b.kind == "conv":
-        kh, kw, sh, sw, pt, pl, ho, wo = b.extra["geom"]
-        w2d, bias, g = b.w, b.b, _simd.gather
-        inside = act if act in _GATHER_ACTS else "linear"
-
-        backend = plan.backend
+    act, backend = a["act"], plan.backend
+    kh, kw, sh, sw, pt, pl, ho, wo = b.extra["geom"]
+    w2d, bias = b.w, b.b
+    if b.extra.get("wino_conv"):
+        m, wc = b.extra["wino_conv"], _simd.wino_conv
 
         def kernel(x, out):
-            g(x, w2d, bias, out, kh, kw, ho, wo, -pt, sh, -pl, sw, 0, 1, 0, 1, inside)
-            if inside != act:
-                _apply_act_inplace(out, act, backend)
-    else:
-        kernel = _depthwise_kernel(plan, b)
+            wc(x, w2d, bias, out, -pt, -pl, m)
+            _apply_act_inplace(out, act, backend)
+        return kernel
+    g = _simd.gather
+    inside = act if act in _GATHER_ACTS else "linear"
+
+    def kernel(x, out):
+        g(x, w2d, bias, out, kh, kw, ho, wo, -pt, sh, -pl, sw, 0, 1, 0, 1, inside)
+        if inside != act:
+            _apply_act_inplace(out, act, backend)
     return kernel
 
 
@@ -1070,14 +1078,13 @@ def _bind_compiled(plan, b):
     if kind == "conv":
         kh, kw, sh, sw, pt, pl, ho, wo = b.extra["geom"]
         w2d, bias = b.w, b.b
-        if b.extra.get("wino_conv"):
-            m, wc = b.extra["wino_conv"], _simd.wino_conv
+        if b.extra["direct"] and a["pool"] is None:   # direct or Winograd, into the arena
+            kernel = _chunk_kernel(plan, b)
 
             def run(vals):
-                wc(vals[i0], w2d, bias, out, -pt, -pl, m)
-                _apply_act_inplace(out, act, backend)
+                kernel(vals[i0], out)
             return run
-        if b.extra["direct"] and a["pool"] is not None:
+        if b.extra["direct"]:
             arg = plan.iscratch[:out.size].reshape(out.shape)
             hc, wc = ho // 2 * 2, wo // 2 * 2
             gm = _simd.gather_maxpool
@@ -1097,37 +1104,23 @@ def _bind_compiled(plan, b):
         pool = b.extra.get("unfused_pool")
         if pool is not None:   # conv, then pool, through a temporary (rare: im2col convs)
             conv_out = np.empty((plan.n, ho, wo, b.extra["f"]), dtype=plan.dtype)
-        if b.extra["direct"]:
-            g = _simd.gather
-            # ReLU / ReLU6 in the gather's epilogue (no pass over y of its own)
-            inside = act if pool is None and act in _GATHER_ACTS else "linear"
+        # im2col + GEMM (the direct and Winograd convs returned above)
+        n, f = plan.n, b.extra["f"]
+        k = kh * kw * b.in_shapes[0][3]
+        cols = plan.fscratch[:n * ho * wo * k].reshape(n * ho * wo, k)
+        w2 = np.ascontiguousarray(w2d.reshape(k, f))
+        y2 = conv_out.reshape(-1, f)
+        im2col = _conv.im2col
 
-            def conv(x):
-                g(x, w2d, bias, conv_out, kh, kw, ho, wo, -pt, sh, -pl, sw, 0, 1, 0, 1, inside)
-            if inside != "linear":
-                def run(vals):
-                    conv(vals[i0])
-                return run
-        else:
-            n, f = plan.n, b.extra["f"]
-            k = kh * kw * b.in_shapes[0][3]
-            cols = plan.fscratch[:n * ho * wo * k].reshape(n * ho * wo, k)
-            w2 = np.ascontiguousarray(w2d.reshape(k, f))
-            y2 = conv_out.reshape(-1, f)
-            im2col = _conv.im2col
-
-            def conv(x):
-                im2col(x, cols, kh, kw, sh, sw, pt, pl, ho, wo)
-                np.matmul(cols, w2, out=y2)
-                if bias is not None:
-                    _elt.bias_act(y2, bias, 0)
+        def conv(x):
+            im2col(x, cols, kh, kw, sh, sw, pt, pl, ho, wo)
+            np.matmul(cols, w2, out=y2)
+            if bias is not None:
+                _elt.bias_act(y2, bias, 0)
         if pool is None:
-            code = _ACT_CODES.get(act) if not b.extra["direct"] else None
-
             def run(vals):
                 conv(vals[i0])
                 _apply_act_inplace(out, act, backend)
-            del code
             return run
         arg = plan.iscratch[:out.size].reshape(out.shape)
         ph, pw = pool.pool_size

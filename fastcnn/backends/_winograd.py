@@ -40,6 +40,12 @@ def tile() -> int:
     return 2 if os.environ.get("FASTCNN_WINOGRAD") == "2" else 4
 
 
+def tile_for(ho, wo) -> int:
+    """The tile of a plain conv (every output stored) with an ho x wo output: :func:`tile`,
+    or 2 under 6 pixels a side (a 4x4 tile would mostly compute past the edge)."""
+    return tile() if min(ho, wo) >= 6 else 2
+
+
 def transform_kernel(w, m=2) -> np.ndarray:
     """``w`` (3, 3, C, F) -> float32 ``((m+2)**2, C, F16)`` for F(m x m, 3x3), m = 2 or 4,
     ``F16`` = F rounded up to 16 (zero columns past F): a new array."""

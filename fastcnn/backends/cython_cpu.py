@@ -348,7 +348,7 @@ def _direct_forward(x, w, b, geometry):
     n, f = x.shape[0], w.shape[3]
     y = _buffers.output((n, ho, wo, f), x.dtype)
     bias = None if b is None else _padded_columns(b.reshape(1, f))[0]
-    m = _winograd.tile() if min(ho, wo) >= 6 else 2
+    m = _winograd.tile_for(ho, wo)
     if (_winograd_pays(kh, kw, sh, sw, x.shape[3], f)
             and _winograd_tiles_pay(n, ho, wo, x.shape[3], f, m)):
         # Winograd, as the fused conv + pool and dx (a non-finite result: the direct conv).
@@ -392,7 +392,7 @@ def _direct_backward(dy, ctx, need_dx):
         # dy (zero outside it) with the flipped, transposed kernel, its taps from
         # dy[i - (2 - pt) + a', ...]: by Winograd F(2x2, 3x3), every dx pixel written.
         dx = _buffers.output(x.shape, x.dtype)
-        m = _winograd.tile() if min(h, wd) >= 6 else 2
+        m = _winograd.tile_for(h, wd)
         u = _winograd.transform_kernel(w[::-1, ::-1].transpose(0, 1, 3, 2), m)
         _simd.wino_conv(dy, u, None, dx, pt - 2, pl - 2, m)
         if np.isfinite(dx.max()):   # else the direct dx below: NaNs exactly where it puts them
