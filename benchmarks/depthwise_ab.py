@@ -36,9 +36,13 @@ def load_other(path):
     return module
 
 
-def _placed(mod, src, shape, s, for_dx):
-    """An output of ``shape`` placed as that build's backend places it: ABI 4's
-    output_offset (a page offset), ABI 3's (a line offset), else on a line."""
+def _placed(mod, src, shape, s, for_dx, pt=1, pl=1):
+    """An output of ``shape`` placed as that build's backend places it: ABI 6's
+    output_offset (a page offset; told the pads), ABI 4's, ABI 3's (a line offset), else
+    on a line."""
+    if getattr(mod, "ABI_VERSION", 0) >= 6:
+        offset = mod.output_offset(src, shape, 1, 3, 3, s, s, pt, pl, for_dx)
+        return _buffers.empty(shape, np.float32, offset=offset, align=_buffers.PAGE)
     if getattr(mod, "ABI_VERSION", 0) >= 4:
         offset = mod.output_offset(src, shape, 1, 3, 3, s, s, for_dx)
         return _buffers.empty(shape, np.float32, offset=offset, align=_buffers.PAGE)
@@ -50,10 +54,10 @@ def _placed(mod, src, shape, s, for_dx):
 
 def one_call(mod, pass_, x, wt, b, dy, s, pt, pl):
     if pass_ == "fwd":
-        y = _placed(mod, x, dy.shape, s, False)
+        y = _placed(mod, x, dy.shape, s, False, pt, pl)
         mod.forward(x, wt, b, y, 3, 3, s, s, pt, pl, 1)
     else:
-        dx = _placed(mod, dy, x.shape, s, True)
+        dx = _placed(mod, dy, x.shape, s, True, pt, pl)
         mod.backward(x, dy, wt, dx, 3, 3, s, s, pt, pl, 1, True)
 
 

@@ -20,7 +20,7 @@ from libc.stdlib cimport malloc, free
 from omp_guard cimport threads_for
 
 # Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 cdef enum:
     # Rows per block: about this many elements (a block stays in L1/L2 for its second read).

@@ -22,7 +22,7 @@ from libc.string cimport memcpy, memset
 from omp_guard cimport threads_for
 
 # Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 
 cdef inline void _im2col_row(const floating* x, floating* dst, Py_ssize_t n, Py_ssize_t ho,

@@ -17,7 +17,7 @@ from libc.stdlib cimport malloc, free
 from omp_guard cimport threads_for
 
 # Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 cdef extern from "depthwise.h" nogil:
     ctypedef struct dwc_job:
@@ -158,17 +158,22 @@ cdef void _sum_blocks(floating *p, Py_ssize_t nb, Py_ssize_t n) noexcept nogil:
 
 
 def output_offset(const floating[:, :, :, ::1] src not None, tuple out_shape, Py_ssize_t m,
-                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, bint for_dx):
+                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                  Py_ssize_t pl, bint for_dx):
     """Bytes past a 4096-byte page boundary at which the output (of shape ``out_shape``) of
-    :func:`forward` (``for_dx`` false: ``src`` is x) or :func:`dx` (true: ``src`` is dy)
-    runs fastest: its lines three lines past ``src``'s, and on a line unless the kernels
-    realign a source and an output that share a line offset, where at ``src``'s
-    (depthwise.h, dwc_output_offset)."""
+    :func:`forward` (``for_dx`` false: ``src`` is x) or :func:`dx` (true: ``src`` is dy),
+    with the forward's strides and top / left pads, runs fastest: its lines three lines
+    past ``src``'s, and on a line unless the kernels realign a source and an output that
+    share a line offset, where at ``src``'s (depthwise.h, dwc_output_offset)."""
     if len(out_shape) != 4:
         raise ValueError(f"out_shape must have 4 dimensions (N, H, W, C), got {out_shape!r}")
     cdef dwc_job g
-    g.m, g.kh, g.kw, g.sh, g.sw = m, kh, kw, sh, sw
+    g.m, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl = m, kh, kw, sh, sw, pt, pl
     g.cm = src.shape[3] if for_dx else src.shape[3] * m
+    if for_dx:   # src is dy (N, Ho, Wo, C), the output dx (N, H, W, C)
+        g.ho, g.wo, g.h, g.w = src.shape[1], src.shape[2], out_shape[1], out_shape[2]
+    else:
+        g.h, g.w, g.ho, g.wo = src.shape[1], src.shape[2], out_shape[1], out_shape[2]
     cdef Py_ssize_t out_bytes = sizeof(floating)
     for d in out_shape:
         out_bytes *= d

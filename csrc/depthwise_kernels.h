@@ -1228,6 +1228,276 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
     }
 }
 
+#if DW_VBYTES == 64
+/* --- 3x3, stride 1, pads of 1 ('same'), short rows: STREAMED rows (k3_forward_stream) ----
+ * The bands load each source vector once per output row that reads it (the pair step:
+ * 4 loads and 2 stores a 18 multiply-adds) and count on L1 to keep a band's rows between
+ * those reads; on 7- and 14-pixel rows a band's chunk is over in a few steps and the rows'
+ * borders and set-up weigh. Here each source vector is loaded ONCE: a strip of Q <= 7
+ * output columns of one channel vector walks down the image with the accumulators of the
+ * three output rows a source row feeds in registers (3 x Q + the 9 weights: 30 of the 32
+ * AVX-512 registers at Q = 7), a source row adding its kernel row a = 0 taps to output
+ * row y + 1, a = 1 to row y and a = 2 to row y - 1, which is then complete and stored.
+ * Each output still receives its taps in the row kernel's order (kernel rows, then
+ * columns, ascending, from the bias: source rows and, within one, columns are walked in
+ * ascending order), so the results are the same bits as the bands'. L, R: the strip
+ * starts / ends the row (its outer column's taps outside skipped); rows whose kernel rows
+ * fall outside the image are simply not walked. */
+
+/* Applies act (DWC_ACT_*) in registers, as activate() does in memory (the same bits). */
+DWC_INLINE DW_VEC DW_FN(act_vec)(DW_VEC v, int act)
+{
+    typedef __typeof__(v <= v) ivec;
+    const DW_VEC zero = {0}, six = zero + 6;
+    if (act == DWC_ACT_NONE)
+        return v;
+    v = (DW_VEC)((ivec)v & ~(v <= zero));
+    if (act == DWC_ACT_RELU6) {
+        const ivec big = v > six;
+        v = (DW_VEC)(((ivec)v & ~big) | ((ivec)six & big));
+    }
+    return v;
+}
+
+/* acc + x * w in one rounding, spelled out: left to -ffp-contract, GCC kept one product
+ * of a float64 strip unfused (another rounding than the bands' contracted sums). */
+DWC_INLINE DW_VEC DW_FN(fma)(DW_VEC acc, DW_VEC x, DW_VEC w)
+{
+#if DWC_X86_INTRINSICS
+    if (sizeof(DW_T) == 4)
+        return (DW_VEC)_mm512_fmadd_ps((__m512)x, (__m512)w, (__m512)acc);
+    return (DW_VEC)_mm512_fmadd_pd((__m512d)x, (__m512d)w, (__m512d)acc);
+#else
+    return acc + x * w;
+#endif
+}
+
+/* One source row xr (at the strip's first column) into the output rows it feeds: Rn (row
+ * y + 1, taps a = 0) if HN, Rc (row y, a = 1) if HC, Rp (row y - 1, a = 2) if HP. */
+DWC_INLINE void DW_FN(k3s_row)(const DW_T *xr, const DW_VEC *w, DW_VEC *Rn, DW_VEC *Rc,
+                               DW_VEC *Rp, ptrdiff_t cm, ptrdiff_t lanes, const int Q,
+                               const int L, const int R, const int HN, const int HC,
+                               const int HP)
+{
+    const int full = lanes == DW_VL;
+    const DW_T *p = L ? xr : xr - cm;   /* a pointer walked by cm: no per-column offsets */
+#pragma GCC unroll 16
+    for (int c = -1; c <= Q; c++) {
+        if ((c == -1 && L) || (c == Q && R))
+            continue;
+        const DW_VEC x = DW_LD(p);
+        p += cm;
+#pragma GCC unroll 3
+        for (int b = 0; b < 3; b++) {   /* output column c + 1 - b takes tap b from c */
+            const int q = c + 1 - b;
+            if (q < 0 || q >= Q)
+                continue;
+            if (HN)
+                Rn[q] = DW_FN(fma)(Rn[q], x, w[b]);
+            if (HC)
+                Rc[q] = DW_FN(fma)(Rc[q], x, w[3 + b]);
+            if (HP)
+                Rp[q] = DW_FN(fma)(Rp[q], x, w[6 + b]);
+        }
+    }
+}
+
+#define DW_S_INIT(A)                                                                        \
+    _Pragma("GCC unroll 16") for (int i_ = 0; i_ < Q; i_++) A[i_] = bp ? DW_LD(bp) : zero;
+#define DW_S_STORE(A)                                                                       \
+    {                                                                                       \
+        DW_T *d_ = yp;                                                                      \
+        _Pragma("GCC unroll 16") for (int i_ = 0; i_ < Q; i_++) {                           \
+            const DW_VEC v_ = MODE == 1 ? DW_FN(act_vec)(A[i_], act) : A[i_];               \
+            if (!full)                                                                      \
+                DW_FN(store_part)(d_, v_, lanes);                                           \
+            else                                                                            \
+                DW_FN(store_nt)(d_, v_, MODE == 2);                                         \
+            d_ += cm;                                                                       \
+        }                                                                                   \
+        yp += xrow;                                                                         \
+    }
+#define DW_S_ROW(N, C, P, HN, HC, HP)                                                       \
+    {                                                                                       \
+        DW_FN(k3s_row)(xp, w, N, C, P, cm, lanes, Q, L, R, HN, HC, HP);                     \
+        xp += xrow;                                                                         \
+    }
+/* Source row y (rows y - 1, y, y + 1 all the strip's): N (row y + 1) starts at the bias. */
+#define DW_S_STEP(P, C, N)                                                                  \
+    {                                                                                       \
+        DW_S_INIT(N)                                                                        \
+        DW_S_ROW(N, C, P, 1, 1, 1)                                                          \
+        DW_S_STORE(P)                                                                       \
+    }
+/* The strip's last row y1 - 1 (C; P the row before), then source row y1 if inside. */
+#define DW_S_LAST(P, C)                                                                     \
+    {                                                                                       \
+        DW_S_ROW(NULL, C, P, 0, 1, 1)                                                       \
+        DW_S_STORE(P)                                                                       \
+        if (y1 < H)                                                                         \
+            DW_S_ROW(NULL, NULL, C, 0, 0, 1)                                                \
+        DW_S_STORE(C)                                                                       \
+    }
+
+/* Output rows [y0, y1) of one image (H rows), columns [q0, q0 + Q) of one channel chunk:
+ * xs / ys the image's row 0 at column q0 and the chunk, xrow the row pitch of both. */
+DWC_INLINE void DW_FN(k3s_strip)(const DW_T *xs, DW_T *ys, const DW_T *const *wk, ptrdiff_t o,
+                                 const DW_T *bp, ptrdiff_t H, ptrdiff_t y0, ptrdiff_t y1,
+                                 ptrdiff_t xrow, ptrdiff_t cm, ptrdiff_t lanes, int act,
+                                 const int MODE, const int Q, const int L, const int R)
+{
+    const int full = lanes == DW_VL;
+    const DW_VEC zero = {0};
+    DW_VEC w[9];
+    for (int t = 0; t < 9; t++)
+        w[t] = DW_LD(wk[t] + o);
+    DW_VEC A[7], B[7], C[7];
+    const DW_T *xp = xs + (y0 - 1) * xrow;   /* the next source row to walk */
+    DW_T *yp = ys + y0 * xrow;               /* the next output row to store */
+    DW_S_INIT(A)
+    if (y0 > 0)
+        DW_S_ROW(A, NULL, NULL, 1, 0, 0)
+    else
+        xp += xrow;
+    if (y1 - y0 == 1) {
+        DW_S_ROW(NULL, A, NULL, 0, 1, 0)
+        if (y1 < H)
+            DW_S_ROW(NULL, NULL, A, 0, 0, 1)
+        DW_S_STORE(A)
+        return;
+    }
+    DW_S_INIT(B)
+    DW_S_ROW(B, A, NULL, 1, 1, 0)
+    ptrdiff_t y = y0 + 1;   /* rows y - 1 = A, y = B in flight */
+    for (; y + 3 < y1; y += 3) {
+        DW_S_STEP(A, B, C)
+        DW_S_STEP(B, C, A)
+        DW_S_STEP(C, A, B)
+    }
+    switch (y1 - 1 - y) {
+    case 0:
+        DW_S_LAST(A, B)
+        break;
+    case 1:
+        DW_S_STEP(A, B, C)
+        DW_S_LAST(B, C)
+        break;
+    default:
+        DW_S_STEP(A, B, C)
+        DW_S_STEP(B, C, A)
+        DW_S_LAST(C, A)
+        break;
+    }
+}
+#undef DW_S_LAST
+#undef DW_S_STEP
+#undef DW_S_ROW
+#undef DW_S_STORE
+#undef DW_S_INIT
+
+/* Each strip's instantiation compiled apart (noinline: inlined into one driver, GCC took
+ * the weights from the stack), chosen from a table: Q columns (1-7), its edges (L * 2 +
+ * R), and the variant: MODE 0 plain, 1 activated, 2 streamed stores for whole vectors,
+ * 3 plain and 4 activated for a head or tail chunk of fewer lanes. */
+typedef void (*DW_FN(k3s_fn))(const DW_T *xs, DW_T *ys, const DW_T *const *wk, ptrdiff_t o,
+                              const DW_T *bp, ptrdiff_t H, ptrdiff_t y0, ptrdiff_t y1,
+                              ptrdiff_t xrow, ptrdiff_t cm, ptrdiff_t lanes, int act);
+#define DW_S_DEF(QQ, LL, RR, MM, FF)                                                        \
+    static __attribute__((noinline)) void DW_FN(k3s_##QQ##_##LL##RR##_##MM##FF)(            \
+        const DW_T *xs, DW_T *ys, const DW_T *const *wk, ptrdiff_t o, const DW_T *bp,       \
+        ptrdiff_t H, ptrdiff_t y0, ptrdiff_t y1, ptrdiff_t xrow, ptrdiff_t cm,              \
+        ptrdiff_t lanes, int act)                                                           \
+    {                                                                                       \
+        DW_FN(k3s_strip)(xs, ys, wk, o, bp, H, y0, y1, xrow, cm, FF ? DW_VL : lanes, act,   \
+                         MM, QQ, LL, RR);                                                   \
+    }
+#define DW_S_DEFS(QQ, LL, RR)                                                               \
+    DW_S_DEF(QQ, LL, RR, 0, 1)                                                              \
+    DW_S_DEF(QQ, LL, RR, 1, 1)                                                              \
+    DW_S_DEF(QQ, LL, RR, 2, 1)                                                              \
+    DW_S_DEF(QQ, LL, RR, 0, 0)                                                              \
+    DW_S_DEF(QQ, LL, RR, 1, 0)
+#define DW_S_VARIANTS(QQ, LL, RR)                                                           \
+    {DW_FN(k3s_##QQ##_##LL##RR##_01), DW_FN(k3s_##QQ##_##LL##RR##_11),                      \
+     DW_FN(k3s_##QQ##_##LL##RR##_21), DW_FN(k3s_##QQ##_##LL##RR##_00),                      \
+     DW_FN(k3s_##QQ##_##LL##RR##_10)}
+DW_S_DEFS(1, 1, 1)
+DW_S_DEFS(2, 1, 1)
+DW_S_DEFS(3, 1, 1)
+DW_S_DEFS(4, 1, 1)
+DW_S_DEFS(5, 1, 1)
+DW_S_DEFS(6, 1, 1)
+DW_S_DEFS(7, 1, 1)
+DW_S_DEFS(4, 1, 0)
+DW_S_DEFS(5, 1, 0)
+DW_S_DEFS(6, 1, 0)
+DW_S_DEFS(7, 1, 0)
+DW_S_DEFS(4, 0, 1)
+DW_S_DEFS(5, 0, 1)
+DW_S_DEFS(6, 0, 1)
+DW_S_DEFS(7, 0, 1)
+DW_S_DEFS(4, 0, 0)
+DW_S_DEFS(5, 0, 0)
+DW_S_DEFS(6, 0, 0)
+DW_S_DEFS(7, 0, 0)
+static const DW_FN(k3s_fn) DW_FN(k3s_table)[8][4][5] = {
+    [1][3] = DW_S_VARIANTS(1, 1, 1), [2][3] = DW_S_VARIANTS(2, 1, 1),
+    [3][3] = DW_S_VARIANTS(3, 1, 1), [4][3] = DW_S_VARIANTS(4, 1, 1),
+    [5][3] = DW_S_VARIANTS(5, 1, 1), [6][3] = DW_S_VARIANTS(6, 1, 1),
+    [7][3] = DW_S_VARIANTS(7, 1, 1),
+    [4][2] = DW_S_VARIANTS(4, 1, 0), [5][2] = DW_S_VARIANTS(5, 1, 0),
+    [6][2] = DW_S_VARIANTS(6, 1, 0), [7][2] = DW_S_VARIANTS(7, 1, 0),
+    [4][1] = DW_S_VARIANTS(4, 0, 1), [5][1] = DW_S_VARIANTS(5, 0, 1),
+    [6][1] = DW_S_VARIANTS(6, 0, 1), [7][1] = DW_S_VARIANTS(7, 0, 1),
+    [4][0] = DW_S_VARIANTS(4, 0, 0), [5][0] = DW_S_VARIANTS(5, 0, 0),
+    [6][0] = DW_S_VARIANTS(6, 0, 0), [7][0] = DW_S_VARIANTS(7, 0, 0),
+};
+#undef DW_S_VARIANTS
+#undef DW_S_DEFS
+#undef DW_S_DEF
+
+/* Output rows [r0, r1) of the flattened (n, i) axis, where depthwise.h's dwc_k3_scheme
+ * says STREAM (3x3, stride 1, pads of 1, 'same' sizes, rows of at most
+ * DWC_K3_STREAM_MAX_W pixels): per image's rows and channel chunk (a short head chunk
+ * realigning the others, k3_head), strips of at most 7 columns, as even as they come
+ * (14 = 7 + 7, 12 = 6 + 6, 10 = 5 + 5: rows of 8 or more pixels give strips of 4 to 7). */
+static void DW_FN(k3_forward_stream)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
+{
+    const ptrdiff_t H = k->ho, W = k->wo, cm = k->cm, xrow = W * cm;
+    const ptrdiff_t head = DW_FN(k3_head)(k->src, k->out, cm,
+                                          dwc_k3_realign_vectors(DWC_K3_STREAM, 1, k->nt));
+    const ptrdiff_t strips = (W + 6) / 7, wide = W % strips, narrow = W / strips;
+    for (ptrdiff_t rr = r0; rr < r1;) {
+        const ptrdiff_t n = rr / H, y0 = rr - n * H;
+        const ptrdiff_t y1 = H - y0 < r1 - rr ? H : y0 + (r1 - rr);
+        const DW_T *xs = k->src + n * H * xrow;
+        DW_T *ys = k->out + n * H * xrow;
+        DW_CHUNKS_W(o, lanes, head, 0u, cm) {
+            const DW_T *bp = k->bias ? k->bias + o : NULL;
+            /* Streaming stores: whole vectors on a line. */
+            const int nt = k->nt && lanes == DW_VL && (uintptr_t)(k->out + o) % 64 == 0
+                           && (cm * (ptrdiff_t)sizeof(DW_T)) % 64 == 0;
+            const int mode = k->act != DWC_ACT_NONE ? 1 : nt ? 2 : 0;
+            const int variant = lanes == DW_VL ? mode : 3 + mode;
+            ptrdiff_t q0 = 0;
+            for (ptrdiff_t s = 0; s < strips; s++) {
+                const ptrdiff_t Q = narrow + (s < wide);
+                const int edges = (s == 0) * 2 + (s == strips - 1);
+                DW_FN(k3s_table)[Q][edges][variant](xs + q0 * cm + o, ys + q0 * cm + o,
+                                                     k->wk, o, bp, H, y0, y1, xrow, cm,
+                                                     lanes, k->act);
+                q0 += Q;
+            }
+        }
+        rr += y1 - y0;
+    }
+#if DWC_X86_INTRINSICS
+    if (k->nt)
+        _mm_sfence();
+#endif
+}
+#endif /* DW_VBYTES == 64 */
+
 /* Bands where depthwise.h's dwc_k3_bands says (32 vector registers: AVX-512; with 16 the
  * two-row step spills and the row-by-row blocks are faster, 8x112x112x32 2.6 vs 2.0 ms),
  * else the row-by-row blocks: rows of at most one pixel block with pixels of > 576 bytes.
@@ -1237,7 +1507,15 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
  * order: the results are the same bits. */
 static void DW_FN(k3_forward)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
-    if (DW_VBYTES == 64 && dwc_k3_bands(k->cm * (ptrdiff_t)sizeof(DW_T), k->wo))
+    const int scheme = dwc_k3_scheme(k->cm * (ptrdiff_t)sizeof(DW_T), k->hs, k->ws, k->ho,
+                                      k->wo, k->sh, k->sw, k->pt, k->pl);
+#if DW_VBYTES == 64
+    if (scheme == DWC_K3_STREAM) {
+        DW_FN(k3_forward_stream)(k, r0, r1);
+        return;
+    }
+#endif
+    if (DW_VBYTES == 64 && scheme != DWC_K3_ROWS)
         DW_FN(k3_forward_bands)(k, r0, r1);
     else
         DW_FN(k3_forward_rows)(k, r0, r1);

@@ -19,7 +19,7 @@ from libc.stdlib cimport malloc, free
 
 from omp_guard cimport FASTCNN_OMP, fastcnn_max_threads, fastcnn_set_num_threads, threads_for
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 # Activation codes of bias_act (the fused epilogue of conv / dense GEMMs).
 ACT_NONE = 0

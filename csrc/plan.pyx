@@ -18,7 +18,7 @@ from libc.string cimport memcmp, memcpy
 cnp.import_array()
 
 # Bumped whenever a signature here changes: fastcnn.inference_plan refuses a stale build.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 from simd_h cimport fc_gather, fc_pool, fc_get_isa, fc_set_isa, fc_isa_supported
 

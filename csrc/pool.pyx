@@ -22,7 +22,7 @@ from libc.math cimport INFINITY
 
 from omp_guard cimport threads_for
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 
 cdef inline bint _wins(floating v, floating best) noexcept nogil:

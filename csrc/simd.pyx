@@ -20,7 +20,7 @@ from libc.stdlib cimport calloc, malloc, free
 from omp_guard cimport fastcnn_max_threads
 
 # Bumped whenever a signature here changes: fastcnn._extensions refuses a stale build.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 from simd_h cimport *
 

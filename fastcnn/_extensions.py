@@ -26,7 +26,7 @@ EXTENSIONS = ("conv", "pool", "elementwise", "simd", "depthwise", "batchnorm")
 # Must equal each extension's ABI_VERSION: a .so built from older sources (an in-place build
 # that was not redone after a `git pull`) is refused instead of failing later with an
 # AttributeError or a wrong signature.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 FIX_HINT = (
     "to build it, install a C compiler (e.g. gcc, or the Xcode command line tools, or MSVC) "

@@ -413,12 +413,13 @@ def _direct_backward(dy, ctx, need_dx):
 # number of row blocks, added here in block order (thread-count independent).
 
 
-def _depthwise_output(src, shape, m, kh, kw, sh, sw, for_dx):
+def _depthwise_output(src, shape, m, kh, kw, sh, sw, pt, pl, for_dx):
     """The output of a pass over ``src`` (x for the forward, dy for dx) where the kernels run
     fastest relative to it (depthwise.h, dwc_output_offset: off the L1 sets src's lines
     use, at src's line offset where they realign the two)."""
     return _buffers.empty(shape, src.dtype, align=_buffers.PAGE,
-                          offset=_dwc.output_offset(src, shape, m, kh, kw, sh, sw, for_dx))
+                          offset=_dwc.output_offset(src, shape, m, kh, kw, sh, sw, pt, pl,
+                                                    for_dx))
 
 
 def depthwise_conv2d_forward(x, w, b, stride, pad):
@@ -429,7 +430,7 @@ def depthwise_conv2d_forward(x, w, b, stride, pad):
     b = None if b is None else np.ascontiguousarray(b)
     geometry = _geometry(x.shape, (kh, kw), stride, pad, "kernel size")
     kh, kw, sh, sw, pt, pl, ho, wo = geometry
-    y = _depthwise_output(x, (x.shape[0], ho, wo, c * m), m, kh, kw, sh, sw, False)
+    y = _depthwise_output(x, (x.shape[0], ho, wo, c * m), m, kh, kw, sh, sw, pt, pl, False)
     _dwc.forward(x, w.reshape(kh * kw, c * m), b, y, kh, kw, sh, sw, pt, pl, m)
     return y, (x, w, b is not None, geometry)
 
@@ -444,7 +445,7 @@ def depthwise_conv2d_backward(dy, ctx, need_dx=True):
     if need_dx:
         # dW's partials and dx in one pass over dy (3x3, M = 1, column stride <= 2; else
         # the module runs the two passes): the same bits as dw_partials then dx.
-        dx = _depthwise_output(dy, x.shape, m, kh, kw, sh, sw, True)
+        dx = _depthwise_output(dy, x.shape, m, kh, kw, sh, sw, pt, pl, True)
         part = _dwc.backward(x, dy, w.reshape(kh * kw, c * m), dx, kh, kw, sh, sw, pt, pl, m,
                              has_bias)
     else:

@@ -4,7 +4,11 @@ float64, against test_depthwise_simd.py's float64 NumPy loop.
 
 Which code each case reaches (depthwise_kernels.h):
 
-* forward, by BANDS of rows (AVX-512, unless a pixel's channels take > 576 bytes, float32
+* forward of stride 1 with pads of 1 and 'same' sizes on rows of <= 24 pixels: STREAMED
+  rows (AVX-512, k3_forward_stream: strips of <= 7 columns walking down the image with
+  three output rows in registers; not for pixels of a multiple of 4096 bytes nor where
+  dwc_k3_few_sets sends rows to the blocks), and so the stride-1 dx of such a conv;
+* other forwards, by BANDS of rows (AVX-512, unless a pixel's channels take > 576 bytes, float32
   C > 144, float64 C > 72, and an output row has <= 8 pixels, or a pixel takes 2048 bytes
   and a row 12-20 pixels or 4096 and 9-14) or ROW BY ROW in pixel blocks (those, and every
   shape on AVX2 and generic); both for column stride 1 and 2, any row
@@ -122,20 +126,39 @@ def test_3x3_matches_float64_loop(case, isa, dtype, isa_restored):
         _check(db, want[3], dtype, f"db ({isa})")
 
 
-@pytest.mark.parametrize("w_px, wide_c, narrow_c", [(7, 145, 144), (14, 512, 496)],
-                         ids=["W7-145-rows-144-bands", "W14-512-rows-496-bands"])
-def test_3x3_forward_bands_and_rows_agree_bitwise(w_px, wide_c, narrow_c):
-    """The two forward schedules add the taps in the same order (AVX-512): on rows of 7
-    pixels, 145 channels run row by row (pixels of > 576 bytes), 144 in bands; on rows of
-    14, 512 channels row by row (2048-byte pixels: dwc_k3_few_sets), 496 in bands; the
-    shared channels come out the same bits."""
+SAME, RIGHT0 = ((1, 1), (1, 1)), ((1, 1), (1, 0))
+
+
+@pytest.mark.parametrize("w_px, wide_c, narrow_c, pad, schemes", [
+    (7, 145, 144, RIGHT0, ("rows", "bands")),      # 6 outputs of > 576-byte pixels: rows
+    (14, 512, 496, RIGHT0, ("rows", "bands")),     # 2048-byte pixels: dwc_k3_few_sets
+    (7, 1024, 1008, SAME, ("rows", "stream")),     # 4096-byte pixels are not streamed
+    (14, 512, 496, SAME, ("rows", "stream")),
+    (16, 1024, 1008, SAME, ("bands", "stream")),
+], ids=["W7-145-rows-144-bands", "W14-512-rows-496-bands", "W7-1024-rows-1008-stream",
+        "W14-512-rows-496-stream", "W16-1024-bands-1008-stream"])
+def test_3x3_forward_schemes_agree_bitwise(w_px, wide_c, narrow_c, pad, schemes):
+    """The three forward schedules add the taps in the same order (AVX-512): the channel
+    count alone sends the wider and the narrower array to different ones (named by
+    depthwise.h's rule, spelled out in _scheme), and the shared channels come out the same
+    bits; the stride-1 dx (the forward over dy) too."""
+    ho, wo = 9, w_px - (pad[1][1] == 0)
+    assert tuple(_scheme(c * 4, (9, w_px), (ho, wo), (1, 1), (1, 1))
+                 for c in (wide_c, narrow_c)) == schemes
     be = backends.get("cython")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 9, w_px, wide_c)).astype(np.float32)
     w = rng.standard_normal((3, 3, wide_c, 1)).astype(np.float32)
     b = rng.standard_normal(wide_c).astype(np.float32)
-    pad = ((1, 1), (1, 1))
-    wide, _ = be.depthwise_conv2d_forward(x, w, b, (1, 1), pad)
+    dy = rng.standard_normal((2, ho, wo, wide_c)).astype(np.float32)
+    wide, ctx = be.depthwise_conv2d_forward(x, w, b, (1, 1), pad)
+    wide_dx = be.depthwise_conv2d_backward(dy, ctx)[0]
+    narrow_dx = be.depthwise_conv2d_backward(
+        np.ascontiguousarray(dy[..., :narrow_c]),
+        be.depthwise_conv2d_forward(np.ascontiguousarray(x[..., :narrow_c]),
+                                    np.ascontiguousarray(w[:, :, :narrow_c]), b[:narrow_c],
+                                    (1, 1), pad)[1])[0]
+    np.testing.assert_array_equal(wide_dx[..., :narrow_c], narrow_dx)
     narrow, _ = be.depthwise_conv2d_forward(np.ascontiguousarray(x[..., :narrow_c]),
                                             np.ascontiguousarray(w[:, :, :narrow_c]),
                                             b[:narrow_c], (1, 1), pad)
@@ -149,6 +172,8 @@ def _all(dtype):
         ((3, 21, 19, 161), (2, 2), ((0, 1), (1, 1))),
         ((4, 22, 17, 48), (1, 1), ((1, 1), (1, 1))),
         ((3, 14, 14, 512), (1, 1), ((1, 1), (1, 1))),   # 2048 / 4096-byte pixels: y, dx rows
+        ((3, 7, 7, 160), (1, 1), ((1, 1), (1, 1))),     # streamed rows, split mid-image
+        ((5, 13, 12, 40), (1, 1), ((1, 1), (1, 1))),    # streamed rows, strips 6 + 6
     ):
         rng = np.random.default_rng(5)
         x = rng.standard_normal(shape).astype(dtype)
@@ -218,7 +243,8 @@ def test_3x3_arrays_off_a_cache_line(stride, offsets, dtype, isa_restored):
 @pytest.mark.parametrize("shape, stride, pad", [
     ((4, 64, 64, 144), (1, 1), ((1, 1), (1, 1))),   # y and dx 9.4 MB: bands
     ((2, 96, 96, 128), (2, 2), ((0, 1), (0, 1))),   # dx 9.4 MB: k3_dx2
-], ids=["s11", "s22"])
+    ((40, 16, 16, 256), (1, 1), ((1, 1), (1, 1))),  # y and dx 10.5 MB: streamed rows
+], ids=["s11", "s22", "s11-stream"])
 def test_3x3_large_outputs_streamed(shape, stride, pad, offset):
     """An output of >= 8 MiB is written with streaming stores (AVX-512: the forward and
     stride-1 dx in bands, the stride-2 dx in k3_dx2), a 16-byte offset first realigned by
@@ -235,17 +261,31 @@ def test_3x3_large_outputs_streamed(shape, stride, pad, offset):
     _check(dx, want[1], np.float32, f"dx (offset {offset})")
 
 
-def _expected_offset(src, out_shape, stride, for_dx, isa):
+def _scheme(pixel_bytes, src_hw, out_hw, stride, pads):
+    """depthwise.h's dwc_k3_scheme: 'stream', 'bands' or 'rows' (pads: top and left)."""
+    wo = out_hw[1]
+    few = (pixel_bytes == 2048 and 12 <= wo <= 20) or (pixel_bytes == 4096 and 9 <= wo <= 14)
+    if (stride == (1, 1) and pads == (1, 1) and tuple(src_hw) == tuple(out_hw) and wo <= 24
+            and pixel_bytes % 4096 and not few):
+        return "stream"
+    return "bands" if (pixel_bytes <= 576 or wo > 8) and not few else "rows"
+
+
+def _expected_offset(src, out_shape, stride, for_dx, isa, pads=(1, 1)):
     """depthwise.h's dwc_output_offset, spelled out: three lines past src's lines in the
     page; at src's line offset where the kernels realign the two (AVX-512, whole vectors a
-    pixel: from 2 in the bands of column stride 1, their wrapped chunk; else from 12, or 8
-    where the bands stream the output; dx only of stride 1), except a streamed banded
-    output of column stride 2; else on a line. (The bands: a row of > 8 pixels or pixels of
-    <= 576 bytes; streamed: >= 8 MiB.)"""
+    pixel: from 2 in the bands of column stride 1, their wrapped chunk; from 4 in streamed
+    rows, a head and a tail chunk; else from 12, or 8 where the bands stream the output;
+    dx only of stride 1), except a streamed banded output of column stride 2; else on a
+    line. (pads: the forward's top and left; dx's scheme is its stride-1 forward's, pads
+    2 - pad. Streamed stores: an output of >= 8 MiB.)"""
     at, item, c = src.ctypes.data % 4096, src.itemsize, src.shape[3]
-    out_bytes, wo = int(np.prod(out_shape)) * item, out_shape[2]
-    bands, streamed = c * item <= 576 or wo > 8, out_bytes >= 8 << 20
-    vectors = 2 if bands and stride[1] == 1 else 8 if bands and streamed else 12
+    out_bytes = int(np.prod(out_shape)) * item
+    scheme = _scheme(c * item, src.shape[1:3], out_shape[1:3], stride,
+                     (2 - pads[0], 2 - pads[1]) if for_dx else tuple(pads))
+    bands, streamed = scheme == "bands", out_bytes >= 8 << 20
+    vectors = (2 if bands and stride[1] == 1 else 4 if scheme == "stream"
+               else 8 if bands and streamed else 12)
     realign = (isa == "avx512" and c * item % 64 == 0 and c >= vectors * 64 // item
                and not (for_dx and stride != (1, 1))
                and not (bands and streamed and stride[1] != 1))
@@ -276,10 +316,10 @@ def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, 
         results = {}
         for off in (0, 16, 48):
             xo, dyo = _at_offset(x, off), _at_offset(dy, off)
-            assert (DWC.output_offset(xo, dy.shape, 1, 3, 3, *stride, False)
-                    == _expected_offset(xo, dy.shape, stride, False, isa)), (isa, off)
-            assert (DWC.output_offset(dyo, x.shape, 1, 3, 3, *stride, True)
-                    == _expected_offset(dyo, x.shape, stride, True, isa)), (isa, off)
+            assert (DWC.output_offset(xo, dy.shape, 1, 3, 3, *stride, pt, pl, False)
+                    == _expected_offset(xo, dy.shape, stride, False, isa, (pt, pl))), (isa, off)
+            assert (DWC.output_offset(dyo, x.shape, 1, 3, 3, *stride, pt, pl, True)
+                    == _expected_offset(dyo, x.shape, stride, True, isa, (pt, pl))), (isa, off)
             for out_off in (0, 16, 48):
                 y = _at_offset(np.zeros(dy.shape, dtype), out_off)
                 DWC.forward(xo, wt, b, y, 3, 3, *stride, pt, pl, 1)
@@ -297,7 +337,7 @@ def test_3x3_output_offset_rule_and_results_independent_of_placement(c, stride, 
         for key, part in parts.items():
             np.testing.assert_array_equal(part, parts[0, 0], err_msg=f"dW ({isa}, {key})")
         xo = _at_offset(x, 16)   # M 2: no realigning, three lines past
-        assert DWC.output_offset(xo, dy.shape, 2, 3, 3, *stride, False) == (
+        assert DWC.output_offset(xo, dy.shape, 2, 3, 3, *stride, pt, pl, False) == (
             xo.ctypes.data % 4096 - 16 + 192) % 4096
 
 
@@ -318,19 +358,23 @@ def test_3x3_output_offset_of_streamed_outputs(isa_restored):
             ((48, 28, 28, 256), 2, False),   # 9.6 MB output in bands, stride 2: on a line
             ((12, 28, 28, 256), 2, True),    # 2.4 MB, stride 2: realigned from 12 vectors
             ((12, 28, 28, 176), 2, False),   # 11 vectors, stride 2: on a line
-            ((48, 7, 7, 960), 1, True)):     # 9.0 MB row by row: realigned
+            ((48, 7, 7, 1024), 1, True),     # 9.6 MB row by row (4096-byte pixels): realigned
+            ((48, 7, 7, 960), 1, True),      # 9.0 MB in streamed rows: realigned
+            ((12, 14, 14, 64), 1, True),     # 4 vectors: the fewest streamed rows realign
+            ((12, 14, 14, 48), 1, False)):   # 3 vectors: on a line
         x = _at_offset(np.zeros(shape, np.float32), 16)
         n, h, w, c = shape
         out = (n, -(-h // stride), -(-w // stride), c)
+        pads = (1, 1) if stride == 1 else (0, 0)
         want = (x.ctypes.data % 4096 - 16 + 192 + (16 if realigned else 0)) % 4096
-        assert DWC.output_offset(x, out, 1, 3, 3, stride, stride, False) == want, shape
-        assert want == _expected_offset(x, out, (stride, stride), False, "avx512"), shape
+        assert DWC.output_offset(x, out, 1, 3, 3, stride, stride, *pads, False) == want, shape
+        assert want == _expected_offset(x, out, (stride, stride), False, "avx512", pads), shape
 
 
 def test_3x3_output_offset_bad_shape():
     x = np.zeros((1, 4, 4, 8), np.float32)
     with pytest.raises(ValueError, match="out_shape must have 4 dimensions"):
-        DWC.output_offset(x, (4, 4, 8), 1, 3, 3, 1, 1, False)
+        DWC.output_offset(x, (4, 4, 8), 1, 3, 3, 1, 1, 1, 1, False)
 
 
 def test_3x3_backend_places_outputs_by_the_rule():
@@ -343,11 +387,12 @@ def test_3x3_backend_places_outputs_by_the_rule():
         for off in (0, 16, 48):
             xo, dyo = _at_offset(x, off), _at_offset(dy, off)
             y, ctx = be.depthwise_conv2d_forward(xo, w, b, stride, pad)
+            (pt, _), (pl, _) = pad
             assert y.ctypes.data % 4096 == DWC.output_offset(xo, y.shape, 1, 3, 3, *stride,
-                                                             False)
+                                                             pt, pl, False)
             dx, _, _ = be.depthwise_conv2d_backward(dyo, ctx)
             assert dx.ctypes.data % 4096 == DWC.output_offset(dyo, x.shape, 1, 3, 3, *stride,
-                                                              True)
+                                                              pt, pl, True)
 
 
 # --- the fused backward (DWC.backward: dW's partials and dx in one pass over dy) ------------
@@ -441,7 +486,8 @@ def test_fused_backward_identical_with_1_and_2_threads(dtype):
 @pytest.mark.parametrize("shape, stride, pad", [
     ((4, 64, 64, 144), (1, 1), ((1, 1), (1, 1))),   # dx 9.4 MB: streamed, bands
     ((2, 96, 96, 128), (2, 2), ((0, 1), (0, 1))),   # dx 9.4 MB: streamed, k3_dx2
-], ids=["s11", "s22"])
+    ((40, 16, 16, 256), (1, 1), ((1, 1), (1, 1))),  # dx 10.5 MB: streamed rows
+], ids=["s11", "s22", "s11-stream"])
 def test_fused_backward_large_dx_streamed(shape, stride, pad):
     """A dx of >= 8 MiB (streaming stores, the 16-byte offset realigned) from the fused
     backward: the bits of the two passes."""
@@ -532,17 +578,19 @@ def test_general_forward_applies_its_activation(kernel, m, act):
                                   _activated(linear, act))
 
 
-def test_activation_keeps_nan_and_a_large_output_is_not_streamed():
-    """An output of >= 8 MiB (streamed when linear) is clamped band by band too; a NaN in
-    x stays NaN through ReLU6, as through np.maximum / np.minimum."""
+@pytest.mark.parametrize("shape", [(4, 64, 64, 144), (40, 16, 16, 256)],
+                         ids=["bands", "stream"])
+def test_activation_keeps_nan_and_a_large_output_is_not_streamed(shape):
+    """An output of >= 8 MiB (streamed when linear) is clamped band by band (strip by
+    strip) too; a NaN in x stays NaN through ReLU6, as through np.maximum / np.minimum."""
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((4, 64, 64, 144)).astype(np.float32) * 4
-    x[1, 10, 20, 5] = np.nan
-    w = rng.standard_normal((3, 3, 144, 1)).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32) * 4
+    x[1, 10, 12, 5] = np.nan
+    w = rng.standard_normal((3, 3, shape[3], 1)).astype(np.float32)
     pad = ((1, 1), (1, 1))
     linear = _forward_with(x, w, None, (1, 1), pad, 1, "linear", x.shape)
     got = _forward_with(x, w, None, (1, 1), pad, 1, "relu6", x.shape)
-    assert np.isnan(got[1, 9:12, 19:22, 5]).all()
+    assert np.isnan(got[1, 9:12, 11:14, 5]).all()
     np.testing.assert_array_equal(got, _activated(linear, "relu6"))
 
 
@@ -552,3 +600,40 @@ def test_forward_refuses_an_unknown_activation():
     y = np.zeros((1, 4, 4, 8), np.float32)
     with pytest.raises(ValueError, match=r"activation must be one of .*'relu6'.*got 'gelu'"):
         DWC.forward(x, wt, None, y, 3, 3, 1, 1, 1, 1, 1, "gelu")
+
+
+# ------------------------------------------------------------ streamed rows, every strip
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("wd", list(range(1, 25)))
+def test_3x3_streamed_rows_every_strip_width(wd, dtype):
+    """Rows of 1 to 24 pixels (stride 1, 'same'): one strip of 1-7 columns, or two to four
+    of 4-7 (with the row's left edge, its right edge, both or neither), images of 1, 2, 3
+    and 5 rows (the walk's three-row rotation ending at each phase), 20 channels (a ragged
+    last vector) and 48 at a 16-byte offset (a short head chunk realigning the rest): y
+    with and without bias, ReLU6 and the stride-1 dx (the forward over dy) against the
+    float64 loop; two threads (rows split inside an image) give the same bits as one."""
+    be = backends.get("cython")
+    pad = ((1, 1), (1, 1))
+    for c, h, bias, offset in ((20, 1, True, 0), (48, 2, False, 16), (20, 3, True, 16),
+                               (48, 5, True, 0)):
+        x, w, b, stride, _, dy = _data((3, h, wd, c, (1, 1), pad, bias), dtype, seed=wd)
+        x, dy = _at_offset(x, offset), _at_offset(dy, offset)
+        want = reference(x, w, b, (1, 1), pad, dy)
+        runs = []
+        _, max_threads = _extensions.openmp_info()
+        try:
+            for nt in (1, 2):
+                _extensions.set_num_threads(nt)
+                y, ctx = be.depthwise_conv2d_forward(x, w, b, (1, 1), pad)
+                dx = be.depthwise_conv2d_backward(dy, ctx)[0]
+                y6 = _forward_with(x * 4, w, b, (1, 1), pad, 1, "relu6", y.shape)
+                runs.append((y, dx, y6))
+        finally:
+            _extensions.set_num_threads(max_threads)
+        label = f"3x{h}x{wd}x{c}"
+        _check(runs[0][0], want[0], dtype, f"y {label}")
+        _check(runs[0][1], want[1], dtype, f"dx {label}")
+        linear = _forward_with(x * 4, w, b, (1, 1), pad, 1, "linear", y.shape)
+        np.testing.assert_array_equal(runs[0][2], _activated(linear, "relu6"), err_msg=label)
+        for a, b2, name in zip(runs[0], runs[1], ("y", "dx", "relu6 y")):
+            np.testing.assert_array_equal(a, b2, err_msg=f"{name} {label}: 1 and 2 threads")
