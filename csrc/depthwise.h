@@ -29,7 +29,7 @@
  *   partials in block order. So the result is the same for any thread count.
  * - 3x3, M = 1, column stride 1 or 2 (every MobileNet depthwise layer): the k3_* kernels
  *   instead. On rows of <= 24 pixels at stride 1 with pads of 1 ('same'), STREAMED rows
- *   (AVX-512, dwc_k3_scheme, k3_forward_stream): a strip of <= 7 output columns of one
+ *   (float32 AVX-512, dwc_k3_scheme, k3_forward_stream): a strip of <= 7 output columns of one
  *   channel vector walks down the image with the three output rows a source row feeds in
  *   registers, so each source vector is loaded exactly once and no reuse is left to L1
  *   (8 images, NumPy-placed x, one process, old and new builds alternating: forward
@@ -164,17 +164,19 @@ static inline int dwc_k3_bands(ptrdiff_t pixel_bytes, ptrdiff_t wo)
 }
 
 /* STREAMED rows (k3_forward_stream) for 3x3 stride-1 'same' passes (pads of 1) on rows
- * of at most DWC_K3_STREAM_MAX_W pixels, except at the crowded pitches. */
+ * of at most DWC_K3_STREAM_MAX_W pixels, except at the crowded pitches; float32 only (item
+ * 4: float64, for gradient checks, keeps the bands and rows, and the strips' 95
+ * instantiations are compiled once, not twice). */
 #ifndef DWC_K3_STREAM_MAX_W
 #define DWC_K3_STREAM_MAX_W 24
 #endif
 enum { DWC_K3_ROWS = 0, DWC_K3_BANDS = 1, DWC_K3_STREAM = 2 };
 
-static inline int dwc_k3_scheme(ptrdiff_t pixel_bytes, ptrdiff_t hs, ptrdiff_t ws, ptrdiff_t ho,
-                                ptrdiff_t wo, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
-                                ptrdiff_t pl)
+static inline int dwc_k3_scheme(ptrdiff_t pixel_bytes, ptrdiff_t item, ptrdiff_t hs,
+                                ptrdiff_t ws, ptrdiff_t ho, ptrdiff_t wo, ptrdiff_t sh,
+                                ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl)
 {
-    if (sh == 1 && sw == 1 && pt == 1 && pl == 1 && ho == hs && wo == ws
+    if (item == 4 && sh == 1 && sw == 1 && pt == 1 && pl == 1 && ho == hs && wo == ws
         && wo <= DWC_K3_STREAM_MAX_W && pixel_bytes % 4096 != 0
         && !dwc_k3_few_sets(pixel_bytes, wo))
         return DWC_K3_STREAM;
@@ -262,6 +264,7 @@ static inline ptrdiff_t dwc_k3_realign_vectors(int scheme, ptrdiff_t sw, int str
 #define DW_T float
 #define DW_SFX f32_avx512
 #define DW_VBYTES 64
+#define DW_STREAMED_ROWS 1
 #include "depthwise_kernels.h"
 #define DW_T double
 #define DW_SFX f64_avx512
@@ -360,10 +363,10 @@ static ptrdiff_t dwc_output_offset(const dwc_job *g, const void *src, ptrdiff_t 
 {
     const ptrdiff_t vl = 64 / item, bytes = g->cm * item;
     const uintptr_t at = (uintptr_t)src % 4096, line = at - at % 64;
-    const int scheme = for_dx ? dwc_k3_scheme(bytes, g->ho, g->wo, g->h, out_w, g->sh, g->sw,
-                                              2 - g->pt, 2 - g->pl)
-                              : dwc_k3_scheme(bytes, g->h, g->w, g->ho, out_w, g->sh, g->sw,
-                                              g->pt, g->pl);
+    const int scheme = for_dx ? dwc_k3_scheme(bytes, item, g->ho, g->wo, g->h, out_w, g->sh,
+                                              g->sw, 2 - g->pt, 2 - g->pl)
+                              : dwc_k3_scheme(bytes, item, g->h, g->w, g->ho, out_w, g->sh,
+                                              g->sw, g->pt, g->pl);
     const int bands = scheme == DWC_K3_BANDS, streamed = dwc_k3_streams(out_bytes);
     int realign = DWC_HAVE_X86 && dwc_get_isa() == DWC_ISA_AVX512 && g->m == 1 && g->kh == 3
                   && g->kw == 3 && g->sw <= 2 && !(for_dx && (g->sh != 1 || g->sw != 1));

@@ -1228,7 +1228,7 @@ static void DW_FN(k3_forward_rows)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_
     }
 }
 
-#if DW_VBYTES == 64
+#if DW_VBYTES == 64 && defined(DW_STREAMED_ROWS)   /* float32 AVX-512 (depthwise.h) */
 /* --- 3x3, stride 1, pads of 1 ('same'), short rows: STREAMED rows (k3_forward_stream) ----
  * The bands load each source vector once per output row that reads it (the pair step:
  * 4 loads and 2 stores a 18 multiply-adds) and count on L1 to keep a band's rows between
@@ -1259,8 +1259,9 @@ DWC_INLINE DW_VEC DW_FN(act_vec)(DW_VEC v, int act)
     return v;
 }
 
-/* acc + x * w in one rounding, spelled out: left to -ffp-contract, GCC kept one product
- * of a float64 strip unfused (another rounding than the bands' contracted sums). */
+/* acc + x * w in one rounding, spelled out: -ffp-contract is a heuristic (built for
+ * float64 too, GCC left one product of a strip unfused: another rounding than the bands'
+ * contracted sums). */
 DWC_INLINE DW_VEC DW_FN(fma)(DW_VEC acc, DW_VEC x, DW_VEC w)
 {
 #if DWC_X86_INTRINSICS
@@ -1496,7 +1497,7 @@ static void DW_FN(k3_forward_stream)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdif
         _mm_sfence();
 #endif
 }
-#endif /* DW_VBYTES == 64 */
+#endif /* DW_VBYTES == 64 && DW_STREAMED_ROWS */
 
 /* Bands where depthwise.h's dwc_k3_bands says (32 vector registers: AVX-512; with 16 the
  * two-row step spills and the row-by-row blocks are faster, 8x112x112x32 2.6 vs 2.0 ms),
@@ -1507,9 +1508,9 @@ static void DW_FN(k3_forward_stream)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdif
  * order: the results are the same bits. */
 static void DW_FN(k3_forward)(const DW_FN(k3geo) *k, ptrdiff_t r0, ptrdiff_t r1)
 {
-    const int scheme = dwc_k3_scheme(k->cm * (ptrdiff_t)sizeof(DW_T), k->hs, k->ws, k->ho,
-                                      k->wo, k->sh, k->sw, k->pt, k->pl);
-#if DW_VBYTES == 64
+    const int scheme = dwc_k3_scheme(k->cm * (ptrdiff_t)sizeof(DW_T), sizeof(DW_T), k->hs,
+                                      k->ws, k->ho, k->wo, k->sh, k->sw, k->pt, k->pl);
+#if DW_VBYTES == 64 && defined(DW_STREAMED_ROWS)
     if (scheme == DWC_K3_STREAM) {
         DW_FN(k3_forward_stream)(k, r0, r1);
         return;
@@ -2494,3 +2495,4 @@ static void DW_FN(bwd_blocks)(const dwc_job *g, ptrdiff_t lo, ptrdiff_t hi, void
 #undef DW_T
 #undef DW_SFX
 #undef DW_VBYTES
+#undef DW_STREAMED_ROWS

@@ -5,7 +5,7 @@ float64, against test_depthwise_simd.py's float64 NumPy loop.
 Which code each case reaches (depthwise_kernels.h):
 
 * forward of stride 1 with pads of 1 and 'same' sizes on rows of <= 24 pixels: STREAMED
-  rows (AVX-512, k3_forward_stream: strips of <= 7 columns walking down the image with
+  rows (float32 AVX-512, k3_forward_stream: strips of <= 7 columns walking down the image with
   three output rows in registers; not for pixels of a multiple of 4096 bytes nor where
   dwc_k3_few_sets sends rows to the blocks), and so the stride-1 dx of such a conv;
 * other forwards, by BANDS of rows (AVX-512, unless a pixel's channels take > 576 bytes, float32
@@ -143,7 +143,7 @@ def test_3x3_forward_schemes_agree_bitwise(w_px, wide_c, narrow_c, pad, schemes)
     depthwise.h's rule, spelled out in _scheme), and the shared channels come out the same
     bits; the stride-1 dx (the forward over dy) too."""
     ho, wo = 9, w_px - (pad[1][1] == 0)
-    assert tuple(_scheme(c * 4, (9, w_px), (ho, wo), (1, 1), (1, 1))
+    assert tuple(_scheme(c * 4, 4, (9, w_px), (ho, wo), (1, 1), (1, 1))
                  for c in (wide_c, narrow_c)) == schemes
     be = backends.get("cython")
     rng = np.random.default_rng(7)
@@ -261,11 +261,12 @@ def test_3x3_large_outputs_streamed(shape, stride, pad, offset):
     _check(dx, want[1], np.float32, f"dx (offset {offset})")
 
 
-def _scheme(pixel_bytes, src_hw, out_hw, stride, pads):
-    """depthwise.h's dwc_k3_scheme: 'stream', 'bands' or 'rows' (pads: top and left)."""
+def _scheme(pixel_bytes, item, src_hw, out_hw, stride, pads):
+    """depthwise.h's dwc_k3_scheme: 'stream', 'bands' or 'rows' (pads: top and left; item:
+    the element size, streamed rows being float32's)."""
     wo = out_hw[1]
     few = (pixel_bytes == 2048 and 12 <= wo <= 20) or (pixel_bytes == 4096 and 9 <= wo <= 14)
-    if (stride == (1, 1) and pads == (1, 1) and tuple(src_hw) == tuple(out_hw) and wo <= 24
+    if (item == 4 and stride == (1, 1) and pads == (1, 1) and tuple(src_hw) == tuple(out_hw) and wo <= 24
             and pixel_bytes % 4096 and not few):
         return "stream"
     return "bands" if (pixel_bytes <= 576 or wo > 8) and not few else "rows"
@@ -281,7 +282,7 @@ def _expected_offset(src, out_shape, stride, for_dx, isa, pads=(1, 1)):
     2 - pad. Streamed stores: an output of >= 8 MiB.)"""
     at, item, c = src.ctypes.data % 4096, src.itemsize, src.shape[3]
     out_bytes = int(np.prod(out_shape)) * item
-    scheme = _scheme(c * item, src.shape[1:3], out_shape[1:3], stride,
+    scheme = _scheme(c * item, item, src.shape[1:3], out_shape[1:3], stride,
                      (2 - pads[0], 2 - pads[1]) if for_dx else tuple(pads))
     bands, streamed = scheme == "bands", out_bytes >= 8 << 20
     vectors = (2 if bands and stride[1] == 1 else 4 if scheme == "stream"
@@ -611,7 +612,8 @@ def test_3x3_streamed_rows_every_strip_width(wd, dtype):
     and 5 rows (the walk's three-row rotation ending at each phase), 20 channels (a ragged
     last vector) and 48 at a 16-byte offset (a short head chunk realigning the rest): y
     with and without bias, ReLU6 and the stride-1 dx (the forward over dy) against the
-    float64 loop; two threads (rows split inside an image) give the same bits as one."""
+    float64 loop; two threads (rows split inside an image) give the same bits as one.
+    (float64 runs the bands and rows on the same shapes.)"""
     be = backends.get("cython")
     pad = ((1, 1), (1, 1))
     for c, h, bias, offset in ((20, 1, True, 0), (48, 2, False, 16), (20, 3, True, 16),
