@@ -209,14 +209,14 @@ static inline int dwc_k3_prefetch(ptrdiff_t src_bytes)
  * stride 1 take the head and the tail as one wrapped chunk (k3_wrap), from 2 vectors
  * (AVX-512, x 16 bytes past a line, 8 images: 56x56x144 0.376 -> 0.337 ms realigned,
  * 56x56x128 0.360 -> 0.297, 112x112x32 0.367 -> 0.300, each within 2% of line-aligned
- * arrays; C harness); the others a short head and tail of their own, each a pass, from 12
- * (8 where the output is streamed: its aligned streaming stores). */
-#ifndef DWC_STREAM_REALIGN
-#define DWC_STREAM_REALIGN 4
-#endif
+ * arrays; C harness); the streamed rows a short head and tail, each a pass, from 4 (2:
+ * the same within noise on 7x7 and 14x14 rows of 2-8 vectors); the others likewise from
+ * 12 (8 where the output is streamed: its aligned streaming stores). */
 static inline ptrdiff_t dwc_k3_realign_vectors(int scheme, ptrdiff_t sw, int streamed)
 {
-    return scheme == DWC_K3_BANDS && sw == 1 ? 2 : scheme == DWC_K3_STREAM ? DWC_STREAM_REALIGN : streamed ? 8 : 12;
+    if (scheme == DWC_K3_BANDS && sw == 1)
+        return 2;
+    return scheme == DWC_K3_STREAM ? 4 : streamed ? 8 : 12;
 }
 
 /* --- the compilations: two types x three instruction sets ----------------------------- */
