@@ -36,7 +36,7 @@ def load_other(path):
     return module
 
 
-def _placed(mod, src, shape, s, for_dx, pt=1, pl=1):
+def _placed(mod, src, shape, s, for_dx, pt, pl):
     """An output of ``shape`` placed as that build's backend places it: ABI 6's
     output_offset (a page offset; told the pads), ABI 4's, ABI 3's (a line offset), else
     on a line."""
